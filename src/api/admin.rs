@@ -1,0 +1,162 @@
+//! Admin endpoints (Bearer admin token): rules, user export and erasure. Plus the user's own
+//! export and erasure with their token (`/v1/me`), so a person can get and delete their data.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use super::auth::{Admin, Caller};
+use super::error::ApiError;
+use super::{read_body, AppState};
+use crate::privacy::UserKey;
+use crate::rules::RulesError;
+
+fn rules_error(e: RulesError) -> ApiError {
+    match e {
+        RulesError::Compile { info } => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "rule_compile_error",
+            info.message.clone(),
+        )
+        .at(info.location.clone()),
+        RulesError::InvalidName { .. } => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_rule_name",
+            e.to_string(),
+        )
+        .at("name"),
+        RulesError::NotFound(..) => ApiError::not_found(e.to_string()),
+        other => ApiError::internal(other),
+    }
+}
+
+/// `GET /v1/rules`: every rule with its status, counters and errors.
+pub async fn rules_list(st: web::Data<AppState>, _: Admin) -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "rules": st.rules.statuses() }))
+}
+
+/// `GET /v1/rules/{name}`: one rule's status.
+pub async fn rule_get(
+    st: web::Data<AppState>,
+    _: Admin,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    st.rules
+        .statuses()
+        .into_iter()
+        .find(|r| r.name == *name)
+        .map(|r| HttpResponse::Ok().json(r))
+        .ok_or_else(|| ApiError::not_found(format!("no rule named {name:?}")))
+}
+
+/// `PUT /v1/rules/{name}` with the script as the body: compiled first; installed only if valid.
+pub async fn rule_put(
+    st: web::Data<AppState>,
+    _: Admin,
+    name: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_body(payload, st.cfg.limits.max_body_bytes).await?;
+    let source = std::str::from_utf8(&body).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_encoding",
+            "a script must be UTF-8 text",
+        )
+    })?;
+    let rules = st.rules.clone();
+    let name = name.into_inner();
+    let source = source.to_string();
+    // Compiling and writing the file are blocking work: off the actix worker.
+    let status = web::block(move || rules.put(&name, &source))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(rules_error)?;
+    Ok(HttpResponse::Ok().json(status))
+}
+
+/// `DELETE /v1/rules/{name}`.
+pub async fn rule_delete(
+    st: web::Data<AppState>,
+    _: Admin,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let rules = st.rules.clone();
+    let n = name.into_inner();
+    let n2 = n.clone();
+    let existed = web::block(move || rules.delete(&n2))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(rules_error)?;
+    if existed {
+        Ok(HttpResponse::NoContent().finish())
+    } else {
+        Err(ApiError::not_found(format!("no rule named {n:?}")))
+    }
+}
+
+async fn export(st: &AppState, user: UserKey) -> Result<HttpResponse, ApiError> {
+    let ex = st
+        .pipeline
+        .export(user)
+        .map_err(|e| ApiError::from_submit(e, st.cfg.pipeline.retry_after_s))?
+        .await
+        .map_err(|_| ApiError::unavailable("the server stopped before answering"))??;
+    match ex {
+        Some(ex) => Ok(HttpResponse::Ok().json(json!({
+            "user": user.short(),
+            "state": ex.state,
+            "events": ex.events,
+            "decisions": ex.decisions,
+        }))),
+        None => Err(ApiError::not_found("no data is stored for this user")),
+    }
+}
+
+async fn erase(st: &AppState, user: UserKey) -> Result<HttpResponse, ApiError> {
+    let counts = st
+        .pipeline
+        .erase(user)
+        .map_err(|e| ApiError::from_submit(e, st.cfg.pipeline.retry_after_s))?
+        .await
+        .map_err(|_| ApiError::unavailable("the server stopped before answering"))??;
+    Ok(HttpResponse::Ok().json(json!({ "erased": counts })))
+}
+
+/// `GET /v1/users/{id}` (admin): the user's state and every stored event and decision.
+pub async fn export_user(
+    st: web::Data<AppState>,
+    _: Admin,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    export(&st, st.pseudo.user(&id)).await
+}
+
+/// `DELETE /v1/users/{id}` (admin): erases the user from every table and destroys their key.
+pub async fn erase_user(
+    st: web::Data<AppState>,
+    _: Admin,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    erase(&st, st.pseudo.user(&id)).await
+}
+
+fn me(caller: Caller) -> Result<UserKey, ApiError> {
+    match caller {
+        Caller::User(u) => Ok(u),
+        Caller::WriteKey => Err(ApiError::forbidden(
+            "forbidden",
+            "/v1/me needs a user token",
+        )),
+    }
+}
+
+/// `GET /v1/me` (user token): the caller's own data.
+pub async fn export_me(st: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
+    export(&st, me(caller)?).await
+}
+
+/// `DELETE /v1/me` (user token): erases the caller's own data.
+pub async fn erase_me(st: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
+    erase(&st, me(caller)?).await
+}

@@ -1,0 +1,114 @@
+//! Credentials as typed extractors: [`Admin`] (admin token), [`Caller`] (write key or a user
+//! token). Bearer tokens come only from the `Authorization` header, never from URLs.
+
+use std::future::{ready, Ready};
+
+use actix_web::{web, FromRequest, HttpRequest};
+
+use super::error::ApiError;
+use super::AppState;
+use crate::privacy::secrets::credential_eq;
+use crate::privacy::UserKey;
+
+fn bearer(req: &HttpRequest) -> Option<&str> {
+    let h = req.headers().get("authorization")?.to_str().ok()?;
+    let (scheme, rest) = h.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+}
+
+fn state(req: &HttpRequest) -> Result<&web::Data<AppState>, ApiError> {
+    req.app_data::<web::Data<AppState>>()
+        .ok_or_else(|| ApiError::internal("AppState missing from app data"))
+}
+
+/// The caller presented the admin token.
+pub struct Admin;
+
+impl FromRequest for Admin {
+    type Error = ApiError;
+    type Future = Ready<Result<Admin, ApiError>>;
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        ready((|| {
+            let st = state(req)?;
+            let t = bearer(req).ok_or_else(|| {
+                ApiError::unauthorized(
+                    "unauthorized",
+                    "missing `Authorization: Bearer <admin token>`",
+                )
+            })?;
+            if credential_eq(t, &st.admin_token) {
+                Ok(Admin)
+            } else {
+                Err(ApiError::forbidden("forbidden", "not the admin token"))
+            }
+        })())
+    }
+}
+
+/// Who is calling an ingestion endpoint.
+pub enum Caller {
+    /// The site's server (or the SDK bootstrap) with the write key: may name any user.
+    WriteKey,
+    /// A browser with a user token: may only read and write that user.
+    User(UserKey),
+}
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = Ready<Result<Caller, ApiError>>;
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        ready((|| {
+            let st = state(req)?;
+            let t = bearer(req).ok_or_else(|| {
+                ApiError::unauthorized(
+                    "unauthorized",
+                    "missing `Authorization: Bearer <write key or user token>`",
+                )
+            })?;
+            if t.starts_with("tt1.") {
+                let now_s = super::now_ms() as u64 / 1000;
+                return st
+                    .signer
+                    .verify(t, now_s)
+                    .map(Caller::User)
+                    .map_err(|e| ApiError::unauthorized(e.code(), &e.to_string()));
+            }
+            if credential_eq(t, &st.write_key) {
+                Ok(Caller::WriteKey)
+            } else {
+                Err(ApiError::unauthorized(
+                    "invalid_token",
+                    "neither the write key nor a valid user token",
+                ))
+            }
+        })())
+    }
+}
+
+impl Caller {
+    /// The user a request acts for: a token's own user, or the named one for the write key.
+    /// `named` is the raw id in the request (if any) and `path` its field path for errors.
+    pub fn resolve(
+        &self,
+        st: &AppState,
+        named: Option<&str>,
+        path: &str,
+    ) -> Result<UserKey, ApiError> {
+        match (self, named) {
+            (Caller::User(u), None) => Ok(*u),
+            (Caller::User(u), Some(raw)) if st.pseudo.user(raw) == *u => Ok(*u),
+            (Caller::User(_), Some(_)) => Err(ApiError::forbidden(
+                "user_mismatch",
+                "a token only reads and writes its own user",
+            )
+            .at(path)),
+            (Caller::WriteKey, Some(raw)) => Ok(st.pseudo.user(raw)),
+            (Caller::WriteKey, None) => Err(ApiError::new(
+                actix_web::http::StatusCode::UNPROCESSABLE_ENTITY,
+                "missing_field",
+                "with the write key, name the user",
+            )
+            .at(path)),
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! Ingestion and delivery endpoints: `POST /v1/identify`, `POST /v1/events`, `POST /v1/decide`,
+//! `GET /v1/ws`.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::auth::Caller;
+use super::error::ApiError;
+use super::{now_ms, read_body, AppState};
+use crate::delivery::session::{self, SessionCtx};
+use crate::event::{from_value, parse_batch, parse_json, InputError};
+use crate::privacy::UserKey;
+
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    Ok(from_value(parse_json(body)?, "")?)
+}
+
+fn check_str(s: &str, path: &str, max: usize) -> Result<(), ApiError> {
+    if s.is_empty() || s.len() > max || s.chars().any(char::is_control) {
+        return Err(ApiError::from(InputError::new(
+            if s.len() > max {
+                "string_too_long"
+            } else {
+                "invalid_value"
+            },
+            format!("must be 1..={max} bytes without control characters"),
+            Some(path.to_string()),
+        )));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdentifyReq {
+    user: String,
+}
+
+/// `POST /v1/identify` (write key): `{user}` → `{user, token, expires_at}`.
+pub async fn identify(
+    st: web::Data<AppState>,
+    caller: Caller,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    if !matches!(caller, Caller::WriteKey) {
+        return Err(ApiError::forbidden(
+            "forbidden",
+            "identify needs the write key",
+        ));
+    }
+    let body = read_body(payload, st.cfg.limits.max_body_bytes).await?;
+    let req: IdentifyReq = parse_body(&body)?;
+    check_str(&req.user, "user", st.cfg.limits.max_string_len)?;
+    let key = st.pseudo.user(&req.user);
+    let exp = now_ms() as u64 / 1000 + st.cfg.token_ttl_s;
+    let token = st.signer.issue(&key, exp);
+    Ok(HttpResponse::Ok().json(json!({"user": req.user, "token": token, "expires_at": exp})))
+}
+
+/// `POST /v1/events` (write key or token): `{"events":[…]}` → 202 `{accepted,…}` once durable.
+pub async fn events(
+    st: web::Data<AppState>,
+    caller: Caller,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_body(payload, st.cfg.limits.max_body_bytes).await?;
+    let incoming = parse_batch(&body, &st.cfg.limits, now_ms()).inspect_err(|e| {
+        st.metrics.reject(e.code, 1);
+    })?;
+    // Group by user, keeping each user's order.
+    let mut groups: Vec<(UserKey, Vec<crate::event::Event>)> = Vec::new();
+    let mut not_consented = 0usize;
+    for (i, inc) in incoming.into_iter().enumerate() {
+        let user = caller.resolve(&st, inc.user.as_deref(), &format!("events[{i}].user"))?;
+        if !inc.event.consent.analytics {
+            not_consented += 1;
+            continue;
+        }
+        match groups.iter_mut().find(|(u, _)| *u == user) {
+            Some((_, v)) => v.push(inc.event),
+            None => groups.push((user, vec![inc.event])),
+        }
+    }
+    if not_consented > 0 {
+        st.metrics.reject("no_consent", not_consented as u64);
+    }
+    let mut pending = Vec::with_capacity(groups.len());
+    for (user, evs) in groups {
+        let n = evs.len() as u64;
+        match st.pipeline.submit_events(user, evs) {
+            Ok(p) => pending.push(p),
+            Err(e) => {
+                st.metrics.reject("overloaded", n);
+                return Err(ApiError::from_submit(e, st.cfg.pipeline.retry_after_s));
+            }
+        }
+    }
+    let (mut accepted, mut duplicates) = (0, 0);
+    for p in pending {
+        let outcome = p
+            .await
+            .map_err(|_| ApiError::unavailable("the server stopped before storing the events"))??;
+        accepted += outcome.accepted;
+        duplicates += outcome.duplicates;
+    }
+    Ok(HttpResponse::Accepted().json(json!({
+        "accepted": accepted,
+        "duplicates": duplicates,
+        "not_consented": not_consented,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecideReq {
+    #[serde(default)]
+    user: Option<String>,
+    slot: String,
+    #[serde(default)]
+    candidates: Vec<String>,
+}
+
+/// `POST /v1/decide`: `{user?, slot, candidates?}` → `{slot, variant, params, decision}`.
+pub async fn decide(
+    st: web::Data<AppState>,
+    caller: Caller,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_body(payload, st.cfg.limits.max_body_bytes).await?;
+    let req: DecideReq = parse_body(&body)?;
+    let max = st.cfg.limits.max_string_len;
+    check_str(&req.slot, "slot", max)?;
+    if req.candidates.len() > 32 {
+        return Err(ApiError::from(InputError::new(
+            "invalid_value",
+            "at most 32 candidates",
+            Some("candidates".into()),
+        )));
+    }
+    for (i, c) in req.candidates.iter().enumerate() {
+        check_str(c, &format!("candidates[{i}]"), max)?;
+    }
+    let user = caller.resolve(&st, req.user.as_deref(), "user")?;
+    let d = st
+        .pipeline
+        .decide(user, req.slot, req.candidates)
+        .map_err(|e| ApiError::from_submit(e, st.cfg.pipeline.retry_after_s))?
+        .await
+        .map_err(|_| ApiError::unavailable("the server stopped before deciding"))??;
+    Ok(HttpResponse::Ok().json(json!({
+        "slot": d.slot, "variant": d.variant, "params": d.params, "decision": d.wire(),
+    })))
+}
+
+/// Whether a browser page from `origin` may open the socket: same origin as the request's
+/// host, or listed in `allowed_origins` (`"*"` = any). Clients that send no Origin (servers,
+/// native apps) are not browsers and are let through; they still need a token.
+fn origin_allowed(req: &HttpRequest, allowed: &[String]) -> bool {
+    let Some(origin) = req.headers().get("origin").and_then(|o| o.to_str().ok()) else {
+        return true;
+    };
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let host = req
+        .headers()
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let origin_host = origin.split("://").nth(1).unwrap_or("");
+    !host.is_empty() && origin_host.eq_ignore_ascii_case(host)
+}
+
+/// `GET /v1/ws`: upgrades to a WebSocket; authentication happens in the first message.
+pub async fn ws(
+    st: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    if !origin_allowed(&req, &st.cfg.allowed_origins) {
+        st.metrics.reject("origin", 1);
+        return Err(ApiError::forbidden(
+            "origin_not_allowed",
+            "this Origin may not open a WebSocket (see allowed_origins)",
+        ));
+    }
+    if !st.ready.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(ApiError::unavailable("the server is shutting down"));
+    }
+    let (resp, session, stream) = actix_ws::handle(&req, body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
+    let ctx = SessionCtx {
+        cfg: st.cfg.clone(),
+        pipeline: st.pipeline.clone(),
+        hub: st.hub.clone(),
+        signer: st.signer.clone(),
+        pseudo: st.pseudo.clone(),
+        metrics: st.metrics.clone(),
+    };
+    actix_web::rt::spawn(session::run(ctx, session, stream));
+    Ok(resp)
+}

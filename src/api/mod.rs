@@ -1,0 +1,95 @@
+//! HTTP and WebSocket endpoints (actix-web). Handlers are thin: authenticate (extractors in
+//! [`auth`]), parse with [`crate::event`], call the pipeline, map the result through [`ApiError`].
+//! Nothing here blocks an actix worker: storage, rules and fsync run on pipeline threads.
+
+pub mod admin;
+pub mod auth;
+pub mod error;
+pub mod ingest;
+pub mod ops;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use actix_web::web;
+use futures_util::StreamExt;
+
+use crate::config::Config;
+use crate::delivery::Hub;
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
+use crate::privacy::{Pseudonymizer, TokenSigner};
+use crate::rules::Rules;
+use crate::store::Store;
+
+pub use error::ApiError;
+
+/// Everything the handlers share, as one value (a missing piece is a compile error, not a 500).
+pub struct AppState {
+    pub cfg: Arc<Config>,
+    pub pipeline: Arc<Pipeline>,
+    pub hub: Arc<Hub>,
+    pub rules: Rules,
+    pub metrics: Arc<Metrics>,
+    pub store: Arc<Store>,
+    pub signer: TokenSigner,
+    pub pseudo: Pseudonymizer,
+    pub admin_token: String,
+    pub write_key: String,
+    /// False once shutdown has begun (`/readyz` then answers 503).
+    pub ready: AtomicBool,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Reads a request body up to `limit` bytes; larger bodies are refused with 413 without being
+/// read to the end.
+pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::new(
+                actix_web::http::StatusCode::BAD_REQUEST,
+                "bad_request",
+                e.to_string(),
+            )
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::new(
+                actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the body exceeds the limit of {limit} bytes (limits.max_body_bytes)"),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Registers every route.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/v1")
+            .route("/identify", web::post().to(ingest::identify))
+            .route("/events", web::post().to(ingest::events))
+            .route("/decide", web::post().to(ingest::decide))
+            .route("/ws", web::get().to(ingest::ws))
+            .route("/me", web::get().to(admin::export_me))
+            .route("/me", web::delete().to(admin::erase_me))
+            .route("/rules", web::get().to(admin::rules_list))
+            .route("/rules/{name}", web::get().to(admin::rule_get))
+            .route("/rules/{name}", web::put().to(admin::rule_put))
+            .route("/rules/{name}", web::delete().to(admin::rule_delete))
+            .route("/users/{id}", web::get().to(admin::export_user))
+            .route("/users/{id}", web::delete().to(admin::erase_user)),
+    )
+    .route("/healthz", web::get().to(ops::healthz))
+    .route("/readyz", web::get().to(ops::readyz))
+    .route("/metrics", web::get().to(ops::metrics))
+    .default_service(web::to(ops::not_found));
+}

@@ -1,0 +1,38 @@
+//! Operations endpoints: liveness, readiness, Prometheus metrics, and the JSON 404.
+
+use std::sync::atomic::Ordering;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::json;
+
+use super::error::ApiError;
+use super::AppState;
+
+/// `GET /healthz`: the process answers.
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: ready to take traffic (not shutting down).
+pub async fn readyz(st: web::Data<AppState>) -> HttpResponse {
+    if st.ready.load(Ordering::Relaxed) {
+        HttpResponse::Ok().json(json!({"status": "ready", "ws_sessions": st.hub.session_count()}))
+    } else {
+        HttpResponse::ServiceUnavailable().json(json!({"status": "shutting_down"}))
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(st: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(st.metrics.render(&st.rules.statuses()))
+}
+
+pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::not_found(format!(
+        "no route for {} {}",
+        req.method(),
+        req.path()
+    )))
+}

@@ -1,0 +1,143 @@
+//! Wiring: opens the data dir, loads secrets and rules, starts the pipeline threads and the
+//! HTTP server, and runs the graceful shutdown (stop accepting → close sockets → drain →
+//! commit → exit) on SIGTERM or SIGINT.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::delivery::Hub;
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
+use crate::privacy::{Pseudonymizer, Secrets, TokenSigner};
+use crate::rules::Rules;
+use crate::store::Store;
+
+/// Runs `trimtab serve` until SIGTERM/SIGINT. `on_listen` is told the bound address.
+pub fn serve(
+    cfg: Config,
+    on_listen: impl FnOnce(SocketAddr) + Send + 'static,
+) -> anyhow::Result<()> {
+    let cfg = Arc::new(cfg);
+    let store = Arc::new(Store::open(&cfg.data)?);
+    let secrets = Secrets::load_or_create(
+        &cfg.data,
+        cfg.admin_token.as_deref(),
+        cfg.write_key.as_deref(),
+    )
+    .context("loading secrets")?;
+    for (what, value) in &secrets.generated {
+        // Shown once, on the terminal of the operator who started the first run; not logged.
+        println!(
+            "trimtab generated a {what} (stored in {}/secrets.toml): {value}",
+            cfg.data.display()
+        );
+    }
+    let rules = Rules::load(&cfg.scripts, cfg.rules.clone())
+        .with_context(|| format!("loading rules from {}", cfg.scripts.display()))?;
+    let watcher = match rules.watch() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the scripts dir; rules will not hot-reload");
+            None
+        }
+    };
+    for r in rules.statuses() {
+        match &r.compile_error {
+            Some(e) => {
+                tracing::warn!(rule = %r.name, error = %e.message, location = %e.location, "rule failed to compile")
+            }
+            None => tracing::info!(rule = %r.name, "rule loaded"),
+        }
+    }
+    let metrics = Arc::new(Metrics::new());
+    let hub = Arc::new(Hub::new(metrics.clone()));
+    let pseudo = Pseudonymizer::new(secrets.pseudonym_key);
+    let pipeline = Arc::new(
+        Pipeline::start(
+            cfg.clone(),
+            store.clone(),
+            rules.clone(),
+            hub.clone(),
+            metrics.clone(),
+            pseudo.clone(),
+        )
+        .context("starting pipeline threads")?,
+    );
+    let state = web::Data::new(AppState {
+        cfg: cfg.clone(),
+        pipeline: pipeline.clone(),
+        hub: hub.clone(),
+        rules,
+        metrics,
+        store,
+        signer: TokenSigner::new(secrets.token_key),
+        pseudo,
+        admin_token: secrets.admin_token.clone(),
+        write_key: secrets.write_key.clone(),
+        ready: AtomicBool::new(true),
+    });
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(2, 8);
+    let st = state.clone();
+    let result = actix_web::rt::System::new().block_on(async move {
+        let server =
+            HttpServer::new(move || App::new().app_data(st.clone()).configure(api::configure))
+                .workers(workers)
+                .disable_signals()
+                .shutdown_timeout(10)
+                .bind(&cfg.addr)
+                .with_context(|| format!("cannot listen on {}", cfg.addr))?;
+        let addr = *server.addrs().first().context("no bound address")?;
+        let server = server.run();
+        let handle = server.handle();
+        let st = state.clone();
+        actix_web::rt::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown: no longer ready; closing sockets and draining");
+            st.ready.store(false, Ordering::Relaxed);
+            st.hub.close_all();
+            handle.stop(true).await;
+        });
+        tracing::info!(%addr, "listening");
+        on_listen(addr);
+        server.await.context("http server failed")
+    });
+    // The server has stopped: no new work can arrive. Drain the queues and commit.
+    pipeline.shutdown();
+    drop(watcher);
+    tracing::info!("stopped cleanly");
+    result
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = int.recv() => {},
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

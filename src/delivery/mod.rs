@@ -1,0 +1,143 @@
+//! Delivery: the per-user hub of open WebSocket sessions, and the session task itself.
+//!
+//! [`Hub`] maps a pseudonymous user to the outgoing queues of that user's open sockets. The
+//! writer thread pushes adjustments into it after their decision is durable; pushing never
+//! blocks (`try_send`): a socket whose queue is full is too slow and is closed, so one stuck tab
+//! cannot hold up the loop. Nothing is ever sent to a socket of another user.
+
+pub mod session;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+use crate::privacy::UserKey;
+
+/// A message for one socket.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A JSON text frame.
+    Text(Arc<str>),
+    /// Close the socket with this code and reason.
+    Close(u16, &'static str),
+}
+
+struct Handle {
+    id: u64,
+    tx: mpsc::Sender<Outbound>,
+}
+
+pub struct Hub {
+    sessions: RwLock<HashMap<UserKey, Vec<Handle>>>,
+    next_id: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+impl Hub {
+    pub fn new(metrics: Arc<Metrics>) -> Hub {
+        Hub {
+            sessions: RwLock::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            metrics,
+        }
+    }
+
+    /// Registers a socket of `user`; returns its id (for [`Hub::unregister`]).
+    pub fn register(&self, user: UserKey, tx: mpsc::Sender<Outbound>) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.sessions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(user)
+            .or_default()
+            .push(Handle { id, tx });
+        self.metrics.ws_sessions.inc();
+        id
+    }
+
+    pub fn unregister(&self, user: &UserKey, id: u64) {
+        let mut map = self.sessions.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = map.get_mut(user) {
+            let before = v.len();
+            v.retain(|h| h.id != id);
+            if v.len() < before {
+                self.metrics.ws_sessions.dec();
+            }
+            if v.is_empty() {
+                map.remove(user);
+            }
+        }
+    }
+
+    /// Sends `msg` to every open socket of `user`. Returns how many sockets got it.
+    pub fn push(&self, user: &UserKey, msg: Arc<str>) -> usize {
+        let map = self.sessions.read().unwrap_or_else(|e| e.into_inner());
+        let Some(v) = map.get(user) else { return 0 };
+        let mut sent = 0;
+        for h in v {
+            match h.tx.try_send(Outbound::Text(msg.clone())) {
+                Ok(()) => sent += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    // Too slow to keep up: ask the session task to close (it owns the socket).
+                    self.metrics.ws_dropped.inc();
+                    let _ = h.tx.try_send(Outbound::Close(1013, "too slow"));
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        sent
+    }
+
+    /// Closes every socket of `user` (after erasure).
+    pub fn close_user(&self, user: &UserKey, reason: &'static str) {
+        let map = self.sessions.read().unwrap_or_else(|e| e.into_inner());
+        for h in map.get(user).into_iter().flatten() {
+            let _ = h.tx.try_send(Outbound::Close(1000, reason));
+        }
+    }
+
+    /// Closes every socket (graceful shutdown): code 1001 "going away".
+    pub fn close_all(&self) {
+        let map = self.sessions.read().unwrap_or_else(|e| e.into_inner());
+        for h in map.values().flatten() {
+            let _ = h.tx.try_send(Outbound::Close(1001, "server shutting down"));
+        }
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(Vec::len)
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_reaches_only_that_user() {
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        let (a1, mut ra1) = mpsc::channel(4);
+        let (a2, mut ra2) = mpsc::channel(4);
+        let (b, mut rb) = mpsc::channel(4);
+        let ua = UserKey([1; 16]);
+        let ub = UserKey([2; 16]);
+        let id1 = hub.register(ua, a1);
+        hub.register(ua, a2);
+        hub.register(ub, b);
+        assert_eq!(hub.push(&ua, "x".into()), 2);
+        assert!(matches!(ra1.try_recv(), Ok(Outbound::Text(t)) if &*t == "x"));
+        assert!(matches!(ra2.try_recv(), Ok(Outbound::Text(_))));
+        assert!(rb.try_recv().is_err());
+        hub.unregister(&ua, id1);
+        assert_eq!(hub.push(&ua, "y".into()), 1);
+        assert_eq!(hub.session_count(), 2);
+    }
+}

@@ -1,0 +1,14 @@
+//! Per-user behavioural features, updated event by event on the user's shard thread.
+//!
+//! [`UserState`] is what the engine knows about one pseudonymous user: scroll depth and velocity,
+//! hover/dwell/click statistics per target (including interactions still going on), the recent
+//! interaction sequence, sessions, context and consent, and what has been pushed to them
+//! (current variant per slot, frequency-cap counters). It is postcard-encoded and stored
+//! encrypted by the writer. [`view`] turns it into the map that Rhai rules read.
+//!
+//! Pure data and arithmetic: no I/O, no locks, no clocks (the caller passes `now_ms`).
+
+pub mod state;
+pub mod view;
+
+pub use state::{FeatureConfig, Ongoing, TargetStats, UserState};

@@ -1,0 +1,524 @@
+//! [`UserState`] and its update rules. See the module doc of [`crate::features`].
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Consent, Event, Phase, Props};
+
+/// Tunables of feature extraction (`[features]` in the config).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeatureConfig {
+    /// Length of the recent interaction sequence kept per user.
+    pub sequence_len: usize,
+    /// Most distinct targets tracked per user (the least recently used one is dropped).
+    pub max_targets: usize,
+    /// An ongoing hover/dwell without a heartbeat for this long is considered ended.
+    pub ongoing_timeout_ms: i64,
+    /// While a hover/dwell is ongoing, rules are re-evaluated this often (server timer).
+    pub tick_ms: i64,
+    /// Smoothing factor of the scroll-velocity EWMA (0..1, weight of the newest sample).
+    pub velocity_alpha: f64,
+}
+
+impl Default for FeatureConfig {
+    fn default() -> Self {
+        FeatureConfig {
+            sequence_len: 32,
+            max_targets: 64,
+            ongoing_timeout_ms: 2_500,
+            tick_ms: 250,
+            velocity_alpha: 0.3,
+        }
+    }
+}
+
+/// A hover or dwell that has started and not ended yet, timed on the server's clock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Ongoing {
+    /// Server time the interaction started (receive time of `start`, or backdated by the
+    /// reported duration when the first message seen is a heartbeat).
+    pub started_ms: i64,
+    /// Server time of the last start/heartbeat.
+    pub last_seen_ms: i64,
+}
+
+impl Ongoing {
+    pub fn elapsed(&self, now_ms: i64) -> i64 {
+        (now_ms - self.started_ms).max(0)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TargetStats {
+    pub hover_ms: i64,
+    pub hover_count: u32,
+    pub dwell_ms: i64,
+    pub dwell_count: u32,
+    pub clicks: u32,
+    pub hovering: Option<Ongoing>,
+    pub in_view: Option<Ongoing>,
+    /// Server time of the last interaction (for least-recently-used eviction).
+    pub last_ms: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScrollState {
+    pub depth: f64,
+    pub max_depth: f64,
+    pub velocity: f64,
+    pub direction: i8,
+    last_ts: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContextState {
+    pub device: String,
+    pub browser: String,
+    pub viewport_w: u32,
+    pub viewport_h: u32,
+    pub hour: u8,
+    pub tz_offset_min: i32,
+    pub language: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MouseState {
+    pub speed: f64,
+    pub path_px: f64,
+    pub idle_ms: u64,
+}
+
+/// Frequency-cap counters of one slot.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SlotCount {
+    pub session: String,
+    pub in_session: u32,
+    pub day: i64,
+    pub in_day: u32,
+    pub total: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UserState {
+    /// Sequence number the next stored event of this user gets.
+    pub next_seq: u64,
+    pub events: u64,
+    pub sessions: u32,
+    pub session: String,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub consent: Consent,
+    pub page: String,
+    pub visible: bool,
+    pub scroll: ScrollState,
+    pub targets: BTreeMap<String, TargetStats>,
+    pub sequence: VecDeque<String>,
+    pub context: ContextState,
+    pub mouse: MouseState,
+    /// Variant currently shown per slot (the last one pushed).
+    pub adjustments: BTreeMap<String, String>,
+    pub caps: BTreeMap<String, SlotCount>,
+    /// Behavioural segment (filled in by the segmenter; empty until then).
+    pub segment: String,
+}
+
+impl UserState {
+    pub fn encode(&self) -> Vec<u8> {
+        // postcard serialises these plain types into a Vec without failure modes.
+        postcard::to_allocvec(self).expect("UserState is postcard-serialisable")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<UserState> {
+        postcard::from_bytes(bytes).ok()
+    }
+
+    fn push_seq(&mut self, entry: String, cfg: &FeatureConfig) {
+        self.sequence.push_back(entry);
+        while self.sequence.len() > cfg.sequence_len {
+            self.sequence.pop_front();
+        }
+    }
+
+    fn target(&mut self, name: &str, now_ms: i64, cfg: &FeatureConfig) -> &mut TargetStats {
+        if !self.targets.contains_key(name) && self.targets.len() >= cfg.max_targets {
+            if let Some(oldest) = self
+                .targets
+                .iter()
+                .filter(|(_, t)| t.hovering.is_none() && t.in_view.is_none())
+                .min_by_key(|(_, t)| t.last_ms)
+                .map(|(k, _)| k.clone())
+            {
+                self.targets.remove(&oldest);
+            }
+        }
+        let t = self.targets.entry(name.to_string()).or_default();
+        t.last_ms = now_ms;
+        t
+    }
+
+    /// Updates the features with one event (`now_ms` = server receive time).
+    pub fn apply(&mut self, ev: &Event, cfg: &FeatureConfig) {
+        let now = ev.received_ms;
+        if self.first_seen_ms == 0 {
+            self.first_seen_ms = now;
+        }
+        self.last_seen_ms = now;
+        self.events += 1;
+        self.consent = ev.consent;
+        if self.session != ev.session {
+            self.session = ev.session.clone();
+            self.sessions += 1;
+        }
+        let c = &ev.context;
+        if let Some(p) = &c.page {
+            self.page = p.clone();
+        }
+        let ctx = &mut self.context;
+        if let Some(v) = &c.device {
+            ctx.device = v.clone();
+        }
+        if let Some(v) = &c.browser {
+            ctx.browser = v.clone();
+        }
+        if let Some(v) = c.viewport_w {
+            ctx.viewport_w = v;
+        }
+        if let Some(v) = c.viewport_h {
+            ctx.viewport_h = v;
+        }
+        if let Some(v) = c.hour {
+            ctx.hour = v;
+        }
+        if let Some(v) = c.tz_offset_min {
+            ctx.tz_offset_min = v;
+        }
+        if let Some(v) = &c.language {
+            ctx.language = v.clone();
+        }
+        let target = ev.target.as_deref().unwrap_or("");
+        match &ev.props {
+            Props::PageView { path, .. } => {
+                self.page = path.clone();
+                self.scroll = ScrollState::default();
+                self.visible = true;
+                self.push_seq(format!("page_view:{path}"), cfg);
+            }
+            Props::Scroll {
+                depth,
+                max_depth,
+                velocity,
+            } => self.apply_scroll(*depth, *max_depth, *velocity, ev.ts, cfg),
+            Props::Hover { phase, duration_ms } => {
+                let t = self.target(target, now, cfg);
+                let started = track(&mut t.hovering, *phase, *duration_ms as i64, now);
+                if let Some(done) = started.ended {
+                    t.hover_ms += done;
+                    t.hover_count += 1;
+                }
+                if started.is_new {
+                    self.push_seq(format!("hover:{target}"), cfg);
+                }
+            }
+            Props::Dwell {
+                phase, duration_ms, ..
+            } => {
+                let t = self.target(target, now, cfg);
+                let started = track(&mut t.in_view, *phase, *duration_ms as i64, now);
+                if let Some(done) = started.ended {
+                    t.dwell_ms += done;
+                    t.dwell_count += 1;
+                }
+                if started.is_new {
+                    self.push_seq(format!("dwell:{target}"), cfg);
+                }
+            }
+            Props::Click { .. } => {
+                self.target(target, now, cfg).clicks += 1;
+                self.push_seq(format!("click:{target}"), cfg);
+            }
+            Props::Impression { slot, .. } => self.push_seq(format!("impression:{slot}"), cfg),
+            Props::Conversion { name, .. } => {
+                let n = name.as_deref().unwrap_or(target);
+                self.push_seq(format!("conversion:{n}"), cfg);
+            }
+            Props::Mouse {
+                speed,
+                path_px,
+                idle_ms,
+            } => {
+                self.mouse = MouseState {
+                    speed: *speed,
+                    path_px: self.mouse.path_px + path_px,
+                    idle_ms: *idle_ms,
+                };
+            }
+            Props::Visibility { visible } => {
+                self.visible = *visible;
+                if !visible {
+                    // A hidden page ends every ongoing interaction.
+                    for t in self.targets.values_mut() {
+                        if let Some(h) = t.hovering.take() {
+                            t.hover_ms += h.elapsed(now);
+                            t.hover_count += 1;
+                        }
+                        if let Some(d) = t.in_view.take() {
+                            t.dwell_ms += d.elapsed(now);
+                            t.dwell_count += 1;
+                        }
+                    }
+                }
+            }
+            Props::Custom { name, .. } => self.push_seq(format!("custom:{name}"), cfg),
+        }
+    }
+
+    fn apply_scroll(
+        &mut self,
+        depth: f64,
+        max_depth: Option<f64>,
+        velocity: Option<f64>,
+        ts: i64,
+        cfg: &FeatureConfig,
+    ) {
+        let s = &mut self.scroll;
+        let sample = match velocity {
+            Some(v) => Some(v),
+            None if s.last_ts > 0 && ts > s.last_ts => {
+                Some((depth - s.depth) * 1000.0 / (ts - s.last_ts) as f64)
+            }
+            None => None,
+        };
+        if let Some(v) = sample {
+            s.velocity = if s.last_ts == 0 && velocity.is_some() {
+                v
+            } else {
+                cfg.velocity_alpha * v + (1.0 - cfg.velocity_alpha) * s.velocity
+            };
+        }
+        s.direction = if depth > s.depth {
+            1
+        } else if depth < s.depth {
+            -1
+        } else {
+            s.direction
+        };
+        let before = s.max_depth;
+        s.depth = depth;
+        s.max_depth = s.max_depth.max(depth).max(max_depth.unwrap_or(0.0));
+        s.last_ts = ts;
+        let after = s.max_depth;
+        for mark in [25.0, 50.0, 75.0, 100.0] {
+            if before < mark && after >= mark {
+                self.push_seq(format!("scroll:{}", mark as u32), cfg);
+            }
+        }
+    }
+
+    /// Ends ongoing interactions whose heartbeats stopped. Returns whether anything changed.
+    pub fn expire(&mut self, now_ms: i64, cfg: &FeatureConfig) -> bool {
+        let mut changed = false;
+        for t in self.targets.values_mut() {
+            if let Some(h) = t.hovering {
+                if now_ms - h.last_seen_ms > cfg.ongoing_timeout_ms {
+                    t.hover_ms += (h.last_seen_ms - h.started_ms).max(0);
+                    t.hover_count += 1;
+                    t.hovering = None;
+                    changed = true;
+                }
+            }
+            if let Some(d) = t.in_view {
+                if now_ms - d.last_seen_ms > cfg.ongoing_timeout_ms {
+                    t.dwell_ms += (d.last_seen_ms - d.started_ms).max(0);
+                    t.dwell_count += 1;
+                    t.in_view = None;
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
+
+    /// Whether any hover or dwell is going on (the shard then keeps a timer for the user).
+    pub fn has_ongoing(&self) -> bool {
+        self.targets
+            .values()
+            .any(|t| t.hovering.is_some() || t.in_view.is_some())
+    }
+}
+
+struct Tracked {
+    is_new: bool,
+    ended: Option<i64>,
+}
+
+/// The hover/dwell state machine. Durations come from the server clock, except that a client's
+/// reported `duration_ms` backdates a start we never saw and is trusted for the final total
+/// when it is larger (it excludes network delay).
+fn track(slot: &mut Option<Ongoing>, phase: Phase, reported: i64, now: i64) -> Tracked {
+    match phase {
+        Phase::Start => {
+            let ended = slot.take().map(|o| o.elapsed(now));
+            *slot = Some(Ongoing {
+                started_ms: now,
+                last_seen_ms: now,
+            });
+            Tracked {
+                is_new: true,
+                ended,
+            }
+        }
+        Phase::Heartbeat => match slot {
+            Some(o) => {
+                o.last_seen_ms = now;
+                o.started_ms = o.started_ms.min(now - reported);
+                Tracked {
+                    is_new: false,
+                    ended: None,
+                }
+            }
+            None => {
+                *slot = Some(Ongoing {
+                    started_ms: now - reported,
+                    last_seen_ms: now,
+                });
+                Tracked {
+                    is_new: true,
+                    ended: None,
+                }
+            }
+        },
+        Phase::End => {
+            let server = slot.take().map(|o| o.elapsed(now)).unwrap_or(0);
+            Tracked {
+                is_new: false,
+                ended: Some(server.max(reported)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Context;
+
+    fn ev(props: Props, target: Option<&str>, now: i64) -> Event {
+        Event {
+            id: "e".into(),
+            session: "s1".into(),
+            ts: now,
+            received_ms: now,
+            target: target.map(str::to_string),
+            props,
+            context: Context::default(),
+            consent: Consent {
+                analytics: true,
+                personalization: true,
+            },
+        }
+    }
+
+    #[test]
+    fn scroll_depth_velocity_and_milestones() {
+        let cfg = FeatureConfig::default();
+        let mut s = UserState::default();
+        s.apply(
+            &ev(
+                Props::Scroll {
+                    depth: 10.0,
+                    max_depth: None,
+                    velocity: None,
+                },
+                None,
+                1_000,
+            ),
+            &cfg,
+        );
+        s.apply(
+            &ev(
+                Props::Scroll {
+                    depth: 80.0,
+                    max_depth: None,
+                    velocity: None,
+                },
+                None,
+                2_000,
+            ),
+            &cfg,
+        );
+        assert_eq!(s.scroll.max_depth, 80.0);
+        assert_eq!(s.scroll.direction, 1);
+        // 70 %/s sample, EWMA from 0 with alpha 0.3.
+        assert!((s.scroll.velocity - 21.0).abs() < 1e-9);
+        assert_eq!(
+            s.sequence.iter().cloned().collect::<Vec<_>>(),
+            vec!["scroll:25", "scroll:50", "scroll:75"]
+        );
+        s.apply(
+            &ev(
+                Props::Scroll {
+                    depth: 40.0,
+                    max_depth: None,
+                    velocity: None,
+                },
+                None,
+                3_000,
+            ),
+            &cfg,
+        );
+        assert_eq!(
+            (s.scroll.depth, s.scroll.max_depth, s.scroll.direction),
+            (40.0, 80.0, -1)
+        );
+    }
+
+    #[test]
+    fn hover_ongoing_heartbeat_end_and_expiry() {
+        let cfg = FeatureConfig::default();
+        let mut s = UserState::default();
+        let hover = |phase, d| Props::Hover {
+            phase,
+            duration_ms: d,
+        };
+        s.apply(&ev(hover(Phase::Start, 0), Some("img"), 10_000), &cfg);
+        assert!(s.has_ongoing());
+        s.apply(
+            &ev(hover(Phase::Heartbeat, 1_000), Some("img"), 11_000),
+            &cfg,
+        );
+        assert_eq!(s.targets["img"].hovering.unwrap().elapsed(12_500), 2_500);
+        s.apply(&ev(hover(Phase::End, 3_200), Some("img"), 13_100), &cfg);
+        let t = &s.targets["img"];
+        assert_eq!((t.hover_ms, t.hover_count, t.hovering), (3_200, 1, None));
+        // A hover whose heartbeats stop is ended by expiry at its last sign of life.
+        s.apply(&ev(hover(Phase::Start, 0), Some("img"), 20_000), &cfg);
+        assert!(!s.expire(21_000, &cfg));
+        assert!(s.expire(20_000 + cfg.ongoing_timeout_ms + 1, &cfg));
+        assert_eq!(s.targets["img"].hover_count, 2);
+        assert!(!s.has_ongoing());
+        assert_eq!(s.sequence.iter().filter(|x| *x == "hover:img").count(), 2);
+    }
+
+    #[test]
+    fn sessions_targets_cap_and_codec() {
+        let cfg = FeatureConfig {
+            max_targets: 2,
+            sequence_len: 3,
+            ..FeatureConfig::default()
+        };
+        let mut s = UserState::default();
+        for (i, t) in ["a", "b", "c", "d"].iter().enumerate() {
+            let mut e = ev(Props::Click { decision: None }, Some(t), 1_000 + i as i64);
+            e.session = format!("s{}", i / 2);
+            s.apply(&e, &cfg);
+        }
+        assert_eq!(s.targets.len(), 2);
+        assert!(s.targets.contains_key("d") && s.targets.contains_key("c"));
+        assert_eq!(s.sequence.len(), 3);
+        assert_eq!(s.sessions, 2);
+        assert_eq!(s.events, 4);
+        assert_eq!(UserState::decode(&s.encode()), Some(s));
+    }
+}

@@ -1,0 +1,19 @@
+//! trimtab: a self-hosted engine for real-time content micro-adjustments, in one process.
+//!
+//! A page reports fine-grained behaviour (scroll, hover, dwell, clicks, context), the engine
+//! updates that user's features, runs trigger rules, and pushes small adjustments back to the
+//! same page over WebSocket within milliseconds. See `DESIGN.md` for the architecture.
+//!
+//! Layers point one way: `api` → `pipeline`/`delivery` → `features`/`rules` → `store`.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod delivery;
+pub mod event;
+pub mod features;
+pub mod metrics;
+pub mod pipeline;
+pub mod privacy;
+pub mod rules;
+pub mod store;

@@ -1,0 +1,184 @@
+//! Prometheus metrics of the loop. One [`Metrics`] is created at start and shared (`Arc`) by
+//! the API, the pipeline threads and the delivery hub; `/metrics` renders it, adding the rules'
+//! own counters (kept as atomics in the rules module) at scrape time.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::rules::RuleStatus;
+
+pub struct Metrics {
+    registry: Registry,
+    pub events_accepted: IntCounter,
+    pub events_rejected: IntCounterVec,
+    pub events_duplicate: IntCounter,
+    pub queue_depth: IntGaugeVec,
+    pub commit_latency: Histogram,
+    pub commit_batch: Histogram,
+    pub adjustments_pushed: IntCounterVec,
+    pub adjustments_capped: IntCounterVec,
+    pub ws_sessions: IntGauge,
+    pub ws_dropped: IntCounter,
+    pub users_cached: IntGauge,
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+    // Names are unique constants defined below, so registration cannot collide.
+    r.register(Box::new(c.clone()))
+        .expect("metric names are unique");
+    c
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        // Metric construction only fails on invalid names/labels, which are constants here.
+        let ok = "metric definitions are valid constants";
+        Metrics {
+            events_accepted: reg(
+                &r,
+                IntCounter::new("trimtab_events_accepted_total", "Events durably stored")
+                    .expect(ok),
+            ),
+            events_rejected: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("trimtab_events_rejected_total", "Events refused, by reason"),
+                    &["reason"],
+                )
+                .expect(ok),
+            ),
+            events_duplicate: reg(
+                &r,
+                IntCounter::new(
+                    "trimtab_events_duplicate_total",
+                    "Retried events recognised by id and not stored again",
+                )
+                .expect(ok),
+            ),
+            queue_depth: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("trimtab_queue_depth", "Messages waiting, by queue"),
+                    &["queue"],
+                )
+                .expect(ok),
+            ),
+            commit_latency: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "trimtab_commit_seconds",
+                        "Duration of one durable group commit",
+                    )
+                    .buckets(vec![
+                        0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
+                    ]),
+                )
+                .expect(ok),
+            ),
+            commit_batch: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new("trimtab_commit_batch_size", "Batches per group commit")
+                        .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 512.0]),
+                )
+                .expect(ok),
+            ),
+            adjustments_pushed: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "trimtab_adjustments_pushed_total",
+                        "Adjustments sent to at least one open WebSocket, by slot",
+                    ),
+                    &["slot"],
+                )
+                .expect(ok),
+            ),
+            adjustments_capped: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "trimtab_adjustments_capped_total",
+                        "Adjustments withheld by a frequency cap, by slot",
+                    ),
+                    &["slot"],
+                )
+                .expect(ok),
+            ),
+            ws_sessions: reg(
+                &r,
+                IntGauge::new(
+                    "trimtab_ws_sessions",
+                    "Open, authenticated WebSocket sessions",
+                )
+                .expect(ok),
+            ),
+            ws_dropped: reg(
+                &r,
+                IntCounter::new(
+                    "trimtab_ws_slow_consumer_total",
+                    "WebSockets closed because they did not read their messages",
+                )
+                .expect(ok),
+            ),
+            users_cached: reg(
+                &r,
+                IntGauge::new("trimtab_users_cached", "Users held in shard memory").expect(ok),
+            ),
+            registry: r,
+        }
+    }
+
+    pub fn reject(&self, reason: &str, n: u64) {
+        self.events_rejected.with_label_values(&[reason]).inc_by(n);
+    }
+
+    /// The Prometheus text exposition, including per-rule counters.
+    pub fn render(&self, rules: &[RuleStatus]) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        let mut out = String::from_utf8_lossy(&buf).into_owned();
+        let mut family = |name: &str, help: &str, kind: &str, val: &dyn Fn(&RuleStatus) -> u64| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for r in rules {
+                out.push_str(&format!("{name}{{rule=\"{}\"}} {}\n", r.name, val(r)));
+            }
+        };
+        family(
+            "trimtab_rule_runs_total",
+            "Rule evaluations",
+            "counter",
+            &|r| r.runs,
+        );
+        family(
+            "trimtab_rule_errors_total",
+            "Rule evaluations that failed",
+            "counter",
+            &|r| r.failures,
+        );
+        family(
+            "trimtab_rule_adjustments_total",
+            "adjust() calls by rule",
+            "counter",
+            &|r| r.adjustments,
+        );
+        family(
+            "trimtab_rule_enabled",
+            "1 if the rule runs",
+            "gauge",
+            &|r| r.enabled as u64,
+        );
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

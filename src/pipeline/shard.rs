@@ -1,0 +1,481 @@
+//! A shard worker: one thread that owns the state of the users hashed to it.
+//!
+//! Per message it loads the user (memory, else redb), drops duplicate event ids, updates the
+//! features, runs the rules, applies frequency caps, builds decisions and hands one batch to the
+//! writer. It also keeps a timer per user with an ongoing hover or dwell, so rules see
+//! `hovering_ms` grow on the server's clock and fire at the right moment between heartbeats.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{select, Receiver, Sender};
+
+use super::writer::{Done, WriterMsg};
+use super::{Decision, IngestOutcome, PipelineError, ShardMsg};
+use crate::config::Config;
+use crate::event::Event;
+use crate::features::view::{event_map, synthetic_event, user_map};
+use crate::features::UserState;
+use crate::metrics::Metrics;
+use crate::privacy::{Pseudonymizer, UserKey};
+use crate::rules::{AdjustRequest, RuleInput, Rules};
+use crate::store::{Mutation, Store};
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+struct Entry {
+    state: UserState,
+    /// Id hashes of events handed to the writer and not yet known to be committed → op.
+    pending: HashMap<[u8; 16], u64>,
+    last_op: u64,
+    last_used: i64,
+    timer: Option<i64>,
+}
+
+pub(crate) struct ShardParts {
+    pub idx: usize,
+    pub rx: Receiver<ShardMsg>,
+    pub failed: Receiver<UserKey>,
+    pub writer: Sender<WriterMsg>,
+    pub store: Arc<Store>,
+    pub rules: Rules,
+    pub cfg: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub pseudo: Pseudonymizer,
+    pub committed: Arc<Vec<AtomicU64>>,
+}
+
+pub(crate) struct Shard {
+    p: ShardParts,
+    users: HashMap<UserKey, Entry>,
+    timers: BinaryHeap<Reverse<(i64, UserKey)>>,
+    op: u64,
+}
+
+impl Shard {
+    pub(crate) fn new(p: ShardParts) -> Shard {
+        Shard {
+            p,
+            users: HashMap::new(),
+            timers: BinaryHeap::new(),
+            op: 0,
+        }
+    }
+
+    pub(crate) fn run(mut self) {
+        loop {
+            let wait = match self.timers.peek() {
+                Some(Reverse((due, _))) => Duration::from_millis((due - now_ms()).max(0) as u64),
+                None => Duration::from_secs(3600),
+            };
+            select! {
+                recv(self.p.rx) -> msg => match msg {
+                    Ok(m) => self.handle(m),
+                    Err(_) => break, // all senders gone: shutdown; queue drained
+                },
+                recv(self.p.failed) -> u => if let Ok(u) = u {
+                    self.users.remove(&u);
+                },
+                default(wait) => {}
+            }
+            self.fire_timers();
+        }
+        tracing::debug!(shard = self.p.idx, "shard drained and stopped");
+    }
+
+    fn committed(&self) -> u64 {
+        self.p.committed[self.p.idx].load(Ordering::Acquire)
+    }
+
+    fn load(&mut self, user: &UserKey, now: i64) -> Result<&mut Entry, PipelineError> {
+        if !self.users.contains_key(user) {
+            self.evict_if_full();
+            let state = self
+                .p
+                .store
+                .load_state(user)
+                .map_err(|e| PipelineError::Storage(e.to_string()))?
+                .and_then(|b| UserState::decode(&b))
+                .unwrap_or_default();
+            self.users.insert(
+                *user,
+                Entry {
+                    state,
+                    pending: HashMap::new(),
+                    last_op: 0,
+                    last_used: now,
+                    timer: None,
+                },
+            );
+            self.p.metrics.users_cached.inc();
+        }
+        // Just inserted or present: cannot be missing.
+        let e = self.users.get_mut(user).expect("entry present");
+        e.last_used = now;
+        Ok(e)
+    }
+
+    /// Drops the least recently used tenth of the cache, skipping users with uncommitted
+    /// writes or running timers (their state exists only here).
+    fn evict_if_full(&mut self) {
+        let cap = self.p.cfg.pipeline.user_cache.max(1);
+        if self.users.len() < cap {
+            return;
+        }
+        let committed = self.committed();
+        let mut idle: Vec<(i64, UserKey)> = self
+            .users
+            .iter()
+            .filter(|(_, e)| e.last_op <= committed && e.timer.is_none())
+            .map(|(k, e)| (e.last_used, *k))
+            .collect();
+        idle.sort_unstable();
+        for (_, k) in idle.into_iter().take(cap / 10 + 1) {
+            self.users.remove(&k);
+            self.p.metrics.users_cached.dec();
+        }
+    }
+
+    fn handle(&mut self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Events {
+                user,
+                events,
+                reply,
+            } => self.events(user, events, reply),
+            ShardMsg::Decide {
+                user,
+                slot,
+                candidates,
+                reply,
+            } => self.decide(user, slot, candidates, reply),
+            ShardMsg::Export { user, reply } => {
+                self.send(WriterMsg::Export { user, reply });
+            }
+            ShardMsg::Erase { user, reply } => {
+                if self.users.remove(&user).is_some() {
+                    self.p.metrics.users_cached.dec();
+                }
+                self.send(WriterMsg::Erase { user, reply });
+            }
+        }
+    }
+
+    fn send(&self, msg: WriterMsg) {
+        // Blocks when the writer is behind: that backpressure fills this shard's queue, which
+        // the API turns into 429s. The writer outlives every shard, so send cannot fail
+        // except during a crash-stop, when the reply is dropped and the client sees an error.
+        let _ = self.p.writer.send(msg);
+    }
+
+    fn events(&mut self, user: UserKey, events: Vec<Event>, reply: super::Reply<IngestOutcome>) {
+        let now = now_ms();
+        self.op += 1;
+        let op = self.op;
+        let committed = self.committed();
+        let cfg = self.p.cfg.clone();
+        // Which ids were committed before? One read transaction for the whole batch.
+        let hashes: Vec<[u8; 16]> = events
+            .iter()
+            .map(|e| self.p.pseudo.event_id(&user, &e.id))
+            .collect();
+        let mut outcome = IngestOutcome {
+            ids: events.iter().map(|e| e.id.clone()).collect(),
+            ..IngestOutcome::default()
+        };
+        let stored_before: Vec<bool> = match hashes
+            .iter()
+            .map(|h| self.p.store.seen(&user, h))
+            .collect::<Result<_, _>>()
+        {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = reply.send(Err(PipelineError::Storage(e.to_string())));
+                return;
+            }
+        };
+        let rules = self.p.rules.clone();
+        let metrics = self.p.metrics.clone();
+        let entry = match self.load(&user, now) {
+            Ok(e) => e,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        entry.pending.retain(|_, o| *o > committed);
+        let mut mutation = Mutation {
+            user: Some(user),
+            ..Mutation::default()
+        };
+        let mut pushes = Vec::new();
+        for ((ev, h), before) in events.iter().zip(&hashes).zip(stored_before) {
+            if before || entry.pending.contains_key(h) {
+                outcome.duplicates += 1;
+                continue;
+            }
+            entry.pending.insert(*h, op);
+            if matches!(ev.props, crate::event::Props::PageView { .. }) {
+                // A new page renders every slot with its default again.
+                entry.state.adjustments.clear();
+            }
+            entry.state.apply(ev, &cfg.features);
+            let seq = entry.state.next_seq;
+            entry.state.next_seq += 1;
+            mutation.events.push((seq, *h, postcard_event(ev)));
+            outcome.accepted += 1;
+            if entry.state.consent.personalization {
+                let input = RuleInput {
+                    user: user_map(&user, &entry.state, now),
+                    event: event_map(ev),
+                    now_ms: now,
+                };
+                let reqs = rules.evaluate(&input);
+                for r in reqs {
+                    if let Some(d) = admit(&mut entry.state, r, &cfg, &metrics, now, Some(&ev.id)) {
+                        mutation.decisions.push((id_of(&d), d.encode()));
+                        pushes.push(d);
+                    }
+                }
+            }
+        }
+        metrics.events_duplicate.inc_by(outcome.duplicates as u64);
+        entry.last_op = op;
+        let has_ongoing = entry.state.has_ongoing();
+        if outcome.accepted > 0 {
+            mutation.state = Some(entry.state.encode());
+        }
+        if has_ongoing {
+            self.schedule(user, now + cfg.features.tick_ms);
+        }
+        let done: Done = Box::new(move |r| {
+            let _ = reply.send(r.map(|()| outcome));
+        });
+        // Even an all-duplicate batch goes through the writer: its ack then follows the commit
+        // of the original events if they are still in flight.
+        self.send(WriterMsg::Commit {
+            shard: self.p.idx,
+            op,
+            mutation,
+            pushes,
+            done: Some(done),
+        });
+    }
+
+    fn decide(
+        &mut self,
+        user: UserKey,
+        slot: String,
+        candidates: Vec<String>,
+        reply: super::Reply<Decision>,
+    ) {
+        let now = now_ms();
+        let cfg = self.p.cfg.clone();
+        let rules = self.p.rules.clone();
+        let metrics = self.p.metrics.clone();
+        self.op += 1;
+        let op = self.op;
+        let entry = match self.load(&user, now) {
+            Ok(e) => e,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let session = entry.state.session.clone();
+        let (d_slot, d_variant) = (
+            slot.clone(),
+            candidates
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "default".into()),
+        );
+        let default = move || Decision {
+            id: Decision::new_id().1,
+            slot: d_slot,
+            variant: d_variant,
+            params: Default::default(),
+            source: "default".into(),
+            rule: None,
+            experiment: None,
+            arm: None,
+            propensity: 1.0,
+            ts: now,
+            session,
+            trigger: None,
+        };
+        if !entry.state.consent.personalization {
+            let _ = reply.send(Ok(default()));
+            return;
+        }
+        let mut props = rhai::Map::new();
+        props.insert("slot".into(), slot.clone().into());
+        let cands: rhai::Array = candidates.iter().map(|c| c.clone().into()).collect();
+        props.insert("candidates".into(), cands.into());
+        let input = RuleInput {
+            user: user_map(&user, &entry.state, now),
+            event: synthetic_event("decide", &entry.state.session, now, props),
+            now_ms: now,
+        };
+        let chosen = rules
+            .evaluate(&input)
+            .into_iter()
+            .find(|r| r.slot == slot && (candidates.is_empty() || candidates.contains(&r.variant)));
+        let Some(d) = chosen.and_then(|r| admit(&mut entry.state, r, &cfg, &metrics, now, None))
+        else {
+            let _ = reply.send(Ok(default()));
+            return;
+        };
+        entry.last_op = op;
+        let mutation = Mutation {
+            user: Some(user),
+            state: Some(entry.state.encode()),
+            decisions: vec![(id_of(&d), d.encode())],
+            ..Mutation::default()
+        };
+        let done: Done = Box::new(move |r| {
+            let _ = reply.send(r.map(|()| d));
+        });
+        self.send(WriterMsg::Commit {
+            shard: self.p.idx,
+            op,
+            mutation,
+            pushes: Vec::new(),
+            done: Some(done),
+        });
+    }
+
+    fn schedule(&mut self, user: UserKey, due: i64) {
+        if let Some(e) = self.users.get_mut(&user) {
+            if e.timer.is_none() {
+                e.timer = Some(due);
+                self.timers.push(Reverse((due, user)));
+            }
+        }
+    }
+
+    /// Re-evaluates users with an ongoing hover/dwell whose timer is due.
+    fn fire_timers(&mut self) {
+        let now = now_ms();
+        let cfg = self.p.cfg.clone();
+        while let Some(Reverse((due, user))) = self.timers.peek().copied() {
+            if due > now {
+                break;
+            }
+            self.timers.pop();
+            self.op += 1;
+            let op = self.op;
+            let rules = self.p.rules.clone();
+            let metrics = self.p.metrics.clone();
+            let Some(entry) = self.users.get_mut(&user) else {
+                continue;
+            };
+            entry.timer = None;
+            let mut changed = entry.state.expire(now, &cfg.features);
+            let mut pushes = Vec::new();
+            let mut decisions = Vec::new();
+            if entry.state.consent.personalization && entry.state.visible {
+                let input = RuleInput {
+                    user: user_map(&user, &entry.state, now),
+                    event: synthetic_event("tick", &entry.state.session, now, rhai::Map::new()),
+                    now_ms: now,
+                };
+                for r in rules.evaluate(&input) {
+                    if let Some(d) = admit(&mut entry.state, r, &cfg, &metrics, now, None) {
+                        decisions.push((id_of(&d), d.encode()));
+                        pushes.push(d);
+                        changed = true;
+                    }
+                }
+            }
+            let ongoing = entry.state.has_ongoing();
+            if changed {
+                entry.last_op = op;
+                let mutation = Mutation {
+                    user: Some(user),
+                    state: Some(entry.state.encode()),
+                    decisions,
+                    ..Mutation::default()
+                };
+                self.send(WriterMsg::Commit {
+                    shard: self.p.idx,
+                    op,
+                    mutation,
+                    pushes,
+                    done: None,
+                });
+            }
+            if ongoing {
+                self.schedule(user, now + cfg.features.tick_ms);
+            }
+        }
+    }
+}
+
+fn id_of(d: &Decision) -> [u8; 16] {
+    Decision::id_bytes(&d.id).unwrap_or([0; 16])
+}
+
+fn postcard_event(ev: &Event) -> Vec<u8> {
+    // Plain data; postcard into a Vec cannot fail.
+    postcard::to_allocvec(ev).expect("Event is postcard-serialisable")
+}
+
+/// Applies the "already shown" check and frequency caps to a rule's request; on success
+/// records it in the state and returns its decision.
+fn admit(
+    state: &mut UserState,
+    r: AdjustRequest,
+    cfg: &Config,
+    metrics: &Metrics,
+    now: i64,
+    trigger: Option<&str>,
+) -> Option<Decision> {
+    if state.adjustments.get(&r.slot) == Some(&r.variant) {
+        return None; // already showing this variant: nothing to change
+    }
+    let (per_session, per_day) = cfg.delivery.caps(&r.slot);
+    let day = now.div_euclid(86_400_000);
+    let c = state.caps.entry(r.slot.clone()).or_default();
+    if c.session != state.session {
+        c.session = state.session.clone();
+        c.in_session = 0;
+    }
+    if c.day != day {
+        c.day = day;
+        c.in_day = 0;
+    }
+    if (per_session > 0 && c.in_session >= per_session) || (per_day > 0 && c.in_day >= per_day) {
+        metrics
+            .adjustments_capped
+            .with_label_values(&[&r.slot])
+            .inc();
+        return None;
+    }
+    c.in_session += 1;
+    c.in_day += 1;
+    c.total += 1;
+    state.adjustments.insert(r.slot.clone(), r.variant.clone());
+    Some(Decision {
+        id: Decision::new_id().1,
+        slot: r.slot,
+        variant: r.variant,
+        params: r.params,
+        source: "rule".into(),
+        rule: Some(r.rule),
+        experiment: None,
+        arm: None,
+        propensity: 1.0,
+        ts: now,
+        session: state.session.clone(),
+        trigger: trigger.map(str::to_string),
+    })
+}

@@ -1,0 +1,17 @@
+//! Privacy by default: pseudonymous user keys, signed user tokens, the instance's secrets, and
+//! per-user encryption keys that make erasure final (crypto-shredding).
+//!
+//! Nothing in here touches the network or redb. The key store is written only by the writer
+//! thread; shards read it (under a read lock) to decrypt a user's state when loading it.
+
+pub mod crypto;
+pub mod ids;
+pub mod keystore;
+pub mod secrets;
+pub mod token;
+
+pub use crypto::{open_record, seal_record, Table};
+pub use ids::{Pseudonymizer, UserKey};
+pub use keystore::KeyStore;
+pub use secrets::Secrets;
+pub use token::{TokenError, TokenSigner};
