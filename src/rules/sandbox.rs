@@ -1,0 +1,386 @@
+//! The sandboxed Rhai [`Engine`] and the per-call state that the sandbox needs.
+//!
+//! Owns: building the one shared engine (packages, limits, disabled symbols, print/debug
+//! routing, the wall-clock deadline hook), the thread-local [`CallScope`] that carries the
+//! running rule's name, deadline and collected `adjust()` calls, and the translation of Rhai
+//! errors into [`RuleErrorInfo`].
+//!
+//! Threads: the engine is built once (by whoever calls `Rules::load`) and then shared
+//! read-only by every shard worker thread; the call state is strictly thread-local, so two
+//! threads evaluating at once never see each other's adjustments or deadlines.
+//!
+//! Must not: give scripts any file, network, clock, sleep or module access. `Engine::new_raw()`
+//! has none and this file adds none; `LanguageCorePackage` is deliberately left out because it
+//! contains `sleep()` (which would block a shard thread where neither the operation limit nor
+//! the deadline can interrupt it).
+
+use std::cell::RefCell;
+use std::time::{Duration, Instant};
+
+use rhai::packages::{
+    ArithmeticPackage, BasicArrayPackage, BasicFnPackage, BasicIteratorPackage, BasicMapPackage,
+    BasicMathPackage, BasicStringPackage, LogicPackage, MoreStringPackage, Package,
+};
+use rhai::{Dynamic, Engine, EvalAltResult, ParseError, Position};
+
+use super::{AdjustRequest, RuleErrorInfo, RuleLimits};
+
+/// The token `on_progress` terminates a script with when its deadline has passed.
+const TIMEOUT_TOKEN: &str = "trimtab:timeout";
+/// The deadline is checked only every `DEADLINE_CHECK_MASK + 1` operations (`Instant::now()`
+/// costs ~20 ns; an operation costs a few ns).
+const DEADLINE_CHECK_MASK: u64 = 0xFF;
+/// Longest message kept from a script's `print`, `debug` or `log` call, in characters.
+pub(crate) const MAX_LOG_CHARS: usize = 256;
+/// Longest error message kept in a status, in characters.
+const MAX_ERROR_CHARS: usize = 300;
+/// At most this many `log`/`print`/`debug` lines are emitted per rule run; the rest are dropped
+/// so that one chatty rule cannot flood the log at event rate.
+pub(crate) const MAX_LOGS_PER_RUN: u32 = 8;
+
+/// State of the rule currently running on this thread.
+pub(crate) struct CallState {
+    /// Name of the running rule (for `adjust()` results and log lines).
+    pub(crate) rule: String,
+    /// Wall-clock deadline of this call.
+    deadline: Instant,
+    /// `adjust()` calls made so far, in order.
+    pub(crate) adjusts: Vec<AdjustRequest>,
+    /// Log lines emitted so far in this call.
+    pub(crate) logs: u32,
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<CallState>> = const { RefCell::new(None) };
+}
+
+/// Marks "rule `rule` is running on this thread" for as long as it lives.
+///
+/// Dropping it (also during unwinding) clears the thread-local state, so a panicking rule can
+/// never leak its adjustments or deadline into the next call on this thread.
+pub(crate) struct CallScope {
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl CallScope {
+    /// Enters a call of `rule` with a deadline of `timeout` from now.
+    pub(crate) fn enter(rule: &str, timeout: Duration) -> CallScope {
+        let now = Instant::now();
+        let deadline = now.checked_add(timeout).unwrap_or(now);
+        CURRENT.with(|c| {
+            if let Ok(mut slot) = c.try_borrow_mut() {
+                *slot = Some(CallState {
+                    rule: rule.to_owned(),
+                    deadline,
+                    adjusts: Vec::new(),
+                    logs: 0,
+                });
+            }
+        });
+        CallScope {
+            _not_send: std::marker::PhantomData,
+        }
+    }
+
+    /// Ends the call and returns the `adjust()` calls it collected, in order.
+    pub(crate) fn finish(self) -> Vec<AdjustRequest> {
+        // `self` is dropped at the end of this function, which clears the state again.
+        CURRENT.with(|c| match c.try_borrow_mut() {
+            Ok(mut slot) => slot.take().map(|s| s.adjusts).unwrap_or_default(),
+            Err(_) => Vec::new(),
+        })
+    }
+}
+
+impl Drop for CallScope {
+    fn drop(&mut self) {
+        CURRENT.with(|c| {
+            if let Ok(mut slot) = c.try_borrow_mut() {
+                *slot = None;
+            }
+        });
+    }
+}
+
+/// Runs `f` with the state of the rule running on this thread, or returns `None` when no rule
+/// is running (e.g. a registered function called outside `evaluate`).
+pub(crate) fn with_current<R>(f: impl FnOnce(&mut CallState) -> R) -> Option<R> {
+    CURRENT.with(|c| match c.try_borrow_mut() {
+        Ok(mut slot) => slot.as_mut().map(f),
+        Err(_) => None,
+    })
+}
+
+/// Whether the deadline of the call on this thread has passed.
+fn deadline_passed() -> bool {
+    CURRENT.with(|c| match c.try_borrow() {
+        Ok(slot) => slot.as_ref().is_some_and(|s| Instant::now() >= s.deadline),
+        Err(_) => false,
+    })
+}
+
+/// Emits one script log line at `level` through `tracing`, rate limited per call and truncated.
+pub(crate) fn script_log(level: tracing::Level, msg: &str) {
+    let text = truncate(msg, MAX_LOG_CHARS);
+    let emitted = with_current(|s| {
+        if s.logs >= MAX_LOGS_PER_RUN {
+            return true;
+        }
+        s.logs += 1;
+        if level == tracing::Level::INFO {
+            tracing::info!(rule = %s.rule, "rule log: {text}");
+        } else {
+            tracing::debug!(rule = %s.rule, "rule print: {text}");
+        }
+        true
+    });
+    if emitted.is_none() {
+        tracing::debug!("rule print outside evaluation: {text}");
+    }
+}
+
+/// Cuts `s` to at most `max` characters, marking the cut with `…`.
+pub(crate) fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_owned(),
+        Some((idx, _)) => {
+            let mut out = s[..idx].to_owned();
+            out.push('…');
+            out
+        }
+    }
+}
+
+/// Builds the sandboxed engine shared by compilation and evaluation.
+pub(crate) fn build_engine(limits: &RuleLimits) -> Engine {
+    let mut engine = Engine::new_raw();
+
+    // Packages: everything `CorePackage` has except `LanguageCorePackage` (sleep, exit,
+    // parse_json, tag), plus logic, math, strings, arrays, maps. No time, no blobs.
+    engine.register_global_module(ArithmeticPackage::new().as_shared_module());
+    engine.register_global_module(BasicIteratorPackage::new().as_shared_module());
+    engine.register_global_module(BasicFnPackage::new().as_shared_module());
+    engine.register_global_module(LogicPackage::new().as_shared_module());
+    engine.register_global_module(BasicMathPackage::new().as_shared_module());
+    engine.register_global_module(BasicStringPackage::new().as_shared_module());
+    engine.register_global_module(MoreStringPackage::new().as_shared_module());
+    engine.register_global_module(BasicArrayPackage::new().as_shared_module());
+    engine.register_global_module(BasicMapPackage::new().as_shared_module());
+
+    // Limits. A zero would mean "unlimited" to Rhai, so every limit is at least 1.
+    engine.set_max_operations(limits.max_operations.max(1));
+    engine.set_max_call_levels(limits.max_call_levels.max(1));
+    engine.set_max_expr_depths(
+        limits.max_expr_depth.max(1),
+        limits.max_function_expr_depth.max(1),
+    );
+    engine.set_max_string_size(limits.max_string_size.max(1));
+    engine.set_max_array_size(limits.max_array_size.max(1));
+    engine.set_max_map_size(limits.max_map_size.max(1));
+    engine.set_max_variables(limits.max_variables.max(1));
+    engine.set_max_functions(limits.max_functions.max(1));
+    // No string interner: it is one global lock taken at run time (string interpolation,
+    // `let`, `for`) by every shard thread, and its eviction scans the whole cache, which made
+    // string-heavy scripts quadratic.
+    engine.set_max_strings_interned(0);
+
+    // Language surface.
+    engine.set_strict_variables(true);
+    engine.disable_symbol("eval");
+
+    // print/debug go to tracing (new_raw would otherwise drop them silently).
+    engine.on_print(|s| script_log(tracing::Level::DEBUG, s));
+    engine.on_debug(|s, _src, pos| {
+        let line = match pos.line() {
+            Some(l) => format!("line {l}: {s}"),
+            None => s.to_owned(),
+        };
+        script_log(tracing::Level::DEBUG, &line);
+    });
+
+    // Wall-clock deadline, checked every 256 operations.
+    engine.on_progress(|ops| {
+        if ops & DEADLINE_CHECK_MASK != 0 {
+            return None;
+        }
+        if deadline_passed() {
+            Some(Dynamic::from(TIMEOUT_TOKEN))
+        } else {
+            None
+        }
+    });
+
+    // Rhai checks `max_map_size` after operators and function calls, but not when an index or
+    // property assignment (`m[k] = v`, `m.k = v`) adds a key, so a loop could grow a map until
+    // the operation limit (tens of thousands of entries, up to 16 KiB keys each). Check the
+    // map a script touches when it is accessed by name: its own length every time (O(1)), its
+    // nested content every 32nd access (bounded by the limit, early exit).
+    let max_map = limits.max_map_size.max(1);
+    // `on_var` is marked deprecated only as "volatile, may change"; it is stable in 1.27 and
+    // `tests::size_limits_stop_runaway_growth` catches a change of behaviour.
+    #[allow(deprecated)]
+    engine.on_var(move |name, _index, ctx| {
+        let scope = ctx.scope();
+        if scope.is_constant(name) != Some(false) {
+            return Ok(None);
+        }
+        let Some(value) = scope.get(name) else {
+            return Ok(None);
+        };
+        if let Some(map) = value.read_lock::<rhai::Map>() {
+            let too_large = map.len() > max_map
+                || (deep_check_due() && nested_entries(value, max_map) > max_map);
+            if too_large {
+                return Err(Box::new(EvalAltResult::ErrorDataTooLarge(
+                    "Size of object map".to_owned(),
+                    Position::NONE,
+                )));
+            }
+        }
+        Ok(None)
+    });
+
+    super::api::register(&mut engine);
+    engine
+}
+
+thread_local! {
+    static VAR_ACCESSES: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// True on every 32nd call on this thread.
+fn deep_check_due() -> bool {
+    VAR_ACCESSES.with(|c| {
+        let n = c.get().wrapping_add(1);
+        c.set(n);
+        n % 32 == 0
+    })
+}
+
+/// Map entries in `value`, nested maps and arrays included (to a nesting depth of 32);
+/// stops counting once past `limit`.
+fn nested_entries(value: &Dynamic, limit: usize) -> usize {
+    fn walk(v: &Dynamic, limit: usize, depth: u32, count: &mut usize) {
+        if *count > limit || depth > 32 {
+            return;
+        }
+        if let Some(map) = v.read_lock::<rhai::Map>() {
+            *count += map.len();
+            for x in map.values() {
+                walk(x, limit, depth + 1, count);
+            }
+        } else if let Some(arr) = v.read_lock::<rhai::Array>() {
+            for x in arr.iter() {
+                walk(x, limit, depth + 1, count);
+            }
+        }
+    }
+    let mut count = 0;
+    walk(value, limit, 0, &mut count);
+    count
+}
+
+/// `file:line:col` (or just `file` when the position is unknown).
+fn location(file: &str, pos: Position) -> String {
+    match (pos.line(), pos.position()) {
+        (Some(l), Some(c)) => format!("{file}:{l}:{c}"),
+        (Some(l), None) => format!("{file}:{l}"),
+        _ => file.to_owned(),
+    }
+}
+
+/// Describes a compile (parse) error of `file`.
+pub(crate) fn compile_error_info(file: &str, err: &ParseError) -> RuleErrorInfo {
+    let pos = err.position();
+    RuleErrorInfo {
+        message: truncate(&err.err_type().to_string(), MAX_ERROR_CHARS),
+        line: pos.line(),
+        column: pos.position(),
+        location: location(file, pos),
+    }
+}
+
+/// Describes a runtime error of `file`; `timeout_ms` names the deadline in timeout messages.
+pub(crate) fn runtime_error_info(
+    file: &str,
+    err: &EvalAltResult,
+    timeout_ms: u64,
+) -> RuleErrorInfo {
+    // Walk into errors raised inside script-defined functions: the innermost error says what
+    // went wrong and where; the function names say how we got there.
+    let mut err = err;
+    let mut outer_pos = err.position();
+    let mut trail = Vec::new();
+    while let EvalAltResult::ErrorInFunctionCall(name, _src, inner, pos) = err {
+        trail.push(name.clone());
+        if !pos.is_none() {
+            outer_pos = *pos;
+        }
+        err = inner;
+    }
+    let pos = if err.position().is_none() {
+        outer_pos
+    } else {
+        err.position()
+    };
+    let what = match err {
+        EvalAltResult::ErrorTooManyOperations(..) => "operation limit exceeded".to_owned(),
+        EvalAltResult::ErrorTerminated(token, ..)
+            if token
+                .clone()
+                .into_string()
+                .is_ok_and(|t| t == TIMEOUT_TOKEN) =>
+        {
+            format!("timeout after {timeout_ms} ms")
+        }
+        EvalAltResult::ErrorStackOverflow(..) => "call depth limit exceeded".to_owned(),
+        EvalAltResult::ErrorTooManyVariables(..) => "variable limit exceeded".to_owned(),
+        EvalAltResult::ErrorDataTooLarge(what, ..) => format!("size limit exceeded: {what}"),
+        EvalAltResult::ErrorRuntime(value, ..) => value.to_string(),
+        other => {
+            // Display appends " (line L, position C)"; the position is reported separately.
+            let text = other.to_string();
+            let suffix = format!(" ({})", other.position());
+            match text.strip_suffix(&suffix) {
+                Some(t) if !other.position().is_none() => t.to_owned(),
+                _ => text,
+            }
+        }
+    };
+    let message = if trail.is_empty() {
+        what
+    } else {
+        format!("{what} (in function {})", trail.join(" > "))
+    };
+    RuleErrorInfo {
+        message: truncate(&message, MAX_ERROR_CHARS),
+        line: pos.line(),
+        column: pos.position(),
+        location: location(file, pos),
+    }
+}
+
+/// Describes a panic caught while running a rule of `file`.
+pub(crate) fn panic_error_info(file: &str, payload: &(dyn std::any::Any + Send)) -> RuleErrorInfo {
+    let detail = if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown payload".to_owned()
+    };
+    RuleErrorInfo {
+        message: truncate(&format!("panic: {detail}"), MAX_ERROR_CHARS),
+        line: None,
+        column: None,
+        location: file.to_owned(),
+    }
+}
+
+/// `message at line L` (or just `message`), as used in disabled reasons.
+pub(crate) fn short_error(info: &RuleErrorInfo) -> String {
+    match info.line {
+        Some(l) => format!("{} at line {l}", info.message),
+        None => info.message.clone(),
+    }
+}
