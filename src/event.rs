@@ -390,6 +390,16 @@ struct WireEvent {
 #[serde(deny_unknown_fields)]
 struct WireBatch {
     events: Vec<Value>,
+    /// A user token in the body, for `navigator.sendBeacon`, which cannot set headers.
+    #[serde(default)]
+    token: Option<String>,
+}
+
+/// A validated batch body.
+#[derive(Debug)]
+pub struct Batch {
+    pub events: Vec<Incoming>,
+    pub token: Option<String>,
 }
 
 /// A validated event together with the raw user id the client named (if any). The API layer
@@ -514,8 +524,8 @@ pub fn from_value<T: DeserializeOwned>(v: Value, prefix: &str) -> Result<T, Inpu
     })
 }
 
-/// Parses and validates a batch body `{"events":[…]}`.
-pub fn parse_batch(body: &[u8], limits: &Limits, now_ms: i64) -> Result<Vec<Incoming>, InputError> {
+/// Parses and validates a batch body `{"events":[…], "token"?}`.
+pub fn parse_batch(body: &[u8], limits: &Limits, now_ms: i64) -> Result<Batch, InputError> {
     if body.len() > limits.max_body_bytes {
         return Err(InputError::new(
             "body_too_large",
@@ -529,7 +539,10 @@ pub fn parse_batch(body: &[u8], limits: &Limits, now_ms: i64) -> Result<Vec<Inco
     }
     let value: Value = parse_json(body)?;
     let batch: WireBatch = from_value(value, "")?;
-    parse_events(batch.events, limits, now_ms, "events")
+    Ok(Batch {
+        events: parse_events(batch.events, limits, now_ms, "events")?,
+        token: batch.token,
+    })
 }
 
 /// Parses JSON text, mapping syntax errors to `malformed_json` with line and column.
@@ -901,7 +914,9 @@ mod tests {
 
     #[test]
     fn valid_scroll_parses() {
-        let out = parse_batch(&batch(scroll(80.0.into())), &Limits::default(), NOW).unwrap();
+        let out = parse_batch(&batch(scroll(80.0.into())), &Limits::default(), NOW)
+            .unwrap()
+            .events;
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].event.kind(), EventType::Scroll);
         assert!(out[0].event.consent.analytics);
@@ -984,7 +999,9 @@ mod tests {
         );
         let mut ok = ev;
         ok["target"] = "product-image".into();
-        let out = parse_batch(&batch(ok.clone()), &Limits::default(), NOW).unwrap();
+        let out = parse_batch(&batch(ok.clone()), &Limits::default(), NOW)
+            .unwrap()
+            .events;
         assert_eq!(
             out[0].event.props,
             Props::Hover {
@@ -1004,7 +1021,9 @@ mod tests {
     fn custom_props_and_stale_timestamps() {
         let ev = serde_json::json!({"id":"c","type":"custom","session":"s","ts":NOW,
             "props":{"name":"bench","seq":3,"ok":true}});
-        let out = parse_batch(&batch(ev.clone()), &Limits::default(), NOW).unwrap();
+        let out = parse_batch(&batch(ev.clone()), &Limits::default(), NOW)
+            .unwrap()
+            .events;
         assert_eq!(out[0].event.props_json()["seq"], 3);
         let mut nested = ev.clone();
         nested["props"]["deep"] = serde_json::json!({"a":1});
@@ -1021,7 +1040,9 @@ mod tests {
 
     #[test]
     fn event_round_trips_through_postcard_and_json() {
-        let out = parse_batch(&batch(scroll(42.5.into())), &Limits::default(), NOW).unwrap();
+        let out = parse_batch(&batch(scroll(42.5.into())), &Limits::default(), NOW)
+            .unwrap()
+            .events;
         let ev = &out[0].event;
         let bytes = postcard::to_allocvec(ev).unwrap();
         let back: Event = postcard::from_bytes(&bytes).unwrap();
@@ -1041,7 +1062,7 @@ mod tests {
         /// Any in-range depth is accepted and kept exactly.
         #[test]
         fn scroll_depth_roundtrip(depth in 0.0f64..=100.0) {
-            let out = parse_batch(&batch(scroll(depth.into())), &Limits::default(), NOW).unwrap();
+            let out = parse_batch(&batch(scroll(depth.into())), &Limits::default(), NOW).unwrap().events;
             let is_depth = matches!(out[0].event.props, Props::Scroll { depth: d, .. } if d == depth);
             prop_assert!(is_depth);
         }

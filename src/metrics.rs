@@ -7,7 +7,26 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use prometheus::core::Collector;
+use serde_json::{json, Value};
+
 use crate::rules::RuleStatus;
+
+/// (label values, value) of every series of a labelled counter.
+fn series(c: &IntCounterVec) -> Vec<(Vec<String>, f64)> {
+    c.collect()
+        .iter()
+        .flat_map(|f| f.get_metric().iter())
+        .map(|m| {
+            let labels = m
+                .get_label()
+                .iter()
+                .map(|l| l.value().to_string())
+                .collect();
+            (labels, m.get_counter().get_value())
+        })
+        .collect()
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -92,9 +111,9 @@ impl Metrics {
                 IntCounterVec::new(
                     Opts::new(
                         "trimtab_adjustments_pushed_total",
-                        "Adjustments sent to at least one open WebSocket, by slot",
+                        "Adjustments sent to at least one open WebSocket, by slot and variant",
                     ),
-                    &["slot"],
+                    &["slot", "variant"],
                 )
                 .expect(ok),
             ),
@@ -135,6 +154,46 @@ impl Metrics {
 
     pub fn reject(&self, reason: &str, n: u64) {
         self.events_rejected.with_label_values(&[reason]).inc_by(n);
+    }
+
+    /// A JSON snapshot of the counters, for the live dashboard (cumulative values).
+    pub fn snapshot(&self, rules: &[RuleStatus], ts: i64) -> Value {
+        let rejected: serde_json::Map<String, Value> = series(&self.events_rejected)
+            .into_iter()
+            .map(|(l, v)| (l.join(","), json!(v as u64)))
+            .collect();
+        let adjustments: Vec<Value> = series(&self.adjustments_pushed)
+            .into_iter()
+            .map(|(l, v)| json!({"slot": l.first(), "variant": l.get(1), "pushed": v as u64}))
+            .collect();
+        let capped: serde_json::Map<String, Value> = series(&self.adjustments_capped)
+            .into_iter()
+            .map(|(l, v)| (l.join(","), json!(v as u64)))
+            .collect();
+        let rules: Vec<Value> = rules
+            .iter()
+            .map(|r| {
+                json!({
+                    "name": r.name, "state": r.state, "enabled": r.enabled, "runs": r.runs,
+                    "failures": r.failures, "adjustments": r.adjustments,
+                    "disabled_reason": r.disabled_reason,
+                    "compile_error": r.compile_error.as_ref().map(|e| json!({"message": e.message, "location": e.location})),
+                })
+            })
+            .collect();
+        json!({
+            "type": "stats",
+            "ts": ts,
+            "events_accepted": self.events_accepted.get(),
+            "events_rejected": rejected,
+            "events_duplicate": self.events_duplicate.get(),
+            "ws_sessions": self.ws_sessions.get(),
+            "adjustments": adjustments,
+            "capped": capped,
+            "rules": rules,
+            "users_cached": self.users_cached.get(),
+            "commit": {"count": self.commit_latency.get_sample_count(), "sum_s": self.commit_latency.get_sample_sum()},
+        })
     }
 
     /// The Prometheus text exposition, including per-rule counters.

@@ -141,6 +141,46 @@ pub async fn erase_user(
     erase(&st, st.pseudo.user(&id)).await
 }
 
+/// `GET /v1/admin/users/{key}` (admin): export by pseudonymous key (32 hex chars), as shown in
+/// the live feed; for operators who never see raw ids.
+pub async fn export_by_key(
+    st: web::Data<AppState>,
+    _: Admin,
+    key: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let bytes: [u8; 16] = hex::decode(key.as_str())
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_value",
+                "a user key is 32 hex characters",
+            )
+            .at("key")
+        })?;
+    export(&st, UserKey(bytes)).await
+}
+
+/// `GET /v1/admin/live`: the dashboard's live feed (WebSocket; admin token in the first message).
+pub async fn live(
+    st: web::Data<AppState>,
+    req: actix_web::HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (resp, session, stream) = actix_ws::handle(&req, body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
+    let ctx = crate::delivery::live::LiveCtx {
+        hub: st.hub.clone(),
+        metrics: st.metrics.clone(),
+        rules: st.rules.clone(),
+        admin_token: st.admin_token.clone(),
+        auth_timeout: std::time::Duration::from_secs(st.cfg.delivery.auth_timeout_s),
+    };
+    actix_web::rt::spawn(crate::delivery::live::run(ctx, session, stream));
+    Ok(resp)
+}
+
 fn me(caller: Caller) -> Result<UserKey, ApiError> {
     match caller {
         Caller::User(u) => Ok(u),

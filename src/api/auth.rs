@@ -65,27 +65,47 @@ impl FromRequest for Caller {
                     "missing `Authorization: Bearer <write key or user token>`",
                 )
             })?;
-            if t.starts_with("tt1.") {
-                let now_s = super::now_ms() as u64 / 1000;
-                return st
-                    .signer
-                    .verify(t, now_s)
-                    .map(Caller::User)
-                    .map_err(|e| ApiError::unauthorized(e.code(), &e.to_string()));
-            }
-            if credential_eq(t, &st.write_key) {
-                Ok(Caller::WriteKey)
-            } else {
-                Err(ApiError::unauthorized(
-                    "invalid_token",
-                    "neither the write key nor a valid user token",
-                ))
-            }
+            Caller::from_credential(st, t)
         })())
     }
 }
 
 impl Caller {
+    /// Authenticates a presented credential: a user token (`tt1.…`) or the write key.
+    pub fn from_credential(st: &AppState, t: &str) -> Result<Caller, ApiError> {
+        if t.starts_with("tt1.") {
+            let now_s = super::now_ms() as u64 / 1000;
+            return st
+                .signer
+                .verify(t, now_s)
+                .map(Caller::User)
+                .map_err(|e| ApiError::unauthorized(e.code(), &e.to_string()));
+        }
+        if credential_eq(t, &st.write_key) {
+            Ok(Caller::WriteKey)
+        } else {
+            Err(ApiError::unauthorized(
+                "invalid_token",
+                "neither the write key nor a valid user token",
+            ))
+        }
+    }
+
+    /// The caller of a request whose credential may also travel in the body (beacons).
+    pub fn from_request_or_body(
+        st: &AppState,
+        req: &HttpRequest,
+        body_token: Option<&str>,
+    ) -> Result<Caller, ApiError> {
+        match (bearer(req), body_token) {
+            (Some(t), _) | (None, Some(t)) => Caller::from_credential(st, t),
+            (None, None) => Err(ApiError::unauthorized(
+                "unauthorized",
+                "missing `Authorization: Bearer <write key or user token>` (or `token` in the body)",
+            )),
+        }
+    }
+
     /// The user a request acts for: a token's own user, or the named one for the write key.
     /// `named` is the raw id in the request (if any) and `path` its field path for errors.
     pub fn resolve(

@@ -62,13 +62,15 @@ pub async fn identify(
 /// `POST /v1/events` (write key or token): `{"events":[…]}` → 202 `{accepted,…}` once durable.
 pub async fn events(
     st: web::Data<AppState>,
-    caller: Caller,
+    req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(payload, st.cfg.limits.max_body_bytes).await?;
-    let incoming = parse_batch(&body, &st.cfg.limits, now_ms()).inspect_err(|e| {
+    let batch = parse_batch(&body, &st.cfg.limits, now_ms()).inspect_err(|e| {
         st.metrics.reject(e.code, 1);
     })?;
+    let caller = Caller::from_request_or_body(&st, &req, batch.token.as_deref())?;
+    let incoming = batch.events;
     // Group by user, keeping each user's order.
     let mut groups: Vec<(UserKey, Vec<crate::event::Event>)> = Vec::new();
     let mut not_consented = 0usize;
@@ -110,6 +112,25 @@ pub async fn events(
         "duplicates": duplicates,
         "not_consented": not_consented,
     })))
+}
+
+/// `POST /v1/anonymous` (no credentials; `anonymous = true`): a token for a new random id, so a
+/// browser SDK can start without any secret. The id is chosen here, never by the client, so a
+/// token for somebody else's id cannot be obtained this way.
+pub async fn anonymous(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if !st.cfg.anonymous {
+        return Err(ApiError::forbidden(
+            "anonymous_disabled",
+            "anonymous visitors are disabled (anonymous = false); use /v1/identify from your server",
+        ));
+    }
+    let mut raw = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut raw);
+    let user = format!("anon-{}", hex::encode(raw));
+    let key = st.pseudo.user(&user);
+    let exp = now_ms() as u64 / 1000 + st.cfg.token_ttl_s;
+    let token = st.signer.issue(&key, exp);
+    Ok(HttpResponse::Ok().json(json!({"user": user, "token": token, "expires_at": exp})))
 }
 
 #[derive(Deserialize)]

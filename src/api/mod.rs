@@ -3,6 +3,7 @@
 //! Nothing here blocks an actix worker: storage, rules and fsync run on pipeline threads.
 
 pub mod admin;
+pub mod assets;
 pub mod auth;
 pub mod error;
 pub mod ingest;
@@ -76,6 +77,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/v1")
             .route("/identify", web::post().to(ingest::identify))
+            .route("/anonymous", web::post().to(ingest::anonymous))
             .route("/events", web::post().to(ingest::events))
             .route("/decide", web::post().to(ingest::decide))
             .route("/ws", web::get().to(ingest::ws))
@@ -86,7 +88,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/rules/{name}", web::put().to(admin::rule_put))
             .route("/rules/{name}", web::delete().to(admin::rule_delete))
             .route("/users/{id}", web::get().to(admin::export_user))
-            .route("/users/{id}", web::delete().to(admin::erase_user)),
+            .route("/users/{id}", web::delete().to(admin::erase_user))
+            .route("/admin/users/{key}", web::get().to(admin::export_by_key))
+            .route("/admin/live", web::get().to(admin::live)),
     )
     .route("/healthz", web::get().to(ops::healthz))
     .route("/readyz", web::get().to(ops::readyz))

@@ -29,7 +29,14 @@ pub async fn metrics(st: web::Data<AppState>) -> HttpResponse {
         .body(st.metrics.render(&st.rules.statuses()))
 }
 
+/// Static assets for GET/HEAD, else a JSON 404.
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    if req.method() == actix_web::http::Method::GET || req.method() == actix_web::http::Method::HEAD
+    {
+        if let Some(resp) = super::assets::serve(&req, req.path()) {
+            return Ok(resp);
+        }
+    }
     Err(ApiError::not_found(format!(
         "no route for {} {}",
         req.method(),

@@ -5,6 +5,7 @@
 //! blocks (`try_send`): a socket whose queue is full is too slow and is closed, so one stuck tab
 //! cannot hold up the loop. Nothing is ever sent to a socket of another user.
 
+pub mod live;
 pub mod session;
 
 use std::collections::HashMap;
@@ -34,6 +35,8 @@ pub struct Hub {
     sessions: RwLock<HashMap<UserKey, Vec<Handle>>>,
     next_id: AtomicU64,
     metrics: Arc<Metrics>,
+    /// The live feed of the admin dashboard (events and adjustments as they happen).
+    tail: tokio::sync::broadcast::Sender<Arc<str>>,
 }
 
 impl Hub {
@@ -42,7 +45,20 @@ impl Hub {
             sessions: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             metrics,
+            tail: tokio::sync::broadcast::channel(1024).0,
         }
+    }
+
+    /// Publishes a live-feed item, built only if a dashboard is listening. Never blocks: a
+    /// dashboard that falls behind skips items.
+    pub fn publish(&self, build: impl FnOnce() -> String) {
+        if self.tail.receiver_count() > 0 {
+            let _ = self.tail.send(build().into());
+        }
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<str>> {
+        self.tail.subscribe()
     }
 
     /// Registers a socket of `user`; returns its id (for [`Hub::unregister`]).

@@ -78,7 +78,8 @@ pub struct ContextState {
     pub browser: String,
     pub viewport_w: u32,
     pub viewport_h: u32,
-    pub hour: u8,
+    /// The user's local hour (0–23), if the client told us.
+    pub hour: Option<u8>,
     pub tz_offset_min: i32,
     pub language: String,
 }
@@ -189,7 +190,7 @@ impl UserState {
             ctx.viewport_h = v;
         }
         if let Some(v) = c.hour {
-            ctx.hour = v;
+            ctx.hour = Some(v);
         }
         if let Some(v) = c.tz_offset_min {
             ctx.tz_offset_min = v;

@@ -45,6 +45,7 @@ pub fn user_map(key: &UserKey, st: &UserState, now_ms: i64) -> Map {
         adjustments.insert(slot.as_str().into(), s(variant));
     }
     let c = &st.context;
+    let hour = c.hour.map(i64::from).unwrap_or(-1);
     let direction = match st.scroll.direction {
         1 => "down",
         -1 => "up",
@@ -86,7 +87,7 @@ pub fn user_map(key: &UserKey, st: &UserState, now_ms: i64) -> Map {
             ("browser", s(&c.browser)),
             ("viewport_w", Dynamic::from_int(c.viewport_w as i64)),
             ("viewport_h", Dynamic::from_int(c.viewport_h as i64)),
-            ("hour", Dynamic::from_int(c.hour as i64)),
+            ("hour", Dynamic::from_int(hour)),
             ("tz_offset_min", Dynamic::from_int(c.tz_offset_min as i64)),
             ("language", s(&c.language)),
         ]),
@@ -102,7 +103,7 @@ pub fn user_map(key: &UserKey, st: &UserState, now_ms: i64) -> Map {
     put("adjustments", Dynamic::from_map(adjustments));
     put("page", s(&st.page));
     put("visible", Dynamic::from_bool(st.visible));
-    put("local_hour", Dynamic::from_int(c.hour as i64));
+    put("local_hour", Dynamic::from_int(hour));
     put("segment", s(&st.segment));
     m
 }

@@ -153,6 +153,7 @@ impl Pipeline {
                 metrics: metrics.clone(),
                 pseudo: pseudo.clone(),
                 committed: committed.clone(),
+                hub: hub.clone(),
             });
             threads.push(
                 std::thread::Builder::new()

@@ -16,6 +16,7 @@ use crossbeam_channel::{select, Receiver, Sender};
 use super::writer::{Done, WriterMsg};
 use super::{Decision, IngestOutcome, PipelineError, ShardMsg};
 use crate::config::Config;
+use crate::delivery::Hub;
 use crate::event::Event;
 use crate::features::view::{event_map, synthetic_event, user_map};
 use crate::features::UserState;
@@ -51,6 +52,7 @@ pub(crate) struct ShardParts {
     pub metrics: Arc<Metrics>,
     pub pseudo: Pseudonymizer,
     pub committed: Arc<Vec<AtomicU64>>,
+    pub hub: Arc<Hub>,
 }
 
 pub(crate) struct Shard {
@@ -204,6 +206,7 @@ impl Shard {
         };
         let rules = self.p.rules.clone();
         let metrics = self.p.metrics.clone();
+        let hub = self.p.hub.clone();
         let entry = match self.load(&user, now) {
             Ok(e) => e,
             Err(e) => {
@@ -231,6 +234,12 @@ impl Shard {
             let seq = entry.state.next_seq;
             entry.state.next_seq += 1;
             mutation.events.push((seq, *h, postcard_event(ev)));
+            hub.publish(|| {
+                serde_json::json!({"type": "event", "ts": ev.received_ms, "user": user.hex(),
+                    "event": ev.kind().as_str(), "target": ev.target, "session": ev.session,
+                    "page": entry.state.page})
+                .to_string()
+            });
             outcome.accepted += 1;
             if entry.state.consent.personalization {
                 let input = RuleInput {

@@ -149,10 +149,15 @@ impl Writer {
                     if let Some(user) = user {
                         for d in pushes {
                             let sent = self.hub.push(&user, d.adjust_message().into());
+                            self.hub.publish(|| {
+                                serde_json::json!({"type": "adjust", "ts": d.ts, "user": user.hex(),
+                                    "slot": d.slot, "variant": d.variant, "rule": d.rule, "sockets": sent})
+                                .to_string()
+                            });
                             if sent > 0 {
                                 self.metrics
                                     .adjustments_pushed
-                                    .with_label_values(&[&d.slot])
+                                    .with_label_values(&[&d.slot, &d.variant])
                                     .inc();
                             }
                         }
