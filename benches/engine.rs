@@ -1,0 +1,141 @@
+//! Criterion benchmarks of the engine's per-event hot path and of group commit.
+//!
+//! Run: `cargo bench --bench engine`. Each group pairs a measurement with a baseline measured
+//! in the same run (e.g. one commit per batch vs one commit per event), so `BENCHMARKS.md`
+//! records ratios that survive noisy shared machines.
+
+use std::hint::black_box;
+use std::path::Path;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use serde_json::json;
+use trimtab::event::{parse_batch, Limits};
+use trimtab::features::view::{event_map, user_map};
+use trimtab::features::{FeatureConfig, UserState};
+use trimtab::privacy::{TokenSigner, UserKey};
+use trimtab::rules::{RuleInput, RuleLimits, Rules};
+use trimtab::store::{Mutation, Store};
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn batch_body(n: usize, now: i64) -> Vec<u8> {
+    let events: Vec<_> = (0..n)
+        .map(|i| {
+            json!({"id": format!("e{i}"), "type": "scroll", "session": "s1", "ts": now,
+                "props": {"depth": (i % 100) as f64}, "context": {"page": "/article/a", "hour": 20},
+                "consent": {"analytics": true, "personalization": true}})
+        })
+        .collect();
+    serde_json::to_vec(&json!({ "events": events })).unwrap()
+}
+
+fn ingest(c: &mut Criterion) {
+    let now = now_ms();
+    let limits = Limits::default();
+    let mut g = c.benchmark_group("ingest");
+    let body = batch_body(10, now);
+    g.throughput(Throughput::Elements(10));
+    g.bench_function("parse_validate_batch10", |b| {
+        b.iter(|| parse_batch(black_box(&body), &limits, now).unwrap())
+    });
+    // Baseline: plain serde_json parsing of the same bytes, no validation.
+    g.bench_function("baseline_serde_json_value_batch10", |b| {
+        b.iter(|| serde_json::from_slice::<serde_json::Value>(black_box(&body)).unwrap())
+    });
+    g.finish();
+
+    let signer = TokenSigner::new([7; 32]);
+    let token = signer.issue(&UserKey([1; 16]), u64::MAX / 2);
+    c.bench_function("token_verify", |b| {
+        b.iter(|| signer.verify(black_box(&token), 1).unwrap())
+    });
+}
+
+fn features_and_rules(c: &mut Criterion) {
+    let now = now_ms();
+    let cfg = FeatureConfig::default();
+    let events = parse_batch(&batch_body(100, now), &Limits::default(), now)
+        .unwrap()
+        .events;
+    let key = UserKey([3; 16]);
+    let mut state = UserState::default();
+    for e in &events {
+        state.apply(&e.event, &cfg);
+    }
+    let ev = &events[80].event;
+    let mut g = c.benchmark_group("per_event");
+    g.bench_function("features_apply", |b| {
+        b.iter_batched(
+            || state.clone(),
+            |mut s| s.apply(black_box(ev), &cfg),
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("user_view_build", |b| {
+        b.iter(|| user_map(&key, black_box(&state), now))
+    });
+    let rules = Rules::load(
+        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts")),
+        RuleLimits::default(),
+    )
+    .unwrap();
+    let input = RuleInput {
+        user: user_map(&key, &state, now),
+        event: event_map(ev),
+        now_ms: now,
+    };
+    g.bench_function("rules_evaluate_examples", |b| {
+        b.iter(|| rules.evaluate(black_box(&input)))
+    });
+    g.finish();
+}
+
+fn group_commit(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let state = UserState::default().encode();
+    let mut seq = 0u64;
+    let mut mutation = |u: u8| {
+        seq += 1;
+        let mut idh = [0u8; 16];
+        idh[..8].copy_from_slice(&seq.to_le_bytes());
+        Mutation {
+            user: Some(UserKey([u; 16])),
+            events: vec![(seq, idh, vec![7u8; 120])],
+            state: Some(state.clone()),
+            decisions: Vec::new(),
+        }
+    };
+    let mut g = c.benchmark_group("commit");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(64));
+    // 64 one-event batches in one durable transaction (what the writer does under load) ...
+    g.bench_function("group_of_64", |b| {
+        b.iter_batched(
+            || (0..64).map(|i| mutation(i as u8)).collect::<Vec<_>>(),
+            |m| store.apply(&m).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+    // ... against the baseline of one durable transaction per batch.
+    g.bench_function("baseline_one_txn_each_x64", |b| {
+        b.iter_batched(
+            || (0..64).map(|i| mutation(i as u8)).collect::<Vec<_>>(),
+            |m| {
+                for x in m {
+                    store.apply(std::slice::from_ref(&x)).unwrap();
+                }
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, ingest, features_and_rules, group_commit);
+criterion_main!(benches);
