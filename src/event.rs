@@ -537,7 +537,11 @@ pub fn parse_batch(body: &[u8], limits: &Limits, now_ms: i64) -> Result<Batch, I
             None,
         ));
     }
-    let value: Value = parse_json(body)?;
+    parse_batch_value(parse_json(body)?, limits, now_ms)
+}
+
+/// Validates a batch body that is already parsed JSON.
+pub fn parse_batch_value(value: Value, limits: &Limits, now_ms: i64) -> Result<Batch, InputError> {
     let batch: WireBatch = from_value(value, "")?;
     Ok(Batch {
         events: parse_events(batch.events, limits, now_ms, "events")?,

@@ -10,7 +10,7 @@ use super::AppState;
 use crate::privacy::secrets::credential_eq;
 use crate::privacy::UserKey;
 
-fn bearer(req: &HttpRequest) -> Option<&str> {
+pub(crate) fn bearer(req: &HttpRequest) -> Option<&str> {
     let h = req.headers().get("authorization")?.to_str().ok()?;
     let (scheme, rest) = h.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())

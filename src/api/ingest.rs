@@ -10,7 +10,8 @@ use super::auth::Caller;
 use super::error::ApiError;
 use super::{now_ms, read_body, AppState};
 use crate::delivery::session::{self, SessionCtx};
-use crate::event::{from_value, parse_batch, parse_json, InputError};
+use super::auth::bearer;
+use crate::event::{from_value, parse_batch_value, parse_json, InputError};
 use crate::privacy::UserKey;
 
 fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
@@ -66,10 +67,23 @@ pub async fn events(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(payload, st.cfg.limits.max_body_bytes).await?;
-    let batch = parse_batch(&body, &st.cfg.limits, now_ms()).inspect_err(|e| {
+    // Authenticate before validating: a header credential is checked before the body is even
+    // parsed; a beacon's body token right after parsing, before any field is validated.
+    let header_caller = match bearer(&req) {
+        Some(_) => Some(Caller::from_request_or_body(&st, &req, None)?),
+        None => None,
+    };
+    let value = parse_json(&body).inspect_err(|e| st.metrics.reject(e.code, 1))?;
+    let caller = match header_caller {
+        Some(c) => c,
+        None => {
+            let token = value.get("token").and_then(serde_json::Value::as_str);
+            Caller::from_request_or_body(&st, &req, token)?
+        }
+    };
+    let batch = parse_batch_value(value, &st.cfg.limits, now_ms()).inspect_err(|e| {
         st.metrics.reject(e.code, 1);
     })?;
-    let caller = Caller::from_request_or_body(&st, &req, batch.token.as_deref())?;
     let incoming = batch.events;
     // Group by user, keeping each user's order.
     let mut groups: Vec<(UserKey, Vec<crate::event::Event>)> = Vec::new();

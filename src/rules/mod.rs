@@ -49,7 +49,7 @@ pub const MAX_RULE_NAME: usize = 64;
 ///
 /// Every limit is per rule run. A value of 0 is treated as 1 (never as "unlimited").
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct RuleLimits {
     /// Most Rhai operations (expression nodes, loop iterations, calls) per run.
     pub max_operations: u64,

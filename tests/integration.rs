@@ -1,0 +1,27 @@
+//! End-to-end tests: each test starts the real `trimtab` binary (its own process, free port and
+//! temporary data dir) and talks to it over real HTTP and WebSocket. One test binary, so linking
+//! happens once; the modules live in `tests/integration/`.
+//!
+//! Run with `cargo test --test integration`.
+
+#[path = "integration/support.rs"]
+mod support;
+
+#[path = "integration/backpressure.rs"]
+mod backpressure;
+#[path = "integration/durability.rs"]
+mod durability;
+#[path = "integration/hot_reload.rs"]
+mod hot_reload;
+#[path = "integration/privacy.rs"]
+mod privacy;
+#[path = "integration/rules_fire.rs"]
+mod rules_fire;
+#[path = "integration/sandbox.rs"]
+mod sandbox;
+#[path = "integration/startup.rs"]
+mod startup;
+#[path = "integration/tokens.rs"]
+mod tokens;
+#[path = "integration/validation.rs"]
+mod validation;

@@ -1,0 +1,221 @@
+//! Privacy: erasure leaves no trace of the user in the data dir (the raw id is never there at
+//! all), and consent decides what is stored and whether anything is personalised.
+
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+const RAW_USER: &str = "erase-me-USER-4e1f9c2a@example.org";
+const CANARY: &str = "CANARY-b7d3e91f-0a6c-4f2e";
+
+fn assert_nowhere(s: &Server, needle: &str, when: &str) {
+    let hits = files_containing(&s.data, needle.as_bytes());
+    assert!(
+        hits.is_empty(),
+        "{needle:?} found {when} in {hits:?} (files: {:?})",
+        files_under(&s.data)
+    );
+}
+
+#[test]
+fn erasure_removes_every_trace_and_raw_ids_never_reach_disk() {
+    let s = Server::start(Opts::with_repo_scripts(""));
+    let t = s.identify(RAW_USER);
+    let mut ws = s.ws_connect(&t);
+    ws.send_acked(vec![page_view(&eid("pv"), "/article/canary")]);
+    ws.send_acked(vec![
+        custom(&eid("c"), "note", json!({ "text": CANARY })),
+        hover(&eid("h"), CANARY, "start", 0),
+        hover(&eid("h"), CANARY, "end", 1200),
+        click(&eid("k"), CANARY),
+    ]);
+    // A decision is stored for this user too.
+    ws.send_events(vec![scroll(&eid("sc"), 95.0, "/article/canary")]);
+    ws.wait_adjust("offer", deadline(WAIT))
+        .expect("offer adjustment");
+    // The write key path too, naming the raw id.
+    s.post_ok(
+        WRITE_KEY,
+        vec![for_user(
+            custom(&eid("w"), "server-side", json!({ "v": CANARY })),
+            RAW_USER,
+        )],
+    );
+
+    let ex = s.export(RAW_USER).expect("export");
+    assert!(
+        ex.to_string().contains(CANARY),
+        "export lacks the canary: {ex}"
+    );
+    assert!(
+        ex["events"].as_array().is_some_and(|e| e.len() == 7),
+        "{ex}"
+    );
+    assert!(
+        ex["decisions"].as_array().is_some_and(|d| !d.is_empty()),
+        "{ex}"
+    );
+    // Pseudonymous and encrypted at rest: neither the raw id nor the canary is on disk.
+    assert_nowhere(&s, RAW_USER, "before erasure");
+    assert_nowhere(&s, CANARY, "before erasure (not encrypted at rest?)");
+
+    let r = s.delete(&format!("/v1/users/{RAW_USER}"), Some(ADMIN_TOKEN));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(s.export(RAW_USER).is_none(), "export after erasure");
+    let me = s.get("/v1/me", Some(&t));
+    assert_eq!(me.status, 404, "{}", me.body);
+    // The user's socket is closed by the erasure.
+    assert!(
+        ws.wait_close(deadline(WAIT)).is_ok(),
+        "socket not closed after erasure"
+    );
+    assert_nowhere(&s, RAW_USER, "after erasure");
+    assert_nowhere(&s, CANARY, "after erasure");
+    // Survives a restart the same way.
+    drop(ws);
+    let mut s = s;
+    s.kill9();
+    s.restart();
+    assert!(
+        s.export(RAW_USER).is_none(),
+        "erased user back after restart"
+    );
+    assert_nowhere(&s, RAW_USER, "after restart");
+    assert_nowhere(&s, CANARY, "after restart");
+}
+
+#[test]
+fn delete_me_erases_the_callers_own_data() {
+    let s = Server::start(Opts::with_repo_scripts(""));
+    let t = s.identify("self-eraser");
+    let other = s.identify("bystander");
+    s.post_ok(&t, vec![custom(&eid("m"), "mine", Value::Null)]);
+    s.post_ok(&other, vec![custom(&eid("o"), "theirs", Value::Null)]);
+    assert!(s.export("self-eraser").is_some());
+
+    let r = s.delete("/v1/me", None);
+    assert_eq!(r.status, 401, "{}", r.body);
+    let r = s.delete("/v1/me", Some(&t));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        s.export("self-eraser").is_none(),
+        "still exported after DELETE /v1/me"
+    );
+    assert_eq!(s.get("/v1/me", Some(&t)).status, 404);
+    assert!(
+        s.export("bystander").is_some(),
+        "DELETE /v1/me erased someone else"
+    );
+}
+
+#[test]
+fn consent_decides_storage_and_personalisation() {
+    let s = Server::start(Opts::with_repo_scripts(""));
+
+    // No analytics consent (absent, false, only personalisation): nothing stored, counted.
+    let t = s.identify("no-consent");
+    let mut absent = page_view(&eid("n"), "/article/x");
+    absent.as_object_mut().unwrap().remove("consent");
+    let events = vec![
+        absent,
+        with_consent(page_view(&eid("n"), "/article/x"), None, None),
+        with_consent(
+            scroll(&eid("n"), 90.0, "/article/x"),
+            Some(false),
+            Some(true),
+        ),
+        with_consent(
+            custom(&eid("n"), "x", Value::Null),
+            Some(false),
+            Some(false),
+        ),
+    ];
+    let r = s.post_ok(&t, events.clone());
+    assert_eq!(r["accepted"], 0, "{r}");
+    assert_eq!(r["not_consented"], 4, "{r}");
+    let mut ws = s.ws_connect(&t);
+    let ids: Vec<String> = events
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    ws.send_events(events);
+    let ack = ws.wait_ack(&ids[3]);
+    assert_eq!(ack["not_consented"], 4, "{ack}");
+    ws.send_acked(vec![with_consent(
+        custom(&eid("n"), "barrier", Value::Null),
+        Some(false),
+        None,
+    )]);
+    assert!(
+        ws.adjusts(None).is_empty(),
+        "adjusted without consent: {:?}",
+        ws.seen
+    );
+    assert!(
+        s.export("no-consent").is_none(),
+        "events without analytics consent were stored"
+    );
+    let me = s.get("/v1/me", Some(&t));
+    assert_eq!(me.status, 404, "{}", me.body);
+    let metrics = s.get("/metrics", None);
+    assert!(
+        metrics
+            .body
+            .lines()
+            .any(|l| l.contains("no_consent") && !l.starts_with('#')),
+        "not_consented events not counted in /metrics"
+    );
+
+    // Analytics without personalisation: stored, but nothing is pushed.
+    let t = s.identify("analytics-only");
+    let mut ws = s.ws_connect(&t);
+    let a = |e: Value| with_consent(e, Some(true), Some(false));
+    let stored = vec![
+        a(page_view(&eid("a"), "/article/y")),
+        a(scroll(&eid("a"), 95.0, "/article/y")),
+        a(at_hour(click(&eid("a"), "buy"), 10)),
+    ];
+    let want: Vec<String> = stored
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    ws.send_acked(stored);
+    // The ack of a later batch follows any push caused by the earlier one.
+    ws.send_acked(vec![a(custom(&eid("a"), "barrier", Value::Null))]);
+    assert!(
+        ws.adjusts(None).is_empty(),
+        "adjusted without personalisation consent: {:?}",
+        ws.seen
+    );
+    let ex = s
+        .export("analytics-only")
+        .expect("analytics-consented events are stored");
+    let got = exported_ids(&ex);
+    assert_eq!(&got[..3], &want[..], "{ex}");
+    assert!(
+        ex["decisions"].as_array().is_none_or(|d| d.is_empty()),
+        "{ex}"
+    );
+    // /v1/decide without personalisation → the default.
+    let r = s.post_raw(
+        "/v1/decide",
+        Some(&t),
+        json!({"slot": "offer", "candidates": ["plain", "discount"]})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json["variant"], "plain", "{}", r.body);
+    assert_eq!(r.json["decision"]["source"], "default", "{}", r.body);
+
+    // Control: the same behaviour with both consents is personalised.
+    let t = s.identify("full-consent");
+    let mut ws = s.ws_connect(&t);
+    ws.send_acked(vec![page_view(&eid("f"), "/article/y")]);
+    ws.send_events(vec![scroll(&eid("f"), 95.0, "/article/y")]);
+    assert!(
+        ws.wait_adjust("offer", deadline(WAIT)).is_some(),
+        "control user got no offer; seen {:?}",
+        ws.seen
+    );
+}
