@@ -6,11 +6,11 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::auth::bearer;
 use super::auth::Caller;
 use super::error::ApiError;
 use super::{now_ms, read_body, AppState};
 use crate::delivery::session::{self, SessionCtx};
-use super::auth::bearer;
 use crate::event::{from_value, parse_batch_value, parse_json, InputError};
 use crate::privacy::UserKey;
 
