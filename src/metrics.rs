@@ -37,6 +37,7 @@ pub struct Metrics {
     pub commit_latency: Histogram,
     pub commit_batch: Histogram,
     pub adjustments_pushed: IntCounterVec,
+    pub adjustments_decided: IntCounterVec,
     pub adjustments_capped: IntCounterVec,
     pub ws_sessions: IntGauge,
     pub ws_dropped: IntCounter,
@@ -117,6 +118,17 @@ impl Metrics {
                 )
                 .expect(ok),
             ),
+            adjustments_decided: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "trimtab_adjustments_decided_total",
+                        "Adjustments decided and stored (pushed or not), by slot and variant",
+                    ),
+                    &["slot", "variant"],
+                )
+                .expect(ok),
+            ),
             adjustments_capped: reg(
                 &r,
                 IntCounterVec::new(
@@ -162,9 +174,14 @@ impl Metrics {
             .into_iter()
             .map(|(l, v)| (l.join(","), json!(v as u64)))
             .collect();
-        let adjustments: Vec<Value> = series(&self.adjustments_pushed)
+        let pushed: std::collections::HashMap<Vec<String>, f64> =
+            series(&self.adjustments_pushed).into_iter().collect();
+        let adjustments: Vec<Value> = series(&self.adjustments_decided)
             .into_iter()
-            .map(|(l, v)| json!({"slot": l.first(), "variant": l.get(1), "pushed": v as u64}))
+            .map(|(l, v)| {
+                let p = pushed.get(&l).copied().unwrap_or(0.0);
+                json!({"slot": l.first(), "variant": l.get(1), "decided": v as u64, "pushed": p as u64})
+            })
             .collect();
         let capped: serde_json::Map<String, Value> = series(&self.adjustments_capped)
             .into_iter()
@@ -176,7 +193,9 @@ impl Metrics {
                 json!({
                     "name": r.name, "state": r.state, "enabled": r.enabled, "runs": r.runs,
                     "failures": r.failures, "adjustments": r.adjustments,
-                    "disabled_reason": r.disabled_reason,
+                    "disabled_reason": r.disabled_reason, "file": r.file,
+                    "consecutive_failures": r.consecutive_failures,
+                    "last_error": r.last_error.as_ref().map(|e| json!({"message": e.message, "location": e.location})),
                     "compile_error": r.compile_error.as_ref().map(|e| json!({"message": e.message, "location": e.location})),
                 })
             })

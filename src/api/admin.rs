@@ -105,6 +105,7 @@ async fn export(st: &AppState, user: UserKey) -> Result<HttpResponse, ApiError> 
     match ex {
         Some(ex) => Ok(HttpResponse::Ok().json(json!({
             "user": user.short(),
+            "key": user.hex(),
             "state": ex.state,
             "events": ex.events,
             "decisions": ex.decisions,

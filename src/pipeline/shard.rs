@@ -236,7 +236,7 @@ impl Shard {
             mutation.events.push((seq, *h, postcard_event(ev)));
             hub.publish(|| {
                 serde_json::json!({"type": "event", "ts": ev.received_ms, "user": user.hex(),
-                    "event": ev.kind().as_str(), "target": ev.target, "session": ev.session,
+                    "event": ev.kind().as_str(), "target": ev.target, "session": ev.session, "props": ev.props_json(),
                     "page": entry.state.page})
                 .to_string()
             });

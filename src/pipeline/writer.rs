@@ -148,6 +148,10 @@ impl Writer {
                     }
                     if let Some(user) = user {
                         for d in pushes {
+                            self.metrics
+                                .adjustments_decided
+                                .with_label_values(&[&d.slot, &d.variant])
+                                .inc();
                             let sent = self.hub.push(&user, d.adjust_message().into());
                             self.hub.publish(|| {
                                 serde_json::json!({"type": "adjust", "ts": d.ts, "user": user.hex(),
