@@ -1,0 +1,2 @@
+import "./trimtab.js";
+export default globalThis.trimtab;
