@@ -109,6 +109,7 @@ fn group_commit(c: &mut Criterion) {
             events: vec![(seq, idh, vec![7u8; 120])],
             state: Some(state.clone()),
             decisions: Vec::new(),
+            stats: Vec::new(),
         }
     };
     let mut g = c.benchmark_group("commit");

@@ -12,6 +12,7 @@ use anyhow::Context;
 use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::delivery::Hub;
+use crate::experiments::Experiments;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::privacy::{Pseudonymizer, Secrets, TokenSigner};
@@ -55,6 +56,22 @@ pub fn serve(
             None => tracing::info!(rule = %r.name, "rule loaded"),
         }
     }
+    let experiments = Experiments::load(
+        &cfg.experiments_dir(),
+        rules.clone(),
+        cfg.experiments.holdout,
+    )
+    .context("loading experiments")?;
+    let exp_watcher = match experiments.watch() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the experiments dir; definitions will not hot-reload");
+            None
+        }
+    };
+    for p in experiments.problems() {
+        tracing::warn!(experiment = %p.id, file = %p.file, path = %p.path, "experiment refused: {}", p.error);
+    }
     let metrics = Arc::new(Metrics::new());
     let hub = Arc::new(Hub::new(metrics.clone()));
     let pseudo = Pseudonymizer::new(secrets.pseudonym_key);
@@ -66,6 +83,7 @@ pub fn serve(
             hub.clone(),
             metrics.clone(),
             pseudo.clone(),
+            experiments.clone(),
         )
         .context("starting pipeline threads")?,
     );
@@ -74,6 +92,7 @@ pub fn serve(
         pipeline: pipeline.clone(),
         hub: hub.clone(),
         rules,
+        experiments,
         metrics,
         store,
         signer: TokenSigner::new(secrets.token_key),
@@ -113,6 +132,7 @@ pub fn serve(
     // The server has stopped: no new work can arrive. Drain the queues and commit.
     pipeline.shutdown();
     drop(watcher);
+    drop(exp_watcher);
     tracing::info!("stopped cleanly");
     result
 }

@@ -12,6 +12,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 use crate::event::Limits;
+use crate::experiments::ExperimentsConfig;
 use crate::features::FeatureConfig;
 use crate::rules::RuleLimits;
 
@@ -45,6 +46,7 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub features: FeatureConfig,
     pub rules: RuleLimits,
+    pub experiments: ExperimentsConfig,
 }
 
 impl Default for Config {
@@ -66,6 +68,7 @@ impl Default for Config {
             delivery: DeliveryConfig::default(),
             features: FeatureConfig::default(),
             rules: RuleLimits::default(),
+            experiments: ExperimentsConfig::default(),
         }
     }
 }
@@ -216,10 +219,21 @@ impl Config {
         if self.token_ttl_s == 0 {
             return bad("token_ttl_s must be positive");
         }
+        if !(0.0..1.0).contains(&self.experiments.holdout) {
+            return bad("experiments.holdout must be in [0, 1)");
+        }
         if self.features.tick_ms < 10 {
             return bad("features.tick_ms must be at least 10");
         }
         Ok(())
+    }
+
+    /// Directory of experiment definitions.
+    pub fn experiments_dir(&self) -> PathBuf {
+        self.experiments
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.scripts.join("experiments"))
     }
 
     /// Number of shard threads to run.

@@ -31,6 +31,7 @@ pub struct AppState {
     pub pipeline: Arc<Pipeline>,
     pub hub: Arc<Hub>,
     pub rules: Rules,
+    pub experiments: crate::experiments::Experiments,
     pub metrics: Arc<Metrics>,
     pub store: Arc<Store>,
     pub signer: TokenSigner,

@@ -11,4 +11,4 @@
 pub mod state;
 pub mod view;
 
-pub use state::{FeatureConfig, Ongoing, TargetStats, UserState};
+pub use state::{ExperimentRecord, FeatureConfig, Ongoing, TargetStats, UserState};

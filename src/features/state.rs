@@ -123,6 +123,29 @@ pub struct UserState {
     pub caps: BTreeMap<String, SlotCount>,
     /// Behavioural segment (filled in by the segmenter; empty until then).
     pub segment: String,
+    /// Experiments this user was considered for, by experiment id.
+    pub experiments: BTreeMap<String, ExperimentRecord>,
+    /// Whether the user is in the global holdout (never adjusted), decided on first sight.
+    pub holdout: Option<bool>,
+}
+
+/// One user's participation in one experiment (maintained by [`crate::experiments`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExperimentRecord {
+    /// The arm, or `None` when the user is not eligible (targeting, segments).
+    pub arm: Option<String>,
+    pub assigned_ms: i64,
+    /// When the user first saw the experiment's content (the first impression of one of its
+    /// decisions); metrics count only after this.
+    pub exposed_ms: Option<i64>,
+    /// Pre-exposure behaviour (events before exposure), the CUPED covariate.
+    pub covariate: f64,
+    /// Behavioural segment at exposure (for per-segment results).
+    pub segment: String,
+    /// Recent decision ids issued under this experiment (to attribute impressions and clicks).
+    pub decisions: VecDeque<String>,
+    /// Current value of each metric for this user.
+    pub values: BTreeMap<String, f64>,
 }
 
 impl UserState {

@@ -26,6 +26,7 @@ use tokio::sync::oneshot;
 use crate::config::Config;
 use crate::delivery::Hub;
 use crate::event::Event;
+use crate::experiments::Experiments;
 use crate::metrics::Metrics;
 use crate::privacy::{Pseudonymizer, UserKey};
 use crate::rules::Rules;
@@ -112,6 +113,7 @@ impl Pipeline {
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
         pseudo: Pseudonymizer,
+        experiments: Experiments,
     ) -> std::io::Result<Pipeline> {
         let n = cfg.shard_count();
         let (wtx, wrx) = bounded(cfg.pipeline.writer_queue);
@@ -154,6 +156,7 @@ impl Pipeline {
                 pseudo: pseudo.clone(),
                 committed: committed.clone(),
                 hub: hub.clone(),
+                experiments: experiments.clone(),
             });
             threads.push(
                 std::thread::Builder::new()

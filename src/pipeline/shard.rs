@@ -18,6 +18,7 @@ use super::{Decision, IngestOutcome, PipelineError, ShardMsg};
 use crate::config::Config;
 use crate::delivery::Hub;
 use crate::event::Event;
+use crate::experiments::Experiments;
 use crate::features::view::{event_map, synthetic_event, user_map};
 use crate::features::UserState;
 use crate::metrics::Metrics;
@@ -53,6 +54,7 @@ pub(crate) struct ShardParts {
     pub pseudo: Pseudonymizer,
     pub committed: Arc<Vec<AtomicU64>>,
     pub hub: Arc<Hub>,
+    pub experiments: Experiments,
 }
 
 pub(crate) struct Shard {
@@ -207,6 +209,7 @@ impl Shard {
         let rules = self.p.rules.clone();
         let metrics = self.p.metrics.clone();
         let hub = self.p.hub.clone();
+        let exps = self.p.experiments.clone();
         let entry = match self.load(&user, now) {
             Ok(e) => e,
             Err(e) => {
@@ -230,6 +233,7 @@ impl Shard {
                 // A new page renders every slot with its default again.
                 entry.state.adjustments.clear();
             }
+            let events_before = entry.state.events;
             entry.state.apply(ev, &cfg.features);
             let seq = entry.state.next_seq;
             entry.state.next_seq += 1;
@@ -241,15 +245,31 @@ impl Shard {
                 .to_string()
             });
             outcome.accepted += 1;
-            if entry.state.consent.personalization {
+            let view = entry
+                .state
+                .consent
+                .personalization
+                .then(|| view_for_rules(&exps, &user, &mut entry.state, now));
+            mutation.stats.extend(
+                exps.track(&mut entry.state, ev, events_before)
+                    .into_iter()
+                    .map(|d| d.into_stat()),
+            );
+            if let Some(view) = view {
                 let input = RuleInput {
-                    user: user_map(&user, &entry.state, now),
+                    user: view,
                     event: event_map(ev),
                     now_ms: now,
                 };
                 let reqs = rules.evaluate(&input);
                 for r in reqs {
-                    if let Some(d) = admit(&mut entry.state, r, &cfg, &metrics, now, Some(&ev.id)) {
+                    let ctx = Admit {
+                        cfg: &cfg,
+                        metrics: &metrics,
+                        exps: &exps,
+                        now,
+                    };
+                    if let Some(d) = ctx.admit(&mut entry.state, r, Some(&ev.id)) {
                         mutation.decisions.push((id_of(&d), d.encode()));
                         pushes.push(d);
                     }
@@ -290,6 +310,7 @@ impl Shard {
         let cfg = self.p.cfg.clone();
         let rules = self.p.rules.clone();
         let metrics = self.p.metrics.clone();
+        let exps = self.p.experiments.clone();
         self.op += 1;
         let op = self.op;
         let entry = match self.load(&user, now) {
@@ -330,16 +351,31 @@ impl Shard {
         let cands: rhai::Array = candidates.iter().map(|c| c.clone().into()).collect();
         props.insert("candidates".into(), cands.into());
         let input = RuleInput {
-            user: user_map(&user, &entry.state, now),
+            user: view_for_rules(&exps, &user, &mut entry.state, now),
             event: synthetic_event("decide", &entry.state.session, now, props),
             now_ms: now,
         };
         let chosen = rules
             .evaluate(&input)
             .into_iter()
-            .find(|r| r.slot == slot && (candidates.is_empty() || candidates.contains(&r.variant)));
-        let Some(d) = chosen.and_then(|r| admit(&mut entry.state, r, &cfg, &metrics, now, None))
-        else {
+            .find(|r| r.slot == slot && (candidates.is_empty() || candidates.contains(&r.variant)))
+            // No rule, but an experiment on this slot: first-paint A/B testing.
+            .or_else(|| {
+                exps.override_for(&entry.state, &slot, now)
+                    .map(|_| AdjustRequest {
+                        rule: String::new(),
+                        slot: slot.clone(),
+                        variant: String::new(),
+                        params: Default::default(),
+                    })
+            });
+        let ctx = Admit {
+            cfg: &cfg,
+            metrics: &metrics,
+            exps: &exps,
+            now,
+        };
+        let Some(d) = chosen.and_then(|r| ctx.admit(&mut entry.state, r, None)) else {
             let _ = reply.send(Ok(default()));
             return;
         };
@@ -384,6 +420,7 @@ impl Shard {
             let op = self.op;
             let rules = self.p.rules.clone();
             let metrics = self.p.metrics.clone();
+            let exps = self.p.experiments.clone();
             let Some(entry) = self.users.get_mut(&user) else {
                 continue;
             };
@@ -393,12 +430,18 @@ impl Shard {
             let mut decisions = Vec::new();
             if entry.state.consent.personalization && entry.state.visible {
                 let input = RuleInput {
-                    user: user_map(&user, &entry.state, now),
+                    user: view_for_rules(&exps, &user, &mut entry.state, now),
                     event: synthetic_event("tick", &entry.state.session, now, rhai::Map::new()),
                     now_ms: now,
                 };
                 for r in rules.evaluate(&input) {
-                    if let Some(d) = admit(&mut entry.state, r, &cfg, &metrics, now, None) {
+                    let ctx = Admit {
+                        cfg: &cfg,
+                        metrics: &metrics,
+                        exps: &exps,
+                        now,
+                    };
+                    if let Some(d) = ctx.admit(&mut entry.state, r, None) {
                         decisions.push((id_of(&d), d.encode()));
                         pushes.push(d);
                         changed = true;
@@ -438,53 +481,100 @@ fn postcard_event(ev: &Event) -> Vec<u8> {
     postcard::to_allocvec(ev).expect("Event is postcard-serialisable")
 }
 
-/// Applies the "already shown" check and frequency caps to a rule's request; on success
-/// records it in the state and returns its decision.
-fn admit(
-    state: &mut UserState,
-    r: AdjustRequest,
-    cfg: &Config,
-    metrics: &Metrics,
+/// The `user` map for rules, after making sure the user's experiment assignments exist
+/// (with `experiments: #{id: arm}` for `experiment("id")`).
+fn view_for_rules(exps: &Experiments, key: &UserKey, st: &mut UserState, now: i64) -> rhai::Map {
+    let mut m = user_map(key, st, now);
+    exps.ensure_assigned(key, st, &m, now);
+    m.insert("experiments".into(), Experiments::arms_map(st).into());
+    m
+}
+
+/// What admitting an adjustment request needs.
+struct Admit<'a> {
+    cfg: &'a Config,
+    metrics: &'a Metrics,
+    exps: &'a Experiments,
     now: i64,
-    trigger: Option<&str>,
-) -> Option<Decision> {
-    if state.adjustments.get(&r.slot) == Some(&r.variant) {
-        return None; // already showing this variant: nothing to change
+}
+
+impl Admit<'_> {
+    /// Turns a rule's request into a decision, or `None`: users in the global holdout get no
+    /// adjustment; a live experiment on the slot decides the variant (the user's arm); a
+    /// request for the variant already showing is a no-op; frequency caps apply. On success
+    /// the state records what the slot shows.
+    fn admit(
+        &self,
+        state: &mut UserState,
+        r: AdjustRequest,
+        trigger: Option<&str>,
+    ) -> Option<Decision> {
+        if state.holdout == Some(true) {
+            return None;
+        }
+        let (experiment, arm, propensity, variant, params) =
+            match self.exps.override_for(state, &r.slot, self.now) {
+                Some(o) => {
+                    let mut params = r.params;
+                    params.extend(o.params);
+                    (
+                        Some(o.experiment),
+                        Some(o.arm),
+                        o.propensity,
+                        o.variant,
+                        params,
+                    )
+                }
+                None => (None, None, 1.0, r.variant, r.params),
+            };
+        if state.adjustments.get(&r.slot) == Some(&variant) {
+            return None; // already showing this variant: nothing to change
+        }
+        let (per_session, per_day) = self.cfg.delivery.caps(&r.slot);
+        let day = self.now.div_euclid(86_400_000);
+        let c = state.caps.entry(r.slot.clone()).or_default();
+        if c.session != state.session {
+            c.session = state.session.clone();
+            c.in_session = 0;
+        }
+        if c.day != day {
+            c.day = day;
+            c.in_day = 0;
+        }
+        if (per_session > 0 && c.in_session >= per_session) || (per_day > 0 && c.in_day >= per_day)
+        {
+            self.metrics
+                .adjustments_capped
+                .with_label_values(&[&r.slot])
+                .inc();
+            return None;
+        }
+        c.in_session += 1;
+        c.in_day += 1;
+        c.total += 1;
+        state.adjustments.insert(r.slot.clone(), variant.clone());
+        let id = Decision::new_id().1;
+        if let Some(e) = &experiment {
+            Experiments::note_decision(state, e, &id);
+        }
+        Some(Decision {
+            id,
+            slot: r.slot,
+            variant,
+            params,
+            source: if r.rule.is_empty() {
+                "experiment"
+            } else {
+                "rule"
+            }
+            .into(),
+            rule: (!r.rule.is_empty()).then_some(r.rule),
+            experiment,
+            arm,
+            propensity,
+            ts: self.now,
+            session: state.session.clone(),
+            trigger: trigger.map(str::to_string),
+        })
     }
-    let (per_session, per_day) = cfg.delivery.caps(&r.slot);
-    let day = now.div_euclid(86_400_000);
-    let c = state.caps.entry(r.slot.clone()).or_default();
-    if c.session != state.session {
-        c.session = state.session.clone();
-        c.in_session = 0;
-    }
-    if c.day != day {
-        c.day = day;
-        c.in_day = 0;
-    }
-    if (per_session > 0 && c.in_session >= per_session) || (per_day > 0 && c.in_day >= per_day) {
-        metrics
-            .adjustments_capped
-            .with_label_values(&[&r.slot])
-            .inc();
-        return None;
-    }
-    c.in_session += 1;
-    c.in_day += 1;
-    c.total += 1;
-    state.adjustments.insert(r.slot.clone(), r.variant.clone());
-    Some(Decision {
-        id: Decision::new_id().1,
-        slot: r.slot,
-        variant: r.variant,
-        params: r.params,
-        source: "rule".into(),
-        rule: Some(r.rule),
-        experiment: None,
-        arm: None,
-        propensity: 1.0,
-        ts: now,
-        session: state.session.clone(),
-        trigger: trigger.map(str::to_string),
-    })
 }

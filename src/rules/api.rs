@@ -52,6 +52,17 @@ pub(crate) fn register(engine: &mut Engine) {
                 adjust(&ctx, slot, variant, Some(&params))
             },
         );
+    FuncRegistration::new("experiment")
+        .with_volatility(true)
+        .register_into_engine(engine, |id: &str| super::sandbox::arm_of(id));
+    pure!(engine, "experiment", |u: &mut Map, id: &str| {
+        u.get("experiments")
+            .and_then(|e| {
+                e.read_lock::<Map>()
+                    .and_then(|m| m.get(id).map(|v| v.to_string()))
+            })
+            .unwrap_or_default()
+    });
     FuncRegistration::new("log")
         .with_volatility(true)
         .register_into_engine(engine, |msg: Dynamic| {

@@ -297,6 +297,18 @@ fn sha256_hex(source: &str) -> String {
     hex::encode(Sha256::digest(source.as_bytes()))
 }
 
+/// A compiled condition over `user` (see [`Rules::compile_condition`]).
+#[derive(Clone)]
+pub struct Condition {
+    ast: Arc<AST>,
+}
+
+impl std::fmt::Debug for Condition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Condition { .. }")
+    }
+}
+
 /// Checks a rule name: `[a-z0-9_-]{1,64}`.
 pub fn validate_name(name: &str) -> Result<(), RulesError> {
     let reason = if name.is_empty() {
@@ -534,6 +546,12 @@ impl Rules {
         scope.push_constant("event", input.event.clone());
         scope.push_constant("now_ms", input.now_ms);
         let base = scope.len();
+        let arms = input
+            .user
+            .get("experiments")
+            .and_then(|e| e.read_lock::<rhai::Map>().map(|m| m.clone()))
+            .unwrap_or_default();
+        sandbox::set_arms(arms);
 
         for rule in set.rules.values() {
             let Some(compiled) = &rule.compiled else {
@@ -573,6 +591,39 @@ impl Rules {
             }
         }
         out
+    }
+
+    /// Compiles a condition (a Rhai expression over `user`, e.g. experiment targeting) with the
+    /// same sandboxed engine and limits as rules. `label` names it in error locations.
+    pub fn compile_condition(&self, label: &str, source: &str) -> Result<Condition, RuleErrorInfo> {
+        Ok(Condition {
+            ast: Arc::new(self.compile(label, source)?),
+        })
+    }
+
+    /// Evaluates a condition for `user`, sandboxed like a rule. An error, a limit hit or a
+    /// non-boolean result counts as `false` (and is logged at debug level).
+    pub fn check(&self, cond: &Condition, user: &rhai::Map, now_ms: i64) -> bool {
+        let mut scope = Scope::new();
+        scope.push_constant("user", user.clone());
+        scope.push_constant("event", Dynamic::UNIT);
+        scope.push_constant("now_ms", now_ms);
+        let timeout = Duration::from_millis(self.inner.limits.timeout_ms.max(1));
+        let call = sandbox::CallScope::enter("condition", timeout);
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            self.inner
+                .engine
+                .eval_ast_with_scope::<bool>(&mut scope, &cond.ast)
+        }));
+        drop(call.finish());
+        match result {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                tracing::debug!("condition failed: {e}");
+                false
+            }
+            Err(_) => false,
+        }
     }
 
     fn record_failure(&self, rule: &Rule, compiled: &Compiled, info: RuleErrorInfo) {

@@ -52,6 +52,26 @@ pub(crate) struct CallState {
 
 thread_local! {
     static CURRENT: RefCell<Option<CallState>> = const { RefCell::new(None) };
+    /// Experiment arms (`id → arm`) of the user being evaluated on this thread, for
+    /// `experiment("id")`; set by `Rules::evaluate` for the duration of one evaluation.
+    static ARMS: RefCell<rhai::Map> = const { RefCell::new(rhai::Map::new()) };
+}
+
+/// Sets the experiment arms that `experiment(id)` reads on this thread.
+pub(crate) fn set_arms(arms: rhai::Map) {
+    ARMS.with(|a| {
+        if let Ok(mut slot) = a.try_borrow_mut() {
+            *slot = arms;
+        }
+    });
+}
+
+/// The arm of experiment `id` for the user being evaluated ("" when not in it).
+pub(crate) fn arm_of(id: &str) -> String {
+    ARMS.with(|a| match a.try_borrow() {
+        Ok(m) => m.get(id).map(|v| v.to_string()).unwrap_or_default(),
+        Err(_) => String::new(),
+    })
 }
 
 /// Marks "rule `rule` is running on this thread" for as long as it lives.

@@ -32,6 +32,14 @@ const USERS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("users");
 const EVENTS: TableDefinition<([u8; 16], u64), &[u8]> = TableDefinition::new("events");
 const SEEN: TableDefinition<([u8; 16], [u8; 16]), u64> = TableDefinition::new("seen");
 const DECISIONS: TableDefinition<([u8; 16], [u8; 16]), &[u8]> = TableDefinition::new("decisions");
+/// Additive statistics: (group, segment, arm, metric) → six f64 sums (experiments' sufficient
+/// statistics). Aggregates over many users; holds no per-user data.
+const STATS: TableDefinition<(&str, &str, &str, &str), [f64; 6]> = TableDefinition::new("stats");
+
+/// A key of the additive statistics table.
+pub type StatKey = (String, String, String, String);
+/// One stored statistic of a group: ((segment, arm, metric), sums).
+pub type StatRow = ((String, String, String), [f64; 6]);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -85,6 +93,8 @@ pub struct Mutation {
     pub state: Option<Vec<u8>>,
     /// (decision id, encoded decision)
     pub decisions: Vec<([u8; 16], Vec<u8>)>,
+    /// Increments of additive statistics (added element-wise to what is stored).
+    pub stats: Vec<(StatKey, [f64; 6])>,
 }
 
 /// Everything stored about one user, decrypted.
@@ -147,6 +157,7 @@ impl Store {
             txn.open_table(EVENTS)?;
             txn.open_table(SEEN)?;
             txn.open_table(DECISIONS)?;
+            txn.open_table(STATS)?;
         }
         txn.commit()?;
         let keys = Arc::new(KeyStore::open(&data_dir.join(KEYS_FILE))?);
@@ -192,7 +203,7 @@ impl Store {
 
     /// Applies many mutations in one durable transaction (the group commit).
     pub fn apply(&self, muts: &[Mutation]) -> Result<(), StoreError> {
-        if muts.iter().all(|m| m.user.is_none()) {
+        if muts.iter().all(|m| m.user.is_none() && m.stats.is_empty()) {
             return Ok(());
         }
         // Keys first: a key must be durable before any record sealed with it.
@@ -209,6 +220,17 @@ impl Store {
             let mut events = txn.open_table(EVENTS)?;
             let mut seen = txn.open_table(SEEN)?;
             let mut decisions = txn.open_table(DECISIONS)?;
+            let mut stats = txn.open_table(STATS)?;
+            for m in muts {
+                for ((g, seg, arm, metric), d) in &m.stats {
+                    let k = (g.as_str(), seg.as_str(), arm.as_str(), metric.as_str());
+                    let mut cur = stats.get(k)?.map(|v| v.value()).unwrap_or([0.0; 6]);
+                    for (c, x) in cur.iter_mut().zip(d) {
+                        *c += x;
+                    }
+                    stats.insert(k, cur)?;
+                }
+            }
             for (user, key, m) in sealed {
                 for (seq, idh, bytes) in &m.events {
                     let rec = seal_record(&key, &user, Table::Event, bytes);
@@ -294,6 +316,25 @@ impl Store {
         Ok(counts)
     }
 
+    /// Every statistic of `group`: ((segment, arm, metric), sums).
+    pub fn stats(&self, group: &str) -> Result<Vec<StatRow>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(STATS)?;
+        let mut out = Vec::new();
+        for row in t.range((group, "", "", "")..)? {
+            let (k, v) = row?;
+            let (g, seg, arm, metric) = k.value();
+            if g != group {
+                break;
+            }
+            out.push((
+                (seg.to_string(), arm.to_string(), metric.to_string()),
+                v.value(),
+            ));
+        }
+        Ok(out)
+    }
+
     /// Number of users with stored state.
     pub fn user_count(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read()?;
@@ -327,6 +368,7 @@ mod tests {
             events: vec![(1, [1; 16], canary.to_vec()), (2, [2; 16], b"two".to_vec())],
             state: Some(b"state".to_vec()),
             decisions: vec![([9; 16], b"dec".to_vec())],
+            stats: Vec::new(),
         };
         store.apply(&[m]).unwrap();
         assert!(store.seen(&u, &[1; 16]).unwrap());
@@ -350,6 +392,42 @@ mod tests {
         // The key that could decrypt leftovers in redb's free pages is gone from the data dir.
         assert!(!scan_dir_for(dir.path(), &key));
         assert!(!scan_dir_for(dir.path(), canary));
+    }
+
+    #[test]
+    fn stats_add_up_across_commits_and_groups_stay_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let k = |g: &str, arm: &str| {
+            (
+                g.to_string(),
+                String::new(),
+                arm.to_string(),
+                "m".to_string(),
+            )
+        };
+        let m = |stats| Mutation {
+            stats,
+            ..Mutation::default()
+        };
+        store
+            .apply(&[m(vec![(k("e1", "a"), [1.0, 2.0, 4.0, 0.0, 0.0, 0.0])])])
+            .unwrap();
+        store
+            .apply(&[
+                m(vec![(k("e1", "a"), [1.0, 3.0, 9.0, 1.0, 1.0, 3.0])]),
+                m(vec![
+                    (k("e1", "b"), [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]),
+                    (k("e2", "a"), [5.0; 6]),
+                ]),
+            ])
+            .unwrap();
+        let e1 = store.stats("e1").unwrap();
+        assert_eq!(e1.len(), 2);
+        assert_eq!(e1[0].0 .1, "a");
+        assert_eq!(e1[0].1, [2.0, 5.0, 13.0, 1.0, 1.0, 3.0]);
+        assert_eq!(store.stats("e2").unwrap()[0].1, [5.0; 6]);
+        assert!(store.stats("e0").unwrap().is_empty());
     }
 
     #[test]
