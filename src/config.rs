@@ -178,6 +178,17 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// TRIMTAB_* variables that are not config keys but are read by trimtab itself.
+const NON_CONFIG_ENV: &[&str] = &["CONFIG", "LOG"];
+
+/// The top-level keys of [`Config`] (from its serialised default).
+fn top_level_keys() -> Vec<String> {
+    serde_json::to_value(Config::default())
+        .ok()
+        .and_then(|v| v.as_object().map(|m| m.keys().cloned().collect()))
+        .unwrap_or_default()
+}
+
 impl Config {
     /// Loads the layered config. `file` is `--config`; without it `./trimtab.toml` is read if
     /// present. `env` is the environment to read (`std::env::vars()` in production).
@@ -191,12 +202,27 @@ impl Config {
             }
             None => {}
         }
+        // Environment variables feed known keys only: other programs (test harnesses, wrappers)
+        // use TRIMTAB_* names too. Unknown ones are reported, not fatal; files stay strict.
+        let known = top_level_keys();
+        for (name, _) in std::env::vars() {
+            if let Some(rest) = name.strip_prefix("TRIMTAB_") {
+                let first = rest.split("__").next().unwrap_or("").to_ascii_lowercase();
+                if !known.contains(&first) && !NON_CONFIG_ENV.contains(&rest) {
+                    eprintln!("trimtab: note: ignoring {name}: not a configuration key");
+                }
+            }
+        }
         fig = fig
-            .merge(
-                Env::prefixed("TRIMTAB_")
-                    .split("__")
-                    .ignore(&["config", "log"]),
-            )
+            .merge(Env::prefixed("TRIMTAB_").split("__").filter(move |k| {
+                let first = k
+                    .as_str()
+                    .split('.')
+                    .next()
+                    .unwrap_or("")
+                    .to_ascii_lowercase();
+                known.contains(&first)
+            }))
             .merge(Serialized::defaults(overrides));
         let cfg: Config = fig
             .extract()
@@ -264,6 +290,8 @@ mod tests {
             )?;
             jail.set_env("TRIMTAB_SHARDS", "5");
             jail.set_env("TRIMTAB_DELIVERY__CAP_PER_USER", "9");
+            // Not a config key (e.g. a test harness's own variable): ignored, not fatal.
+            jail.set_env("TRIMTAB_BIN", "/usr/bin/true");
             let cfg = Config::load(
                 Some(Path::new("custom.toml")),
                 &Overrides {

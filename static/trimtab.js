@@ -254,28 +254,30 @@
     schedule(holdUntil - now());
   }
 
-  // Hidden or leaving: everything unacknowledged by sendBeacon; the server drops duplicate ids
+  // Hidden/leaving: unacked events by sendBeacon
   function beacon() {
     if (!running || !ident) return;
     const evs = [...queue.inflight.values()].map((f) => f.ev).concat(queue.take(1e9, 1e12, now(), 'beacon'));
     sendSplit(evs, (c) => nav.sendBeacon?.(base + '/v1/events', new Blob([JSON.stringify({ token: ident.token, events: c.map(wire) })], { type: 'text/plain' })));
   }
 
-  function getIdent() {
-    if (ident && (!ident.exp || ident.exp > now() / 1000 + 30)) return Promise.resolve(ident);
-    if (ident?.own) return Promise.resolve(); // only the site renews its token
-    return (identP ||= request('POST', '/v1/anonymous', {}).then(({ body: d }) => {
+  function getIdent(old = ident) {
+    if (old && (!old.exp || old.exp > now() / 1000 + 30)) return Promise.resolve(old);
+    if (old?.own) return Promise.resolve(); // site renews its own
+    return (identP ||= request('POST', '/v1/anonymous', old ? { user: old.user, token: old.token } : {}).then(({ body: d }) => {
       identP = null;
+      if (!d?.token && old) return getIdent(null);
       if (d?.token && running) store.set('trimtab.id', JSON.stringify((ident = { user: d.user, token: d.token, exp: d.expires_at })));
       return ident;
     }, () => (identP = null)));
   }
   function renew() {
     if (ident?.own) return;
+    const old = ident;
     ident = null;
     store.del('trimtab.id');
     closeWs();
-    getIdent().then((i) => i && (connect(), schedule(0)));
+    getIdent(old).then((i) => i && (connect(), schedule(0)));
   }
 
   function connect() {

@@ -7,6 +7,8 @@
 #[path = "integration/support.rs"]
 mod support;
 
+#[path = "integration/anonymous.rs"]
+mod anonymous;
 #[path = "integration/backpressure.rs"]
 mod backpressure;
 #[path = "integration/durability.rs"]

@@ -131,20 +131,81 @@ pub async fn events(
 /// `POST /v1/anonymous` (no credentials; `anonymous = true`): a token for a new random id, so a
 /// browser SDK can start without any secret. The id is chosen here, never by the client, so a
 /// token for somebody else's id cannot be obtained this way.
-pub async fn anonymous(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+///
+/// Renewal: with `{"user": "anon-…", "token": "<its token>"}` (expired at most
+/// [`RENEW_GRACE_S`] ago) the same anonymous user gets a fresh token, so a returning visitor
+/// keeps their history.
+pub async fn anonymous(
+    st: web::Data<AppState>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
     if !st.cfg.anonymous {
         return Err(ApiError::forbidden(
             "anonymous_disabled",
             "anonymous visitors are disabled (anonymous = false); use /v1/identify from your server",
         ));
     }
-    let mut raw = [0u8; 16];
-    rand::RngCore::fill_bytes(&mut rand::rng(), &mut raw);
-    let user = format!("anon-{}", hex::encode(raw));
+    let body = read_body(payload, 4096).await?;
+    let renew: Option<RenewReq> = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let r: RenewReq = parse_body(&body)?;
+        (r.user.is_some() || r.token.is_some()).then_some(r)
+    };
+    let user = match renew {
+        None => {
+            let mut raw = [0u8; 16];
+            rand::RngCore::fill_bytes(&mut rand::rng(), &mut raw);
+            format!("anon-{}", hex::encode(raw))
+        }
+        Some(RenewReq {
+            user: Some(user),
+            token: Some(token),
+        }) => {
+            let (key, exp) = st
+                .signer
+                .verify_signature(&token)
+                .map_err(|e| ApiError::unauthorized(e.code(), &e.to_string()))?;
+            let now_s = now_ms() as u64 / 1000;
+            if !user.starts_with("anon-") || st.pseudo.user(&user) != key {
+                return Err(ApiError::forbidden(
+                    "user_mismatch",
+                    "the token is not this anonymous user's",
+                )
+                .at("user"));
+            }
+            if exp + RENEW_GRACE_S < now_s {
+                return Err(ApiError::unauthorized(
+                    "token_expired",
+                    "the token expired too long ago to be renewed",
+                ));
+            }
+            user
+        }
+        Some(_) => {
+            return Err(ApiError::from(InputError::new(
+                "missing_field",
+                "renewal needs both `user` and `token`",
+                Some("token".into()),
+            )))
+        }
+    };
     let key = st.pseudo.user(&user);
     let exp = now_ms() as u64 / 1000 + st.cfg.token_ttl_s;
     let token = st.signer.issue(&key, exp);
     Ok(HttpResponse::Ok().json(json!({"user": user, "token": token, "expires_at": exp})))
+}
+
+/// How long after expiry an anonymous token can still be renewed (30 days).
+pub const RENEW_GRACE_S: u64 = 30 * 86_400;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenewReq {
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    token: Option<String>,
 }
 
 #[derive(Deserialize)]

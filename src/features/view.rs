@@ -151,3 +151,52 @@ pub fn synthetic_event(kind: &str, session: &str, now_ms: i64, props: Map) -> Ma
     m.insert("props".into(), Dynamic::from_map(props));
     m
 }
+
+/// Converts a Rhai value into JSON (maps → objects, arrays → arrays; others by type).
+pub fn dynamic_to_json(d: &Dynamic) -> Value {
+    if d.is_unit() {
+        Value::Null
+    } else if let Ok(b) = d.as_bool() {
+        Value::Bool(b)
+    } else if let Ok(i) = d.as_int() {
+        Value::from(i)
+    } else if let Ok(f) = d.as_float() {
+        serde_json::Number::from_f64(f)
+            .map(Value::Number)
+            .unwrap_or(Value::Null)
+    } else if let Some(a) = d.read_lock::<Array>() {
+        Value::Array(a.iter().map(dynamic_to_json).collect())
+    } else if let Some(m) = d.read_lock::<Map>() {
+        Value::Object(
+            m.iter()
+                .map(|(k, v)| (k.to_string(), dynamic_to_json(v)))
+                .collect(),
+        )
+    } else {
+        Value::String(d.to_string())
+    }
+}
+
+/// The user's state for people (export, `/v1/me`, dashboard): the same layout rules see,
+/// plus first/last seen and experiment participation.
+pub fn state_json(key: &UserKey, st: &UserState, now_ms: i64) -> Value {
+    let mut v = dynamic_to_json(&Dynamic::from_map(user_map(key, st, now_ms)));
+    if let Value::Object(m) = &mut v {
+        m.insert("first_seen_ms".into(), st.first_seen_ms.into());
+        m.insert("last_seen_ms".into(), st.last_seen_ms.into());
+        m.insert("holdout".into(), st.holdout.into());
+        let exps: serde_json::Map<String, Value> = st
+            .experiments
+            .iter()
+            .map(|(id, r)| {
+                (
+                    id.clone(),
+                    serde_json::json!({"arm": r.arm, "assigned_ms": r.assigned_ms,
+                        "exposed_ms": r.exposed_ms, "values": r.values}),
+                )
+            })
+            .collect();
+        m.insert("experiments".into(), Value::Object(exps));
+    }
+    v
+}

@@ -190,10 +190,11 @@ impl Writer {
             .export(user)
             .map_err(|e| PipelineError::Storage(e.to_string()))?;
         Ok(rec.map(|r| {
+            let now = super::shard::now_ms();
             let state = r
                 .state
                 .and_then(|b| UserState::decode(&b))
-                .map(|s| serde_json::to_value(s).unwrap_or_default())
+                .map(|s| crate::features::view::state_json(user, &s, now))
                 .unwrap_or_default();
             let events = r
                 .events

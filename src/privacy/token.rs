@@ -64,6 +64,15 @@ impl TokenSigner {
 
     /// The user a token is bound to, if it is authentic and not expired at `now_s`.
     pub fn verify(&self, token: &str, now_s: u64) -> Result<UserKey, TokenError> {
+        let (user, exp) = self.verify_signature(token)?;
+        if exp <= now_s {
+            return Err(TokenError::Expired);
+        }
+        Ok(user)
+    }
+
+    /// The user and expiry of an authentic token, expired or not (for renewal).
+    pub fn verify_signature(&self, token: &str) -> Result<(UserKey, u64), TokenError> {
         let body = token.strip_prefix(PREFIX).ok_or(TokenError::Malformed)?;
         if body.len() > 128 {
             return Err(TokenError::Malformed);
@@ -82,10 +91,7 @@ impl TokenSigner {
         user.copy_from_slice(&payload[..16]);
         let mut exp = [0u8; 8];
         exp.copy_from_slice(&payload[16..]);
-        if u64::from_be_bytes(exp) <= now_s {
-            return Err(TokenError::Expired);
-        }
-        Ok(UserKey(user))
+        Ok((UserKey(user), u64::from_be_bytes(exp)))
     }
 }
 
@@ -100,6 +106,7 @@ mod tests {
         let t = s.issue(&u, 1_000);
         assert_eq!(s.verify(&t, 999), Ok(u));
         assert_eq!(s.verify(&t, 1_000), Err(TokenError::Expired));
+        assert_eq!(s.verify_signature(&t), Ok((u, 1_000)));
         // Another key's token is refused.
         let other = TokenSigner::new([8; 32]).issue(&u, 1_000);
         assert_eq!(s.verify(&other, 1), Err(TokenError::BadSignature));

@@ -911,7 +911,7 @@
     var mB = el('b', null, nf1.format(maxDepth) + '%');
     mB.dataset.field = 'max_depth';
     mB.dataset.value = String(maxDepth);
-    var dir = num(sc.direction) > 0 ? '↓ down' : num(sc.direction) < 0 ? '↑ up' : '· still';
+    var dir = (sc.direction === 'down' || num(sc.direction) > 0) ? '↓ down' : (sc.direction === 'up' || num(sc.direction) < 0) ? '↑ up' : '· still';
     append(stats, 'depth ', dB, ' · max ', mB, ' · ' + nf1.format(num(sc.velocity)) + ' %/s ' + dir);
     append(sr, track, stats);
     box.appendChild(section('Scroll', sr));
@@ -957,8 +957,8 @@
         var name = el('span', 'mono', n);
         var cell = el('span');
         cell.appendChild(name);
-        if (t.hovering) cell.appendChild(el('span', 'flag on', 'hover'));
-        if (t.in_view) cell.appendChild(el('span', 'flag on', 'in view'));
+        if (t.hovering || num(t.hovering_ms) > 0) cell.appendChild(el('span', 'flag on', 'hover'));
+        if (t.in_view || num(t.in_view_ms) > 0) cell.appendChild(el('span', 'flag on', 'in view'));
         return [cell, fmtMs(num(t.hover_ms)) + ' ×' + num(t.hover_count), fmtMs(num(t.dwell_ms)) + ' ×' + num(t.dwell_count), fmtInt(num(t.clicks))];
       });
       box.appendChild(section('Targets', miniTable([{ label: 'target' }, { label: 'hover', num: true }, { label: 'dwell', num: true }, { label: 'clicks', num: true }], trows)));
