@@ -17,5 +17,6 @@ pub mod metrics;
 pub mod pipeline;
 pub mod privacy;
 pub mod rules;
+pub mod segments;
 pub mod store;
 pub mod watch;

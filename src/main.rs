@@ -21,6 +21,41 @@ struct Cli {
 enum Command {
     /// Run the engine: HTTP + WebSocket API, pipeline, rules.
     Serve(ServeArgs),
+    /// Cluster feature vectors offline (CSV with a header, or JSONL) into behavioural segments.
+    Segment(SegmentArgs),
+}
+
+#[derive(clap::Args)]
+struct SegmentArgs {
+    /// CSV with a header row (numeric columns; `id`/`user`/`user_id` columns are skipped), or
+    /// JSONL with one array or object of numbers per line.
+    #[arg(long)]
+    input: PathBuf,
+    /// Algorithm.
+    #[arg(long, value_parser = ["kmeans", "gmm", "dbscan"], default_value = "gmm")]
+    algo: String,
+    /// Number of clusters (k-means, GMM); without it, chosen by BIC over --k-min..=--k-max.
+    #[arg(long)]
+    k: Option<usize>,
+    #[arg(long, default_value_t = 2)]
+    k_min: usize,
+    #[arg(long, default_value_t = 8)]
+    k_max: usize,
+    /// DBSCAN radius in robust-scaled units (1 = one interquartile range).
+    #[arg(long, default_value_t = 1.0)]
+    eps: f32,
+    /// DBSCAN: neighbours within eps (itself included) that make a core point.
+    #[arg(long, default_value_t = 10)]
+    min_points: usize,
+    /// Random seed (runs are reproducible).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Include each row's 2-D PCA coordinates.
+    #[arg(long)]
+    projection: bool,
+    /// Print JSON (`{"labels":[…],"segments":[…],…}`) instead of a summary.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -61,9 +96,65 @@ fn init_logging(format: &str) {
     }
 }
 
+fn segment(a: SegmentArgs) -> ExitCode {
+    use trimtab::segments::{segment_file, Algo, Params};
+    let algo: Algo = match a.algo.parse() {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("trimtab segment: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let params = Params {
+        k: a.k,
+        k_min: a.k_min,
+        k_max: a.k_max,
+        eps: a.eps,
+        min_points: a.min_points,
+        seed: a.seed,
+        projection: a.projection,
+        ..Params::default()
+    };
+    match segment_file(&a.input, algo, &params) {
+        Ok(out) if a.json => match serde_json::to_string(&out) {
+            Ok(s) => {
+                println!("{s}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("trimtab segment: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok(out) => {
+            println!(
+                "{} rows, {} segments, {} noise",
+                out.labels.len(),
+                out.segments.len(),
+                out.noise
+            );
+            for s in &out.segments {
+                println!(
+                    "  #{:<3} {:>7} users ({:>5.1}%)  {}",
+                    s.id,
+                    s.size,
+                    f64::from(s.share) * 100.0,
+                    s.description
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("trimtab segment: {} ({})", e, e.code());
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Segment(a) => segment(a),
         Command::Serve(a) => {
             let overrides = Overrides {
                 addr: a.addr,

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod assets;
 pub mod auth;
 pub mod error;
+pub mod experiments;
 pub mod ingest;
 pub mod ops;
 
@@ -91,7 +92,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/users/{id}", web::get().to(admin::export_user))
             .route("/users/{id}", web::delete().to(admin::erase_user))
             .route("/admin/users/{key}", web::get().to(admin::export_by_key))
-            .route("/admin/live", web::get().to(admin::live)),
+            .route("/admin/live", web::get().to(admin::live))
+            .route("/experiments", web::get().to(experiments::list))
+            .route("/experiments/{id}", web::get().to(experiments::get))
+            .route("/experiments/{id}", web::put().to(experiments::put))
+            .route("/experiments/{id}", web::delete().to(experiments::delete)),
     )
     .route("/healthz", web::get().to(ops::healthz))
     .route("/readyz", web::get().to(ops::readyz))

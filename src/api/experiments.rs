@@ -1,0 +1,111 @@
+//! Experiment endpoints (admin token): list, read, create/replace, delete, results; and the
+//! pure statistics endpoint `POST /v1/stats/analyze`.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+use serde_json::{json, Value};
+
+use super::auth::Admin;
+use super::error::ApiError;
+use super::{now_ms, read_body, AppState};
+use crate::event::parse_json;
+use crate::experiments::def::ExperimentDef;
+use crate::experiments::{Compiled, ExperimentsError};
+
+fn summary(c: &Compiled, now: i64) -> Value {
+    json!({
+        "id": c.def.id,
+        "description": c.def.description,
+        "status": c.def.status,
+        "live": c.def.is_live(now),
+        "origin": c.origin,
+        "slots": c.def.slots(),
+        "arms": c.arms.iter().map(|a| json!({"name": a.name, "weight": a.weight})).collect::<Vec<_>>(),
+        "primary_metric": c.def.primary_metric,
+        "guardrails": c.def.guardrails,
+        "metrics": c.metrics.keys().collect::<Vec<_>>(),
+    })
+}
+
+fn exp_error(e: ExperimentsError) -> ApiError {
+    match e {
+        ExperimentsError::Invalid(d) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_experiment",
+            d.message,
+        )
+        .at(d.path),
+        ExperimentsError::NotFound(id) => ApiError::not_found(format!("no experiment {id:?}")),
+        other => ApiError::internal(other),
+    }
+}
+
+/// `GET /v1/experiments`: every experiment, plus definition files that were refused.
+pub async fn list(st: web::Data<AppState>, _: Admin) -> HttpResponse {
+    let now = now_ms();
+    let all: Vec<Value> = st
+        .experiments
+        .all()
+        .iter()
+        .map(|c| summary(c, now))
+        .collect();
+    HttpResponse::Ok().json(json!({
+        "experiments": all,
+        "problems": st.experiments.problems(),
+        "holdout": st.experiments.holdout(),
+    }))
+}
+
+/// `GET /v1/experiments/{id}`: the definition and its arms.
+pub async fn get(
+    st: web::Data<AppState>,
+    _: Admin,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let c = st
+        .experiments
+        .get(&id)
+        .ok_or_else(|| ApiError::not_found(format!("no experiment {:?}", id.as_str())))?;
+    let mut v = summary(&c, now_ms());
+    v["definition"] = serde_json::to_value(&c.def).unwrap_or_default();
+    Ok(HttpResponse::Ok().json(v))
+}
+
+/// `PUT /v1/experiments/{id}` with a JSON definition: validated, then stored as
+/// `experiments/ID.toml` and live at once.
+pub async fn put(
+    st: web::Data<AppState>,
+    _: Admin,
+    id: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_body(payload, st.cfg.limits.max_body_bytes).await?;
+    let v = parse_json(&body)?;
+    let def =
+        ExperimentDef::from_json(&id, v).map_err(|d| exp_error(ExperimentsError::Invalid(d)))?;
+    let exps = st.experiments.clone();
+    web::block(move || exps.put(def))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(exp_error)?;
+    let c = st
+        .experiments
+        .get(&id)
+        .ok_or_else(|| ApiError::internal("stored experiment not loaded"))?;
+    Ok(HttpResponse::Ok().json(summary(&c, now_ms())))
+}
+
+/// `DELETE /v1/experiments/{id}`: removes the definition (its statistics stay readable).
+pub async fn delete(
+    st: web::Data<AppState>,
+    _: Admin,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let exps = st.experiments.clone();
+    let id = id.into_inner();
+    web::block(move || exps.delete(&id))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(exp_error)?;
+    Ok(HttpResponse::NoContent().finish())
+}
