@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::privacy::{Pseudonymizer, Secrets, TokenSigner};
 use crate::rules::Rules;
+use crate::segments::service::SegmentService;
 use crate::store::Store;
 
 /// Runs `trimtab serve` until SIGTERM/SIGINT. `on_listen` is told the bound address.
@@ -72,19 +73,26 @@ pub fn serve(
     for p in experiments.problems() {
         tracing::warn!(experiment = %p.id, file = %p.file, path = %p.path, "experiment refused: {}", p.error);
     }
+    let segments = SegmentService::new(cfg.segments.clone(), store.clone())
+        .context("starting the segmenter")?;
+    let (seg_stop, seg_stop_rx) = crossbeam_channel::bounded::<()>(0);
+    let seg_thread = segments
+        .start(seg_stop_rx)
+        .context("starting the segmenter")?;
     let metrics = Arc::new(Metrics::new());
     let hub = Arc::new(Hub::new(metrics.clone()));
     let pseudo = Pseudonymizer::new(secrets.pseudonym_key);
     let pipeline = Arc::new(
-        Pipeline::start(
-            cfg.clone(),
-            store.clone(),
-            rules.clone(),
-            hub.clone(),
-            metrics.clone(),
-            pseudo.clone(),
-            experiments.clone(),
-        )
+        Pipeline::start(crate::pipeline::Services {
+            cfg: cfg.clone(),
+            store: store.clone(),
+            rules: rules.clone(),
+            hub: hub.clone(),
+            metrics: metrics.clone(),
+            pseudo: pseudo.clone(),
+            experiments: experiments.clone(),
+            segments: segments.clone(),
+        })
         .context("starting pipeline threads")?,
     );
     let state = web::Data::new(AppState {
@@ -93,6 +101,7 @@ pub fn serve(
         hub: hub.clone(),
         rules,
         experiments,
+        segments,
         metrics,
         store,
         signer: TokenSigner::new(secrets.token_key),
@@ -133,6 +142,8 @@ pub fn serve(
     pipeline.shutdown();
     drop(watcher);
     drop(exp_watcher);
+    drop(seg_stop);
+    let _ = seg_thread.join();
     tracing::info!("stopped cleanly");
     result
 }

@@ -15,6 +15,7 @@ use crate::event::Limits;
 use crate::experiments::ExperimentsConfig;
 use crate::features::FeatureConfig;
 use crate::rules::RuleLimits;
+use crate::segments::service::SegmentsConfig;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -47,6 +48,7 @@ pub struct Config {
     pub features: FeatureConfig,
     pub rules: RuleLimits,
     pub experiments: ExperimentsConfig,
+    pub segments: SegmentsConfig,
 }
 
 impl Default for Config {
@@ -69,6 +71,7 @@ impl Default for Config {
             features: FeatureConfig::default(),
             rules: RuleLimits::default(),
             experiments: ExperimentsConfig::default(),
+            segments: SegmentsConfig::default(),
         }
     }
 }
@@ -247,6 +250,9 @@ impl Config {
         }
         if !(0.0..1.0).contains(&self.experiments.holdout) {
             return bad("experiments.holdout must be in [0, 1)");
+        }
+        if !matches!(self.segments.algo.as_str(), "kmeans" | "gmm" | "dbscan") {
+            return bad("segments.algo must be \"kmeans\", \"gmm\" or \"dbscan\"");
         }
         if self.features.tick_ms < 10 {
             return bad("features.tick_ms must be at least 10");

@@ -13,6 +13,8 @@ mod anonymous;
 mod backpressure;
 #[path = "integration/durability.rs"]
 mod durability;
+#[path = "integration/experiments.rs"]
+mod experiments;
 #[path = "integration/hot_reload.rs"]
 mod hot_reload;
 #[path = "integration/privacy.rs"]
@@ -21,6 +23,8 @@ mod privacy;
 mod rules_fire;
 #[path = "integration/sandbox.rs"]
 mod sandbox;
+#[path = "integration/segments.rs"]
+mod segments;
 #[path = "integration/startup.rs"]
 mod startup;
 #[path = "integration/tokens.rs"]

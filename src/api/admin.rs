@@ -182,6 +182,18 @@ pub async fn live(
     Ok(resp)
 }
 
+/// `GET /v1/segments` (admin): the current behavioural segments (names, sizes, profiles),
+/// a 2-D projection sample for a scatter plot, and sizes over time.
+pub async fn segments(st: web::Data<AppState>, _: Admin) -> HttpResponse {
+    HttpResponse::Ok().json(st.segments.describe())
+}
+
+/// `POST /v1/segments/refresh` (admin): re-cluster now (in the background); 202.
+pub async fn segments_refresh(st: web::Data<AppState>, _: Admin) -> HttpResponse {
+    st.segments.refresh();
+    HttpResponse::Accepted().json(serde_json::json!({"refresh": "started"}))
+}
+
 fn me(caller: Caller) -> Result<UserKey, ApiError> {
     match caller {
         Caller::User(u) => Ok(u),

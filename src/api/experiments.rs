@@ -109,3 +109,51 @@ pub async fn delete(
         .map_err(exp_error)?;
     Ok(HttpResponse::NoContent().finish())
 }
+
+/// `GET /v1/experiments/{id}/results` (admin): statistics of every metric from the stored
+/// sufficient statistics, per-segment results of the primary metric, SRM check, the history of
+/// the always-valid p-value and a recommendation.
+pub async fn results(
+    st: web::Data<AppState>,
+    _: Admin,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let c = st
+        .experiments
+        .get(&id)
+        .ok_or_else(|| ApiError::not_found(format!("no experiment {:?}", id.as_str())))?;
+    let store = st.store.clone();
+    let exps = st.experiments.clone();
+    let v = web::block(move || -> Result<Value, String> {
+        let rows = store.stats(&c.def.id).map_err(|e| e.to_string())?;
+        Ok(crate::experiments::results::results(
+            &c,
+            &rows,
+            now_ms(),
+            &exps,
+        ))
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    Ok(HttpResponse::Ok().json(v))
+}
+
+/// `POST /v1/stats/analyze` (admin): the statistics engine on summary statistics you bring.
+pub async fn analyze(
+    st: web::Data<AppState>,
+    _: Admin,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    use crate::experiments::stats;
+    let body = read_body(payload, st.cfg.limits.max_body_bytes).await?;
+    let v = parse_json(&body)?;
+    let req: stats::AnalyzeRequest = crate::event::from_value(v, "")?;
+    let out = web::block(move || stats::analyze(&req))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.code.as_str(), e.message).at(e.path)
+        })?;
+    Ok(HttpResponse::Ok().json(out))
+}

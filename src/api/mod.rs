@@ -33,6 +33,7 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub rules: Rules,
     pub experiments: crate::experiments::Experiments,
+    pub segments: Arc<crate::segments::service::SegmentService>,
     pub metrics: Arc<Metrics>,
     pub store: Arc<Store>,
     pub signer: TokenSigner,
@@ -93,10 +94,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/users/{id}", web::delete().to(admin::erase_user))
             .route("/admin/users/{key}", web::get().to(admin::export_by_key))
             .route("/admin/live", web::get().to(admin::live))
+            .route("/segments", web::get().to(admin::segments))
+            .route("/segments/refresh", web::post().to(admin::segments_refresh))
             .route("/experiments", web::get().to(experiments::list))
             .route("/experiments/{id}", web::get().to(experiments::get))
             .route("/experiments/{id}", web::put().to(experiments::put))
-            .route("/experiments/{id}", web::delete().to(experiments::delete)),
+            .route("/experiments/{id}", web::delete().to(experiments::delete))
+            .route(
+                "/experiments/{id}/results",
+                web::get().to(experiments::results),
+            )
+            .route("/stats/analyze", web::post().to(experiments::analyze)),
     )
     .route("/healthz", web::get().to(ops::healthz))
     .route("/readyz", web::get().to(ops::readyz))

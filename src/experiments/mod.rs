@@ -16,6 +16,8 @@
 
 pub mod assign;
 pub mod def;
+pub mod results;
+pub mod stats;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -156,6 +158,18 @@ struct Inner {
     set: ArcSwap<Vec<Arc<Compiled>>>,
     problems: Mutex<Vec<DefProblem>>,
     writer: Mutex<()>,
+    /// Per experiment: looks at the primary metric's always-valid p-values, (time, arm → p),
+    /// and the running minimum per arm (the always-valid p-value process).
+    looks: Mutex<std::collections::HashMap<String, Looks>>,
+}
+
+/// The sequential p-values seen at successive looks at one experiment.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Looks {
+    /// (time, [(arm, always-valid p-value so far)]), at most one point per 5 s, last 500.
+    pub history: std::collections::VecDeque<(i64, Vec<(String, f64)>)>,
+    /// Running minimum per arm.
+    pub min: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -246,6 +260,7 @@ impl Experiments {
                 set: ArcSwap::from_pointee(Vec::new()),
                 problems: Mutex::new(Vec::new()),
                 writer: Mutex::new(()),
+                looks: Mutex::new(std::collections::HashMap::new()),
             }),
         };
         e.reload();
@@ -422,6 +437,30 @@ impl Experiments {
         })?;
         self.reload();
         Ok(())
+    }
+
+    /// Records a look at an experiment's per-arm sequential p-values and returns the running
+    /// minimum per arm (the always-valid p-value at this look) and the history.
+    pub fn record_look(&self, id: &str, now_ms: i64, p: &[(String, f64)]) -> Looks {
+        let mut all = self.inner.looks.lock().unwrap_or_else(|e| e.into_inner());
+        let looks = all.entry(id.to_string()).or_default();
+        let mut point = Vec::new();
+        for (arm, v) in p {
+            let m = looks.min.entry(arm.clone()).or_insert(1.0);
+            *m = m.min(*v);
+            point.push((arm.clone(), *m));
+        }
+        let due = looks
+            .history
+            .back()
+            .is_none_or(|(t, _)| now_ms - t >= 5_000);
+        if due && !point.is_empty() {
+            looks.history.push_back((now_ms, point));
+            while looks.history.len() > 500 {
+                looks.history.pop_front();
+            }
+        }
+        looks.clone()
     }
 
     /// Decides, once per user and live experiment, whether the user takes part and in which

@@ -5,7 +5,9 @@
 use serde_json::{json, Value};
 
 use super::def::MetricKind;
-use super::stats::{self, AnalyzeRequest, AnalyzeResponse, ArmInput, CovariateStat, Mde, Metric, ProportionStat};
+use super::stats::{
+    self, AnalyzeRequest, AnalyzeResponse, ArmInput, CovariateStat, Mde, Metric, ProportionStat,
+};
 use super::{Compiled, Suff};
 use crate::store::StatRow;
 
@@ -51,13 +53,21 @@ pub fn analyze_metric(
     metric: &str,
     with_mde: bool,
 ) -> Result<AnalyzeResponse, stats::StatsError> {
-    let kind = c.metrics.get(metric).map(|m| m.kind).unwrap_or(MetricKind::Mean);
-    let sums: Vec<Suff> = c.arms.iter().map(|a| suff(rows, segment, &a.name, metric)).collect();
+    let kind = c
+        .metrics
+        .get(metric)
+        .map(|m| m.kind)
+        .unwrap_or(MetricKind::Mean);
+    let sums: Vec<Suff> = c
+        .arms
+        .iter()
+        .map(|a| suff(rows, segment, &a.name, metric))
+        .collect();
     // CUPED when every arm has a varying pre-exposure covariate.
     let cuped = kind == MetricKind::Mean
-        && sums.iter().all(|s| {
-            s.n >= 2.0 && (s.sum_x2 - s.sum_x * s.sum_x / s.n) / (s.n - 1.0) > 1e-12
-        });
+        && sums
+            .iter()
+            .all(|s| s.n >= 2.0 && (s.sum_x2 - s.sum_x * s.sum_x / s.n) / (s.n - 1.0) > 1e-12);
     let req = AnalyzeRequest {
         metric: match kind {
             MetricKind::Proportion => Metric::Proportion,
@@ -73,7 +83,11 @@ pub fn analyze_metric(
         weights: Some(c.arms.iter().map(|a| a.weight).collect()),
         alpha: Some(c.def.alpha),
         power: None,
-        mde: if with_mde { c.def.mde.map(Mde::Absolute) } else { None },
+        mde: if with_mde {
+            c.def.mde.map(Mde::Absolute)
+        } else {
+            None
+        },
         tau: None,
         sequential_tuning_n: None,
         correction: None,
@@ -85,18 +99,24 @@ pub fn analyze_metric(
 pub fn control_arm(c: &Compiled) -> String {
     c.arms
         .iter()
-        .find(|a| a.variants.iter().all(|(_, v)| v.name == "default" || v.name == "control"))
+        .find(|a| {
+            a.variants
+                .iter()
+                .all(|(_, v)| v.name == "default" || v.name == "control")
+        })
         .or_else(|| c.arms.iter().find(|a| a.name == "holdout"))
         .or(c.arms.first())
         .map(|a| a.name.clone())
         .unwrap_or_default()
 }
 
-/// The full results document of an experiment.
-pub fn results(c: &Compiled, rows: &[StatRow], now_ms: i64) -> Value {
+/// The full results document of an experiment. `looks` keeps the running minimum of the
+/// primary metric's always-valid p-values across looks (the p-value reported), and their
+/// history for the chart.
+pub fn results(c: &Compiled, rows: &[StatRow], now_ms: i64, looks: &super::Experiments) -> Value {
     let primary = &c.def.primary_metric;
     let mut metrics = serde_json::Map::new();
-    let mut primary_res = None;
+    let mut primary_res: Option<AnalyzeResponse> = None;
     let mut guardrail_res = Vec::new();
     for name in c.metrics.keys() {
         let is_primary = name == primary;
@@ -138,6 +158,34 @@ pub fn results(c: &Compiled, rows: &[StatRow], now_ms: i64) -> Value {
                 .map(|r| (s.clone(), serde_json::to_value(r).unwrap_or(Value::Null)))
         })
         .collect();
+    // Always-valid p-values: the running minimum over looks (Johari et al. 2017, §4).
+    let mut history = Value::Null;
+    if let Some(p) = primary_res.as_mut() {
+        let now_p: Vec<(String, f64)> = p
+            .arms
+            .iter()
+            .filter_map(|a| {
+                a.vs_control
+                    .as_ref()
+                    .and_then(|v| v.sequential_p_value)
+                    .map(|sp| (a.name.clone(), sp))
+            })
+            .collect();
+        let l = looks.record_look(&c.def.id, now_ms, &now_p);
+        for a in p.arms.iter_mut() {
+            if let (Some(v), Some(m)) = (a.vs_control.as_mut(), l.min.get(&a.name)) {
+                v.sequential_p_value = Some(*m);
+            }
+        }
+        if let Some(v) = metrics.get_mut(primary) {
+            *v = serde_json::to_value(&*p).unwrap_or(Value::Null);
+        }
+        history = json!(l
+            .history
+            .iter()
+            .map(|(t, pts)| json!({"ts": t, "sequential_p_value": pts.iter().map(|(a, v)| (a.clone(), json!(v))).collect::<serde_json::Map<_, _>>()}))
+            .collect::<Vec<_>>());
+    }
     let recommendation = recommend(c, primary_res.as_ref(), &guardrail_res);
     json!({
         "experiment": c.def.id,
@@ -151,6 +199,7 @@ pub fn results(c: &Compiled, rows: &[StatRow], now_ms: i64) -> Value {
         "srm_warning": primary_res.as_ref().is_some_and(|r| r.srm_warning),
         "metrics": metrics,
         "primary_by_segment": by_segment,
+        "sequential_history": history,
         "recommendation": recommendation,
         "computed_at_ms": now_ms,
     })
@@ -188,7 +237,10 @@ fn recommend(
     for arm in &p.arms {
         if let Some(cmp) = &arm.vs_control {
             if let (Some(sp), Some(ci)) = (cmp.sequential_p_value, cmp.ci) {
-                if sp < alpha && ci[0] > 0.0 && best.is_none_or(|b| cmp.difference.unwrap_or(0.0) > b.2) {
+                if sp < alpha
+                    && ci[0] > 0.0
+                    && best.is_none_or(|b| cmp.difference.unwrap_or(0.0) > b.2)
+                {
                     best = Some((&arm.name, sp, cmp.difference.unwrap_or(0.0)));
                 }
             }
@@ -199,9 +251,14 @@ fn recommend(
             "Ship {arm}: it beats {} on {} by {diff:+.4} (always-valid p = {sp:.4}, safe to read at any time).",
             p.control, c.def.primary_metric)});
     }
-    let losers = p.arms.iter().filter_map(|a| a.vs_control.as_ref().map(|c| (a, c))).all(|(_, cmp)| {
-        cmp.sequential_p_value.is_some_and(|sp| sp < alpha) && cmp.ci.is_some_and(|ci| ci[1] < 0.0)
-    });
+    let losers = p
+        .arms
+        .iter()
+        .filter_map(|a| a.vs_control.as_ref().map(|c| (a, c)))
+        .all(|(_, cmp)| {
+            cmp.sequential_p_value.is_some_and(|sp| sp < alpha)
+                && cmp.ci.is_some_and(|ci| ci[1] < 0.0)
+        });
     if losers && p.arms.len() > 1 {
         return json!({"action": "stop", "text": format!(
             "Stop: every variant is worse than {} on {}; keep the control.", p.control, c.def.primary_metric)});
@@ -214,6 +271,10 @@ fn recommend(
         Some(need) => format!("Keep running: {n} users exposed so far; about {need} per arm are needed to detect the minimum effect."),
         None => format!("Keep running: {n} users exposed so far; no arm differs from {} yet.", p.control),
     };
-    let action = if text.starts_with("Stop") { "stop" } else { "keep_running" };
+    let action = if text.starts_with("Stop") {
+        "stop"
+    } else {
+        "keep_running"
+    };
     json!({"action": action, "text": text})
 }

@@ -30,6 +30,7 @@ use crate::experiments::Experiments;
 use crate::metrics::Metrics;
 use crate::privacy::{Pseudonymizer, UserKey};
 use crate::rules::Rules;
+use crate::segments::service::SegmentService;
 use crate::store::{EraseCounts, Store};
 
 pub use decision::Decision;
@@ -105,16 +106,30 @@ pub struct Pipeline {
     shard_count: usize,
 }
 
+/// What the pipeline's threads use: shared services, built once by the app.
+pub struct Services {
+    pub cfg: Arc<Config>,
+    pub store: Arc<Store>,
+    pub rules: Rules,
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+    pub pseudo: Pseudonymizer,
+    pub experiments: Experiments,
+    pub segments: Arc<SegmentService>,
+}
+
 impl Pipeline {
-    pub fn start(
-        cfg: Arc<Config>,
-        store: Arc<Store>,
-        rules: Rules,
-        hub: Arc<Hub>,
-        metrics: Arc<Metrics>,
-        pseudo: Pseudonymizer,
-        experiments: Experiments,
-    ) -> std::io::Result<Pipeline> {
+    pub fn start(s: Services) -> std::io::Result<Pipeline> {
+        let Services {
+            cfg,
+            store,
+            rules,
+            hub,
+            metrics,
+            pseudo,
+            experiments,
+            segments,
+        } = s;
         let n = cfg.shard_count();
         let (wtx, wrx) = bounded(cfg.pipeline.writer_queue);
         let committed: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
@@ -156,7 +171,10 @@ impl Pipeline {
                 pseudo: pseudo.clone(),
                 committed: committed.clone(),
                 hub: hub.clone(),
-                experiments: experiments.clone(),
+                live: shard::Live {
+                    experiments: experiments.clone(),
+                    segments: segments.clone(),
+                },
             });
             threads.push(
                 std::thread::Builder::new()

@@ -24,6 +24,7 @@ use crate::features::UserState;
 use crate::metrics::Metrics;
 use crate::privacy::{Pseudonymizer, UserKey};
 use crate::rules::{AdjustRequest, RuleInput, Rules};
+use crate::segments::service::SegmentService;
 use crate::store::{Mutation, Store};
 
 pub(crate) fn now_ms() -> i64 {
@@ -54,7 +55,7 @@ pub(crate) struct ShardParts {
     pub pseudo: Pseudonymizer,
     pub committed: Arc<Vec<AtomicU64>>,
     pub hub: Arc<Hub>,
-    pub experiments: Experiments,
+    pub live: Live,
 }
 
 pub(crate) struct Shard {
@@ -209,7 +210,8 @@ impl Shard {
         let rules = self.p.rules.clone();
         let metrics = self.p.metrics.clone();
         let hub = self.p.hub.clone();
-        let exps = self.p.experiments.clone();
+        let live = self.p.live.clone();
+        let exps = live.experiments.clone();
         let entry = match self.load(&user, now) {
             Ok(e) => e,
             Err(e) => {
@@ -249,7 +251,7 @@ impl Shard {
                 .state
                 .consent
                 .personalization
-                .then(|| view_for_rules(&exps, &user, &mut entry.state, now));
+                .then(|| view_for_rules(&live, &user, &mut entry.state, now));
             mutation.stats.extend(
                 exps.track(&mut entry.state, ev, events_before)
                     .into_iter()
@@ -310,7 +312,8 @@ impl Shard {
         let cfg = self.p.cfg.clone();
         let rules = self.p.rules.clone();
         let metrics = self.p.metrics.clone();
-        let exps = self.p.experiments.clone();
+        let live = self.p.live.clone();
+        let exps = live.experiments.clone();
         self.op += 1;
         let op = self.op;
         let entry = match self.load(&user, now) {
@@ -351,7 +354,7 @@ impl Shard {
         let cands: rhai::Array = candidates.iter().map(|c| c.clone().into()).collect();
         props.insert("candidates".into(), cands.into());
         let input = RuleInput {
-            user: view_for_rules(&exps, &user, &mut entry.state, now),
+            user: view_for_rules(&live, &user, &mut entry.state, now),
             event: synthetic_event("decide", &entry.state.session, now, props),
             now_ms: now,
         };
@@ -420,7 +423,8 @@ impl Shard {
             let op = self.op;
             let rules = self.p.rules.clone();
             let metrics = self.p.metrics.clone();
-            let exps = self.p.experiments.clone();
+            let live = self.p.live.clone();
+            let exps = live.experiments.clone();
             let Some(entry) = self.users.get_mut(&user) else {
                 continue;
             };
@@ -430,7 +434,7 @@ impl Shard {
             let mut decisions = Vec::new();
             if entry.state.consent.personalization && entry.state.visible {
                 let input = RuleInput {
-                    user: view_for_rules(&exps, &user, &mut entry.state, now),
+                    user: view_for_rules(&live, &user, &mut entry.state, now),
                     event: synthetic_event("tick", &entry.state.session, now, rhai::Map::new()),
                     now_ms: now,
                 };
@@ -483,11 +487,20 @@ fn postcard_event(ev: &Event) -> Vec<u8> {
 
 /// The `user` map for rules, after making sure the user's experiment assignments exist
 /// (with `experiments: #{id: arm}` for `experiment("id")`).
-fn view_for_rules(exps: &Experiments, key: &UserKey, st: &mut UserState, now: i64) -> rhai::Map {
+fn view_for_rules(ctx: &Live, key: &UserKey, st: &mut UserState, now: i64) -> rhai::Map {
+    let exps = &ctx.experiments;
+    st.segment = ctx.segments.assign(st, now);
     let mut m = user_map(key, st, now);
     exps.ensure_assigned(key, st, &m, now);
     m.insert("experiments".into(), Experiments::arms_map(st).into());
     m
+}
+
+/// The shared, live-updated services a shard consults per event.
+#[derive(Clone)]
+pub(crate) struct Live {
+    pub experiments: Experiments,
+    pub segments: Arc<SegmentService>,
 }
 
 /// What admitting an adjustment request needs.

@@ -23,6 +23,7 @@ pub mod kmeans;
 pub mod metrics;
 pub mod pca;
 pub mod profile;
+pub mod service;
 pub mod stable;
 pub mod synth;
 

@@ -335,6 +335,28 @@ impl Store {
         Ok(out)
     }
 
+    /// Every stored user state (decrypted), from one read transaction: a consistent snapshot
+    /// that never blocks the writer or the shards. `limit` caps how many are returned.
+    pub fn all_states(&self, limit: usize) -> Result<Vec<(UserKey, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(USERS)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = row?;
+            let user = UserKey(k.value());
+            let Some(key) = self.keys.get(&user) else {
+                continue; // erased: nothing readable
+            };
+            if let Some(plain) = open_record(&key, &user, Table::State, v.value()) {
+                out.push((user, plain));
+            }
+        }
+        Ok(out)
+    }
+
     /// Number of users with stored state.
     pub fn user_count(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read()?;
