@@ -118,7 +118,13 @@ pub fn serve(
     let result = actix_web::rt::System::new().block_on(async move {
         let server =
             HttpServer::new(move || App::new().app_data(st.clone()).configure(api::configure))
-                .workers(workers)
+                // Adjustments are small frames that must leave at once: no Nagle delay.
+        .on_connect(|conn, _ext| {
+            if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                let _ = tcp.set_nodelay(true);
+            }
+        })
+        .workers(workers)
                 .disable_signals()
                 .shutdown_timeout(10)
                 .bind(&cfg.addr)
