@@ -119,12 +119,12 @@ pub fn serve(
         let server =
             HttpServer::new(move || App::new().app_data(st.clone()).configure(api::configure))
                 // Adjustments are small frames that must leave at once: no Nagle delay.
-        .on_connect(|conn, _ext| {
-            if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-                let _ = tcp.set_nodelay(true);
-            }
-        })
-        .workers(workers)
+                .on_connect(|conn, _ext| {
+                    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                        let _ = tcp.set_nodelay(true);
+                    }
+                })
+                .workers(workers)
                 .disable_signals()
                 .shutdown_timeout(10)
                 .bind(&cfg.addr)

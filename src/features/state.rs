@@ -34,6 +34,9 @@ impl Default for FeatureConfig {
     }
 }
 
+/// Shortest interval between two scroll events that yields a velocity sample.
+const MIN_VELOCITY_DT_MS: i64 = 50;
+
 /// A hover or dwell that has started and not ended yet, timed on the server's clock.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Ongoing {
@@ -70,6 +73,8 @@ pub struct ScrollState {
     pub velocity: f64,
     pub direction: i8,
     last_ts: i64,
+    /// Depth at `last_ts` (the start of the next velocity sample).
+    last_depth: f64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -120,6 +125,8 @@ pub struct UserState {
     pub mouse: MouseState,
     /// Variant currently shown per slot (the last one pushed).
     pub adjustments: BTreeMap<String, String>,
+    /// Hash of the params shown per slot (a new params set is a change worth pushing).
+    pub shown_params: BTreeMap<String, u64>,
     pub caps: BTreeMap<String, SlotCount>,
     /// Behavioural segment (filled in by the segmenter; empty until then).
     pub segment: String,
@@ -309,8 +316,10 @@ impl UserState {
         let s = &mut self.scroll;
         let sample = match velocity {
             Some(v) => Some(v),
-            None if s.last_ts > 0 && ts > s.last_ts => {
-                Some((depth - s.depth) * 1000.0 / (ts - s.last_ts) as f64)
+            // Samples closer than MIN_VELOCITY_DT_MS apart (batched or bursty events) would give
+            // meaningless spikes; they only move the depth.
+            None if s.last_ts > 0 && ts - s.last_ts >= MIN_VELOCITY_DT_MS => {
+                Some((depth - s.last_depth) * 1000.0 / (ts - s.last_ts) as f64)
             }
             None => None,
         };
@@ -329,9 +338,12 @@ impl UserState {
             s.direction
         };
         let before = s.max_depth;
+        if sample.is_some() || s.last_ts == 0 {
+            s.last_ts = ts;
+            s.last_depth = depth;
+        }
         s.depth = depth;
         s.max_depth = s.max_depth.max(depth).max(max_depth.unwrap_or(0.0));
-        s.last_ts = ts;
         let after = s.max_depth;
         for mark in [25.0, 50.0, 75.0, 100.0] {
             if before < mark && after >= mark {
@@ -495,6 +507,33 @@ mod tests {
         assert_eq!(
             (s.scroll.depth, s.scroll.max_depth, s.scroll.direction),
             (40.0, 80.0, -1)
+        );
+    }
+
+    #[test]
+    fn bursts_do_not_make_velocity_spikes() {
+        let cfg = FeatureConfig::default();
+        let mut s = UserState::default();
+        let sc = |d: f64, t: i64| {
+            ev(
+                Props::Scroll {
+                    depth: d,
+                    max_depth: None,
+                    velocity: None,
+                },
+                None,
+                t,
+            )
+        };
+        s.apply(&sc(0.0, 1_000), &cfg);
+        s.apply(&sc(30.0, 1_001), &cfg); // 1 ms later: no sample
+        assert_eq!(s.scroll.velocity, 0.0);
+        assert_eq!(s.scroll.depth, 30.0);
+        s.apply(&sc(40.0, 2_000), &cfg); // measured from the last sample: 40 % in 1 s
+        assert!(
+            (s.scroll.velocity - 0.3 * 40.0).abs() < 1e-9,
+            "{}",
+            s.scroll.velocity
         );
     }
 

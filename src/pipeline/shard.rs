@@ -234,6 +234,7 @@ impl Shard {
             if matches!(ev.props, crate::event::Props::PageView { .. }) {
                 // A new page renders every slot with its default again.
                 entry.state.adjustments.clear();
+                entry.state.shown_params.clear();
             }
             let events_before = entry.state.events;
             entry.state.apply(ev, &cfg.features);
@@ -485,6 +486,18 @@ fn postcard_event(ev: &Event) -> Vec<u8> {
     postcard::to_allocvec(ev).expect("Event is postcard-serialisable")
 }
 
+/// A stable hash of an adjustment's params (FNV-1a over the sorted pairs).
+fn hash_params(p: &std::collections::BTreeMap<String, String>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (k, v) in p {
+        for b in k.bytes().chain([0u8]).chain(v.bytes()).chain([0u8]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
 /// The `user` map for rules, after making sure the user's experiment assignments exist
 /// (with `experiments: #{id: arm}` for `experiment("id")`).
 fn view_for_rules(ctx: &Live, key: &UserKey, st: &mut UserState, now: i64) -> rhai::Map {
@@ -540,8 +553,11 @@ impl Admit<'_> {
                 }
                 None => (None, None, 1.0, r.variant, r.params),
             };
-        if state.adjustments.get(&r.slot) == Some(&variant) {
-            return None; // already showing this variant: nothing to change
+        let params_hash = hash_params(&params);
+        if state.adjustments.get(&r.slot) == Some(&variant)
+            && state.shown_params.get(&r.slot) == Some(&params_hash)
+        {
+            return None; // already showing exactly this: nothing to change
         }
         let (per_session, per_day) = self.cfg.delivery.caps(&r.slot);
         let day = self.now.div_euclid(86_400_000);
@@ -566,6 +582,7 @@ impl Admit<'_> {
         c.in_day += 1;
         c.total += 1;
         state.adjustments.insert(r.slot.clone(), variant.clone());
+        state.shown_params.insert(r.slot.clone(), params_hash);
         let id = Decision::new_id().1;
         if let Some(e) = &experiment {
             Experiments::note_decision(state, e, &id);

@@ -1,0 +1,1997 @@
+//! `loadgen`: whole-system load tool for `trimtab serve`, with its own baseline in the same run.
+//!
+//! What it measures. It opens `--sessions` WebSocket sessions (one user each: `POST /v1/identify`,
+//! then `GET /v1/ws` and the `auth` handshake) and sends `custom` events named `bench` at a fixed
+//! total `--rate`, `--batch` events per message. A rule it installs (`bench.rhai`) makes every event
+//! yield one adjustment whose `params.seq` names the event. For each event it measures
+//! - send→ack latency: until the server's `ack` (the event is durable), and
+//! - event→adjustment latency: until the `adjust` for that event arrives on the same socket,
+//!
+//! and counts acks/s ("accepted events/s"), adjustments/s, `overloaded` answers (retried later
+//! with the same id, at most `--max-retries` times), other errors, and what never came back.
+//!
+//! Open loop, no coordinated omission: each session sends on its own fixed schedule (period
+//! `sessions × batch / rate`, jittered start) whether or not earlier events were answered, and
+//! latency is measured from the *scheduled* send time, so a stalled server shows up as latency
+//! rather than as a quietly lower offered rate. Events scheduled during `--warmup` are sent but
+//! not measured; throughput counts answers received inside the measured window.
+//!
+//! Baseline. In the same process, first, the identical load is run against a bare actix-web +
+//! actix-ws server (own thread, own actix System, default worker count) that parses each
+//! `events` message and replies with the same `adjust` and `ack` messages, with no durability and
+//! no rules. The report gives trimtab's throughput and latency percentiles as ratios to it.
+//! Then trimtab is spawned (fresh temp data/scripts dirs, frequency caps off, random secrets),
+//! loaded, and stopped with SIGTERM. Each part is bounded: setup ≤ 30 s, then
+//! warmup + duration + `--drain` (+1 s grace) even if a server stops answering. Loopback only.
+//!
+//! Client: awc on one actix (current-thread tokio) runtime per `--client-threads` thread; every
+//! session has independent reader and writer futures so a slow reader never blocks sends.
+//! Latencies go into HDR histograms (µs, 3 significant digits). CPU use of the server and of the
+//! client threads over the measured window is read from /proc and printed as % of one core.
+//!
+//! Run (from the repo root):
+//! ```text
+//! cargo build --release && cargo run --release --example loadgen -- --sessions 200 --rate 2000 --duration 15
+//! cargo run --release --example loadgen -- --url http://127.0.0.1:8080 --write-key KEY --skip-baseline
+//! ```
+//! `--json` prints one machine-readable JSON object instead of the table.
+
+use std::{
+    cell::{Cell, RefCell},
+    cmp::Reverse,
+    collections::{BTreeMap, BinaryHeap, HashMap, VecDeque},
+    fmt::Write as _,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    rc::Rc,
+    sync::{mpsc, Arc, Condvar, Mutex},
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use actix_tls::connect::{ConnectError, ConnectInfo, Connection};
+use anyhow::{bail, Context, Result};
+use awc::{http::Uri, ws};
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+/// The rule that turns every bench event into one adjustment naming it. The variant differs per
+/// event because trimtab sends nothing when a slot already shows the requested variant.
+const BENCH_RULE: &str = r#"// installed by examples/loadgen.rs
+if event.type == "custom" && event.props.name == "bench" {
+    adjust("bench", "v" + event.props.seq, #{ seq: event.props.seq });
+}
+"#;
+/// How long identify + connect + auth may take for all sessions of a run.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Extra time after the drain deadline before sessions are dropped unconditionally.
+const GRACE: Duration = Duration::from_secs(1);
+/// Sessions doing identify/connect at the same time, per client thread.
+const SETUP_CONCURRENCY: usize = 64;
+/// How often due retries are looked for between the pacer's ticks.
+const RETRY_POLL: Duration = Duration::from_millis(10);
+/// Histogram upper bound: 10 minutes in µs (longer values are clamped).
+const HIST_MAX_US: u64 = 600_000_000;
+
+#[derive(Parser, Debug, Clone, Serialize)]
+#[command(
+    about = "Drive trimtab over WebSockets at a fixed event rate and compare with a bare actix-ws echo"
+)]
+struct Args {
+    /// trimtab binary to spawn (ignored with --url).
+    #[arg(long, default_value = "target/release/trimtab")]
+    server_bin: PathBuf,
+    /// Drive an already-running server instead of spawning one (it must have the bench rule).
+    #[arg(long)]
+    url: Option<String>,
+    /// Write key of the server given with --url.
+    #[arg(long, env = "TRIMTAB_WRITE_KEY", hide_env_values = true)]
+    #[serde(skip)]
+    write_key: Option<String>,
+    /// Concurrent WebSocket sessions (one user each).
+    #[arg(long, default_value_t = 200)]
+    sessions: usize,
+    /// Total events per second offered, over all sessions.
+    #[arg(long, default_value_t = 5000.0)]
+    rate: f64,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 15.0)]
+    duration: f64,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Seconds to wait for outstanding answers after the last send.
+    #[arg(long, default_value_t = 5.0)]
+    drain: f64,
+    /// Events per `events` message.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Resends of an event answered `overloaded` before giving it up.
+    #[arg(long, default_value_t = 3)]
+    max_retries: u32,
+    /// Client threads (each one actix runtime holding a share of the sessions).
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Do not run the bare actix-ws baseline.
+    #[arg(long)]
+    skip_baseline: bool,
+    /// Run the baseline only (development aid).
+    #[arg(long, hide = true)]
+    skip_target: bool,
+    /// Leave Nagle's algorithm on in the client (browsers turn it off; for comparison only).
+    #[arg(long, hide = true)]
+    client_nagle: bool,
+    /// Only serve the baseline echo, printing trimtab's listening line, until SIGTERM
+    /// (lets the tool's own spawn/stop path be tested without trimtab).
+    #[arg(long, hide = true)]
+    #[serde(skip)]
+    serve_echo: bool,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.serve_echo {
+        return baseline::serve_standalone();
+    }
+    validate(&args)?;
+    let machine = Machine::probe();
+    if !args.json {
+        print_header(&machine, &args);
+    }
+
+    let baseline = if args.skip_baseline {
+        None
+    } else {
+        let server = baseline::start().context("start baseline server")?;
+        note(
+            &args,
+            &format!("baseline: bare actix-ws echo on {}", server.url),
+        );
+        let res = run_load(
+            &args,
+            "baseline",
+            &server.url,
+            "baseline-key",
+            CpuOf::SelfMinusClient,
+        );
+        server.stop();
+        Some(res?)
+    };
+
+    let target = if args.skip_target {
+        None
+    } else if let Some(url) = &args.url {
+        let key = args
+            .write_key
+            .clone()
+            .context("--url needs --write-key (or TRIMTAB_WRITE_KEY)")?;
+        eprintln!(
+            "warning: driving an existing server at {url}: it must run this rule, with \
+             [delivery] cap_per_session = 0 and cap_per_user = 0, or adjustments will be missing:\n{BENCH_RULE}"
+        );
+        Some(run_load(
+            &args,
+            "trimtab",
+            url.trim_end_matches('/'),
+            &key,
+            CpuOf::None,
+        )?)
+    } else {
+        let server = target::spawn(&args.server_bin)?;
+        note(
+            &args,
+            &format!(
+                "trimtab: spawned {} (pid {}) on {}, data in {}",
+                args.server_bin.display(),
+                server.pid(),
+                server.url,
+                server.dir.path().display()
+            ),
+        );
+        let res = run_load(
+            &args,
+            "trimtab",
+            &server.url,
+            &server.write_key,
+            CpuOf::Pid(server.pid()),
+        );
+        let stopped = server.stop();
+        note(&args, &format!("trimtab: {stopped}"));
+        Some(res?)
+    };
+
+    let report = Report::new(machine, args.clone(), baseline, target);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        report.print();
+    }
+    Ok(())
+}
+
+fn validate(args: &Args) -> Result<()> {
+    if args.sessions == 0 || args.sessions > 100_000 {
+        bail!("--sessions must be in 1..=100000");
+    }
+    if args.batch == 0 || args.batch > 1000 {
+        bail!("--batch must be in 1..=1000");
+    }
+    if !(args.rate > 0.0 && args.rate.is_finite()) {
+        bail!("--rate must be > 0");
+    }
+    for (name, v) in [
+        ("duration", args.duration),
+        ("warmup", args.warmup),
+        ("drain", args.drain),
+    ] {
+        if !(0.0..=86_400.0).contains(&v) {
+            bail!("--{name} must be between 0 and 86400 seconds");
+        }
+    }
+    if args.duration <= 0.0 {
+        bail!("--duration must be > 0");
+    }
+    if args.client_threads == 0 || args.client_threads > args.sessions {
+        bail!("--client-threads must be in 1..=sessions");
+    }
+    if let Some(url) = &args.url {
+        let host = url.strip_prefix("http://").unwrap_or("");
+        if !(host.starts_with("127.") || host.starts_with("localhost") || host.starts_with("[::1]"))
+        {
+            bail!("--url must be http:// on loopback (127.0.0.0/8, localhost or [::1])");
+        }
+    }
+    Ok(())
+}
+
+fn note(args: &Args, msg: &str) {
+    if !args.json {
+        println!("{msg}");
+    } else {
+        eprintln!("{msg}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The load run.
+
+/// Everything a client thread needs to know about a run (shared, read-only).
+struct Plan {
+    base_url: String,
+    ws_url: String,
+    write_key: String,
+    /// Random prefix of event ids and user names, so runs against one server never collide.
+    run_id: String,
+    batch: usize,
+    period: Duration,
+    warmup: Duration,
+    duration: Duration,
+    drain: Duration,
+    max_retries: u32,
+    nodelay: bool,
+}
+
+/// Absolute instants of one run, fixed once every session is connected.
+#[derive(Clone, Copy, Debug)]
+struct Timeline {
+    t0: Instant,
+    window_start: Instant,
+    window_end: Instant,
+    drain_end: Instant,
+}
+
+impl Timeline {
+    fn in_window(&self, t: Instant) -> bool {
+        t >= self.window_start && t < self.window_end
+    }
+}
+
+/// Whose CPU time is "the server" for a run.
+#[derive(Clone, Copy)]
+enum CpuOf {
+    /// A child process.
+    Pid(u32),
+    /// This process minus the client threads (the in-process baseline).
+    SelfMinusClient,
+    /// Not measurable (remote server).
+    None,
+}
+
+type TickTx = tokio::sync::mpsc::UnboundedSender<Instant>;
+
+struct ThreadReady {
+    tid: Option<u32>,
+    ticks: Vec<TickTx>,
+    failures: Vec<String>,
+}
+
+fn run_load(
+    args: &Args,
+    name: &str,
+    base_url: &str,
+    write_key: &str,
+    cpu_of: CpuOf,
+) -> Result<RunResult> {
+    let ws_url = format!("{}/v1/ws", base_url.replacen("http://", "ws://", 1));
+    let plan = Arc::new(Plan {
+        base_url: base_url.to_string(),
+        ws_url,
+        write_key: write_key.to_string(),
+        run_id: format!("{:08x}", rand::rng().random::<u32>()),
+        batch: args.batch,
+        period: Duration::from_secs_f64(args.sessions as f64 * args.batch as f64 / args.rate),
+        warmup: Duration::from_secs_f64(args.warmup),
+        duration: Duration::from_secs_f64(args.duration),
+        drain: Duration::from_secs_f64(args.drain),
+        max_retries: args.max_retries,
+        nodelay: !args.client_nagle,
+    });
+
+    let (ready_tx, ready_rx) = mpsc::channel::<ThreadReady>();
+    let (done_tx, done_rx) = mpsc::channel::<Stats>();
+    let mut starts = Vec::new();
+    let sampled = Arc::new(Gate::default());
+    for t in 0..args.client_threads {
+        let idxs: Vec<usize> = (t..args.sessions).step_by(args.client_threads).collect();
+        let (start_tx, start_rx) = tokio::sync::oneshot::channel::<Timeline>();
+        starts.push(start_tx);
+        let (plan, ready_tx, done_tx) = (plan.clone(), ready_tx.clone(), done_tx.clone());
+        let gate = sampled.clone();
+        thread::Builder::new()
+            .name(format!("loadgen-client-{t}"))
+            .spawn(move || {
+                let (stats, drain_end) = client_thread(plan, idxs, ready_tx, start_rx);
+                if let Some(end) = drain_end {
+                    gate.wait_until(end + GRACE);
+                }
+                let _ = done_tx.send(stats);
+            })
+            .context("spawn client thread")?;
+    }
+    drop((ready_tx, done_tx));
+
+    // Setup: every thread reports how many of its sessions are connected and authenticated.
+    let setup_deadline = Instant::now() + SETUP_TIMEOUT + Duration::from_secs(2);
+    let (mut ticks, mut failures, mut tids) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..args.client_threads {
+        let left = setup_deadline.saturating_duration_since(Instant::now());
+        let ready = ready_rx
+            .recv_timeout(left)
+            .context("client threads did not finish setup in time")?;
+        ticks.extend(ready.ticks);
+        failures.extend(ready.failures);
+        tids.extend(ready.tid);
+    }
+    let connected = ticks.len();
+    if connected == 0 {
+        bail!(
+            "{name}: no session could connect; first error: {}",
+            failures.first().map(String::as_str).unwrap_or("unknown")
+        );
+    }
+    if !failures.is_empty() {
+        eprintln!(
+            "{name}: {} sessions failed setup; first: {}",
+            failures.len(),
+            failures[0]
+        );
+    }
+
+    let t0 = Instant::now() + Duration::from_millis(100);
+    let tl = Timeline {
+        t0,
+        window_start: t0 + plan.warmup,
+        window_end: t0 + plan.warmup + plan.duration,
+        drain_end: t0 + plan.warmup + plan.duration + plan.drain,
+    };
+    for s in starts {
+        let _ = s.send(tl);
+    }
+    let (tid_tx, tid_rx) = mpsc::channel();
+    let period = plan.period;
+    let gate = sampled.clone();
+    let pacer = thread::Builder::new()
+        .name("loadgen-pacer".into())
+        .spawn(move || {
+            let _ = tid_tx.send(current_tid());
+            pacer(tl, period, ticks, &gate);
+        })
+        .context("spawn pacer thread")?;
+    if let Ok(Some(tid)) = tid_rx.recv_timeout(Duration::from_secs(1)) {
+        tids.push(tid);
+    }
+
+    // CPU use over the measured window.
+    sleep_until(tl.window_start);
+    let cpu0 = CpuSample::take(cpu_of, &tids);
+    sleep_until(tl.window_end);
+    let cpu1 = CpuSample::take(cpu_of, &tids);
+    sampled.open();
+    let secs = plan.duration.as_secs_f64();
+    let (cpu_server_pct, cpu_client_pct) = CpuSample::pct(&cpu0, &cpu1, secs);
+
+    let _ = pacer.join();
+    let mut total = Stats::new();
+    let hard_end = tl.drain_end + GRACE + Duration::from_secs(2);
+    let mut finished = 0;
+    while finished < args.client_threads {
+        let left = hard_end.saturating_duration_since(Instant::now());
+        match done_rx.recv_timeout(left) {
+            Ok(s) => {
+                total.merge(&s);
+                finished += 1;
+            }
+            Err(_) => {
+                eprintln!(
+                    "{name}: {} client threads did not stop in time; partial results",
+                    args.client_threads - finished
+                );
+                break;
+            }
+        }
+    }
+
+    Ok(RunResult::new(
+        name,
+        args,
+        connected,
+        failures,
+        &total,
+        secs,
+        cpu_server_pct,
+        cpu_client_pct,
+    ))
+}
+
+/// The clock of the open loop, on its own thread so that send times are exact to ~0.1 ms (an
+/// async runtime's timer rounds every deadline up to the next millisecond, which would add a
+/// client-side bias of up to 1 ms to every latency). Session `i` sends at `t0 + jitter_i + k·period`
+/// for every such instant before the end of the window; a late pacer sends at once with the
+/// scheduled instant, so lateness counts as latency. Dropping the senders ends the schedule.
+fn pacer(tl: Timeline, period: Duration, ticks: Vec<TickTx>, sampled: &Gate) {
+    // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack (50 µs → 1 µs).
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
+    }
+    let mut rng = rand::rng();
+    let span = period.as_nanos().max(1) as u64;
+    let mut heap: BinaryHeap<Reverse<(Instant, usize)>> = (0..ticks.len())
+        .map(|i| Reverse((tl.t0 + Duration::from_nanos(rng.random_range(0..span)), i)))
+        .collect();
+    while let Some(Reverse((t, i))) = heap.pop() {
+        if t >= tl.window_end {
+            continue;
+        }
+        sleep_until(t);
+        if ticks[i].send(t).is_ok() {
+            heap.push(Reverse((t + period, i)));
+        }
+    }
+    drop(ticks);
+    // Stay alive, and so countable, until the final CPU sample.
+    sampled.wait_until(tl.drain_end + GRACE);
+}
+
+/// Keeps threads alive until the final CPU sample has been taken (an exited thread's CPU time
+/// can no longer be read), or until a deadline.
+#[derive(Default)]
+struct Gate {
+    open: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Gate {
+    fn open(&self) {
+        if let Ok(mut open) = self.open.lock() {
+            *open = true;
+        }
+        self.cv.notify_all();
+    }
+
+    fn wait_until(&self, deadline: Instant) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Ok(open) = self.open.lock() {
+            let _ = self.cv.wait_timeout_while(open, left, |open| !*open);
+        }
+    }
+}
+
+fn sleep_until(t: Instant) {
+    let d = t.saturating_duration_since(Instant::now());
+    if !d.is_zero() {
+        thread::sleep(d);
+    }
+}
+
+/// One client thread: its own actix System driving a share of the sessions.
+fn client_thread(
+    plan: Arc<Plan>,
+    idxs: Vec<usize>,
+    ready_tx: mpsc::Sender<ThreadReady>,
+    start_rx: tokio::sync::oneshot::Receiver<Timeline>,
+) -> (Stats, Option<Instant>) {
+    let sys = actix_rt::System::new();
+    sys.block_on(async move {
+        let client = awc::Client::builder()
+            .connector(
+                awc::Connector::new()
+                    .connector(tcp_connector(plan.nodelay))
+                    .limit(0),
+            )
+            .timeout(Duration::from_secs(10))
+            .finish();
+        let stats = Rc::new(RefCell::new(Stats::new()));
+        let (tl_tx, tl_rx) = tokio::sync::watch::channel::<Option<Timeline>>(None);
+        let (setup_tx, mut setup_rx) =
+            tokio::sync::mpsc::unbounded_channel::<Result<TickTx, String>>();
+        let sem = Rc::new(tokio::sync::Semaphore::new(SETUP_CONCURRENCY));
+        let n = idxs.len();
+        let mut handles = Vec::with_capacity(n);
+        for idx in idxs {
+            let ctx = SessionCtx {
+                idx,
+                plan: plan.clone(),
+                stats: stats.clone(),
+            };
+            handles.push(actix_rt::spawn(session_task(
+                ctx,
+                client.clone(),
+                sem.clone(),
+                setup_tx.clone(),
+                tl_rx.clone(),
+            )));
+        }
+        drop(setup_tx);
+        let (mut ticks, mut failures) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            match setup_rx.recv().await {
+                Some(Ok(t)) => ticks.push(t),
+                Some(Err(e)) => failures.push(e),
+                None => break,
+            }
+        }
+        let _ = ready_tx.send(ThreadReady {
+            tid: current_tid(),
+            ticks,
+            failures,
+        });
+        // A dropped start sender (the main thread gave up) ends the waiting sessions.
+        let tl = start_rx.await.ok();
+        let _ = tl_tx.send(tl);
+        drop(tl_tx);
+        for h in handles {
+            let _ = h.await;
+        }
+        (stats.replace(Stats::new()), tl.map(|t| t.drain_end))
+    })
+}
+
+/// awc's TCP connect step, with TCP_NODELAY set as browsers do: with Nagle's algorithm on, a
+/// small message written while the previous one is unacknowledged waits for the peer's delayed
+/// ACK (up to 40 ms), which the server only sends early if it answers at once.
+fn tcp_connector(
+    nodelay: bool,
+) -> impl actix_service::Service<
+    ConnectInfo<Uri>,
+    Response = Connection<Uri, actix_rt::net::TcpStream>,
+    Error = ConnectError,
+> + Clone {
+    actix_service::fn_service(move |req: ConnectInfo<Uri>| async move {
+        let stream = actix_rt::net::TcpStream::connect((req.hostname(), req.port()))
+            .await
+            .map_err(ConnectError::Io)?;
+        stream.set_nodelay(nodelay).map_err(ConnectError::Io)?;
+        Ok(Connection::new(req.request().clone(), stream))
+    })
+}
+
+struct SessionCtx {
+    idx: usize,
+    plan: Arc<Plan>,
+    stats: Rc<RefCell<Stats>>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    sched: Instant,
+    measured: bool,
+    acked: bool,
+    adjusted: bool,
+    attempts: u32,
+}
+
+#[derive(Default)]
+struct SessionState {
+    pending: HashMap<u64, Pending>,
+    /// Events answered `overloaded`, to resend once due: (due, seq).
+    retries: VecDeque<(Instant, u64)>,
+}
+
+#[derive(Deserialize)]
+struct IdentifyResponse {
+    token: String,
+}
+
+/// Identify, connect, authenticate; then wait for the common start and run the schedule.
+async fn session_task(
+    ctx: SessionCtx,
+    client: awc::Client,
+    sem: Rc<tokio::sync::Semaphore>,
+    setup_tx: tokio::sync::mpsc::UnboundedSender<Result<TickTx, String>>,
+    mut tl_rx: tokio::sync::watch::Receiver<Option<Timeline>>,
+) {
+    let plan = ctx.plan.clone();
+    let user = format!("lg-{}-{}", plan.run_id, ctx.idx);
+    let setup = async {
+        let _permit = sem.acquire().await.map_err(|e| e.to_string())?;
+        let mut resp = client
+            .post(format!("{}/v1/identify", plan.base_url))
+            .insert_header(("Authorization", format!("Bearer {}", plan.write_key)))
+            .send_json(&serde_json::json!({ "user": user }))
+            .await
+            .map_err(|e| format!("identify: {e}"))?;
+        if !resp.status().is_success() {
+            let body = resp.body().await.unwrap_or_default();
+            return Err(format!(
+                "identify: HTTP {}: {}",
+                resp.status(),
+                String::from_utf8_lossy(&body)
+            ));
+        }
+        let id: IdentifyResponse = resp
+            .json()
+            .await
+            .map_err(|e| format!("identify body: {e}"))?;
+        let (_, mut framed) = client
+            .ws(plan.ws_url.as_str())
+            .max_frame_size(1 << 20)
+            .connect()
+            .await
+            .map_err(|e| format!("ws connect: {e}"))?;
+        let auth = serde_json::json!({ "type": "auth", "token": id.token }).to_string();
+        framed
+            .send(ws::Message::Text(auth.into()))
+            .await
+            .map_err(|e| format!("ws send auth: {e}"))?;
+        loop {
+            match framed.next().await {
+                Some(Ok(ws::Frame::Text(b))) => {
+                    let m: Incoming =
+                        serde_json::from_slice(&b).map_err(|e| format!("auth reply: {e}"))?;
+                    match m.kind {
+                        "ready" => break,
+                        "error" => {
+                            return Err(format!("auth refused: {}", String::from_utf8_lossy(&b)))
+                        }
+                        _ => {}
+                    }
+                }
+                Some(Ok(ws::Frame::Ping(p))) => {
+                    let _ = framed.send(ws::Message::Pong(p)).await;
+                }
+                Some(Ok(ws::Frame::Close(r))) => return Err(format!("closed during auth: {r:?}")),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(format!("ws during auth: {e}")),
+                None => return Err("connection ended during auth".to_string()),
+            }
+        }
+        Ok(framed)
+    };
+    let framed = match tokio::time::timeout(SETUP_TIMEOUT, setup).await {
+        Ok(Ok(f)) => f,
+        Ok(Err(e)) => {
+            let _ = setup_tx.send(Err(format!("session {}: {e}", ctx.idx)));
+            return;
+        }
+        Err(_) => {
+            let _ = setup_tx.send(Err(format!("session {}: setup timed out", ctx.idx)));
+            return;
+        }
+    };
+    let (tick_tx, tick_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let _ = setup_tx.send(Ok(tick_tx));
+    drop(setup_tx);
+    let tl = match tl_rx.wait_for(Option::is_some).await {
+        Ok(t) => *t,
+        Err(_) => None,
+    };
+    let Some(tl) = tl else { return };
+
+    let (sink, stream) = framed.split();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<ws::Message>();
+    let state = Rc::new(RefCell::new(SessionState::default()));
+    let sender_done = Rc::new(Cell::new(false));
+    let work = futures_util::future::join3(
+        writer(sink, rx),
+        sender(&ctx, tl, tick_rx, &state, tx.clone(), &sender_done),
+        receiver(&ctx, tl, &state, stream, tx, &sender_done),
+    );
+    let hard_end = tokio::time::Instant::from_std(tl.drain_end + GRACE);
+    tokio::select! {
+        _ = work => {}
+        _ = tokio::time::sleep_until(hard_end) => {}
+    }
+    let st = state.borrow();
+    let mut stats = ctx.stats.borrow_mut();
+    for p in st.pending.values().filter(|p| p.measured) {
+        stats.unacked_end += u64::from(!p.acked);
+        stats.unadjusted_end += u64::from(!p.adjusted);
+    }
+}
+
+/// Owns the socket's write half: batches whatever is queued into one flush; sends Close at the end.
+async fn writer<S>(mut sink: S, mut rx: tokio::sync::mpsc::UnboundedReceiver<ws::Message>)
+where
+    S: futures_util::Sink<ws::Message> + Unpin,
+{
+    while let Some(m) = rx.recv().await {
+        if sink.feed(m).await.is_err() {
+            return;
+        }
+        while let Ok(m) = rx.try_recv() {
+            if sink.feed(m).await.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = sink.send(ws::Message::Close(None)).await;
+    let _ = sink.close().await;
+}
+
+/// Event sequence number: session index in the high bits, so an adjust for another session's
+/// event would not match (and it stays below 2^53 for JSON and within Rhai's i64).
+fn seq_of(idx: usize, k: u64) -> u64 {
+    ((idx as u64) << 32) | (k & 0xffff_ffff)
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn push_event(buf: &mut String, plan: &Plan, idx: usize, seq: u64, ts: u64, first: bool) {
+    if !first {
+        buf.push(',');
+    }
+    // Writing to a String cannot fail.
+    let _ = write!(
+        buf,
+        r#"{{"id":"{}-{seq}","type":"custom","session":"s-{idx}","ts":{ts},"props":{{"name":"bench","seq":{seq}}},"consent":{{"analytics":true,"personalization":true}},"context":{{"device":"desktop"}}}}"#,
+        plan.run_id
+    );
+}
+
+/// Appends due retries to `buf`; returns how many were added.
+fn push_due_retries(
+    st: &mut SessionState,
+    buf: &mut String,
+    plan: &Plan,
+    idx: usize,
+    ts: u64,
+    mut first: bool,
+) -> u64 {
+    let now = Instant::now();
+    let mut n = 0;
+    while let Some(&(due, seq)) = st.retries.front() {
+        if due > now {
+            break;
+        }
+        st.retries.pop_front();
+        push_event(buf, plan, idx, seq, ts, first);
+        first = false;
+        n += 1;
+    }
+    n
+}
+
+/// Sends one message of `batch` events (plus due retries) per tick of the pacer; between ticks,
+/// and after the last one until the drain deadline, resends due retries on their own.
+async fn sender(
+    ctx: &SessionCtx,
+    tl: Timeline,
+    mut ticks: tokio::sync::mpsc::UnboundedReceiver<Instant>,
+    state: &RefCell<SessionState>,
+    tx: tokio::sync::mpsc::UnboundedSender<ws::Message>,
+    done: &Cell<bool>,
+) {
+    let plan = &ctx.plan;
+    let cap = 256 * plan.batch + 64;
+    let mut k: u64 = 0;
+    loop {
+        let has_retries = !state.borrow().retries.is_empty();
+        let sched = tokio::select! {
+            t = ticks.recv() => match t {
+                Some(t) => t,
+                None => break,
+            },
+            _ = tokio::time::sleep(RETRY_POLL), if has_retries => {
+                if !send_retries(ctx, state, &tx) {
+                    done.set(true);
+                    return;
+                }
+                continue;
+            }
+        };
+        let measured = tl.in_window(sched);
+        let ts = unix_ms();
+        let mut buf = String::with_capacity(cap);
+        buf.push_str(r#"{"type":"events","events":["#);
+        let retried = {
+            let mut st = state.borrow_mut();
+            for j in 0..plan.batch {
+                let seq = seq_of(ctx.idx, k);
+                k += 1;
+                push_event(&mut buf, plan, ctx.idx, seq, ts, j == 0);
+                st.pending.insert(
+                    seq,
+                    Pending {
+                        sched,
+                        measured,
+                        acked: false,
+                        adjusted: false,
+                        attempts: 0,
+                    },
+                );
+            }
+            push_due_retries(&mut st, &mut buf, plan, ctx.idx, ts, false)
+        };
+        buf.push_str("]}");
+        {
+            let mut s = ctx.stats.borrow_mut();
+            s.sent_total += plan.batch as u64;
+            s.send_lag.saturating_record(micros(Instant::now() - sched));
+            s.retried += retried;
+            if measured {
+                s.sent_window += plan.batch as u64;
+            }
+        }
+        if tx.send(ws::Message::Text(buf.into())).is_err() {
+            done.set(true);
+            return;
+        }
+    }
+    // Drain: keep resending due retries while anything may still be answered `overloaded`.
+    while Instant::now() < tl.drain_end {
+        {
+            let st = state.borrow();
+            if st.retries.is_empty() && st.pending.values().all(|p| p.acked) {
+                break;
+            }
+        }
+        tokio::time::sleep(RETRY_POLL).await;
+        if !send_retries(ctx, state, &tx) {
+            break;
+        }
+    }
+    done.set(true);
+}
+
+/// Sends the due retries (if any) as one message; false once the socket writer is gone.
+fn send_retries(
+    ctx: &SessionCtx,
+    state: &RefCell<SessionState>,
+    tx: &tokio::sync::mpsc::UnboundedSender<ws::Message>,
+) -> bool {
+    let mut buf = String::from(r#"{"type":"events","events":["#);
+    let n = push_due_retries(
+        &mut state.borrow_mut(),
+        &mut buf,
+        &ctx.plan,
+        ctx.idx,
+        unix_ms(),
+        true,
+    );
+    if n == 0 {
+        return true;
+    }
+    buf.push_str("]}");
+    ctx.stats.borrow_mut().retried += n;
+    tx.send(ws::Message::Text(buf.into())).is_ok()
+}
+
+/// A server message; only the fields the client looks at.
+#[derive(Deserialize)]
+struct Incoming<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(default)]
+    ids: Vec<String>,
+    #[serde(default)]
+    slot: Option<String>,
+    #[serde(default)]
+    params: Option<AdjustParams>,
+    #[serde(default)]
+    code: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct AdjustParams {
+    seq: Option<SeqValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SeqValue {
+    Num(u64),
+    Str(String),
+}
+
+impl SeqValue {
+    fn get(&self) -> Option<u64> {
+        match self {
+            SeqValue::Num(n) => Some(*n),
+            SeqValue::Str(s) => s.parse().ok(),
+        }
+    }
+}
+
+fn seq_of_id(id: &str) -> Option<u64> {
+    id.rsplit_once('-').and_then(|(_, s)| s.parse().ok())
+}
+
+async fn receiver<S>(
+    ctx: &SessionCtx,
+    tl: Timeline,
+    state: &RefCell<SessionState>,
+    mut stream: S,
+    tx: tokio::sync::mpsc::UnboundedSender<ws::Message>,
+    sender_done: &Cell<bool>,
+) where
+    S: futures_util::Stream<Item = Result<ws::Frame, awc::error::WsProtocolError>> + Unpin,
+{
+    let mut check = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            frame = stream.next() => match frame {
+                Some(Ok(ws::Frame::Text(b))) => on_text(ctx, tl, state, &b),
+                Some(Ok(ws::Frame::Ping(p))) => {
+                    let _ = tx.send(ws::Message::Pong(p));
+                }
+                Some(Ok(ws::Frame::Close(_))) | None => {
+                    if !sender_done.get() || !state.borrow().pending.is_empty() {
+                        ctx.stats.borrow_mut().closed_early += 1;
+                    }
+                    return;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    let mut s = ctx.stats.borrow_mut();
+                    s.closed_early += 1;
+                    *s.error_codes.entry(format!("ws: {e}")).or_default() += 1;
+                    return;
+                }
+            },
+            _ = check.tick() => {}
+        }
+        if (sender_done.get() && state.borrow().pending.is_empty())
+            || Instant::now() >= tl.drain_end
+        {
+            return;
+        }
+    }
+}
+
+fn on_text(ctx: &SessionCtx, tl: Timeline, state: &RefCell<SessionState>, bytes: &[u8]) {
+    let now = Instant::now();
+    let in_window = tl.in_window(now);
+    let mut stats = ctx.stats.borrow_mut();
+    let msg: Incoming = match serde_json::from_slice(bytes) {
+        Ok(m) => m,
+        Err(_) => {
+            stats.errors += 1;
+            *stats
+                .error_codes
+                .entry("unparseable server message".into())
+                .or_default() += 1;
+            return;
+        }
+    };
+    let mut st = state.borrow_mut();
+    match msg.kind {
+        "ack" => {
+            for id in &msg.ids {
+                let Some(seq) = seq_of_id(id) else {
+                    stats.unmatched += 1;
+                    continue;
+                };
+                match st.pending.get_mut(&seq) {
+                    Some(p) if !p.acked => {
+                        p.acked = true;
+                        if p.measured {
+                            stats.acked_measured += 1;
+                            stats.ack.saturating_record(micros(now - p.sched));
+                        }
+                        if in_window {
+                            stats.acked_in_window += 1;
+                        }
+                        if p.adjusted {
+                            st.pending.remove(&seq);
+                        }
+                    }
+                    _ => stats.unmatched += 1,
+                }
+            }
+        }
+        "adjust" => {
+            if msg.slot.as_deref() != Some("bench") {
+                stats.other_adjusts += 1;
+                return;
+            }
+            let Some(seq) = msg
+                .params
+                .as_ref()
+                .and_then(|p| p.seq.as_ref())
+                .and_then(SeqValue::get)
+            else {
+                stats.unmatched += 1;
+                return;
+            };
+            match st.pending.get_mut(&seq) {
+                Some(p) if !p.adjusted => {
+                    p.adjusted = true;
+                    if p.measured {
+                        stats.adjusted_measured += 1;
+                        stats.adjust.saturating_record(micros(now - p.sched));
+                    }
+                    if in_window {
+                        stats.adjusted_in_window += 1;
+                    }
+                    if p.acked {
+                        st.pending.remove(&seq);
+                    }
+                }
+                _ => stats.unmatched += 1,
+            }
+        }
+        "error" => {
+            let code = msg.code.unwrap_or_default();
+            if code == "overloaded" {
+                if msg.ids.is_empty() {
+                    stats.overloaded += 1;
+                }
+                for seq in msg.ids.iter().filter_map(|id| seq_of_id(id)) {
+                    stats.overloaded += 1;
+                    let Some(p) = st.pending.get_mut(&seq) else {
+                        continue;
+                    };
+                    if p.acked {
+                        continue;
+                    }
+                    if p.attempts < ctx.plan.max_retries {
+                        p.attempts += 1;
+                        let backoff = Duration::from_millis(50 * u64::from(p.attempts));
+                        st.retries.push_back((now + backoff, seq));
+                    } else {
+                        stats.gave_up += 1;
+                        st.pending.remove(&seq);
+                    }
+                }
+            } else {
+                stats.errors += 1;
+                *stats.error_codes.entry(code).or_default() += 1;
+                for seq in msg.ids.iter().filter_map(|id| seq_of_id(id)) {
+                    st.pending.remove(&seq);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+fn new_hist() -> Histogram<u64> {
+    // Constant, valid bounds (1 ≤ low, high ≥ 2·low, 3 significant figures).
+    Histogram::new_with_bounds(1, HIST_MAX_US, 3).expect("constant histogram bounds are valid")
+}
+
+/// Counters and histograms of one client thread (merged over threads at the end).
+struct Stats {
+    sent_total: u64,
+    sent_window: u64,
+    retried: u64,
+    acked_in_window: u64,
+    adjusted_in_window: u64,
+    acked_measured: u64,
+    adjusted_measured: u64,
+    overloaded: u64,
+    gave_up: u64,
+    errors: u64,
+    error_codes: BTreeMap<String, u64>,
+    unmatched: u64,
+    other_adjusts: u64,
+    unacked_end: u64,
+    unadjusted_end: u64,
+    closed_early: u64,
+    ack: Histogram<u64>,
+    adjust: Histogram<u64>,
+    /// Scheduled send time → message handed to the socket writer (client health).
+    send_lag: Histogram<u64>,
+}
+
+impl Stats {
+    fn new() -> Self {
+        Stats {
+            sent_total: 0,
+            sent_window: 0,
+            retried: 0,
+            acked_in_window: 0,
+            adjusted_in_window: 0,
+            acked_measured: 0,
+            adjusted_measured: 0,
+            overloaded: 0,
+            gave_up: 0,
+            errors: 0,
+            error_codes: BTreeMap::new(),
+            unmatched: 0,
+            other_adjusts: 0,
+            unacked_end: 0,
+            unadjusted_end: 0,
+            closed_early: 0,
+            ack: new_hist(),
+            adjust: new_hist(),
+            send_lag: new_hist(),
+        }
+    }
+
+    fn merge(&mut self, o: &Stats) {
+        self.sent_total += o.sent_total;
+        self.sent_window += o.sent_window;
+        self.retried += o.retried;
+        self.acked_in_window += o.acked_in_window;
+        self.adjusted_in_window += o.adjusted_in_window;
+        self.acked_measured += o.acked_measured;
+        self.adjusted_measured += o.adjusted_measured;
+        self.overloaded += o.overloaded;
+        self.gave_up += o.gave_up;
+        self.errors += o.errors;
+        for (k, v) in &o.error_codes {
+            *self.error_codes.entry(k.clone()).or_default() += v;
+        }
+        self.unmatched += o.unmatched;
+        self.other_adjusts += o.other_adjusts;
+        self.unacked_end += o.unacked_end;
+        self.unadjusted_end += o.unadjusted_end;
+        self.closed_early += o.closed_early;
+        // Same constant bounds on both sides, so adding cannot go out of range.
+        self.ack.add(&o.ack).expect("histograms share bounds");
+        self.adjust.add(&o.adjust).expect("histograms share bounds");
+        self.send_lag
+            .add(&o.send_lag)
+            .expect("histograms share bounds");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPU accounting from /proc.
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf only reads a system constant; it has no memory-safety preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// utime + stime of a whole process, in seconds.
+fn proc_cpu(pid: Option<u32>) -> Option<f64> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/stat"),
+        None => "/proc/self/stat".to_string(),
+    };
+    let s = std::fs::read_to_string(path).ok()?;
+    let rest = &s[s.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of stat; `rest` starts at field 3.
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / clock_ticks())
+}
+
+/// CPU time of one thread of this process, in seconds (schedstat: ns on CPU).
+fn thread_cpu(tid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+    let ns: u64 = s.split_whitespace().next()?.parse().ok()?;
+    Some(ns as f64 / 1e9)
+}
+
+fn current_tid() -> Option<u32> {
+    let link = std::fs::read_link("/proc/thread-self").ok()?;
+    link.file_name()?.to_str()?.parse().ok()
+}
+
+struct CpuSample {
+    server: Option<f64>,
+    client: Option<f64>,
+}
+
+impl CpuSample {
+    fn take(of: CpuOf, tids: &[u32]) -> Self {
+        let client = tids.iter().map(|t| thread_cpu(*t)).sum::<Option<f64>>();
+        let server = match of {
+            CpuOf::Pid(p) => proc_cpu(Some(p)),
+            CpuOf::SelfMinusClient => proc_cpu(None).zip(client).map(|(all, c)| all - c),
+            CpuOf::None => None,
+        };
+        CpuSample { server, client }
+    }
+
+    /// (server, client) CPU over the interval as % of one core.
+    fn pct(a: &CpuSample, b: &CpuSample, secs: f64) -> (Option<f64>, Option<f64>) {
+        let d = |x: Option<f64>, y: Option<f64>| {
+            x.zip(y).map(|(x, y)| ((y - x) / secs * 100.0).max(0.0))
+        };
+        (d(a.server, b.server), d(a.client, b.client))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The bare actix-ws baseline.
+
+mod baseline {
+    use std::{sync::mpsc, thread, time::Duration};
+
+    use actix_web::{dev::ServerHandle, web, App, HttpRequest, HttpResponse, HttpServer};
+    use anyhow::{Context, Result};
+    use futures_util::StreamExt;
+    use serde::{Deserialize, Serialize};
+
+    pub struct Baseline {
+        pub url: String,
+        handle: ServerHandle,
+        thread: thread::JoinHandle<()>,
+    }
+
+    /// Starts the echo server on 127.0.0.1:0 on its own thread and actix System.
+    pub fn start() -> Result<Baseline> {
+        let (tx, rx) = mpsc::channel::<std::io::Result<(std::net::SocketAddr, ServerHandle)>>();
+        let thread = thread::Builder::new()
+            .name("baseline-server".into())
+            .spawn(move || {
+                let sys = actix_rt::System::new();
+                sys.block_on(async move {
+                    let bound = HttpServer::new(|| {
+                        App::new()
+                            .route("/v1/identify", web::post().to(identify))
+                            .route("/v1/ws", web::get().to(ws))
+                    })
+                    .disable_signals()
+                    .bind(("127.0.0.1", 0));
+                    let server = match bound {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let addr = server.addrs()[0];
+                    let server = server.run();
+                    let _ = tx.send(Ok((addr, server.handle())));
+                    if let Err(e) = server.await {
+                        eprintln!("baseline server: {e}");
+                    }
+                });
+            })
+            .context("spawn baseline thread")?;
+        let (addr, handle) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .context("baseline server did not start")?
+            .context("bind baseline server")?;
+        Ok(Baseline {
+            url: format!("http://{addr}"),
+            handle,
+            thread,
+        })
+    }
+
+    /// The echo server alone, on the main thread, stopped gracefully by SIGTERM/SIGINT.
+    pub fn serve_standalone() -> Result<()> {
+        actix_rt::System::new().block_on(async {
+            let server = HttpServer::new(|| {
+                App::new()
+                    .route("/v1/identify", web::post().to(identify))
+                    .route("/v1/ws", web::get().to(ws))
+            })
+            .bind(("127.0.0.1", 0))?;
+            println!("trimtab listening on http://{}", server.addrs()[0]);
+            server.run().await?;
+            Ok(())
+        })
+    }
+
+    impl Baseline {
+        pub fn stop(self) {
+            actix_rt::System::new().block_on(self.handle.stop(true));
+            let _ = self.thread.join();
+        }
+    }
+
+    #[derive(Deserialize)]
+    struct IdentifyReq {
+        user: String,
+    }
+
+    async fn identify(body: web::Json<IdentifyReq>) -> HttpResponse {
+        let token = format!("baseline-{}", body.user);
+        HttpResponse::Ok().json(serde_json::json!({ "user": body.user, "token": token }))
+    }
+
+    #[derive(Deserialize)]
+    struct InMsg {
+        #[serde(rename = "type")]
+        kind: String,
+        #[serde(default)]
+        events: Vec<InEvent>,
+    }
+
+    /// Parsed the way a server would, so the baseline pays for the parse too.
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    struct InEvent {
+        id: String,
+        #[serde(rename = "type")]
+        kind: String,
+        session: String,
+        ts: i64,
+        #[serde(default)]
+        props: serde_json::Map<String, serde_json::Value>,
+        #[serde(default)]
+        context: serde_json::Map<String, serde_json::Value>,
+        #[serde(default)]
+        consent: serde_json::Map<String, serde_json::Value>,
+    }
+
+    #[derive(Serialize)]
+    struct Adjust<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        slot: &'static str,
+        variant: &'static str,
+        params: AdjustParams,
+        decision: Decision<'a>,
+    }
+
+    #[derive(Serialize)]
+    struct AdjustParams {
+        seq: String,
+    }
+
+    #[derive(Serialize)]
+    struct Decision<'a> {
+        id: String,
+        source: &'static str,
+        experiment: Option<&'a str>,
+        arm: Option<&'a str>,
+        propensity: f64,
+    }
+
+    #[derive(Serialize)]
+    struct Ack<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        ids: Vec<&'a str>,
+    }
+
+    /// The replies to one client message: `ready` for auth; one `adjust` per event then an `ack`.
+    fn replies(text: &str) -> Vec<String> {
+        let Ok(msg) = serde_json::from_str::<InMsg>(text) else {
+            return vec![
+                r#"{"type":"error","code":"bad_request","message":"unparseable"}"#.to_string(),
+            ];
+        };
+        match msg.kind.as_str() {
+            "auth" => vec![r#"{"type":"ready"}"#.to_string()],
+            "events" => {
+                let mut out = Vec::with_capacity(msg.events.len() + 1);
+                for e in &msg.events {
+                    let seq = match e.props.get("seq") {
+                        Some(serde_json::Value::String(s)) => s.clone(),
+                        Some(v) => v.to_string(),
+                        None => continue,
+                    };
+                    let a = Adjust {
+                        kind: "adjust",
+                        slot: "bench",
+                        variant: "v",
+                        params: AdjustParams { seq },
+                        decision: Decision {
+                            id: format!("d-{}", e.id),
+                            source: "rule",
+                            experiment: None,
+                            arm: None,
+                            propensity: 1.0,
+                        },
+                    };
+                    out.extend(serde_json::to_string(&a).ok());
+                }
+                let ack = Ack {
+                    kind: "ack",
+                    ids: msg.events.iter().map(|e| e.id.as_str()).collect(),
+                };
+                out.extend(serde_json::to_string(&ack).ok());
+                out
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    async fn ws(req: HttpRequest, body: web::Payload) -> actix_web::Result<HttpResponse> {
+        let (resp, mut session, stream) = actix_ws::handle(&req, body)?;
+        let mut stream = stream.max_frame_size(1 << 20);
+        actix_web::rt::spawn(async move {
+            while let Some(Ok(msg)) = stream.next().await {
+                let sent = match msg {
+                    actix_ws::Message::Text(t) => {
+                        let mut ok = true;
+                        for r in replies(&t) {
+                            ok = ok && session.text(r).await.is_ok();
+                        }
+                        ok
+                    }
+                    actix_ws::Message::Ping(p) => session.pong(&p).await.is_ok(),
+                    actix_ws::Message::Close(reason) => {
+                        let _ = session.close(reason).await;
+                        return;
+                    }
+                    _ => true,
+                };
+                if !sent {
+                    return;
+                }
+            }
+            let _ = session.close(None).await;
+        });
+        Ok(resp)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The spawned trimtab server.
+
+mod target {
+    use super::*;
+
+    const CONFIG: &str = "# written by examples/loadgen.rs: no frequency caps for the bench slot\n\
+        [delivery]\ncap_per_session = 0\ncap_per_user = 0\n";
+
+    pub struct Server {
+        child: Option<Child>,
+        pub dir: tempfile::TempDir,
+        pub url: String,
+        pub write_key: String,
+        log: PathBuf,
+    }
+
+    fn random_hex() -> String {
+        let b: [u8; 24] = rand::rng().random();
+        b.iter().fold(String::with_capacity(48), |mut s, x| {
+            let _ = write!(s, "{x:02x}");
+            s
+        })
+    }
+
+    pub fn spawn(bin: &Path) -> Result<Server> {
+        if !bin.is_file() {
+            bail!(
+                "server binary {} not found: run `cargo build --release` first, or pass --server-bin or --url",
+                bin.display()
+            );
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("trimtab-loadgen-")
+            .tempdir()?;
+        let (data, scripts) = (dir.path().join("data"), dir.path().join("scripts"));
+        std::fs::create_dir_all(&data)?;
+        std::fs::create_dir_all(&scripts)?;
+        std::fs::write(scripts.join("bench.rhai"), BENCH_RULE)?;
+        let config = dir.path().join("trimtab.toml");
+        std::fs::write(&config, CONFIG)?;
+        let log = dir.path().join("server.log");
+        let write_key = random_hex();
+        let mut cmd = Command::new(bin);
+        // Only the settings written here: no TRIMTAB_* from the caller's environment.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("TRIMTAB_") {
+                cmd.env_remove(k);
+            }
+        }
+        let mut child = cmd
+            .arg("serve")
+            .args(["--addr", "127.0.0.1:0"])
+            .arg("--data")
+            .arg(&data)
+            .arg("--scripts")
+            .arg(&scripts)
+            .arg("--config")
+            .arg(&config)
+            .env("TRIMTAB_WRITE_KEY", &write_key)
+            .env("TRIMTAB_ADMIN_TOKEN", random_hex())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?;
+        let stdout = child.stdout.take().context("child stdout is piped")?;
+        let (tx, rx) = mpsc::channel::<String>();
+        // Reads stdout to EOF (so the pipe never fills), reporting the listening address once.
+        thread::Builder::new()
+            .name("trimtab-stdout".into())
+            .spawn(move || {
+                let mut tx = Some(tx);
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(rest) = line.trim().strip_prefix("trimtab listening on ") {
+                        if let (Some(tx), Some(url)) = (tx.take(), rest.split_whitespace().next()) {
+                            let _ = tx.send(url.trim_end_matches('/').to_string());
+                        }
+                    }
+                }
+            })?;
+        let mut server = Server {
+            child: Some(child),
+            dir,
+            url: String::new(),
+            write_key,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(url) => {
+                    server.url = url;
+                    break;
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {
+                    if let Some(st) = server
+                        .child
+                        .as_mut()
+                        .and_then(|c| c.try_wait().ok().flatten())
+                    {
+                        bail!(
+                            "trimtab exited during start ({st}); log:\n{}",
+                            server.log_tail()
+                        );
+                    }
+                }
+                Err(_) => bail!(
+                    "trimtab did not print its listening line within 30 s; log:\n{}",
+                    server.log_tail()
+                ),
+            }
+        }
+        server.wait_ready();
+        Ok(server)
+    }
+
+    impl Server {
+        pub fn pid(&self) -> u32 {
+            self.child.as_ref().map_or(0, Child::id)
+        }
+
+        fn log_tail(&self) -> String {
+            let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = s.lines().collect();
+            lines[lines.len().saturating_sub(20)..].join("\n")
+        }
+
+        /// Polls `/readyz` for up to 10 s (a 404 means the server has none: go on).
+        fn wait_ready(&self) {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                match ureq::get(format!("{}/readyz", self.url)).call() {
+                    Ok(_) | Err(ureq::Error::StatusCode(404)) => return,
+                    Err(_) => thread::sleep(Duration::from_millis(100)),
+                }
+            }
+            eprintln!(
+                "warning: {}/readyz not ready after 10 s; going on",
+                self.url
+            );
+        }
+
+        /// SIGTERM, then wait up to 15 s for a graceful exit, then SIGKILL. Says what happened.
+        pub fn stop(mut self) -> String {
+            self.shutdown()
+        }
+
+        fn shutdown(&mut self) -> String {
+            let Some(mut child) = self.child.take() else {
+                return "already stopped".into();
+            };
+            let Ok(pid) = i32::try_from(child.id()) else {
+                let _ = child.kill();
+                return "killed".into();
+            };
+            let t = Instant::now();
+            // SAFETY: kill(2) on the pid of a child we spawned and have not reaped yet.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+            while t.elapsed() < Duration::from_secs(15) {
+                match child.try_wait() {
+                    Ok(Some(st)) if st.success() => {
+                        return format!("stopped by SIGTERM in {} ms", t.elapsed().as_millis())
+                    }
+                    Ok(Some(st)) => {
+                        return format!(
+                            "exited with {st} after SIGTERM; log tail:\n{}",
+                            self.log_tail()
+                        )
+                    }
+                    Ok(None) => thread::sleep(Duration::from_millis(20)),
+                    Err(_) => break,
+                }
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            "did not stop within 15 s of SIGTERM: killed".into()
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            if self.child.is_some() {
+                let _ = self.shutdown();
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Results and report.
+
+#[derive(Serialize, Clone, Copy, Default)]
+struct Percentiles {
+    count: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    max_ms: f64,
+}
+
+impl Percentiles {
+    fn of(h: &Histogram<u64>) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        if h.is_empty() {
+            return Percentiles::default();
+        }
+        Percentiles {
+            count: h.len(),
+            p50_ms: ms(h.value_at_quantile(0.5)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            p999_ms: ms(h.value_at_quantile(0.999)),
+            max_ms: ms(h.max()),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct RunResult {
+    name: String,
+    sessions_connected: usize,
+    setup_failures: usize,
+    first_setup_failure: Option<String>,
+    offered_events_per_s: f64,
+    sent_in_window: u64,
+    sent_total: u64,
+    acked_per_s: f64,
+    adjustments_per_s: f64,
+    acked_measured: u64,
+    adjusted_measured: u64,
+    overloaded: u64,
+    retried: u64,
+    gave_up: u64,
+    errors: u64,
+    error_codes: BTreeMap<String, u64>,
+    unmatched: u64,
+    other_adjusts: u64,
+    unacked_at_end: u64,
+    unadjusted_at_end: u64,
+    closed_early: u64,
+    ack: Percentiles,
+    adjust: Percentiles,
+    client_send_lag: Percentiles,
+    cpu_server_pct_of_core: Option<f64>,
+    cpu_client_pct_of_core: Option<f64>,
+}
+
+impl RunResult {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        name: &str,
+        args: &Args,
+        connected: usize,
+        failures: Vec<String>,
+        s: &Stats,
+        secs: f64,
+        cpu_server: Option<f64>,
+        cpu_client: Option<f64>,
+    ) -> Self {
+        RunResult {
+            name: name.to_string(),
+            sessions_connected: connected,
+            setup_failures: failures.len(),
+            first_setup_failure: failures.into_iter().next(),
+            offered_events_per_s: args.rate * connected as f64 / args.sessions as f64,
+            sent_in_window: s.sent_window,
+            sent_total: s.sent_total,
+            acked_per_s: s.acked_in_window as f64 / secs,
+            adjustments_per_s: s.adjusted_in_window as f64 / secs,
+            acked_measured: s.acked_measured,
+            adjusted_measured: s.adjusted_measured,
+            overloaded: s.overloaded,
+            retried: s.retried,
+            gave_up: s.gave_up,
+            errors: s.errors,
+            error_codes: s.error_codes.clone(),
+            unmatched: s.unmatched,
+            other_adjusts: s.other_adjusts,
+            unacked_at_end: s.unacked_end,
+            unadjusted_at_end: s.unadjusted_end,
+            closed_early: s.closed_early,
+            ack: Percentiles::of(&s.ack),
+            adjust: Percentiles::of(&s.adjust),
+            client_send_lag: Percentiles::of(&s.send_lag),
+            cpu_server_pct_of_core: cpu_server,
+            cpu_client_pct_of_core: cpu_client,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Machine {
+    cpus: usize,
+    /// 1-minute load average when the tool started (other work on the box skews results).
+    loadavg_1m: f64,
+    cpu_model: String,
+    mem_gib: f64,
+    kernel: String,
+}
+
+impl Machine {
+    fn probe() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("model name")
+                    .and_then(|r| r.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let mem_kib: f64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        Machine {
+            cpus: thread::available_parallelism().map_or(1, |n| n.get()),
+            loadavg_1m: std::fs::read_to_string("/proc/loadavg")
+                .ok()
+                .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+                .unwrap_or(f64::NAN),
+            cpu_model,
+            mem_gib: mem_kib / 1024.0 / 1024.0,
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+fn print_header(m: &Machine, a: &Args) {
+    println!(
+        "machine: {} cpus, {}, {:.1} GiB RAM, Linux {}, load average {:.2} at start",
+        m.cpus, m.cpu_model, m.mem_gib, m.kernel, m.loadavg_1m
+    );
+    let period_ms = a.sessions as f64 * a.batch as f64 / a.rate * 1000.0;
+    println!(
+        "params: sessions={} rate={}/s batch={} duration={}s warmup={}s drain={}s max-retries={} client-threads={} \
+         (each session sends every {period_ms:.1} ms; baseline runs first, then trimtab)",
+        a.sessions, a.rate, a.batch, a.duration, a.warmup, a.drain, a.max_retries, a.client_threads
+    );
+}
+
+#[derive(Serialize)]
+struct Ratios {
+    acked_per_s: f64,
+    adjustments_per_s: f64,
+    ack_p50: f64,
+    ack_p99: f64,
+    ack_p999: f64,
+    adjust_p50: f64,
+    adjust_p99: f64,
+    adjust_p999: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    machine: Machine,
+    params: Args,
+    baseline: Option<RunResult>,
+    target: Option<RunResult>,
+    /// target / baseline.
+    ratios: Option<Ratios>,
+}
+
+fn ratio(t: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        t / b
+    } else {
+        f64::NAN
+    }
+}
+
+impl Report {
+    fn new(
+        machine: Machine,
+        params: Args,
+        baseline: Option<RunResult>,
+        target: Option<RunResult>,
+    ) -> Self {
+        let ratios = baseline.as_ref().zip(target.as_ref()).map(|(b, t)| Ratios {
+            acked_per_s: ratio(t.acked_per_s, b.acked_per_s),
+            adjustments_per_s: ratio(t.adjustments_per_s, b.adjustments_per_s),
+            ack_p50: ratio(t.ack.p50_ms, b.ack.p50_ms),
+            ack_p99: ratio(t.ack.p99_ms, b.ack.p99_ms),
+            ack_p999: ratio(t.ack.p999_ms, b.ack.p999_ms),
+            adjust_p50: ratio(t.adjust.p50_ms, b.adjust.p50_ms),
+            adjust_p99: ratio(t.adjust.p99_ms, b.adjust.p99_ms),
+            adjust_p999: ratio(t.adjust.p999_ms, b.adjust.p999_ms),
+        });
+        Report {
+            machine,
+            params,
+            baseline,
+            target,
+            ratios,
+        }
+    }
+
+    fn print(&self) {
+        let runs: Vec<&RunResult> = self.baseline.iter().chain(self.target.iter()).collect();
+        let mut header = format!("{:<28}", "");
+        for r in &runs {
+            let _ = write!(header, "{:>14}", r.name);
+        }
+        if self.ratios.is_some() {
+            let _ = write!(header, "{:>14}", "trimtab/base");
+        }
+        println!("\n{header}");
+        let row = |label: &str, f: &dyn Fn(&RunResult) -> String, ratio: Option<f64>| {
+            let mut line = format!("{label:<28}");
+            for r in &runs {
+                let _ = write!(line, "{:>14}", f(r));
+            }
+            if let Some(x) = ratio {
+                let _ = write!(line, "{:>13.2}x", x);
+            }
+            println!("{line}");
+        };
+        let q = &self.ratios;
+        let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}%"));
+        row(
+            "sessions connected",
+            &|r| r.sessions_connected.to_string(),
+            None,
+        );
+        row(
+            "offered events/s",
+            &|r| format!("{:.0}", r.offered_events_per_s),
+            None,
+        );
+        row(
+            "sent (window / total)",
+            &|r| format!("{}/{}", r.sent_in_window, r.sent_total),
+            None,
+        );
+        row(
+            "acked events/s",
+            &|r| format!("{:.1}", r.acked_per_s),
+            q.as_ref().map(|q| q.acked_per_s),
+        );
+        row(
+            "adjustments/s",
+            &|r| format!("{:.1}", r.adjustments_per_s),
+            q.as_ref().map(|q| q.adjustments_per_s),
+        );
+        row(
+            "overloaded / retried",
+            &|r| format!("{}/{}", r.overloaded, r.retried),
+            None,
+        );
+        row("gave up", &|r| r.gave_up.to_string(), None);
+        row("errors", &|r| r.errors.to_string(), None);
+        row(
+            "unacked / unadjusted at end",
+            &|r| format!("{}/{}", r.unacked_at_end, r.unadjusted_at_end),
+            None,
+        );
+        row(
+            "unmatched / closed early",
+            &|r| format!("{}/{}", r.unmatched, r.closed_early),
+            None,
+        );
+        let ms = |v: f64| format!("{v:.3}");
+        row(
+            "ack p50 ms",
+            &|r| ms(r.ack.p50_ms),
+            q.as_ref().map(|q| q.ack_p50),
+        );
+        row(
+            "ack p99 ms",
+            &|r| ms(r.ack.p99_ms),
+            q.as_ref().map(|q| q.ack_p99),
+        );
+        row(
+            "ack p99.9 ms",
+            &|r| ms(r.ack.p999_ms),
+            q.as_ref().map(|q| q.ack_p999),
+        );
+        row("ack max ms", &|r| ms(r.ack.max_ms), None);
+        row(
+            "adjust p50 ms",
+            &|r| ms(r.adjust.p50_ms),
+            q.as_ref().map(|q| q.adjust_p50),
+        );
+        row(
+            "adjust p99 ms",
+            &|r| ms(r.adjust.p99_ms),
+            q.as_ref().map(|q| q.adjust_p99),
+        );
+        row(
+            "adjust p99.9 ms",
+            &|r| ms(r.adjust.p999_ms),
+            q.as_ref().map(|q| q.adjust_p999),
+        );
+        row("adjust max ms", &|r| ms(r.adjust.max_ms), None);
+        row(
+            "client send lag p99/p99.9",
+            &|r| {
+                format!(
+                    "{:.2}/{:.2}",
+                    r.client_send_lag.p99_ms, r.client_send_lag.p999_ms
+                )
+            },
+            None,
+        );
+        row(
+            "server CPU (% of a core)",
+            &|r| pct(r.cpu_server_pct_of_core),
+            None,
+        );
+        row(
+            "client CPU (% of a core)",
+            &|r| pct(r.cpu_client_pct_of_core),
+            None,
+        );
+        for r in &runs {
+            if !r.error_codes.is_empty() {
+                println!("{} error codes: {:?}", r.name, r.error_codes);
+            }
+            if r.adjusted_measured == 0 && r.acked_measured > 0 {
+                println!(
+                    "{}: no adjustments matched: is the bench rule loaded and are caps off?",
+                    r.name
+                );
+            }
+        }
+    }
+}
