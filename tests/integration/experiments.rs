@@ -11,6 +11,10 @@ const RULE: &str = r#"
     if event.type == "custom" && event.props.name == "go" {
         adjust("offer", "discount", #{ code: "RULE" });
     }
+    // Rules can read the user's arm.
+    if event.type == "custom" && event.props.name == "which" {
+        adjust("probe", "arm-" + experiment("offer-test"));
+    }
 "#;
 
 fn put_json(s: &Server, path: &str, v: &Value) -> Resp {
@@ -111,6 +115,24 @@ fn experiment_assigns_exposes_measures_and_recommends() {
             s.post_ok(WRITE_KEY, vec![for_user(page_view(&eid("pv"), "/"), &user)]);
             let (again, _) = run_user(&s, &user, |_| false);
             assert_eq!(again, arm);
+        }
+        if i < 2 {
+            s.post_ok(
+                WRITE_KEY,
+                vec![for_user(custom(&eid("which"), "which", json!({})), &user)],
+            );
+            let ex = s.export(&user).unwrap();
+            let probe = ex["decisions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|d| d["slot"] == "probe")
+                .cloned();
+            assert_eq!(
+                probe.map(|d| d["variant"].clone()),
+                Some(json!(format!("arm-{arm}"))),
+                "{ex}"
+            );
         }
         *arms.entry(arm).or_insert(0u32) += 1;
     }
