@@ -40,6 +40,12 @@ fn exp_error(e: ExperimentsError) -> ApiError {
     }
 }
 
+fn find(st: &AppState, id: &str) -> Result<std::sync::Arc<Compiled>, ApiError> {
+    st.experiments
+        .get(id)
+        .ok_or_else(|| ApiError::not_found(format!("no experiment {id:?}")))
+}
+
 /// `GET /v1/experiments`: every experiment, plus definition files that were refused.
 pub async fn list(st: web::Data<AppState>, _: Admin) -> HttpResponse {
     let now = now_ms();
@@ -62,10 +68,7 @@ pub async fn get(
     _: Admin,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let c = st
-        .experiments
-        .get(&id)
-        .ok_or_else(|| ApiError::not_found(format!("no experiment {:?}", id.as_str())))?;
+    let c = find(&st, &id)?;
     let mut v = summary(&c, now_ms());
     v["definition"] = serde_json::to_value(&c.def).unwrap_or_default();
     Ok(HttpResponse::Ok().json(v))
@@ -118,10 +121,7 @@ pub async fn results(
     _: Admin,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let c = st
-        .experiments
-        .get(&id)
-        .ok_or_else(|| ApiError::not_found(format!("no experiment {:?}", id.as_str())))?;
+    let c = find(&st, &id)?;
     let store = st.store.clone();
     let exps = st.experiments.clone();
     let v = web::block(move || -> Result<Value, String> {

@@ -734,7 +734,7 @@ mod tests {
         UserKey(k)
     }
 
-    fn setup(stratify: bool) -> (tempfile::TempDir, Experiments) {
+    fn registry() -> (tempfile::TempDir, Experiments) {
         let dir = tempfile::tempdir().unwrap();
         let rules = Rules::load(
             &dir.path().join("rules"),
@@ -742,6 +742,11 @@ mod tests {
         )
         .unwrap();
         let exps = Experiments::load(&dir.path().join("exp"), rules, 0.0).unwrap();
+        (dir, exps)
+    }
+
+    fn setup(stratify: bool) -> (tempfile::TempDir, Experiments) {
+        let (dir, exps) = registry();
         let def = ExperimentDef::from_toml(
             "s",
             &format!("slot = \"cta\"\nprimary_metric = \"conversion\"\nstratify = {stratify}\nvariants = [{{name = \"default\"}}, {{name = \"b\"}}]\n"),
@@ -784,13 +789,7 @@ mod tests {
 
     #[test]
     fn targeting_and_segments_limit_eligibility() {
-        let dir = tempfile::tempdir().unwrap();
-        let rules = Rules::load(
-            &dir.path().join("rules"),
-            crate::rules::RuleLimits::default(),
-        )
-        .unwrap();
-        let exps = Experiments::load(&dir.path().join("exp"), rules, 0.0).unwrap();
+        let (_dir, exps) = registry();
         let def = ExperimentDef::from_toml(
             "t",
             "slot = \"cta\"\nprimary_metric = \"conversion\"\ntargeting = 'user.context.device == \"mobile\"'\nvariants = [{name = \"default\"}, {name = \"b\"}]\n",

@@ -257,6 +257,33 @@ struct Rule {
     counters: Arc<Counters>,
 }
 
+impl Rule {
+    /// A rule whose current file compiled into `ast` (fresh health, kept counters).
+    fn compiled(
+        name: &str,
+        file: String,
+        ast: AST,
+        sha: String,
+        now: i64,
+        counters: Arc<Counters>,
+    ) -> Rule {
+        Rule {
+            name: name.to_owned(),
+            file,
+            compiled: Some(Arc::new(Compiled {
+                ast,
+                sha: sha.clone(),
+                loaded_at_ms: now,
+                health: Health::default(),
+            })),
+            compile_error: None,
+            seen_sha: sha,
+            seen_at_ms: now,
+            counters,
+        }
+    }
+}
+
 /// A compiled version of a rule and its health (fresh for every new version).
 struct Compiled {
     ast: AST,
@@ -455,20 +482,7 @@ impl Rules {
         match self.compile(&file, text) {
             Ok(ast) => {
                 tracing::info!(rule = %name, sha256 = %sha, "rule loaded");
-                Rule {
-                    name: name.to_owned(),
-                    file,
-                    compiled: Some(Arc::new(Compiled {
-                        ast,
-                        sha: sha.clone(),
-                        loaded_at_ms: now,
-                        health: Health::default(),
-                    })),
-                    compile_error: None,
-                    seen_sha: sha,
-                    seen_at_ms: now,
-                    counters,
-                }
+                Rule::compiled(name, file, ast, sha, now, counters)
             }
             Err(info) => {
                 let kept = old.and_then(|o| o.compiled.clone());
@@ -687,20 +701,7 @@ impl Rules {
             .get(name)
             .map_or_else(Arc::default, |o| Arc::clone(&o.counters));
         let now = unix_ms();
-        let rule = Arc::new(Rule {
-            name: name.to_owned(),
-            file,
-            compiled: Some(Arc::new(Compiled {
-                ast,
-                sha: sha.clone(),
-                loaded_at_ms: now,
-                health: Health::default(),
-            })),
-            compile_error: None,
-            seen_sha: sha,
-            seen_at_ms: now,
-            counters,
-        });
+        let rule = Arc::new(Rule::compiled(name, file, ast, sha, now, counters));
         let mut rules = current.rules.clone();
         rules.insert(name.to_owned(), Arc::clone(&rule));
         self.inner.set.store(Arc::new(RuleSet { rules }));

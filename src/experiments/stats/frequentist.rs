@@ -168,9 +168,12 @@ pub fn mean_interval(n: u64, mean: f64, variance: f64, alpha: f64) -> Option<[f6
     finite_pair(mean - h, mean + h)
 }
 
-/// Relative uplift r = μ_t/μ_c − 1 with a delta-method interval:
-/// Var(μ̂_t/μ̂_c) ≈ Var(μ̂_t)/μ_c² + μ_t² Var(μ̂_c)/μ_c⁴ (independent arms),
-/// interval r ± z_{1−α/2} √Var.
+/// Relative uplift r = μ_t/μ_c − 1 with a delta-method interval on the log ratio (Katz et
+/// al. 1978) when both means are positive: Var(ln(μ̂_t/μ̂_c)) ≈ Var(μ̂_t)/μ_t² + Var(μ̂_c)/μ_c²,
+/// interval exp(ln(μ_t/μ_c) ± z_{1−α/2} √Var) − 1. Unlike the symmetric interval on the ratio it
+/// is skewed like the ratio's distribution and cannot cross −100%, so it agrees in sign with
+/// the absolute interval when the control rate is small. Otherwise (a mean ≤ 0) the linear
+/// delta method: Var(μ̂_t/μ̂_c) ≈ Var(μ̂_t)/μ_c² + μ_t² Var(μ̂_c)/μ_c⁴, interval r ± z √Var.
 pub fn relative_uplift(
     control: Estimate,
     treatment: Estimate,
@@ -187,10 +190,22 @@ pub fn relative_uplift(
             )),
         );
     }
-    let r = treatment.mean / mc - 1.0;
+    let mt = treatment.mean;
+    let r = mt / mc - 1.0;
+    let z = norm_ppf(1.0 - alpha / 2.0);
+    if mc > 0.0 && mt > 0.0 {
+        let var_log = treatment.variance_of_mean / (mt * mt) + control.variance_of_mean / (mc * mc);
+        let l = (mt / mc).ln();
+        let h = z * var_log.sqrt();
+        return (
+            finite(r),
+            finite_pair((l - h).exp() - 1.0, (l + h).exp() - 1.0),
+            None,
+        );
+    }
     let var = treatment.variance_of_mean / (mc * mc)
-        + treatment.mean * treatment.mean * control.variance_of_mean / (mc * mc * mc * mc);
-    let h = norm_ppf(1.0 - alpha / 2.0) * var.sqrt();
+        + mt * mt * control.variance_of_mean / (mc * mc * mc * mc);
+    let h = z * var.sqrt();
     (finite(r), finite_pair(r - h, r + h), None)
 }
 
@@ -280,9 +295,31 @@ mod tests {
     const REF_MEAN_CI: (f64, f64) = (9.360368969014232, 10.639631030985768);
 
     #[test]
+    fn relative_interval_agrees_with_the_absolute_one_at_small_baselines() {
+        // 4/51 vs 48/69: the absolute CI is far above 0, so must the relative one be.
+        // python (as above, n 51 and 69): (2.417815509758047, 22.01738842279606)
+        let (pc, pt) = (4.0 / 51.0, 48.0 / 69.0);
+        let (_, ci, _) = relative_uplift(
+            Estimate {
+                mean: pc,
+                variance_of_mean: pc * (1.0 - pc) / 51.0,
+            },
+            Estimate {
+                mean: pt,
+                variance_of_mean: pt * (1.0 - pt) / 69.0,
+            },
+            0.05,
+        );
+        let ci = ci.unwrap();
+        close(ci[0], 2.417815509758047);
+        close(ci[1], 22.01738842279606);
+    }
+
+    #[test]
     fn relative_uplift_delta_method() {
-        // python: from scipy.stats import norm; pc,pt=.05,.056; vc,vt=pc*(1-pc)/1e4,pt*(1-pt)/1e4
-        //   r=pt/pc-1; se=(vt/pc**2+pt**2*vc/pc**4)**.5; (r-norm.ppf(.975)*se, r+norm.ppf(.975)*se)
+        // python: import math; from scipy.stats import norm; z=norm.ppf(.975)
+        //   pc,pt=.05,.056; vc,vt=pc*(1-pc)/1e4,pt*(1-pt)/1e4
+        //   se=(vt/pt**2+vc/pc**2)**.5; l=math.log(pt/pc); (math.exp(l-z*se)-1, math.exp(l+z*se)-1)
         let (r, ci, _) = relative_uplift(
             Estimate {
                 mean: 0.05,
@@ -299,7 +336,7 @@ mod tests {
         close(ci[0], REF_REL.0);
         close(ci[1], REF_REL.1);
     }
-    const REF_REL: (f64, f64) = (-0.011447991459651252, 0.251447991459651);
+    const REF_REL: (f64, f64) = (-0.00402746072032778, 0.2594724759251221);
 
     #[test]
     fn degenerate_inputs_are_uninformative() {
