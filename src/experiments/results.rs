@@ -247,8 +247,12 @@ fn recommend(
         }
     }
     if let Some((arm, sp, diff)) = best {
+        let by = match c.metrics.get(&c.def.primary_metric).map(|m| m.kind) {
+            Some(MetricKind::Proportion) => format!("{:+.1} percentage points", diff * 100.0),
+            _ => format!("{diff:+.4}"),
+        };
         return json!({"action": "ship", "arm": arm, "text": format!(
-            "Ship {arm}: it beats {} on {} by {diff:+.4} (always-valid p = {sp:.4}, safe to read at any time).",
+            "Ship {arm}: it beats {} on {} by {by} (always-valid p = {sp:.4}, safe to read at any time).",
             p.control, c.def.primary_metric)});
     }
     let losers = p

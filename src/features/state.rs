@@ -125,8 +125,8 @@ pub struct UserState {
     pub mouse: MouseState,
     /// Variant currently shown per slot (the last one pushed).
     pub adjustments: BTreeMap<String, String>,
-    /// Hash of the params shown per slot (a new params set is a change worth pushing).
-    pub shown_params: BTreeMap<String, u64>,
+    /// What each adjusted slot shows: (decision id, params) of the last pushed decision.
+    pub shown: BTreeMap<String, (String, BTreeMap<String, String>)>,
     pub caps: BTreeMap<String, SlotCount>,
     /// Behavioural segment (filled in by the segmenter; empty until then).
     pub segment: String,

@@ -234,7 +234,7 @@ impl Shard {
             if matches!(ev.props, crate::event::Props::PageView { .. }) {
                 // A new page renders every slot with its default again.
                 entry.state.adjustments.clear();
-                entry.state.shown_params.clear();
+                entry.state.shown.clear();
             }
             let events_before = entry.state.events;
             entry.state.apply(ev, &cfg.features);
@@ -380,7 +380,26 @@ impl Shard {
             now,
         };
         let Some(d) = chosen.and_then(|r| ctx.admit(&mut entry.state, r, None)) else {
-            let _ = reply.send(Ok(default()));
+            // Nothing new: what the slot already shows (pushed earlier on this page), else the
+            // page default.
+            let current = entry.state.adjustments.get(&slot).and_then(|v| {
+                let (id, params) = entry.state.shown.get(&slot)?;
+                (candidates.is_empty() || candidates.contains(v)).then(|| Decision {
+                    id: id.clone(),
+                    slot: slot.clone(),
+                    variant: v.clone(),
+                    params: params.clone(),
+                    source: "current".into(),
+                    rule: None,
+                    experiment: None,
+                    arm: None,
+                    propensity: 1.0,
+                    ts: now,
+                    session: entry.state.session.clone(),
+                    trigger: None,
+                })
+            });
+            let _ = reply.send(Ok(current.unwrap_or_else(default)));
             return;
         };
         entry.last_op = op;
@@ -486,18 +505,6 @@ fn postcard_event(ev: &Event) -> Vec<u8> {
     postcard::to_allocvec(ev).expect("Event is postcard-serialisable")
 }
 
-/// A stable hash of an adjustment's params (FNV-1a over the sorted pairs).
-fn hash_params(p: &std::collections::BTreeMap<String, String>) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for (k, v) in p {
-        for b in k.bytes().chain([0u8]).chain(v.bytes()).chain([0u8]) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h
-}
-
 /// The `user` map for rules, after making sure the user's experiment assignments exist
 /// (with `experiments: #{id: arm}` for `experiment("id")`).
 fn view_for_rules(ctx: &Live, key: &UserKey, st: &mut UserState, now: i64) -> rhai::Map {
@@ -553,9 +560,8 @@ impl Admit<'_> {
                 }
                 None => (None, None, 1.0, r.variant, r.params),
             };
-        let params_hash = hash_params(&params);
         if state.adjustments.get(&r.slot) == Some(&variant)
-            && state.shown_params.get(&r.slot) == Some(&params_hash)
+            && state.shown.get(&r.slot).is_some_and(|(_, p)| *p == params)
         {
             return None; // already showing exactly this: nothing to change
         }
@@ -582,8 +588,10 @@ impl Admit<'_> {
         c.in_day += 1;
         c.total += 1;
         state.adjustments.insert(r.slot.clone(), variant.clone());
-        state.shown_params.insert(r.slot.clone(), params_hash);
         let id = Decision::new_id().1;
+        state
+            .shown
+            .insert(r.slot.clone(), (id.clone(), params.clone()));
         if let Some(e) = &experiment {
             Experiments::note_decision(state, e, &id);
         }

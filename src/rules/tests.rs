@@ -293,6 +293,10 @@ fn cta_by_context_branches() {
     assert!(rules
         .evaluate(&input(cta_user(7, &calm), event("tick", "")))
         .is_empty());
+    // A page view re-evaluates it (a first-paint decision may have raced the page's events).
+    let out = rules.evaluate(&input(cta_user(7, &calm), event("page_view", "")));
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].variant, "morning");
     let mut shown = cta_user(7, &calm);
     shown.insert(
         "adjustments".into(),

@@ -7,6 +7,10 @@
 //  - the admin HTTP API (Bearer token): /v1/rules (file names, last errors) and the user
 //    inspector (/v1/admin/users/{key_hex}, /v1/users/{raw_id}).
 //
+// The header nav switches between pages (#live, #experiments, #segments). The Experiments and
+// Segments pages live in insights.js and register themselves through `window.trimtabDashboard`
+// (an API helper and the shared formatters; never the token itself).
+//
 // The admin token lives in sessionStorage only (never in a URL, never in localStorage).
 // Server data is only ever inserted as text (textContent), never as HTML.
 (function () {
@@ -118,8 +122,12 @@
     inspBusy: false,
     inspSeq: 0,
     chart: null,
-    chartHover: null
+    chartHover: null,
+    tab: 'live',
+    started: false
   };
+  var TABS = ['live', 'experiments', 'segments'];
+  var PAGES = {};                     // name → {show(), hide(), reset()} registered by insights.js
 
   // ---------------------------------------------------------------- auth / login
   function showLogin(message) {
@@ -135,16 +143,18 @@
   function signOut(message) {
     try { sessionStorage.removeItem(TOKEN_KEY); } catch (e) { /* storage unavailable */ }
     S.token = null;
+    S.started = false;
     stopFeed();
     stopInspector();
+    Object.keys(PAGES).forEach(function (k) { try { PAGES[k].reset(); } catch (e) { console.error(e); } });
     showLogin(message);
   }
 
   function authHeaders() { return { 'Authorization': 'Bearer ' + S.token, 'Accept': 'application/json' }; }
 
   // Fetches JSON with the admin token. Resolves {status, body}; rejects on network errors only.
-  function api(path) {
-    return fetch(path, { headers: authHeaders(), cache: 'no-store', credentials: 'omit' }).then(function (r) {
+  function api(path, method) {
+    return fetch(path, { method: method || 'GET', headers: authHeaders(), cache: 'no-store', credentials: 'omit' }).then(function (r) {
       return r.text().then(function (t) {
         var body = null;
         try { body = t ? JSON.parse(t) : null; } catch (e) { body = null; }
@@ -198,10 +208,61 @@
     $('login').hidden = true;
     $('app').hidden = false;
     $('login-error').hidden = true;
+    S.started = true;
     initChart();
     connect();
     refreshRulesMeta();
+    setTab(tabFromHash(), true);
   }
+
+  // ---------------------------------------------------------------- pages (header nav)
+  function tabFromHash() {
+    var h = (location.hash || '').replace(/^#/, '').split('/')[0];
+    return TABS.indexOf(h) >= 0 ? h : 'live';
+  }
+
+  function setTab(name, force) {
+    if (TABS.indexOf(name) < 0) name = 'live';
+    var prev = S.tab;
+    if (prev === name && !force) return;
+    S.tab = name;
+    TABS.forEach(function (t) {
+      $('page-' + t).hidden = t !== name;
+      var b = document.querySelector('.nav-tab[data-tab="' + t + '"]');
+      if (b) {
+        b.classList.toggle('active', t === name);
+        b.setAttribute('aria-selected', t === name ? 'true' : 'false');
+      }
+    });
+    var want = '#' + name;
+    if (name === 'live' && !location.hash) want = '';
+    if (want && (location.hash || '').split('/')[0] !== want) history.replaceState(null, '', want);
+    if (prev !== name && PAGES[prev]) { try { PAGES[prev].hide(); } catch (e) { console.error(e); } }
+    if (PAGES[name] && S.started) { try { PAGES[name].show(); } catch (e) { console.error(e); } }
+    if (name === 'live' && S.chart) {
+      var box = $('chart');
+      if (box.clientWidth > 0) S.chart.setSize({ width: box.clientWidth, height: 240 });
+    }
+  }
+
+  // What insights.js may use: no token, only a helper that sends it.
+  window.trimtabDashboard = {
+    api: function (path, method) {
+      if (!S.token) return Promise.reject(new Error('signed out'));
+      return api(path, method).then(function (res) {
+        if (res.status === 401 || res.status === 403) signOut('The admin token is no longer accepted.');
+        return res;
+      });
+    },
+    errMessage: errMessage,
+    register: function (name, page) {
+      PAGES[name] = page;
+      if (S.started && S.tab === name) page.show();
+    },
+    isActive: function (name) { return S.started && S.tab === name && !$('app').hidden; },
+    fmt: { int: fmtInt, compact: fmtCompact, time: fmtTime, ago: fmtAgo, ms: fmtMs },
+    colors: { base: COLORS, variants: VARIANT_COLORS }
+  };
 
   // ---------------------------------------------------------------- live feed
   function setConn(kind, text) {
@@ -993,6 +1054,10 @@
   // ---------------------------------------------------------------- wiring
   function init() {
     $('login-form').addEventListener('submit', onLoginSubmit);
+    document.querySelectorAll('.nav-tab').forEach(function (b) {
+      b.addEventListener('click', function () { setTab(b.dataset.tab); });
+    });
+    window.addEventListener('hashchange', function () { if (S.started) setTab(tabFromHash()); });
     $('logout').addEventListener('click', function () { signOut(); });
     $('tail-pause').addEventListener('click', togglePause);
     document.querySelectorAll('.seg-btn').forEach(function (b) {

@@ -40,13 +40,26 @@ export function toToml(obj, prefix = '') {
 /**
  * Starts `trimtab serve` on a free port with a fresh data dir and the repo's `scripts/`.
  * `env` is merged into the process environment; `config` (object) is written as a TOML config
- * file and passed with `--config`. Resolves once the server prints its address.
+ * file and passed with `--config`. `scriptFiles` ({"name.rhai": source}), when given, replaces the
+ * scripts dir by a fresh one (in the data dir) holding just those files (names may include a
+ * subdirectory, e.g. "experiments/x.toml"); experiments created over the API are then stored there
+ * too, not in the repo. Resolves once the server
+ * prints its address.
  * @returns {Promise<{url:string, adminToken:string, writeKey:string, dataDir:string,
  *   log:()=>string, stop:()=>Promise<void>}>}
  */
-export async function startServer({ env = {}, config = null, scripts = join(repoRoot, 'scripts') } = {}) {
+export async function startServer({ env = {}, config = null, scripts = join(repoRoot, 'scripts'), scriptFiles = null } = {}) {
   if (!existsSync(BIN)) throw new Error(`server binary not found at ${BIN}: run \`cargo build\` or set TRIMTAB_BIN`);
   const dataDir = mkdtempSync(join(tmpdir(), 'trimtab-test-'));
+  if (scriptFiles) {
+    scripts = join(dataDir, 'scripts');
+    mkdirSync(scripts, { recursive: true });
+    for (const [name, source] of Object.entries(scriptFiles)) {
+      const file = join(scripts, name); // may name a subdirectory, e.g. experiments/x.toml
+      mkdirSync(dirname(file), { recursive: true });
+      writeFileSync(file, source);
+    }
+  }
   const adminToken = 'adm-' + randomBytes(16).toString('hex');
   const writeKey = 'wk-' + randomBytes(16).toString('hex');
   const args = ['serve', '--addr', '127.0.0.1:0', '--data', join(dataDir, 'data'), '--scripts', scripts];

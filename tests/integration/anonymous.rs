@@ -100,8 +100,12 @@ fn first_paint_decide_uses_the_cta_rule() {
                 .as_bytes(),
         )
     };
-    // 08:00 local time: the rule's morning branch decides the first paint.
-    let r = decide(vec![at_hour(page_view(&eid("pv"), "/"), 8)]);
+    // 08:00 local time (known from an event the rule itself ignores): the rule's morning
+    // branch decides the first paint.
+    let mouse = json!({"id": eid("m"), "type": "mouse", "session": "s1", "ts": now_ms(),
+        "props": {"speed": 10.0, "path_px": 100.0, "idle_ms": 0},
+        "consent": {"analytics": true, "personalization": true}});
+    let r = decide(vec![at_hour(mouse, 8)]);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json["variant"], "morning", "{}", r.body);
     assert_eq!(r.json["decision"]["source"], "rule");
@@ -117,6 +121,22 @@ fn first_paint_decide_uses_the_cta_rule() {
             .any(|d| d["id"] == id),
         "{ex}"
     );
+    // Already pushed on this page (the rule also runs on page views): decide answers what the
+    // slot shows, with the original decision id, so the impression is attributed to it.
+    let t3 = s.identify("page-first");
+    s.post_ok(&t3, vec![at_hour(page_view(&eid("pv"), "/"), 8)]);
+    let pushed = s.export("page-first").unwrap()["decisions"][0]["id"].clone();
+    let r = s.post_raw(
+        "/v1/decide",
+        Some(&t3),
+        json!({"slot": "cta", "candidates": ["default", "morning"]})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json["variant"], "morning", "{}", r.body);
+    assert_eq!(r.json["decision"]["source"], "current");
+    assert_eq!(r.json["decision"]["id"], pushed);
     // 02:00: no branch applies, the page keeps its default.
     let t2 = s.identify("night-owl");
     s.post_ok(&t2, vec![at_hour(page_view(&eid("pv"), "/"), 2)]);
