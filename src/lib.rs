@@ -13,6 +13,7 @@ pub mod delivery;
 pub mod event;
 pub mod experiments;
 pub mod features;
+pub mod learn;
 pub mod metrics;
 pub mod pipeline;
 pub mod privacy;

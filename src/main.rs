@@ -23,6 +23,25 @@ enum Command {
     Serve(ServeArgs),
     /// Cluster feature vectors offline (CSV with a header, or JSONL) into behavioural segments.
     Segment(SegmentArgs),
+    /// Off-policy evaluation: replay a logged-bandit-feedback JSONL file through a policy and
+    /// estimate its value (IPS, SNIPS, doubly robust, with 95% intervals). See docs/ope.md.
+    Ope(OpeArgs),
+}
+
+#[derive(clap::Args)]
+struct OpeArgs {
+    /// JSONL log, one decision per line: {"context":[…],"actions":[[…]…]?,"action":i,"reward":r,"propensity":p}.
+    #[arg(long)]
+    log: PathBuf,
+    /// The policy to evaluate.
+    #[arg(long, value_parser = ["uniform", "egreedy", "linucb", "lints"])]
+    policy: String,
+    /// Number of actions when the log has no per-action features (default: largest logged action + 1).
+    #[arg(long)]
+    actions: Option<usize>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -151,9 +170,43 @@ fn segment(a: SegmentArgs) -> ExitCode {
     }
 }
 
+fn ope(a: OpeArgs) -> ExitCode {
+    use std::io::BufReader;
+    use trimtab::learn::bandit::PolicyKind;
+    use trimtab::learn::ope::{evaluate, read_log, OpeConfig};
+    let run = || -> Result<String, String> {
+        let file = std::fs::File::open(&a.log)
+            .map_err(|e| format!("cannot read {}: {e}", a.log.display()))?;
+        let rows =
+            read_log(BufReader::new(file)).map_err(|e| format!("{}: {e}", a.log.display()))?;
+        let kind: PolicyKind = a.policy.parse().map_err(|e| format!("{e}"))?;
+        let cfg = OpeConfig {
+            n_actions: a.actions,
+            ..OpeConfig::default()
+        };
+        let report = evaluate(&rows, kind, &cfg).map_err(|e| format!("{e}"))?;
+        Ok(if a.json {
+            serde_json::to_string(&report).map_err(|e| e.to_string())?
+        } else {
+            report.to_string()
+        })
+    };
+    match run() {
+        Ok(out) => {
+            println!("{}", out.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("trimtab ope: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Ope(a) => ope(a),
         Command::Segment(a) => segment(a),
         Command::Serve(a) => {
             let overrides = Overrides {

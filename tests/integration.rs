@@ -17,6 +17,8 @@ mod durability;
 mod experiments;
 #[path = "integration/hot_reload.rs"]
 mod hot_reload;
+#[path = "integration/ope.rs"]
+mod ope;
 #[path = "integration/privacy.rs"]
 mod privacy;
 #[path = "integration/rules_fire.rs"]

@@ -1,0 +1,16 @@
+//! Learning to decide: contextual bandits per slot ([`bandit`]), off-policy evaluation of
+//! logged decisions ([`ope`]), the dense linear algebra both need ([`linalg`]) and a
+//! synthetic environment with known ground truth for tests and benchmarks ([`sim`]).
+//!
+//! Everything here is pure computation over in-memory data: no I/O besides the readers and
+//! writers handed in, no threads, no locks. The learner thread owns mutable policies; shards
+//! decide with restored [`bandit::Snapshot`]s. See `docs/ope.md` for the log format and the
+//! estimators.
+
+pub mod bandit;
+pub mod linalg;
+pub mod ope;
+pub mod sim;
+
+#[cfg(test)]
+mod tests;
