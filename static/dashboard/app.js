@@ -261,6 +261,7 @@
     },
     isActive: function (name) { return S.started && S.tab === name && !$('app').hidden; },
     fmt: { int: fmtInt, compact: fmtCompact, time: fmtTime, ago: fmtAgo, ms: fmtMs },
+    dom: { $: $, el: el, append: append, clear: clear },
     colors: { base: COLORS, variants: VARIANT_COLORS }
   };
 

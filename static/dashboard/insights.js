@@ -25,22 +25,8 @@
   var GOOD = '#3fb950', BAD = '#f2645a', WARN = '#d6a23a';
 
   // ---------------------------------------------------------------- helpers
-  function $(id) { return document.getElementById(id); }
-  function el(tag, cls, text) {
-    var e = document.createElement(tag);
-    if (cls) e.className = cls;
-    if (text !== undefined && text !== null) e.textContent = String(text);
-    return e;
-  }
-  function append(parent) {
-    for (var i = 1; i < arguments.length; i++) {
-      var c = arguments[i];
-      if (c === null || c === undefined || c === false) continue;
-      parent.appendChild(typeof c === 'string' ? document.createTextNode(c) : c);
-    }
-    return parent;
-  }
-  function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); }
+  // DOM helpers are app.js's (text only, never innerHTML).
+  var $ = D.dom.$, el = D.dom.el, append = D.dom.append, clear = D.dom.clear;
   function isNum(x) { return typeof x === 'number' && isFinite(x); }
   function num(x) { var n = Number(x); return isFinite(n) ? n : 0; }
   function arr(x) { return Array.isArray(x) ? x : []; }
