@@ -103,10 +103,10 @@ impl Secrets {
                 pseudonym_key: random_key(),
             };
             if admin_token.is_none() {
-                generated.push(("admin token", f.admin_token.clone()));
+                generated.push(("an admin token", f.admin_token.clone()));
             }
             if write_key.is_none() {
-                generated.push(("write key", f.write_key.clone()));
+                generated.push(("a write key", f.write_key.clone()));
             }
             let text = toml::to_string(&f).map_err(|e| SecretsError::Invalid {
                 path: p.clone(),
