@@ -36,7 +36,7 @@ pub fn serve(
     for (what, value) in &secrets.generated {
         // Shown once, on the terminal of the operator who started the first run; not logged.
         println!(
-            "trimtab generated a {what} (stored in {}/secrets.toml): {value}",
+            "trimtab generated {what} (stored in {}/secrets.toml): {value}",
             cfg.data.display()
         );
     }
