@@ -44,12 +44,7 @@ pub struct AppState {
     pub ready: AtomicBool,
 }
 
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub(crate) use crate::now_ms;
 
 /// Reads a request body up to `limit` bytes; larger bodies are refused with 413 without being
 /// read to the end.

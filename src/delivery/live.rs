@@ -22,12 +22,7 @@ pub struct LiveCtx {
     pub auth_timeout: Duration,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use crate::now_ms;
 
 pub async fn run(ctx: LiveCtx, mut session: Session, stream: actix_ws::MessageStream) {
     let mut stream = stream.max_frame_size(64 * 1024).aggregate_continuations();

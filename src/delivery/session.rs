@@ -39,12 +39,7 @@ fn error_msg(code: &str, message: &str, path: Option<&str>, ids: &[String]) -> A
     v.to_string().into()
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use crate::now_ms;
 
 async fn close(session: Session, code: CloseCode, why: &str) {
     let _ = session

@@ -27,12 +27,7 @@ use crate::rules::{AdjustRequest, RuleInput, Rules};
 use crate::segments::service::SegmentService;
 use crate::store::{Mutation, Store};
 
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub(crate) use crate::now_ms;
 
 struct Entry {
     state: UserState,
@@ -196,11 +191,7 @@ impl Shard {
             ids: events.iter().map(|e| e.id.clone()).collect(),
             ..IngestOutcome::default()
         };
-        let stored_before: Vec<bool> = match hashes
-            .iter()
-            .map(|h| self.p.store.seen(&user, h))
-            .collect::<Result<_, _>>()
-        {
+        let stored_before: Vec<bool> = match self.p.store.seen_many(&user, &hashes) {
             Ok(v) => v,
             Err(e) => {
                 let _ = reply.send(Err(PipelineError::Storage(e.to_string())));

@@ -82,12 +82,7 @@ pub struct SegmentService {
     last_error: Mutex<Option<String>>,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use crate::now_ms;
 
 impl SegmentService {
     pub fn new(cfg: SegmentsConfig, store: Arc<Store>) -> std::io::Result<Arc<SegmentService>> {

@@ -185,9 +185,21 @@ impl Store {
 
     /// Whether an event with this keyed id hash was already committed for the user.
     pub fn seen(&self, user: &UserKey, id_hash: &[u8; 16]) -> Result<bool, StoreError> {
+        Ok(self.seen_many(user, std::slice::from_ref(id_hash))?[0])
+    }
+
+    /// [`Store::seen`] for a whole batch, in one read transaction.
+    pub fn seen_many(
+        &self,
+        user: &UserKey,
+        id_hashes: &[[u8; 16]],
+    ) -> Result<Vec<bool>, StoreError> {
         let txn = self.db.begin_read()?;
         let t = txn.open_table(SEEN)?;
-        Ok(t.get((user.0, *id_hash))?.is_some())
+        id_hashes
+            .iter()
+            .map(|h| Ok(t.get((user.0, *h))?.is_some()))
+            .collect()
     }
 
     /// A stored decision of the user, decrypted.
