@@ -110,6 +110,7 @@ fn group_commit(c: &mut Criterion) {
             state: Some(state.clone()),
             decisions: Vec::new(),
             stats: Vec::new(),
+            learn: Vec::new(),
         }
     };
     let mut g = c.benchmark_group("commit");

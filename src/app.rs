@@ -80,6 +80,20 @@ pub fn serve(
         .start(seg_stop_rx)
         .context("starting the segmenter")?;
     let metrics = Arc::new(Metrics::new());
+    let bandits = crate::bandits::Bandits::load(&cfg.bandits_dir()).context("loading bandits")?;
+    for p in bandits.problems() {
+        tracing::warn!(slot = %p.id, file = %p.file, path = %p.path, "bandit refused: {}", p.error);
+    }
+    let bandit_watcher = match bandits.watch() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the bandits dir; definitions will not hot-reload");
+            None
+        }
+    };
+    let (learner_thread, learner_tx) =
+        crate::bandits::learner::start(&bandits, store.clone(), metrics.clone())
+            .context("starting the bandit learner")?;
     let hub = Arc::new(Hub::new(metrics.clone()));
     let pseudo = Pseudonymizer::new(secrets.pseudonym_key);
     let pipeline = Arc::new(
@@ -92,6 +106,8 @@ pub fn serve(
             pseudo: pseudo.clone(),
             experiments: experiments.clone(),
             segments: segments.clone(),
+            bandits: bandits.clone(),
+            learner: Some(learner_tx),
         })
         .context("starting pipeline threads")?,
     );
@@ -102,6 +118,7 @@ pub fn serve(
         rules,
         experiments,
         segments,
+        bandits: bandits.clone(),
         metrics,
         store,
         signer: TokenSigner::new(secrets.token_key),
@@ -148,6 +165,10 @@ pub fn serve(
     pipeline.shutdown();
     drop(watcher);
     drop(exp_watcher);
+    drop(bandit_watcher);
+    // Shards are gone; the last sender is the registry's: disconnecting stops the learner.
+    bandits.disconnect();
+    let _ = learner_thread.join();
     drop(seg_stop);
     let _ = seg_thread.join();
     tracing::info!("stopped cleanly");

@@ -261,6 +261,11 @@ impl Config {
     }
 
     /// Directory of experiment definitions.
+    /// Bandit slot definitions: `scripts/bandits/`.
+    pub fn bandits_dir(&self) -> PathBuf {
+        self.scripts.join("bandits")
+    }
+
     pub fn experiments_dir(&self) -> PathBuf {
         self.experiments
             .dir

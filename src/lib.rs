@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod app;
+pub mod bandits;
 pub mod config;
 pub mod delivery;
 pub mod event;

@@ -42,6 +42,12 @@ pub struct Metrics {
     pub ws_sessions: IntGauge,
     pub ws_dropped: IntCounter,
     pub users_cached: IntGauge,
+    pub bandit_decisions: IntCounterVec,
+    pub bandit_rewards: IntCounterVec,
+    pub bandit_updates: IntCounterVec,
+    pub bandit_fallback: IntGaugeVec,
+    pub model_predictions: IntCounterVec,
+    pub model_trainings: IntCounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -159,6 +165,72 @@ impl Metrics {
             users_cached: reg(
                 &r,
                 IntGauge::new("trimtab_users_cached", "Users held in shard memory").expect(ok),
+            ),
+            bandit_decisions: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "trimtab_bandit_decisions_total",
+                        "Bandit-slot decisions, by slot, group (bandit, holdout, fallback) and variant",
+                    ),
+                    &["slot", "group", "variant"],
+                )
+                .expect(ok),
+            ),
+            bandit_rewards: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "trimtab_bandit_outcomes_total",
+                        "Outcomes attributed to bandit decisions, by slot and kind (click, conversion, dwell)",
+                    ),
+                    &["slot", "kind"],
+                )
+                .expect(ok),
+            ),
+            bandit_updates: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "trimtab_bandit_updates_total",
+                        "Rewards the learner absorbed (online updates), by slot",
+                    ),
+                    &["slot"],
+                )
+                .expect(ok),
+            ),
+            bandit_fallback: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "trimtab_bandit_fallback",
+                        "1 while a slot serves only its control because its guardrail tripped",
+                    ),
+                    &["slot"],
+                )
+                .expect(ok),
+            ),
+            model_predictions: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "trimtab_model_predictions_total",
+                        "predict() calls from rules, by model and result (scored, no_model)",
+                    ),
+                    &["model", "result"],
+                )
+                .expect(ok),
+            ),
+            model_trainings: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "trimtab_model_trainings_total",
+                        "Background trainings, by model and outcome (promoted, kept, failed, skipped)",
+                    ),
+                    &["model", "outcome"],
+                )
+                .expect(ok),
             ),
             registry: r,
         }

@@ -11,6 +11,8 @@ mod support;
 mod anonymous;
 #[path = "integration/backpressure.rs"]
 mod backpressure;
+#[path = "integration/bandits.rs"]
+mod bandits;
 #[path = "integration/durability.rs"]
 mod durability;
 #[path = "integration/experiments.rs"]

@@ -109,6 +109,7 @@ async fn export(st: &AppState, user: UserKey) -> Result<HttpResponse, ApiError> 
             "state": ex.state,
             "events": ex.events,
             "decisions": ex.decisions,
+            "learning": ex.learning,
         }))),
         None => Err(ApiError::not_found("no data is stored for this user")),
     }

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod assets;
 pub mod auth;
+pub mod bandits;
 pub mod error;
 pub mod experiments;
 pub mod ingest;
@@ -34,6 +35,7 @@ pub struct AppState {
     pub rules: Rules,
     pub experiments: crate::experiments::Experiments,
     pub segments: Arc<crate::segments::service::SegmentService>,
+    pub bandits: crate::bandits::Bandits,
     pub metrics: Arc<Metrics>,
     pub store: Arc<Store>,
     pub signer: TokenSigner,
@@ -99,7 +101,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 "/experiments/{id}/results",
                 web::get().to(experiments::results),
             )
-            .route("/stats/analyze", web::post().to(experiments::analyze)),
+            .route("/stats/analyze", web::post().to(experiments::analyze))
+            .route("/bandits", web::get().to(bandits::list))
+            .route("/bandits/{slot}", web::get().to(bandits::get))
+            .route("/bandits/{slot}", web::put().to(bandits::put))
+            .route("/bandits/{slot}", web::delete().to(bandits::delete))
+            .route("/bandits/{slot}/reset", web::post().to(bandits::reset))
+            .route("/bandits/{slot}/log", web::get().to(bandits::log)),
     )
     .route("/healthz", web::get().to(ops::healthz))
     .route("/readyz", web::get().to(ops::readyz))

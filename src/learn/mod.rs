@@ -8,6 +8,7 @@
 //! estimators.
 
 pub mod bandit;
+pub mod context;
 pub mod linalg;
 pub mod ope;
 pub mod sim;

@@ -11,6 +11,7 @@
 //!   one durable transaction, then answers each request and pushes its adjustments. An event is
 //!   acknowledged only after that commit.
 
+mod attribution;
 pub mod decision;
 mod shard;
 mod writer;
@@ -70,6 +71,8 @@ pub struct UserExport {
     pub state: serde_json::Value,
     pub events: Vec<serde_json::Value>,
     pub decisions: Vec<Decision>,
+    /// Learning records of bandit decisions (context, propensity, outcomes).
+    pub learning: Vec<serde_json::Value>,
 }
 
 pub type Reply<T> = oneshot::Sender<Result<T, PipelineError>>;
@@ -116,6 +119,9 @@ pub struct Services {
     pub pseudo: Pseudonymizer,
     pub experiments: Experiments,
     pub segments: Arc<SegmentService>,
+    pub bandits: crate::bandits::Bandits,
+    /// The bandit learner's queue (None: decisions are logged but nothing learns online).
+    pub learner: Option<Sender<crate::bandits::learner::LearnMsg>>,
 }
 
 impl Pipeline {
@@ -129,6 +135,8 @@ impl Pipeline {
             pseudo,
             experiments,
             segments,
+            bandits,
+            learner,
         } = s;
         let n = cfg.shard_count();
         let (wtx, wrx) = bounded(cfg.pipeline.writer_queue);
@@ -174,6 +182,8 @@ impl Pipeline {
                 live: shard::Live {
                     experiments: experiments.clone(),
                     segments: segments.clone(),
+                    bandits: bandits.clone(),
+                    learner: learner.clone(),
                 },
             });
             threads.push(

@@ -13,8 +13,11 @@ use std::time::Duration;
 
 use crossbeam_channel::{select, Receiver, Sender};
 
+use super::attribution::{Attribution, LearnCache};
 use super::writer::{Done, WriterMsg};
 use super::{Decision, IngestOutcome, PipelineError, ShardMsg};
+use crate::bandits::learner::LearnMsg;
+use crate::bandits::Bandits;
 use crate::config::Config;
 use crate::delivery::Hub;
 use crate::event::Event;
@@ -31,6 +34,8 @@ pub(crate) use crate::now_ms;
 
 struct Entry {
     state: UserState,
+    /// Recent learning records of bandit decisions (newest version).
+    learn: LearnCache,
     /// Id hashes of events handed to the writer and not yet known to be committed → op.
     pending: HashMap<[u8; 16], u64>,
     last_op: u64,
@@ -109,6 +114,7 @@ impl Shard {
                 *user,
                 Entry {
                     state,
+                    learn: LearnCache::default(),
                     pending: HashMap::new(),
                     last_op: 0,
                     last_used: now,
@@ -203,6 +209,7 @@ impl Shard {
         let hub = self.p.hub.clone();
         let live = self.p.live.clone();
         let exps = live.experiments.clone();
+        let store = self.p.store.clone();
         let entry = match self.load(&user, now) {
             Ok(e) => e,
             Err(e) => {
@@ -229,6 +236,15 @@ impl Shard {
             }
             let events_before = entry.state.events;
             entry.state.apply(ev, &cfg.features);
+            let attr = Attribution {
+                store: &store,
+                bandits: &live.bandits,
+                learner: live.learner.as_ref(),
+                metrics: &metrics,
+            };
+            mutation
+                .learn
+                .extend(attr.outcomes(&user, &entry.state, &mut entry.learn, ev, now));
             let seq = entry.state.next_seq;
             entry.state.next_seq += 1;
             mutation.events.push((seq, *h, postcard_event(ev)));
@@ -261,9 +277,17 @@ impl Shard {
                         cfg: &cfg,
                         metrics: &metrics,
                         exps: &exps,
+                        live: &live,
+                        user: &user,
                         now,
                     };
-                    if let Some(d) = ctx.admit(&mut entry.state, r, Some(&ev.id)) {
+                    if let Some(d) = ctx.admit(
+                        &mut entry.state,
+                        &mut entry.learn,
+                        &mut mutation.learn,
+                        r,
+                        Some(&ev.id),
+                    ) {
                         mutation.decisions.push((id_of(&d), d.encode()));
                         pushes.push(d);
                     }
@@ -354,23 +378,30 @@ impl Shard {
             .evaluate(&input)
             .into_iter()
             .find(|r| r.slot == slot && (candidates.is_empty() || candidates.contains(&r.variant)))
-            // No rule, but an experiment on this slot: first-paint A/B testing.
+            // No rule, but an experiment or a bandit on this slot: first-paint A/B testing or
+            // a bandit's first-paint choice.
             .or_else(|| {
-                exps.override_for(&entry.state, &slot, now)
-                    .map(|_| AdjustRequest {
-                        rule: String::new(),
-                        slot: slot.clone(),
-                        variant: String::new(),
-                        params: Default::default(),
-                    })
+                (exps.override_for(&entry.state, &slot, now).is_some()
+                    || live.bandits.covers(&slot))
+                .then(|| AdjustRequest {
+                    rule: String::new(),
+                    slot: slot.clone(),
+                    variant: String::new(),
+                    params: Default::default(),
+                })
             });
         let ctx = Admit {
             cfg: &cfg,
             metrics: &metrics,
             exps: &exps,
+            live: &live,
+            user: &user,
             now,
         };
-        let Some(d) = chosen.and_then(|r| ctx.admit(&mut entry.state, r, None)) else {
+        let mut learn = Vec::new();
+        let Some(d) =
+            chosen.and_then(|r| ctx.admit(&mut entry.state, &mut entry.learn, &mut learn, r, None))
+        else {
             // Nothing new: what the slot already shows (pushed earlier on this page), else the
             // page default.
             let current = entry.state.adjustments.get(&slot).and_then(|v| {
@@ -398,6 +429,7 @@ impl Shard {
             user: Some(user),
             state: Some(entry.state.encode()),
             decisions: vec![(id_of(&d), d.encode())],
+            learn,
             ..Mutation::default()
         };
         let done: Done = Box::new(move |r| {
@@ -443,6 +475,7 @@ impl Shard {
             let mut changed = entry.state.expire(now, &cfg.features);
             let mut pushes = Vec::new();
             let mut decisions = Vec::new();
+            let mut learn = Vec::new();
             if entry.state.consent.personalization && entry.state.visible {
                 let input = RuleInput {
                     user: view_for_rules(&live, &user, &mut entry.state, now),
@@ -454,9 +487,13 @@ impl Shard {
                         cfg: &cfg,
                         metrics: &metrics,
                         exps: &exps,
+                        live: &live,
+                        user: &user,
                         now,
                     };
-                    if let Some(d) = ctx.admit(&mut entry.state, r, None) {
+                    if let Some(d) =
+                        ctx.admit(&mut entry.state, &mut entry.learn, &mut learn, r, None)
+                    {
                         decisions.push((id_of(&d), d.encode()));
                         pushes.push(d);
                         changed = true;
@@ -470,6 +507,7 @@ impl Shard {
                     user: Some(user),
                     state: Some(entry.state.encode()),
                     decisions,
+                    learn,
                     ..Mutation::default()
                 };
                 self.send(WriterMsg::Commit {
@@ -512,6 +550,9 @@ fn view_for_rules(ctx: &Live, key: &UserKey, st: &mut UserState, now: i64) -> rh
 pub(crate) struct Live {
     pub experiments: Experiments,
     pub segments: Arc<SegmentService>,
+    pub bandits: Bandits,
+    /// The learner's queue (None when learning is off, e.g. in unit tests).
+    pub learner: Option<Sender<LearnMsg>>,
 }
 
 /// What admitting an adjustment request needs.
@@ -519,23 +560,29 @@ struct Admit<'a> {
     cfg: &'a Config,
     metrics: &'a Metrics,
     exps: &'a Experiments,
+    live: &'a Live,
+    user: &'a UserKey,
     now: i64,
 }
 
 impl Admit<'_> {
     /// Turns a rule's request into a decision, or `None`: users in the global holdout get no
-    /// adjustment; a live experiment on the slot decides the variant (the user's arm); a
-    /// request for the variant already showing is a no-op; frequency caps apply. On success
-    /// the state records what the slot shows.
+    /// adjustment; a live experiment on the slot decides the variant (the user's arm); else a
+    /// bandit on the slot decides it (once per page view; its learning record goes to `learn`
+    /// and the learner); a request for the variant already showing is a no-op; frequency caps
+    /// apply. On success the state records what the slot shows.
     fn admit(
         &self,
         state: &mut UserState,
+        cache: &mut LearnCache,
+        learn: &mut Vec<([u8; 16], Vec<u8>)>,
         r: AdjustRequest,
         trigger: Option<&str>,
     ) -> Option<Decision> {
         if state.holdout == Some(true) {
             return None;
         }
+        let mut bandit = None;
         let (experiment, arm, propensity, variant, params) =
             match self.exps.override_for(state, &r.slot, self.now) {
                 Some(o) => {
@@ -548,6 +595,16 @@ impl Admit<'_> {
                         o.variant,
                         params,
                     )
+                }
+                None if self.live.bandits.covers(&r.slot) => {
+                    if state.adjustments.contains_key(&r.slot) {
+                        return None; // decided on this page already: keep it stable
+                    }
+                    let x = crate::learn::context::of_state(state);
+                    let c = self.live.bandits.choose(&r.slot, self.user, &x, self.now)?;
+                    let out = (None, None, c.propensity, c.variant.clone(), r.params);
+                    bandit = Some(c);
+                    out
                 }
                 None => (None, None, 1.0, r.variant, r.params),
             };
@@ -586,17 +643,32 @@ impl Admit<'_> {
         if let Some(e) = &experiment {
             Experiments::note_decision(state, e, &id);
         }
+        let source = if let Some(c) = bandit {
+            let idb = Decision::id_bytes(&id).unwrap_or([0; 16]);
+            self.metrics
+                .bandit_decisions
+                .with_label_values(&[&r.slot, c.group.as_str(), &variant])
+                .inc();
+            learn.push((idb, c.record.encode()));
+            if let Some(tx) = &self.live.learner {
+                let _ = tx.try_send(LearnMsg::Chosen {
+                    id: idb,
+                    rec: Box::new(c.record.clone()),
+                });
+            }
+            cache.insert(idb, c.record, self.now);
+            "bandit"
+        } else if r.rule.is_empty() {
+            "experiment"
+        } else {
+            "rule"
+        };
         Some(Decision {
             id,
             slot: r.slot,
             variant,
             params,
-            source: if r.rule.is_empty() {
-                "experiment"
-            } else {
-                "rule"
-            }
-            .into(),
+            source: source.into(),
             rule: (!r.rule.is_empty()).then_some(r.rule),
             experiment,
             arm,

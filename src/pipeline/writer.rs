@@ -211,10 +211,17 @@ impl Writer {
                 .iter()
                 .filter_map(|(_, b)| Decision::decode(b))
                 .collect();
+            let learning = r
+                .learn
+                .iter()
+                .filter_map(|(_, b)| crate::bandits::record::LearnRecord::decode(b))
+                .map(|l| l.to_json())
+                .collect();
             UserExport {
                 state,
                 events,
                 decisions,
+                learning,
             }
         }))
     }

@@ -14,6 +14,7 @@ pub enum Table {
     State,
     Event,
     Decision,
+    Learn,
 }
 
 impl Table {
@@ -22,6 +23,7 @@ impl Table {
             Table::State => b"state",
             Table::Event => b"event",
             Table::Decision => b"decision",
+            Table::Learn => b"learn",
         }
     }
 }

@@ -9,6 +9,8 @@
 //!   one user's events form one key range, so export and erasure are range operations.
 //! - `seen`: `(user key, keyed hash of event id) → seq`: deduplication of client retries.
 //! - `decisions`: `(user key, decision id) → sealed decision`: what was pushed, for attribution.
+//! - `learnlog`: `(user key, decision id) → sealed learning record` of bandit decisions:
+//!   context, candidates, propensity and attributed outcomes (the learning loop's log).
 //!
 //! Threads: the writer thread is the only one that calls [`Store::apply`] and [`Store::erase`];
 //! shard threads read (`load_state`, `seen`). redb serialises writers itself; readers never block.
@@ -32,9 +34,13 @@ const USERS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("users");
 const EVENTS: TableDefinition<([u8; 16], u64), &[u8]> = TableDefinition::new("events");
 const SEEN: TableDefinition<([u8; 16], [u8; 16]), u64> = TableDefinition::new("seen");
 const DECISIONS: TableDefinition<([u8; 16], [u8; 16]), &[u8]> = TableDefinition::new("decisions");
+const LEARN: TableDefinition<([u8; 16], [u8; 16]), &[u8]> = TableDefinition::new("learnlog");
 /// Additive statistics: (group, segment, arm, metric) → six f64 sums (experiments' sufficient
 /// statistics). Aggregates over many users; holds no per-user data.
 const STATS: TableDefinition<(&str, &str, &str, &str), [f64; 6]> = TableDefinition::new("stats");
+
+/// One stored learning record: (user, decision id, decrypted bytes).
+pub type LearnRow = (UserKey, [u8; 16], Vec<u8>);
 
 /// A key of the additive statistics table.
 pub type StatKey = (String, String, String, String);
@@ -95,6 +101,8 @@ pub struct Mutation {
     pub decisions: Vec<([u8; 16], Vec<u8>)>,
     /// Increments of additive statistics (added element-wise to what is stored).
     pub stats: Vec<(StatKey, [f64; 6])>,
+    /// (decision id, encoded learning record): inserted or replaced.
+    pub learn: Vec<([u8; 16], Vec<u8>)>,
 }
 
 /// Everything stored about one user, decrypted.
@@ -103,12 +111,14 @@ pub struct UserRecords {
     pub state: Option<Vec<u8>>,
     pub events: Vec<(u64, Vec<u8>)>,
     pub decisions: Vec<([u8; 16], Vec<u8>)>,
+    pub learn: Vec<([u8; 16], Vec<u8>)>,
 }
 
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
 pub struct EraseCounts {
     pub events: u64,
     pub decisions: u64,
+    pub learn: u64,
     pub state: bool,
     pub key: bool,
 }
@@ -158,6 +168,7 @@ impl Store {
             txn.open_table(SEEN)?;
             txn.open_table(DECISIONS)?;
             txn.open_table(STATS)?;
+            txn.open_table(LEARN)?;
         }
         txn.commit()?;
         let keys = Arc::new(KeyStore::open(&data_dir.join(KEYS_FILE))?);
@@ -213,6 +224,50 @@ impl Store {
         Ok(v.and_then(|v| open_record(&key, user, Table::Decision, v.value())))
     }
 
+    /// A stored learning record of the user, decrypted.
+    pub fn learn_record(
+        &self,
+        user: &UserKey,
+        id: &[u8; 16],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(key) = self.keys.get(user) else {
+            return Ok(None);
+        };
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(LEARN)?;
+        let v = t.get((user.0, *id))?;
+        Ok(v.and_then(|v| open_record(&key, user, Table::Learn, v.value())))
+    }
+
+    /// Every learning record (decrypted) for which `keep` returns true, from one read
+    /// transaction. Erased users' records are unreadable and skipped.
+    pub fn learn_records(
+        &self,
+        mut keep: impl FnMut(&[u8]) -> bool,
+    ) -> Result<Vec<LearnRow>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(LEARN)?;
+        let mut out = Vec::new();
+        let mut cached: Option<(UserKey, Option<[u8; 32]>)> = None;
+        for row in t.iter()? {
+            let (k, v) = row?;
+            let (u, id) = k.value();
+            let user = UserKey(u);
+            if cached.as_ref().is_none_or(|(c, _)| *c != user) {
+                cached = Some((user, self.keys.get(&user)));
+            }
+            let Some((_, Some(key))) = &cached else {
+                continue;
+            };
+            if let Some(plain) = open_record(key, &user, Table::Learn, v.value()) {
+                if keep(&plain) {
+                    out.push((user, id, plain));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Applies many mutations in one durable transaction (the group commit).
     pub fn apply(&self, muts: &[Mutation]) -> Result<(), StoreError> {
         if muts.iter().all(|m| m.user.is_none() && m.stats.is_empty()) {
@@ -232,6 +287,7 @@ impl Store {
             let mut events = txn.open_table(EVENTS)?;
             let mut seen = txn.open_table(SEEN)?;
             let mut decisions = txn.open_table(DECISIONS)?;
+            let mut learn = txn.open_table(LEARN)?;
             let mut stats = txn.open_table(STATS)?;
             for m in muts {
                 for ((g, seg, arm, metric), d) in &m.stats {
@@ -252,6 +308,10 @@ impl Store {
                 for (id, bytes) in &m.decisions {
                     let rec = seal_record(&key, &user, Table::Decision, bytes);
                     decisions.insert((user.0, *id), rec.as_slice())?;
+                }
+                for (id, bytes) in &m.learn {
+                    let rec = seal_record(&key, &user, Table::Learn, bytes);
+                    learn.insert((user.0, *id), rec.as_slice())?;
                 }
                 if let Some(state) = &m.state {
                     let rec = seal_record(&key, &user, Table::State, state);
@@ -288,7 +348,18 @@ impl Store {
                 out.decisions.push((k.value().1, plain));
             }
         }
-        if out.state.is_none() && out.events.is_empty() && out.decisions.is_empty() {
+        let learn = txn.open_table(LEARN)?;
+        for row in learn.range((user.0, [0u8; 16])..=(user.0, [0xffu8; 16]))? {
+            let (k, v) = row?;
+            if let Some(plain) = open_record(&key, user, Table::Learn, v.value()) {
+                out.learn.push((k.value().1, plain));
+            }
+        }
+        if out.state.is_none()
+            && out.events.is_empty()
+            && out.decisions.is_empty()
+            && out.learn.is_empty()
+        {
             return Ok(None);
         }
         Ok(Some(out))
@@ -323,6 +394,13 @@ impl Store {
                 false
             })?;
             counts.decisions = d;
+            let mut learn = txn.open_table(LEARN)?;
+            let mut l = 0;
+            learn.retain_in((user.0, [0u8; 16])..=(user.0, [0xffu8; 16]), |_, _| {
+                l += 1;
+                false
+            })?;
+            counts.learn = l;
         }
         txn.commit()?;
         Ok(counts)
@@ -403,6 +481,7 @@ mod tests {
             state: Some(b"state".to_vec()),
             decisions: vec![([9; 16], b"dec".to_vec())],
             stats: Vec::new(),
+            learn: vec![([9; 16], b"learn-canary".to_vec())],
         };
         store.apply(&[m]).unwrap();
         assert!(store.seen(&u, &[1; 16]).unwrap());
@@ -415,12 +494,15 @@ mod tests {
         assert_eq!(ex.events.len(), 2);
         assert_eq!(ex.events[0].1, canary);
         assert_eq!(ex.decisions.len(), 1);
+        assert_eq!(ex.learn.len(), 1);
+        assert_eq!(store.learn_records(|_| true).unwrap().len(), 1);
         // Encrypted at rest: the canary never appears in plaintext, even before erasure.
         assert!(!scan_dir_for(dir.path(), canary));
         let key = store.keys().get(&u).unwrap();
         assert!(scan_dir_for(dir.path(), &key));
         let c = store.erase(&u).unwrap();
         assert_eq!((c.events, c.decisions, c.state, c.key), (2, 1, true, true));
+        assert_eq!(c.learn, 1);
         assert!(store.export(&u).unwrap().is_none());
         assert!(!store.seen(&u, &[1; 16]).unwrap());
         // The key that could decrypt leftovers in redb's free pages is gone from the data dir.

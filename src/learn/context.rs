@@ -1,0 +1,164 @@
+//! The context vector of a decision: what a bandit and the click model see of a user's
+//! behaviour and context when a slot is decided. One documented layout, used by the engine
+//! (from [`UserState`]), by the behaviour simulator and by every exported log.
+//!
+//! | # | name         | value                                                   |
+//! |---|--------------|---------------------------------------------------------|
+//! | 0 | `depth`      | deepest scroll on the page, 0–100 % mapped to 0–1       |
+//! | 1 | `velocity`   | `ln(1+|v|)/ln(1+200)`, v = scroll velocity in %/s, ≤ 1  |
+//! | 2 | `hovers`     | `ln(1+n)/ln(1+50)`, n = hovers started, ≤ 1             |
+//! | 3 | `hover_time` | `ln(1+s)/ln(1+60)`, s = total hover seconds, ≤ 1        |
+//! | 4 | `dwell_time` | `ln(1+s)/ln(1+300)`, s = total dwell seconds, ≤ 1       |
+//! | 5 | `clicks`     | `ln(1+n)/ln(1+20)`, n = clicks, ≤ 1                     |
+//! | 6 | `events`     | `ln(1+n)/ln(1+500)`, n = events so far, ≤ 1             |
+//! | 7 | `mobile`     | 1 if the device is a phone                              |
+//! | 8 | `tablet`     | 1 if the device is a tablet                             |
+//! | 9 | `hour_sin`   | `sin(2π·h/24)` of the local hour (0 when unknown)       |
+//! |10 | `hour_cos`   | `cos(2π·h/24)` of the local hour (0 when unknown)       |
+//! |11 | `returning`  | 1 if this is not the user's first session               |
+//!
+//! Fixed squashing (not scaling fitted on data) keeps a vector's meaning stable across model
+//! versions and runs: a model trained last week reads today's vectors the same way.
+
+use crate::features::UserState;
+
+/// Number of context features.
+pub const CONTEXT_DIM: usize = 12;
+
+/// Feature names, in vector order.
+pub const CONTEXT_FEATURES: [&str; CONTEXT_DIM] = [
+    "depth",
+    "velocity",
+    "hovers",
+    "hover_time",
+    "dwell_time",
+    "clicks",
+    "events",
+    "mobile",
+    "tablet",
+    "hour_sin",
+    "hour_cos",
+    "returning",
+];
+
+/// The raw quantities the vector is computed from.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContextInputs {
+    /// Deepest scroll, 0–100 (%), as the SDK reports it.
+    pub max_depth: f64,
+    /// Scroll velocity as the SDK reports it (% of the page per second; sign ignored).
+    pub velocity: f64,
+    pub hover_count: u32,
+    pub hover_ms: i64,
+    pub dwell_ms: i64,
+    pub clicks: u32,
+    pub events: u64,
+    /// `mobile`, `tablet`, `desktop` or anything else (treated as desktop).
+    pub device: String,
+    /// Local hour 0–23, if known.
+    pub hour: Option<u8>,
+    /// Sessions seen so far (including the current one).
+    pub sessions: u32,
+}
+
+impl ContextInputs {
+    /// The inputs of a user's current state.
+    pub fn of(state: &UserState) -> ContextInputs {
+        let mut c = ContextInputs {
+            max_depth: state.scroll.max_depth,
+            velocity: state.scroll.velocity,
+            events: state.events,
+            device: state.context.device.clone(),
+            hour: state.context.hour,
+            sessions: state.sessions,
+            ..ContextInputs::default()
+        };
+        for t in state.targets.values() {
+            c.hover_count += t.hover_count;
+            c.hover_ms += t.hover_ms;
+            c.dwell_ms += t.dwell_ms;
+            c.clicks += t.clicks;
+        }
+        c
+    }
+}
+
+fn squash(x: f64, scale: f64) -> f32 {
+    ((1.0 + x.max(0.0)).ln() / (1.0 + scale).ln()).min(1.0) as f32
+}
+
+/// The context vector (length [`CONTEXT_DIM`], every entry in [-1, 1]).
+pub fn vector(c: &ContextInputs) -> Vec<f32> {
+    let (hs, hc) = match c.hour {
+        Some(h) => {
+            let a = std::f64::consts::TAU * f64::from(h.min(23)) / 24.0;
+            (a.sin() as f32, a.cos() as f32)
+        }
+        None => (0.0, 0.0),
+    };
+    let device = c.device.to_ascii_lowercase();
+    vec![
+        (c.max_depth / 100.0).clamp(0.0, 1.0) as f32,
+        squash(c.velocity.abs(), 200.0),
+        squash(f64::from(c.hover_count), 50.0),
+        squash(c.hover_ms as f64 / 1000.0, 60.0),
+        squash(c.dwell_ms as f64 / 1000.0, 300.0),
+        squash(f64::from(c.clicks), 20.0),
+        squash(c.events as f64, 500.0),
+        f32::from(u8::from(device == "mobile")),
+        f32::from(u8::from(device == "tablet")),
+        hs,
+        hc,
+        f32::from(u8::from(c.sessions > 1)),
+    ]
+}
+
+/// The context vector of a user's current state.
+pub fn of_state(state: &UserState) -> Vec<f32> {
+    vector(&ContextInputs::of(state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_and_ranges() {
+        let v = vector(&ContextInputs::default());
+        assert_eq!(v.len(), CONTEXT_DIM);
+        assert_eq!(v, vec![0.0; CONTEXT_DIM]);
+        let big = ContextInputs {
+            max_depth: 300.0,
+            velocity: -1e9,
+            hover_count: u32::MAX,
+            hover_ms: i64::MAX,
+            dwell_ms: i64::MAX,
+            clicks: u32::MAX,
+            events: u64::MAX,
+            device: "Mobile".into(),
+            hour: Some(6),
+            sessions: 2,
+        };
+        let v = vector(&big);
+        assert!(v.iter().all(|x| (-1.0..=1.0).contains(x)), "{v:?}");
+        assert_eq!(&v[..7], &[1.0; 7]);
+        assert_eq!((v[7], v[8], v[11]), (1.0, 0.0, 1.0));
+        assert!(
+            (v[9] - 1.0).abs() < 1e-6 && v[10].abs() < 1e-6,
+            "06:00 is a quarter turn"
+        );
+    }
+
+    #[test]
+    fn monotone_in_activity() {
+        let a = vector(&ContextInputs {
+            hover_ms: 1_000,
+            ..ContextInputs::default()
+        });
+        let b = vector(&ContextInputs {
+            hover_ms: 10_000,
+            ..ContextInputs::default()
+        });
+        assert!(b[3] > a[3] && a[3] > 0.0);
+    }
+}
