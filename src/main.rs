@@ -26,6 +26,28 @@ enum Command {
     /// Off-policy evaluation: replay a logged-bandit-feedback JSONL file through a policy and
     /// estimate its value (IPS, SNIPS, doubly robust, with 95% intervals). See docs/ope.md.
     Ope(OpeArgs),
+    /// Write a bandit slot's logged decisions as JSONL (logged-bandit-feedback rows) from a
+    /// data dir. For a running server use `GET /v1/bandits/{slot}/log` instead.
+    ExportLog(ExportLogArgs),
+}
+
+#[derive(clap::Args)]
+struct ExportLogArgs {
+    /// Data dir of a stopped server.
+    #[arg(long, default_value = "data")]
+    data: PathBuf,
+    /// The bandit slot.
+    #[arg(long)]
+    slot: String,
+    /// Output file (default: stdout).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Include decisions whose attribution window is still open (their reward may change).
+    #[arg(long)]
+    open: bool,
+    /// Full records (slot, ts, candidates, variant, policy, group, outcomes) instead of rows.
+    #[arg(long)]
+    records: bool,
 }
 
 #[derive(clap::Args)]
@@ -203,9 +225,53 @@ fn ope(a: OpeArgs) -> ExitCode {
     }
 }
 
+fn export_log(a: ExportLogArgs) -> ExitCode {
+    use trimtab::store::{Store, StoreError};
+    let run = || -> Result<usize, String> {
+        let store = Store::open(&a.data).map_err(|e| match e {
+            StoreError::Locked { .. } => format!(
+                "{e}; while it runs, use GET /v1/bandits/{}/log with the admin token",
+                a.slot
+            ),
+            other => other.to_string(),
+        })?;
+        let body = trimtab::bandits::export::write_jsonl(
+            &store,
+            &a.slot,
+            trimtab::now_ms(),
+            a.open,
+            a.records,
+        )
+        .map_err(|e| e.to_string())?;
+        let n = body.iter().filter(|&&b| b == b'\n').count();
+        match &a.out {
+            Some(p) => std::fs::write(p, &body)
+                .map_err(|e| format!("cannot write {}: {e}", p.display()))?,
+            None => {
+                use std::io::Write;
+                std::io::stdout()
+                    .write_all(&body)
+                    .map_err(|e| e.to_string())?
+            }
+        }
+        Ok(n)
+    };
+    match run() {
+        Ok(n) => {
+            eprintln!("trimtab export-log: {n} decisions of slot {:?}", a.slot);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("trimtab export-log: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::ExportLog(a) => export_log(a),
         Command::Ope(a) => ope(a),
         Command::Segment(a) => segment(a),
         Command::Serve(a) => {

@@ -173,6 +173,50 @@ fn bandit_decides_learns_logs_and_survives_restart_and_erasure() {
         clicks - usize::from(clicked_by[3])
     );
 
+    // `trimtab export-log` reads the same log from a stopped server's data dir, and
+    // `trimtab ope` reads what it writes.
+    let locked = std::process::Command::new(env!("CARGO_BIN_EXE_trimtab"))
+        .args(["export-log", "--slot", "cta", "--data"])
+        .arg(&s.data)
+        .output()
+        .unwrap();
+    assert!(!locked.status.success());
+    assert!(
+        String::from_utf8_lossy(&locked.stderr).contains("/v1/bandits/cta/log"),
+        "{}",
+        String::from_utf8_lossy(&locked.stderr)
+    );
+    s.sigterm();
+    assert!(s.wait_exit(Duration::from_secs(15)).is_some());
+    let out_file = s.dir().join("cta.jsonl");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trimtab"))
+        .args(["export-log", "--slot", "cta", "--data"])
+        .arg(&s.data)
+        .arg("--out")
+        .arg(&out_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&out_file).unwrap();
+    assert_eq!(text.lines().count(), n - 1);
+    let ope = std::process::Command::new(env!("CARGO_BIN_EXE_trimtab"))
+        .args(["ope", "--policy", "uniform", "--json", "--log"])
+        .arg(&out_file)
+        .output()
+        .unwrap();
+    assert!(
+        ope.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ope.stderr)
+    );
+    let report: Value = serde_json::from_slice(&ope.stdout).unwrap();
+    assert_eq!(report["rows"], n - 1);
+    s.restart();
+
     // Deleting the slot hands it back to rules: decide answers the default.
     let r = s.delete("/v1/bandits/cta", Some(ADMIN_TOKEN));
     assert_eq!(r.status, 204);
