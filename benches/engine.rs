@@ -88,6 +88,7 @@ fn features_and_rules(c: &mut Criterion) {
         user: user_map(&key, &state, now),
         event: event_map(ev),
         now_ms: now,
+        scorer: None,
     };
     g.bench_function("rules_evaluate_examples", |b| {
         b.iter(|| rules.evaluate(black_box(&input)))

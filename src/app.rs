@@ -94,6 +94,7 @@ pub fn serve(
     let (learner_thread, learner_tx) =
         crate::bandits::learner::start(&bandits, store.clone(), metrics.clone())
             .context("starting the bandit learner")?;
+    let models = Arc::new(crate::learn::serving::Models::new());
     let hub = Arc::new(Hub::new(metrics.clone()));
     let pseudo = Pseudonymizer::new(secrets.pseudonym_key);
     let pipeline = Arc::new(
@@ -107,6 +108,7 @@ pub fn serve(
             experiments: experiments.clone(),
             segments: segments.clone(),
             bandits: bandits.clone(),
+            models: models.clone(),
             learner: Some(learner_tx),
         })
         .context("starting pipeline threads")?,

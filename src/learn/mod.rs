@@ -11,6 +11,7 @@ pub mod bandit;
 pub mod context;
 pub mod linalg;
 pub mod ope;
+pub mod serving;
 pub mod sim;
 
 #[cfg(test)]

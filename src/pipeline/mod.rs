@@ -120,6 +120,7 @@ pub struct Services {
     pub experiments: Experiments,
     pub segments: Arc<SegmentService>,
     pub bandits: crate::bandits::Bandits,
+    pub models: Arc<crate::learn::serving::Models>,
     /// The bandit learner's queue (None: decisions are logged but nothing learns online).
     pub learner: Option<Sender<crate::bandits::learner::LearnMsg>>,
 }
@@ -136,6 +137,7 @@ impl Pipeline {
             experiments,
             segments,
             bandits,
+            models,
             learner,
         } = s;
         let n = cfg.shard_count();
@@ -183,6 +185,7 @@ impl Pipeline {
                     experiments: experiments.clone(),
                     segments: segments.clone(),
                     bandits: bandits.clone(),
+                    models: models.clone(),
                     learner: learner.clone(),
                 },
             });

@@ -26,7 +26,7 @@ use crate::features::view::{event_map, synthetic_event, user_map};
 use crate::features::UserState;
 use crate::metrics::Metrics;
 use crate::privacy::{Pseudonymizer, UserKey};
-use crate::rules::{AdjustRequest, RuleInput, Rules};
+use crate::rules::{AdjustRequest, RuleInput, Rules, Scorer};
 use crate::segments::service::SegmentService;
 use crate::store::{Mutation, Store};
 
@@ -270,6 +270,7 @@ impl Shard {
                     user: view,
                     event: event_map(ev),
                     now_ms: now,
+                    scorer: scorer(&live, &metrics, &entry.state),
                 };
                 let reqs = rules.evaluate(&input);
                 for r in reqs {
@@ -373,6 +374,7 @@ impl Shard {
             user: view_for_rules(&live, &user, &mut entry.state, now),
             event: synthetic_event("decide", &entry.state.session, now, props),
             now_ms: now,
+            scorer: scorer(&live, &metrics, &entry.state),
         };
         let chosen = rules
             .evaluate(&input)
@@ -481,6 +483,7 @@ impl Shard {
                     user: view_for_rules(&live, &user, &mut entry.state, now),
                     event: synthetic_event("tick", &entry.state.session, now, rhai::Map::new()),
                     now_ms: now,
+                    scorer: scorer(&live, &metrics, &entry.state),
                 };
                 for r in rules.evaluate(&input) {
                     let ctx = Admit {
@@ -545,12 +548,37 @@ fn view_for_rules(ctx: &Live, key: &UserKey, st: &mut UserState, now: i64) -> rh
     m
 }
 
+/// `predict()` for one rule evaluation: the served models applied to the user's current
+/// context vector (None when no model is served, so the common case costs nothing).
+fn scorer(live: &Live, metrics: &Arc<Metrics>, state: &UserState) -> Option<Scorer> {
+    if live.models.is_empty() {
+        return None;
+    }
+    let x = crate::learn::context::of_state(state);
+    let models = live.models.clone();
+    let metrics = metrics.clone();
+    Some(Scorer(Arc::new(move |kind, slot, variant| {
+        let p = models.predict(kind, slot, variant, &x);
+        let name = crate::learn::serving::Models::name(kind, slot);
+        metrics
+            .model_predictions
+            .with_label_values(&[
+                name.as_str(),
+                if p.is_some() { "scored" } else { "no_model" },
+            ])
+            .inc();
+        p
+    })))
+}
+
 /// The shared, live-updated services a shard consults per event.
 #[derive(Clone)]
 pub(crate) struct Live {
     pub experiments: Experiments,
     pub segments: Arc<SegmentService>,
     pub bandits: Bandits,
+    /// Served models, for `predict()` in rules.
+    pub models: Arc<crate::learn::serving::Models>,
     /// The learner's queue (None when learning is off, e.g. in unit tests).
     pub learner: Option<Sender<LearnMsg>>,
 }

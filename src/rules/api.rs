@@ -63,6 +63,11 @@ pub(crate) fn register(engine: &mut Engine) {
             })
             .unwrap_or_default()
     });
+    FuncRegistration::new("predict")
+        .with_volatility(true)
+        .register_into_engine(engine, |kind: &str, slot: &str, variant: &str| {
+            super::sandbox::predict(kind, slot, variant)
+        });
     FuncRegistration::new("log")
         .with_volatility(true)
         .register_into_engine(engine, |msg: Dynamic| {

@@ -104,6 +104,20 @@ pub struct RuleInput {
     pub event: rhai::Map,
     /// Server time in Unix milliseconds, visible to scripts as the constant `now_ms`.
     pub now_ms: i64,
+    /// What `predict()` answers with (None: -1.0 for every call).
+    pub scorer: Option<Scorer>,
+}
+
+/// Model scores for one evaluation: `(kind, slot, variant) → probability`, or `None` when no
+/// model serves that slot (scripts then see -1.0).
+#[derive(Clone)]
+#[allow(clippy::type_complexity)]
+pub struct Scorer(pub std::sync::Arc<dyn Fn(&str, &str, &str) -> Option<f64> + Send + Sync>);
+
+impl std::fmt::Debug for Scorer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Scorer")
+    }
 }
 
 /// One `adjust()` call made by a rule.
@@ -561,6 +575,7 @@ impl Rules {
             .and_then(|e| e.read_lock::<rhai::Map>().map(|m| m.clone()))
             .unwrap_or_default();
         sandbox::set_arms(arms);
+        sandbox::set_scorer(input.scorer.clone());
 
         for rule in set.rules.values() {
             let Some(compiled) = &rule.compiled else {

@@ -55,6 +55,28 @@ thread_local! {
     /// Experiment arms (`id → arm`) of the user being evaluated on this thread, for
     /// `experiment("id")`; set by `Rules::evaluate` for the duration of one evaluation.
     static ARMS: RefCell<rhai::Map> = const { RefCell::new(rhai::Map::new()) };
+    /// Model scores for the user being evaluated, for `predict(kind, slot, variant)`.
+    static SCORER: RefCell<Option<super::Scorer>> = const { RefCell::new(None) };
+}
+
+/// Sets the scorer that `predict()` calls on this thread (None: no model is served).
+pub(crate) fn set_scorer(s: Option<super::Scorer>) {
+    SCORER.with(|c| {
+        if let Ok(mut slot) = c.try_borrow_mut() {
+            *slot = s;
+        }
+    });
+}
+
+/// `predict(kind, slot, variant)`: the served model's score, or -1.0 when there is none.
+pub(crate) fn predict(kind: &str, slot: &str, variant: &str) -> f64 {
+    SCORER.with(|c| match c.try_borrow() {
+        Ok(s) => s
+            .as_ref()
+            .and_then(|f| (f.0)(kind, slot, variant))
+            .unwrap_or(-1.0),
+        Err(_) => -1.0,
+    })
 }
 
 /// Sets the experiment arms that `experiment(id)` reads on this thread.

@@ -51,6 +51,7 @@ fn input(user: rhai::Map, event: rhai::Map) -> RuleInput {
         user,
         event,
         now_ms: 1_700_000_000_000,
+        scorer: None,
     }
 }
 
@@ -1075,4 +1076,33 @@ fn function_and_depth_limits_are_compile_errors() {
         rules.put("deepfn", &deep_fn),
         Err(RulesError::Compile { .. })
     ));
+}
+
+#[test]
+fn predict_reads_the_scorer_and_is_minus_one_without_a_model() {
+    let dir = dir_with(&[(
+        "score",
+        r#"
+        let p = predict("click", "cta", "urgent");
+        if p >= 0.5 { adjust("cta", "urgent"); }
+        else if p < 0.0 { adjust("cta", "no-model"); }
+        else { adjust("cta", "low"); }
+        "#,
+    )]);
+    let rules = Rules::load(dir.path(), RuleLimits::default()).unwrap();
+    let run = |scorer: Option<super::Scorer>| {
+        let mut i = input(json_map(BASE_USER), event("custom", "x"));
+        i.scorer = scorer;
+        rules.evaluate(&i).pop().map(|a| a.variant)
+    };
+    assert_eq!(run(None).as_deref(), Some("no-model"));
+    let s = |p: f64| {
+        super::Scorer(std::sync::Arc::new(move |k: &str, slot: &str, v: &str| {
+            (k == "click" && slot == "cta" && v == "urgent").then_some(p)
+        }))
+    };
+    assert_eq!(run(Some(s(0.8))).as_deref(), Some("urgent"));
+    assert_eq!(run(Some(s(0.1))).as_deref(), Some("low"));
+    // The scorer of one evaluation does not leak into the next.
+    assert_eq!(run(None).as_deref(), Some("no-model"));
 }
