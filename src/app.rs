@@ -95,6 +95,17 @@ pub fn serve(
         crate::bandits::learner::start(&bandits, store.clone(), metrics.clone())
             .context("starting the bandit learner")?;
     let models = Arc::new(crate::learn::serving::Models::new());
+    let (trainer_stop, trainer_stop_rx) = crossbeam_channel::bounded::<()>(0);
+    let (model_service, trainer_thread) = crate::bandits::trainer::start(
+        cfg.learn.clone(),
+        &cfg.models,
+        bandits.clone(),
+        store.clone(),
+        models.clone(),
+        metrics.clone(),
+        trainer_stop_rx,
+    )
+    .context("starting the trainer")?;
     let hub = Arc::new(Hub::new(metrics.clone()));
     let pseudo = Pseudonymizer::new(secrets.pseudonym_key);
     let pipeline = Arc::new(
@@ -121,6 +132,7 @@ pub fn serve(
         experiments,
         segments,
         bandits: bandits.clone(),
+        model_service,
         metrics,
         store,
         signer: TokenSigner::new(secrets.token_key),
@@ -168,6 +180,18 @@ pub fn serve(
     drop(watcher);
     drop(exp_watcher);
     drop(bandit_watcher);
+    // The trainer stops between trainings; one in progress is abandoned rather than waited
+    // for (registry writes are atomic renames, so nothing half-written is ever CURRENT).
+    drop(trainer_stop);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while !trainer_thread.is_finished() && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    if trainer_thread.is_finished() {
+        let _ = trainer_thread.join();
+    } else {
+        tracing::info!("shutdown: a model training was in progress and is abandoned");
+    }
     // Shards are gone; the last sender is the registry's: disconnecting stops the learner.
     bandits.disconnect();
     let _ = learner_thread.join();

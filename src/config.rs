@@ -49,6 +49,7 @@ pub struct Config {
     pub rules: RuleLimits,
     pub experiments: ExperimentsConfig,
     pub segments: SegmentsConfig,
+    pub learn: crate::bandits::trainer::LearnConfig,
 }
 
 impl Default for Config {
@@ -72,6 +73,7 @@ impl Default for Config {
             rules: RuleLimits::default(),
             experiments: ExperimentsConfig::default(),
             segments: SegmentsConfig::default(),
+            learn: crate::bandits::trainer::LearnConfig::default(),
         }
     }
 }

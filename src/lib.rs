@@ -20,6 +20,7 @@ pub mod pipeline;
 pub mod privacy;
 pub mod rules;
 pub mod segments;
+pub mod sim;
 pub mod store;
 pub mod watch;
 

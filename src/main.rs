@@ -1,4 +1,5 @@
-//! The `trimtab` command line: `trimtab serve` runs the engine.
+//! The `trimtab` command line: `trimtab serve` runs the engine; `segment`, `ope`, `train`,
+//! `export-log` and `simulate` are tools around it.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +27,13 @@ enum Command {
     /// Off-policy evaluation: replay a logged-bandit-feedback JSONL file through a policy and
     /// estimate its value (IPS, SNIPS, doubly robust, with 95% intervals). See docs/ope.md.
     Ope(OpeArgs),
+    /// Train the click model (an MLP predicting P(reward > 0 | context, action)) on a
+    /// logged-bandit-feedback JSONL file; report held-out metrics; optionally cross-validate
+    /// and propose it to the model registry. See docs/model.md.
+    Train(trimtab::learn::model::cli::TrainArgs),
+    /// Drive a running server with a synthetic audience over real WebSockets (or, with
+    /// --offline, write logged bandit feedback with known ground truth). See src/sim/.
+    Simulate(trimtab::sim::cli::Args),
     /// Write a bandit slot's logged decisions as JSONL (logged-bandit-feedback rows) from a
     /// data dir. For a running server use `GET /v1/bandits/{slot}/log` instead.
     ExportLog(ExportLogArgs),
@@ -273,7 +281,21 @@ fn main() -> ExitCode {
     match cli.command {
         Command::ExportLog(a) => export_log(a),
         Command::Ope(a) => ope(a),
+        Command::Train(a) => match trimtab::learn::model::cli::run(&a) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("trimtab train: {e:#}");
+                ExitCode::from(2)
+            }
+        },
         Command::Segment(a) => segment(a),
+        Command::Simulate(a) => match trimtab::sim::cli::run(&a) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("trimtab simulate: {e:#}");
+                ExitCode::from(2)
+            }
+        },
         Command::Serve(a) => {
             let overrides = Overrides {
                 addr: a.addr,

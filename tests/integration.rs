@@ -29,6 +29,8 @@ mod rules_fire;
 mod sandbox;
 #[path = "integration/segments.rs"]
 mod segments;
+#[path = "integration/simulate.rs"]
+mod simulate;
 #[path = "integration/startup.rs"]
 mod startup;
 #[path = "integration/tokens.rs"]

@@ -9,6 +9,7 @@ pub mod bandits;
 pub mod error;
 pub mod experiments;
 pub mod ingest;
+pub mod models;
 pub mod ops;
 
 use std::sync::atomic::AtomicBool;
@@ -36,6 +37,7 @@ pub struct AppState {
     pub experiments: crate::experiments::Experiments,
     pub segments: Arc<crate::segments::service::SegmentService>,
     pub bandits: crate::bandits::Bandits,
+    pub model_service: crate::bandits::trainer::ModelService,
     pub metrics: Arc<Metrics>,
     pub store: Arc<Store>,
     pub signer: TokenSigner,
@@ -107,7 +109,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/bandits/{slot}", web::put().to(bandits::put))
             .route("/bandits/{slot}", web::delete().to(bandits::delete))
             .route("/bandits/{slot}/reset", web::post().to(bandits::reset))
-            .route("/bandits/{slot}/log", web::get().to(bandits::log)),
+            .route("/bandits/{slot}/log", web::get().to(bandits::log))
+            .route("/models", web::get().to(models::list))
+            .route("/models/retrain", web::post().to(models::retrain)),
     )
     .route("/healthz", web::get().to(ops::healthz))
     .route("/readyz", web::get().to(ops::readyz))

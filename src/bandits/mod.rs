@@ -20,6 +20,7 @@ pub mod def;
 pub mod export;
 pub mod learner;
 pub mod record;
+pub mod trainer;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

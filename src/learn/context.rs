@@ -62,8 +62,9 @@ pub struct ContextInputs {
 }
 
 impl ContextInputs {
-    /// The inputs of a user's current state.
-    pub fn of(state: &UserState) -> ContextInputs {
+    /// The inputs of a user's current state at server time `now_ms` (ongoing hovers and
+    /// dwells count up to now).
+    pub fn of(state: &UserState, now_ms: i64) -> ContextInputs {
         let mut c = ContextInputs {
             max_depth: state.scroll.max_depth,
             velocity: state.scroll.velocity,
@@ -75,8 +76,8 @@ impl ContextInputs {
         };
         for t in state.targets.values() {
             c.hover_count += t.hover_count;
-            c.hover_ms += t.hover_ms;
-            c.dwell_ms += t.dwell_ms;
+            c.hover_ms += t.hover_ms + t.hovering.map_or(0, |o| o.elapsed(now_ms));
+            c.dwell_ms += t.dwell_ms + t.in_view.map_or(0, |o| o.elapsed(now_ms));
             c.clicks += t.clicks;
         }
         c
@@ -113,9 +114,9 @@ pub fn vector(c: &ContextInputs) -> Vec<f32> {
     ]
 }
 
-/// The context vector of a user's current state.
-pub fn of_state(state: &UserState) -> Vec<f32> {
-    vector(&ContextInputs::of(state))
+/// The context vector of a user's current state at `now_ms`.
+pub fn of_state(state: &UserState, now_ms: i64) -> Vec<f32> {
+    vector(&ContextInputs::of(state, now_ms))
 }
 
 #[cfg(test)]

@@ -1,6 +1,9 @@
 //! Learning to decide: contextual bandits per slot ([`bandit`]), off-policy evaluation of
 //! logged decisions ([`ope`]), the dense linear algebra both need ([`linalg`]) and a
-//! synthetic environment with known ground truth for tests and benchmarks ([`sim`]).
+//! synthetic environment with known ground truth for tests and benchmarks ([`sim`]), a
+//! supervised click model (a small MLP trained with candle) with its model registry
+//! ([`model`]), the context vector of a decision ([`context`]) and the set of served models
+//! ([`serving`]).
 //!
 //! Everything here is pure computation over in-memory data: no I/O besides the readers and
 //! writers handed in, no threads, no locks. The learner thread owns mutable policies; shards
@@ -10,6 +13,7 @@
 pub mod bandit;
 pub mod context;
 pub mod linalg;
+pub mod model;
 pub mod ope;
 pub mod serving;
 pub mod sim;

@@ -554,7 +554,7 @@ fn scorer(live: &Live, metrics: &Arc<Metrics>, state: &UserState) -> Option<Scor
     if live.models.is_empty() {
         return None;
     }
-    let x = crate::learn::context::of_state(state);
+    let x = crate::learn::context::of_state(state, crate::now_ms());
     let models = live.models.clone();
     let metrics = metrics.clone();
     Some(Scorer(Arc::new(move |kind, slot, variant| {
@@ -628,7 +628,7 @@ impl Admit<'_> {
                     if state.adjustments.contains_key(&r.slot) {
                         return None; // decided on this page already: keep it stable
                     }
-                    let x = crate::learn::context::of_state(state);
+                    let x = crate::learn::context::of_state(state, self.now);
                     let c = self.live.bandits.choose(&r.slot, self.user, &x, self.now)?;
                     let out = (None, None, c.propensity, c.variant.clone(), r.params);
                     bandit = Some(c);

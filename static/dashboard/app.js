@@ -7,9 +7,10 @@
 //  - the admin HTTP API (Bearer token): /v1/rules (file names, last errors) and the user
 //    inspector (/v1/admin/users/{key_hex}, /v1/users/{raw_id}).
 //
-// The header nav switches between pages (#live, #experiments, #segments). The Experiments and
-// Segments pages live in insights.js and register themselves through `window.trimtabDashboard`
-// (an API helper and the shared formatters; never the token itself).
+// The header nav switches between pages (#live, #experiments, #segments, #learning). The
+// Experiments and Segments pages live in insights.js, the Learning page (bandits, models) in
+// learning.js; they register themselves through `window.trimtabDashboard` (an API helper and the
+// shared formatters; never the token itself).
 //
 // The admin token lives in sessionStorage only (never in a URL, never in localStorage).
 // Server data is only ever inserted as text (textContent), never as HTML.
@@ -126,8 +127,8 @@
     tab: 'live',
     started: false
   };
-  var TABS = ['live', 'experiments', 'segments'];
-  var PAGES = {};                     // name → {show(), hide(), reset()} registered by insights.js
+  var TABS = ['live', 'experiments', 'segments', 'learning'];
+  var PAGES = {};                     // name → {show(), hide(), reset()} registered by insights.js / learning.js
 
   // ---------------------------------------------------------------- auth / login
   function showLogin(message) {
@@ -245,7 +246,7 @@
     }
   }
 
-  // What insights.js may use: no token, only a helper that sends it.
+  // What insights.js and learning.js may use: no token, only a helper that sends it.
   window.trimtabDashboard = {
     api: function (path, method) {
       if (!S.token) return Promise.reject(new Error('signed out'));
