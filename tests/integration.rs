@@ -19,6 +19,8 @@ mod durability;
 mod experiments;
 #[path = "integration/hot_reload.rs"]
 mod hot_reload;
+#[path = "integration/learning.rs"]
+mod learning;
 #[path = "integration/ope.rs"]
 mod ope;
 #[path = "integration/privacy.rs"]

@@ -261,6 +261,8 @@ impl Trainer {
                 continue;
             };
             if served == Some(v) {
+                // CURRENT points at what serves: an earlier refusal no longer applies.
+                self.with_status(&def, |s| s.error = None);
                 continue;
             }
             let known_bad = self

@@ -16,3 +16,6 @@ pub mod audience;
 pub mod cli;
 pub mod offline;
 pub mod online;
+
+#[cfg(test)]
+mod learning_tests;

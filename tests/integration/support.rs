@@ -255,7 +255,9 @@ fn serve_command(data: &Path, scripts: &Path, config: &Path, stderr: fs::File) -
         .arg("--scripts")
         .arg(scripts)
         .arg("--config")
-        .arg(config);
+        .arg(config)
+        .arg("--models")
+        .arg(data.with_file_name("models"));
     for (k, _) in std::env::vars() {
         if k.starts_with("TRIMTAB_") {
             c.env_remove(k);
@@ -420,6 +422,11 @@ impl Server {
     }
 
     // ─────── HTTP helpers ───────
+
+    /// The model registry dir (next to the data dir).
+    pub fn models(&self) -> PathBuf {
+        self.data.with_file_name("models")
+    }
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
