@@ -141,8 +141,14 @@ pub const MAX_CANDIDATES: usize = 32;
 
 impl BanditDef {
     pub fn from_toml(slot: &str, text: &str) -> Result<BanditDef, DefError> {
-        let mut d: BanditDef =
-            toml::from_str(text).map_err(|e| err("toml", e.message().to_string()))?;
+        let de =
+            toml::Deserializer::parse(text).map_err(|e| err("toml", e.message().to_string()))?;
+        // The field path of a type error (`params.alpha`, `policy`), like the JSON API gives.
+        let mut d: BanditDef = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let message = e.into_inner().message().to_string();
+            err(if path == "." { "toml" } else { &path }, message)
+        })?;
         d.set_slot(slot)?;
         d.validate()?;
         Ok(d)
@@ -275,6 +281,11 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.path, "guardrail");
         let e = BanditDef::from_toml("cta", "candidates = [\"a\", \"b\"]\nbogus = 1").unwrap_err();
+        assert!(e.message.contains("bogus"), "{e:?}");
+        let e = BanditDef::from_toml("cta", "candidates = [\"a\", \"b\"]\npolicy = \"best\"")
+            .unwrap_err();
+        assert_eq!(e.path, "policy");
+        let e = BanditDef::from_toml("cta", "candidates = [").unwrap_err();
         assert_eq!(e.path, "toml");
         let e = BanditDef::from_json(
             "cta",

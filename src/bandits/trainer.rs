@@ -87,6 +87,9 @@ pub struct ModelStatus {
     pub name: String,
     pub kind: String,
     pub slot: String,
+    /// `serving` (a version serves), `error` (nothing serves: the registry's model was
+    /// refused) or `untrained` (no model yet).
+    pub status: &'static str,
     /// Version served (None: nothing serves).
     pub version: Option<u32>,
     pub card: Option<serde_json::Value>,
@@ -117,6 +120,14 @@ impl ModelService {
             .unwrap_or_else(|e| e.into_inner())
             .values()
             .cloned()
+            .map(|mut s| {
+                s.status = match (&s.version, &s.error) {
+                    (Some(_), _) => "serving",
+                    (None, Some(_)) => "error",
+                    (None, None) => "untrained",
+                };
+                s
+            })
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v

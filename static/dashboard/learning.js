@@ -638,7 +638,8 @@
     box.appendChild(dl);
     if (m.error) {
       var e = obj(m.error);
-      box.appendChild(el('div', 'banner banner-err', 'Not serving: ' + (e.code ? e.code + ': ' : '') + (e.message || 'error')));
+      var what = m.status === 'serving' ? 'Refused (v' + m.version + ' keeps serving): ' : 'Not serving: ';
+      box.appendChild(el('div', 'banner banner-err', what + (e.code ? e.code + ': ' : '') + (e.message || 'error')));
     }
     var lt = m.last_training ? obj(m.last_training) : null;
     var line = el('div', 'model-last muted small');
@@ -654,7 +655,7 @@
   // Reliability diagram: observed positive rate vs mean predicted probability per bin, with the
   // diagonal of perfect calibration. Points are sized by their bin's share of rows.
   function renderCalibration(m) {
-    var bins = arr(obj(m.card).calibration).filter(function (b) { return b && isNum(b.mean_predicted) && isNum(b.observed) && num(b.count) > 0; })
+    var bins = arr(obj(m.card).calibration).filter(function (b) { return b && isNum(b.mean_predicted) && isNum(b.observed_rate) && num(b.count) > 0; })
       .sort(function (a, b) { return a.mean_predicted - b.mean_predicted; });
     var ece = obj(obj(m.card).metrics).ece;
     $('calib-sub').textContent = '· ' + String(m.name) + (bins.length ? ' · ' + plural(bins.length, 'bin') : '');
@@ -680,7 +681,7 @@
     });
     // x: 0, the bins' mean predictions, 1 (the diagonal spans the square).
     var xs = [0].concat(bins.map(function (b) { return b.mean_predicted; }), [1]);
-    var obs = [null].concat(bins.map(function (b) { return b.observed; }), [null]);
+    var obs = [null].concat(bins.map(function (b) { return b.observed_rate; }), [null]);
     var diag = xs.slice();
     var sizes = bins.map(function (b) { return 5 + 9 * Math.sqrt(num(b.count) / (total || 1)); });
     var sig = 'calib|' + L.sel + '|' + bins.length;
@@ -712,7 +713,7 @@
             var dpr = window.devicePixelRatio || 1;
             ctx.save();
             bins.forEach(function (b, i) {
-              var cx = u.valToPos(b.mean_predicted, 'x', true), cy = u.valToPos(b.observed, 'y', true);
+              var cx = u.valToPos(b.mean_predicted, 'x', true), cy = u.valToPos(b.observed_rate, 'y', true);
               ctx.beginPath();
               ctx.arc(cx, cy, sizes[i] * dpr / 2 + 2 * dpr, 0, 2 * Math.PI);
               ctx.fillStyle = 'rgba(76,154,255,0.22)';

@@ -8,13 +8,18 @@
 //    decisions, the control marked), the bandit vs holdout rates, the fallback state with its
 //    reason and the refused file with its field path; "Resume (reset guardrail)" POSTs the reset
 //    and the card goes back to learning; the page refreshes itself every 5 s and stops when left;
-//  - the models section: the server's own answer (a 404 before model serving exists, or the
-//    list), then a stubbed GET /v1/models with two models to check the table, the model card,
-//    the reliability chart and that server strings are inserted as text only.
+//  - the models section with two real models in the registry: click-cta, trained by
+//    `trimtab train --save` on a log from `trimtab simulate --offline` and served (table row,
+//    model card, reliability chart), and click-hero, whose weights file is corrupt and which
+//    the server refuses (its error code shown, no chart).
 // Saves target/screenshots/dashboard-learning.png and dashboard-learning-models.png.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startServer, launchBrowser, screenshot, admin, waitFor, recordApiTraffic } from './support.mjs';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, mkdirSync, writeFileSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startServer, launchBrowser, screenshot, admin, waitFor, recordApiTraffic, BIN } from './support.mjs';
 
 const CONSENT = { analytics: true, personalization: true };
 const CTA = [
@@ -34,8 +39,31 @@ const BAD = 'candidates = ["a", "b"]\ncontrol = "c"\n';
 let server;
 let browser;
 
+const HERO = 'candidates = ["control", "urgent", "social"]\n';
+
+/** A registry with a real click-cta model (simulated log → `trimtab train --save`) and a
+ *  click-hero whose weights are garbage. */
+function prepareModels() {
+  const dir = mkdtempSync(join(tmpdir(), 'trimtab-models-'));
+  const log = join(dir, 'log.jsonl');
+  execFileSync(BIN, ['simulate', '--offline', '--rows', '3000', '--seed', '1', '--candidates', 'control,urgent,social', '--out', log]);
+  const models = join(dir, 'models');
+  execFileSync(BIN, ['train', '--log', log, '--save', models, '--name', 'click-cta', '--epochs', '8', '--json']);
+  const hero = join(models, 'click-hero');
+  mkdirSync(hero, { recursive: true });
+  const card = JSON.parse(readFileSync(join(models, 'click-cta', 'v1.json'), 'utf8'));
+  card.name = 'click-hero';
+  writeFileSync(join(hero, 'v1.json'), JSON.stringify(card));
+  writeFileSync(join(hero, 'v1.safetensors'), 'these are not weights');
+  writeFileSync(join(hero, 'CURRENT'), '1\n');
+  return models;
+}
+
 before(async () => {
-  server = await startServer({ scriptFiles: { 'bandits/cta.toml': CTA, 'bandits/bad.toml': BAD } });
+  server = await startServer({
+    scriptFiles: { 'bandits/cta.toml': CTA, 'bandits/bad.toml': BAD, 'bandits/hero.toml': HERO },
+    modelsDir: prepareModels(),
+  });
   browser = await launchBrowser();
 });
 
@@ -123,7 +151,7 @@ test('the learning page shows the bandit, its fallback and resume, the refused f
   await waitFor(async () => (await status()).state === 'learning', { timeout: 10000, what: 'the cta slot to be learning' });
   const list = await admin(server, 'GET', '/v1/bandits');
   assert.equal(list.status, 200);
-  assert.deepEqual(list.body.bandits.map((b) => b.slot), ['cta']);
+  assert.deepEqual(list.body.bandits.map((b) => b.slot), ['cta', 'hero']);
   assert.equal(list.body.problems.length, 1, JSON.stringify(list.body.problems));
   assert.equal(list.body.problems[0].path, 'control');
 
@@ -190,7 +218,7 @@ test('the learning page shows the bandit, its fallback and resume, the refused f
   // The cta card, in fallback, with the reason.
   const card = '#bandit-cards .bandit-card[data-slot="cta"]';
   await page.waitForSelector(`${card}[data-state="fallback"]`, { timeout: 10000 });
-  assert.equal(await page.locator('#bandit-cards .bandit-card').count(), 1);
+  assert.equal(await page.locator('#bandit-cards .bandit-card').count(), 2);
   assert.equal((await page.textContent(`${card} .bandit-state`)).trim(), 'fallback');
   const reason = await page.textContent(`${card} .bandit-reason`);
   assert.equal(reason, st.fallback_reason);
@@ -244,20 +272,12 @@ test('the learning page shows the bandit, its fallback and resume, the refused f
   assert.equal(await page.textContent('#bandit-problems .problem-path'), 'control');
   assert.equal(await page.textContent('#bandit-problems .problem-msg'), list.body.problems[0].error);
 
-  // Models: the server's own answer (404 until model serving exists).
+  // Models: both rows, as the server reports them.
   const models = await admin(server, 'GET', '/v1/models');
-  if (models.status === 404) {
-    await page.waitForSelector('#models .models-empty[data-state="unavailable"]');
-    assert.match(await page.textContent('#models'), /No models yet/);
-  } else {
-    assert.equal(models.status, 200);
-    if (models.body.models.length === 0) {
-      await page.waitForSelector('#models .models-empty[data-state="empty"]');
-    } else {
-      await page.waitForSelector('#models-body tr[data-model]');
-      assert.equal(await page.locator('#models-body tr[data-model]').count(), models.body.models.length);
-    }
-  }
+  assert.equal(models.status, 200);
+  assert.deepEqual(models.body.models.map((m) => m.name), ['click-cta', 'click-hero']);
+  await page.waitForSelector('#models-body tr[data-model="click-hero"]');
+  assert.equal(await page.locator('#models-body tr[data-model]').count(), 2);
   assert.ok(traffic.some((r) => r.path === '/v1/models'), 'the page asked for the models');
   await page.waitForTimeout(300);
   await screenshot(page, 'dashboard-learning', { fullPage: true });
@@ -287,84 +307,35 @@ test('the learning page shows the bandit, its fallback and resume, the refused f
   await page.waitForTimeout(6000);
   assert.equal(traffic.slice(n).filter((r) => /^\/v1\/(bandits|models)/.test(r.path)).length, 0, 'no learning requests on the live page');
 
-  // ---- Models, stubbed: a table row per model, the model card, the reliability chart; server
-  // strings stay text.
-  const now = Date.now();
-  const stub = {
-    models: [
-      {
-        name: 'click-cta',
-        kind: 'click',
-        slot: 'cta',
-        version: 3,
-        status: 'serving',
-        error: null,
-        card: {
-          created: new Date(now - 3600e3).toISOString(),
-          data: { rows: 12840, positives: 1520, test_rows: 2568 },
-          metrics: { auc: 0.7412, pr_auc: 0.3181, logloss: 0.3127, mae: null, ece: 0.0214 },
-          calibration: [
-            { lo: 0, hi: 0.1, count: 1402, mean_predicted: 0.045, observed: 0.041 },
-            { lo: 0.1, hi: 0.2, count: 611, mean_predicted: 0.143, observed: 0.158 },
-            { lo: 0.2, hi: 0.3, count: 302, mean_predicted: 0.246, observed: 0.229 },
-            { lo: 0.3, hi: 0.5, count: 171, mean_predicted: 0.381, observed: 0.412 },
-            { lo: 0.5, hi: 1, count: 82, mean_predicted: 0.624, observed: 0.585 },
-          ],
-        },
-        last_training: { at_ms: now - 120e3, outcome: 'kept', reason: 'candidate AUC 0.731 < serving 0.741 <b>not</b> better' },
-      },
-      {
-        name: 'click-<img src=x onerror=alert(1)>',
-        kind: 'click',
-        slot: 'hero',
-        version: 1,
-        status: 'error',
-        error: { code: 'model_load', message: 'weights file truncated' },
-        card: { created: new Date(now - 86400e3).toISOString(), data: { rows: 300, positives: 12, test_rows: 60 }, metrics: { auc: 0.61, pr_auc: 0.08, logloss: 0.2, ece: 0.05 } },
-        last_training: null,
-      },
-    ],
-  };
-  await page.route('**/v1/models', (route) =>
-    route.fulfill({ status: 200, contentType: 'application/json', body: JSON.stringify(stub) }),
-  );
+  // ---- Models: the served one with its card and reliability chart; the refused one with its
+  // error code.
+  const served = models.body.models[0];
+  assert.equal(served.version, 1);
+  assert.equal(served.error, null);
+  assert.ok(served.card.calibration.length === 10, JSON.stringify(served.card));
   await page.click('#tab-learning');
   await page.waitForSelector('#models-body tr[data-model="click-cta"]', { timeout: 10000 });
-  assert.equal(await page.locator('#models-body tr[data-model]').count(), 2);
   const row = await page.$$eval('#models-body tr[data-model="click-cta"] td', (tds) => tds.map((td) => td.textContent.trim()));
   assert.match(row[0], /^click-cta/);
-  assert.equal(row[2], 'v3');
+  assert.equal(row[2], 'v1');
   assert.equal(row[3], 'serving');
-  assert.deepEqual(row.slice(4, 8), ['0.741', '0.318', '0.313', '0.021']);
-  assert.match(row[8], /^12,840/);
-  assert.match(row[10], /^kept/);
-  assert.match(row[10], /<b>not<\/b> better/, 'the reason is text');
-  const bad = '#models-body tr[data-status="error"]';
-  assert.equal(await page.getAttribute(bad, 'data-model'), 'click-<img src=x onerror=alert(1)>');
-  assert.match(await page.textContent(bad), /model_load: weights file truncated/);
+  assert.equal(row[4], served.card.metrics.auc.toFixed(3));
+  assert.match(row[8], new RegExp('^' + served.card.data.rows.toLocaleString('en-US')));
+  const bad = '#models-body tr[data-model="click-hero"]';
+  assert.equal(await page.getAttribute(bad, 'data-status'), 'error');
+  assert.match(await page.textContent(bad), /model_corrupt/);
   assert.equal(await page.locator('#page-learning img').count(), 0, 'no element from a server string');
-  assert.equal(await page.locator('#models-body b').count(), 0);
-  // The model with calibration bins is selected: its card and reliability chart.
+  await page.click('#models-body tr[data-model="click-cta"] .model-link');
   assert.equal(await page.getAttribute('#models-body tr[data-model="click-cta"] .model-link', 'aria-pressed'), 'true');
   await page.waitForSelector('#model-detail:not([hidden]) #calib-chart canvas');
-  assert.match(await page.textContent('#calib-sub'), /click-cta · 5 bins/);
-  assert.match(await page.textContent('#calib-legend'), /2,568 rows/);
-  assert.match(await page.textContent('#card-body'), /test rows\s*2,568/);
-  assert.match(await page.textContent('#card-body'), /Last training .*kept/);
+  assert.match(await page.textContent('#calib-sub'), /click-cta · \d+ bins/);
+  assert.match(await page.textContent('#card-body'), new RegExp('test rows\\s*' + served.card.data.test_rows.toLocaleString('en-US')));
   await page.waitForTimeout(300);
   await screenshot(page, 'dashboard-learning-models', { fullPage: true });
-  // Selecting the broken model: its card says why it is not serving; no bins, no chart.
+  // Selecting the refused model: its card says why it is not serving; no chart.
   await page.click(`${bad} .model-link`);
   assert.equal(await page.getAttribute(`${bad} .model-link`, 'aria-pressed'), 'true');
-  assert.match(await page.textContent('#card-body'), /Not serving: model_load: weights file truncated/);
-  assert.match(await page.textContent('#calib-chart'), /no calibration bins/);
-  // An empty list: the quiet empty state.
-  await page.unroute('**/v1/models');
-  await page.route('**/v1/models', (route) =>
-    route.fulfill({ status: 200, contentType: 'application/json', body: '{"models":[]}' }),
-  );
-  await page.waitForSelector('#models .models-empty[data-state="empty"]', { timeout: 12000 });
-  assert.equal(await page.isVisible('#model-detail'), false);
+  assert.match(await page.textContent('#card-body'), /Not serving: model_corrupt/);
   // The bandit card stays while models change.
   assert.equal(await page.locator(card).count(), 1);
 

@@ -17,7 +17,7 @@ const here = dirname(fileURLToPath(import.meta.url));
 export const repoRoot = resolve(here, '..', '..');
 export const screenshotDir = join(repoRoot, 'target', 'screenshots');
 
-const BIN = resolve(here, process.env.TRIMTAB_BIN || '../../target/debug/trimtab');
+export const BIN = resolve(here, process.env.TRIMTAB_BIN || '../../target/debug/trimtab');
 
 /** Serialises a plain object as TOML (tables for nested objects; enough for trimtab's config). */
 export function toToml(obj, prefix = '') {
@@ -48,7 +48,7 @@ export function toToml(obj, prefix = '') {
  * @returns {Promise<{url:string, adminToken:string, writeKey:string, dataDir:string,
  *   log:()=>string, stop:()=>Promise<void>}>}
  */
-export async function startServer({ env = {}, config = null, scripts = join(repoRoot, 'scripts'), scriptFiles = null } = {}) {
+export async function startServer({ env = {}, config = null, scripts = join(repoRoot, 'scripts'), scriptFiles = null, modelsDir = null } = {}) {
   if (!existsSync(BIN)) throw new Error(`server binary not found at ${BIN}: run \`cargo build\` or set TRIMTAB_BIN`);
   const dataDir = mkdtempSync(join(tmpdir(), 'trimtab-test-'));
   if (scriptFiles) {
@@ -62,7 +62,8 @@ export async function startServer({ env = {}, config = null, scripts = join(repo
   }
   const adminToken = 'adm-' + randomBytes(16).toString('hex');
   const writeKey = 'wk-' + randomBytes(16).toString('hex');
-  const args = ['serve', '--addr', '127.0.0.1:0', '--data', join(dataDir, 'data'), '--scripts', scripts];
+  // The model registry lives with the test's data, never in the repository's models/.
+  const args = ['serve', '--addr', '127.0.0.1:0', '--data', join(dataDir, 'data'), '--scripts', scripts, '--models', modelsDir || join(dataDir, 'models')];
   if (config) {
     const file = join(dataDir, 'trimtab.toml');
     writeFileSync(file, toToml(config));

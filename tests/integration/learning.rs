@@ -69,6 +69,7 @@ fn simulated_audience_trains_a_served_model_and_a_corrupt_file_is_refused() {
     .unwrap_or_else(|| panic!("{:?}", models(&s)));
     assert_eq!(m[0]["name"], "click-cta");
     assert!(m[0]["version"].is_null());
+    assert_eq!(m[0]["status"], "untrained");
     assert_eq!(probe(&s, "probe-before"), "none");
     // Too few rows: a training is skipped, with the reason.
     let r = s.post_raw("/v1/models/retrain", Some(ADMIN_TOKEN), b"");
@@ -122,6 +123,12 @@ fn simulated_audience_trains_a_served_model_and_a_corrupt_file_is_refused() {
     })
     .unwrap_or_else(|| panic!("no promoted model: {:?}", models(&s)));
     assert_eq!(m["version"], 1, "{m}");
+    assert_eq!(m["status"], "serving");
+    assert_eq!(
+        m["card"]["calibration"].as_array().unwrap().len(),
+        10,
+        "{m}"
+    );
     assert_eq!(m["card"]["data"]["rows"], 240, "{m}");
     assert!(m["card"]["metrics"]["auc"].is_number(), "{m}");
     let dir = s.models().join("click-cta");

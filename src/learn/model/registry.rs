@@ -85,6 +85,9 @@ pub struct ModelCard {
     pub train: TrainConfig,
     /// Metrics on the held-out rows given to [`Registry::propose`].
     pub metrics: Metrics,
+    /// Reliability bins on the same rows (10 equal-width bins).
+    #[serde(default)]
+    pub calibration: Vec<super::metrics::CalibrationBin>,
     /// Hex sha256 of `v<N>.safetensors` (set by [`Registry::propose`]).
     pub sha256: String,
 }
@@ -107,6 +110,7 @@ impl ModelCard {
             architecture,
             train,
             metrics: Metrics::from_values([f64::NAN; 5]),
+            calibration: Vec::new(),
             sha256: String::new(),
         }
     }
@@ -358,7 +362,9 @@ impl Registry {
                 "the card's layout/architecture does not describe the candidate".into(),
             ));
         }
-        let candidate = Metrics::compute(&model.predict_dataset(holdout)?, &holdout.y);
+        let cand_probs = model.predict_dataset(holdout)?;
+        let candidate = Metrics::compute(&cand_probs, &holdout.y);
+        let calibration = super::metrics::calibration(&cand_probs, &holdout.y, 10);
         let previous = self.current_version(name).or_else(|e| match e {
             ModelError::Corrupt(_) => Ok(None),
             e => Err(e),
@@ -432,6 +438,7 @@ impl Registry {
         card.version = version;
         card.created = rfc3339_now();
         card.metrics = candidate;
+        card.calibration = calibration;
         card.sha256 = sha256_hex(&bytes);
         let json = serde_json::to_vec_pretty(&card)
             .map_err(|e| ModelError::CardInvalid(format!("serialising the card: {e}")))?;
