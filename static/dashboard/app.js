@@ -810,7 +810,7 @@
     var body = $('tail-body');
     body.classList.remove('f-event', 'f-adjust');
     if (f !== 'all') body.classList.add('f-' + f);
-    document.querySelectorAll('.seg-btn').forEach(function (b) { b.classList.toggle('active', b.dataset.filter === f); });
+    document.querySelectorAll('.seg-btn[data-filter]').forEach(function (b) { b.classList.toggle('active', b.dataset.filter === f); });
   }
 
   function highlightUser(key) {
@@ -1062,7 +1062,7 @@
     window.addEventListener('hashchange', function () { if (S.started) setTab(tabFromHash()); });
     $('logout').addEventListener('click', function () { signOut(); });
     $('tail-pause').addEventListener('click', togglePause);
-    document.querySelectorAll('.seg-btn').forEach(function (b) {
+    document.querySelectorAll('.seg-btn[data-filter]').forEach(function (b) {
       b.addEventListener('click', function () { setFilter(b.dataset.filter); });
     });
     $('tail-body').addEventListener('click', function (ev) {
