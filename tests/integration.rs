@@ -37,5 +37,7 @@ mod simulate;
 mod startup;
 #[path = "integration/tokens.rs"]
 mod tokens;
+#[path = "integration/train.rs"]
+mod train;
 #[path = "integration/validation.rs"]
 mod validation;
