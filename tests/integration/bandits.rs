@@ -269,3 +269,70 @@ fn guardrail_degradation_falls_back_to_the_control() {
     let m = s.get("/metrics", None).body;
     assert!(m.contains("trimtab_bandit_fallback{slot=\"cta\"} 0"), "{m}");
 }
+
+#[test]
+fn dwell_and_conversion_outcomes_are_attributed_to_the_slot_decision() {
+    let s = Server::start(Opts::config(""));
+    let def = json!({"candidates": ["a", "b"], "reward": "dwell", "dwell_ms": 1000,
+                     "window_ms": 1000, "holdout": 0});
+    assert_eq!(put_bandit(&s, "cta", &def).status, 200);
+    let dwell = |ms: u64| {
+        let mut e = click(&eid("dw"), "cta");
+        e["type"] = "dwell".into();
+        e["props"] = json!({"phase": "end", "duration_ms": ms});
+        e
+    };
+    let conversion = || {
+        let mut e = click(&eid("cv"), "cta");
+        e["type"] = "conversion".into();
+        e["props"] = json!({"name": "signup"});
+        e.as_object_mut().unwrap().remove("target");
+        e
+    };
+    let users: [(&str, Vec<Value>); 3] = [
+        ("long-dwell", vec![dwell(1500)]),
+        ("short-dwell", vec![dwell(500)]),
+        ("converts", vec![conversion()]),
+    ];
+    for (user, outcome) in &users {
+        let t = s.identify(user);
+        s.post_ok(&t, vec![page_view(&eid("pv"), "/")]);
+        let d = decide(&s, &t, "cta");
+        assert_eq!(d["decision"]["source"], "bandit", "{d}");
+        s.post_ok(&t, outcome.clone());
+    }
+    let st = poll(Duration::from_secs(10), || {
+        let st = status(&s, "cta");
+        (st["version"] == 3 && st["pending"] == 0).then_some(st)
+    })
+    .unwrap_or_else(|| panic!("{}", status(&s, "cta")));
+    let rewarded: u64 = (0..2)
+        .map(|i| st["arms"][i]["rewarded"].as_u64().unwrap())
+        .sum();
+    assert_eq!(rewarded, 1, "only the 1.5 s dwell rewards: {st}");
+    let r = s.get("/v1/bandits/cta/log?format=records", Some(ADMIN_TOKEN));
+    let recs: Vec<Value> = r
+        .body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(recs.len(), 3);
+    let dwells = recs
+        .iter()
+        .filter(|r| r["outcomes"]["dwell"].is_number())
+        .count();
+    let convs = recs
+        .iter()
+        .filter(|r| r["outcomes"]["conversion"].is_number())
+        .count();
+    assert_eq!((dwells, convs), (1, 1), "{}", r.body);
+    assert_eq!(
+        st["groups"]["bandit"]["conversion_rate"].as_f64().unwrap() * 3.0,
+        1.0
+    );
+    let m = s.get("/metrics", None).body;
+    assert!(
+        m.contains("trimtab_bandit_outcomes_total{kind=\"dwell\",slot=\"cta\"} 1"),
+        "{m}"
+    );
+}
