@@ -246,6 +246,66 @@
     }
   }
 
+  // ---------------------------------------------------------------- shared with the pages
+  // Value guards, percentage formatting, badges and a resizing uPlot wrapper, used by
+  // insights.js and learning.js (one copy here, handed out through window.trimtabDashboard).
+  function isNum(x) { return typeof x === 'number' && isFinite(x); }
+  function arr(x) { return Array.isArray(x) ? x : []; }
+  function obj(x) { return x && typeof x === 'object' && !Array.isArray(x) ? x : {}; }
+  function fmtPct(x, dp) {
+    if (!isNum(x)) return '—';
+    var v = x * 100;
+    var d = dp === undefined ? (Math.abs(v) >= 100 ? 0 : 1) : dp;
+    return v.toFixed(d).replace('-', '−') + '%';
+  }
+  function fmtSignedPct(x, dp) { return isNum(x) ? (x > 0 ? '+' : '') + fmtPct(x, dp) : '—'; }
+  function badge(text, kind) { return el('span', 'badge badge-' + kind, text); }
+
+  var AXIS = {
+    stroke: COLORS.muted,
+    font: '11px system-ui, sans-serif',
+    grid: { stroke: COLORS.grid, width: 1 },
+    ticks: { stroke: COLORS.grid, width: 1, size: 4 }
+  };
+  function axis(extra) { return Object.assign({}, AXIS, extra || {}); }
+
+  // A uPlot chart that follows its box's width (and is rebuilt when its shape changes).
+  function Chart(box, height) {
+    this.box = box;
+    this.height = height;
+    this.u = null;
+    this.sig = '';
+    var self = this;
+    if (typeof ResizeObserver === 'function') {
+      new ResizeObserver(function () {
+        var w = box.clientWidth;
+        if (self.u && w > 0 && Math.abs(w - self.u.width) > 1) self.u.setSize({ width: w, height: self.height });
+      }).observe(box);
+    }
+  }
+  Chart.prototype.set = function (sig, makeOpts, data) {
+    if (typeof window.uPlot !== 'function') {
+      if (!this.box.querySelector('.empty-note')) this.box.appendChild(el('div', 'empty-note', 'Chart library failed to load.'));
+      return;
+    }
+    if (this.u && sig === this.sig) { this.u.setData(data); return; }
+    this.destroy();
+    this.sig = sig;
+    var opts = makeOpts();
+    opts.width = Math.max(280, this.box.clientWidth || 600);
+    opts.height = this.height;
+    this.u = new window.uPlot(opts, data, this.box);
+  };
+  Chart.prototype.destroy = function () {
+    if (this.u) { this.u.destroy(); this.u = null; }
+    this.sig = '';
+    clear(this.box);
+  };
+  Chart.prototype.note = function (text) {
+    this.destroy();
+    this.box.appendChild(el('div', 'empty-note chart-note', text));
+  };
+
   // What insights.js and learning.js may use: no token, only a helper that sends it.
   window.trimtabDashboard = {
     api: function (path, method) {
@@ -261,8 +321,10 @@
       if (S.started && S.tab === name) page.show();
     },
     isActive: function (name) { return S.started && S.tab === name && !$('app').hidden; },
-    fmt: { int: fmtInt, compact: fmtCompact, time: fmtTime, ago: fmtAgo, ms: fmtMs },
-    dom: { $: $, el: el, append: append, clear: clear },
+    fmt: { int: fmtInt, compact: fmtCompact, time: fmtTime, ago: fmtAgo, ms: fmtMs, pct: fmtPct, signedPct: fmtSignedPct },
+    val: { isNum: isNum, num: num, arr: arr, obj: obj },
+    dom: { $: $, el: el, append: append, clear: clear, badge: badge },
+    chart: { Chart: Chart, axis: axis },
     colors: { base: COLORS, variants: VARIANT_COLORS }
   };
 

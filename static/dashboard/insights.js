@@ -27,10 +27,7 @@
   // ---------------------------------------------------------------- helpers
   // DOM helpers are app.js's (text only, never innerHTML).
   var $ = D.dom.$, el = D.dom.el, append = D.dom.append, clear = D.dom.clear;
-  function isNum(x) { return typeof x === 'number' && isFinite(x); }
-  function num(x) { var n = Number(x); return isFinite(n) ? n : 0; }
-  function arr(x) { return Array.isArray(x) ? x : []; }
-  function obj(x) { return x && typeof x === 'object' && !Array.isArray(x) ? x : {}; }
+  var isNum = D.val.isNum, num = D.val.num, arr = D.val.arr, obj = D.val.obj;
   function sign(x) { return x > 0 ? '+' : x < 0 ? '−' : ''; }
   function hexA(hex, a) {
     var n = parseInt(String(hex).slice(1), 16);
@@ -51,13 +48,7 @@
   }
   function fmtSigned(x, digits) { return isNum(x) ? (x > 0 ? '+' : '') + fmtNum(x, digits) : DASH; }
   // Proportions as percentages (rates) and differences of proportions as percentage points.
-  function fmtPct(x, dp) {
-    if (!isNum(x)) return DASH;
-    var v = x * 100;
-    var d = dp === undefined ? (Math.abs(v) >= 100 ? 0 : 1) : dp;
-    return v.toFixed(d).replace('-', '−') + '%';
-  }
-  function fmtSignedPct(x, dp) { return isNum(x) ? (x > 0 ? '+' : '') + fmtPct(x, dp) : DASH; }
+  var fmtPct = D.fmt.pct, fmtSignedPct = D.fmt.signedPct;
   function fmtPp(x) { return isNum(x) ? (x > 0 ? '+' : '') + (x * 100).toFixed(1).replace('-', '−') + ' pp' : DASH; }
   function fmtLoss(x, prop) {
     if (!isNum(x)) return DASH;
@@ -90,7 +81,7 @@
     if (title) td.title = title;
     return td;
   }
-  function badge(text, kind) { return el('span', 'badge badge-' + kind, text); }
+  var badge = D.dom.badge;
   function statusBadge(status) {
     var st = String(status || 'unknown');
     var kind = st === 'running' ? 'active' : st === 'paused' || st === 'draft' ? 'disabled' : st === 'stopped' || st === 'ended' ? 'other' : 'other';
@@ -109,50 +100,8 @@
     return out;
   }
 
-  var AXIS = {
-    stroke: C.muted,
-    font: '11px system-ui, sans-serif',
-    grid: { stroke: C.grid, width: 1 },
-    ticks: { stroke: C.grid, width: 1, size: 4 }
-  };
-  function axis(extra) { return Object.assign({}, AXIS, extra || {}); }
-
-  // A uPlot chart that follows its box's width (and is rebuilt when its shape changes).
-  function Chart(box, height) {
-    this.box = box;
-    this.height = height;
-    this.u = null;
-    this.sig = '';
-    var self = this;
-    if (typeof ResizeObserver === 'function') {
-      new ResizeObserver(function () {
-        var w = box.clientWidth;
-        if (self.u && w > 0 && Math.abs(w - self.u.width) > 1) self.u.setSize({ width: w, height: self.height });
-      }).observe(box);
-    }
-  }
-  Chart.prototype.set = function (sig, makeOpts, data) {
-    if (typeof window.uPlot !== 'function') {
-      if (!this.box.querySelector('.empty-note')) this.box.appendChild(el('div', 'empty-note', 'Chart library failed to load.'));
-      return;
-    }
-    if (this.u && sig === this.sig) { this.u.setData(data); return; }
-    this.destroy();
-    this.sig = sig;
-    var opts = makeOpts();
-    opts.width = Math.max(280, this.box.clientWidth || 600);
-    opts.height = this.height;
-    this.u = new window.uPlot(opts, data, this.box);
-  };
-  Chart.prototype.destroy = function () {
-    if (this.u) { this.u.destroy(); this.u = null; }
-    this.sig = '';
-    clear(this.box);
-  };
-  Chart.prototype.note = function (text) {
-    this.destroy();
-    this.box.appendChild(el('div', 'empty-note chart-note', text));
-  };
+  // uPlot charts that follow their box's width: app.js's.
+  var Chart = D.chart.Chart, axis = D.chart.axis;
 
   // x range of a time chart from its data (seconds), at least `minSpan` wide. (uPlot widens a
   // single point by 1000 days, as if its values were milliseconds.)

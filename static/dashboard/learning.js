@@ -28,19 +28,10 @@
   // ---------------------------------------------------------------- helpers
   // DOM helpers are app.js's (text only, never innerHTML).
   var $ = D.dom.$, el = D.dom.el, append = D.dom.append, clear = D.dom.clear;
-  function isNum(x) { return typeof x === 'number' && isFinite(x); }
-  function num(x) { var n = Number(x); return isFinite(n) ? n : 0; }
-  function arr(x) { return Array.isArray(x) ? x : []; }
-  function obj(x) { return x && typeof x === 'object' && !Array.isArray(x) ? x : {}; }
+  var isNum = D.val.isNum, num = D.val.num, arr = D.val.arr, obj = D.val.obj;
   function plural(n, word) { return D.fmt.int(n) + ' ' + word + (n === 1 ? '' : 's'); }
 
-  function fmtPct(x, dp) {
-    if (!isNum(x)) return DASH;
-    var v = x * 100;
-    var d = dp === undefined ? (Math.abs(v) >= 100 ? 0 : 1) : dp;
-    return v.toFixed(d).replace('-', '−') + '%';
-  }
-  function fmtSignedPct(x, dp) { return isNum(x) ? (x > 0 ? '+' : '') + fmtPct(x, dp) : DASH; }
+  var fmtPct = D.fmt.pct, fmtSignedPct = D.fmt.signedPct;
   function fmtMetric(x, dp) { return isNum(x) ? x.toFixed(dp === undefined ? 3 : dp).replace('-', '−') : DASH; }
   function fmtDuration(ms) {
     if (!isNum(ms)) return DASH;
@@ -59,7 +50,7 @@
     if (isNaN(d.getTime())) return DASH;
     return d.getFullYear() + '-' + pad2(d.getMonth() + 1) + '-' + pad2(d.getDate()) + ' ' + pad2(d.getHours()) + ':' + pad2(d.getMinutes());
   }
-  function badge(text, kind) { return el('span', 'badge badge-' + kind, text); }
+  var badge = D.dom.badge;
   function chip(box, k, v, title) {
     var c = el('span', 'meta-chip');
     append(c, el('span', 'k', k), ' ', el('span', 'mono', v));
@@ -68,50 +59,8 @@
     return c;
   }
 
-  var AXIS = {
-    stroke: C.muted,
-    font: '11px system-ui, sans-serif',
-    grid: { stroke: C.grid, width: 1 },
-    ticks: { stroke: C.grid, width: 1, size: 4 }
-  };
-  function axis(extra) { return Object.assign({}, AXIS, extra || {}); }
-
-  // A uPlot chart that follows its box's width (rebuilt when its shape changes), as in insights.js.
-  function Chart(box, height) {
-    this.box = box;
-    this.height = height;
-    this.u = null;
-    this.sig = '';
-    var self = this;
-    if (typeof ResizeObserver === 'function') {
-      new ResizeObserver(function () {
-        var w = box.clientWidth;
-        if (self.u && w > 0 && Math.abs(w - self.u.width) > 1) self.u.setSize({ width: w, height: self.height });
-      }).observe(box);
-    }
-  }
-  Chart.prototype.set = function (sig, makeOpts, data) {
-    if (typeof window.uPlot !== 'function') {
-      if (!this.box.querySelector('.empty-note')) this.box.appendChild(el('div', 'empty-note', 'Chart library failed to load.'));
-      return;
-    }
-    if (this.u && sig === this.sig) { this.u.setData(data); return; }
-    this.destroy();
-    this.sig = sig;
-    var opts = makeOpts();
-    opts.width = Math.max(280, this.box.clientWidth || 600);
-    opts.height = this.height;
-    this.u = new window.uPlot(opts, data, this.box);
-  };
-  Chart.prototype.destroy = function () {
-    if (this.u) { this.u.destroy(); this.u = null; }
-    this.sig = '';
-    clear(this.box);
-  };
-  Chart.prototype.note = function (text) {
-    this.destroy();
-    this.box.appendChild(el('div', 'empty-note chart-note', text));
-  };
+  // uPlot charts that follow their box's width: app.js's.
+  var Chart = D.chart.Chart, axis = D.chart.axis;
 
   // ================================================================= state
   var L = {
