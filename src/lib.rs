@@ -14,6 +14,7 @@ pub mod delivery;
 pub mod event;
 pub mod experiments;
 pub mod features;
+pub mod fsutil;
 pub mod learn;
 pub mod metrics;
 pub mod pipeline;

@@ -188,16 +188,8 @@ impl Bandits {
         let _w = self.inner.writer.lock().unwrap_or_else(|e| e.into_inner());
         let mut defs = BTreeMap::new();
         let mut problems = Vec::new();
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.inner.dir)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("toml"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        files.sort();
         let old = self.inner.defs.load_full();
-        for p in files {
+        for p in crate::fsutil::files_with_extension(&self.inner.dir, "toml") {
             let slot = p
                 .file_stem()
                 .and_then(|s| s.to_str())
@@ -293,13 +285,11 @@ impl Bandits {
             })
         })?;
         let path = self.inner.dir.join(format!("{}.toml", def.slot));
-        let tmp = self.inner.dir.join(format!(".{}.toml.tmp", def.slot));
-        let io = |source| BanditsError::Io {
+        crate::fsutil::write_atomic(&path, text.as_bytes()).map_err(|source| BanditsError::Io {
             path: path.display().to_string(),
             source,
-        };
-        std::fs::write(&tmp, text).map_err(io)?;
-        std::fs::rename(&tmp, &path).map_err(io)?;
+        })?;
+        let _ = crate::fsutil::sync_dir(&path);
         self.reload_and_wait();
         Ok(())
     }

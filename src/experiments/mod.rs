@@ -309,15 +309,7 @@ impl Experiments {
         if self.inner.holdout > 0.0 {
             set.push(Arc::new(holdout_def(self.inner.holdout)));
         }
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.inner.dir)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("toml"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        files.sort();
-        for p in files {
+        for p in crate::fsutil::files_with_extension(&self.inner.dir, "toml") {
             let id = p
                 .file_stem()
                 .and_then(|s| s.to_str())
@@ -418,13 +410,13 @@ impl Experiments {
             })
         })?;
         let path = self.inner.dir.join(format!("{}.toml", def.id));
-        let tmp = self.inner.dir.join(format!(".{}.toml.tmp", def.id));
-        let io = |source| ExperimentsError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        std::fs::write(&tmp, text).map_err(io)?;
-        std::fs::rename(&tmp, &path).map_err(io)?;
+        crate::fsutil::write_atomic(&path, text.as_bytes()).map_err(|source| {
+            ExperimentsError::Io {
+                path: path.display().to_string(),
+                source,
+            }
+        })?;
+        let _ = crate::fsutil::sync_dir(&path);
         self.reload();
         Ok(())
     }

@@ -26,7 +26,7 @@ mod watch;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -704,7 +704,7 @@ impl Rules {
 
         let _writer = lock(&self.inner.writer);
         let path = self.inner.dir.join(format!("{name}.rhai"));
-        write_atomically(&self.inner.dir, &path, source)?;
+        write_atomically(&path, source)?;
         let current = self.inner.set.load_full();
         let counters = current
             .rules
@@ -759,37 +759,14 @@ fn read_source(path: &Path) -> io::Result<Source> {
     fs::read_to_string(path).map(Source::Text)
 }
 
-/// Writes `path` via a temp file in `dir` + fsync + rename, so readers (and the watcher) only
-/// ever see the old or the new content.
-fn write_atomically(dir: &Path, path: &Path, content: &str) -> Result<(), RulesError> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(
-        ".{file_name}.{}.{}.tmp",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let io_err = |path: &Path| {
-        let path = path.to_owned();
-        move |source| RulesError::Io { path, source }
-    };
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(content.as_bytes())?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(io_err(path)(e));
-    }
-    // Make the rename durable; failure here only weakens durability, the file is in place.
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
+/// Writes `path` atomically ([`crate::fsutil::write_atomic`]), then makes the rename durable;
+/// a failure of that last step only weakens durability (the file is in place), so it is ignored.
+fn write_atomically(path: &Path, content: &str) -> Result<(), RulesError> {
+    crate::fsutil::write_atomic(path, content.as_bytes()).map_err(|source| RulesError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let _ = crate::fsutil::sync_dir(path);
     Ok(())
 }
 

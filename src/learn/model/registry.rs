@@ -26,8 +26,8 @@
 //!
 //! Runs on the calling thread; one writer per model name at a time (the CLI or the learner).
 
-use std::fs::{self, File};
-use std::io::{ErrorKind, Write};
+use std::fs;
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -162,23 +162,9 @@ fn read(path: &Path) -> Result<Vec<u8>, ModelError> {
 /// Writes `bytes` to `path` atomically: temp file in the same directory, fsync, rename,
 /// fsync of the directory.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.tmp{}", std::process::id()));
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    result.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        ModelError::io(path, e)
-    })
+    crate::fsutil::write_atomic(path, bytes)
+        .and_then(|()| crate::fsutil::sync_dir(path))
+        .map_err(|e| ModelError::io(path, e))
 }
 
 /// Hex sha256.
