@@ -5,6 +5,20 @@
 use super::record::LearnRecord;
 use crate::store::{Store, StoreError};
 
+/// Every stored record of the slot with its decision id, oldest first (one decode each).
+pub fn records_with_ids(
+    store: &Store,
+    slot: &str,
+) -> Result<Vec<([u8; 16], LearnRecord)>, StoreError> {
+    let mut recs: Vec<([u8; 16], LearnRecord)> = store
+        .learn_records(|b| LearnRecord::decode(b).filter(|r| r.slot == slot))?
+        .into_iter()
+        .map(|(_, id, r)| (id, r))
+        .collect();
+    recs.sort_by_key(|(_, r)| r.ts);
+    Ok(recs)
+}
+
 /// The slot's records, oldest first. Without `include_open`, only decisions whose attribution
 /// window has closed (their reward is final).
 pub fn records(
@@ -13,14 +27,11 @@ pub fn records(
     now: i64,
     include_open: bool,
 ) -> Result<Vec<LearnRecord>, StoreError> {
-    let mut recs: Vec<LearnRecord> = store
-        .learn_records(|b| LearnRecord::decode(b).is_some_and(|r| r.slot == slot))?
+    Ok(records_with_ids(store, slot)?
         .into_iter()
-        .filter_map(|(_, _, b)| LearnRecord::decode(&b))
+        .map(|(_, r)| r)
         .filter(|r| include_open || r.closed(now))
-        .collect();
-    recs.sort_by_key(|r| r.ts);
-    Ok(recs)
+        .collect())
 }
 
 /// JSONL: one log row (or full record with `full`) per line.

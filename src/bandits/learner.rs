@@ -58,6 +58,21 @@ struct Pending {
     outcomes: [bool; 3],
 }
 
+impl Pending {
+    /// A decision as logged, with no outcome seen yet.
+    fn of(rec: &LearnRecord) -> Pending {
+        Pending {
+            slot: rec.slot.clone(),
+            ts: rec.ts,
+            context: rec.context.clone(),
+            action: rec.action as usize,
+            group: rec.group,
+            rewarded: false,
+            outcomes: [false; 3],
+        }
+    }
+}
+
 struct SlotLearner {
     def: Arc<BanditDef>,
     policy: Box<dyn Policy>,
@@ -270,18 +285,7 @@ impl Learner {
         s.stats.pending += 1;
         self.deadlines
             .push(Reverse((rec.ts + rec.window_ms.max(0), id)));
-        self.pending.insert(
-            id,
-            Pending {
-                slot: rec.slot.clone(),
-                ts: rec.ts,
-                context: rec.context.clone(),
-                action: rec.action as usize,
-                group: rec.group,
-                rewarded: false,
-                outcomes: [false; 3],
-            },
-        );
+        self.pending.insert(id, Pending::of(rec));
         self.dirty.insert(rec.slot.clone());
         // Outcomes already recorded (replay of an open decision).
         for kind in RewardKind::ALL {
@@ -361,49 +365,31 @@ impl Learner {
         let slot = def.slot.clone();
         self.pending.retain(|_, p| p.slot != slot);
         let mut s = SlotLearner::new(def.clone())?;
-        let mut recs: Vec<([u8; 16], LearnRecord)> = self
-            .store
-            .learn_records(|b| LearnRecord::decode(b).is_some_and(|r| r.slot == slot))
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .filter_map(|(_, id, b)| Some((id, LearnRecord::decode(&b)?)))
-            .filter(|(_, r)| r.candidates == def.candidates)
-            .collect();
-        recs.sort_by_key(|(_, r)| r.ts);
+        let recs: Vec<([u8; 16], LearnRecord)> =
+            super::export::records_with_ids(&self.store, &slot)
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .filter(|(_, r)| r.candidates == def.candidates)
+                .collect();
         let now = now_ms();
         let n = recs.len();
         let mut open = Vec::new();
         for (id, r) in recs {
+            if !r.closed(now) {
+                open.push((id, r)); // counted and joined by `chosen()` below
+                continue;
+            }
             if let Some(a) = s.stats.arms.get_mut(r.action as usize) {
                 a.chosen += 1;
             }
-            if r.closed(now) {
-                let p = Pending {
-                    slot: slot.clone(),
-                    ts: r.ts,
-                    context: r.context.clone(),
-                    action: r.action as usize,
-                    group: r.group,
-                    rewarded: r.has(r.reward),
-                    outcomes: RewardKind::ALL.map(|k| r.has(k)),
-                };
-                s.update(
-                    &r.context,
-                    r.action as usize,
-                    r.reward_value(),
-                    &self.metrics,
-                );
-                s.close(&p);
-                s.check_guardrail();
-            } else {
-                open.push((id, r));
-            }
-        }
-        // Undo the `chosen` count `chosen()` adds again for open ones.
-        for (_, r) in &open {
-            if let Some(a) = s.stats.arms.get_mut(r.action as usize) {
-                a.chosen -= 1;
-            }
+            let p = Pending {
+                rewarded: r.has(r.reward),
+                outcomes: RewardKind::ALL.map(|k| r.has(k)),
+                ..Pending::of(&r)
+            };
+            s.update(&r.context, p.action, r.reward_value(), &self.metrics);
+            s.close(&p);
+            s.check_guardrail();
         }
         self.metrics
             .bandit_fallback

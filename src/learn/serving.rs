@@ -68,9 +68,10 @@ impl Models {
 
     /// Puts (or replaces) one model; readers see the old or the new one, never a mix.
     pub fn swap_in(&self, name: &str, served: Served) {
+        let served = Arc::new(served);
         self.current.rcu(|m| {
             let mut m = HashMap::clone(m);
-            m.insert(name.to_string(), Arc::new(served.clone_arc()));
+            m.insert(name.to_string(), served.clone());
             m
         });
     }
@@ -97,16 +98,6 @@ impl Models {
     /// `predict(kind, slot, variant)` for context `x`.
     pub fn predict(&self, kind: &str, slot: &str, variant: &str, x: &[f32]) -> Option<f64> {
         self.get(&Models::name(kind, slot))?.predict(x, variant)
-    }
-}
-
-impl Served {
-    fn clone_arc(&self) -> Served {
-        Served {
-            scorer: self.scorer.clone(),
-            candidates: self.candidates.clone(),
-            version: self.version,
-        }
     }
 }
 

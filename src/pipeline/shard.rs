@@ -223,6 +223,13 @@ impl Shard {
             ..Mutation::default()
         };
         let mut pushes = Vec::new();
+        let admit = Admit {
+            cfg: &cfg,
+            metrics: &metrics,
+            live: &live,
+            user: &user,
+            now,
+        };
         for ((ev, h), before) in events.iter().zip(&hashes).zip(stored_before) {
             if before || entry.pending.contains_key(h) {
                 outcome.duplicates += 1;
@@ -274,15 +281,7 @@ impl Shard {
                 };
                 let reqs = rules.evaluate(&input);
                 for r in reqs {
-                    let ctx = Admit {
-                        cfg: &cfg,
-                        metrics: &metrics,
-                        exps: &exps,
-                        live: &live,
-                        user: &user,
-                        now,
-                    };
-                    if let Some(d) = ctx.admit(
+                    if let Some(d) = admit.admit(
                         &mut entry.state,
                         &mut entry.learn,
                         &mut mutation.learn,
@@ -395,7 +394,6 @@ impl Shard {
         let ctx = Admit {
             cfg: &cfg,
             metrics: &metrics,
-            exps: &exps,
             live: &live,
             user: &user,
             now,
@@ -469,7 +467,6 @@ impl Shard {
             let rules = self.p.rules.clone();
             let metrics = self.p.metrics.clone();
             let live = self.p.live.clone();
-            let exps = live.experiments.clone();
             let Some(entry) = self.users.get_mut(&user) else {
                 continue;
             };
@@ -485,17 +482,16 @@ impl Shard {
                     now_ms: now,
                     scorer: scorer(&live, &metrics, &entry.state),
                 };
+                let admit = Admit {
+                    cfg: &cfg,
+                    metrics: &metrics,
+                    live: &live,
+                    user: &user,
+                    now,
+                };
                 for r in rules.evaluate(&input) {
-                    let ctx = Admit {
-                        cfg: &cfg,
-                        metrics: &metrics,
-                        exps: &exps,
-                        live: &live,
-                        user: &user,
-                        now,
-                    };
                     if let Some(d) =
-                        ctx.admit(&mut entry.state, &mut entry.learn, &mut learn, r, None)
+                        admit.admit(&mut entry.state, &mut entry.learn, &mut learn, r, None)
                     {
                         decisions.push((id_of(&d), d.encode()));
                         pushes.push(d);
@@ -558,8 +554,8 @@ fn scorer(live: &Live, metrics: &Arc<Metrics>, state: &UserState) -> Option<Scor
     let models = live.models.clone();
     let metrics = metrics.clone();
     Some(Scorer(Arc::new(move |kind, slot, variant| {
-        let p = models.predict(kind, slot, variant, &x);
         let name = crate::learn::serving::Models::name(kind, slot);
+        let p = models.get(&name).and_then(|m| m.predict(&x, variant));
         metrics
             .model_predictions
             .with_label_values(&[
@@ -587,7 +583,6 @@ pub(crate) struct Live {
 struct Admit<'a> {
     cfg: &'a Config,
     metrics: &'a Metrics,
-    exps: &'a Experiments,
     live: &'a Live,
     user: &'a UserKey,
     now: i64,
@@ -612,7 +607,7 @@ impl Admit<'_> {
         }
         let mut bandit = None;
         let (experiment, arm, propensity, variant, params) =
-            match self.exps.override_for(state, &r.slot, self.now) {
+            match self.live.experiments.override_for(state, &r.slot, self.now) {
                 Some(o) => {
                     let mut params = r.params;
                     params.extend(o.params);

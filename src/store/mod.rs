@@ -39,9 +39,6 @@ const LEARN: TableDefinition<([u8; 16], [u8; 16]), &[u8]> = TableDefinition::new
 /// statistics). Aggregates over many users; holds no per-user data.
 const STATS: TableDefinition<(&str, &str, &str, &str), [f64; 6]> = TableDefinition::new("stats");
 
-/// One stored learning record: (user, decision id, decrypted bytes).
-pub type LearnRow = (UserKey, [u8; 16], Vec<u8>);
-
 /// A key of the additive statistics table.
 pub type StatKey = (String, String, String, String);
 /// One stored statistic of a group: ((segment, arm, metric), sums).
@@ -239,12 +236,13 @@ impl Store {
         Ok(v.and_then(|v| open_record(&key, user, Table::Learn, v.value())))
     }
 
-    /// Every learning record (decrypted) for which `keep` returns true, from one read
-    /// transaction. Erased users' records are unreadable and skipped.
-    pub fn learn_records(
+    /// Every learning record (decrypted) that `select` maps to `Some`, from one read
+    /// transaction: `select` sees each record's plaintext once and keeps what it returns.
+    /// Erased users' records are unreadable and skipped.
+    pub fn learn_records<T>(
         &self,
-        mut keep: impl FnMut(&[u8]) -> bool,
-    ) -> Result<Vec<LearnRow>, StoreError> {
+        mut select: impl FnMut(&[u8]) -> Option<T>,
+    ) -> Result<Vec<(UserKey, [u8; 16], T)>, StoreError> {
         let txn = self.db.begin_read()?;
         let t = txn.open_table(LEARN)?;
         let mut out = Vec::new();
@@ -259,10 +257,10 @@ impl Store {
             let Some((_, Some(key))) = &cached else {
                 continue;
             };
-            if let Some(plain) = open_record(key, &user, Table::Learn, v.value()) {
-                if keep(&plain) {
-                    out.push((user, id, plain));
-                }
+            if let Some(x) =
+                open_record(key, &user, Table::Learn, v.value()).and_then(|p| select(&p))
+            {
+                out.push((user, id, x));
             }
         }
         Ok(out)
@@ -495,7 +493,10 @@ mod tests {
         assert_eq!(ex.events[0].1, canary);
         assert_eq!(ex.decisions.len(), 1);
         assert_eq!(ex.learn.len(), 1);
-        assert_eq!(store.learn_records(|_| true).unwrap().len(), 1);
+        assert_eq!(
+            store.learn_records(|b| Some(b.to_vec())).unwrap(),
+            vec![(u, [9; 16], b"learn-canary".to_vec())]
+        );
         // Encrypted at rest: the canary never appears in plaintext, even before erasure.
         assert!(!scan_dir_for(dir.path(), canary));
         let key = store.keys().get(&u).unwrap();
