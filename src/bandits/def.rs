@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::experiments::def::{valid_name, DefError};
+use crate::experiments::def::{parse_toml, valid_name, DefError};
 use crate::learn::bandit::{Params, PolicyKind};
 
 /// What counts as a reward of a decision (within the attribution window).
@@ -141,14 +141,7 @@ pub const MAX_CANDIDATES: usize = 32;
 
 impl BanditDef {
     pub fn from_toml(slot: &str, text: &str) -> Result<BanditDef, DefError> {
-        let de =
-            toml::Deserializer::parse(text).map_err(|e| err("toml", e.message().to_string()))?;
-        // The field path of a type error (`params.alpha`, `policy`), like the JSON API gives.
-        let mut d: BanditDef = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let message = e.into_inner().message().to_string();
-            err(if path == "." { "toml" } else { &path }, message)
-        })?;
+        let mut d: BanditDef = parse_toml(text)?;
         d.set_slot(slot)?;
         d.validate()?;
         Ok(d)

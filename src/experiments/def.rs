@@ -216,6 +216,18 @@ fn err(path: &str, message: impl Into<String>) -> DefError {
     }
 }
 
+/// Parses a TOML definition file. A syntax error is at path `toml`; a wrong type or an
+/// unknown or missing field is at its field path (`params.alpha`, `variants[1].weight`), like
+/// the JSON API reports it.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, DefError> {
+    let de = toml::Deserializer::parse(text).map_err(|e| err("toml", e.message().to_string()))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.into_inner().message().to_string();
+        err(if path == "." { "toml" } else { &path }, message)
+    })
+}
+
 /// Valid experiment ids, slot and variant names: `[A-Za-z0-9_.-]{1,64}`.
 pub fn valid_name(s: &str) -> bool {
     !s.is_empty()
@@ -227,8 +239,7 @@ pub fn valid_name(s: &str) -> bool {
 impl ExperimentDef {
     /// Parses a TOML definition for `id`.
     pub fn from_toml(id: &str, text: &str) -> Result<ExperimentDef, DefError> {
-        let mut d: ExperimentDef =
-            toml::from_str(text).map_err(|e| err("toml", e.message().to_string()))?;
+        let mut d: ExperimentDef = parse_toml(text)?;
         d.set_id(id)?;
         d.validate()?;
         Ok(d)
