@@ -9,12 +9,14 @@ use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use serde_json::json;
+use std::sync::Arc;
+use trimtab::decide::view::{event_map, event_view, user_map, user_view, EventData};
 use trimtab::event::{parse_batch, Limits};
-use trimtab::features::view::{event_map, user_map};
 use trimtab::features::{FeatureConfig, UserState};
+use trimtab::privacy::Table;
 use trimtab::privacy::{TokenSigner, UserKey};
 use trimtab::rules::{RuleInput, RuleLimits, Rules};
-use trimtab::store::{Mutation, Store};
+use trimtab::store::{Store, UserRows};
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -76,7 +78,8 @@ fn features_and_rules(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
-    g.bench_function("user_view_build", |b| {
+    // v1's input: the whole user map built, and deep-copied into each evaluation.
+    g.bench_function("user_map_build", |b| {
         b.iter(|| user_map(&key, black_box(&state), now))
     });
     let rules = Rules::load(
@@ -85,34 +88,82 @@ fn features_and_rules(c: &mut Criterion) {
     )
     .unwrap();
     let input = RuleInput {
-        user: user_map(&key, &state, now),
-        event: event_map(ev),
+        user: rhai::Dynamic::from_map(user_map(&key, &state, now)),
+        event: rhai::Dynamic::from_map(event_map(ev)),
         now_ms: now,
         scorer: None,
     };
-    g.bench_function("rules_evaluate_examples", |b| {
+    g.bench_function("rules_evaluate_examples_maps", |b| {
         b.iter(|| rules.evaluate(black_box(&input)))
     });
+    // What the engine does: lazy views over the state and the event (nothing is built that a
+    // script does not read), the three example rules, one input each.
+    let shared = Arc::new(state.clone());
+    let inputs = [
+        ("scroll_on_article", events[80].event.clone()),
+        ("custom", custom_event(now)),
+        ("hover_heartbeat", hover_event(now)),
+    ];
+    for (name, e) in inputs {
+        let e = Arc::new(e);
+        g.bench_function(format!("rules_with_views_{name}"), |b| {
+            b.iter(|| {
+                let input = RuleInput {
+                    user: user_view(&key, shared.clone(), now),
+                    event: event_view(EventData::Real(e.clone())),
+                    now_ms: now,
+                    scorer: None,
+                };
+                rules.evaluate(black_box(&input))
+            })
+        });
+    }
     g.finish();
+}
+
+fn custom_event(now: i64) -> trimtab::event::Event {
+    let body = serde_json::to_vec(
+        &json!({"events": [{"id": "c1", "type": "custom", "session": "s1",
+        "ts": now, "props": {"name": "signup", "plan": "pro", "seats": 3},
+        "consent": {"analytics": true, "personalization": true}}]}),
+    )
+    .unwrap();
+    parse_batch(&body, &Limits::default(), now)
+        .unwrap()
+        .events
+        .remove(0)
+        .event
+}
+
+fn hover_event(now: i64) -> trimtab::event::Event {
+    let body = serde_json::to_vec(
+        &json!({"events": [{"id": "h1", "type": "hover", "session": "s1",
+        "ts": now, "target": "pricing", "props": {"phase": "heartbeat", "duration_ms": 800},
+        "consent": {"analytics": true, "personalization": true}}]}),
+    )
+    .unwrap();
+    parse_batch(&body, &Limits::default(), now)
+        .unwrap()
+        .events
+        .remove(0)
+        .event
 }
 
 fn group_commit(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let state = UserState::default().encode();
     let mut seq = 0u64;
-    let mut mutation = |u: u8| {
+    // One event (120 bytes, sealed) for one of 64 users, as a shard hands it to the writer.
+    let mut rows = |u: u8| {
         seq += 1;
         let mut idh = [0u8; 16];
         idh[..8].copy_from_slice(&seq.to_le_bytes());
-        Mutation {
-            user: Some(UserKey([u; 16])),
-            events: vec![(seq, idh, vec![7u8; 120])],
-            state: Some(state.clone()),
-            decisions: Vec::new(),
-            stats: Vec::new(),
-            learn: Vec::new(),
-        }
+        let user = UserKey([u; 16]);
+        let sealer = store.sealer(&user);
+        let mut r = UserRows::new(user);
+        r.events
+            .push((seq, idh, sealer.seal(&user, Table::Event, &[7u8; 120])));
+        r
     };
     let mut g = c.benchmark_group("commit");
     g.sample_size(20);
@@ -120,18 +171,18 @@ fn group_commit(c: &mut Criterion) {
     // 64 one-event batches in one durable transaction (what the writer does under load) ...
     g.bench_function("group_of_64", |b| {
         b.iter_batched(
-            || (0..64).map(|i| mutation(i as u8)).collect::<Vec<_>>(),
-            |m| store.apply(&m).unwrap(),
+            || (0..64).map(|i| rows(i as u8)).collect::<Vec<_>>(),
+            |m| store.commit(m.iter(), &[]).unwrap(),
             BatchSize::SmallInput,
         )
     });
     // ... against the baseline of one durable transaction per batch.
     g.bench_function("baseline_one_txn_each_x64", |b| {
         b.iter_batched(
-            || (0..64).map(|i| mutation(i as u8)).collect::<Vec<_>>(),
+            || (0..64).map(|i| rows(i as u8)).collect::<Vec<_>>(),
             |m| {
-                for x in m {
-                    store.apply(std::slice::from_ref(&x)).unwrap();
+                for x in &m {
+                    store.commit([x], &[]).unwrap();
                 }
             },
             BatchSize::SmallInput,

@@ -124,6 +124,18 @@ pub fn serve(
         })
         .context("starting pipeline threads")?,
     );
+    {
+        // Segments read the checkpoints: make them current first (not a strong reference,
+        // the pipeline already holds the segment service).
+        let p = Arc::downgrade(&pipeline);
+        segments.set_before_read(Box::new(move || {
+            if let Some(p) = p.upgrade() {
+                if !p.checkpoint_all(std::time::Duration::from_secs(10)) {
+                    tracing::warn!("segments: not every shard checkpointed in time; some states may be a few seconds old");
+                }
+            }
+        }));
+    }
     let state = web::Data::new(AppState {
         cfg: cfg.clone(),
         pipeline: pipeline.clone(),

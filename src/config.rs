@@ -91,6 +91,10 @@ pub struct PipelineConfig {
     pub user_cache: usize,
     /// Seconds `Retry-After` tells an overloaded client to wait.
     pub retry_after_s: u64,
+    /// A user whose state changed is checkpointed at most this long after the change (ms);
+    /// also on eviction and at shutdown. Recovery after a crash replays at most this much of
+    /// each user's log.
+    pub checkpoint_ms: i64,
 }
 
 impl Default for PipelineConfig {
@@ -101,6 +105,7 @@ impl Default for PipelineConfig {
             max_commit_batch: 512,
             user_cache: 50_000,
             retry_after_s: 1,
+            checkpoint_ms: 5_000,
         }
     }
 }

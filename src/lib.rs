@@ -10,6 +10,7 @@ pub mod api;
 pub mod app;
 pub mod bandits;
 pub mod config;
+pub mod decide;
 pub mod delivery;
 pub mod event;
 pub mod experiments;

@@ -42,6 +42,7 @@ pub struct Metrics {
     pub ws_sessions: IntGauge,
     pub ws_dropped: IntCounter,
     pub users_cached: IntGauge,
+    pub replayed: IntCounter,
     pub bandit_decisions: IntCounterVec,
     pub bandit_rewards: IntCounterVec,
     pub bandit_updates: IntCounterVec,
@@ -165,6 +166,14 @@ impl Metrics {
             users_cached: reg(
                 &r,
                 IntGauge::new("trimtab_users_cached", "Users held in shard memory").expect(ok),
+            ),
+            replayed: reg(
+                &r,
+                IntCounter::new(
+                    "trimtab_log_replayed_total",
+                    "Log records replayed onto checkpoints when loading users",
+                )
+                .expect(ok),
             ),
             bandit_decisions: reg(
                 &r,

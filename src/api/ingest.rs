@@ -84,48 +84,61 @@ pub async fn events(
     let batch = parse_batch_value(value, &st.cfg.limits, now_ms()).inspect_err(|e| {
         st.metrics.reject(e.code, 1);
     })?;
-    let incoming = batch.events;
-    // Group by user, keeping each user's order.
+    let (groups, not_consented) = group_by_user(&st, &caller, batch.events)?;
+    if not_consented > 0 {
+        st.metrics.reject("no_consent", not_consented as u64);
+    }
+    let n: u64 = groups.iter().map(|(_, v)| v.len() as u64).sum();
+    let pending = st.pipeline.submit_events(groups).map_err(|e| {
+        st.metrics.reject("overloaded", n);
+        ApiError::from_submit(e, st.cfg.pipeline.retry_after_s)
+    })?;
+    let outcome = pending
+        .await
+        .map_err(|_| ApiError::unavailable("the server stopped before storing the events"))??;
+    Ok(HttpResponse::Accepted().json(json!({
+        "accepted": outcome.accepted,
+        "duplicates": outcome.duplicates,
+        "not_consented": not_consented,
+    })))
+}
+
+/// Groups a batch's events by user, keeping each user's order; each distinct user id is
+/// pseudonymised (and checked against the credentials) once. Events without analytics consent
+/// are dropped (counted).
+fn group_by_user(
+    st: &AppState,
+    caller: &Caller,
+    incoming: Vec<crate::event::Incoming>,
+) -> Result<(Vec<(UserKey, Vec<crate::event::Event>)>, usize), ApiError> {
     let mut groups: Vec<(UserKey, Vec<crate::event::Event>)> = Vec::new();
+    let mut index: std::collections::HashMap<Option<String>, usize> =
+        std::collections::HashMap::new();
     let mut not_consented = 0usize;
     for (i, inc) in incoming.into_iter().enumerate() {
-        let user = caller.resolve(&st, inc.user.as_deref(), &format!("events[{i}].user"))?;
+        let g = match index.get(&inc.user) {
+            Some(g) => *g,
+            None => {
+                let user = caller.resolve(st, inc.user.as_deref(), &format!("events[{i}].user"))?;
+                let g = match groups.iter().position(|(u, _)| *u == user) {
+                    Some(g) => g,
+                    None => {
+                        groups.push((user, Vec::new()));
+                        groups.len() - 1
+                    }
+                };
+                index.insert(inc.user.clone(), g);
+                g
+            }
+        };
         if !inc.event.consent.analytics {
             not_consented += 1;
             continue;
         }
-        match groups.iter_mut().find(|(u, _)| *u == user) {
-            Some((_, v)) => v.push(inc.event),
-            None => groups.push((user, vec![inc.event])),
-        }
+        groups[g].1.push(inc.event);
     }
-    if not_consented > 0 {
-        st.metrics.reject("no_consent", not_consented as u64);
-    }
-    let mut pending = Vec::with_capacity(groups.len());
-    for (user, evs) in groups {
-        let n = evs.len() as u64;
-        match st.pipeline.submit_events(user, evs) {
-            Ok(p) => pending.push(p),
-            Err(e) => {
-                st.metrics.reject("overloaded", n);
-                return Err(ApiError::from_submit(e, st.cfg.pipeline.retry_after_s));
-            }
-        }
-    }
-    let (mut accepted, mut duplicates) = (0, 0);
-    for p in pending {
-        let outcome = p
-            .await
-            .map_err(|_| ApiError::unavailable("the server stopped before storing the events"))??;
-        accepted += outcome.accepted;
-        duplicates += outcome.duplicates;
-    }
-    Ok(HttpResponse::Accepted().json(json!({
-        "accepted": accepted,
-        "duplicates": duplicates,
-        "not_consented": not_consented,
-    })))
+    groups.retain(|(_, v)| !v.is_empty());
+    Ok((groups, not_consented))
 }
 
 /// `POST /v1/anonymous` (no credentials; `anonymous = true`): a token for a new random id, so a

@@ -13,12 +13,15 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: ready to take traffic (not shutting down).
+/// `GET /readyz`: ready to take traffic (not shutting down, not replaying log tails after an
+/// unclean stop).
 pub async fn readyz(st: web::Data<AppState>) -> HttpResponse {
-    if st.ready.load(Ordering::Relaxed) {
-        HttpResponse::Ok().json(json!({"status": "ready", "ws_sessions": st.hub.session_count()}))
-    } else {
+    if !st.ready.load(Ordering::Relaxed) {
         HttpResponse::ServiceUnavailable().json(json!({"status": "shutting_down"}))
+    } else if st.pipeline.recovering() {
+        HttpResponse::ServiceUnavailable().json(json!({"status": "recovering"}))
+    } else {
+        HttpResponse::Ok().json(json!({"status": "ready", "ws_sessions": st.hub.session_count()}))
     }
 }
 

@@ -1,10 +1,14 @@
 //! Delivery: the per-user hub of open WebSocket sessions, and the session task itself.
 //!
-//! [`Hub`] maps a pseudonymous user to the outgoing queues of that user's open sockets. The
-//! writer thread pushes adjustments into it after their decision is durable; pushing never
-//! blocks (`try_send`): a socket whose queue is full is too slow and is closed, so one stuck tab
-//! cannot hold up the loop. Nothing is ever sent to a socket of another user.
+//! Every socket has **one** outbound queue ([`SocketTx`]) that carries everything the server
+//! sends it: the writer thread puts a batch's `ack` straight into the queue of the socket that
+//! sent the batch, and pushes adjustments through the [`Hub`], which maps a pseudonymous user
+//! to the queues of that user's open sockets. Frames are serialised once ([`frames`]) and shared
+//! (`ByteString` clones are reference counts). Sending never blocks (`try_send`): a socket whose
+//! queue is full is too slow and is closed (the client retries what was not acknowledged), so
+//! one stuck tab cannot hold up the loop. Nothing is ever sent to a socket of another user.
 
+pub mod frames;
 pub mod live;
 pub mod session;
 
@@ -12,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use bytestring::ByteString;
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
@@ -21,14 +26,17 @@ use crate::privacy::UserKey;
 #[derive(Debug, Clone)]
 pub enum Outbound {
     /// A JSON text frame.
-    Text(Arc<str>),
+    Text(ByteString),
     /// Close the socket with this code and reason.
     Close(u16, &'static str),
 }
 
+/// The outbound queue of one socket.
+pub type SocketTx = mpsc::Sender<Outbound>;
+
 struct Handle {
     id: u64,
-    tx: mpsc::Sender<Outbound>,
+    tx: SocketTx,
 }
 
 pub struct Hub {
@@ -62,7 +70,7 @@ impl Hub {
     }
 
     /// Registers a socket of `user`; returns its id (for [`Hub::unregister`]).
-    pub fn register(&self, user: UserKey, tx: mpsc::Sender<Outbound>) -> u64 {
+    pub fn register(&self, user: UserKey, tx: SocketTx) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.sessions
             .write()
@@ -88,23 +96,27 @@ impl Hub {
         }
     }
 
-    /// Sends `msg` to every open socket of `user`. Returns how many sockets got it.
-    pub fn push(&self, user: &UserKey, msg: Arc<str>) -> usize {
+    /// Sends `frame` to every open socket of `user`. Returns how many sockets got it.
+    pub fn push(&self, user: &UserKey, frame: &ByteString) -> usize {
         let map = self.sessions.read().unwrap_or_else(|e| e.into_inner());
         let Some(v) = map.get(user) else { return 0 };
-        let mut sent = 0;
-        for h in v {
-            match h.tx.try_send(Outbound::Text(msg.clone())) {
-                Ok(()) => sent += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    // Too slow to keep up: ask the session task to close (it owns the socket).
-                    self.metrics.ws_dropped.inc();
-                    let _ = h.tx.try_send(Outbound::Close(1013, "too slow"));
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+        v.iter()
+            .filter(|h| self.send_to(&h.tx, frame.clone()))
+            .count()
+    }
+
+    /// Sends `frame` to one socket's queue; a full queue means the client does not keep up:
+    /// it is asked to close (the session task owns the socket). Returns whether it was queued.
+    pub fn send_to(&self, tx: &SocketTx, frame: ByteString) -> bool {
+        match tx.try_send(Outbound::Text(frame)) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.metrics.ws_dropped.inc();
+                let _ = tx.try_send(Outbound::Close(1013, "too slow"));
+                false
             }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
-        sent
     }
 
     /// Closes every socket of `user` (after erasure).
@@ -148,12 +160,12 @@ mod tests {
         let id1 = hub.register(ua, a1);
         hub.register(ua, a2);
         hub.register(ub, b);
-        assert_eq!(hub.push(&ua, "x".into()), 2);
+        assert_eq!(hub.push(&ua, &"x".into()), 2);
         assert!(matches!(ra1.try_recv(), Ok(Outbound::Text(t)) if &*t == "x"));
         assert!(matches!(ra2.try_recv(), Ok(Outbound::Text(_))));
         assert!(rb.try_recv().is_err());
         hub.unregister(&ua, id1);
-        assert_eq!(hub.push(&ua, "y".into()), 1);
+        assert_eq!(hub.push(&ua, &"y".into()), 1);
         assert_eq!(hub.session_count(), 2);
     }
 }

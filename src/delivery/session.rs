@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Session};
-use serde_json::{json, Value};
+use bytestring::ByteString;
+use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::{Hub, Outbound};
+use super::{Hub, Outbound, SocketTx};
 use crate::config::Config;
 use crate::event::{parse_events, parse_json, InputError};
 use crate::metrics::Metrics;
@@ -28,15 +29,8 @@ pub struct SessionCtx {
     pub metrics: Arc<Metrics>,
 }
 
-fn error_msg(code: &str, message: &str, path: Option<&str>, ids: &[String]) -> Arc<str> {
-    let mut v = json!({"type": "error", "code": code, "message": message});
-    if let Some(p) = path {
-        v["path"] = p.into();
-    }
-    if !ids.is_empty() {
-        v["ids"] = ids.into();
-    }
-    v.to_string().into()
+fn error_msg(code: &str, message: &str, path: Option<&str>, ids: &[String]) -> ByteString {
+    super::frames::error(code, message, path, ids)
 }
 
 use crate::now_ms;
@@ -65,9 +59,7 @@ pub async fn run(ctx: SessionCtx, mut session: Session, stream: actix_ws::Messag
         Ok(Some(Ok(AggregatedMessage::Text(text)))) => match authenticate(&ctx, text.as_bytes()) {
             Ok(u) => u,
             Err((code, msg)) => {
-                let _ = session
-                    .text(error_msg(code, msg, None, &[]).to_string())
-                    .await;
+                let _ = session.text(error_msg(code, msg, None, &[])).await;
                 ctx.metrics.reject("ws_auth", 1);
                 close(session, CloseCode::Policy, msg).await;
                 return;
@@ -105,12 +97,12 @@ pub async fn run(ctx: SessionCtx, mut session: Session, stream: actix_ws::Messag
                 Some(Ok(AggregatedMessage::Text(text))) => {
                     last_seen = Instant::now();
                     if let Some(reply) = handle_text(&ctx, user, text.as_bytes(), &tx) {
-                        if session.text(reply.to_string()).await.is_err() { break; }
+                        if session.text(reply).await.is_err() { break; }
                     }
                 }
                 Some(Ok(AggregatedMessage::Binary(_))) => {
                     let m = error_msg("unsupported_message", "binary frames are not supported; send JSON text", None, &[]);
-                    if session.text(m.to_string()).await.is_err() { break; }
+                    if session.text(m).await.is_err() { break; }
                 }
                 Some(Ok(AggregatedMessage::Ping(b))) => {
                     last_seen = Instant::now();
@@ -121,14 +113,14 @@ pub async fn run(ctx: SessionCtx, mut session: Session, stream: actix_ws::Messag
                 Some(Err(e)) => {
                     // Oversized frames and protocol violations end the session with a reason.
                     let m = error_msg("protocol_error", &e.to_string(), None, &[]);
-                    let _ = session.text(m.to_string()).await;
+                    let _ = session.text(m).await;
                     closing = Some((1009, "message too big or malformed frame"));
                     break;
                 }
             },
             out = rx.recv() => match out {
                 Some(Outbound::Text(t)) => {
-                    if session.text(t.to_string()).await.is_err() { break; }
+                    if session.text(t).await.is_err() { break; }
                 }
                 Some(Outbound::Close(code, why)) => { closing = Some((code, why)); break; }
                 None => break,
@@ -167,14 +159,10 @@ fn authenticate(ctx: &SessionCtx, body: &[u8]) -> Result<UserKey, (&'static str,
     })
 }
 
-/// Handles one client text message; returns an immediate reply (errors), if any. Acks are
-/// sent later through `tx`, once the batch is durable.
-fn handle_text(
-    ctx: &SessionCtx,
-    user: UserKey,
-    body: &[u8],
-    tx: &mpsc::Sender<Outbound>,
-) -> Option<Arc<str>> {
+/// Handles one client text message; returns an immediate reply (errors), if any. The `ack`
+/// comes later through the socket's own queue `tx`, put there by the writer once the batch is
+/// durable.
+fn handle_text(ctx: &SessionCtx, user: UserKey, body: &[u8], tx: &SocketTx) -> Option<ByteString> {
     let reject = |e: InputError, ids: &[String]| {
         ctx.metrics.reject(e.code, 1);
         Some(error_msg(e.code, &e.message, e.path.as_deref(), ids))
@@ -252,9 +240,11 @@ fn handle_text(
     };
     let mut ids_no_consent = Vec::new();
     let mut evs = Vec::with_capacity(incoming.len());
+    // The raw id last checked against the token (each distinct id is hashed once).
+    let mut verified: Option<String> = None;
     for (i, inc) in incoming.into_iter().enumerate() {
-        if let Some(raw) = &inc.user {
-            if ctx.pseudo.user(raw) != user {
+        if let Some(raw) = inc.user {
+            if verified.as_deref() != Some(raw.as_str()) && ctx.pseudo.user(&raw) != user {
                 let e = InputError::new(
                     "user_mismatch",
                     "a token only writes its own user's events",
@@ -262,6 +252,7 @@ fn handle_text(
                 );
                 return reject(e, &[]);
             }
+            verified = Some(raw);
         }
         if inc.event.consent.analytics {
             evs.push(inc.event);
@@ -275,52 +266,32 @@ fn handle_text(
     }
     if evs.is_empty() {
         // Nothing to store: the client may forget these ids.
-        return Some(
-            json!({"type":"ack","ids": ids_no_consent, "not_consented": ids_no_consent.len()})
-                .to_string()
-                .into(),
-        );
+        return Some(super::frames::ack_not_consented(&ids_no_consent));
     }
-    let ids: Vec<String> = evs.iter().map(|e| e.id.clone()).collect();
-    match ctx.pipeline.submit_events(user, evs) {
-        Ok(pending) => {
-            let tx = tx.clone();
-            actix_web::rt::spawn(async move {
-                let msg = match pending.await {
-                    Ok(Ok(outcome)) => {
-                        let mut all = outcome.ids;
-                        all.extend(ids_no_consent);
-                        json!({"type":"ack","ids": all, "duplicates": outcome.duplicates})
-                            .to_string()
-                            .into()
-                    }
-                    Ok(Err(e)) => error_msg("storage_unavailable", &e.to_string(), None, &ids),
-                    Err(_) => error_msg(
-                        "unavailable",
-                        "the server stopped before storing these events",
-                        None,
-                        &ids,
-                    ),
-                };
-                // The session may be gone; the client then retries unacknowledged ids.
-                let _ = tx.send(Outbound::Text(msg)).await;
-            });
-            None
-        }
-        Err(SubmitError::Overloaded) => {
-            ctx.metrics.reject("overloaded", ids.len() as u64);
+    let result = ctx
+        .pipeline
+        .submit_ws(user, evs, tx.clone(), ids_no_consent);
+    let (err, evs) = match result {
+        Ok(()) => return None,
+        Err(e) => e,
+    };
+    let n = evs.len() as u64;
+    let failed_ids: Vec<String> = evs.into_iter().map(|e| e.id).collect();
+    match err {
+        SubmitError::Overloaded => {
+            ctx.metrics.reject("overloaded", n);
             Some(error_msg(
                 "overloaded",
                 "the server is busy; retry these events later with the same ids",
                 None,
-                &ids,
+                &failed_ids,
             ))
         }
-        Err(SubmitError::ShuttingDown) => Some(error_msg(
+        SubmitError::ShuttingDown => Some(error_msg(
             "unavailable",
             "the server is shutting down",
             None,
-            &ids,
+            &failed_ids,
         )),
     }
 }

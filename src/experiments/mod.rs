@@ -27,7 +27,7 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, Phase, Props};
-use crate::features::{ExperimentRecord, UserState};
+use crate::features::UserState;
 use crate::privacy::UserKey;
 use crate::rules::{Condition, Rules};
 use crate::watch::{DirWatcher, WatchError};
@@ -35,8 +35,6 @@ use def::{Arm, DefError, ExperimentDef, MetricDef, MetricKind, Scope, ValueOf};
 
 /// Id of the built-in global holdout experiment.
 pub const HOLDOUT_ID: &str = "global-holdout";
-/// How many recent decision ids a user's record keeps per experiment.
-const KEEP_DECISIONS: usize = 8;
 
 /// `[experiments]` config.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -459,32 +457,37 @@ impl Experiments {
     }
 
     /// Decides, once per user and live experiment, whether the user takes part and in which
-    /// arm (deterministic by hash; targeting and segments are checked then). Returns whether
-    /// the state changed.
-    pub fn ensure_assigned(
+    /// arm (deterministic by hash; targeting and segments are checked then), and whether the
+    /// user is in the global holdout (decided on first sight). Reads the state only; `user`
+    /// builds the rules' view of the user, called only if a targeting condition needs it.
+    /// The caller applies the plan ([`UserState::assign_experiment`]); stratified counts are
+    /// taken here, so a plan must be applied.
+    pub fn plan(
         &self,
         key: &UserKey,
-        state: &mut UserState,
-        user_map: &rhai::Map,
+        state: &UserState,
+        mut user: impl FnMut() -> rhai::Dynamic,
         now_ms: i64,
-    ) -> bool {
-        let mut changed = false;
-        if state.holdout.is_none() {
-            state.holdout = Some(assign::in_holdout(key, self.inner.holdout));
-            changed = true;
-        }
+    ) -> Plan {
+        let holdout = state
+            .holdout
+            .is_none()
+            .then(|| assign::in_holdout(key, self.inner.holdout));
+        let held = state.holdout.or(holdout).unwrap_or(false);
+        let mut view: Option<rhai::Dynamic> = None;
+        let mut assign = Vec::new();
         for c in self.inner.set.load().iter() {
             if state.experiments.contains_key(&c.def.id) || !c.def.is_live(now_ms) {
                 continue;
             }
             let eligible = (c.def.segments.is_empty() || c.def.segments.contains(&state.segment))
-                && c.targeting
-                    .as_ref()
-                    .is_none_or(|t| self.inner.rules.check(t, user_map, now_ms));
+                && c.targeting.as_ref().is_none_or(|t| {
+                    let v = view.get_or_insert_with(&mut user);
+                    self.inner.rules.check(t, v, now_ms)
+                });
             let arm = eligible.then(|| {
                 if c.expose_on_first_event {
                     // Same draw as `in_holdout`, so the arm and the behaviour agree.
-                    let held = state.holdout.unwrap_or(false);
                     c.arms[usize::from(!held)].name.clone()
                 } else {
                     let u = assign::bucket(key, c.def.salt());
@@ -496,15 +499,27 @@ impl Experiments {
                     c.arms[i].name.clone()
                 }
             });
-            state.experiments.insert(
-                c.def.id.clone(),
-                ExperimentRecord {
-                    arm,
-                    assigned_ms: now_ms,
-                    ..ExperimentRecord::default()
-                },
-            );
-            changed = true;
+            assign.push((c.def.id.clone(), arm));
+        }
+        Plan { holdout, assign }
+    }
+
+    /// [`Experiments::plan`] applied at once (for tests and tools). Returns whether the state
+    /// changed.
+    pub fn ensure_assigned(
+        &self,
+        key: &UserKey,
+        state: &mut UserState,
+        user: &rhai::Map,
+        now_ms: i64,
+    ) -> bool {
+        let plan = self.plan(key, state, || rhai::Dynamic::from_map(user.clone()), now_ms);
+        let changed = plan.holdout.is_some() || !plan.assign.is_empty();
+        if let Some(h) = plan.holdout {
+            state.holdout = Some(h);
+        }
+        for (id, arm) in plan.assign {
+            state.assign_experiment(&id, arm, now_ms);
         }
         changed
     }
@@ -572,73 +587,75 @@ impl Experiments {
         None
     }
 
-    /// Remembers a decision made under an experiment (to attribute its impression and clicks).
-    pub fn note_decision(state: &mut UserState, experiment: &str, decision_id: &str) {
-        if let Some(rec) = state.experiments.get_mut(experiment) {
-            rec.decisions.push_back(decision_id.to_string());
-            while rec.decisions.len() > KEEP_DECISIONS {
-                rec.decisions.pop_front();
-            }
-        }
-    }
-
-    /// Updates exposures and metric values with one event; returns the statistics deltas.
+    /// What one event changes in the user's experiments: first exposures, new metric values
+    /// and the statistics deltas they make. Reads the state only; the caller applies the
+    /// exposures ([`UserState::expose`]) and values ([`UserState::set_metric`]).
     /// `events_before` is the user's event count before this event (the CUPED covariate at
     /// exposure).
-    pub fn track(&self, state: &mut UserState, ev: &Event, events_before: u64) -> Vec<StatDelta> {
-        let mut out = Vec::new();
+    pub fn track(&self, state: &UserState, ev: &Event, events_before: u64) -> Tracked {
+        let mut out = Tracked::default();
         let set = self.inner.set.load();
         for c in set.iter() {
-            let Some(rec) = state.experiments.get_mut(&c.def.id) else {
+            let Some(rec) = state.experiments.get(&c.def.id) else {
                 continue;
             };
-            let Some(arm) = rec.arm.clone() else { continue };
-            let push = |out: &mut Vec<StatDelta>, seg: &str, metric: &str, delta: Suff| {
+            let Some(arm) = &rec.arm else { continue };
+            let mut push = |seg: &str, metric: &str, delta: Suff| {
                 // Everyone (segment "") and, when known, the user's segment at exposure.
-                let mut segments = vec![String::new()];
-                if !seg.is_empty() {
-                    segments.push(seg.to_string());
-                }
-                for segment in segments {
-                    out.push(StatDelta {
+                for segment in [Some(""), (!seg.is_empty()).then_some(seg)]
+                    .into_iter()
+                    .flatten()
+                {
+                    out.deltas.push(StatDelta {
                         experiment: c.def.id.clone(),
-                        segment,
+                        segment: segment.to_string(),
                         arm: arm.clone(),
                         metric: metric.to_string(),
                         delta,
                     });
                 }
             };
-            if rec.exposed_ms.is_none() {
-                let exposes = c.expose_on_first_event
-                    || matches!(&ev.props, Props::Impression { decision: Some(d), .. } if rec.decisions.contains(d));
-                if !exposes {
-                    continue;
+            let (covariate, segment, just_exposed) = match rec.exposed_ms {
+                Some(_) => (rec.covariate, rec.segment.as_str(), false),
+                None => {
+                    let exposes = c.expose_on_first_event
+                        || matches!(&ev.props, Props::Impression { decision: Some(d), .. } if rec.decisions.contains(d));
+                    if !exposes {
+                        continue;
+                    }
+                    let x = events_before as f64;
+                    out.exposures.push(Exposure {
+                        experiment: c.def.id.clone(),
+                        covariate: x,
+                        segment: state.segment.clone(),
+                    });
+                    for m in c.metrics.keys() {
+                        out.values.push((c.def.id.clone(), m.clone(), 0.0));
+                        let d = Suff {
+                            n: 1.0,
+                            sum_x: x,
+                            sum_x2: x * x,
+                            ..Suff::default()
+                        };
+                        push(&state.segment, m, d);
+                    }
+                    if !c.expose_on_first_event {
+                        continue; // the exposing impression itself is not an outcome
+                    }
+                    (x, state.segment.as_str(), true)
                 }
-                rec.exposed_ms = Some(ev.received_ms);
-                rec.covariate = events_before as f64;
-                rec.segment = state.segment.clone();
-                let x = rec.covariate;
-                for m in c.metrics.keys() {
-                    rec.values.insert(m.clone(), 0.0);
-                    let d = Suff {
-                        n: 1.0,
-                        sum_x: x,
-                        sum_x2: x * x,
-                        ..Suff::default()
-                    };
-                    push(&mut out, &rec.segment, m, d);
-                }
-                if !c.expose_on_first_event {
-                    continue; // the exposing impression itself is not an outcome
-                }
-            }
+            };
             let slots = c.def.slots();
             for (name, m) in &c.metrics {
                 let Some(inc) = metric_increment(m, ev, &rec.decisions, &slots) else {
                     continue;
                 };
-                let old = rec.values.get(name).copied().unwrap_or(0.0);
+                // Just exposed: every value starts at 0.
+                let old = if just_exposed {
+                    0.0
+                } else {
+                    rec.values.get(name).copied().unwrap_or(0.0)
+                };
                 let new = match m.kind {
                     MetricKind::Proportion => 1.0,
                     MetricKind::Mean => old + inc,
@@ -646,19 +663,46 @@ impl Experiments {
                 if new == old {
                     continue;
                 }
-                rec.values.insert(name.clone(), new);
-                let x = rec.covariate;
+                out.values.push((c.def.id.clone(), name.clone(), new));
                 let d = Suff {
                     sum: new - old,
                     sum_sq: new * new - old * old,
-                    sum_xy: x * (new - old),
+                    sum_xy: covariate * (new - old),
                     ..Suff::default()
                 };
-                push(&mut out, &rec.segment, name, d);
+                push(segment, name, d);
             }
         }
         out
     }
+}
+
+/// Assignments for one user ([`Experiments::plan`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    /// Whether the user is in the global holdout, when decided now (first sight).
+    pub holdout: Option<bool>,
+    /// (experiment, arm or `None` = not eligible) for experiments the user meets first.
+    pub assign: Vec<(String, Option<String>)>,
+}
+
+/// A user's first exposure to an experiment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exposure {
+    pub experiment: String,
+    /// Events before exposure (the CUPED covariate).
+    pub covariate: f64,
+    /// The user's segment at exposure.
+    pub segment: String,
+}
+
+/// What one event changes in a user's experiments ([`Experiments::track`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tracked {
+    pub exposures: Vec<Exposure>,
+    /// (experiment, metric, new value), in order (exposure zeros first).
+    pub values: Vec<(String, String, f64)>,
+    pub deltas: Vec<StatDelta>,
 }
 
 /// How much one event adds to a metric, or `None` when it does not match.
@@ -790,11 +834,11 @@ mod tests {
         exps.put(def).unwrap();
         let mut mobile = UserState::default();
         mobile.context.device = "mobile".into();
-        let view = crate::features::view::user_map(&key(1), &mobile, 0);
+        let view = crate::decide::view::user_map(&key(1), &mobile, 0);
         exps.ensure_assigned(&key(1), &mut mobile, &view, 0);
         assert!(mobile.experiments["t"].arm.is_some());
         let mut desktop = UserState::default();
-        let view = crate::features::view::user_map(&key(2), &desktop, 0);
+        let view = crate::decide::view::user_map(&key(2), &desktop, 0);
         exps.ensure_assigned(&key(2), &mut desktop, &view, 0);
         assert!(desktop.experiments["t"].arm.is_none(), "not targeted");
         // A broken targeting expression is refused at definition time.

@@ -4,11 +4,10 @@
 //! hover/dwell/click statistics per target (including interactions still going on), the recent
 //! interaction sequence, sessions, context and consent, and what has been pushed to them
 //! (current variant per slot, frequency-cap counters). It is postcard-encoded and stored
-//! encrypted by the writer. [`view`] turns it into the map that Rhai rules read.
+//! sealed and checkpointed by its shard; `crate::decide::view` shows it to Rhai rules.
 //!
 //! Pure data and arithmetic: no I/O, no locks, no clocks (the caller passes `now_ms`).
 
 pub mod state;
-pub mod view;
 
 pub use state::{ExperimentRecord, FeatureConfig, Ongoing, TargetStats, UserState};

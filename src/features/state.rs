@@ -34,6 +34,9 @@ impl Default for FeatureConfig {
     }
 }
 
+/// How many recent decision ids a user's record keeps per experiment.
+pub const KEEP_DECISIONS: usize = 8;
+
 /// Shortest interval between two scroll events that yields a velocity sample.
 const MIN_VELOCITY_DT_MS: i64 = 50;
 
@@ -374,6 +377,93 @@ impl UserState {
             }
         }
         changed
+    }
+
+    /// The frequency-cap counts of `slot` as they stand at `at` (a new session or UTC day
+    /// starts from zero): `(in this session, today)`. Reads only.
+    pub fn cap_counts(&self, slot: &str, at: i64) -> (u32, u32) {
+        let day = at.div_euclid(86_400_000);
+        self.caps.get(slot).map_or((0, 0), |c| {
+            (
+                if c.session == self.session {
+                    c.in_session
+                } else {
+                    0
+                },
+                if c.day == day { c.in_day } else { 0 },
+            )
+        })
+    }
+
+    /// Records that `slot` now shows decision `id` (`variant` with `params`), decided at `at`:
+    /// counts it against the slot's frequency caps and, for an experiment's decision, keeps
+    /// its id to attribute the impression.
+    pub fn record_shown(
+        &mut self,
+        slot: &str,
+        variant: &str,
+        params: &BTreeMap<String, String>,
+        id: &str,
+        experiment: Option<&str>,
+        at: i64,
+    ) {
+        let day = at.div_euclid(86_400_000);
+        let c = self.caps.entry(slot.to_string()).or_default();
+        if c.session != self.session {
+            c.session = self.session.clone();
+            c.in_session = 0;
+        }
+        if c.day != day {
+            c.day = day;
+            c.in_day = 0;
+        }
+        c.in_session += 1;
+        c.in_day += 1;
+        c.total += 1;
+        self.adjustments
+            .insert(slot.to_string(), variant.to_string());
+        self.shown
+            .insert(slot.to_string(), (id.to_string(), params.clone()));
+        if let Some(rec) = experiment.and_then(|e| self.experiments.get_mut(e)) {
+            rec.decisions.push_back(id.to_string());
+            while rec.decisions.len() > KEEP_DECISIONS {
+                rec.decisions.pop_front();
+            }
+        }
+    }
+
+    /// Records the user's arm in an experiment (`None`: not eligible), decided at `at`.
+    pub fn assign_experiment(&mut self, experiment: &str, arm: Option<String>, at: i64) {
+        self.experiments.insert(
+            experiment.to_string(),
+            ExperimentRecord {
+                arm,
+                assigned_ms: at,
+                ..ExperimentRecord::default()
+            },
+        );
+    }
+
+    /// Records the user's first exposure to an experiment's content.
+    pub fn expose(&mut self, experiment: &str, at: i64, covariate: f64, segment: &str) {
+        if let Some(rec) = self.experiments.get_mut(experiment) {
+            rec.exposed_ms = Some(at);
+            rec.covariate = covariate;
+            rec.segment = segment.to_string();
+        }
+    }
+
+    /// Sets the user's current value of an experiment metric.
+    pub fn set_metric(&mut self, experiment: &str, metric: &str, value: f64) {
+        if let Some(rec) = self.experiments.get_mut(experiment) {
+            rec.values.insert(metric.to_string(), value);
+        }
+    }
+
+    /// A `page_view` renders every slot with its default again.
+    pub fn new_page(&mut self) {
+        self.adjustments.clear();
+        self.shown.clear();
     }
 
     /// Whether any hover or dwell is going on (the shard then keeps a timer for the user).

@@ -1,22 +1,26 @@
 //! The ingest pipeline: bounded queues, shard workers, the single writer, acknowledgements.
 //!
 //! ```text
-//! api ──try_send──▶ shard[hash(user) % n] ──send──▶ writer ──commit──▶ reply (ack) + hub push
+//! api ──try_send──▶ shard[hash(user) % n] ──one Work per drain──▶ writer ──commit──▶ acks + pushes
+//!                    (decide::step per input)                      (group commit)     (socket queues)
 //! ```
 //! - `submit_*` never blocks: a full shard queue is [`SubmitError::Overloaded`] (HTTP 429, WS
 //!   `overloaded`), never a silent drop.
 //! - Shards ([`shard`]) own their users' state: one thread per shard, so per-user order holds
-//!   without locks. They update features, run rules, apply frequency caps and build decisions.
-//! - The writer ([`writer`]) is the only redb writer: it drains its queue, commits many batches in
-//!   one durable transaction, then answers each request and pushes its adjustments. An event is
-//!   acknowledged only after that commit.
+//!   without locks. Per input they run [`crate::decide::step`], seal what it produced with the
+//!   user's key, and append rows to the drain's [`writer::Work`]; they checkpoint dirty users
+//!   every `pipeline.checkpoint_ms`, on eviction and at shutdown, and replay a user's log tail
+//!   past the checkpoint when loading them.
+//! - The writer ([`writer`]) is the only redb writer: it commits many shards' work in one
+//!   durable transaction, then acknowledges (HTTP replies, WS `ack` frames straight into the
+//!   socket's outbound queue) and pushes adjustments. An event is acknowledged only after that
+//!   commit.
 
-mod attribution;
 pub mod decision;
 mod shard;
 mod writer;
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -25,7 +29,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::config::Config;
-use crate::delivery::Hub;
+use crate::delivery::{Hub, SocketTx};
 use crate::event::Event;
 use crate::experiments::Experiments;
 use crate::metrics::Metrics;
@@ -54,15 +58,13 @@ pub enum PipelineError {
     Stopped,
 }
 
-/// What happened to one batch of one user's events.
-#[derive(Debug, Clone, Default, Serialize)]
+/// What happened to one HTTP batch.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
 pub struct IngestOutcome {
     /// Newly stored events.
     pub accepted: usize,
     /// Events whose id had been seen before (already stored; not stored again).
     pub duplicates: usize,
-    /// Ids of all events of the batch (stored or duplicate): the client may forget them.
-    pub ids: Vec<String>,
 }
 
 /// A user's data, for export.
@@ -78,11 +80,68 @@ pub struct UserExport {
 pub type Reply<T> = oneshot::Sender<Result<T, PipelineError>>;
 pub type Pending<T> = oneshot::Receiver<Result<T, PipelineError>>;
 
+/// The completion of an HTTP batch spread over several shards: resolves once every part is
+/// durable (or one failed).
+pub struct Join {
+    parts: AtomicUsize,
+    accepted: AtomicUsize,
+    duplicates: AtomicUsize,
+    reply: Mutex<Option<Reply<IngestOutcome>>>,
+}
+
+impl Join {
+    fn new(parts: usize, reply: Reply<IngestOutcome>) -> Arc<Join> {
+        Arc::new(Join {
+            parts: AtomicUsize::new(parts),
+            accepted: AtomicUsize::new(0),
+            duplicates: AtomicUsize::new(0),
+            reply: Mutex::new(Some(reply)),
+        })
+    }
+
+    /// One part is done (`Err`: the whole batch fails at once).
+    pub(crate) fn part(&self, r: Result<IngestOutcome, PipelineError>) {
+        match r {
+            Ok(o) => {
+                self.accepted.fetch_add(o.accepted, Ordering::Relaxed);
+                self.duplicates.fetch_add(o.duplicates, Ordering::Relaxed);
+                if self.parts.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    let outcome = IngestOutcome {
+                        accepted: self.accepted.load(Ordering::Relaxed),
+                        duplicates: self.duplicates.load(Ordering::Relaxed),
+                    };
+                    self.finish(Ok(outcome));
+                }
+            }
+            Err(e) => self.finish(Err(e)),
+        }
+    }
+
+    fn finish(&self, r: Result<IngestOutcome, PipelineError>) {
+        let reply = self.reply.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(tx) = reply {
+            let _ = tx.send(r);
+        }
+    }
+}
+
+/// Where the acknowledgement of a batch of events goes.
+pub(crate) enum EventsReply {
+    /// A part of an HTTP request.
+    Http(Arc<Join>),
+    /// A WebSocket message: the `ack` frame goes into the socket's own outbound queue, listing
+    /// `extra` (ids accepted without storing, e.g. not consented) after the batch's ids.
+    Ws {
+        socket: SocketTx,
+        extra: Vec<String>,
+    },
+}
+
 pub(crate) enum ShardMsg {
     Events {
-        user: UserKey,
-        events: Vec<Event>,
-        reply: Reply<IngestOutcome>,
+        /// Users of this shard and their events, each user's in order.
+        users: Vec<(UserKey, Vec<Event>)>,
+        reply: EventsReply,
     },
     Decide {
         user: UserKey,
@@ -98,15 +157,19 @@ pub(crate) enum ShardMsg {
         user: UserKey,
         reply: Reply<EraseCounts>,
     },
+    /// Checkpoint every dirty user now; `done` is told once that is committed.
+    Checkpoint { done: Sender<()> },
 }
 
 /// Handles to the pipeline's threads and queues. Dropping the senders (via [`Pipeline::shutdown`])
-/// lets every thread drain its queue and exit.
+/// lets every thread drain its queue, checkpoint and exit.
 pub struct Pipeline {
     shards: Mutex<Option<Vec<Sender<ShardMsg>>>>,
+    depth: Vec<prometheus::IntGauge>,
     threads: Mutex<Vec<JoinHandle<()>>>,
-    metrics: Arc<Metrics>,
     shard_count: usize,
+    /// Shards still replaying log tails after an unclean stop.
+    recovering: Arc<AtomicUsize>,
 }
 
 /// What the pipeline's threads use: shared services, built once by the app.
@@ -127,116 +190,174 @@ pub struct Services {
 
 impl Pipeline {
     pub fn start(s: Services) -> std::io::Result<Pipeline> {
-        let Services {
-            cfg,
-            store,
-            rules,
-            hub,
-            metrics,
-            pseudo,
-            experiments,
-            segments,
-            bandits,
-            models,
-            learner,
-        } = s;
-        let n = cfg.shard_count();
-        let (wtx, wrx) = bounded(cfg.pipeline.writer_queue);
+        let n = s.cfg.shard_count();
+        let (wtx, wrx) = bounded(s.cfg.pipeline.writer_queue.max(1));
         let committed: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
+        // After an unclean stop, the users whose log goes past their checkpoint, by shard.
+        let mut recover: Vec<Vec<UserKey>> = vec![Vec::new(); n];
+        if !s.store.was_clean() {
+            let t = std::time::Instant::now();
+            let users = s
+                .store
+                .users_with_tail()
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            tracing::info!(
+                users = users.len(),
+                ms = t.elapsed().as_millis() as u64,
+                "unclean stop: replaying log tails past the checkpoints"
+            );
+            for u in users {
+                recover[u.shard(n)].push(u);
+            }
+        }
+        let recovering = Arc::new(AtomicUsize::new(
+            recover.iter().filter(|r| !r.is_empty()).count(),
+        ));
         let mut threads = Vec::new();
         let mut shard_txs = Vec::new();
         let mut fail_txs = Vec::new();
-        let mut shard_parts = Vec::new();
-        for idx in 0..n {
-            let (tx, rx) = bounded(cfg.pipeline.shard_queue);
+        let mut parts = Vec::new();
+        let mut depth = Vec::new();
+        for (idx, rec) in recover.into_iter().enumerate() {
+            let (tx, rx) = bounded(s.cfg.pipeline.shard_queue.max(1));
             let (ftx, frx) = unbounded();
             shard_txs.push(tx);
             fail_txs.push(ftx);
-            shard_parts.push((idx, rx, frx));
+            parts.push((idx, rx, frx, rec));
+            depth.push(
+                s.metrics
+                    .queue_depth
+                    .with_label_values(&[&format!("shard{idx}")]),
+            );
         }
         let w = writer::Writer::new(
             wrx,
-            store.clone(),
-            hub.clone(),
-            metrics.clone(),
+            s.store.clone(),
+            s.hub.clone(),
+            s.metrics.clone(),
             committed.clone(),
             fail_txs,
-            cfg.pipeline.max_commit_batch,
+            s.cfg.pipeline.max_commit_batch,
         );
         threads.push(
             std::thread::Builder::new()
                 .name("trimtab-writer".into())
                 .spawn(move || w.run())?,
         );
-        for (idx, rx, frx) in shard_parts {
-            let s = shard::Shard::new(shard::ShardParts {
+        for (idx, rx, frx, rec) in parts {
+            let sh = shard::Shard::new(shard::ShardParts {
                 idx,
                 rx,
                 failed: frx,
-                writer: wtx.clone(),
-                store: store.clone(),
-                rules: rules.clone(),
-                cfg: cfg.clone(),
-                metrics: metrics.clone(),
-                pseudo: pseudo.clone(),
+                sink: Box::new(shard::ChannelSink(wtx.clone())),
+                clock: Arc::new(shard::SystemClock),
+                store: s.store.clone(),
+                cfg: s.cfg.clone(),
+                metrics: s.metrics.clone(),
+                pseudo: s.pseudo.clone(),
                 committed: committed.clone(),
-                hub: hub.clone(),
+                hub: s.hub.clone(),
                 live: shard::Live {
-                    experiments: experiments.clone(),
-                    segments: segments.clone(),
-                    bandits: bandits.clone(),
-                    models: models.clone(),
-                    learner: learner.clone(),
+                    rules: s.rules.clone(),
+                    experiments: s.experiments.clone(),
+                    segments: Some(s.segments.clone()),
+                    bandits: s.bandits.clone(),
+                    models: s.models.clone(),
+                    learner: s.learner.clone(),
                 },
+                recover: rec,
+                recovering: recovering.clone(),
             });
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("trimtab-shard-{idx}"))
-                    .spawn(move || s.run())?,
+                    .spawn(move || sh.run())?,
             );
         }
         Ok(Pipeline {
             shards: Mutex::new(Some(shard_txs)),
+            depth,
             threads: Mutex::new(threads),
-            metrics,
             shard_count: n,
+            recovering,
         })
     }
 
-    fn send(&self, user: &UserKey, msg: ShardMsg) -> Result<(), SubmitError> {
+    /// Whether shards are still replaying log tails after an unclean stop (not ready yet).
+    pub fn recovering(&self) -> bool {
+        self.recovering.load(Ordering::Relaxed) > 0
+    }
+
+    fn send(&self, shard: usize, msg: ShardMsg) -> Result<(), SubmitError> {
+        self.try_send(shard, msg).map_err(|(e, _)| e)
+    }
+
+    /// Queues `msg`, or gives it back with the reason.
+    fn try_send(&self, shard: usize, msg: ShardMsg) -> Result<(), (SubmitError, ShardMsg)> {
         let guard = self.shards.lock().unwrap_or_else(|e| e.into_inner());
         let Some(shards) = guard.as_ref() else {
-            return Err(SubmitError::ShuttingDown);
+            return Err((SubmitError::ShuttingDown, msg));
         };
-        let tx = &shards[user.shard(self.shard_count)];
+        let tx = &shards[shard];
         let r = tx.try_send(msg);
-        self.metrics
-            .queue_depth
-            .with_label_values(&[&format!("shard{}", user.shard(self.shard_count))])
-            .set(tx.len() as i64);
+        self.depth[shard].set(tx.len() as i64);
         match r {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(SubmitError::Overloaded),
-            Err(TrySendError::Disconnected(_)) => Err(SubmitError::ShuttingDown),
+            Err(TrySendError::Full(m)) => Err((SubmitError::Overloaded, m)),
+            Err(TrySendError::Disconnected(m)) => Err((SubmitError::ShuttingDown, m)),
         }
     }
 
-    /// Queues one user's events; the receiver resolves once they are durable.
+    /// Queues the events of several users (an HTTP batch), one message per shard; the
+    /// receiver resolves once all of them are durable. On `Overloaded` some shards may have
+    /// queued their part already (those events are stored; a retry finds them duplicates).
     pub fn submit_events(
+        &self,
+        users: Vec<(UserKey, Vec<Event>)>,
+    ) -> Result<Pending<IngestOutcome>, SubmitError> {
+        let (reply, rx) = oneshot::channel();
+        let mut by_shard: Vec<Vec<(UserKey, Vec<Event>)>> = Vec::new();
+        by_shard.resize_with(self.shard_count, Vec::new);
+        for (u, evs) in users {
+            by_shard[u.shard(self.shard_count)].push((u, evs));
+        }
+        let parts = by_shard.iter().filter(|v| !v.is_empty()).count();
+        if parts == 0 {
+            let _ = reply.send(Ok(IngestOutcome::default()));
+            return Ok(rx);
+        }
+        let join = Join::new(parts, reply);
+        for (shard, users) in by_shard.into_iter().enumerate() {
+            if !users.is_empty() {
+                let reply = EventsReply::Http(join.clone());
+                self.send(shard, ShardMsg::Events { users, reply })?;
+            }
+        }
+        Ok(rx)
+    }
+
+    /// Queues one socket's batch of one user's events. The `ack` (or an error frame naming
+    /// the ids) is sent into `socket` once the batch is durable; `extra` ids are acknowledged
+    /// with it (events accepted without being stored). On error the events come back.
+    pub fn submit_ws(
         &self,
         user: UserKey,
         events: Vec<Event>,
-    ) -> Result<Pending<IngestOutcome>, SubmitError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(
-            &user,
-            ShardMsg::Events {
-                user,
-                events,
-                reply,
-            },
-        )?;
-        Ok(rx)
+        socket: SocketTx,
+        extra: Vec<String>,
+    ) -> Result<(), (SubmitError, Vec<Event>)> {
+        let shard = user.shard(self.shard_count);
+        let reply = EventsReply::Ws { socket, extra };
+        let msg = ShardMsg::Events {
+            users: vec![(user, events)],
+            reply,
+        };
+        self.try_send(shard, msg).map_err(|(e, m)| match m {
+            ShardMsg::Events { mut users, .. } => {
+                (e, users.pop().map(|(_, v)| v).unwrap_or_default())
+            }
+            _ => (e, Vec::new()),
+        })
     }
 
     pub fn decide(
@@ -246,8 +367,9 @@ impl Pipeline {
         candidates: Vec<String>,
     ) -> Result<Pending<Decision>, SubmitError> {
         let (reply, rx) = oneshot::channel();
+        let shard = user.shard(self.shard_count);
         self.send(
-            &user,
+            shard,
             ShardMsg::Decide {
                 user,
                 slot,
@@ -260,18 +382,49 @@ impl Pipeline {
 
     pub fn export(&self, user: UserKey) -> Result<Pending<Option<UserExport>>, SubmitError> {
         let (reply, rx) = oneshot::channel();
-        self.send(&user, ShardMsg::Export { user, reply })?;
+        self.send(
+            user.shard(self.shard_count),
+            ShardMsg::Export { user, reply },
+        )?;
         Ok(rx)
     }
 
     pub fn erase(&self, user: UserKey) -> Result<Pending<EraseCounts>, SubmitError> {
         let (reply, rx) = oneshot::channel();
-        self.send(&user, ShardMsg::Erase { user, reply })?;
+        self.send(
+            user.shard(self.shard_count),
+            ShardMsg::Erase { user, reply },
+        )?;
         Ok(rx)
     }
 
-    /// Stops accepting, lets shards and the writer drain and commit everything queued, and
-    /// joins their threads. Blocking: call from a non-async thread or `spawn_blocking`.
+    /// Checkpoints every dirty user of every shard and waits (up to `timeout`) until that is
+    /// durable, so that readers of the checkpoints (the segmenter) see current states.
+    /// Blocking: for background threads. Returns whether every shard confirmed in time.
+    pub fn checkpoint_all(&self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let (done, confirmed) = bounded(self.shard_count);
+        let senders = match self
+            .shards
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            Some(s) => s.clone(),
+            None => return false,
+        };
+        for tx in &senders {
+            let msg = ShardMsg::Checkpoint { done: done.clone() };
+            if tx.send_deadline(msg, deadline).is_err() {
+                return false;
+            }
+        }
+        (0..senders.len()).all(|_| confirmed.recv_deadline(deadline).is_ok())
+    }
+
+    /// Stops accepting, lets shards drain their queues and checkpoint every dirty user, lets
+    /// the writer commit everything, and joins their threads. Blocking: call from a non-async
+    /// thread or `spawn_blocking`.
     pub fn shutdown(&self) {
         self.shards.lock().unwrap_or_else(|e| e.into_inner()).take();
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));

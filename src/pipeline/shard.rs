@@ -1,136 +1,412 @@
 //! A shard worker: one thread that owns the state of the users hashed to it.
 //!
-//! Per message it loads the user (memory, else redb), drops duplicate event ids, updates the
-//! features, runs the rules, applies frequency caps, builds decisions and hands one batch to the
-//! writer. It also keeps a timer per user with an ongoing hover or dwell, so rules see
-//! `hovering_ms` grow on the server's clock and fire at the right moment between heartbeats.
+//! A thin loop over three seams: an event source (its bounded queue), a sink (the writer, which
+//! commits) and a clock. It waits for a message or a timer, drains what is queued, and for each
+//! input runs the one path every input takes — load the user (checkpoint + replay of the log
+//! tail past it), [`crate::decide::step`], then [`Shard::record`]: seal what the step produced
+//! with the user's key and append it to the drain's [`Work`] — and hands that one `Work` to the
+//! sink. Events, `decide` requests and timer ticks differ only in their [`Input`].
+//!
+//! Also here: deduplication of event ids (in-flight ids in memory, committed ones in the
+//! store's `seen` table, one read snapshot per drain), the timer heap for users with an ongoing
+//! hover or dwell, checkpoints of dirty users (every `pipeline.checkpoint_ms`, on eviction and
+//! at shutdown), and recovery after an unclean stop.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
 
-use super::attribution::{Attribution, LearnCache};
-use super::writer::{Done, WriterMsg};
-use super::{Decision, IngestOutcome, PipelineError, ShardMsg};
+use super::writer::{After, Failed, Work, WriterMsg};
+use super::{EventsReply, IngestOutcome, PipelineError, Reply, ShardMsg};
 use crate::bandits::learner::LearnMsg;
+use crate::bandits::record::LearnRecord;
 use crate::bandits::Bandits;
 use crate::config::Config;
-use crate::delivery::Hub;
+use crate::decide::{self, Cause, Input, JournalRecord, LearnCache, LearnLookup, Note, Out};
+use crate::delivery::{frames, Hub};
 use crate::event::Event;
 use crate::experiments::Experiments;
-use crate::features::view::{event_map, synthetic_event, user_map};
 use crate::features::UserState;
 use crate::metrics::Metrics;
-use crate::privacy::{Pseudonymizer, UserKey};
-use crate::rules::{AdjustRequest, RuleInput, Rules, Scorer};
+use crate::privacy::crypto::Sealer;
+use crate::privacy::{Pseudonymizer, Table, UserKey};
+use crate::rules::Rules;
 use crate::segments::service::SegmentService;
-use crate::store::{Mutation, Store};
+use crate::store::{Reader, Store, UserRows};
 
-pub(crate) use crate::now_ms;
+/// The time source of a shard (tests use a fixed or manual clock).
+pub trait Clock: Send + Sync {
+    fn now_ms(&self) -> i64;
+}
+
+/// Wall-clock time.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        crate::now_ms()
+    }
+}
+
+/// Where a shard's work goes: the writer in production (tests may collect it instead).
+pub trait Sink: Send {
+    /// Hands `msg` over, blocking while the writer's queue is full (backpressure). `Err` when
+    /// the writer is gone.
+    fn send(&self, msg: WriterMsg) -> Result<(), ()>;
+}
+
+/// The writer's queue.
+pub(crate) struct ChannelSink(pub Sender<WriterMsg>);
+
+impl Sink for ChannelSink {
+    fn send(&self, msg: WriterMsg) -> Result<(), ()> {
+        self.0.send(msg).map_err(|_| ())
+    }
+}
+
+/// The shared, live-updated services a shard consults per input.
+#[derive(Clone)]
+pub(crate) struct Live {
+    pub rules: Rules,
+    pub experiments: Experiments,
+    pub segments: Option<Arc<SegmentService>>,
+    pub bandits: Bandits,
+    /// Served models, for `predict()` in rules.
+    pub models: Arc<crate::learn::serving::Models>,
+    /// The learner's queue (None when learning is off, e.g. in unit tests).
+    pub learner: Option<Sender<LearnMsg>>,
+}
+
+/// Most messages handled in one drain (bounds the latency of the drain's first message).
+const MAX_DRAIN: usize = 256;
 
 struct Entry {
     state: UserState,
+    sealer: Sealer,
     /// Recent learning records of bandit decisions (newest version).
     learn: LearnCache,
     /// Id hashes of events handed to the writer and not yet known to be committed → op.
     pending: HashMap<[u8; 16], u64>,
+    /// Whether the store may hold rows of this user (else its `seen` table has none).
+    stored: bool,
     last_op: u64,
     last_used: i64,
     timer: Option<i64>,
+    /// Since when the state has changes no checkpoint holds.
+    dirty_since: Option<i64>,
 }
 
 pub(crate) struct ShardParts {
     pub idx: usize,
     pub rx: Receiver<ShardMsg>,
-    pub failed: Receiver<UserKey>,
-    pub writer: Sender<WriterMsg>,
+    pub failed: Receiver<Failed>,
+    pub sink: Box<dyn Sink>,
+    pub clock: Arc<dyn Clock>,
     pub store: Arc<Store>,
-    pub rules: Rules,
     pub cfg: Arc<Config>,
     pub metrics: Arc<Metrics>,
     pub pseudo: Pseudonymizer,
     pub committed: Arc<Vec<AtomicU64>>,
     pub hub: Arc<Hub>,
     pub live: Live,
+    /// Users to replay and checkpoint first (after an unclean stop).
+    pub recover: Vec<UserKey>,
+    pub recovering: Arc<AtomicUsize>,
 }
 
 pub(crate) struct Shard {
     p: ShardParts,
     users: HashMap<UserKey, Entry>,
     timers: BinaryHeap<Reverse<(i64, UserKey)>>,
+    /// Users in the order they became dirty: (since, user).
+    dirty: VecDeque<(i64, UserKey)>,
+    /// Users whose in-memory state was dropped after a failed commit: (op to wait for, the
+    /// next seq to use) — reloaded once the writer has settled that op.
+    quarantine: HashMap<UserKey, (u64, u64)>,
     op: u64,
+    work: Work,
+}
+
+/// The drain's read snapshot, opened on first use.
+struct Snap<'s> {
+    store: &'s Store,
+    reader: Option<Reader<'s>>,
+}
+
+impl<'s> Snap<'s> {
+    fn get(&mut self) -> Result<&Reader<'s>, PipelineError> {
+        if self.reader.is_none() {
+            self.reader = Some(self.store.reader().map_err(storage)?);
+        }
+        Ok(self.reader.as_ref().expect("just opened"))
+    }
+}
+
+fn storage(e: impl std::fmt::Display) -> PipelineError {
+    PipelineError::Storage(e.to_string())
+}
+
+/// Stored learning records through the drain's snapshot.
+struct Lookup<'a, 's> {
+    snap: &'a mut Snap<'s>,
+    user: &'a UserKey,
+    sealer: &'a Sealer,
+}
+
+impl LearnLookup for Lookup<'_, '_> {
+    fn learn_record(&mut self, id: &[u8; 16]) -> Option<LearnRecord> {
+        let r = self.snap.get().ok()?;
+        let b = r.learn_record(self.user, self.sealer, id).ok().flatten()?;
+        LearnRecord::decode(&b)
+    }
 }
 
 impl Shard {
     pub(crate) fn new(p: ShardParts) -> Shard {
+        let work = Work {
+            shard: p.idx,
+            ..Work::default()
+        };
         Shard {
             p,
             users: HashMap::new(),
             timers: BinaryHeap::new(),
+            dirty: VecDeque::new(),
+            quarantine: HashMap::new(),
             op: 0,
+            work,
         }
     }
 
-    pub(crate) fn run(mut self) {
-        loop {
-            let wait = match self.timers.peek() {
-                Some(Reverse((due, _))) => Duration::from_millis((due - now_ms()).max(0) as u64),
-                None => Duration::from_secs(3600),
-            };
-            select! {
-                recv(self.p.rx) -> msg => match msg {
-                    Ok(m) => self.handle(m),
-                    Err(_) => break, // all senders gone: shutdown; queue drained
-                },
-                recv(self.p.failed) -> u => if let Ok(u) = u {
-                    self.users.remove(&u);
-                },
-                default(wait) => {}
-            }
-            self.fire_timers();
-        }
-        tracing::debug!(shard = self.p.idx, "shard drained and stopped");
+    fn now(&self) -> i64 {
+        self.p.clock.now_ms()
     }
 
     fn committed(&self) -> u64 {
         self.p.committed[self.p.idx].load(Ordering::Acquire)
     }
 
-    fn load(&mut self, user: &UserKey, now: i64) -> Result<&mut Entry, PipelineError> {
+    pub(crate) fn run(mut self) {
+        self.recover();
+        let store = self.p.store.clone();
+        loop {
+            let wait = self.next_wake().map_or(Duration::from_secs(3600), |due| {
+                Duration::from_millis((due - self.now()).max(0) as u64)
+            });
+            let first = select! {
+                recv(self.p.rx) -> msg => match msg {
+                    Ok(m) => Some(m),
+                    Err(_) => break, // all senders gone: shutdown; queue drained
+                },
+                recv(self.p.failed) -> f => {
+                    if let Ok(f) = f { self.failed(f); }
+                    None
+                },
+                default(wait) => None,
+            };
+            let mut snap = Snap {
+                store: &store,
+                reader: None,
+            };
+            if let Some(m) = first {
+                self.handle(m, &mut snap);
+                for _ in 1..MAX_DRAIN {
+                    match self.p.rx.try_recv() {
+                        Ok(m) => self.handle(m, &mut snap),
+                        Err(_) => break,
+                    }
+                }
+            }
+            self.fire_timers(&mut snap);
+            self.checkpoint_due(false);
+            drop(snap);
+            self.flush();
+        }
+        // Shutdown: every dirty user is checkpointed, so the next start replays nothing.
+        self.checkpoint_due(true);
+        self.flush();
+        tracing::debug!(shard = self.p.idx, "shard drained and stopped");
+    }
+
+    /// The next timer or checkpoint due.
+    fn next_wake(&self) -> Option<i64> {
+        let timer = self.timers.peek().map(|Reverse((due, _))| *due);
+        let ckpt = self
+            .dirty
+            .front()
+            .map(|(since, _)| since + self.p.cfg.pipeline.checkpoint_ms);
+        match (timer, ckpt) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Hands the drain's work to the writer.
+    fn flush(&mut self) {
+        if self.work.is_empty() {
+            return;
+        }
+        let mut w = std::mem::take(&mut self.work);
+        self.work.shard = self.p.idx;
+        w.op = self.op;
+        if self.p.sink.send(WriterMsg::Commit(Box::new(w))).is_err() {
+            tracing::error!(shard = self.p.idx, "the writer is gone; work dropped");
+        }
+    }
+
+    fn send_barrier(&mut self, msg: WriterMsg) {
+        self.flush();
+        if self.p.sink.send(msg).is_err() {
+            tracing::error!(shard = self.p.idx, "the writer is gone");
+        }
+    }
+
+    fn handle(&mut self, msg: ShardMsg, snap: &mut Snap<'_>) {
+        match msg {
+            ShardMsg::Events { users, reply } => self.events(users, reply, snap),
+            ShardMsg::Decide {
+                user,
+                slot,
+                candidates,
+                reply,
+            } => self.decide(user, slot, candidates, reply, snap),
+            ShardMsg::Export { user, reply } => {
+                let now = self.now();
+                let state = match self.entry(&user, snap, false) {
+                    Ok(Some(e)) => Some(crate::decide::view::state_json(&user, &e.state, now)),
+                    Ok(None) => None,
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                };
+                self.send_barrier(WriterMsg::Export { user, state, reply });
+            }
+            ShardMsg::Checkpoint { done } => {
+                self.checkpoint_due(true);
+                self.work.after.push(After::Notify(done));
+            }
+            ShardMsg::Erase { user, reply } => {
+                if self.users.remove(&user).is_some() {
+                    self.p.metrics.users_cached.dec();
+                }
+                self.quarantine.remove(&user);
+                // From now on this user's records get a new key; the writer shreds the old one
+                // after committing what is queued before the erasure.
+                let slot = self.p.store.detach_key(&user);
+                self.send_barrier(WriterMsg::Erase { user, slot, reply });
+            }
+        }
+    }
+
+    /// The user's entry: cached, else loaded from the store (checkpoint + replay of the tail),
+    /// else (with `create`) a new user. `Ok(None)`: unknown and not created.
+    fn entry(
+        &mut self,
+        user: &UserKey,
+        snap: &mut Snap<'_>,
+        create: bool,
+    ) -> Result<Option<&mut Entry>, PipelineError> {
+        let now = self.now();
+        if let Some(&(op, _)) = self.quarantine.get(user) {
+            if self.committed() < op {
+                return Err(PipelineError::Storage(
+                    "a previous write of this user failed; retry shortly".into(),
+                ));
+            }
+        }
         if !self.users.contains_key(user) {
-            self.evict_if_full();
-            let state = self
-                .p
-                .store
-                .load_state(user)
-                .map_err(|e| PipelineError::Storage(e.to_string()))?
-                .and_then(|b| UserState::decode(&b))
-                .unwrap_or_default();
-            self.users.insert(
-                *user,
-                Entry {
-                    state,
+            let loaded = self.load(user, snap)?;
+            let entry = match loaded {
+                Some(e) => e,
+                None if create => Entry {
+                    state: UserState::default(),
+                    sealer: self.p.store.sealer(user),
                     learn: LearnCache::default(),
                     pending: HashMap::new(),
+                    stored: false,
                     last_op: 0,
                     last_used: now,
                     timer: None,
+                    dirty_since: None,
                 },
-            );
+                None => return Ok(None),
+            };
+            self.evict_if_full();
+            let mut entry = entry;
+            if let Some((_, next_seq)) = self.quarantine.remove(user) {
+                entry.state.next_seq = entry.state.next_seq.max(next_seq);
+            }
+            let replayed = entry.dirty_since.is_some();
+            let ongoing = entry.state.has_ongoing();
+            self.users.insert(*user, entry);
             self.p.metrics.users_cached.inc();
+            if replayed {
+                self.dirty.push_back((now, *user));
+            }
+            if ongoing {
+                self.schedule(*user, now + self.p.cfg.features.tick_ms);
+            }
         }
         // Just inserted or present: cannot be missing.
         let e = self.users.get_mut(user).expect("entry present");
         e.last_used = now;
-        Ok(e)
+        Ok(Some(e))
+    }
+
+    /// Loads a stored user: the checkpoint, then every log record past it replayed.
+    fn load(&self, user: &UserKey, snap: &mut Snap<'_>) -> Result<Option<Entry>, PipelineError> {
+        let Some(l) = snap
+            .get()?
+            .load(user, |b| UserState::decode(b).map(|s| s.next_seq))
+            .map_err(storage)?
+        else {
+            return Ok(None);
+        };
+        let mut state = match &l.state {
+            Some(b) => UserState::decode(b).unwrap_or_else(|| {
+                tracing::error!(user = %user.short(), "checkpoint does not decode; replaying the log from the start");
+                UserState::default()
+            }),
+            None => UserState::default(),
+        };
+        if l.unreadable > 0 {
+            tracing::error!(user = %user.short(), records = l.unreadable, "log records that do not decrypt were skipped");
+        }
+        let replayed = !l.tail.is_empty();
+        for (seq, ev, j) in &l.tail {
+            let ev: Option<Event> = ev.as_deref().and_then(|b| postcard::from_bytes(b).ok());
+            let j = j.as_deref().and_then(JournalRecord::decode);
+            decide::journal::replay(
+                &mut state,
+                &self.p.cfg.features,
+                *seq,
+                ev.as_ref(),
+                j.as_ref(),
+            );
+        }
+        if replayed {
+            self.p.metrics.replayed.inc_by(l.tail.len() as u64);
+        }
+        Ok(Some(Entry {
+            state,
+            sealer: l.sealer,
+            learn: LearnCache::default(),
+            pending: HashMap::new(),
+            stored: true,
+            last_op: 0,
+            last_used: self.now(),
+            timer: None,
+            dirty_since: replayed.then(|| self.now()),
+        }))
     }
 
     /// Drops the least recently used tenth of the cache, skipping users with uncommitted
-    /// writes or running timers (their state exists only here).
+    /// writes or running timers; dirty ones are checkpointed on the way out.
     fn evict_if_full(&mut self) {
         let cap = self.p.cfg.pipeline.user_cache.max(1);
         if self.users.len() < cap {
@@ -145,176 +421,103 @@ impl Shard {
             .collect();
         idle.sort_unstable();
         for (_, k) in idle.into_iter().take(cap / 10 + 1) {
-            self.users.remove(&k);
-            self.p.metrics.users_cached.dec();
-        }
-    }
-
-    fn handle(&mut self, msg: ShardMsg) {
-        match msg {
-            ShardMsg::Events {
-                user,
-                events,
-                reply,
-            } => self.events(user, events, reply),
-            ShardMsg::Decide {
-                user,
-                slot,
-                candidates,
-                reply,
-            } => self.decide(user, slot, candidates, reply),
-            ShardMsg::Export { user, reply } => {
-                self.send(WriterMsg::Export { user, reply });
-            }
-            ShardMsg::Erase { user, reply } => {
-                if self.users.remove(&user).is_some() {
-                    self.p.metrics.users_cached.dec();
+            if let Some(mut e) = self.users.remove(&k) {
+                if e.dirty_since.is_some() {
+                    self.work.rows.push(checkpoint_rows(&k, &mut e));
                 }
-                self.send(WriterMsg::Erase { user, reply });
+                self.p.metrics.users_cached.dec();
             }
         }
     }
 
-    fn send(&self, msg: WriterMsg) {
-        // Blocks when the writer is behind: that backpressure fills this shard's queue, which
-        // the API turns into 429s. The writer outlives every shard, so send cannot fail
-        // except during a crash-stop, when the reply is dropped and the client sees an error.
-        let _ = self.p.writer.send(msg);
+    fn events(
+        &mut self,
+        users: Vec<(UserKey, Vec<Event>)>,
+        reply: EventsReply,
+        snap: &mut Snap<'_>,
+    ) {
+        self.op += 1;
+        let mut outcome = IngestOutcome::default();
+        let mut ids = Vec::new();
+        let ws = matches!(reply, EventsReply::Ws { .. });
+        for (user, events) in users {
+            match self.user_events(user, events, snap, ws.then_some(&mut ids)) {
+                Ok((a, d)) => {
+                    outcome.accepted += a;
+                    outcome.duplicates += d;
+                }
+                Err(e) => {
+                    match reply {
+                        EventsReply::Http(join) => join.part(Err(e)),
+                        EventsReply::Ws { socket, .. } => {
+                            let f =
+                                frames::error("storage_unavailable", &e.to_string(), None, &ids);
+                            self.p.hub.send_to(&socket, f);
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+        self.p
+            .metrics
+            .events_duplicate
+            .inc_by(outcome.duplicates as u64);
+        self.work.after.push(match reply {
+            EventsReply::Http(join) => After::Http { join, outcome },
+            EventsReply::Ws { socket, mut extra } => {
+                ids.append(&mut extra);
+                let ack = frames::ack(ids.iter().map(String::as_str), outcome.duplicates);
+                After::Ws { socket, ack, ids }
+            }
+        });
     }
 
-    fn events(&mut self, user: UserKey, events: Vec<Event>, reply: super::Reply<IngestOutcome>) {
-        let now = now_ms();
-        self.op += 1;
+    /// One user's new events through the loop. Returns (accepted, duplicates); with `ids`,
+    /// appends every event's id to it (for the socket's `ack`).
+    fn user_events(
+        &mut self,
+        user: UserKey,
+        events: Vec<Event>,
+        snap: &mut Snap<'_>,
+        mut ids: Option<&mut Vec<String>>,
+    ) -> Result<(usize, usize), PipelineError> {
         let op = self.op;
         let committed = self.committed();
-        let cfg = self.p.cfg.clone();
-        // Which ids were committed before? One read transaction for the whole batch.
+        let pseudo = self.p.pseudo.clone();
+        // Each id is hashed once, here.
         let hashes: Vec<[u8; 16]> = events
             .iter()
-            .map(|e| self.p.pseudo.event_id(&user, &e.id))
+            .map(|e| pseudo.event_id(&user, &e.id))
             .collect();
-        let mut outcome = IngestOutcome {
-            ids: events.iter().map(|e| e.id.clone()).collect(),
-            ..IngestOutcome::default()
-        };
-        let stored_before: Vec<bool> = match self.p.store.seen_many(&user, &hashes) {
-            Ok(v) => v,
-            Err(e) => {
-                let _ = reply.send(Err(PipelineError::Storage(e.to_string())));
-                return;
-            }
-        };
-        let rules = self.p.rules.clone();
-        let metrics = self.p.metrics.clone();
-        let hub = self.p.hub.clone();
-        let live = self.p.live.clone();
-        let exps = live.experiments.clone();
-        let store = self.p.store.clone();
-        let entry = match self.load(&user, now) {
-            Ok(e) => e,
-            Err(e) => {
-                let _ = reply.send(Err(e));
-                return;
-            }
-        };
+        let entry = self.entry(&user, snap, true)?.expect("created");
         entry.pending.retain(|_, o| *o > committed);
-        let mut mutation = Mutation {
-            user: Some(user),
-            ..Mutation::default()
+        let stored = entry.stored;
+        let seen = if stored {
+            snap.get()?.seen_many(&user, &hashes).map_err(storage)?
+        } else {
+            vec![false; hashes.len()]
         };
-        let mut pushes = Vec::new();
-        let admit = Admit {
-            cfg: &cfg,
-            metrics: &metrics,
-            live: &live,
-            user: &user,
-            now,
-        };
-        for ((ev, h), before) in events.iter().zip(&hashes).zip(stored_before) {
-            if before || entry.pending.contains_key(h) {
-                outcome.duplicates += 1;
-                continue;
+        let (mut accepted, mut duplicates) = (0, 0);
+        for ((ev, h), before) in events.into_iter().zip(&hashes).zip(seen) {
+            let entry = self.users.get_mut(&user).expect("entry present");
+            let dup = before || entry.pending.contains_key(h);
+            if dup {
+                duplicates += 1;
+            } else {
+                entry.pending.insert(*h, op);
+                accepted += 1;
             }
-            entry.pending.insert(*h, op);
-            if matches!(ev.props, crate::event::Props::PageView { .. }) {
-                // A new page renders every slot with its default again.
-                entry.state.adjustments.clear();
-                entry.state.shown.clear();
+            let ev = Arc::new(ev);
+            if !dup {
+                self.step(user, Input::Event(&ev), Some(*h), snap);
             }
-            let events_before = entry.state.events;
-            entry.state.apply(ev, &cfg.features);
-            let attr = Attribution {
-                store: &store,
-                bandits: &live.bandits,
-                learner: live.learner.as_ref(),
-                metrics: &metrics,
-            };
-            mutation
-                .learn
-                .extend(attr.outcomes(&user, &entry.state, &mut entry.learn, ev, now));
-            let seq = entry.state.next_seq;
-            entry.state.next_seq += 1;
-            mutation.events.push((seq, *h, postcard_event(ev)));
-            hub.publish(|| {
-                serde_json::json!({"type": "event", "ts": ev.received_ms, "user": user.hex(),
-                    "event": ev.kind().as_str(), "target": ev.target, "session": ev.session, "props": ev.props_json(),
-                    "page": entry.state.page})
-                .to_string()
-            });
-            outcome.accepted += 1;
-            let view = entry
-                .state
-                .consent
-                .personalization
-                .then(|| view_for_rules(&live, &user, &mut entry.state, now));
-            mutation.stats.extend(
-                exps.track(&mut entry.state, ev, events_before)
-                    .into_iter()
-                    .map(|d| d.into_stat()),
-            );
-            if let Some(view) = view {
-                let input = RuleInput {
-                    user: view,
-                    event: event_map(ev),
-                    now_ms: now,
-                    scorer: scorer(&live, &metrics, &entry.state),
-                };
-                let reqs = rules.evaluate(&input);
-                for r in reqs {
-                    if let Some(d) = admit.admit(
-                        &mut entry.state,
-                        &mut entry.learn,
-                        &mut mutation.learn,
-                        r,
-                        Some(&ev.id),
-                    ) {
-                        mutation.decisions.push((id_of(&d), d.encode()));
-                        pushes.push(d);
-                    }
-                }
+            if let Some(ids) = ids.as_deref_mut() {
+                // The rules' view has let go of the event: its id moves, no copy.
+                ids.push(Arc::try_unwrap(ev).map_or_else(|a| a.id.clone(), |e| e.id));
             }
         }
-        metrics.events_duplicate.inc_by(outcome.duplicates as u64);
-        entry.last_op = op;
-        let has_ongoing = entry.state.has_ongoing();
-        if outcome.accepted > 0 {
-            mutation.state = Some(entry.state.encode());
-        }
-        if has_ongoing {
-            self.schedule(user, now + cfg.features.tick_ms);
-        }
-        let done: Done = Box::new(move |r| {
-            let _ = reply.send(r.map(|()| outcome));
-        });
-        // Even an all-duplicate batch goes through the writer: its ack then follows the commit
-        // of the original events if they are still in flight.
-        self.send(WriterMsg::Commit {
-            shard: self.p.idx,
-            op,
-            mutation,
-            pushes,
-            done: Some(done),
-        });
+        Ok((accepted, duplicates))
     }
 
     fn decide(
@@ -322,126 +525,183 @@ impl Shard {
         user: UserKey,
         slot: String,
         candidates: Vec<String>,
-        reply: super::Reply<Decision>,
+        reply: Reply<Decision>,
+        snap: &mut Snap<'_>,
     ) {
-        let now = now_ms();
-        let cfg = self.p.cfg.clone();
-        let rules = self.p.rules.clone();
-        let metrics = self.p.metrics.clone();
-        let live = self.p.live.clone();
-        let exps = live.experiments.clone();
         self.op += 1;
-        let op = self.op;
-        let entry = match self.load(&user, now) {
-            Ok(e) => e,
-            Err(e) => {
-                let _ = reply.send(Err(e));
-                return;
-            }
-        };
-        let session = entry.state.session.clone();
-        let (d_slot, d_variant) = (
-            slot.clone(),
-            candidates
-                .first()
-                .cloned()
-                .unwrap_or_else(|| "default".into()),
-        );
-        let default = move || Decision {
-            id: Decision::new_id().1,
-            slot: d_slot,
-            variant: d_variant,
-            params: Default::default(),
-            source: "default".into(),
-            rule: None,
-            experiment: None,
-            arm: None,
-            propensity: 1.0,
-            ts: now,
-            session,
-            trigger: None,
-        };
-        if !entry.state.consent.personalization {
-            let _ = reply.send(Ok(default()));
+        if let Err(e) = self.entry(&user, snap, true) {
+            let _ = reply.send(Err(e));
             return;
         }
-        let mut props = rhai::Map::new();
-        props.insert("slot".into(), slot.clone().into());
-        let cands: rhai::Array = candidates.iter().map(|c| c.clone().into()).collect();
-        props.insert("candidates".into(), cands.into());
-        let input = RuleInput {
-            user: view_for_rules(&live, &user, &mut entry.state, now),
-            event: synthetic_event("decide", &entry.state.session, now, props),
-            now_ms: now,
-            scorer: scorer(&live, &metrics, &entry.state),
+        let input = Input::Decide {
+            slot: &slot,
+            candidates: &candidates,
         };
-        let chosen = rules
-            .evaluate(&input)
-            .into_iter()
-            .find(|r| r.slot == slot && (candidates.is_empty() || candidates.contains(&r.variant)))
-            // No rule, but an experiment or a bandit on this slot: first-paint A/B testing or
-            // a bandit's first-paint choice.
-            .or_else(|| {
-                (exps.override_for(&entry.state, &slot, now).is_some()
-                    || live.bandits.covers(&slot))
-                .then(|| AdjustRequest {
-                    rule: String::new(),
-                    slot: slot.clone(),
-                    variant: String::new(),
-                    params: Default::default(),
-                })
-            });
-        let ctx = Admit {
-            cfg: &cfg,
-            metrics: &metrics,
-            live: &live,
-            user: &user,
-            now,
-        };
-        let mut learn = Vec::new();
-        let Some(d) =
-            chosen.and_then(|r| ctx.admit(&mut entry.state, &mut entry.learn, &mut learn, r, None))
-        else {
-            // Nothing new: what the slot already shows (pushed earlier on this page), else the
-            // page default.
-            let current = entry.state.adjustments.get(&slot).and_then(|v| {
-                let (id, params) = entry.state.shown.get(&slot)?;
-                (candidates.is_empty() || candidates.contains(v)).then(|| Decision {
-                    id: id.clone(),
-                    slot: slot.clone(),
-                    variant: v.clone(),
-                    params: params.clone(),
-                    source: "current".into(),
-                    rule: None,
-                    experiment: None,
-                    arm: None,
-                    propensity: 1.0,
-                    ts: now,
-                    session: entry.state.session.clone(),
-                    trigger: None,
-                })
-            });
-            let _ = reply.send(Ok(current.unwrap_or_else(default)));
+        let (answer, stored) = self.step(user, input, None, snap);
+        let Some(d) = answer else {
+            let _ = reply.send(Err(PipelineError::Stopped));
             return;
         };
-        entry.last_op = op;
-        let mutation = Mutation {
-            user: Some(user),
-            state: Some(entry.state.encode()),
-            decisions: vec![(id_of(&d), d.encode())],
-            learn,
-            ..Mutation::default()
+        if stored {
+            // A new decision: the page sees it only once it is durable.
+            self.work.after.push(After::Decided {
+                reply,
+                decision: Box::new(d),
+            });
+        } else {
+            let _ = reply.send(Ok(d));
+        }
+    }
+
+    /// Runs one input of a cached user through [`decide::step`] and records the result.
+    /// Returns the `decide` answer and whether it is a new decision (to be stored first).
+    fn step(
+        &mut self,
+        user: UserKey,
+        input: Input<'_>,
+        id_hash: Option<[u8; 16]>,
+        snap: &mut Snap<'_>,
+    ) -> (Option<Decision>, bool) {
+        let now = self.now();
+        let live = &self.p.live;
+        let cfg = &self.p.cfg;
+        let view = decide::Snapshot {
+            features: &cfg.features,
+            delivery: &cfg.delivery,
+            rules: &live.rules,
+            experiments: &live.experiments,
+            bandits: &live.bandits,
+            segments: live.segments.as_deref(),
+            models: &live.models,
+            metrics: &self.p.metrics,
         };
-        let done: Done = Box::new(move |r| {
-            let _ = reply.send(r.map(|()| d));
-        });
-        self.send(WriterMsg::Commit {
-            shard: self.p.idx,
-            op,
-            mutation,
-            pushes: Vec::new(),
-            done: Some(done),
-        });
+        let entry = self.users.get_mut(&user).expect("entry present");
+        let mut out = Out::default();
+        // An event takes the next seq; other inputs only if they change the state.
+        let seq = entry.state.next_seq;
+        if matches!(input, Input::Event(_)) {
+            entry.state.next_seq += 1;
+        }
+        {
+            let mut lookup = Lookup {
+                snap,
+                user: &user,
+                sealer: &entry.sealer,
+            };
+            decide::step(
+                &view,
+                &user,
+                &mut entry.state,
+                &mut entry.learn,
+                &mut lookup,
+                input,
+                now,
+                &mut out,
+            );
+        }
+        let cause = match input {
+            Input::Event(_) => Cause::Event,
+            Input::Tick => Cause::Tick,
+            Input::Decide { .. } => Cause::Decide,
+        };
+        if cause != Cause::Event && out.changed_state() {
+            entry.state.next_seq += 1;
+        }
+        let stored_decision = !out.decisions.is_empty() && cause == Cause::Decide;
+        let answer = out.answer.take();
+        self.record(user, seq, input, id_hash, cause, out, now);
+        (answer, stored_decision)
+    }
+
+    /// Seals what a step produced and appends it to the drain's work; passes notes on.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &mut self,
+        user: UserKey,
+        seq: u64,
+        input: Input<'_>,
+        id_hash: Option<[u8; 16]>,
+        cause: Cause,
+        out: Out,
+        now: i64,
+    ) {
+        let entry = self.users.get_mut(&user).expect("entry present");
+        let mut rows = UserRows::new(user);
+        if let (Input::Event(ev), Some(h)) = (input, id_hash) {
+            let plain = postcard::to_allocvec(&**ev).expect("Event is postcard-serialisable");
+            rows.events
+                .push((seq, h, entry.sealer.seal(&user, Table::Event, &plain)));
+            self.work.events += 1;
+            let page = &entry.state.page;
+            self.p.hub.publish(|| {
+                serde_json::json!({"type": "event", "ts": ev.received_ms, "user": user.hex(),
+                    "event": ev.kind().as_str(), "target": ev.target, "session": ev.session,
+                    "props": ev.props_json(), "page": page})
+                .to_string()
+            });
+        }
+        let changed = cause == Cause::Event || out.changed_state();
+        if out.changed_state() {
+            let j = JournalRecord {
+                at: now,
+                cause,
+                effects: out.effects,
+            };
+            rows.journal
+                .push((seq, entry.sealer.seal(&user, Table::Journal, &j.encode())));
+        }
+        for (id, rec) in &out.learn {
+            rows.learn
+                .push((*id, entry.sealer.seal(&user, Table::Learn, &rec.encode())));
+        }
+        for d in out.decisions {
+            let idb = Decision::id_bytes(&d.id).unwrap_or([0; 16]);
+            rows.decisions
+                .push((idb, entry.sealer.seal(&user, Table::Decision, &d.encode())));
+            if cause != Cause::Decide {
+                let frame = frames::adjust(&d);
+                self.work.after.push(After::Push {
+                    user,
+                    frame,
+                    decision: Box::new(d),
+                });
+            }
+        }
+        self.work
+            .stats
+            .extend(out.stats.into_iter().map(|d| d.into_stat()));
+        for n in out.notes {
+            let msg = match n {
+                Note::Chosen { id, rec } => LearnMsg::Chosen { id, rec },
+                Note::Reward { id, slot, kind } => {
+                    self.p
+                        .metrics
+                        .bandit_rewards
+                        .with_label_values(&[&slot, kind.as_str()])
+                        .inc();
+                    LearnMsg::Outcome { id, slot, kind }
+                }
+            };
+            // A lost message costs an online update, not data: the log has the record.
+            if let Some(tx) = &self.p.live.learner {
+                let _ = tx.try_send(msg);
+            }
+        }
+        if changed {
+            entry.last_op = self.op;
+            entry.stored = true;
+            if entry.dirty_since.is_none() {
+                entry.dirty_since = Some(now);
+                self.dirty.push_back((now, user));
+            }
+        }
+        let ongoing = entry.state.has_ongoing();
+        if !rows.is_empty() {
+            self.work.rows.push(rows);
+        }
+        if ongoing {
+            self.schedule(user, now + self.p.cfg.features.tick_ms);
+        }
     }
 
     fn schedule(&mut self, user: UserKey, due: i64) {
@@ -454,251 +714,111 @@ impl Shard {
     }
 
     /// Re-evaluates users with an ongoing hover/dwell whose timer is due.
-    fn fire_timers(&mut self) {
-        let now = now_ms();
-        let cfg = self.p.cfg.clone();
+    fn fire_timers(&mut self, snap: &mut Snap<'_>) {
+        let now = self.now();
         while let Some(Reverse((due, user))) = self.timers.peek().copied() {
             if due > now {
                 break;
             }
             self.timers.pop();
-            self.op += 1;
-            let op = self.op;
-            let rules = self.p.rules.clone();
-            let metrics = self.p.metrics.clone();
-            let live = self.p.live.clone();
             let Some(entry) = self.users.get_mut(&user) else {
+                continue; // erased or dropped meanwhile
+            };
+            if entry.timer != Some(due) {
                 continue;
-            };
+            }
             entry.timer = None;
-            let mut changed = entry.state.expire(now, &cfg.features);
-            let mut pushes = Vec::new();
-            let mut decisions = Vec::new();
-            let mut learn = Vec::new();
-            if entry.state.consent.personalization && entry.state.visible {
-                let input = RuleInput {
-                    user: view_for_rules(&live, &user, &mut entry.state, now),
-                    event: synthetic_event("tick", &entry.state.session, now, rhai::Map::new()),
-                    now_ms: now,
-                    scorer: scorer(&live, &metrics, &entry.state),
-                };
-                let admit = Admit {
-                    cfg: &cfg,
-                    metrics: &metrics,
-                    live: &live,
-                    user: &user,
-                    now,
-                };
-                for r in rules.evaluate(&input) {
-                    if let Some(d) =
-                        admit.admit(&mut entry.state, &mut entry.learn, &mut learn, r, None)
-                    {
-                        decisions.push((id_of(&d), d.encode()));
-                        pushes.push(d);
-                        changed = true;
-                    }
-                }
-            }
-            let ongoing = entry.state.has_ongoing();
-            if changed {
-                entry.last_op = op;
-                let mutation = Mutation {
-                    user: Some(user),
-                    state: Some(entry.state.encode()),
-                    decisions,
-                    learn,
-                    ..Mutation::default()
-                };
-                self.send(WriterMsg::Commit {
-                    shard: self.p.idx,
-                    op,
-                    mutation,
-                    pushes,
-                    done: None,
-                });
-            }
-            if ongoing {
-                self.schedule(user, now + cfg.features.tick_ms);
-            }
+            self.op += 1;
+            self.step(user, Input::Tick, None, snap);
         }
     }
-}
 
-fn id_of(d: &Decision) -> [u8; 16] {
-    Decision::id_bytes(&d.id).unwrap_or([0; 16])
-}
-
-fn postcard_event(ev: &Event) -> Vec<u8> {
-    // Plain data; postcard into a Vec cannot fail.
-    postcard::to_allocvec(ev).expect("Event is postcard-serialisable")
-}
-
-/// The `user` map for rules, after making sure the user's experiment assignments exist
-/// (with `experiments: #{id: arm}` for `experiment("id")`).
-fn view_for_rules(ctx: &Live, key: &UserKey, st: &mut UserState, now: i64) -> rhai::Map {
-    let exps = &ctx.experiments;
-    st.segment = ctx.segments.assign(st, now);
-    let mut m = user_map(key, st, now);
-    exps.ensure_assigned(key, st, &m, now);
-    m.insert("experiments".into(), Experiments::arms_map(st).into());
-    m
-}
-
-/// `predict()` for one rule evaluation: the served models applied to the user's current
-/// context vector (None when no model is served, so the common case costs nothing).
-fn scorer(live: &Live, metrics: &Arc<Metrics>, state: &UserState) -> Option<Scorer> {
-    if live.models.is_empty() {
-        return None;
-    }
-    let x = crate::learn::context::of_state(state, crate::now_ms());
-    let models = live.models.clone();
-    let metrics = metrics.clone();
-    Some(Scorer(Arc::new(move |kind, slot, variant| {
-        let name = crate::learn::serving::Models::name(kind, slot);
-        let p = models.get(&name).and_then(|m| m.predict(&x, variant));
-        metrics
-            .model_predictions
-            .with_label_values(&[
-                name.as_str(),
-                if p.is_some() { "scored" } else { "no_model" },
-            ])
-            .inc();
-        p
-    })))
-}
-
-/// The shared, live-updated services a shard consults per event.
-#[derive(Clone)]
-pub(crate) struct Live {
-    pub experiments: Experiments,
-    pub segments: Arc<SegmentService>,
-    pub bandits: Bandits,
-    /// Served models, for `predict()` in rules.
-    pub models: Arc<crate::learn::serving::Models>,
-    /// The learner's queue (None when learning is off, e.g. in unit tests).
-    pub learner: Option<Sender<LearnMsg>>,
-}
-
-/// What admitting an adjustment request needs.
-struct Admit<'a> {
-    cfg: &'a Config,
-    metrics: &'a Metrics,
-    live: &'a Live,
-    user: &'a UserKey,
-    now: i64,
-}
-
-impl Admit<'_> {
-    /// Turns a rule's request into a decision, or `None`: users in the global holdout get no
-    /// adjustment; a live experiment on the slot decides the variant (the user's arm); else a
-    /// bandit on the slot decides it (once per page view; its learning record goes to `learn`
-    /// and the learner); a request for the variant already showing is a no-op; frequency caps
-    /// apply. On success the state records what the slot shows.
-    fn admit(
-        &self,
-        state: &mut UserState,
-        cache: &mut LearnCache,
-        learn: &mut Vec<([u8; 16], Vec<u8>)>,
-        r: AdjustRequest,
-        trigger: Option<&str>,
-    ) -> Option<Decision> {
-        if state.holdout == Some(true) {
-            return None;
-        }
-        let mut bandit = None;
-        let (experiment, arm, propensity, variant, params) =
-            match self.live.experiments.override_for(state, &r.slot, self.now) {
-                Some(o) => {
-                    let mut params = r.params;
-                    params.extend(o.params);
-                    (
-                        Some(o.experiment),
-                        Some(o.arm),
-                        o.propensity,
-                        o.variant,
-                        params,
-                    )
-                }
-                None if self.live.bandits.covers(&r.slot) => {
-                    if state.adjustments.contains_key(&r.slot) {
-                        return None; // decided on this page already: keep it stable
-                    }
-                    let x = crate::learn::context::of_state(state, self.now);
-                    let c = self.live.bandits.choose(&r.slot, self.user, &x, self.now)?;
-                    let out = (None, None, c.propensity, c.variant.clone(), r.params);
-                    bandit = Some(c);
-                    out
-                }
-                None => (None, None, 1.0, r.variant, r.params),
+    /// Checkpoints users dirty for at least `checkpoint_ms` (`all`: every dirty user).
+    fn checkpoint_due(&mut self, all: bool) {
+        let now = self.now();
+        let interval = self.p.cfg.pipeline.checkpoint_ms;
+        while let Some(&(since, user)) = self.dirty.front() {
+            if !all && since + interval > now {
+                break;
+            }
+            self.dirty.pop_front();
+            let Some(e) = self.users.get_mut(&user) else {
+                continue; // evicted (checkpointed then) or erased
             };
-        if state.adjustments.get(&r.slot) == Some(&variant)
-            && state.shown.get(&r.slot).is_some_and(|(_, p)| *p == params)
-        {
-            return None; // already showing exactly this: nothing to change
-        }
-        let (per_session, per_day) = self.cfg.delivery.caps(&r.slot);
-        let day = self.now.div_euclid(86_400_000);
-        let c = state.caps.entry(r.slot.clone()).or_default();
-        if c.session != state.session {
-            c.session = state.session.clone();
-            c.in_session = 0;
-        }
-        if c.day != day {
-            c.day = day;
-            c.in_day = 0;
-        }
-        if (per_session > 0 && c.in_session >= per_session) || (per_day > 0 && c.in_day >= per_day)
-        {
-            self.metrics
-                .adjustments_capped
-                .with_label_values(&[&r.slot])
-                .inc();
-            return None;
-        }
-        c.in_session += 1;
-        c.in_day += 1;
-        c.total += 1;
-        state.adjustments.insert(r.slot.clone(), variant.clone());
-        let id = Decision::new_id().1;
-        state
-            .shown
-            .insert(r.slot.clone(), (id.clone(), params.clone()));
-        if let Some(e) = &experiment {
-            Experiments::note_decision(state, e, &id);
-        }
-        let source = if let Some(c) = bandit {
-            let idb = Decision::id_bytes(&id).unwrap_or([0; 16]);
-            self.metrics
-                .bandit_decisions
-                .with_label_values(&[&r.slot, c.group.as_str(), &variant])
-                .inc();
-            learn.push((idb, c.record.encode()));
-            if let Some(tx) = &self.live.learner {
-                let _ = tx.try_send(LearnMsg::Chosen {
-                    id: idb,
-                    rec: Box::new(c.record.clone()),
-                });
+            if e.dirty_since != Some(since) {
+                continue; // checkpointed since, and dirty again later (queued again)
             }
-            cache.insert(idb, c.record, self.now);
-            "bandit"
-        } else if r.rule.is_empty() {
-            "experiment"
-        } else {
-            "rule"
-        };
-        Some(Decision {
-            id,
-            slot: r.slot,
-            variant,
-            params,
-            source: source.into(),
-            rule: (!r.rule.is_empty()).then_some(r.rule),
-            experiment,
-            arm,
-            propensity,
-            ts: self.now,
-            session: state.session.clone(),
-            trigger: trigger.map(str::to_string),
-        })
+            self.work.rows.push(checkpoint_rows(&user, e));
+            e.last_op = self.op;
+        }
+    }
+
+    /// A failed commit: drop those users' state (it ran ahead of the disk); they reload from
+    /// the store once the writer has settled every operation sent for them.
+    fn failed(&mut self, f: Failed) {
+        for u in f.users {
+            if let Some(e) = self.users.remove(&u) {
+                self.p.metrics.users_cached.dec();
+                self.quarantine
+                    .insert(u, (e.last_op.max(f.op), e.state.next_seq));
+            }
+        }
+    }
+
+    /// After an unclean stop: replays and checkpoints the users whose log goes past their
+    /// checkpoint, a chunk at a time, before taking any message.
+    fn recover(&mut self) {
+        let users = std::mem::take(&mut self.p.recover);
+        if users.is_empty() {
+            return;
+        }
+        let t = Instant::now();
+        let store = self.p.store.clone();
+        let replayed_before = self.p.metrics.replayed.get();
+        for chunk in users.chunks(256) {
+            let mut snap = Snap {
+                store: &store,
+                reader: None,
+            };
+            for u in chunk {
+                match self.entry(u, &mut snap, false) {
+                    Ok(Some(e)) => {
+                        if e.dirty_since.is_some() {
+                            let rows = checkpoint_rows(u, e);
+                            self.work.rows.push(rows);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!(user = %u.short(), error = %e, "recovery: cannot load user")
+                    }
+                }
+            }
+            drop(snap);
+            self.op += 1;
+            self.flush();
+        }
+        self.dirty
+            .retain(|(_, u)| self.users.get(u).is_some_and(|e| e.dirty_since.is_some()));
+        self.p.recovering.fetch_sub(1, Ordering::Relaxed);
+        tracing::info!(
+            shard = self.p.idx,
+            users = users.len(),
+            records = self.p.metrics.replayed.get() - replayed_before,
+            ms = t.elapsed().as_millis() as u64,
+            "recovered: log tails replayed and checkpointed"
+        );
     }
 }
+
+/// The checkpoint of a dirty user (marks it clean).
+fn checkpoint_rows(user: &UserKey, e: &mut Entry) -> UserRows {
+    let mut rows = UserRows::new(*user);
+    let sealed = e.sealer.seal(user, Table::State, &e.state.encode());
+    rows.checkpoint = Some((e.state.next_seq, sealed));
+    e.dirty_since = None;
+    e.stored = true;
+    rows
+}
+
+use super::Decision;

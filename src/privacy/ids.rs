@@ -8,7 +8,7 @@ use sha2::Sha256;
 type HmacSha256 = Hmac<Sha256>;
 
 /// The pseudonymous identity of a user: stored, logged and routed on; never reversed.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default)]
 pub struct UserKey(pub [u8; 16]);
 
 impl UserKey {

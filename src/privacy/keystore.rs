@@ -6,7 +6,10 @@
 //! fsynced when a user is erased. After that, nothing in the data dir can decrypt what was left
 //! behind in redb's free pages.
 //!
-//! Threads: the writer thread creates and erases keys; shard threads look keys up (read lock).
+//! New keys are created in memory by the shard that first writes a user
+//! ([`KeyStore::get_or_create`]) and made durable by the writer, all the new keys of a group
+//! commit in one write and one `fdatasync` ([`KeyStore::sync_pending`]), before the redb commit
+//! that holds the first records sealed with them. The writer erases keys; shards look them up.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -25,6 +28,8 @@ struct FileState {
     file: File,
     free: Vec<u64>,
     slots: u64,
+    /// Keys created in memory and not yet written: (slot, user, key).
+    pending: Vec<(u64, UserKey, [u8; 32])>,
 }
 
 pub struct KeyStore {
@@ -88,7 +93,12 @@ impl KeyStore {
         }
         Ok(KeyStore {
             keys: RwLock::new(keys),
-            file: Mutex::new(FileState { file, free, slots }),
+            file: Mutex::new(FileState {
+                file,
+                free,
+                slots,
+                pending: Vec::new(),
+            }),
         })
     }
 
@@ -101,48 +111,89 @@ impl KeyStore {
             .map(|(_, k)| *k)
     }
 
-    /// The data key of `user`, creating (and fsyncing) one if needed. Writer thread only.
-    pub fn get_or_create(&self, user: &UserKey) -> std::io::Result<[u8; 32]> {
+    /// The data key of `user`, creating one if needed. A new key lives in memory only until
+    /// the next [`KeyStore::sync_pending`]; records sealed with it must not be committed before.
+    pub fn get_or_create(&self, user: &UserKey) -> [u8; 32] {
         if let Some(k) = self.get(user) {
-            return Ok(k);
+            return k;
+        }
+        let mut fs = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, k)) = keys.get(user) {
+            return *k; // created by another thread meanwhile
         }
         let mut key = [0u8; 32];
         rand::rng().fill_bytes(&mut key);
-        let mut fs = self.file.lock().unwrap_or_else(|e| e.into_inner());
         let slot = fs.free.pop().unwrap_or_else(|| {
             fs.slots += 1;
             fs.slots - 1
         });
-        let mut rec = [0u8; SLOT];
-        rec[..16].copy_from_slice(&user.0);
-        rec[16..].copy_from_slice(&key);
-        fs.file.seek(SeekFrom::Start(8 + slot * SLOT as u64))?;
-        fs.file.write_all(&rec)?;
-        fs.file.sync_data()?;
-        self.keys
-            .write()
+        fs.pending.push((slot, *user, key));
+        keys.insert(*user, (slot, key));
+        key
+    }
+
+    /// Writes every key created since the last call and makes them durable with one
+    /// `fdatasync`. Returns how many were written. On error they stay pending (retried by the
+    /// next call), and the caller must not commit records sealed with them.
+    pub fn sync_pending(&self) -> std::io::Result<usize> {
+        let mut fs = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        if fs.pending.is_empty() {
+            return Ok(0);
+        }
+        let mut pending = std::mem::take(&mut fs.pending);
+        pending.sort_unstable_by_key(|(slot, _, _)| *slot);
+        let result = write_runs(&fs.file, &pending).and_then(|()| fs.file.sync_data());
+        match result {
+            Ok(()) => Ok(pending.len()),
+            Err(e) => {
+                pending.append(&mut fs.pending);
+                fs.pending = pending;
+                Err(e)
+            }
+        }
+    }
+
+    /// Keys created and not yet durable.
+    pub fn pending(&self) -> usize {
+        self.file
+            .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(*user, (slot, key));
-        Ok(key)
+            .pending
+            .len()
     }
 
     /// Destroys `user`'s key: the slot is overwritten with zeros in place and fsynced before
     /// this returns. Returns whether a key existed.
     pub fn erase(&self, user: &UserKey) -> std::io::Result<bool> {
-        let removed = self
+        match self.detach(user) {
+            Some(slot) => self.shred(slot).map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Forgets `user`'s key at once (the next record of that user gets a new key) and returns
+    /// its slot, which stays reserved until [`KeyStore::shred`] overwrites it. A key that was
+    /// never written is simply dropped.
+    pub fn detach(&self, user: &UserKey) -> Option<u64> {
+        let mut fs = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let (slot, _) = self
             .keys
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(user);
-        let Some((slot, _)) = removed else {
-            return Ok(false);
-        };
+            .remove(user)?;
+        fs.pending.retain(|(s, _, _)| *s != slot);
+        Some(slot)
+    }
+
+    /// Overwrites a detached slot with zeros in place, fsyncs, and frees it for reuse.
+    pub fn shred(&self, slot: u64) -> std::io::Result<()> {
         let mut fs = self.file.lock().unwrap_or_else(|e| e.into_inner());
         fs.file.seek(SeekFrom::Start(8 + slot * SLOT as u64))?;
         fs.file.write_all(&[0u8; SLOT])?;
         fs.file.sync_data()?;
         fs.free.push(slot);
-        Ok(true)
+        Ok(())
     }
 
     pub fn len(&self) -> usize {
@@ -152,6 +203,25 @@ impl KeyStore {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Writes sorted `(slot, user, key)` records, one `pwrite` per run of consecutive slots.
+fn write_runs(file: &File, recs: &[(u64, UserKey, [u8; 32])]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut i = 0;
+    while i < recs.len() {
+        let start = recs[i].0;
+        let mut buf = Vec::with_capacity(SLOT * 8);
+        let mut j = i;
+        while j < recs.len() && recs[j].0 == start + (j - i) as u64 {
+            buf.extend_from_slice(&recs[j].1 .0);
+            buf.extend_from_slice(&recs[j].2);
+            j += 1;
+        }
+        file.write_all_at(&buf, 8 + start * SLOT as u64)?;
+        i = j;
+    }
+    Ok(())
 }
 
 /// Restricts a secret-bearing file to its owner (0600) where the platform allows.
@@ -174,9 +244,12 @@ mod tests {
         let ks = KeyStore::open(&p).unwrap();
         let a = UserKey([1; 16]);
         let b = UserKey([2; 16]);
-        let ka = ks.get_or_create(&a).unwrap();
-        let kb = ks.get_or_create(&b).unwrap();
-        assert_eq!(ks.get_or_create(&a).unwrap(), ka);
+        let ka = ks.get_or_create(&a);
+        let kb = ks.get_or_create(&b);
+        assert_eq!(ks.get_or_create(&a), ka);
+        assert_eq!(ks.pending(), 2);
+        assert_eq!(ks.sync_pending().unwrap(), 2);
+        assert_eq!(ks.sync_pending().unwrap(), 0);
         drop(ks);
         let ks = KeyStore::open(&p).unwrap();
         assert_eq!(ks.get(&a), Some(ka));
@@ -190,12 +263,33 @@ mod tests {
         assert!(bytes.windows(32).any(|w| w == kb));
         // The freed slot is reused, so the file does not grow.
         let len = bytes.len();
-        ks.get_or_create(&UserKey([3; 16])).unwrap();
+        ks.get_or_create(&UserKey([3; 16]));
+        ks.sync_pending().unwrap();
         assert_eq!(std::fs::read(&p).unwrap().len(), len);
         std::fs::write(&p, b"garbage!garbage!").unwrap();
         assert!(matches!(
             KeyStore::open(&p),
             Err(KeyStoreError::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn unsynced_keys_are_not_on_disk_and_erasing_one_drops_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("keys.bin");
+        let ks = KeyStore::open(&p).unwrap();
+        let users: Vec<UserKey> = (0..5u8).map(|i| UserKey([i + 10; 16])).collect();
+        let keys: Vec<[u8; 32]> = users.iter().map(|u| ks.get_or_create(u)).collect();
+        // Not durable yet: a crash now loses them (their records were never committed).
+        assert_eq!(KeyStore::open(&p).unwrap().len(), 0);
+        assert!(ks.erase(&users[2]).unwrap());
+        assert_eq!(ks.sync_pending().unwrap(), 4);
+        let back = KeyStore::open(&p).unwrap();
+        assert_eq!(back.len(), 4);
+        for (i, u) in users.iter().enumerate() {
+            assert_eq!(back.get(u), (i != 2).then_some(keys[i]), "user {i}");
+        }
+        let bytes = std::fs::read(&p).unwrap();
+        assert!(!bytes.windows(32).any(|w| w == keys[2]));
     }
 }

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use rhai::{Array, Dynamic, Engine, EvalAltResult, FuncRegistration, Map, NativeCallContext, INT};
 
 use super::sandbox::{script_log, with_current};
+use super::view::{self, TargetStat, UserView};
 use super::AdjustRequest;
 
 /// Longest slot, variant or param name, in characters.
@@ -110,6 +111,48 @@ pub(crate) fn register(engine: &mut Engine) {
             .and_then(|v| v.into_immutable_string().ok())
             .map(|s| s.to_string())
             .unwrap_or_default()
+    });
+
+    // The same helpers on the lazy view the engine passes (see `view`).
+    view::register(engine);
+    pure!(engine, "experiment", |u: &mut UserView, id: &str| {
+        u.source().experiment(id).unwrap_or_default().to_string()
+    });
+    pure!(engine, "hover_ms", |u: &mut UserView, t: &str| {
+        view::hover_ms(u, t)
+    });
+    pure!(engine, "hovering_ms", |u: &mut UserView, t: &str| {
+        u.source().target(t, TargetStat::HoveringMs)
+    });
+    pure!(engine, "hover_count", |u: &mut UserView, t: &str| {
+        u.source().target(t, TargetStat::HoverCount)
+    });
+    pure!(engine, "dwell_ms", |u: &mut UserView, t: &str| {
+        view::dwell_ms(u, t)
+    });
+    pure!(engine, "clicks", |u: &mut UserView, t: &str| {
+        u.source().target(t, TargetStat::Clicks)
+    });
+    pure!(engine, "seen", |u: &mut UserView, t: &str| view::dwell_ms(
+        u, t
+    ) > 0);
+    pure!(engine, "seq_last", |u: &mut UserView, n: INT| u.seq_last(n));
+    pure!(engine, "seq_contains", |u: &mut UserView, entry: &str| {
+        view::seq_contains(u, entry)
+    });
+    pure!(
+        engine,
+        "seq_ends_with",
+        |u: &mut UserView, suffix: Array| { view::seq_ends_with(u, &suffix) }
+    );
+    pure!(engine, "seq_count", |u: &mut UserView, prefix: &str| {
+        view::seq_count(u, prefix)
+    });
+    pure!(engine, "hour", |u: &mut UserView| u.source().hour());
+    pure!(engine, "is_mobile", |u: &mut UserView| u.source().device()
+        == "mobile");
+    pure!(engine, "showing", |u: &mut UserView, slot: &str| {
+        u.source().showing(slot).to_string()
     });
 
     #[cfg(test)]

@@ -22,6 +22,7 @@
 
 pub mod api;
 mod sandbox;
+pub mod view;
 mod watch;
 
 use std::collections::BTreeMap;
@@ -93,15 +94,17 @@ impl Default for RuleLimits {
     }
 }
 
-/// What one evaluation looks at: the user's feature map, the event, and the time.
+/// What one evaluation looks at: the user, the event, and the time.
 ///
-/// The map layouts are documented in `scripts/README.md` ("The `user` map", "The `event` map").
+/// The layouts are documented in `scripts/README.md` ("The `user` map", "The `event` map").
+/// `user` and `event` are either plain maps of that layout or the lazy views of [`view`]
+/// (what the engine passes: nothing is built or copied that a script does not read).
 #[derive(Debug, Clone, Default)]
 pub struct RuleInput {
     /// The user's behavioural state, visible to scripts as the constant `user`.
-    pub user: rhai::Map,
+    pub user: Dynamic,
     /// The event being processed, visible to scripts as the constant `event`.
-    pub event: rhai::Map,
+    pub event: Dynamic,
     /// Server time in Unix milliseconds, visible to scripts as the constant `now_ms`.
     pub now_ms: i64,
     /// What `predict()` answers with (None: -1.0 for every call).
@@ -565,15 +568,21 @@ impl Rules {
         let limits = &self.inner.limits;
         let timeout = Duration::from_millis(limits.timeout_ms.max(1));
         let mut scope = Scope::new();
-        scope.push_constant("user", input.user.clone());
-        scope.push_constant("event", input.event.clone());
+        scope.push_constant_dynamic("user", input.user.clone());
+        scope.push_constant_dynamic("event", input.event.clone());
         scope.push_constant("now_ms", input.now_ms);
         let base = scope.len();
-        let arms = input
-            .user
-            .get("experiments")
-            .and_then(|e| e.read_lock::<rhai::Map>().map(|m| m.clone()))
-            .unwrap_or_default();
+        let arms = match input.user.read_lock::<view::UserView>() {
+            Some(v) => sandbox::Arms::View(v.clone()),
+            None => input
+                .user
+                .read_lock::<rhai::Map>()
+                .and_then(|u| {
+                    u.get("experiments")
+                        .and_then(|e| e.read_lock::<rhai::Map>().map(|m| m.clone()))
+                })
+                .map_or(sandbox::Arms::None, sandbox::Arms::Map),
+        };
         sandbox::set_arms(arms);
         sandbox::set_scorer(input.scorer.clone());
 
@@ -614,6 +623,9 @@ impl Rules {
                 Some(info) => self.record_failure(rule, compiled, info),
             }
         }
+        // Let go of the user's data: the caller takes its state back once nothing holds it.
+        sandbox::set_arms(sandbox::Arms::None);
+        sandbox::set_scorer(None);
         out
     }
 
@@ -627,9 +639,9 @@ impl Rules {
 
     /// Evaluates a condition for `user`, sandboxed like a rule. An error, a limit hit or a
     /// non-boolean result counts as `false` (and is logged at debug level).
-    pub fn check(&self, cond: &Condition, user: &rhai::Map, now_ms: i64) -> bool {
+    pub fn check(&self, cond: &Condition, user: &rhai::Dynamic, now_ms: i64) -> bool {
         let mut scope = Scope::new();
-        scope.push_constant("user", user.clone());
+        scope.push_constant_dynamic("user", user.clone());
         scope.push_constant("event", Dynamic::UNIT);
         scope.push_constant("now_ms", now_ms);
         let timeout = Duration::from_millis(self.inner.limits.timeout_ms.max(1));
@@ -666,6 +678,11 @@ impl Rules {
             tracing::debug!(rule = %rule.name, location = %info.location, "rule failed: {}", info.message);
         }
         *lock(&health.last_error) = Some(info);
+    }
+
+    /// Whether no rule is loaded (then evaluating is skipped, and no view is built).
+    pub fn is_empty(&self) -> bool {
+        self.inner.set.load().rules.is_empty()
     }
 
     /// The status of every rule, sorted by name.

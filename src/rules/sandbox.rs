@@ -52,9 +52,9 @@ pub(crate) struct CallState {
 
 thread_local! {
     static CURRENT: RefCell<Option<CallState>> = const { RefCell::new(None) };
-    /// Experiment arms (`id → arm`) of the user being evaluated on this thread, for
-    /// `experiment("id")`; set by `Rules::evaluate` for the duration of one evaluation.
-    static ARMS: RefCell<rhai::Map> = const { RefCell::new(rhai::Map::new()) };
+    /// Experiment arms of the user being evaluated on this thread, for `experiment("id")`;
+    /// set by `Rules::evaluate` for the duration of one evaluation.
+    static ARMS: RefCell<Arms> = const { RefCell::new(Arms::None) };
     /// Model scores for the user being evaluated, for `predict(kind, slot, variant)`.
     static SCORER: RefCell<Option<super::Scorer>> = const { RefCell::new(None) };
 }
@@ -79,8 +79,17 @@ pub(crate) fn predict(kind: &str, slot: &str, variant: &str) -> f64 {
     })
 }
 
+/// Where `experiment(id)` finds the arms of the user being evaluated.
+pub(crate) enum Arms {
+    None,
+    /// `id → arm` (a `user` given as a map, with an `experiments` map).
+    Map(rhai::Map),
+    /// The user's lazy view.
+    View(super::view::UserView),
+}
+
 /// Sets the experiment arms that `experiment(id)` reads on this thread.
-pub(crate) fn set_arms(arms: rhai::Map) {
+pub(crate) fn set_arms(arms: Arms) {
     ARMS.with(|a| {
         if let Ok(mut slot) = a.try_borrow_mut() {
             *slot = arms;
@@ -90,9 +99,10 @@ pub(crate) fn set_arms(arms: rhai::Map) {
 
 /// The arm of experiment `id` for the user being evaluated ("" when not in it).
 pub(crate) fn arm_of(id: &str) -> String {
-    ARMS.with(|a| match a.try_borrow() {
-        Ok(m) => m.get(id).map(|v| v.to_string()).unwrap_or_default(),
-        Err(_) => String::new(),
+    ARMS.with(|a| match &*a.borrow() {
+        Arms::None => String::new(),
+        Arms::Map(m) => m.get(id).map(|v| v.to_string()).unwrap_or_default(),
+        Arms::View(v) => v.source().experiment(id).unwrap_or_default().to_string(),
     })
 }
 
@@ -262,6 +272,10 @@ pub(crate) fn build_engine(limits: &RuleLimits) -> Engine {
     // `tests::size_limits_stop_runaway_growth` catches a change of behaviour.
     #[allow(deprecated)]
     engine.on_var(move |name, _index, ctx| {
+        // The inputs are constants: nothing to check (and the commonest names by far).
+        if name == "user" || name == "event" || name == "now_ms" {
+            return Ok(None);
+        }
         let scope = ctx.scope();
         if scope.is_constant(name) != Some(false) {
             return Ok(None);

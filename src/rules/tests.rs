@@ -48,8 +48,8 @@ fn event(kind: &str, target: &str) -> rhai::Map {
 
 fn input(user: rhai::Map, event: rhai::Map) -> RuleInput {
     RuleInput {
-        user,
-        event,
+        user: Dynamic::from_map(user),
+        event: Dynamic::from_map(event),
         now_ms: 1_700_000_000_000,
         scorer: None,
     }

@@ -80,6 +80,8 @@ pub struct SegmentService {
     kick: Sender<()>,
     kicked: Receiver<()>,
     last_error: Mutex<Option<String>>,
+    /// Called before reading the states: makes the engine's checkpoints current.
+    before_read: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 use crate::now_ms;
@@ -101,7 +103,14 @@ impl SegmentService {
             kick,
             kicked,
             last_error: Mutex::new(None),
+            before_read: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Sets what runs before each read of the stored states (the app: checkpoint every dirty
+    /// user, since states are checkpointed every few seconds, not per event). Set once.
+    pub fn set_before_read(&self, f: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.before_read.set(f);
     }
 
     /// Starts the background thread; it stops when `stop` is dropped or sends.
@@ -157,6 +166,9 @@ impl SegmentService {
     /// Reads every user, clusters and publishes. Blocking; runs on the segmenter thread.
     pub fn run_once(&self) -> Result<(), String> {
         let (algo, params) = self.params()?;
+        if let Some(f) = self.before_read.get() {
+            f();
+        }
         let rows = self
             .store
             .all_states(self.cfg.max_users)

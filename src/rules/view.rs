@@ -1,0 +1,170 @@
+//! Lazy views for scripts: `user` and `event` as custom Rhai types that read the engine's data
+//! only where a script looks, instead of maps built (and deep-copied) for every evaluation.
+//!
+//! A [`UserView`] wraps a [`UserSource`] (implemented by the decision layer over the user's
+//! state); an [`EventView`] an [`EventSource`]. Both behave like the documented maps
+//! (`scripts/README.md`): `user.page`, `user["page"]`, `user.scroll?.depth`, `"scroll" in user`,
+//! `user.keys()`, `type_of(user) == "map"`; a missing field reads as `()`; nested objects
+//! (`user.scroll`, `user.targets`, …) are built as plain maps when read. The helpers
+//! (`user.hover_ms(t)`, `user.seq_last(n)`, …) read the source directly. Views are read-only
+//! (no setters), and scripts hold them as constants, so a rule cannot change what the next
+//! rule sees.
+//!
+//! Cloning a view is a reference count; views are `Send + Sync` (Rhai's `sync` feature).
+
+use std::sync::Arc;
+
+use rhai::{Array, Dynamic, Engine, ImmutableString, Map, INT};
+
+/// Per-target statistics a helper can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetStat {
+    /// Finished hovers, total ms.
+    HoverMs,
+    /// The ongoing hover, ms (0 if none).
+    HoveringMs,
+    HoverCount,
+    /// Finished stays in view, total ms.
+    DwellMs,
+    /// The ongoing stay in view, ms (0 if none).
+    InViewMs,
+    Clicks,
+}
+
+/// What scripts can read of a user.
+pub trait UserSource: Send + Sync {
+    /// A top-level field of the `user` map layout, `()` when there is no such field.
+    fn field(&self, name: &str) -> Dynamic;
+    /// The top-level field names of the layout.
+    fn keys(&self) -> &'static [&'static str];
+    /// A statistic of a target, 0 when the target is unknown.
+    fn target(&self, target: &str, stat: TargetStat) -> INT;
+    /// Length of the recent interaction sequence.
+    fn seq_len(&self) -> usize;
+    /// Entry `i` of the sequence (oldest first; `i < seq_len()`).
+    fn seq(&self, i: usize) -> &str;
+    /// The local hour 0–23, or -1 when unknown.
+    fn hour(&self) -> INT;
+    /// The device class (`mobile`, `tablet`, `desktop` or "").
+    fn device(&self) -> &str;
+    /// The variant `slot` shows now ("" if none).
+    fn showing(&self, slot: &str) -> &str;
+    /// The user's arm of experiment `id` (None when not in it).
+    fn experiment(&self, id: &str) -> Option<&str>;
+}
+
+/// What scripts can read of an event.
+pub trait EventSource: Send + Sync {
+    /// A field of the `event` map layout, `()` when there is no such field.
+    fn field(&self, name: &str) -> Dynamic;
+    fn keys(&self) -> &'static [&'static str];
+}
+
+/// The `user` constant of a rule run.
+#[derive(Clone)]
+pub struct UserView(pub Arc<dyn UserSource>);
+
+/// The `event` constant of a rule run.
+#[derive(Clone)]
+pub struct EventView(pub Arc<dyn EventSource>);
+
+impl UserView {
+    pub fn source(&self) -> &dyn UserSource {
+        &*self.0
+    }
+
+    /// The last `n` sequence entries, oldest first.
+    pub fn seq_last(&self, n: INT) -> Array {
+        let s = self.source();
+        let len = s.seq_len();
+        let n = usize::try_from(n).unwrap_or(0).min(len);
+        (len - n..len)
+            .map(|i| Dynamic::from(s.seq(i).to_string()))
+            .collect()
+    }
+
+    fn seq_iter(&self) -> impl Iterator<Item = &str> + '_ {
+        let s = self.source();
+        (0..s.seq_len()).map(move |i| s.seq(i))
+    }
+}
+
+/// A script-visible string for a static name (shared: cloning is a reference count).
+pub fn text(s: &str) -> Dynamic {
+    Dynamic::from(ImmutableString::from(s))
+}
+
+/// Registers both view types and the map-like operations on them. The helpers on `user` are
+/// registered by [`super::api`] next to their map versions.
+pub(crate) fn register(engine: &mut Engine) {
+    engine.register_type_with_name::<UserView>("map");
+    engine.register_type_with_name::<EventView>("map");
+    engine.register_indexer_get(|u: &mut UserView, k: &str| u.0.field(k));
+    engine.register_indexer_get(|e: &mut EventView, k: &str| e.0.field(k));
+    engine.register_fn("keys", |u: &mut UserView| -> Array {
+        u.0.keys().iter().map(|k| text(k)).collect()
+    });
+    engine.register_fn("keys", |e: &mut EventView| -> Array {
+        e.0.keys().iter().map(|k| text(k)).collect()
+    });
+    engine.register_fn("len", |u: &mut UserView| u.0.keys().len() as INT);
+    engine.register_fn("len", |e: &mut EventView| e.0.keys().len() as INT);
+    engine.register_fn("contains", |u: &mut UserView, k: &str| {
+        u.0.keys().contains(&k)
+    });
+    engine.register_fn("contains", |e: &mut EventView, k: &str| {
+        e.0.keys().contains(&k)
+    });
+    engine.register_fn("to_map", |u: &mut UserView| -> Map {
+        u.0.keys()
+            .iter()
+            .map(|k| ((*k).into(), u.0.field(k)))
+            .collect()
+    });
+    engine.register_fn("to_map", |e: &mut EventView| -> Map {
+        e.0.keys()
+            .iter()
+            .map(|k| ((*k).into(), e.0.field(k)))
+            .collect()
+    });
+    engine.register_fn("to_string", |_: &mut UserView| "user".to_string());
+    engine.register_fn("to_string", |_: &mut EventView| "event".to_string());
+    engine.register_fn("to_debug", |_: &mut UserView| "user".to_string());
+    engine.register_fn("to_debug", |_: &mut EventView| "event".to_string());
+}
+
+/// The helpers on a view (same names and meanings as the map helpers in [`super::api`]).
+pub(crate) fn hover_ms(u: &UserView, t: &str) -> INT {
+    let s = u.source();
+    s.target(t, TargetStat::HoverMs)
+        .saturating_add(s.target(t, TargetStat::HoveringMs))
+}
+
+pub(crate) fn dwell_ms(u: &UserView, t: &str) -> INT {
+    let s = u.source();
+    s.target(t, TargetStat::DwellMs)
+        .saturating_add(s.target(t, TargetStat::InViewMs))
+}
+
+pub(crate) fn seq_contains(u: &UserView, entry: &str) -> bool {
+    u.seq_iter().any(|e| e == entry)
+}
+
+pub(crate) fn seq_count(u: &UserView, prefix: &str) -> INT {
+    INT::try_from(u.seq_iter().filter(|e| e.starts_with(prefix)).count()).unwrap_or(INT::MAX)
+}
+
+pub(crate) fn seq_ends_with(u: &UserView, suffix: &Array) -> bool {
+    let s = u.source();
+    let len = s.seq_len();
+    if suffix.len() > len {
+        return false;
+    }
+    suffix.iter().enumerate().all(|(i, b)| {
+        let a = s.seq(len - suffix.len() + i);
+        match b.read_lock::<ImmutableString>() {
+            Some(b) => a == b.as_str(),
+            None => a == b.to_string(),
+        }
+    })
+}

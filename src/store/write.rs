@@ -1,0 +1,153 @@
+//! Writing: the group commit ([`Store::commit`]) and erasure. Writer thread only.
+
+use redb::{Durability, ReadableTable};
+
+use super::{
+    EraseCounts, StatKey, Store, StoreError, DECISIONS, EVENTS, HEADS, JOURNAL, LEARN, SEEN, STATS,
+    USERS,
+};
+use crate::privacy::UserKey;
+
+/// Everything one group commit writes for one user; every value is already sealed with the
+/// user's key (shards seal, so that work is spread over their threads).
+#[derive(Debug, Default)]
+pub struct UserRows {
+    pub user: UserKey,
+    /// (seq, keyed id hash, sealed event): appended to the log, and the id marked seen.
+    pub events: Vec<(u64, [u8; 16], Vec<u8>)>,
+    /// (seq, sealed journal record).
+    pub journal: Vec<(u64, Vec<u8>)>,
+    /// (decision id, sealed decision).
+    pub decisions: Vec<([u8; 16], Vec<u8>)>,
+    /// (decision id, sealed learning record): inserted or replaced.
+    pub learn: Vec<([u8; 16], Vec<u8>)>,
+    /// (head, sealed state): a new checkpoint covering every seq below `head`.
+    pub checkpoint: Option<(u64, Vec<u8>)>,
+}
+
+impl UserRows {
+    pub fn new(user: UserKey) -> UserRows {
+        UserRows {
+            user,
+            ..UserRows::default()
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+            && self.journal.is_empty()
+            && self.decisions.is_empty()
+            && self.learn.is_empty()
+            && self.checkpoint.is_none()
+    }
+}
+
+impl Store {
+    /// Detaches the user's key at once (see [`crate::privacy::KeyStore::detach`]): the owning
+    /// shard calls this when it accepts an erasure, so records it seals afterwards use a new
+    /// key; the writer then erases with the returned slot.
+    pub fn detach_key(&self, user: &UserKey) -> Option<u64> {
+        self.keys.detach(user)
+    }
+
+    /// Writes every row and adds every statistic in **one durable transaction** (the group
+    /// commit). Keys created since the last commit are made durable first (one `fdatasync`
+    /// for all of them), since records sealed with them are in this transaction.
+    pub fn commit<'a>(
+        &self,
+        rows: impl IntoIterator<Item = &'a UserRows>,
+        stats: &[(StatKey, [f64; 6])],
+    ) -> Result<(), StoreError> {
+        self.keys.sync_pending()?;
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        {
+            let mut users = txn.open_table(USERS)?;
+            let mut heads = txn.open_table(HEADS)?;
+            let mut events = txn.open_table(EVENTS)?;
+            let mut journal = txn.open_table(JOURNAL)?;
+            let mut seen = txn.open_table(SEEN)?;
+            let mut decisions = txn.open_table(DECISIONS)?;
+            let mut learn = txn.open_table(LEARN)?;
+            for r in rows {
+                let u = r.user.0;
+                for (seq, idh, rec) in &r.events {
+                    events.insert((u, *seq), rec.as_slice())?;
+                    seen.insert((u, *idh), *seq)?;
+                }
+                for (seq, rec) in &r.journal {
+                    journal.insert((u, *seq), rec.as_slice())?;
+                }
+                for (id, rec) in &r.decisions {
+                    decisions.insert((u, *id), rec.as_slice())?;
+                }
+                for (id, rec) in &r.learn {
+                    learn.insert((u, *id), rec.as_slice())?;
+                }
+                if let Some((head, rec)) = &r.checkpoint {
+                    users.insert(u, rec.as_slice())?;
+                    heads.insert(u, *head)?;
+                }
+            }
+            if !stats.is_empty() {
+                let mut t = txn.open_table(STATS)?;
+                for ((g, seg, arm, metric), d) in stats {
+                    let k = (g.as_str(), seg.as_str(), arm.as_str(), metric.as_str());
+                    let mut cur = t.get(k)?.map(|v| v.value()).unwrap_or([0.0; 6]);
+                    for (c, x) in cur.iter_mut().zip(d) {
+                        *c += x;
+                    }
+                    t.insert(k, cur)?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Erases the user from every table. The user's key is destroyed first (overwritten in
+    /// place and fsynced), so even a crash mid-erasure leaves only undecryptable bytes; then the
+    /// rows are deleted in one durable transaction. `detached` is the key's slot when the
+    /// owning shard already detached it ([`Store::detach_key`]); else the key is looked up.
+    pub fn erase(&self, user: &UserKey, detached: Option<u64>) -> Result<EraseCounts, StoreError> {
+        let slot = detached.or_else(|| self.keys.detach(user));
+        if let Some(s) = slot {
+            self.keys.shred(s)?;
+        }
+        let mut counts = EraseCounts {
+            key: slot.is_some(),
+            ..EraseCounts::default()
+        };
+        let u = user.0;
+        let ids = (u, [0u8; 16])..=(u, [0xffu8; 16]);
+        let seqs = (u, 0u64)..=(u, u64::MAX);
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        {
+            counts.state = txn.open_table(USERS)?.remove(u)?.is_some();
+            txn.open_table(HEADS)?.remove(u)?;
+            let mut n = 0;
+            txn.open_table(EVENTS)?.retain_in(seqs.clone(), |_, _| {
+                n += 1;
+                false
+            })?;
+            counts.events = n;
+            txn.open_table(JOURNAL)?.retain_in(seqs, |_, _| false)?;
+            txn.open_table(SEEN)?.retain_in(ids.clone(), |_, _| false)?;
+            let mut d = 0;
+            txn.open_table(DECISIONS)?.retain_in(ids.clone(), |_, _| {
+                d += 1;
+                false
+            })?;
+            counts.decisions = d;
+            let mut l = 0;
+            txn.open_table(LEARN)?.retain_in(ids, |_, _| {
+                l += 1;
+                false
+            })?;
+            counts.learn = l;
+        }
+        txn.commit()?;
+        Ok(counts)
+    }
+}
