@@ -92,6 +92,7 @@ fn features_and_rules(c: &mut Criterion) {
         event: rhai::Dynamic::from_map(event_map(ev)),
         now_ms: now,
         scorer: None,
+        kind: None,
     };
     g.bench_function("rules_evaluate_examples_maps", |b| {
         b.iter(|| rules.evaluate(black_box(&input)))
@@ -113,6 +114,7 @@ fn features_and_rules(c: &mut Criterion) {
                     event: event_view(EventData::Real(e.clone())),
                     now_ms: now,
                     scorer: None,
+                    kind: Some(e.kind().as_str()),
                 };
                 rules.evaluate(black_box(&input))
             })

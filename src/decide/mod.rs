@@ -139,7 +139,7 @@ pub fn step(
             track(snap, state, ev, events_before, now, out);
             if personal {
                 let event = || view::event_view(view::EventData::Real(ev.clone()));
-                for r in evaluate(snap, user, state, event, now) {
+                for r in evaluate(snap, user, state, ev.kind().as_str(), event, now) {
                     if let Some(d) =
                         admit::admit(snap, user, state, cache, r, Some(&ev.id), now, out)
                     {
@@ -154,7 +154,7 @@ pub fn step(
                 prepare(snap, user, state, now, out);
                 let session = state.session.clone();
                 let event = || view::synthetic_event("tick", &session, now, rhai::Map::new());
-                for r in evaluate(snap, user, state, event, now) {
+                for r in evaluate(snap, user, state, "tick", event, now) {
                     if let Some(d) = admit::admit(snap, user, state, cache, r, None, now, out) {
                         out.decisions.push(d);
                     }
@@ -209,7 +209,7 @@ fn decide(
         props.insert("candidates".into(), cands.into());
         view::synthetic_event("decide", &session, now, props)
     };
-    let chosen = evaluate(snap, user, state, event, now)
+    let chosen = evaluate(snap, user, state, "decide", event, now)
         .into_iter()
         .find(|r| r.slot == slot && fits(&r.variant))
         // No rule, but an experiment or a bandit on this slot: first-paint A/B testing or a
@@ -308,6 +308,7 @@ fn evaluate(
     snap: &Snapshot<'_>,
     user: &UserKey,
     state: &mut UserState,
+    kind: &'static str,
     event: impl FnOnce() -> rhai::Dynamic,
     now: i64,
 ) -> Vec<AdjustRequest> {
@@ -319,6 +320,7 @@ fn evaluate(
         user: view::user_view(user, shared.clone(), now),
         event: event(),
         now_ms: now,
+        kind: Some(kind),
         scorer: scorer(snap, &shared, now),
     };
     let out = snap.rules.evaluate(&input);

@@ -13,28 +13,8 @@ use crate::features::UserState;
 use crate::privacy::UserKey;
 use crate::rules::view::{text, EventSource, EventView, TargetStat, UserSource, UserView};
 
-/// The top-level fields of the `user` layout.
-const USER_KEYS: &[&str] = &[
-    "id",
-    "session",
-    "sessions",
-    "events",
-    "consent",
-    "scroll",
-    "targets",
-    "sequence",
-    "context",
-    "mouse",
-    "adjustments",
-    "page",
-    "visible",
-    "local_hour",
-    "segment",
-    "experiments",
-];
-
-/// The fields of the `event` layout.
-const EVENT_KEYS: &[&str] = &["type", "target", "session", "ts", "props"];
+/// The top-level fields of the `user` layout, and those of the `event` layout.
+use crate::rules::view::{EVENT_FIELDS as EVENT_KEYS, USER_FIELDS as USER_KEYS};
 
 fn map(pairs: impl IntoIterator<Item = (&'static str, Dynamic)>) -> Dynamic {
     Dynamic::from_map(pairs.into_iter().map(|(k, v)| (k.into(), v)).collect())

@@ -107,6 +107,9 @@ pub struct RuleInput {
     pub event: Dynamic,
     /// Server time in Unix milliseconds, visible to scripts as the constant `now_ms`.
     pub now_ms: i64,
+    /// `event.type`, when the caller knows it (else read from an `event` map): rules that
+    /// declare `const ON = [...]` run only for those types.
+    pub kind: Option<&'static str>,
     /// What `predict()` answers with (None: -1.0 for every call).
     pub scorer: Option<Scorer>,
 }
@@ -179,6 +182,8 @@ pub struct RuleStatus {
     pub loaded_at_ms: i64,
     /// SHA-256 (hex) of the running version's source (or of the current file if none runs).
     pub source_sha256: String,
+    /// The event types the running version reacts to (`const ON = [...]`); None: every event.
+    pub on: Option<Vec<String>>,
 }
 
 /// Errors of the rules module. [`RulesError::code`] gives each a stable code for the API.
@@ -261,6 +266,8 @@ struct RuleSet {
 /// One rule as of one version of its file.
 struct Rule {
     name: String,
+    /// The name again, shared with each run's call state (no copy per run).
+    label: Arc<str>,
     file: String,
     /// The version that runs (the last one that compiled), if any.
     compiled: Option<Arc<Compiled>>,
@@ -279,16 +286,18 @@ impl Rule {
     fn compiled(
         name: &str,
         file: String,
-        ast: AST,
+        (ast, on): (AST, Option<Vec<String>>),
         sha: String,
         now: i64,
         counters: Arc<Counters>,
     ) -> Rule {
         Rule {
             name: name.to_owned(),
+            label: name.into(),
             file,
             compiled: Some(Arc::new(Compiled {
                 ast,
+                on,
                 sha: sha.clone(),
                 loaded_at_ms: now,
                 health: Health::default(),
@@ -304,6 +313,8 @@ impl Rule {
 /// A compiled version of a rule and its health (fresh for every new version).
 struct Compiled {
     ast: AST,
+    /// The event types the rule declared it reacts to (`const ON = [...]`); None: all.
+    on: Option<Vec<String>>,
     sha: String,
     loaded_at_ms: i64,
     health: Health,
@@ -370,6 +381,22 @@ pub fn validate_name(name: &str) -> Result<(), RulesError> {
         }),
     }
 }
+
+/// What `event.type` can be: the wire types plus the engine's own `tick` and `decide`.
+pub const TRIGGER_TYPES: &[&str] = &[
+    "page_view",
+    "scroll",
+    "hover",
+    "dwell",
+    "click",
+    "impression",
+    "conversion",
+    "mouse",
+    "visibility",
+    "custom",
+    "tick",
+    "decide",
+];
 
 /// The names in scope while a script runs; also declared when compiling (strict variables).
 const SCOPE_NAMES: [&str; 3] = ["user", "event", "now_ms"];
@@ -491,7 +518,7 @@ impl Rules {
         let file = self.display_file(name);
         let counters = old.map_or_else(Arc::default, |o| Arc::clone(&o.counters));
         let now = unix_ms();
-        match self.compile(&file, text) {
+        match self.compile_rule(&file, text) {
             Ok(ast) => {
                 tracing::info!(rule = %name, sha256 = %sha, "rule loaded");
                 Rule::compiled(name, file, ast, sha, now, counters)
@@ -507,6 +534,7 @@ impl Rules {
                 );
                 Rule {
                     name: name.to_owned(),
+                    label: name.into(),
                     file,
                     compiled: kept,
                     compile_error: Some(info),
@@ -541,6 +569,49 @@ impl Rules {
             Ok(Err(e)) => Err(sandbox::compile_error_info(file, &e)),
             Err(payload) => Err(sandbox::panic_error_info(file, payload.as_ref())),
         }
+    }
+
+    /// Compiles a rule and reads its declared triggers: an optional top-level
+    /// `const ON = ["scroll", "page_view"];` lists the event types the rule reacts to (any of
+    /// [`TRIGGER_TYPES`]); the rule is then not run at all for other events.
+    fn compile_rule(
+        &self,
+        file: &str,
+        text: &str,
+    ) -> Result<(AST, Option<Vec<String>>), RuleErrorInfo> {
+        let ast = self.compile(file, text)?;
+        let bad = |message: String| RuleErrorInfo {
+            message,
+            line: None,
+            column: None,
+            location: file.to_owned(),
+        };
+        let Some((_, _, value)) = ast
+            .iter_literal_variables(true, false)
+            .find(|(n, _, _)| *n == "ON")
+        else {
+            return Ok((ast, None));
+        };
+        let Some(list) = value.read_lock::<rhai::Array>().map(|a| a.clone()) else {
+            return Err(bad(
+                "ON must be an array of event types, e.g. const ON = [\"scroll\", \"tick\"];"
+                    .into(),
+            ));
+        };
+        let mut on = Vec::with_capacity(list.len());
+        for v in list {
+            let t = v.into_immutable_string().map_err(|_| {
+                bad("ON must be an array of event types (strings)".into())
+            })?;
+            if !TRIGGER_TYPES.contains(&t.as_str()) {
+                return Err(bad(format!(
+                    "ON lists {t:?}, which is not an event type (one of {})",
+                    TRIGGER_TYPES.join(", ")
+                )));
+            }
+            on.push(t.to_string());
+        }
+        Ok((ast, Some(on)))
     }
 
     fn display_file(&self, name: &str) -> String {
@@ -585,6 +656,15 @@ impl Rules {
         };
         sandbox::set_arms(arms);
         sandbox::set_scorer(input.scorer.clone());
+        // The event's type, for rules that declared which ones they react to.
+        let kind: Option<std::borrow::Cow<'_, str>> = match input.kind {
+            Some(k) => Some(k.into()),
+            None => input.event.read_lock::<rhai::Map>().and_then(|m| {
+                m.get("type")
+                    .and_then(|t| t.read_lock::<rhai::ImmutableString>().map(|s| s.to_string()))
+                    .map(Into::into)
+            }),
+        };
 
         for rule in set.rules.values() {
             let Some(compiled) = &rule.compiled else {
@@ -593,7 +673,12 @@ impl Rules {
             if compiled.health.disabled.load(Ordering::Relaxed) {
                 continue;
             }
-            let call = sandbox::CallScope::enter(&rule.name, timeout);
+            if let (Some(on), Some(k)) = (&compiled.on, &kind) {
+                if !on.iter().any(|t| t == k) {
+                    continue; // not an event this rule reacts to: it costs nothing
+                }
+            }
+            let call = sandbox::CallScope::enter(rule.label.clone(), timeout);
             let result = catch_unwind(AssertUnwindSafe(|| {
                 self.inner
                     .engine
@@ -645,7 +730,7 @@ impl Rules {
         scope.push_constant("event", Dynamic::UNIT);
         scope.push_constant("now_ms", now_ms);
         let timeout = Duration::from_millis(self.inner.limits.timeout_ms.max(1));
-        let call = sandbox::CallScope::enter("condition", timeout);
+        let call = sandbox::CallScope::enter("condition".into(), timeout);
         let result = catch_unwind(AssertUnwindSafe(|| {
             self.inner
                 .engine
@@ -715,7 +800,7 @@ impl Rules {
         validate_name(name)?;
         let file = self.display_file(name);
         let ast = self
-            .compile(&file, source)
+            .compile_rule(&file, source)
             .map_err(|info| RulesError::Compile { info })?;
         let sha = sha256_hex(source);
 
@@ -829,6 +914,7 @@ impl Rule {
                 .compiled
                 .as_ref()
                 .map_or_else(|| self.seen_sha.clone(), |c| c.sha.clone()),
+            on: self.compiled.as_ref().and_then(|c| c.on.clone()),
         }
     }
 }

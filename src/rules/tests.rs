@@ -52,6 +52,7 @@ fn input(user: rhai::Map, event: rhai::Map) -> RuleInput {
         event: Dynamic::from_map(event),
         now_ms: 1_700_000_000_000,
         scorer: None,
+        kind: None,
     }
 }
 

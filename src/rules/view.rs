@@ -94,6 +94,29 @@ pub fn text(s: &str) -> Dynamic {
     Dynamic::from(ImmutableString::from(s))
 }
 
+/// The fields of the layouts, registered as property getters: a registered getter is found by
+/// its precomputed hash, while an unknown property goes through Rhai's (slower) fallback to
+/// the indexer.
+pub const USER_FIELDS: &[&str] = &[
+    "id",
+    "session",
+    "sessions",
+    "events",
+    "consent",
+    "scroll",
+    "targets",
+    "sequence",
+    "context",
+    "mouse",
+    "adjustments",
+    "page",
+    "visible",
+    "local_hour",
+    "segment",
+    "experiments",
+];
+pub const EVENT_FIELDS: &[&str] = &["type", "target", "session", "ts", "props"];
+
 /// Registers both view types and the map-like operations on them. The helpers on `user` are
 /// registered by [`super::api`] next to their map versions.
 pub(crate) fn register(engine: &mut Engine) {
@@ -101,6 +124,12 @@ pub(crate) fn register(engine: &mut Engine) {
     engine.register_type_with_name::<EventView>("map");
     engine.register_indexer_get(|u: &mut UserView, k: &str| u.0.field(k));
     engine.register_indexer_get(|e: &mut EventView, k: &str| e.0.field(k));
+    for f in USER_FIELDS {
+        engine.register_get(f, move |u: &mut UserView| u.0.field(f));
+    }
+    for f in EVENT_FIELDS {
+        engine.register_get(f, move |e: &mut EventView| e.0.field(f));
+    }
     engine.register_fn("keys", |u: &mut UserView| -> Array {
         u.0.keys().iter().map(|k| text(k)).collect()
     });
@@ -152,6 +181,14 @@ pub(crate) fn seq_contains(u: &UserView, entry: &str) -> bool {
 
 pub(crate) fn seq_count(u: &UserView, prefix: &str) -> INT {
     INT::try_from(u.seq_iter().filter(|e| e.starts_with(prefix)).count()).unwrap_or(INT::MAX)
+}
+
+pub(crate) fn seq_count_last(u: &UserView, n: INT, prefix: &str) -> INT {
+    let s = u.source();
+    let len = s.seq_len();
+    let n = usize::try_from(n).unwrap_or(0).min(len);
+    let c = (len - n..len).filter(|i| s.seq(*i).starts_with(prefix)).count();
+    INT::try_from(c).unwrap_or(INT::MAX)
 }
 
 pub(crate) fn seq_ends_with(u: &UserView, suffix: &Array) -> bool {
