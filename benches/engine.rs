@@ -9,7 +9,7 @@ use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use serde_json::json;
-use trimtab::event::{parse_batch, Limits};
+use trimtab::event::{parse_batch, parse_client_message, Limits};
 use trimtab::features::view::{event_map, user_map};
 use trimtab::features::{FeatureConfig, UserState};
 use trimtab::privacy::{TokenSigner, UserKey};
@@ -42,6 +42,12 @@ fn ingest(c: &mut Criterion) {
     g.throughput(Throughput::Elements(10));
     g.bench_function("parse_validate_batch10", |b| {
         b.iter(|| parse_batch(black_box(&body), &limits, now).unwrap())
+    });
+    // The same events as a WebSocket message (`{"type":"events","events":[…]}`).
+    let mut msg = br#"{"type":"events","#.to_vec();
+    msg.extend_from_slice(&body[1..]);
+    g.bench_function("parse_client_message_batch10", |b| {
+        b.iter(|| parse_client_message(black_box(&msg), &limits, now).unwrap())
     });
     // Baseline: plain serde_json parsing of the same bytes, no validation.
     g.bench_function("baseline_serde_json_value_batch10", |b| {
