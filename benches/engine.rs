@@ -11,7 +11,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use serde_json::json;
 use std::sync::Arc;
 use trimtab::decide::view::{event_map, event_view, user_map, user_view, EventData};
-use trimtab::event::{parse_batch, Limits};
+use trimtab::event::{parse_batch, parse_client_message, Limits};
 use trimtab::features::{FeatureConfig, UserState};
 use trimtab::privacy::Table;
 use trimtab::privacy::{TokenSigner, UserKey};
@@ -44,6 +44,12 @@ fn ingest(c: &mut Criterion) {
     g.throughput(Throughput::Elements(10));
     g.bench_function("parse_validate_batch10", |b| {
         b.iter(|| parse_batch(black_box(&body), &limits, now).unwrap())
+    });
+    // The same events as a WebSocket message (`{"type":"events","events":[…]}`).
+    let mut msg = br#"{"type":"events","#.to_vec();
+    msg.extend_from_slice(&body[1..]);
+    g.bench_function("parse_client_message_batch10", |b| {
+        b.iter(|| parse_client_message(black_box(&msg), &limits, now).unwrap())
     });
     // Baseline: plain serde_json parsing of the same bytes, no validation.
     g.bench_function("baseline_serde_json_value_batch10", |b| {
