@@ -44,9 +44,11 @@ fn main() {
     let consent = json!({"analytics": true, "personalization": true});
     // The user: the same 100 scrolls on an article page as `benches/engine.rs`.
     let history: Vec<_> = (0..100)
-        .map(|i| json!({"id": format!("e{i}"), "type": "scroll", "session": "s1", "ts": now,
+        .map(|i| {
+            json!({"id": format!("e{i}"), "type": "scroll", "session": "s1", "ts": now,
             "props": {"depth": (i % 100) as f64}, "context": {"page": "/article/a", "hour": 20},
-            "consent": consent}))
+            "consent": consent})
+        })
         .collect();
     let history = parse(now, json!(history));
     let cfg = FeatureConfig::default();
@@ -59,12 +61,18 @@ fn main() {
     }
     let event = match case.as_str() {
         "scroll_on_article" | "maps" => history[80].clone(),
-        "custom" => parse(now, json!([{"id": "c", "type": "custom", "session": "s1", "ts": now,
-            "props": {"name": "signup", "plan": "pro"}, "consent": consent}]))
+        "custom" => parse(
+            now,
+            json!([{"id": "c", "type": "custom", "session": "s1", "ts": now,
+            "props": {"name": "signup", "plan": "pro"}, "consent": consent}]),
+        )
         .remove(0),
-        "hover_heartbeat" => parse(now, json!([{"id": "h", "type": "hover", "session": "s1",
+        "hover_heartbeat" => parse(
+            now,
+            json!([{"id": "h", "type": "hover", "session": "s1",
             "ts": now, "target": "pricing", "props": {"phase": "heartbeat", "duration_ms": 800},
-            "consent": consent}]))
+            "consent": consent}]),
+        )
         .remove(0),
         other => panic!("unknown case {other}"),
     };
@@ -123,29 +131,61 @@ fn visit(now: i64, v: usize) -> Vec<Event> {
     };
     push("page_view", None, json!({"path": "/article/a"}));
     for i in 1..=19 {
-        push("scroll", None, json!({"depth": i as f64 * 5.0, "velocity": 12.5}));
+        push(
+            "scroll",
+            None,
+            json!({"depth": i as f64 * 5.0, "velocity": 12.5}),
+        );
         if i % 2 == 0 {
-            push("mouse", None, json!({"speed": 120.0, "path_px": 300.0, "idle_ms": 40}));
+            push(
+                "mouse",
+                None,
+                json!({"speed": 120.0, "path_px": 300.0, "idle_ms": 40}),
+            );
         }
     }
     for _ in 0..10 {
-        push("mouse", None, json!({"speed": 80.0, "path_px": 150.0, "idle_ms": 200}));
+        push(
+            "mouse",
+            None,
+            json!({"speed": 80.0, "path_px": 150.0, "idle_ms": 200}),
+        );
     }
     push("hover", Some("product-image"), json!({"phase": "start"}));
     for d in [1000, 2000, 3000] {
-        push("hover", Some("product-image"), json!({"phase": "heartbeat", "duration_ms": d}));
+        push(
+            "hover",
+            Some("product-image"),
+            json!({"phase": "heartbeat", "duration_ms": d}),
+        );
     }
-    push("hover", Some("product-image"), json!({"phase": "end", "duration_ms": 3400}));
+    push(
+        "hover",
+        Some("product-image"),
+        json!({"phase": "end", "duration_ms": 3400}),
+    );
     for tg in ["reviews", "pricing"] {
         push("dwell", Some(tg), json!({"phase": "start"}));
-        push("dwell", Some(tg), json!({"phase": "end", "duration_ms": 4000, "visible_ratio": 0.8}));
+        push(
+            "dwell",
+            Some(tg),
+            json!({"phase": "end", "duration_ms": 4000, "visible_ratio": 0.8}),
+        );
     }
     push("hover", Some("cta"), json!({"phase": "start"}));
-    push("hover", Some("cta"), json!({"phase": "end", "duration_ms": 900}));
+    push(
+        "hover",
+        Some("cta"),
+        json!({"phase": "end", "duration_ms": 900}),
+    );
     push("click", Some("cta"), json!({}));
     push("visibility", None, json!({"visible": false}));
     push("visibility", None, json!({"visible": true}));
-    push("impression", Some("offer"), json!({"slot": "offer", "variant": "discount"}));
+    push(
+        "impression",
+        Some("offer"),
+        json!({"slot": "offer", "variant": "discount"}),
+    );
     push("custom", None, json!({"name": "share", "network": "mail"}));
     push("custom", None, json!({"name": "newsletter"}));
     parse(t, json!(evs))
@@ -186,7 +226,16 @@ fn session(now: i64, n: usize) {
             let ev = Arc::new(ev);
             let mut out = Out::default();
             let at = ev.received_ms;
-            step(&snap, &key, &mut state, &mut cache, &mut NoRecords, Input::Event(&ev), at, &mut out);
+            step(
+                &snap,
+                &key,
+                &mut state,
+                &mut cache,
+                &mut NoRecords,
+                Input::Event(&ev),
+                at,
+                &mut out,
+            );
             events += 1;
             decisions += out.decisions.len();
         }

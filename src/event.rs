@@ -630,17 +630,15 @@ pub fn parse_batch_envelope<'a>(
     limits: &Limits,
 ) -> Result<RawBatch<'a>, InputError> {
     check_body_size(body, limits)?;
+    // The number of events is checked by `into_events`, after the caller is authenticated.
     if let Ok(env) = serde_json::from_slice::<RawEnvelope<'a>>(body) {
-        if check_count(env.events.len(), limits, "events").is_ok() {
-            return Ok(RawBatch {
-                body,
-                token: env.token.map(|t| t.0),
-                events: RawEvents::Raw(env.events),
-            });
-        }
+        return Ok(RawBatch {
+            body,
+            token: env.token.map(|t| t.0),
+            events: RawEvents::Raw(env.events),
+        });
     }
     let batch: WireBatch = from_value(parse_json(body)?, "")?;
-    check_count(batch.events.len(), limits, "events")?;
     Ok(RawBatch {
         body,
         token: batch.token.map(Cow::Owned),
@@ -654,7 +652,7 @@ impl RawBatch<'_> {
         self.token.as_deref()
     }
 
-    /// Number of events in the batch (at least one, at most `limits.max_batch_events`).
+    /// Number of events in the batch (not yet checked against the limits).
     pub fn len(&self) -> usize {
         match &self.events {
             RawEvents::Raw(v) => v.len(),
@@ -662,18 +660,23 @@ impl RawBatch<'_> {
         }
     }
 
-    /// Always false: an envelope without events is rejected.
+    /// Whether the batch has no events (`into_events` then refuses it).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Second phase of [`parse_batch`]: validates every event (paths `events[i]…`).
     pub fn into_events(self, limits: &Limits, now_ms: i64) -> Result<Vec<Incoming>, InputError> {
+        let reference = |body| Ok(parse_batch_value(parse_json(body)?, limits, now_ms)?.events);
         match self.events {
-            RawEvents::Raw(raw) => match fast_events(&raw, limits, now_ms) {
-                Some(events) => Ok(events),
-                None => Ok(parse_batch_value(parse_json(self.body)?, limits, now_ms)?.events),
-            },
+            RawEvents::Raw(raw) if check_count(raw.len(), limits, "events").is_ok() => {
+                match fast_events(&raw, limits, now_ms) {
+                    Some(events) => Ok(events),
+                    None => reference(self.body),
+                }
+            }
+            // Errors come from the reference path, which reports them as it always has.
+            RawEvents::Raw(_) => reference(self.body),
             RawEvents::Parsed(values) => parse_events(values, limits, now_ms, "events"),
         }
     }
@@ -1797,18 +1800,22 @@ mod tests {
             (e.code, e.path.as_deref()),
             ("invalid_value", Some("events[0].props.depth"))
         );
-        // Batch-level errors come from the envelope.
+        // The number of events is checked in the second step too (after authentication).
         let small = Limits {
             max_batch_events: 1,
             ..Limits::default()
         };
         let body = events_body(vec![scroll(1.into()), scroll(2.into())]);
-        let e = parse_batch_envelope(&body, &small).unwrap_err();
+        let raw = parse_batch_envelope(&body, &small).unwrap();
+        assert_eq!(raw.len(), 2);
+        let e = raw.into_events(&small, NOW).unwrap_err();
         assert_eq!(
             (e.code, e.path.as_deref()),
             ("batch_too_large", Some("events"))
         );
-        let e = parse_batch_envelope(br#"{"events":[], "token":"t"}"#, &l).unwrap_err();
+        let raw = parse_batch_envelope(br#"{"events":[], "token":"t"}"#, &l).unwrap();
+        assert_eq!((raw.token(), raw.is_empty()), (Some("t"), true));
+        let e = raw.into_events(&l, NOW).unwrap_err();
         assert_eq!(
             (e.code, e.path.as_deref()),
             ("invalid_value", Some("events"))

@@ -11,11 +11,11 @@ use super::auth::Caller;
 use super::error::ApiError;
 use super::{now_ms, read_body, AppState};
 use crate::delivery::session::{self, SessionCtx};
-use crate::event::{from_value, parse_batch_value, parse_json, InputError};
+use crate::event::{parse_batch_envelope, InputError};
 use crate::privacy::UserKey;
 
 fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    Ok(from_value(parse_json(body)?, "")?)
+    Ok(crate::event::parse_body(body)?)
 }
 
 fn check_str(s: &str, path: &str, max: usize) -> Result<(), ApiError> {
@@ -73,18 +73,18 @@ pub async fn events(
         Some(_) => Some(Caller::from_request_or_body(&st, &req, None)?),
         None => None,
     };
-    let value = parse_json(&body).inspect_err(|e| st.metrics.reject(e.code, 1))?;
+    // One typed parse from the bytes, in two steps: the envelope (syntax, `token`, the events
+    // as raw slices), then, once the caller is known, each event into its typed form.
+    let reject = |e: &InputError| st.metrics.reject(e.code, 1);
+    let raw = parse_batch_envelope(&body, &st.cfg.limits).inspect_err(reject)?;
     let caller = match header_caller {
         Some(c) => c,
-        None => {
-            let token = value.get("token").and_then(serde_json::Value::as_str);
-            Caller::from_request_or_body(&st, &req, token)?
-        }
+        None => Caller::from_request_or_body(&st, &req, raw.token())?,
     };
-    let batch = parse_batch_value(value, &st.cfg.limits, now_ms()).inspect_err(|e| {
-        st.metrics.reject(e.code, 1);
-    })?;
-    let (groups, not_consented) = group_by_user(&st, &caller, batch.events)?;
+    let events = raw
+        .into_events(&st.cfg.limits, now_ms())
+        .inspect_err(reject)?;
+    let (groups, not_consented) = group_by_user(&st, &caller, events)?;
     if not_consented > 0 {
         st.metrics.reject("no_consent", not_consented as u64);
     }

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::{Hub, Outbound, SocketTx};
 use crate::config::Config;
-use crate::event::{parse_events, parse_json, InputError};
+use crate::event::{parse_client_message, ClientMessage, InputError};
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, SubmitError};
 use crate::privacy::{Pseudonymizer, TokenSigner, UserKey};
@@ -167,75 +167,18 @@ fn handle_text(ctx: &SessionCtx, user: UserKey, body: &[u8], tx: &SocketTx) -> O
         ctx.metrics.reject(e.code, 1);
         Some(error_msg(e.code, &e.message, e.path.as_deref(), ids))
     };
-    if body.len() > ctx.cfg.limits.max_body_bytes {
-        let e = InputError::new(
-            "body_too_large",
-            "message exceeds limits.max_body_bytes",
-            None,
-        );
-        return reject(e, &[]);
-    }
-    let v = match parse_json(body) {
-        Ok(v) => v,
-        Err(e) => return reject(e, &[]),
-    };
-    let Value::Object(mut obj) = v else {
-        return reject(
-            InputError::new("invalid_type", "a message is a JSON object", None),
-            &[],
-        );
-    };
-    match obj.get("type").and_then(Value::as_str) {
-        Some("events") => {}
-        Some("ping") => return Some(r#"{"type":"pong"}"#.into()),
-        Some(other) => {
+    // One typed parse from the bytes (no JSON tree for valid input).
+    let incoming = match parse_client_message(body, &ctx.cfg.limits, now_ms()) {
+        Ok(ClientMessage::Events(v)) => v,
+        Ok(ClientMessage::Ping) => return Some(ByteString::from_static(r#"{"type":"pong"}"#)),
+        Ok(ClientMessage::Auth { .. }) => {
             let e = InputError::new(
                 "invalid_value",
-                format!("unknown message type {other:?}"),
+                "this socket is authenticated already",
                 Some("type".into()),
             );
             return reject(e, &[]);
         }
-        None => {
-            return reject(
-                InputError::new("missing_field", "missing field `type`", Some("type".into())),
-                &[],
-            )
-        }
-    }
-    if let Some(k) = obj.keys().find(|k| *k != "type" && *k != "events") {
-        let e = InputError::new(
-            "unknown_field",
-            format!("unknown field `{k}`"),
-            Some(k.clone()),
-        );
-        return reject(e, &[]);
-    }
-    let events = match obj.remove("events") {
-        Some(Value::Array(a)) => a,
-        Some(_) => {
-            return reject(
-                InputError::new(
-                    "invalid_type",
-                    "events must be an array",
-                    Some("events".into()),
-                ),
-                &[],
-            )
-        }
-        None => {
-            return reject(
-                InputError::new(
-                    "missing_field",
-                    "missing field `events`",
-                    Some("events".into()),
-                ),
-                &[],
-            )
-        }
-    };
-    let incoming = match parse_events(events, &ctx.cfg.limits, now_ms(), "events") {
-        Ok(v) => v,
         Err(e) => return reject(e, &[]),
     };
     let mut ids_no_consent = Vec::new();

@@ -102,16 +102,20 @@ pub(crate) fn register(engine: &mut Engine) {
             INT::try_from(n).unwrap_or(INT::MAX)
         })
     });
-    pure!(engine, "seq_count_last", |u: &mut Map, n: INT, prefix: &str| {
-        with_sequence(u, |seq| {
-            let n = usize::try_from(n).unwrap_or(0).min(seq.len());
-            let c = seq[seq.len() - n..]
-                .iter()
-                .filter(|e| str_starts_with(e, prefix))
-                .count();
-            INT::try_from(c).unwrap_or(INT::MAX)
-        })
-    });
+    pure!(
+        engine,
+        "seq_count_last",
+        |u: &mut Map, n: INT, prefix: &str| {
+            with_sequence(u, |seq| {
+                let n = usize::try_from(n).unwrap_or(0).min(seq.len());
+                let c = seq[seq.len() - n..]
+                    .iter()
+                    .filter(|e| str_starts_with(e, prefix))
+                    .count();
+                INT::try_from(c).unwrap_or(INT::MAX)
+            })
+        }
+    );
     pure!(engine, "hour", |u: &mut Map| hour(u));
     pure!(engine, "is_mobile", |u: &mut Map| {
         nested(u, &["context", "device"]).is_some_and(|d| str_eq(&d, "mobile"))
@@ -158,9 +162,11 @@ pub(crate) fn register(engine: &mut Engine) {
     pure!(engine, "seq_count", |u: &mut UserView, prefix: &str| {
         view::seq_count(u, prefix)
     });
-    pure!(engine, "seq_count_last", |u: &mut UserView, n: INT, prefix: &str| {
-        view::seq_count_last(u, n, prefix)
-    });
+    pure!(
+        engine,
+        "seq_count_last",
+        |u: &mut UserView, n: INT, prefix: &str| { view::seq_count_last(u, n, prefix) }
+    );
     pure!(engine, "hour", |u: &mut UserView| u.source().hour());
     pure!(engine, "is_mobile", |u: &mut UserView| u.source().device()
         == "mobile");

@@ -600,9 +600,9 @@ impl Rules {
         };
         let mut on = Vec::with_capacity(list.len());
         for v in list {
-            let t = v.into_immutable_string().map_err(|_| {
-                bad("ON must be an array of event types (strings)".into())
-            })?;
+            let t = v
+                .into_immutable_string()
+                .map_err(|_| bad("ON must be an array of event types (strings)".into()))?;
             if !TRIGGER_TYPES.contains(&t.as_str()) {
                 return Err(bad(format!(
                     "ON lists {t:?}, which is not an event type (one of {})",
@@ -661,7 +661,10 @@ impl Rules {
             Some(k) => Some(k.into()),
             None => input.event.read_lock::<rhai::Map>().and_then(|m| {
                 m.get("type")
-                    .and_then(|t| t.read_lock::<rhai::ImmutableString>().map(|s| s.to_string()))
+                    .and_then(|t| {
+                        t.read_lock::<rhai::ImmutableString>()
+                            .map(|s| s.to_string())
+                    })
                     .map(Into::into)
             }),
         };

@@ -331,7 +331,8 @@ fn shipped_scripts_compile() {
         st.iter().all(|s| s.state == "active" && s.enabled),
         "{st:?}"
     );
-    // All three on one event: each runs, none fails, results in name order.
+    // All three on one event: those that react to scrolls run (hover_review declares
+    // `ON = ["hover", "tick"]` and is not run at all), none fails, results in name order.
     let user = user_with(
         r#"{"scroll": {"depth": 90.0, "max_depth": 90.0}, "context": {"hour": 7},
             "targets": {"product-image": {"hovering_ms": 4000}}}"#,
@@ -339,10 +340,64 @@ fn shipped_scripts_compile() {
     let out = rules.evaluate(&input(user, event("scroll", "")));
     let got: Vec<&str> = out.iter().map(|a| a.rule.as_str()).collect();
     assert_eq!(got, ["cta_by_context", "scroll_offer"]);
-    assert!(rules
+    let runs: Vec<(String, u64, u64)> = rules
         .statuses()
-        .iter()
-        .all(|s| s.failures == 0 && s.runs == 1));
+        .into_iter()
+        .map(|s| (s.name, s.runs, s.failures))
+        .collect();
+    assert_eq!(
+        runs,
+        [
+            ("cta_by_context".into(), 1, 0),
+            ("hover_review".into(), 0, 0),
+            ("scroll_offer".into(), 1, 0)
+        ]
+    );
+    assert_eq!(
+        status(&rules, "hover_review").on,
+        Some(vec!["hover".to_string(), "tick".to_string()])
+    );
+}
+
+#[test]
+fn on_lists_the_events_a_rule_runs_for() {
+    let src = r#"const ON = ["hover", "tick"]; adjust("s", "v");"#;
+    let (_d, rules) = one("t", src);
+    for (kind, runs) in [
+        ("hover", true),
+        ("tick", true),
+        ("scroll", false),
+        ("decide", false),
+    ] {
+        let out = rules.evaluate(&input(user_with("{}"), event(kind, "")));
+        assert_eq!(!out.is_empty(), runs, "{kind}");
+    }
+    assert_eq!(status(&rules, "t").runs, 2);
+    // Without ON a rule runs for every event; an input without a type runs every rule.
+    let (_d, all) = one("t", r#"adjust("s", "v");"#);
+    assert_eq!(
+        all.evaluate(&input(user_with("{}"), event("scroll", "")))
+            .len(),
+        1
+    );
+    let (_d, rules) = one("t", src);
+    let mut i = input(user_with("{}"), rhai::Map::new());
+    assert_eq!(rules.evaluate(&i).len(), 1, "no event type known: runs");
+    i.kind = Some("scroll");
+    assert!(rules.evaluate(&i).is_empty(), "the caller's kind wins");
+    // A bad ON is a compile error that names the problem.
+    for (bad, why) in [
+        (r#"const ON = "hover";"#, "array of event types"),
+        (r#"const ON = ["hover", 3];"#, "strings"),
+        (
+            r#"const ON = ["hovr"];"#,
+            "\"hovr\", which is not an event type",
+        ),
+    ] {
+        let (_d, rules) = one("b", bad);
+        let e = status(&rules, "b").compile_error.expect("compile error");
+        assert!(e.message.contains(why), "{bad}: {}", e.message);
+    }
 }
 
 // ---------------------------------------------------------------- script API
@@ -1012,8 +1067,10 @@ fn concurrent_evaluate_from_four_threads() {
         t.join().expect("thread");
     }
     let st = rules.statuses();
+    // Every scroll ran every rule that reacts to scrolls (not hover_review: ON = hover, tick).
     assert!(
-        st.iter().all(|s| s.runs == 800 && s.failures == 0),
+        st.iter()
+            .all(|s| s.failures == 0 && s.runs == if s.name == "hover_review" { 0 } else { 800 }),
         "{st:?}"
     );
     assert_eq!(status(&rules, "scroll_offer").adjustments, 400);

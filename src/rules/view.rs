@@ -187,7 +187,9 @@ pub(crate) fn seq_count_last(u: &UserView, n: INT, prefix: &str) -> INT {
     let s = u.source();
     let len = s.seq_len();
     let n = usize::try_from(n).unwrap_or(0).min(len);
-    let c = (len - n..len).filter(|i| s.seq(*i).starts_with(prefix)).count();
+    let c = (len - n..len)
+        .filter(|i| s.seq(*i).starts_with(prefix))
+        .count();
     INT::try_from(c).unwrap_or(INT::MAX)
 }
 
