@@ -2806,6 +2806,8 @@ mod http {
             );
         }
 
+        let stateful = !matches!(t.cpu_of, CpuOf::SelfMinusClient);
+        let metrics0 = if stateful { scrape(t.url) } else { None };
         let t0 = Instant::now() + Duration::from_millis(100);
         let warmup = Duration::from_secs_f64(args.warmup);
         let duration = Duration::from_secs_f64(args.duration);
@@ -2847,11 +2849,92 @@ mod http {
                 }
             }
         }
-        let stateful = !matches!(t.cpu_of, CpuOf::SelfMinusClient);
-        Ok(PassResult::new(
+        let metrics1 = if stateful { scrape(t.url) } else { None };
+        let mut res = PassResult::new(
             t.name, pass, connected, failures, &total, secs, args, stateful, t.stored, cpu_server,
             cpu_client,
-        ))
+        );
+        res.server_counters = metrics0
+            .zip(metrics1)
+            .map(|(a, b)| ServerCounters::between(&a, &b));
+        Ok(res)
+    }
+
+    /// `GET /metrics` as `name{labels}` → value (None if the server has no such endpoint).
+    fn scrape(url: &str) -> Option<BTreeMap<String, f64>> {
+        let text = ureq::get(format!("{url}/metrics"))
+            .call()
+            .ok()?
+            .body_mut()
+            .read_to_string()
+            .ok()?;
+        Some(
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter_map(|l| {
+                    let (k, v) = l.rsplit_once(' ')?;
+                    Some((k.to_string(), v.parse().ok()?))
+                })
+                .collect(),
+        )
+    }
+
+    /// What trimtab's own counters (`/metrics`) say happened during one pass.
+    #[derive(Serialize, Default)]
+    struct ServerCounters {
+        events_accepted: f64,
+        events_duplicate: f64,
+        events_rejected: BTreeMap<String, f64>,
+        rule_runs: f64,
+        rule_errors: BTreeMap<String, f64>,
+        rule_adjustments: f64,
+        adjustments_decided: f64,
+        commits: f64,
+        commit_mean_ms: f64,
+        batches_per_commit: f64,
+        /// After the pass (a gauge).
+        users_cached: f64,
+    }
+
+    impl ServerCounters {
+        fn between(a: &BTreeMap<String, f64>, b: &BTreeMap<String, f64>) -> Self {
+            let label = |key: &str, name: &str| -> String {
+                let pat = format!("{name}=\"");
+                key.find(&pat)
+                    .and_then(|i| key[i + pat.len()..].split('"').next())
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let mut c = ServerCounters::default();
+            let (mut commit_s, mut batches) = (0.0, 0.0);
+            for (k, &v) in b {
+                let d = v - a.get(k).copied().unwrap_or(0.0);
+                let name = k.split('{').next().unwrap_or(k);
+                match name {
+                    "trimtab_events_accepted_total" => c.events_accepted += d,
+                    "trimtab_events_duplicate_total" => c.events_duplicate += d,
+                    "trimtab_events_rejected_total" if d != 0.0 => {
+                        *c.events_rejected.entry(label(k, "reason")).or_default() += d;
+                    }
+                    "trimtab_rule_runs_total" => c.rule_runs += d,
+                    "trimtab_rule_errors_total" if d != 0.0 => {
+                        *c.rule_errors.entry(label(k, "rule")).or_default() += d;
+                    }
+                    "trimtab_rule_adjustments_total" => c.rule_adjustments += d,
+                    "trimtab_adjustments_decided_total" => c.adjustments_decided += d,
+                    "trimtab_commit_seconds_count" => c.commits += d,
+                    "trimtab_commit_seconds_sum" => commit_s += d,
+                    "trimtab_commit_batch_size_sum" => batches += d,
+                    "trimtab_users_cached" => c.users_cached += v,
+                    _ => {}
+                }
+            }
+            if c.commits > 0.0 {
+                c.commit_mean_ms = commit_s / c.commits * 1000.0;
+                c.batches_per_commit = batches / c.commits;
+            }
+            c
+        }
     }
 
     #[derive(Serialize)]
@@ -2896,6 +2979,8 @@ mod http {
         latency: Percentiles,
         cpu_server_pct_of_core: Option<f64>,
         cpu_client_pct_of_core: Option<f64>,
+        /// trimtab's `/metrics`, before → after the pass.
+        server_counters: Option<ServerCounters>,
     }
 
     impl PassResult {
@@ -2946,6 +3031,7 @@ mod http {
                 latency: Percentiles::of(&s.latency),
                 cpu_server_pct_of_core: cpu_server,
                 cpu_client_pct_of_core: cpu_client,
+                server_counters: None,
             }
         }
 
@@ -3281,6 +3367,25 @@ mod http {
             for r in &runs {
                 if !r.error_codes.is_empty() {
                     println!("{} error codes: {:?}", r.label(), r.error_codes);
+                }
+                if let Some(c) = &r.server_counters {
+                    println!(
+                        "{} /metrics: accepted {:.0}, duplicate {:.0}, rejected {:?}, rule runs {:.0}, \
+                         rule errors {:?}, rule adjustments {:.0}, adjustments decided {:.0}, commits {:.0} (mean {:.2} ms, \
+                         {:.1} batches each), users cached {:.0}",
+                        r.label(),
+                        c.events_accepted,
+                        c.events_duplicate,
+                        c.events_rejected,
+                        c.rule_runs,
+                        c.rule_errors,
+                        c.rule_adjustments,
+                        c.adjustments_decided,
+                        c.commits,
+                        c.commit_mean_ms,
+                        c.batches_per_commit,
+                        c.users_cached
+                    );
                 }
                 if r.rounds_through_users < 1.0 {
                     println!(
