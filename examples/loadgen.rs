@@ -29,10 +29,37 @@
 //! Latencies go into HDR histograms (µs, 3 significant digits). CPU use of the server and of the
 //! client threads over the measured window is read from /proc and printed as % of one core.
 //!
+//! HTTP ingest mode (`--mode http`; the default is `--mode ws`, everything above). `--clients`
+//! keep-alive HTTP/1.1 connections (one blocking std thread each) post `POST /v1/events` batches
+//! of `--batch` events (default 100) with the write key, closed loop: each client sends its next
+//! request as soon as the previous answer arrived, for `--warmup` + `--duration` seconds. Event
+//! `pos` goes to user `pos % --users` (round-robin, so one batch covers `batch` different users
+//! and the first `users` events create the users) and is that user's next event of an SDK-like
+//! visit: page_view, scrolls of rising depth, hover start/end on a target, click, custom; each
+//! with a unique id, `context` (page, device, hour) and full consent. trimtab runs the bench rule
+//! and the three example rules of `scripts/`, which read that state. Two passes go against the
+//! same trimtab: `new` on its fresh data dir (every user is new at first), then `known` with the
+//! same users, already stored. Because a pass goes through the users at its own speed, the report
+//! says which share of the acknowledged events went to users with nothing stored yet, and notes
+//! a pass that did not reach every user.
+//!
+//! It measures acknowledged events/s (`accepted + duplicates` of the 202 answers received inside
+//! the window), requests/s (answers of any status), request latency (write → complete answer, of
+//! requests sent inside the window; HDR, µs), 429 answers (the same bytes, so the same ids, are
+//! resent after `Retry-After`, capped by `--max-retry-wait-ms`, at most `--max-retries` times;
+//! dedup keeps the count honest), other errors, and server and client CPU. Each request body is
+//! built while the previous request is being answered, so building stays off the latency path.
+//! The baseline is the same bare actix-web server (own thread and System, default workers)
+//! answering `POST /v1/events` by parsing the body into a `serde_json::Value`, counting `events`
+//! and replying `202 {"accepted": n, "duplicates": 0, "not_consented": 0}`: no durability, no
+//! check of the credential beyond reading the header. It gets one pass of the identical load
+//! (it keeps no state), first; both trimtab passes are given as ratios to it.
+//!
 //! Run (from the repo root):
 //! ```text
 //! cargo build --release && cargo run --release --example loadgen -- --sessions 200 --rate 2000 --duration 15
 //! cargo run --release --example loadgen -- --url http://127.0.0.1:8080 --write-key KEY --skip-baseline
+//! cargo run --release --example loadgen -- --mode http --clients 8 --batch 100 --users 40000 --duration 15
 //! ```
 //! `--json` prints one machine-readable JSON object instead of the table.
 
@@ -77,11 +104,35 @@ const RETRY_POLL: Duration = Duration::from_millis(10);
 /// Histogram upper bound: 10 minutes in µs (longer values are clamped).
 const HIST_MAX_US: u64 = 600_000_000;
 
+/// What is driven: WebSocket sessions, or HTTP ingest (`POST /v1/events`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Mode {
+    /// WebSocket sessions sending `custom` bench events at a fixed rate (open loop).
+    Ws,
+    /// Keep-alive HTTP/1.1 clients posting event batches (closed loop), in two passes.
+    Http,
+}
+
 #[derive(Parser, Debug, Clone, Serialize)]
 #[command(
-    about = "Drive trimtab over WebSockets at a fixed event rate and compare with a bare actix-ws echo"
+    about = "Load trimtab over WebSockets (fixed event rate) or HTTP ingest (closed-loop clients) and compare with a bare actix baseline in the same run",
+    after_help = "Modes:\n  \
+      ws    --sessions WebSocket sessions send `custom` events at --rate events/s in total, --batch (default 1)\n        \
+            per message; reports ack and adjustment latency against a bare actix-ws echo.\n  \
+      http  --clients keep-alive HTTP/1.1 connections post --batch (default 100) events per `POST /v1/events`,\n        \
+            each as soon as the previous answer arrived, over --users users round-robin (an SDK-like mix of\n        \
+            page_view, scroll, hover, click, custom). Two passes on one trimtab: `new` on a fresh data dir, then\n        \
+            `known` with the same, already stored users; both against a bare actix-web JSON-parsing baseline.\n        \
+            429 answers are retried with the same batch after Retry-After (capped by --max-retry-wait-ms).\n\n\
+      Examples:\n  \
+      cargo run --release --example loadgen -- --sessions 1000 --rate 10000 --duration 15\n  \
+      cargo run --release --example loadgen -- --mode http --clients 8 --batch 100 --users 40000 --duration 15"
 )]
 struct Args {
+    /// `ws`: WebSocket sessions at a fixed rate; `http`: closed-loop HTTP ingest, passes `new` and `known`.
+    #[arg(long, value_enum, default_value_t = Mode::Ws)]
+    mode: Mode,
     /// trimtab binary to spawn (ignored with --url).
     #[arg(long, default_value = "target/release/trimtab")]
     server_bin: PathBuf,
@@ -92,10 +143,10 @@ struct Args {
     #[arg(long, env = "TRIMTAB_WRITE_KEY", hide_env_values = true)]
     #[serde(skip)]
     write_key: Option<String>,
-    /// Concurrent WebSocket sessions (one user each).
+    /// ws: concurrent WebSocket sessions (one user each).
     #[arg(long, default_value_t = 200)]
     sessions: usize,
-    /// Total events per second offered, over all sessions.
+    /// ws: total events per second offered, over all sessions.
     #[arg(long, default_value_t = 5000.0)]
     rate: f64,
     /// Measured seconds.
@@ -107,15 +158,24 @@ struct Args {
     /// Seconds to wait for outstanding answers after the last send.
     #[arg(long, default_value_t = 5.0)]
     drain: f64,
-    /// Events per `events` message.
-    #[arg(long, default_value_t = 1)]
-    batch: usize,
-    /// Resends of an event answered `overloaded` before giving it up.
+    /// Events per `events` message (ws, default 1) or per `POST /v1/events` request (http, default 100).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Resends of an event (ws) or a batch (http) answered `overloaded` / 429 before giving it up.
     #[arg(long, default_value_t = 3)]
     max_retries: u32,
-    /// Client threads (each one actix runtime holding a share of the sessions).
+    /// ws: client threads (each one actix runtime holding a share of the sessions).
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
+    /// http: keep-alive HTTP/1.1 client connections (one blocking thread each), closed loop.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// http: distinct users, taken round-robin (one batch covers `batch` different users).
+    #[arg(long, default_value_t = 40_000)]
+    users: usize,
+    /// http: longest wait, in ms, honoured from a 429's `Retry-After` before resending the batch.
+    #[arg(long, default_value_t = 1000)]
+    max_retry_wait_ms: u64,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -135,13 +195,27 @@ struct Args {
     serve_echo: bool,
 }
 
+impl Args {
+    /// Events per message (ws) or request (http), with the mode's default.
+    fn batch(&self) -> usize {
+        self.batch.unwrap_or(match self.mode {
+            Mode::Ws => 1,
+            Mode::Http => 100,
+        })
+    }
+}
+
 fn main() -> Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
     if args.serve_echo {
         return baseline::serve_standalone();
     }
+    args.batch = Some(args.batch());
     validate(&args)?;
     let machine = Machine::probe();
+    if args.mode == Mode::Http {
+        return http::run(&args, machine);
+    }
     if !args.json {
         print_header(&machine, &args);
     }
@@ -184,7 +258,7 @@ fn main() -> Result<()> {
             CpuOf::None,
         )?)
     } else {
-        let server = target::spawn(&args.server_bin)?;
+        let server = target::spawn(&args.server_bin, &[], "")?;
         note(
             &args,
             &format!(
@@ -217,14 +291,32 @@ fn main() -> Result<()> {
 }
 
 fn validate(args: &Args) -> Result<()> {
-    if args.sessions == 0 || args.sessions > 100_000 {
-        bail!("--sessions must be in 1..=100000");
-    }
-    if args.batch == 0 || args.batch > 1000 {
+    if args.batch() == 0 || args.batch() > 1000 {
         bail!("--batch must be in 1..=1000");
     }
-    if !(args.rate > 0.0 && args.rate.is_finite()) {
-        bail!("--rate must be > 0");
+    match args.mode {
+        Mode::Ws => {
+            if args.sessions == 0 || args.sessions > 100_000 {
+                bail!("--sessions must be in 1..=100000");
+            }
+            if !(args.rate > 0.0 && args.rate.is_finite()) {
+                bail!("--rate must be > 0");
+            }
+            if args.client_threads == 0 || args.client_threads > args.sessions {
+                bail!("--client-threads must be in 1..=sessions");
+            }
+        }
+        Mode::Http => {
+            if args.clients == 0 || args.clients > 1024 {
+                bail!("--clients must be in 1..=1024");
+            }
+            if args.users == 0 || args.users > 100_000_000 {
+                bail!("--users must be in 1..=100000000");
+            }
+            if args.max_retry_wait_ms > 60_000 {
+                bail!("--max-retry-wait-ms must be at most 60000");
+            }
+        }
     }
     for (name, v) in [
         ("duration", args.duration),
@@ -237,9 +329,6 @@ fn validate(args: &Args) -> Result<()> {
     }
     if args.duration <= 0.0 {
         bail!("--duration must be > 0");
-    }
-    if args.client_threads == 0 || args.client_threads > args.sessions {
-        bail!("--client-threads must be in 1..=sessions");
     }
     if let Some(url) = &args.url {
         let host = url.strip_prefix("http://").unwrap_or("");
@@ -325,8 +414,8 @@ fn run_load(
         ws_url,
         write_key: write_key.to_string(),
         run_id: format!("{:08x}", rand::rng().random::<u32>()),
-        batch: args.batch,
-        period: Duration::from_secs_f64(args.sessions as f64 * args.batch as f64 / args.rate),
+        batch: args.batch(),
+        period: Duration::from_secs_f64(args.sessions as f64 * args.batch() as f64 / args.rate),
         warmup: Duration::from_secs_f64(args.warmup),
         duration: Duration::from_secs_f64(args.duration),
         drain: Duration::from_secs_f64(args.drain),
@@ -1251,6 +1340,9 @@ mod baseline {
     use futures_util::StreamExt;
     use serde::{Deserialize, Serialize};
 
+    /// Largest request body the baseline reads (trimtab's own limit is configurable).
+    const MAX_BODY: usize = 64 << 20;
+
     pub struct Baseline {
         pub url: String,
         handle: ServerHandle,
@@ -1267,8 +1359,10 @@ mod baseline {
                 sys.block_on(async move {
                     let bound = HttpServer::new(|| {
                         App::new()
+                            .app_data(web::PayloadConfig::new(MAX_BODY))
                             .route("/v1/identify", web::post().to(identify))
                             .route("/v1/ws", web::get().to(ws))
+                            .route("/v1/events", web::post().to(events))
                     })
                     .disable_signals()
                     .bind(("127.0.0.1", 0));
@@ -1304,8 +1398,10 @@ mod baseline {
         actix_rt::System::new().block_on(async {
             let server = HttpServer::new(|| {
                 App::new()
+                    .app_data(web::PayloadConfig::new(MAX_BODY))
                     .route("/v1/identify", web::post().to(identify))
                     .route("/v1/ws", web::get().to(ws))
+                    .route("/v1/events", web::post().to(events))
             })
             .bind(("127.0.0.1", 0))?;
             println!("trimtab listening on http://{}", server.addrs()[0]);
@@ -1430,6 +1526,32 @@ mod baseline {
         }
     }
 
+    /// `POST /v1/events` for the http mode: reads the credential header, parses the body into a
+    /// `serde_json::Value`, counts `events` and answers 202 as trimtab does, with no durability.
+    async fn events(req: HttpRequest, body: web::Bytes) -> HttpResponse {
+        let bearer = req
+            .headers()
+            .get("authorization")
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "));
+        if bearer.is_none_or(str::is_empty) {
+            return HttpResponse::Unauthorized().json(serde_json::json!({
+                "error": {"code": "unauthorized", "message": "no Bearer credential"}
+            }));
+        }
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else {
+            return HttpResponse::BadRequest().json(serde_json::json!({
+                "error": {"code": "malformed_json", "message": "body is not valid JSON"}
+            }));
+        };
+        let n = v
+            .get("events")
+            .and_then(serde_json::Value::as_array)
+            .map_or(0, Vec::len);
+        HttpResponse::Accepted()
+            .json(serde_json::json!({"accepted": n, "duplicates": 0, "not_consented": 0}))
+    }
+
     async fn ws(req: HttpRequest, body: web::Payload) -> actix_web::Result<HttpResponse> {
         let (resp, mut session, stream) = actix_ws::handle(&req, body)?;
         let mut stream = stream.max_frame_size(1 << 20);
@@ -1485,7 +1607,9 @@ mod target {
         })
     }
 
-    pub fn spawn(bin: &Path) -> Result<Server> {
+    /// Spawns `trimtab serve` with the bench rule plus `extra_rules` (file name, source) and
+    /// the no-caps config plus `extra_config` (TOML appended as is).
+    pub fn spawn(bin: &Path, extra_rules: &[(&str, &str)], extra_config: &str) -> Result<Server> {
         if !bin.is_file() {
             bail!(
                 "server binary {} not found: run `cargo build --release` first, or pass --server-bin or --url",
@@ -1499,8 +1623,11 @@ mod target {
         std::fs::create_dir_all(&data)?;
         std::fs::create_dir_all(&scripts)?;
         std::fs::write(scripts.join("bench.rhai"), BENCH_RULE)?;
+        for (name, src) in extra_rules {
+            std::fs::write(scripts.join(name), src)?;
+        }
         let config = dir.path().join("trimtab.toml");
-        std::fs::write(&config, CONFIG)?;
+        std::fs::write(&config, format!("{CONFIG}{extra_config}"))?;
         let log = dir.path().join("server.log");
         let write_key = random_hex();
         let mut cmd = Command::new(bin);
@@ -1801,11 +1928,11 @@ fn print_header(m: &Machine, a: &Args) {
         "machine: {} cpus, {}, {:.1} GiB RAM, Linux {}, load average {:.2} at start",
         m.cpus, m.cpu_model, m.mem_gib, m.kernel, m.loadavg_1m
     );
-    let period_ms = a.sessions as f64 * a.batch as f64 / a.rate * 1000.0;
+    let period_ms = a.sessions as f64 * a.batch() as f64 / a.rate * 1000.0;
     println!(
         "params: sessions={} rate={}/s batch={} duration={}s warmup={}s drain={}s max-retries={} client-threads={} \
          (each session sends every {period_ms:.1} ms; baseline runs first, then trimtab)",
-        a.sessions, a.rate, a.batch, a.duration, a.warmup, a.drain, a.max_retries, a.client_threads
+        a.sessions, a.rate, a.batch(), a.duration, a.warmup, a.drain, a.max_retries, a.client_threads
     );
 }
 
@@ -1991,6 +2118,1307 @@ impl Report {
                     "{}: no adjustments matched: is the bench rule loaded and are caps off?",
                     r.name
                 );
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP ingest mode (`--mode http`): closed-loop `POST /v1/events` clients, passes `new` and `known`.
+
+mod http {
+    use std::{
+        fmt::Write as _,
+        io::{self, BufRead, BufReader, Read, Write},
+        net::{SocketAddr, TcpStream, ToSocketAddrs},
+        sync::atomic::{AtomicU64, Ordering},
+    };
+
+    use super::*;
+
+    /// The example rules shipped in `scripts/`, installed next to the bench rule so that the
+    /// event mix below makes rules read real behavioural state (and sometimes adjust).
+    const SHIPPED_RULES: [(&str, &str); 3] = [
+        (
+            "scroll_offer.rhai",
+            include_str!("../scripts/scroll_offer.rhai"),
+        ),
+        (
+            "hover_review.rhai",
+            include_str!("../scripts/hover_review.rhai"),
+        ),
+        (
+            "cta_by_context.rhai",
+            include_str!("../scripts/cta_by_context.rhai"),
+        ),
+    ];
+    /// trimtab's default `[limits] max_batch_events` and `max_body_bytes`.
+    const DEFAULT_MAX_BATCH: usize = 100;
+    const DEFAULT_MAX_BODY: usize = 256 * 1024;
+    /// Events of one visit of a user, in order (see [`push_event`]).
+    const VISIT: u64 = 8;
+    const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Pause after pass `new` so its last commits are not measured as part of pass `known`.
+    const SETTLE: Duration = Duration::from_secs(1);
+    /// Wait after a 429 without a readable `Retry-After` (still capped by --max-retry-wait-ms).
+    const DEFAULT_RETRY_WAIT: Duration = Duration::from_millis(100);
+    /// Wait before reconnecting after a failed connect.
+    const RECONNECT_WAIT: Duration = Duration::from_millis(100);
+
+    /// Which users have had an event acknowledged by one server (shared by its passes).
+    struct Stored {
+        words: Vec<AtomicU64>,
+    }
+
+    impl Stored {
+        fn new(users: u64) -> Self {
+            Stored {
+                words: (0..users.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            }
+        }
+
+        fn get(&self, u: u64) -> bool {
+            (self.words[(u / 64) as usize].load(Ordering::Relaxed) >> (u % 64)) & 1 == 1
+        }
+
+        fn set(&self, u: u64) {
+            self.words[(u / 64) as usize].fetch_or(1 << (u % 64), Ordering::Relaxed);
+        }
+
+        fn count(&self) -> u64 {
+            self.words
+                .iter()
+                .map(|w| u64::from(w.load(Ordering::Relaxed).count_ones()))
+                .sum()
+        }
+    }
+
+    /// One pass against one server (shared, read-only except for the two shared counters).
+    struct Plan {
+        addr: SocketAddr,
+        /// The request head up to (not including) the Content-Length value.
+        head: String,
+        /// Random prefix of user names (same for both passes of one server) and event ids.
+        run_id: String,
+        /// Distinguishes the event ids of the passes: `b`aseline, `n`ew, `k`nown.
+        tag: char,
+        users: u64,
+        batch: usize,
+        max_retries: u32,
+        max_retry_wait: Duration,
+        /// The next event position; event `pos` goes to user `pos % users`.
+        next: AtomicU64,
+        stored: Arc<Stored>,
+    }
+
+    /// One request, built before it is due (while the previous one is in flight).
+    struct Batch {
+        req: Vec<u8>,
+        first: u64,
+        n: u64,
+        /// Events whose user had nothing acknowledged when the batch was built.
+        new_users: u64,
+    }
+
+    impl Plan {
+        fn take_batch(&self) -> Batch {
+            let n = self.batch as u64;
+            let first = self.next.fetch_add(n, Ordering::Relaxed);
+            let ts = unix_ms();
+            let mut body = Vec::with_capacity(self.batch * 420 + 16);
+            body.extend_from_slice(br#"{"events":["#);
+            let mut new_users = 0;
+            for pos in first..first + n {
+                if pos > first {
+                    body.push(b',');
+                }
+                push_event(&mut body, self, pos, ts);
+                new_users += u64::from(!self.stored.get(pos % self.users));
+            }
+            body.extend_from_slice(b"]}");
+            let mut req = Vec::with_capacity(self.head.len() + 16 + body.len());
+            req.extend_from_slice(self.head.as_bytes());
+            // Writing to a Vec cannot fail.
+            let _ = write!(req, "{}\r\n\r\n", body.len());
+            req.extend_from_slice(&body);
+            Batch {
+                req,
+                first,
+                n,
+                new_users,
+            }
+        }
+    }
+
+    /// Event `pos`: user `u = pos % users`, the user's `step = pos / users`-th event. Each user
+    /// goes through visits of [`VISIT`] events, as the SDK would send them: a page view (an
+    /// article for two users in three, a product page otherwise), scrolls of rising depth (past
+    /// 75 % at the end, which `scroll_offer` looks for), a hover start and end on a target
+    /// (`product-image`, which `hover_review` looks for, or `cta`), a click, a custom event.
+    fn push_event(buf: &mut Vec<u8>, plan: &Plan, pos: u64, ts: u64) {
+        let u = pos % plan.users;
+        let step = pos / plan.users;
+        let visit = step / VISIT;
+        let product = u % 3 == 2;
+        let page = format!(
+            "/{}/{}",
+            if product { "product" } else { "article" },
+            (u + visit * 13) % 97
+        );
+        let device = ["desktop", "mobile", "desktop", "tablet"][(u / 3 % 4) as usize];
+        let hour = (u * 7 + visit * 5) % 24;
+        let hover = if product { "product-image" } else { "cta" };
+        let (kind, target, props) = match step % VISIT {
+            0 => (
+                "page_view",
+                None,
+                format!(r#"{{"path":"{page}","title":"Page {}"}}"#, u % 97),
+            ),
+            1 => ("scroll", None, format!(r#"{{"depth":{}}}"#, 20 + u % 10)),
+            2 => (
+                "hover",
+                Some(hover),
+                r#"{"phase":"start","duration_ms":0}"#.to_string(),
+            ),
+            3 => (
+                "scroll",
+                None,
+                format!(r#"{{"depth":{0},"max_depth":{0}}}"#, 50 + u % 10),
+            ),
+            4 => (
+                "hover",
+                Some(hover),
+                format!(r#"{{"phase":"end","duration_ms":{}}}"#, 2500 + u % 2000),
+            ),
+            5 => (
+                "scroll",
+                None,
+                format!(r#"{{"depth":{0},"max_depth":{0}}}"#, 80 + u % 15),
+            ),
+            6 => ("click", Some("cta"), "{}".to_string()),
+            _ => (
+                "custom",
+                None,
+                format!(
+                    r#"{{"name":"share","channel":"{}","visit":{visit}}}"#,
+                    if u.is_multiple_of(2) { "email" } else { "link" }
+                ),
+            ),
+        };
+        let (run, tag) = (&plan.run_id, plan.tag);
+        // Writing to a Vec cannot fail.
+        let _ = write!(
+            buf,
+            r#"{{"id":"{run}{tag}-{pos}","type":"{kind}","user":"lg-{run}-{u}","session":"s{tag}-{u}-{visit}","ts":{ts}"#
+        );
+        if let Some(t) = target {
+            let _ = write!(buf, r#","target":"{t}""#);
+        }
+        let _ = write!(
+            buf,
+            r#","props":{props},"context":{{"page":"{page}","device":"{device}","hour":{hour}}},"consent":{{"analytics":true,"personalization":true}}}}"#
+        );
+    }
+
+    /// One keep-alive HTTP/1.1 connection.
+    struct Conn {
+        w: TcpStream,
+        r: BufReader<TcpStream>,
+        line: String,
+    }
+
+    struct Resp {
+        status: u16,
+        retry_after: Option<Duration>,
+        body: Vec<u8>,
+        /// The server will close the connection after this answer.
+        close: bool,
+    }
+
+    fn bad_data(msg: &str) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, msg.to_string())
+    }
+
+    impl Conn {
+        fn open(addr: SocketAddr) -> io::Result<Conn> {
+            let s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
+            s.set_nodelay(true)?;
+            s.set_write_timeout(Some(Duration::from_secs(30)))?;
+            Ok(Conn {
+                r: BufReader::with_capacity(64 << 10, s.try_clone()?),
+                w: s,
+                line: String::new(),
+            })
+        }
+
+        fn send(&mut self, req: &[u8]) -> io::Result<()> {
+            self.w.write_all(req)
+        }
+
+        /// Reads one answer; `timeout` bounds every read (so a stalled server ends the run).
+        fn recv(&mut self, timeout: Duration) -> io::Result<Resp> {
+            self.r.get_ref().set_read_timeout(Some(timeout))?;
+            let status = {
+                self.read_line()?;
+                let mut parts = self.line.split_whitespace();
+                match (parts.next(), parts.next().and_then(|c| c.parse().ok())) {
+                    (Some(v), Some(code)) if v.starts_with("HTTP/1.") => code,
+                    _ => return Err(bad_data("not an HTTP/1.x status line")),
+                }
+            };
+            let (mut len, mut chunked, mut close, mut retry_after) = (None, false, false, None);
+            loop {
+                self.read_line()?;
+                let l = self.line.trim_end();
+                if l.is_empty() {
+                    break;
+                }
+                let Some((k, v)) = l.split_once(':') else {
+                    continue;
+                };
+                let (k, v) = (k.trim(), v.trim());
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = Some(
+                        v.parse::<usize>()
+                            .map_err(|_| bad_data("bad content-length"))?,
+                    );
+                } else if k.eq_ignore_ascii_case("transfer-encoding") {
+                    chunked = v.to_ascii_lowercase().contains("chunked");
+                } else if k.eq_ignore_ascii_case("connection") {
+                    close = v.eq_ignore_ascii_case("close");
+                } else if k.eq_ignore_ascii_case("retry-after") {
+                    retry_after = v.parse::<u64>().ok().map(Duration::from_secs);
+                }
+            }
+            let mut body = Vec::new();
+            if chunked {
+                loop {
+                    self.read_line()?;
+                    let size = self.line.trim().split(';').next().unwrap_or("");
+                    let size =
+                        usize::from_str_radix(size, 16).map_err(|_| bad_data("bad chunk size"))?;
+                    if size == 0 {
+                        // Trailers, then the empty line.
+                        loop {
+                            self.read_line()?;
+                            if self.line.trim_end().is_empty() {
+                                break;
+                            }
+                        }
+                        break;
+                    }
+                    let old = body.len();
+                    body.resize(old + size, 0);
+                    self.r.read_exact(&mut body[old..])?;
+                    self.read_line()?;
+                }
+            } else if let Some(n) = len {
+                body.resize(n, 0);
+                self.r.read_exact(&mut body)?;
+            } else if !(status == 204 || status == 304 || (100..200).contains(&status)) {
+                self.r.read_to_end(&mut body)?;
+                close = true;
+            }
+            Ok(Resp {
+                status,
+                retry_after,
+                body,
+                close,
+            })
+        }
+
+        fn read_line(&mut self) -> io::Result<()> {
+            self.line.clear();
+            if self.r.read_line(&mut self.line)? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed by the server",
+                ));
+            }
+            Ok(())
+        }
+    }
+
+    #[derive(Deserialize)]
+    struct AckBody {
+        accepted: u64,
+        #[serde(default)]
+        duplicates: u64,
+        #[serde(default)]
+        not_consented: u64,
+    }
+
+    #[derive(Deserialize)]
+    struct ErrorBody {
+        error: ErrorDetail,
+    }
+
+    #[derive(Deserialize)]
+    struct ErrorDetail {
+        code: String,
+    }
+
+    /// Counters and the latency histogram of one client (merged over clients at the end).
+    struct HttpStats {
+        /// Answers (any status) received inside the window.
+        answered_in_window: u64,
+        ok_in_window: u64,
+        /// `accepted + duplicates` of the 202 answers received inside the window.
+        acked_in_window: u64,
+        new_user_events_in_window: u64,
+        s429_in_window: u64,
+        s429_total: u64,
+        retried_after_429: u64,
+        resent_after_error: u64,
+        gave_up_batches: u64,
+        gave_up_events: u64,
+        errors: u64,
+        error_codes: BTreeMap<String, u64>,
+        acked_total: u64,
+        duplicates: u64,
+        not_consented: u64,
+        short_acks: u64,
+        unfinished_at_end: u64,
+        /// Events in batches sent at least once.
+        events_sent: u64,
+        /// Requests written (first sends and resends).
+        requests_sent: u64,
+        /// Send → complete answer, of requests sent inside the window (any status), µs.
+        latency: Histogram<u64>,
+    }
+
+    impl HttpStats {
+        fn new() -> Self {
+            HttpStats {
+                answered_in_window: 0,
+                ok_in_window: 0,
+                acked_in_window: 0,
+                new_user_events_in_window: 0,
+                s429_in_window: 0,
+                s429_total: 0,
+                retried_after_429: 0,
+                resent_after_error: 0,
+                gave_up_batches: 0,
+                gave_up_events: 0,
+                errors: 0,
+                error_codes: BTreeMap::new(),
+                acked_total: 0,
+                duplicates: 0,
+                not_consented: 0,
+                short_acks: 0,
+                unfinished_at_end: 0,
+                events_sent: 0,
+                requests_sent: 0,
+                latency: new_hist(),
+            }
+        }
+
+        fn error(&mut self, code: String) {
+            self.errors += 1;
+            *self.error_codes.entry(code).or_default() += 1;
+        }
+
+        fn merge(&mut self, o: &HttpStats) {
+            self.answered_in_window += o.answered_in_window;
+            self.ok_in_window += o.ok_in_window;
+            self.acked_in_window += o.acked_in_window;
+            self.new_user_events_in_window += o.new_user_events_in_window;
+            self.s429_in_window += o.s429_in_window;
+            self.s429_total += o.s429_total;
+            self.retried_after_429 += o.retried_after_429;
+            self.resent_after_error += o.resent_after_error;
+            self.gave_up_batches += o.gave_up_batches;
+            self.gave_up_events += o.gave_up_events;
+            self.errors += o.errors;
+            for (k, v) in &o.error_codes {
+                *self.error_codes.entry(k.clone()).or_default() += v;
+            }
+            self.acked_total += o.acked_total;
+            self.duplicates += o.duplicates;
+            self.not_consented += o.not_consented;
+            self.short_acks += o.short_acks;
+            self.unfinished_at_end += o.unfinished_at_end;
+            self.events_sent += o.events_sent;
+            self.requests_sent += o.requests_sent;
+            // Same constant bounds on both sides, so adding cannot go out of range.
+            self.latency
+                .add(&o.latency)
+                .expect("histograms share bounds");
+        }
+    }
+
+    /// What became of one batch.
+    enum Outcome {
+        Done,
+        /// Not answered 202 when the run stopped.
+        Unfinished,
+    }
+
+    /// One client connection's closed loop: send a batch, build the next one while the answer
+    /// is on its way, read the answer, repeat until the window ends. A 429 waits `Retry-After`
+    /// (capped) and resends the same bytes; so does a broken connection, after reconnecting.
+    fn client(
+        plan: &Plan,
+        ready: mpsc::Sender<Result<Option<u32>, String>>,
+        start: mpsc::Receiver<Timeline>,
+        gate: &Gate,
+    ) -> HttpStats {
+        let mut stats = HttpStats::new();
+        let conn = match Conn::open(plan.addr) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = ready.send(Err(format!("connect {}: {e}", plan.addr)));
+                return stats;
+            }
+        };
+        let _ = ready.send(Ok(current_tid()));
+        drop(ready);
+        let Ok(tl) = start.recv() else {
+            return stats;
+        };
+        let mut conn = Some(conn);
+        sleep_until(tl.t0);
+        let mut next: Option<Batch> = None;
+        while Instant::now() < tl.window_end {
+            let batch = next.take().unwrap_or_else(|| plan.take_batch());
+            stats.events_sent += batch.n;
+            if let Outcome::Unfinished =
+                send_batch(plan, &tl, &mut conn, &batch, &mut next, &mut stats)
+            {
+                stats.unfinished_at_end += 1;
+                break;
+            }
+        }
+        drop(conn);
+        // Stay alive, and so countable, until the final CPU sample.
+        gate.wait_until(tl.drain_end + GRACE);
+        stats
+    }
+
+    fn send_batch(
+        plan: &Plan,
+        tl: &Timeline,
+        conn: &mut Option<Conn>,
+        batch: &Batch,
+        next: &mut Option<Batch>,
+        stats: &mut HttpStats,
+    ) -> Outcome {
+        let mut attempts = 0u32;
+        loop {
+            let c = match conn {
+                Some(c) => c,
+                None => match Conn::open(plan.addr) {
+                    Ok(c) => conn.insert(c),
+                    Err(e) => {
+                        stats.error(format!("connect: {}", e.kind()));
+                        if Instant::now() >= tl.window_end {
+                            return Outcome::Unfinished;
+                        }
+                        thread::sleep(RECONNECT_WAIT);
+                        continue;
+                    }
+                },
+            };
+            let sent = Instant::now();
+            stats.requests_sent += 1;
+            let res = c.send(&batch.req).and_then(|()| {
+                // The next request is built while this one is being answered.
+                if next.is_none() && sent < tl.window_end {
+                    *next = Some(plan.take_batch());
+                }
+                let left = tl.drain_end.saturating_duration_since(Instant::now());
+                c.recv(left.max(Duration::from_millis(1)))
+            });
+            let done = Instant::now();
+            let in_window = tl.in_window(done);
+            let r = match res {
+                Ok(r) => r,
+                Err(e) => {
+                    *conn = None;
+                    stats.error(format!("io: {}", e.kind()));
+                    if done >= tl.window_end {
+                        return Outcome::Unfinished;
+                    }
+                    if attempts >= plan.max_retries {
+                        stats.gave_up_batches += 1;
+                        stats.gave_up_events += batch.n;
+                        return Outcome::Done;
+                    }
+                    // Same ids: what the server did store comes back as duplicates.
+                    attempts += 1;
+                    stats.resent_after_error += 1;
+                    continue;
+                }
+            };
+            if r.close {
+                *conn = None;
+            }
+            if tl.in_window(sent) {
+                stats.latency.saturating_record(micros(done - sent));
+            }
+            stats.answered_in_window += u64::from(in_window);
+            match r.status {
+                202 => {
+                    match serde_json::from_slice::<AckBody>(&r.body) {
+                        Ok(a) => {
+                            let acked = a.accepted + a.duplicates;
+                            stats.acked_total += acked;
+                            stats.duplicates += a.duplicates;
+                            stats.not_consented += a.not_consented;
+                            stats.short_acks += u64::from(acked + a.not_consented != batch.n);
+                            if in_window {
+                                stats.ok_in_window += 1;
+                                stats.acked_in_window += acked;
+                                stats.new_user_events_in_window += batch.new_users;
+                            }
+                            for pos in batch.first..batch.first + batch.n {
+                                plan.stored.set(pos % plan.users);
+                            }
+                        }
+                        Err(_) => stats.error("unparseable 202 body".into()),
+                    }
+                    return Outcome::Done;
+                }
+                429 => {
+                    stats.s429_total += 1;
+                    stats.s429_in_window += u64::from(in_window);
+                    if attempts >= plan.max_retries {
+                        stats.gave_up_batches += 1;
+                        stats.gave_up_events += batch.n;
+                        return Outcome::Done;
+                    }
+                    let wait = r
+                        .retry_after
+                        .unwrap_or(DEFAULT_RETRY_WAIT)
+                        .min(plan.max_retry_wait);
+                    if Instant::now() + wait >= tl.window_end {
+                        return Outcome::Unfinished;
+                    }
+                    thread::sleep(wait);
+                    attempts += 1;
+                    stats.retried_after_429 += 1;
+                }
+                status => {
+                    let code = serde_json::from_slice::<ErrorBody>(&r.body)
+                        .map(|e| e.error.code)
+                        .unwrap_or_default();
+                    stats.error(format!("HTTP {status} {code}"));
+                    return Outcome::Done;
+                }
+            }
+        }
+    }
+
+    /// `http://host:port[/]` → the socket address and the `Host` header value.
+    fn resolve(url: &str) -> Result<(SocketAddr, String)> {
+        let host = url
+            .strip_prefix("http://")
+            .unwrap_or(url)
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        let addr = host
+            .to_socket_addrs()
+            .with_context(|| format!("resolve {host}"))?
+            .next()
+            .with_context(|| format!("{host} has no address"))?;
+        Ok((addr, host))
+    }
+
+    /// The server a pass runs against.
+    struct Target<'a> {
+        name: &'a str,
+        url: &'a str,
+        write_key: &'a str,
+        run_id: &'a str,
+        stored: &'a Arc<Stored>,
+        cpu_of: CpuOf,
+    }
+
+    fn run_pass(args: &Args, t: &Target<'_>, pass: &str, tag: char) -> Result<PassResult> {
+        let (addr, host) = resolve(t.url)?;
+        let plan = Arc::new(Plan {
+            addr,
+            head: format!(
+                "POST /v1/events HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\n\
+                 Content-Type: application/json\r\nContent-Length: ",
+                t.write_key
+            ),
+            run_id: t.run_id.to_string(),
+            tag,
+            users: args.users as u64,
+            batch: args.batch(),
+            max_retries: args.max_retries,
+            max_retry_wait: Duration::from_millis(args.max_retry_wait_ms),
+            next: AtomicU64::new(0),
+            stored: t.stored.clone(),
+        });
+        let gate = Arc::new(Gate::default());
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (done_tx, done_rx) = mpsc::channel::<HttpStats>();
+        let mut starts = Vec::with_capacity(args.clients);
+        for i in 0..args.clients {
+            let (start_tx, start_rx) = mpsc::channel::<Timeline>();
+            starts.push(start_tx);
+            let (plan, gate, ready_tx, done_tx) = (
+                plan.clone(),
+                gate.clone(),
+                ready_tx.clone(),
+                done_tx.clone(),
+            );
+            thread::Builder::new()
+                .name(format!("loadgen-http-{i}"))
+                .spawn(move || {
+                    let s = client(&plan, ready_tx, start_rx, &gate);
+                    let _ = done_tx.send(s);
+                })
+                .context("spawn client thread")?;
+        }
+        drop((ready_tx, done_tx));
+
+        let setup_deadline = Instant::now() + SETUP_TIMEOUT;
+        let (mut tids, mut failures) = (Vec::new(), Vec::new());
+        for _ in 0..args.clients {
+            let left = setup_deadline.saturating_duration_since(Instant::now());
+            match ready_rx
+                .recv_timeout(left)
+                .context("client connections were not set up in time")?
+            {
+                Ok(tid) => tids.extend(tid),
+                Err(e) => failures.push(e),
+            }
+        }
+        let connected = args.clients - failures.len();
+        if connected == 0 {
+            bail!(
+                "{}: no client could connect; first error: {}",
+                t.name,
+                failures[0]
+            );
+        }
+        if !failures.is_empty() {
+            eprintln!(
+                "{} {pass}: {} clients failed to connect; first: {}",
+                t.name,
+                failures.len(),
+                failures[0]
+            );
+        }
+
+        let stateful = !matches!(t.cpu_of, CpuOf::SelfMinusClient);
+        let metrics0 = if stateful { scrape(t.url) } else { None };
+        let t0 = Instant::now() + Duration::from_millis(100);
+        let warmup = Duration::from_secs_f64(args.warmup);
+        let duration = Duration::from_secs_f64(args.duration);
+        let tl = Timeline {
+            t0,
+            window_start: t0 + warmup,
+            window_end: t0 + warmup + duration,
+            drain_end: t0 + warmup + duration + Duration::from_secs_f64(args.drain),
+        };
+        for s in starts {
+            let _ = s.send(tl);
+        }
+        sleep_until(tl.window_start);
+        let cpu0 = CpuSample::take(t.cpu_of, &tids);
+        sleep_until(tl.window_end);
+        let cpu1 = CpuSample::take(t.cpu_of, &tids);
+        gate.open();
+        let secs = duration.as_secs_f64();
+        let (cpu_server, cpu_client) = CpuSample::pct(&cpu0, &cpu1, secs);
+
+        let mut total = HttpStats::new();
+        let hard_end = tl.drain_end + GRACE + Duration::from_secs(2);
+        let mut finished = 0;
+        while finished < connected {
+            let left = hard_end.saturating_duration_since(Instant::now());
+            match done_rx.recv_timeout(left) {
+                Ok(s) => {
+                    total.merge(&s);
+                    finished += 1;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    eprintln!(
+                        "{} {pass}: {} clients did not stop in time; partial results",
+                        t.name,
+                        connected - finished
+                    );
+                    break;
+                }
+            }
+        }
+        let metrics1 = if stateful { scrape(t.url) } else { None };
+        let mut res = PassResult::new(
+            t.name, pass, connected, failures, &total, secs, args, stateful, t.stored, cpu_server,
+            cpu_client,
+        );
+        res.server_counters = metrics0
+            .zip(metrics1)
+            .map(|(a, b)| ServerCounters::between(&a, &b));
+        Ok(res)
+    }
+
+    /// `GET /metrics` as `name{labels}` → value (None if the server has no such endpoint).
+    fn scrape(url: &str) -> Option<BTreeMap<String, f64>> {
+        let text = ureq::get(format!("{url}/metrics"))
+            .call()
+            .ok()?
+            .body_mut()
+            .read_to_string()
+            .ok()?;
+        Some(
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter_map(|l| {
+                    let (k, v) = l.rsplit_once(' ')?;
+                    Some((k.to_string(), v.parse().ok()?))
+                })
+                .collect(),
+        )
+    }
+
+    /// What trimtab's own counters (`/metrics`) say happened during one pass.
+    #[derive(Serialize, Default)]
+    struct ServerCounters {
+        events_accepted: f64,
+        events_duplicate: f64,
+        events_rejected: BTreeMap<String, f64>,
+        rule_runs: f64,
+        rule_errors: BTreeMap<String, f64>,
+        rule_adjustments: f64,
+        adjustments_decided: f64,
+        commits: f64,
+        commit_mean_ms: f64,
+        batches_per_commit: f64,
+        /// After the pass (a gauge).
+        users_cached: f64,
+    }
+
+    impl ServerCounters {
+        fn between(a: &BTreeMap<String, f64>, b: &BTreeMap<String, f64>) -> Self {
+            let label = |key: &str, name: &str| -> String {
+                let pat = format!("{name}=\"");
+                key.find(&pat)
+                    .and_then(|i| key[i + pat.len()..].split('"').next())
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let mut c = ServerCounters::default();
+            let (mut commit_s, mut batches) = (0.0, 0.0);
+            for (k, &v) in b {
+                let d = v - a.get(k).copied().unwrap_or(0.0);
+                let name = k.split('{').next().unwrap_or(k);
+                match name {
+                    "trimtab_events_accepted_total" => c.events_accepted += d,
+                    "trimtab_events_duplicate_total" => c.events_duplicate += d,
+                    "trimtab_events_rejected_total" if d != 0.0 => {
+                        *c.events_rejected.entry(label(k, "reason")).or_default() += d;
+                    }
+                    "trimtab_rule_runs_total" => c.rule_runs += d,
+                    "trimtab_rule_errors_total" if d != 0.0 => {
+                        *c.rule_errors.entry(label(k, "rule")).or_default() += d;
+                    }
+                    "trimtab_rule_adjustments_total" => c.rule_adjustments += d,
+                    "trimtab_adjustments_decided_total" => c.adjustments_decided += d,
+                    "trimtab_commit_seconds_count" => c.commits += d,
+                    "trimtab_commit_seconds_sum" => commit_s += d,
+                    "trimtab_commit_batch_size_sum" => batches += d,
+                    "trimtab_users_cached" => c.users_cached += v,
+                    _ => {}
+                }
+            }
+            if c.commits > 0.0 {
+                c.commit_mean_ms = commit_s / c.commits * 1000.0;
+                c.batches_per_commit = batches / c.commits;
+            }
+            c
+        }
+    }
+
+    #[derive(Serialize)]
+    struct PassResult {
+        name: String,
+        /// `new` (fresh data dir), `known` (same users again) or `-` (the stateless baseline).
+        pass: String,
+        clients_connected: usize,
+        setup_failures: usize,
+        first_setup_failure: Option<String>,
+        /// Answers of any status received inside the window, per second.
+        requests_per_s: f64,
+        /// `accepted + duplicates` of 202 answers received inside the window, per second.
+        acked_events_per_s: f64,
+        answers_202_in_window: u64,
+        answers_429_in_window: u64,
+        answers_429_total: u64,
+        retried_after_429: u64,
+        resent_after_error: u64,
+        gave_up_batches: u64,
+        gave_up_events: u64,
+        errors: u64,
+        error_codes: BTreeMap<String, u64>,
+        acked_events_total: u64,
+        duplicates: u64,
+        not_consented: u64,
+        /// 202 answers whose counts do not add up to the batch size.
+        short_acks: u64,
+        /// Batches not yet answered 202 when the run stopped (in flight or waiting to retry).
+        unfinished_at_end: u64,
+        events_sent: u64,
+        requests_sent: u64,
+        users: u64,
+        /// Events sent / users: below 1, not every user got an event in this pass.
+        rounds_through_users: f64,
+        /// Of the events acknowledged inside the window, the share whose user had nothing
+        /// acknowledged when the batch was built (trimtab only).
+        new_user_share_in_window: Option<f64>,
+        /// Users with at least one acknowledged event after this pass (trimtab only).
+        users_stored_after: Option<u64>,
+        /// Send → complete answer of requests sent inside the window (any status).
+        latency: Percentiles,
+        cpu_server_pct_of_core: Option<f64>,
+        cpu_client_pct_of_core: Option<f64>,
+        /// trimtab's `/metrics`, before → after the pass.
+        server_counters: Option<ServerCounters>,
+    }
+
+    impl PassResult {
+        #[allow(clippy::too_many_arguments)]
+        fn new(
+            name: &str,
+            pass: &str,
+            connected: usize,
+            failures: Vec<String>,
+            s: &HttpStats,
+            secs: f64,
+            args: &Args,
+            stateful: bool,
+            stored: &Stored,
+            cpu_server: Option<f64>,
+            cpu_client: Option<f64>,
+        ) -> Self {
+            let users = args.users as u64;
+            PassResult {
+                name: name.to_string(),
+                pass: pass.to_string(),
+                clients_connected: connected,
+                setup_failures: failures.len(),
+                first_setup_failure: failures.into_iter().next(),
+                requests_per_s: s.answered_in_window as f64 / secs,
+                acked_events_per_s: s.acked_in_window as f64 / secs,
+                answers_202_in_window: s.ok_in_window,
+                answers_429_in_window: s.s429_in_window,
+                answers_429_total: s.s429_total,
+                retried_after_429: s.retried_after_429,
+                resent_after_error: s.resent_after_error,
+                gave_up_batches: s.gave_up_batches,
+                gave_up_events: s.gave_up_events,
+                errors: s.errors,
+                error_codes: s.error_codes.clone(),
+                acked_events_total: s.acked_total,
+                duplicates: s.duplicates,
+                not_consented: s.not_consented,
+                short_acks: s.short_acks,
+                unfinished_at_end: s.unfinished_at_end,
+                events_sent: s.events_sent,
+                requests_sent: s.requests_sent,
+                users,
+                rounds_through_users: s.events_sent as f64 / users as f64,
+                new_user_share_in_window: (stateful && s.acked_in_window > 0)
+                    .then(|| s.new_user_events_in_window as f64 / s.acked_in_window as f64),
+                users_stored_after: stateful.then(|| stored.count()),
+                latency: Percentiles::of(&s.latency),
+                cpu_server_pct_of_core: cpu_server,
+                cpu_client_pct_of_core: cpu_client,
+                server_counters: None,
+            }
+        }
+
+        fn label(&self) -> String {
+            if self.pass == "-" {
+                self.name.clone()
+            } else {
+                format!("{} {}", self.name, self.pass)
+            }
+        }
+    }
+
+    #[derive(Serialize)]
+    struct HttpRatios {
+        acked_events_per_s: f64,
+        requests_per_s: f64,
+        latency_p50: f64,
+        latency_p99: f64,
+        latency_p999: f64,
+    }
+
+    impl HttpRatios {
+        fn of(t: &PassResult, b: &PassResult) -> Self {
+            HttpRatios {
+                acked_events_per_s: ratio(t.acked_events_per_s, b.acked_events_per_s),
+                requests_per_s: ratio(t.requests_per_s, b.requests_per_s),
+                latency_p50: ratio(t.latency.p50_ms, b.latency.p50_ms),
+                latency_p99: ratio(t.latency.p99_ms, b.latency.p99_ms),
+                latency_p999: ratio(t.latency.p999_ms, b.latency.p999_ms),
+            }
+        }
+    }
+
+    #[derive(Serialize)]
+    struct HttpReport {
+        mode: &'static str,
+        machine: Machine,
+        params: Args,
+        baseline: Option<PassResult>,
+        new: Option<PassResult>,
+        known: Option<PassResult>,
+        /// trimtab pass / baseline.
+        ratios_new: Option<HttpRatios>,
+        ratios_known: Option<HttpRatios>,
+    }
+
+    /// `--mode http`: the baseline (one pass), then trimtab's passes `new` and `known`.
+    pub fn run(args: &Args, machine: Machine) -> Result<()> {
+        if !args.json {
+            print_header(&machine, args);
+        }
+        let users = args.users as u64;
+        let baseline = if args.skip_baseline {
+            None
+        } else {
+            let server = baseline::start().context("start baseline server")?;
+            note(
+                args,
+                &format!(
+                    "baseline: bare actix-web JSON parse + count on {}",
+                    server.url
+                ),
+            );
+            let stored = Arc::new(Stored::new(users));
+            let run_id = format!("{:08x}", rand::rng().random::<u32>());
+            let t = Target {
+                name: "baseline",
+                url: &server.url,
+                write_key: "baseline-key",
+                run_id: &run_id,
+                stored: &stored,
+                cpu_of: CpuOf::SelfMinusClient,
+            };
+            let res = run_pass(args, &t, "-", 'b');
+            server.stop();
+            Some(res?)
+        };
+
+        let (new, known) = if args.skip_target {
+            (None, None)
+        } else if let Some(url) = &args.url {
+            let key = args
+                .write_key
+                .clone()
+                .context("--url needs --write-key (or TRIMTAB_WRITE_KEY)")?;
+            eprintln!(
+                "warning: driving an existing server at {url}: pass `new` uses new user names, but \
+                 the server is not fresh; batches above its [limits] max_batch_events are refused"
+            );
+            two_passes(
+                args,
+                "trimtab",
+                url.trim_end_matches('/'),
+                &key,
+                CpuOf::None,
+            )?
+        } else {
+            let b = args.batch();
+            let extra_config = if b > DEFAULT_MAX_BATCH {
+                format!(
+                    "[limits]\nmax_batch_events = {b}\nmax_body_bytes = {}\n",
+                    DEFAULT_MAX_BODY.max(b * 1024)
+                )
+            } else {
+                String::new()
+            };
+            let server = target::spawn(&args.server_bin, &SHIPPED_RULES, &extra_config)?;
+            note(
+                args,
+                &format!(
+                    "trimtab: spawned {} (pid {}) on {}, data in {}, rules: bench + {}",
+                    args.server_bin.display(),
+                    server.pid(),
+                    server.url,
+                    server.dir.path().display(),
+                    SHIPPED_RULES
+                        .map(|(n, _)| n.trim_end_matches(".rhai"))
+                        .join(", ")
+                ),
+            );
+            let res = two_passes(
+                args,
+                "trimtab",
+                &server.url,
+                &server.write_key,
+                CpuOf::Pid(server.pid()),
+            );
+            let stopped = server.stop();
+            note(args, &format!("trimtab: {stopped}"));
+            res?
+        };
+
+        let ratios = |t: &Option<PassResult>| {
+            baseline
+                .as_ref()
+                .zip(t.as_ref())
+                .map(|(b, t)| HttpRatios::of(t, b))
+        };
+        let report = HttpReport {
+            mode: "http",
+            machine,
+            params: args.clone(),
+            ratios_new: ratios(&new),
+            ratios_known: ratios(&known),
+            baseline,
+            new,
+            known,
+        };
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            report.print();
+        }
+        Ok(())
+    }
+
+    fn two_passes(
+        args: &Args,
+        name: &str,
+        url: &str,
+        key: &str,
+        cpu_of: CpuOf,
+    ) -> Result<(Option<PassResult>, Option<PassResult>)> {
+        let stored = Arc::new(Stored::new(args.users as u64));
+        let run_id = format!("{:08x}", rand::rng().random::<u32>());
+        let t = Target {
+            name,
+            url,
+            write_key: key,
+            run_id: &run_id,
+            stored: &stored,
+            cpu_of,
+        };
+        let new = run_pass(args, &t, "new", 'n')?;
+        note(
+            args,
+            &format!(
+                "{name} new: {:.0} events/s acknowledged; {} of {} users stored",
+                new.acked_events_per_s,
+                stored.count(),
+                args.users
+            ),
+        );
+        thread::sleep(SETTLE);
+        let known = run_pass(args, &t, "known", 'k')?;
+        Ok((Some(new), Some(known)))
+    }
+
+    fn print_header(m: &Machine, a: &Args) {
+        println!(
+            "machine: {} cpus, {}, {:.1} GiB RAM, Linux {}, load average {:.2} at start",
+            m.cpus, m.cpu_model, m.mem_gib, m.kernel, m.loadavg_1m
+        );
+        println!(
+            "params: mode=http clients={} batch={} users={} duration={}s warmup={}s drain={}s max-retries={} \
+             max-retry-wait={}ms (closed loop; baseline first, then trimtab: pass new on a fresh data dir, \
+             pass known with the same users)",
+            a.clients, a.batch(), a.users, a.duration, a.warmup, a.drain, a.max_retries, a.max_retry_wait_ms
+        );
+    }
+
+    impl HttpReport {
+        fn print(&self) {
+            let runs: Vec<&PassResult> = [&self.baseline, &self.new, &self.known]
+                .into_iter()
+                .flatten()
+                .collect();
+            let ratio_cols: Vec<(&str, &HttpRatios)> = [
+                ("new/base", &self.ratios_new),
+                ("known/base", &self.ratios_known),
+            ]
+            .into_iter()
+            .filter_map(|(n, r)| r.as_ref().map(|r| (n, r)))
+            .collect();
+            let mut header = format!("{:<34}", "");
+            for r in &runs {
+                let _ = write!(header, "{:>15}", r.label());
+            }
+            for (n, _) in &ratio_cols {
+                let _ = write!(header, "{n:>12}");
+            }
+            println!("\n{header}");
+            let row = |label: &str,
+                       f: &dyn Fn(&PassResult) -> String,
+                       q: Option<&dyn Fn(&HttpRatios) -> f64>| {
+                let mut line = format!("{label:<34}");
+                for r in &runs {
+                    let _ = write!(line, "{:>15}", f(r));
+                }
+                if let Some(q) = q {
+                    for (_, r) in &ratio_cols {
+                        let _ = write!(line, "{:>11.2}x", q(r));
+                    }
+                }
+                println!("{line}");
+            };
+            let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}%"));
+            let ms = |v: f64| format!("{v:.3}");
+            row(
+                "clients connected",
+                &|r| r.clients_connected.to_string(),
+                None,
+            );
+            row(
+                "acked events/s",
+                &|r| format!("{:.0}", r.acked_events_per_s),
+                Some(&|q: &HttpRatios| q.acked_events_per_s),
+            );
+            row(
+                "requests/s",
+                &|r| format!("{:.1}", r.requests_per_s),
+                Some(&|q: &HttpRatios| q.requests_per_s),
+            );
+            row(
+                "202 / 429 answers in window",
+                &|r| format!("{}/{}", r.answers_202_in_window, r.answers_429_in_window),
+                None,
+            );
+            row(
+                "429 total / retried after 429",
+                &|r| format!("{}/{}", r.answers_429_total, r.retried_after_429),
+                None,
+            );
+            row(
+                "gave up (batches / events)",
+                &|r| format!("{}/{}", r.gave_up_batches, r.gave_up_events),
+                None,
+            );
+            row(
+                "errors / resent after error",
+                &|r| format!("{}/{}", r.errors, r.resent_after_error),
+                None,
+            );
+            row(
+                "duplicates / not consented",
+                &|r| format!("{}/{}", r.duplicates, r.not_consented),
+                None,
+            );
+            row(
+                "short acks / unfinished at end",
+                &|r| format!("{}/{}", r.short_acks, r.unfinished_at_end),
+                None,
+            );
+            row(
+                "events sent / acked (total)",
+                &|r| format!("{}/{}", r.events_sent, r.acked_events_total),
+                None,
+            );
+            row(
+                "rounds through users",
+                &|r| format!("{:.2}", r.rounds_through_users),
+                None,
+            );
+            row(
+                "acked in window to new users",
+                &|r| {
+                    r.new_user_share_in_window
+                        .map_or("-".into(), |v| format!("{:.1}%", v * 100.0))
+                },
+                None,
+            );
+            row(
+                "users stored after pass",
+                &|r| r.users_stored_after.map_or("-".into(), |v| v.to_string()),
+                None,
+            );
+            row(
+                "request p50 ms",
+                &|r| ms(r.latency.p50_ms),
+                Some(&|q: &HttpRatios| q.latency_p50),
+            );
+            row(
+                "request p99 ms",
+                &|r| ms(r.latency.p99_ms),
+                Some(&|q: &HttpRatios| q.latency_p99),
+            );
+            row(
+                "request p99.9 ms",
+                &|r| ms(r.latency.p999_ms),
+                Some(&|q: &HttpRatios| q.latency_p999),
+            );
+            row("request max ms", &|r| ms(r.latency.max_ms), None);
+            row(
+                "server CPU (% of a core)",
+                &|r| pct(r.cpu_server_pct_of_core),
+                None,
+            );
+            row(
+                "client CPU (% of a core)",
+                &|r| pct(r.cpu_client_pct_of_core),
+                None,
+            );
+            for r in &runs {
+                if !r.error_codes.is_empty() {
+                    println!("{} error codes: {:?}", r.label(), r.error_codes);
+                }
+                if let Some(c) = &r.server_counters {
+                    println!(
+                        "{} /metrics: accepted {:.0}, duplicate {:.0}, rejected {:?}, rule runs {:.0}, \
+                         rule errors {:?}, rule adjustments {:.0}, adjustments decided {:.0}, commits {:.0} (mean {:.2} ms, \
+                         {:.1} batches each), users cached {:.0}",
+                        r.label(),
+                        c.events_accepted,
+                        c.events_duplicate,
+                        c.events_rejected,
+                        c.rule_runs,
+                        c.rule_errors,
+                        c.rule_adjustments,
+                        c.adjustments_decided,
+                        c.commits,
+                        c.commit_mean_ms,
+                        c.batches_per_commit,
+                        c.users_cached
+                    );
+                }
+                if r.rounds_through_users < 1.0 {
+                    println!(
+                        "note: {} sent {} events, fewer than --users {}: it did not get through \
+                         all users once",
+                        r.label(),
+                        r.events_sent,
+                        r.users,
+                    );
+                }
+                if let Some(stored) = r.users_stored_after.filter(|&n| n < r.users) {
+                    println!(
+                        "note: after {} only {stored} of {} users have an acknowledged event{}",
+                        r.label(),
+                        r.users,
+                        if r.pass == "new" {
+                            ", so pass known also meets users that are new to the store"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
+            if let Some(n) = &self.new {
+                if let Some(share) = n.new_user_share_in_window {
+                    println!(
+                        "note: in pass new, {:.1}% of the events acknowledged inside the window went to \
+                         users with nothing stored yet ({:.2} rounds through the {} users, warmup included)",
+                        share * 100.0,
+                        n.rounds_through_users,
+                        n.users
+                    );
+                }
             }
         }
     }
