@@ -180,7 +180,7 @@ fn group_commit(c: &mut Criterion) {
     g.bench_function("group_of_64", |b| {
         b.iter_batched(
             || (0..64).map(|i| rows(i as u8)).collect::<Vec<_>>(),
-            |m| store.commit(m.iter(), &[]).unwrap(),
+            |m| store.commit(m, Vec::new()).unwrap(),
             BatchSize::SmallInput,
         )
     });
@@ -189,8 +189,8 @@ fn group_commit(c: &mut Criterion) {
         b.iter_batched(
             || (0..64).map(|i| rows(i as u8)).collect::<Vec<_>>(),
             |m| {
-                for x in &m {
-                    store.commit([x], &[]).unwrap();
+                for x in m {
+                    store.commit(vec![x], Vec::new()).unwrap();
                 }
             },
             BatchSize::SmallInput,

@@ -89,6 +89,7 @@ use serde::{Deserialize, Serialize};
 /// The rule that turns every bench event into one adjustment naming it. The variant differs per
 /// event because trimtab sends nothing when a slot already shows the requested variant.
 const BENCH_RULE: &str = r#"// installed by examples/loadgen.rs
+const ON = ["custom"];
 if event.type == "custom" && event.props.name == "bench" {
     adjust("bench", "v" + event.props.seq, #{ seq: event.props.seq });
 }

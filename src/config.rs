@@ -95,6 +95,10 @@ pub struct PipelineConfig {
     /// also on eviction and at shutdown. Recovery after a crash replays at most this much of
     /// each user's log.
     pub checkpoint_ms: i64,
+    /// Logged batches are applied to the indexed store at most this often (ms): a visit's
+    /// events then share their pages. Readers that must see every acknowledged event (export,
+    /// erasure, experiment results, the bandit log) wait for the next application.
+    pub index_ms: u64,
 }
 
 impl Default for PipelineConfig {
@@ -106,6 +110,7 @@ impl Default for PipelineConfig {
             user_cache: 50_000,
             retry_after_s: 1,
             checkpoint_ms: 5_000,
+            index_ms: 1_000,
         }
     }
 }

@@ -36,6 +36,9 @@ pub struct Metrics {
     pub queue_depth: IntGaugeVec,
     pub commit_latency: Histogram,
     pub commit_batch: Histogram,
+    pub index_latency: Histogram,
+    pub index_batches: Histogram,
+    pub index_failures: IntCounter,
     pub adjustments_pushed: IntCounterVec,
     pub adjustments_decided: IntCounterVec,
     pub adjustments_capped: IntCounterVec,
@@ -111,6 +114,36 @@ impl Metrics {
                 Histogram::with_opts(
                     HistogramOpts::new("trimtab_commit_batch_size", "Batches per group commit")
                         .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 512.0]),
+                )
+                .expect(ok),
+            ),
+            index_latency: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "trimtab_index_seconds",
+                        "Applying logged batches to the indexed store, one transaction",
+                    )
+                    .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+                )
+                .expect(ok),
+            ),
+            index_batches: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "trimtab_index_batch_size",
+                        "Logged batches applied per transaction of the indexed store",
+                    )
+                    .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+                )
+                .expect(ok),
+            ),
+            index_failures: reg(
+                &r,
+                IntCounter::new(
+                    "trimtab_index_failures_total",
+                    "Failed attempts to apply the log to the indexed store (retried)",
                 )
                 .expect(ok),
             ),
@@ -339,5 +372,33 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+/// Bounds the `variant` label of adjustment metrics: rules may name variants freely (from data,
+/// say), and every distinct label value is a time series kept forever. A slot's first
+/// [`VariantLabels::MAX`] variants are labelled by name, later ones as `other`.
+#[derive(Default)]
+pub struct VariantLabels {
+    seen: std::collections::HashMap<String, std::collections::HashSet<String>>,
+}
+
+impl VariantLabels {
+    pub const MAX: usize = 64;
+
+    /// The label to use for `variant` of `slot`.
+    pub fn variant<'a>(&mut self, slot: &str, variant: &'a str) -> &'a str {
+        let set = match self.seen.get_mut(slot) {
+            Some(s) => s,
+            None => self.seen.entry(slot.to_string()).or_default(),
+        };
+        if set.contains(variant) {
+            variant
+        } else if set.len() < Self::MAX {
+            set.insert(variant.to_string());
+            variant
+        } else {
+            "other"
+        }
     }
 }

@@ -120,6 +120,11 @@ pub async fn log(
     let q = web::Query::<LogQuery>::from_query(req.query_string()).map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.to_string()).at("query")
     })?;
+    // Every acknowledged decision's record is in the store before the log is read.
+    st.pipeline
+        .sync()
+        .await
+        .map_err(|e| ApiError::from_submit(e, st.cfg.pipeline.retry_after_s))?;
     let records = match q.format.as_deref() {
         None | Some("rows") => false,
         Some("records") => true,

@@ -122,6 +122,11 @@ pub async fn results(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let c = find(&st, &id)?;
+    // Every acknowledged event's statistics are in the store before they are read.
+    st.pipeline
+        .sync()
+        .await
+        .map_err(|e| ApiError::from_submit(e, st.cfg.pipeline.retry_after_s))?;
     let store = st.store.clone();
     let exps = st.experiments.clone();
     let v = web::block(move || -> Result<Value, String> {

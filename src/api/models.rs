@@ -18,6 +18,8 @@ pub async fn list(st: web::Data<AppState>, _: Admin) -> HttpResponse {
 
 /// `POST /v1/models/retrain`: trains every slot's model now, in the background (202).
 pub async fn retrain(st: web::Data<AppState>, _: Admin) -> HttpResponse {
+    // Train on every acknowledged outcome (the trainer reads the indexed store).
+    let _ = st.pipeline.sync().await;
     let queued = st.model_service.retrain();
     HttpResponse::Accepted().json(json!({ "queued": queued }))
 }

@@ -134,6 +134,11 @@ pub fn step(
             attribution::outcomes(snap, state, cache, lookup, ev, now, out);
             let personal = state.consent.personalization;
             if personal {
+                if matches!(ev.props, crate::event::Props::PageView { .. })
+                    || state.segment.is_empty()
+                {
+                    assign_segment(snap, state, now, out);
+                }
                 prepare(snap, user, state, now, out);
             }
             track(snap, state, ev, events_before, now, out);
@@ -200,6 +205,7 @@ fn decide(
     if !state.consent.personalization {
         return default(state);
     }
+    assign_segment(snap, state, now, out);
     prepare(snap, user, state, now, out);
     let session = state.session.clone();
     let event = || {
@@ -249,15 +255,22 @@ fn decide(
     current.unwrap_or_else(|| default(state))
 }
 
-/// Before rules run for a user who consented to personalization: their current segment, the
-/// global holdout (first sight) and the experiments they meet for the first time.
-fn prepare(snap: &Snapshot<'_>, user: &UserKey, state: &mut UserState, now: i64, out: &mut Out) {
+/// The user's current behavioural segment: assigned at each page view, at `decide` requests
+/// and while the user has none; other events keep it for the rest of the page (assigning
+/// costs a feature vector and a nearest-centroid search, and segments describe behaviour over
+/// visits, not within one page).
+fn assign_segment(snap: &Snapshot<'_>, state: &mut UserState, now: i64, out: &mut Out) {
     if let Some(seg) = snap.segments {
         let s = seg.assign(state, now);
         if s != state.segment {
             emit(state, out, Effect::Segment(s), now);
         }
     }
+}
+
+/// Before rules run for a user who consented to personalization: the global holdout (first
+/// sight) and the experiments they meet for the first time.
+fn prepare(snap: &Snapshot<'_>, user: &UserKey, state: &mut UserState, now: i64, out: &mut Out) {
     let plan = {
         let st: &UserState = state;
         let full = || rhai::Dynamic::from_map(view::user_map(user, st, now));

@@ -17,6 +17,7 @@
 //!   commit.
 
 pub mod decision;
+mod indexer;
 mod shard;
 mod writer;
 
@@ -164,6 +165,8 @@ pub(crate) enum ShardMsg {
 /// Handles to the pipeline's threads and queues. Dropping the senders (via [`Pipeline::shutdown`])
 /// lets every thread drain its queue, checkpoint and exit.
 pub struct Pipeline {
+    /// The writer's queue, for syncs (shards hold their own senders).
+    writer: Mutex<Option<Sender<writer::WriterMsg>>>,
     shards: Mutex<Option<Vec<Sender<ShardMsg>>>>,
     depth: Vec<prometheus::IntGauge>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -192,7 +195,8 @@ impl Pipeline {
     pub fn start(s: Services) -> std::io::Result<Pipeline> {
         let n = s.cfg.shard_count();
         let (wtx, wrx) = bounded(s.cfg.pipeline.writer_queue.max(1));
-        let committed: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
+        // Per shard: the highest operation whose rows are in the indexed store.
+        let indexed: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
         // After an unclean stop, the users whose log goes past their checkpoint, by shard.
         let mut recover: Vec<Vec<UserKey>> = vec![Vec::new(); n];
         if !s.store.was_clean() {
@@ -230,14 +234,21 @@ impl Pipeline {
                     .with_label_values(&[&format!("shard{idx}")]),
             );
         }
+        let ix = indexer::start(
+            s.store.clone(),
+            s.hub.clone(),
+            s.metrics.clone(),
+            indexed.clone(),
+            std::time::Duration::from_millis(s.cfg.pipeline.index_ms),
+        )?;
         let w = writer::Writer::new(
             wrx,
             s.store.clone(),
             s.hub.clone(),
             s.metrics.clone(),
-            committed.clone(),
             fail_txs,
             s.cfg.pipeline.max_commit_batch,
+            ix,
         );
         threads.push(
             std::thread::Builder::new()
@@ -255,7 +266,7 @@ impl Pipeline {
                 cfg: s.cfg.clone(),
                 metrics: s.metrics.clone(),
                 pseudo: s.pseudo.clone(),
-                committed: committed.clone(),
+                indexed: indexed.clone(),
                 hub: s.hub.clone(),
                 live: shard::Live {
                     rules: s.rules.clone(),
@@ -275,6 +286,7 @@ impl Pipeline {
             );
         }
         Ok(Pipeline {
+            writer: Mutex::new(Some(wtx)),
             shards: Mutex::new(Some(shard_txs)),
             depth,
             threads: Mutex::new(threads),
@@ -422,10 +434,29 @@ impl Pipeline {
         (0..senders.len()).all(|_| confirmed.recv_deadline(deadline).is_ok())
     }
 
+    /// Resolves once everything acknowledged so far is in the indexed store, for readers of it
+    /// (experiment results, the bandit log) that must see every acknowledged event.
+    pub async fn sync(&self) -> Result<(), SubmitError> {
+        let (tx, rx) = oneshot::channel();
+        let w = self
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(SubmitError::ShuttingDown)?;
+        w.try_send(writer::WriterMsg::Sync(writer::Waiter::Async(tx)))
+            .map_err(|e| match e {
+                TrySendError::Full(_) => SubmitError::Overloaded,
+                TrySendError::Disconnected(_) => SubmitError::ShuttingDown,
+            })?;
+        rx.await.map_err(|_| SubmitError::ShuttingDown)
+    }
+
     /// Stops accepting, lets shards drain their queues and checkpoint every dirty user, lets
     /// the writer commit everything, and joins their threads. Blocking: call from a non-async
     /// thread or `spawn_blocking`.
     pub fn shutdown(&self) {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
         self.shards.lock().unwrap_or_else(|e| e.into_inner()).take();
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
         for t in threads {

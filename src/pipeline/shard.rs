@@ -110,7 +110,8 @@ pub(crate) struct ShardParts {
     pub cfg: Arc<Config>,
     pub metrics: Arc<Metrics>,
     pub pseudo: Pseudonymizer,
-    pub committed: Arc<Vec<AtomicU64>>,
+    /// Per shard: the highest operation whose rows are in the indexed store.
+    pub indexed: Arc<Vec<AtomicU64>>,
     pub hub: Arc<Hub>,
     pub live: Live,
     /// Users to replay and checkpoint first (after an unclean stop).
@@ -186,8 +187,10 @@ impl Shard {
         self.p.clock.now_ms()
     }
 
+    /// This shard's operations up to here are in the indexed store (or failed): their event
+    /// ids are in its `seen` table, their users may be evicted and reloaded.
     fn committed(&self) -> u64 {
-        self.p.committed[self.p.idx].load(Ordering::Acquire)
+        self.p.indexed[self.p.idx].load(Ordering::Acquire)
     }
 
     pub(crate) fn run(mut self) {

@@ -1,23 +1,24 @@
-//! The writer thread: the only redb writer. It drains its queue, commits the work of many
-//! shard drains in one durable transaction (group commit: every row, every new user's key and
-//! the summed statistic deltas), then runs what waited for durability — HTTP replies, `ack`
-//! frames into their sockets' queues, adjustment pushes — in order. Export and erasure are
-//! barriers: everything queued before them is committed first.
+//! The writer thread: the only writer of the write-ahead log. It drains its queue, logs the
+//! work of many shard drains as one batch (group commit: one append and one `fsync` in
+//! `wal.redb`, after the new users' keys), then runs what waited for durability — HTTP replies,
+//! `ack` frames into their sockets' queues, adjustment pushes — in order, and hands the batch
+//! to the indexer ([`super::indexer`]), which applies it to the indexed store. Export, erasure
+//! and syncs are barriers: what is queued before them is logged first, and the indexer runs
+//! them once it has applied everything before.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytestring::ByteString;
 use crossbeam_channel::{Receiver, Sender};
 
+use super::indexer::Item;
 use super::{Decision, IngestOutcome, Join, PipelineError, Reply, UserExport};
 use crate::delivery::{Hub, Outbound, SocketTx};
-use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::privacy::UserKey;
-use crate::store::{EraseCounts, StatKey, Store, UserRows};
+use crate::store::{Batch, EraseCounts, StatKey, Store, UserRows};
 
 /// What runs after a commit, in order.
 pub(crate) enum After {
@@ -73,6 +74,25 @@ pub(crate) struct Failed {
     pub users: Vec<UserKey>,
 }
 
+/// Someone waiting for everything queued before to be applied to the indexed store.
+pub(crate) enum Waiter {
+    Blocking(Sender<()>),
+    Async(tokio::sync::oneshot::Sender<()>),
+}
+
+impl Waiter {
+    pub(crate) fn done(self) {
+        match self {
+            Waiter::Blocking(tx) => {
+                let _ = tx.send(());
+            }
+            Waiter::Async(tx) => {
+                let _ = tx.send(());
+            }
+        }
+    }
+}
+
 pub(crate) enum WriterMsg {
     Commit(Box<Work>),
     Export {
@@ -87,6 +107,9 @@ pub(crate) enum WriterMsg {
         slot: Option<u64>,
         reply: Reply<EraseCounts>,
     },
+    /// Tell `Waiter` once everything before is in the indexed store (read-your-writes for
+    /// readers of the indexed store).
+    Sync(Waiter),
 }
 
 pub(crate) struct Writer {
@@ -94,10 +117,11 @@ pub(crate) struct Writer {
     store: Arc<Store>,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
-    committed: Arc<Vec<AtomicU64>>,
     failed: Vec<Sender<Failed>>,
     max_batch: usize,
     failures: u64,
+    indexer: super::indexer::Handle,
+    labels: crate::metrics::VariantLabels,
 }
 
 impl Writer {
@@ -106,19 +130,20 @@ impl Writer {
         store: Arc<Store>,
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
-        committed: Arc<Vec<AtomicU64>>,
         failed: Vec<Sender<Failed>>,
         max_batch: usize,
+        indexer: super::indexer::Handle,
     ) -> Writer {
         Writer {
             rx,
             store,
             hub,
             metrics,
-            committed,
             failed,
             max_batch: max_batch.max(1),
             failures: 0,
+            indexer,
+            labels: Default::default(),
         }
     }
 
@@ -138,72 +163,79 @@ impl Writer {
             for msg in batch {
                 match msg {
                     WriterMsg::Commit(w) => group.push(w),
+                    // Barriers: what is queued before them is logged first; the indexer runs
+                    // them once it has applied everything before.
                     WriterMsg::Export { user, state, reply } => {
                         self.commit(&mut group);
-                        let _ = reply.send(self.export(&user, state));
+                        self.indexer.send(Item::Export { user, state, reply });
                     }
                     WriterMsg::Erase { user, slot, reply } => {
                         self.commit(&mut group);
-                        let r = self
-                            .store
-                            .erase(&user, slot)
-                            .map_err(|e| PipelineError::Storage(e.to_string()));
-                        if r.is_ok() {
-                            self.hub.close_user(&user, "user data erased");
-                            tracing::info!(user = %user.short(), "user erased");
-                        }
-                        let _ = reply.send(r);
+                        self.indexer.send(Item::Erase { user, slot, reply });
+                    }
+                    WriterMsg::Sync(w) => {
+                        self.commit(&mut group);
+                        self.indexer.send(Item::Notify(w));
                     }
                 }
             }
             self.commit(&mut group);
         }
-        // Every shard checkpointed its dirty users before dropping its sender.
-        if self.failures == 0 {
-            if let Err(e) = self.store.mark_clean() {
+        // Every shard checkpointed its dirty users before dropping its sender: apply what is
+        // left, empty the log and record the clean stop.
+        let indexer_ok = self.indexer.finish();
+        if self.failures == 0 && indexer_ok {
+            let r = self
+                .store
+                .applied_wal()
+                .and_then(|a| self.store.trim_log(a))
+                .and_then(|()| self.store.mark_clean());
+            if let Err(e) = r {
                 tracing::warn!(error = %e, "cannot record the clean shutdown");
             }
         }
         tracing::debug!("writer drained and stopped");
     }
 
+    /// Logs the group's rows as one batch (the group commit), then acknowledges.
     fn commit(&mut self, group: &mut Vec<Box<Work>>) {
         if group.is_empty() {
             return;
         }
-        let start = Instant::now();
-        let result = if group
-            .iter()
-            .all(|w| w.rows.is_empty() && w.stats.is_empty())
-        {
-            Ok(()) // only acks of duplicates: they follow the commits before them
-        } else {
-            // Each statistic is read and written once per commit, however many deltas.
-            let mut stats: HashMap<&StatKey, [f64; 6]> = HashMap::new();
-            for w in group.iter() {
-                for (k, d) in &w.stats {
-                    let s = stats.entry(k).or_insert([0.0; 6]);
-                    for (a, b) in s.iter_mut().zip(d) {
-                        *a += b;
-                    }
+        let mut batch = Batch::default();
+        let mut marks = Vec::with_capacity(group.len());
+        let mut events = 0;
+        for w in group.iter_mut() {
+            batch.rows.append(&mut w.rows);
+            batch.stats.append(&mut w.stats);
+            marks.push((w.shard, w.op));
+            events += w.events;
+        }
+        if batch.is_empty() {
+            // Only acks of duplicates: they follow the commits before them.
+            self.indexer.send(Item::Settled(marks));
+            for w in group.drain(..) {
+                for a in w.after {
+                    self.after_ok(a);
                 }
             }
-            let stats: Vec<(StatKey, [f64; 6])> =
-                stats.into_iter().map(|(k, v)| (k.clone(), v)).collect();
-            let r = self
-                .store
-                .commit(group.iter().flat_map(|w| w.rows.iter()), &stats);
-            self.metrics
-                .commit_latency
-                .observe(start.elapsed().as_secs_f64());
-            self.metrics.commit_batch.observe(group.len() as f64);
-            r
-        };
+            return;
+        }
+        let start = Instant::now();
+        let result = self.store.log(&batch, self.indexer.applied());
+        self.metrics
+            .commit_latency
+            .observe(start.elapsed().as_secs_f64());
+        self.metrics.commit_batch.observe(group.len() as f64);
         match result {
-            Ok(()) => {
+            Ok(seq) => {
+                self.metrics.events_accepted.inc_by(events);
+                self.indexer.send(Item::Batch {
+                    seq,
+                    batch: Box::new(batch),
+                    marks,
+                });
                 for w in group.drain(..) {
-                    self.committed[w.shard].fetch_max(w.op, Ordering::Release);
-                    self.metrics.events_accepted.inc_by(w.events);
                     for a in w.after {
                         self.after_ok(a);
                     }
@@ -213,12 +245,23 @@ impl Writer {
                 self.failures += 1;
                 let msg = e.to_string();
                 tracing::error!(error = %msg, batches = group.len(), "group commit failed; nothing of it acknowledged");
+                self.metrics.reject("storage", events);
+                let mut users: HashMap<usize, Vec<UserKey>> = HashMap::new();
+                for w in group.iter() {
+                    users.entry(w.shard).or_default();
+                }
+                for r in &batch.rows {
+                    // Which shard wrote it: users are partitioned, so any work of that shard.
+                    let shard = r.user.shard(self.failed.len());
+                    users.entry(shard).or_default().push(r.user);
+                }
+                for (shard, op) in &marks {
+                    let users = users.remove(shard).unwrap_or_default();
+                    let _ = self.failed[*shard].send(Failed { op: *op, users });
+                }
+                // The operations are settled (failed): the shards may reload those users.
+                self.indexer.send(Item::Settled(marks));
                 for w in group.drain(..) {
-                    self.metrics.reject("storage", w.events);
-                    let users = w.rows.iter().map(|r| r.user).collect();
-                    let _ = self.failed[w.shard].send(Failed { op: w.op, users });
-                    // The operations are settled (failed): the shard may reload these users.
-                    self.committed[w.shard].fetch_max(w.op, Ordering::Release);
                     for a in w.after {
                         after_err(a, &msg);
                     }
@@ -227,16 +270,17 @@ impl Writer {
         }
     }
 
-    fn after_ok(&self, a: After) {
+    fn after_ok(&mut self, a: After) {
         match a {
             After::Push {
                 user,
                 frame,
                 decision: d,
             } => {
+                let variant = self.labels.variant(&d.slot, &d.variant);
                 self.metrics
                     .adjustments_decided
-                    .with_label_values(&[&d.slot, &d.variant])
+                    .with_label_values(&[&d.slot, variant])
                     .inc();
                 let sent = self.hub.push(&user, &frame);
                 self.hub.publish(|| {
@@ -247,7 +291,7 @@ impl Writer {
                 if sent > 0 {
                     self.metrics
                         .adjustments_pushed
-                        .with_label_values(&[&d.slot, &d.variant])
+                        .with_label_values(&[&d.slot, variant])
                         .inc();
                 }
             }
@@ -258,52 +302,9 @@ impl Writer {
             After::Decided { reply, decision } => {
                 let _ = reply.send(Ok(*decision));
             }
-            After::Notify(tx) => {
-                let _ = tx.send(());
-            }
+            // Waits for the indexed store, not only the log.
+            After::Notify(tx) => self.indexer.send(Item::Notify(Waiter::Blocking(tx))),
         }
-    }
-
-    fn export(
-        &self,
-        user: &UserKey,
-        state: Option<serde_json::Value>,
-    ) -> Result<Option<UserExport>, PipelineError> {
-        let rec = self
-            .store
-            .export(user)
-            .map_err(|e| PipelineError::Storage(e.to_string()))?;
-        if rec.is_none() && state.is_none() {
-            return Ok(None);
-        }
-        let r = rec.unwrap_or_default();
-        let events = r
-            .events
-            .iter()
-            .filter_map(|(seq, b)| {
-                let ev: Event = postcard::from_bytes(b).ok()?;
-                let mut v = ev.to_json();
-                v["seq"] = (*seq).into();
-                Some(v)
-            })
-            .collect();
-        let decisions = r
-            .decisions
-            .iter()
-            .filter_map(|(_, b)| Decision::decode(b))
-            .collect();
-        let learning = r
-            .learn
-            .iter()
-            .filter_map(|(_, b)| crate::bandits::record::LearnRecord::decode(b))
-            .map(|l| l.to_json())
-            .collect();
-        Ok(Some(UserExport {
-            state: state.unwrap_or_default(),
-            events,
-            decisions,
-            learning,
-        }))
     }
 }
 

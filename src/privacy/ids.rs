@@ -8,7 +8,19 @@ use sha2::Sha256;
 type HmacSha256 = Hmac<Sha256>;
 
 /// The pseudonymous identity of a user: stored, logged and routed on; never reversed.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default)]
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Debug,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct UserKey(pub [u8; 16]);
 
 impl UserKey {

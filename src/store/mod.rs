@@ -1,8 +1,19 @@
-//! Storage: one redb file (`trimtab.redb`) plus the per-user key store (`keys.bin`) in the data
-//! dir. Knows tables, key layouts and encryption at rest; knows nothing of HTTP, features or
-//! decisions (values are opaque bytes, sealed by the caller with the user's [`Sealer`]).
+//! Storage: two redb files plus the per-user key store (`keys.bin`) in the data dir. Knows
+//! tables, key layouts and encryption at rest; knows nothing of HTTP, features or decisions
+//! (values are opaque bytes, sealed by the caller with the user's [`Sealer`]).
 //!
-//! Tables (every user-derived value is sealed with that user's key, see [`crate::privacy`]):
+//! **`wal.redb`, the write-ahead log**: one table `wal: u64 → batch`, appended by every group
+//! commit ([`Store::log`]). A group commit is one small insert at the end of one table, so it
+//! costs one write of a few pages and one `fsync` however many users it holds; an event is
+//! acknowledged once its batch is in this log. **`trimtab.redb`, the indexed store**, receives
+//! the same batches a little later, many at a time ([`Store::apply`], on the indexer thread):
+//! random-key B-tree inserts — per user and per event — are what makes a commit expensive, and
+//! many batches at once touch each page once instead of once per batch. `meta.applied_wal`
+//! records how far the log is applied; what is past it is applied again at open, so a crash at
+//! any point loses nothing the log holds. Applied entries are trimmed from the log.
+//!
+//! Tables of `trimtab.redb` (every user-derived value is sealed with that user's key, see
+//! [`crate::privacy`]):
 //! - `meta`: `&str → &[u8]`: `schema_version`, and `shutdown` (`clean` after a graceful stop,
 //!   `running` while a process has the file open).
 //! - `events`: `(user key, seq) → sealed event`: the raw event log. With `journal` it is the
@@ -20,10 +31,12 @@
 //! - `stats`: `(group, segment, arm, metric) → six f64 sums`: experiments' sufficient statistics
 //!   (aggregates over many users; no per-user data).
 //!
-//! Threads: the writer thread is the only one that calls [`Store::commit`] and [`Store::erase`];
-//! shard threads read through a [`Reader`] (one redb snapshot); readers never block the writer.
+//! Threads: the writer thread is the only one that appends to the log ([`Store::log`]); the
+//! indexer thread the only one that writes `trimtab.redb` ([`Store::apply`], [`Store::erase`]);
+//! shard threads read through a [`Reader`] (one redb snapshot); readers never block writers.
 
 mod read;
+mod wal;
 mod write;
 
 use std::path::{Path, PathBuf};
@@ -35,6 +48,7 @@ use crate::privacy::keystore::KeyStoreError;
 use crate::privacy::KeyStore;
 
 pub use read::{Loaded, Reader};
+pub use wal::Batch;
 pub use write::UserRows;
 
 pub use crate::privacy::crypto::Sealer;
@@ -42,6 +56,7 @@ pub use crate::privacy::crypto::Sealer;
 /// 1: write-through state. 2: checkpoints (`heads`) and the `journal` (v1 files open as v2).
 pub const SCHEMA_VERSION: u32 = 2;
 pub const DB_FILE: &str = "trimtab.redb";
+pub const WAL_FILE: &str = "wal.redb";
 pub const KEYS_FILE: &str = "keys.bin";
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -122,10 +137,22 @@ pub struct UserRecords {
 
 pub struct Store {
     db: Database,
+    wal: wal::Log,
     keys: Arc<KeyStore>,
     path: PathBuf,
     /// Whether the previous process stopped gracefully (every user checkpointed).
     was_clean: bool,
+}
+
+fn open_db(path: &Path) -> Result<Database, StoreError> {
+    let p = path.display().to_string();
+    Database::builder().create(path).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: p.clone() },
+        other => StoreError::Open {
+            path: p,
+            message: other.to_string(),
+        },
+    })
 }
 
 impl Store {
@@ -138,13 +165,7 @@ impl Store {
         })?;
         let path = data_dir.join(DB_FILE);
         let p = path.display().to_string();
-        let db = Database::builder().create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: p.clone() },
-            other => StoreError::Open {
-                path: p.clone(),
-                message: other.to_string(),
-            },
-        })?;
+        let db = open_db(&path)?;
         let txn = db.begin_write()?;
         let was_clean;
         {
@@ -179,12 +200,61 @@ impl Store {
         }
         txn.commit()?;
         let keys = Arc::new(KeyStore::open(&data_dir.join(KEYS_FILE))?);
-        Ok(Store {
+        let wal = wal::Log::open(open_db(&data_dir.join(WAL_FILE))?)?;
+        let store = Store {
             db,
+            wal,
             keys,
             path,
             was_clean,
-        })
+        };
+        // What the log holds past `applied_wal` was acknowledged but is not indexed yet
+        // (a crash, or a failed apply): apply it now, before anyone reads.
+        let applied = store.applied_wal()?;
+        let pending = store.wal.read_after(applied)?;
+        if !pending.is_empty() {
+            let n = pending.len();
+            let t = std::time::Instant::now();
+            store.apply(&pending, true)?;
+            tracing::info!(
+                batches = n,
+                ms = t.elapsed().as_millis() as u64,
+                "applied the write-ahead log's tail to the store"
+            );
+        }
+        let applied = store.applied_wal()?;
+        store.wal.trim(applied)?;
+        Ok(store)
+    }
+
+    /// The last log seq applied to the indexed store.
+    pub fn applied_wal(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let v = meta.get("applied_wal")?;
+        Ok(
+            v.and_then(|v| v.value().try_into().ok().map(u64::from_le_bytes))
+                .unwrap_or(0),
+        )
+    }
+
+    /// Appends one group commit's batch to the write-ahead log, durably (one `fsync`); also
+    /// drops entries up to `trim` (already applied). New users' keys are made durable first
+    /// (one `fdatasync` for all of them), since the batch holds records sealed with them.
+    /// Returns the batch's seq. Writer thread only.
+    pub fn log(&self, batch: &Batch, trim: u64) -> Result<u64, StoreError> {
+        self.keys.sync_pending()?;
+        self.wal.append(batch, trim)
+    }
+
+    /// Drops log entries up to `upto` (applied).
+    pub fn trim_log(&self, upto: u64) -> Result<(), StoreError> {
+        self.wal.trim(upto)
+    }
+
+    /// Entries in the write-ahead log (applied or not).
+    pub fn log_len(&self) -> Result<u64, StoreError> {
+        self.wal.len()
     }
 
     pub fn path(&self) -> &Path {
@@ -199,6 +269,14 @@ impl Store {
     /// no log tail needs replaying at start).
     pub fn was_clean(&self) -> bool {
         self.was_clean
+    }
+
+    /// Makes every earlier non-durable transaction of the indexed store durable (one `fsync`).
+    pub fn mark_durable(&self) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::Immediate)?;
+        txn.commit()?;
+        Ok(())
     }
 
     /// Records a graceful stop: every dirty user has been checkpointed (durable).

@@ -38,7 +38,7 @@ fn commit_load_export_erase_leaves_nothing_readable() {
         r.learn = vec![([9; 16], s.seal(&u, Table::Learn, b"learn-canary"))];
         r.checkpoint = Some((2, s.seal(&u, Table::State, b"state@2")));
     });
-    store.commit([&r], &[]).unwrap();
+    store.commit(vec![r], Vec::new()).unwrap();
     let rd = store.reader().unwrap();
     assert_eq!(
         rd.seen_many(&u, &[[1; 16], [3; 16]]).unwrap(),
@@ -107,7 +107,7 @@ fn users_with_tail_finds_exactly_the_users_past_their_checkpoint() {
             r.checkpoint = Some((1, s.seal(&d, Table::State, b"d")));
         }),
     ];
-    store.commit(all.iter(), &[]).unwrap();
+    store.commit(all.into(), Vec::new()).unwrap();
     assert_eq!(store.users_with_tail().unwrap(), vec![b, c, d]);
     let rd = store.reader().unwrap();
     let l = rd.load(&d, |_| None).unwrap().unwrap();
@@ -129,12 +129,15 @@ fn stats_add_up_across_commits_and_groups_stay_apart() {
         )
     };
     store
-        .commit([], &[(k("e1", "a"), [1.0, 2.0, 4.0, 0.0, 0.0, 0.0])])
+        .commit(
+            Vec::new(),
+            vec![(k("e1", "a"), [1.0, 2.0, 4.0, 0.0, 0.0, 0.0])],
+        )
         .unwrap();
     store
         .commit(
-            [],
-            &[
+            Vec::new(),
+            vec![
                 (k("e1", "a"), [1.0, 3.0, 9.0, 1.0, 1.0, 3.0]),
                 (k("e1", "b"), [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]),
                 (k("e2", "a"), [5.0; 6]),

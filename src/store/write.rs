@@ -10,7 +10,7 @@ use crate::privacy::UserKey;
 
 /// Everything one group commit writes for one user; every value is already sealed with the
 /// user's key (shards seal, so that work is spread over their threads).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct UserRows {
     pub user: UserKey,
     /// (seq, keyed id hash, sealed event): appended to the log, and the id marked seen.
@@ -50,17 +50,34 @@ impl Store {
         self.keys.detach(user)
     }
 
-    /// Writes every row and adds every statistic in **one durable transaction** (the group
-    /// commit). Keys created since the last commit are made durable first (one `fdatasync`
-    /// for all of them), since records sealed with them are in this transaction.
-    pub fn commit<'a>(
+    /// Applies logged batches to the indexed store in **one** transaction, and records the last
+    /// one's seq as applied. Many batches at once touch each B-tree page once; statistics are
+    /// summed first, so each is read and written once. With `durable = false` the transaction
+    /// is visible to readers at once but reaches the disk only with the next durable one: the
+    /// log must keep these batches until then. Indexer thread only (and recovery at open).
+    pub fn apply(
         &self,
-        rows: impl IntoIterator<Item = &'a UserRows>,
-        stats: &[(StatKey, [f64; 6])],
+        batches: &[(u64, impl std::borrow::Borrow<super::Batch>)],
+        durable: bool,
     ) -> Result<(), StoreError> {
-        self.keys.sync_pending()?;
+        let Some(last) = batches.iter().map(|(s, _)| *s).max() else {
+            return Ok(());
+        };
+        let mut sums: std::collections::HashMap<&StatKey, [f64; 6]> = Default::default();
+        for (_, b) in batches {
+            for (k, d) in &b.borrow().stats {
+                let s = sums.entry(k).or_insert([0.0; 6]);
+                for (a, x) in s.iter_mut().zip(d) {
+                    *a += x;
+                }
+            }
+        }
         let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
+        txn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })?;
         {
             let mut users = txn.open_table(USERS)?;
             let mut heads = txn.open_table(HEADS)?;
@@ -69,7 +86,7 @@ impl Store {
             let mut seen = txn.open_table(SEEN)?;
             let mut decisions = txn.open_table(DECISIONS)?;
             let mut learn = txn.open_table(LEARN)?;
-            for r in rows {
+            for r in batches.iter().flat_map(|(_, b)| b.borrow().rows.iter()) {
                 let u = r.user.0;
                 for (seq, idh, rec) in &r.events {
                     events.insert((u, *seq), rec.as_slice())?;
@@ -89,9 +106,9 @@ impl Store {
                     heads.insert(u, *head)?;
                 }
             }
-            if !stats.is_empty() {
+            if !sums.is_empty() {
                 let mut t = txn.open_table(STATS)?;
-                for ((g, seg, arm, metric), d) in stats {
+                for ((g, seg, arm, metric), d) in sums {
                     let k = (g.as_str(), seg.as_str(), arm.as_str(), metric.as_str());
                     let mut cur = t.get(k)?.map(|v| v.value()).unwrap_or([0.0; 6]);
                     for (c, x) in cur.iter_mut().zip(d) {
@@ -100,9 +117,23 @@ impl Store {
                     t.insert(k, cur)?;
                 }
             }
+            txn.open_table(super::META)?
+                .insert("applied_wal", &last.to_le_bytes()[..])?;
         }
         txn.commit()?;
         Ok(())
+    }
+
+    /// [`Store::log`] and [`Store::apply`] at once (tools and tests).
+    pub fn commit(
+        &self,
+        rows: Vec<UserRows>,
+        stats: Vec<(StatKey, [f64; 6])>,
+    ) -> Result<(), StoreError> {
+        let batch = super::Batch { rows, stats };
+        let seq = self.log(&batch, 0)?;
+        self.apply(&[(seq, batch)], true)?;
+        self.trim_log(seq)
     }
 
     /// Erases the user from every table. The user's key is destroyed first (overwritten in

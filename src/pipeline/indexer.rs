@@ -1,0 +1,336 @@
+//! The indexer thread: the only writer of the indexed store (`trimtab.redb`). The writer hands
+//! it every logged batch in log order; it applies whatever has accumulated in one transaction
+//! (under load, many batches at once, so each B-tree page is written once for all of them),
+//! then publishes how far each shard's operations are applied: until then a shard keeps their
+//! event ids in memory for deduplication and does not evict their users. Export, erasure and
+//! syncs run here, after everything queued before them is applied. A failed apply is retried
+//! (the batches are safe in the log meanwhile; the bounded queue pushes back on the writer).
+//!
+//! Batching: a transaction at most every `pipeline.index_ms` (unless a barrier waits), so the
+//! events of one visit share their pages; most transactions skip the `fsync` (the log holds
+//! their batches until a durable one every few seconds); the thread runs at a lower CPU
+//! priority than the shards and the writer, which are on the acknowledgement's path.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
+
+use super::writer::Waiter;
+use super::{Decision, PipelineError, Reply, UserExport};
+use crate::delivery::Hub;
+use crate::event::Event;
+use crate::metrics::Metrics;
+use crate::privacy::UserKey;
+use crate::store::{Batch, EraseCounts, Store};
+
+/// Bytes of logged batches waiting to be applied above which the writer waits (backpressure).
+/// Below it the writer never waits for the indexer, even while a large transaction runs.
+const QUEUE_BYTES: usize = 256 << 20;
+/// Longest time between two durable transactions of the indexed store: the others are
+/// applied without an `fsync` (visible at once, on disk with the next durable one), and the
+/// log is trimmed only up to what is durable.
+const DURABLE_EVERY: Duration = Duration::from_secs(5);
+
+pub(crate) enum Item {
+    /// A logged batch and the (shard, op) marks of the work in it.
+    Batch {
+        seq: u64,
+        batch: Box<Batch>,
+        marks: Vec<(usize, u64)>,
+    },
+    /// Operations settled without anything to apply (duplicates only, or a failed commit).
+    Settled(Vec<(usize, u64)>),
+    Export {
+        user: UserKey,
+        state: Option<serde_json::Value>,
+        reply: Reply<Option<UserExport>>,
+    },
+    Erase {
+        user: UserKey,
+        slot: Option<u64>,
+        reply: Reply<EraseCounts>,
+    },
+    Notify(Waiter),
+}
+
+/// The writer's side of the indexer.
+pub(crate) struct Handle {
+    tx: Option<Sender<Item>>,
+    /// Bytes of batches queued and not yet applied.
+    queued: Arc<AtomicUsize>,
+    applied: Arc<AtomicU64>,
+    ok: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Handle {
+    /// Queues an item; waits only while more than [`QUEUE_BYTES`] wait to be applied.
+    pub(crate) fn send(&self, item: Item) {
+        if let Item::Batch { batch, .. } = &item {
+            let n = batch.bytes();
+            while self.queued.load(Ordering::Acquire) > QUEUE_BYTES {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            self.queued.fetch_add(n, Ordering::AcqRel);
+        }
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(item);
+        }
+    }
+
+    /// The last log seq durably applied (the writer trims the log up to it).
+    pub(crate) fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    /// Lets the indexer apply what is queued and stop; returns whether everything was applied.
+    pub(crate) fn finish(&mut self) -> bool {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.ok.load(Ordering::Acquire)
+    }
+}
+
+struct Indexer {
+    rx: Receiver<Item>,
+    queued: Arc<AtomicUsize>,
+    interval: Duration,
+    last_durable: Instant,
+    /// Last seq applied by any transaction (durable or not).
+    applied_any: u64,
+    store: Arc<Store>,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    /// Per shard: the highest operation whose rows are in the indexed store.
+    indexed: Arc<Vec<AtomicU64>>,
+    applied: Arc<AtomicU64>,
+    ok: Arc<AtomicBool>,
+    pending: Vec<(u64, Box<Batch>)>,
+    marks: Vec<(usize, u64)>,
+}
+
+pub(crate) fn start(
+    store: Arc<Store>,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    indexed: Arc<Vec<AtomicU64>>,
+    interval: Duration,
+) -> std::io::Result<Handle> {
+    let (tx, rx) = unbounded();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let applied = Arc::new(AtomicU64::new(store.applied_wal().unwrap_or(0)));
+    let ok = Arc::new(AtomicBool::new(true));
+    let ix = Indexer {
+        rx,
+        queued: queued.clone(),
+        interval,
+        last_durable: Instant::now(),
+        applied_any: 0,
+        store,
+        hub,
+        metrics,
+        indexed,
+        applied: applied.clone(),
+        ok: ok.clone(),
+        pending: Vec::new(),
+        marks: Vec::new(),
+    };
+    let thread = std::thread::Builder::new()
+        .name("trimtab-indexer".into())
+        .spawn(move || {
+            lower_priority();
+            ix.run()
+        })?;
+    Ok(Handle {
+        tx: Some(tx),
+        queued,
+        applied,
+        ok,
+        thread: Some(thread),
+    })
+}
+
+/// The indexer yields the CPU to the threads on the acknowledgement's path (Linux: the
+/// calling thread's nice value +10; elsewhere nothing).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid has no preconditions; setpriority on our own thread id changes only this
+    // thread's nice value (Linux schedules threads as tasks) and reports errors by return value.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        let _ = libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
+}
+
+impl Indexer {
+    fn run(mut self) {
+        let mut last = Instant::now() - self.interval;
+        while let Ok(first) = self.rx.recv() {
+            self.take(first);
+            // Gather what arrives until the interval is over (a barrier flushes at once).
+            let due = last + self.interval;
+            loop {
+                match self.rx.recv_deadline(due) {
+                    Ok(item) => {
+                        if self.take(item) {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            if !self.pending.is_empty() {
+                last = Instant::now();
+            }
+            self.flush(false);
+        }
+        // Shutdown: the writer is done; apply what is left (a few tries, else the log keeps it
+        // for the next start).
+        self.flush(true);
+        tracing::debug!("indexer drained and stopped");
+    }
+
+    /// Takes one item; returns whether it was a barrier (run at once, after a flush).
+    fn take(&mut self, item: Item) -> bool {
+        match item {
+            Item::Batch { seq, batch, marks } => {
+                self.pending.push((seq, batch));
+                self.marks.extend(marks);
+                false
+            }
+            Item::Settled(marks) => {
+                self.marks.extend(marks);
+                false
+            }
+            barrier => {
+                self.flush(false);
+                self.barrier(barrier);
+                true
+            }
+        }
+    }
+
+    /// Applies every pending batch in one transaction (retrying on failure), then publishes
+    /// the marks.
+    fn flush(&mut self, stopping: bool) {
+        // Durable: every few seconds, at barriers (export/erase/sync readers may outlive a crash
+        // of ours) and at the end; the log is trimmed only up to a durable transaction.
+        let durable = stopping || self.last_durable.elapsed() >= DURABLE_EVERY;
+        if !self.pending.is_empty()
+            || (durable && self.applied_any > self.applied.load(Ordering::Acquire))
+        {
+            let mut tries = 0u32;
+            loop {
+                let t = Instant::now();
+                let result = if self.pending.is_empty() {
+                    self.store.mark_durable()
+                } else {
+                    self.store.apply(&self.pending, durable)
+                };
+                match result {
+                    Ok(()) => {
+                        self.metrics
+                            .index_latency
+                            .observe(t.elapsed().as_secs_f64());
+                        self.metrics
+                            .index_batches
+                            .observe(self.pending.len() as f64);
+                        let last = self.pending.iter().map(|(s, _)| *s).max().unwrap_or(0);
+                        let bytes: usize = self.pending.iter().map(|(_, b)| b.bytes()).sum();
+                        self.queued.fetch_sub(bytes, Ordering::AcqRel);
+                        self.applied_any = self.applied_any.max(last);
+                        if durable {
+                            self.applied.fetch_max(self.applied_any, Ordering::Release);
+                            self.last_durable = Instant::now();
+                        }
+                        self.pending.clear();
+                        break;
+                    }
+                    Err(e) => {
+                        tries += 1;
+                        self.metrics.index_failures.inc();
+                        tracing::error!(error = %e, batches = self.pending.len(), tries, "applying the log to the store failed; retrying (the log keeps the batches)");
+                        if stopping && tries >= 5 {
+                            self.ok.store(false, Ordering::Release);
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(
+                            (50u64 << tries.min(7)).min(5_000),
+                        ));
+                    }
+                }
+            }
+        }
+        for (shard, op) in self.marks.drain(..) {
+            self.indexed[shard].fetch_max(op, Ordering::Release);
+        }
+    }
+
+    fn barrier(&self, item: Item) {
+        match item {
+            Item::Export { user, state, reply } => {
+                let _ = reply.send(self.export(&user, state));
+            }
+            Item::Erase { user, slot, reply } => {
+                let r = self
+                    .store
+                    .erase(&user, slot)
+                    .map_err(|e| PipelineError::Storage(e.to_string()));
+                if r.is_ok() {
+                    self.hub.close_user(&user, "user data erased");
+                    tracing::info!(user = %user.short(), "user erased");
+                }
+                let _ = reply.send(r);
+            }
+            Item::Notify(w) => w.done(),
+            Item::Batch { .. } | Item::Settled(_) => {}
+        }
+    }
+
+    fn export(
+        &self,
+        user: &UserKey,
+        state: Option<serde_json::Value>,
+    ) -> Result<Option<UserExport>, PipelineError> {
+        let rec = self
+            .store
+            .export(user)
+            .map_err(|e| PipelineError::Storage(e.to_string()))?;
+        if rec.is_none() && state.is_none() {
+            return Ok(None);
+        }
+        let r = rec.unwrap_or_default();
+        let events = r
+            .events
+            .iter()
+            .filter_map(|(seq, b)| {
+                let ev: Event = postcard::from_bytes(b).ok()?;
+                let mut v = ev.to_json();
+                v["seq"] = (*seq).into();
+                Some(v)
+            })
+            .collect();
+        let decisions = r
+            .decisions
+            .iter()
+            .filter_map(|(_, b)| Decision::decode(b))
+            .collect();
+        let learning = r
+            .learn
+            .iter()
+            .filter_map(|(_, b)| crate::bandits::record::LearnRecord::decode(b))
+            .map(|l| l.to_json())
+            .collect();
+        Ok(Some(UserExport {
+            state: state.unwrap_or_default(),
+            events,
+            decisions,
+            learning,
+        }))
+    }
+}
