@@ -103,6 +103,9 @@ pub async fn events(
     })))
 }
 
+/// One user's events of a batch, in order.
+type UserEvents = (UserKey, Vec<crate::event::Event>);
+
 /// Groups a batch's events by user, keeping each user's order; each distinct user id is
 /// pseudonymised (and checked against the credentials) once. Events without analytics consent
 /// are dropped (counted).
@@ -110,8 +113,8 @@ fn group_by_user(
     st: &AppState,
     caller: &Caller,
     incoming: Vec<crate::event::Incoming>,
-) -> Result<(Vec<(UserKey, Vec<crate::event::Event>)>, usize), ApiError> {
-    let mut groups: Vec<(UserKey, Vec<crate::event::Event>)> = Vec::new();
+) -> Result<(Vec<UserEvents>, usize), ApiError> {
+    let mut groups: Vec<UserEvents> = Vec::new();
     let mut index: std::collections::HashMap<Option<String>, usize> =
         std::collections::HashMap::new();
     let mut not_consented = 0usize;

@@ -43,7 +43,7 @@ pub fn ack<'a>(ids: impl Iterator<Item = &'a str> + Clone, duplicates: usize) ->
 pub fn ack_not_consented(ids: &[String]) -> ByteString {
     to_frame(&Ack {
         kind: "ack",
-        ids: ids,
+        ids,
         duplicates: 0,
         not_consented: Some(ids.len()),
         _p: std::marker::PhantomData,

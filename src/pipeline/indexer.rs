@@ -174,14 +174,9 @@ impl Indexer {
             self.take(first);
             // Gather what arrives until the interval is over (a barrier flushes at once).
             let due = last + self.interval;
-            loop {
-                match self.rx.recv_deadline(due) {
-                    Ok(item) => {
-                        if self.take(item) {
-                            break;
-                        }
-                    }
-                    Err(_) => break,
+            while let Ok(item) = self.rx.recv_deadline(due) {
+                if self.take(item) {
+                    break;
                 }
             }
             if !self.pending.is_empty() {

@@ -149,7 +149,7 @@ impl Writer {
 
     pub(crate) fn run(mut self) {
         let depth = self.metrics.queue_depth.with_label_values(&["writer"]);
-        let mut group: Vec<Box<Work>> = Vec::new();
+        let mut group: Vec<Work> = Vec::new();
         // Ends when every shard has dropped its sender and the queue is empty.
         while let Ok(first) = self.rx.recv() {
             let mut batch = vec![first];
@@ -162,7 +162,7 @@ impl Writer {
             depth.set(self.rx.len() as i64);
             for msg in batch {
                 match msg {
-                    WriterMsg::Commit(w) => group.push(w),
+                    WriterMsg::Commit(w) => group.push(*w),
                     // Barriers: what is queued before them is logged first; the indexer runs
                     // them once it has applied everything before.
                     WriterMsg::Export { user, state, reply } => {
@@ -198,7 +198,7 @@ impl Writer {
     }
 
     /// Logs the group's rows as one batch (the group commit), then acknowledges.
-    fn commit(&mut self, group: &mut Vec<Box<Work>>) {
+    fn commit(&mut self, group: &mut Vec<Work>) {
         if group.is_empty() {
             return;
         }

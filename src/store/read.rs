@@ -10,6 +10,9 @@ use super::{
 use crate::privacy::crypto::Sealer;
 use crate::privacy::{Table, UserKey};
 
+/// One seq of a user's log tail: `(seq, event record, journal record)`, either record absent.
+pub type TailEntry = (u64, Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// One stored user, decrypted: the checkpoint and the log tail past it, in seq order.
 #[derive(Debug)]
 pub struct Loaded {
@@ -19,7 +22,7 @@ pub struct Loaded {
     /// First seq not covered by the checkpoint.
     pub head: u64,
     /// `(seq, event, journal record)` of every seq ≥ head that has either, in seq order.
-    pub tail: Vec<(u64, Option<Vec<u8>>, Option<Vec<u8>>)>,
+    pub tail: Vec<TailEntry>,
     /// Records of the tail that did not decrypt (corruption; skipped).
     pub unreadable: usize,
 }
@@ -108,10 +111,7 @@ impl<'s> Reader<'s> {
 }
 
 /// Joins two seq-sorted lists into one, pairing entries with the same seq.
-fn merge_by_seq(
-    events: Vec<(u64, Vec<u8>)>,
-    journal: Vec<(u64, Vec<u8>)>,
-) -> Vec<(u64, Option<Vec<u8>>, Option<Vec<u8>>)> {
+fn merge_by_seq(events: Vec<(u64, Vec<u8>)>, journal: Vec<(u64, Vec<u8>)>) -> Vec<TailEntry> {
     let mut out = Vec::with_capacity(events.len().max(journal.len()));
     let mut e = events.into_iter().peekable();
     let mut j = journal.into_iter().peekable();

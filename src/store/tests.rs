@@ -229,3 +229,60 @@ fn garbage_file_is_refused() {
         Ok(_) => panic!("garbage accepted"),
     }
 }
+
+#[test]
+fn a_logged_batch_not_yet_applied_is_applied_when_the_store_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let u = UserKey([8; 16]);
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let r = rows(&store, u, |s, r| {
+            r.events = vec![(0, [4; 16], s.seal(&u, Table::Event, b"logged"))];
+        });
+        let batch = Batch {
+            rows: vec![r],
+            stats: vec![(("g".into(), "".into(), "a".into(), "m".into()), [1.0; 6])],
+        };
+        // Durable in the log (and the user's key with it) but never applied: a crash here.
+        store.log(&batch, 0).unwrap();
+        assert!(store.export(&u).unwrap().unwrap().events.is_empty());
+        assert_eq!(store.log_len().unwrap(), 1);
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let ex = store.export(&u).unwrap().unwrap();
+    assert_eq!(ex.events, vec![(0, b"logged".to_vec())]);
+    assert_eq!(store.stats("g").unwrap()[0].1, [1.0; 6]);
+    assert_eq!(
+        store.reader().unwrap().seen_many(&u, &[[4; 16]]).unwrap(),
+        [true]
+    );
+    assert_eq!(store.log_len().unwrap(), 0, "applied entries are trimmed");
+    assert!(store.applied_wal().unwrap() >= 1);
+    drop(store);
+    // Applied once only: a second open adds nothing (statistics are not counted twice).
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.stats("g").unwrap()[0].1, [1.0; 6]);
+}
+
+#[test]
+fn non_durable_applies_reach_the_disk_with_the_next_durable_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let u = UserKey([9; 16]);
+    let store = Store::open(dir.path()).unwrap();
+    let r = rows(&store, u, |s, r| {
+        r.events = vec![(0, [5; 16], s.seal(&u, Table::Event, b"e"))];
+    });
+    let batch = Batch {
+        rows: vec![r],
+        stats: Vec::new(),
+    };
+    let seq = store.log(&batch, 0).unwrap();
+    store.apply(&[(seq, &batch)], false).unwrap();
+    // Visible at once to readers.
+    assert_eq!(store.export(&u).unwrap().unwrap().events.len(), 1);
+    store.mark_durable().unwrap();
+    store.trim_log(seq).unwrap();
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.export(&u).unwrap().unwrap().events.len(), 1);
+}
