@@ -26,7 +26,10 @@ pub fn serve(
     on_listen: impl FnOnce(SocketAddr) + Send + 'static,
 ) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
-    let store = Arc::new(Store::open(&cfg.data)?);
+    let store = Arc::new(Store::open_with_cache(
+        &cfg.data,
+        cfg.pipeline.store_cache_mb.max(1) << 20,
+    )?);
     let secrets = Secrets::load_or_create(
         &cfg.data,
         cfg.admin_token.as_deref(),

@@ -99,6 +99,9 @@ pub struct PipelineConfig {
     /// events then share their pages. Readers that must see every acknowledged event (export,
     /// erasure, experiment results, the bandit log) wait for the next application.
     pub index_ms: u64,
+    /// Page cache of the indexed store (`trimtab.redb`), MiB. The OS page cache holds the
+    /// rest of the file; the write-ahead log has its own small cache.
+    pub store_cache_mb: usize,
 }
 
 impl Default for PipelineConfig {
@@ -111,6 +114,7 @@ impl Default for PipelineConfig {
             retry_after_s: 1,
             checkpoint_ms: 5_000,
             index_ms: 1_000,
+            store_cache_mb: 256,
         }
     }
 }

@@ -28,7 +28,7 @@ use crate::store::{Batch, EraseCounts, Store};
 
 /// Bytes of logged batches waiting to be applied above which the writer waits (backpressure).
 /// Below it the writer never waits for the indexer, even while a large transaction runs.
-const QUEUE_BYTES: usize = 256 << 20;
+const QUEUE_BYTES: usize = 64 << 20;
 /// Longest time between two durable transactions of the indexed store: the others are
 /// applied without an `fsync` (visible at once, on disk with the next durable one), and the
 /// log is trimmed only up to what is durable.
@@ -111,6 +111,8 @@ struct Indexer {
     applied: Arc<AtomicU64>,
     ok: Arc<AtomicBool>,
     pending: Vec<(u64, Box<Batch>)>,
+    /// Bytes of `pending`.
+    pending_bytes: usize,
     marks: Vec<(usize, u64)>,
 }
 
@@ -138,6 +140,7 @@ pub(crate) fn start(
         applied: applied.clone(),
         ok: ok.clone(),
         pending: Vec::new(),
+        pending_bytes: 0,
         marks: Vec::new(),
     };
     let thread = std::thread::Builder::new()
@@ -174,8 +177,10 @@ impl Indexer {
             self.take(first);
             // Gather what arrives until the interval is over (a barrier flushes at once).
             let due = last + self.interval;
+            // Half the queue bound waiting also applies at once: the writer must never wait
+            // for a deadline while the indexer waits for more.
             while let Ok(item) = self.rx.recv_deadline(due) {
-                if self.take(item) {
+                if self.take(item) || self.pending_bytes >= QUEUE_BYTES / 2 {
                     break;
                 }
             }
@@ -194,6 +199,7 @@ impl Indexer {
     fn take(&mut self, item: Item) -> bool {
         match item {
             Item::Batch { seq, batch, marks } => {
+                self.pending_bytes += batch.bytes();
                 self.pending.push((seq, batch));
                 self.marks.extend(marks);
                 false
@@ -236,7 +242,7 @@ impl Indexer {
                             .index_batches
                             .observe(self.pending.len() as f64);
                         let last = self.pending.iter().map(|(s, _)| *s).max().unwrap_or(0);
-                        let bytes: usize = self.pending.iter().map(|(_, b)| b.bytes()).sum();
+                        let bytes = std::mem::take(&mut self.pending_bytes);
                         self.queued.fetch_sub(bytes, Ordering::AcqRel);
                         self.applied_any = self.applied_any.max(last);
                         if durable {

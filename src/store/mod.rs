@@ -144,28 +144,42 @@ pub struct Store {
     was_clean: bool,
 }
 
-fn open_db(path: &Path) -> Result<Database, StoreError> {
+/// Page cache of the write-ahead log file: it holds only the log's unapplied tail.
+const WAL_CACHE_BYTES: usize = 16 << 20;
+/// Default page cache of the indexed store (`pipeline.store_cache_mb`).
+pub const DEFAULT_CACHE_BYTES: usize = 256 << 20;
+
+fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
     let p = path.display().to_string();
-    Database::builder().create(path).map_err(|e| match e {
-        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: p.clone() },
-        other => StoreError::Open {
-            path: p,
-            message: other.to_string(),
-        },
-    })
+    Database::builder()
+        .set_cache_size(cache_bytes)
+        .create(path)
+        .map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: p.clone() },
+            other => StoreError::Open {
+                path: p,
+                message: other.to_string(),
+            },
+        })
 }
 
 impl Store {
     /// Opens (creating on first start) the data dir, its database and key store. A schema 1
     /// database is upgraded in place (its states are complete: v1 wrote them through).
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with_cache(data_dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`Store::open`] with `cache_bytes` of page cache for the indexed store (redb's own
+    /// default is 1 GiB per file, which a small deployment does not want resident).
+    pub fn open_with_cache(data_dir: &Path, cache_bytes: usize) -> Result<Store, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
             path: data_dir.display().to_string(),
             source,
         })?;
         let path = data_dir.join(DB_FILE);
         let p = path.display().to_string();
-        let db = open_db(&path)?;
+        let db = open_db(&path, cache_bytes)?;
         let txn = db.begin_write()?;
         let was_clean;
         {
@@ -200,7 +214,7 @@ impl Store {
         }
         txn.commit()?;
         let keys = Arc::new(KeyStore::open(&data_dir.join(KEYS_FILE))?);
-        let wal = wal::Log::open(open_db(&data_dir.join(WAL_FILE))?)?;
+        let wal = wal::Log::open(open_db(&data_dir.join(WAL_FILE), WAL_CACHE_BYTES)?)?;
         let store = Store {
             db,
             wal,

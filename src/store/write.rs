@@ -86,25 +86,66 @@ impl Store {
             let mut seen = txn.open_table(SEEN)?;
             let mut decisions = txn.open_table(DECISIONS)?;
             let mut learn = txn.open_table(LEARN)?;
-            for r in batches.iter().flat_map(|(_, b)| b.borrow().rows.iter()) {
+            // Each table's rows in key order (stable: a later batch's checkpoint of a user
+            // wins): a B-tree takes sorted inserts leaf by leaf, with the path to the leaf
+            // still in cache, instead of jumping across the file for every row.
+            let rows: Vec<&super::UserRows> = batches
+                .iter()
+                .flat_map(|(_, b)| b.borrow().rows.iter())
+                .collect();
+            let mut ev: Vec<(([u8; 16], u64), &[u8])> = Vec::new();
+            let mut sn: Vec<(([u8; 16], [u8; 16]), u64)> = Vec::new();
+            let mut jr: Vec<(([u8; 16], u64), &[u8])> = Vec::new();
+            let mut dc: Vec<(([u8; 16], [u8; 16]), &[u8])> = Vec::new();
+            let mut lr: Vec<(([u8; 16], [u8; 16]), &[u8])> = Vec::new();
+            let mut cp: Vec<([u8; 16], u64, &[u8])> = Vec::new();
+            for r in &rows {
                 let u = r.user.0;
                 for (seq, idh, rec) in &r.events {
-                    events.insert((u, *seq), rec.as_slice())?;
-                    seen.insert((u, *idh), *seq)?;
+                    ev.push(((u, *seq), rec.as_slice()));
+                    sn.push(((u, *idh), *seq));
                 }
-                for (seq, rec) in &r.journal {
-                    journal.insert((u, *seq), rec.as_slice())?;
-                }
-                for (id, rec) in &r.decisions {
-                    decisions.insert((u, *id), rec.as_slice())?;
-                }
-                for (id, rec) in &r.learn {
-                    learn.insert((u, *id), rec.as_slice())?;
-                }
+                jr.extend(
+                    r.journal
+                        .iter()
+                        .map(|(seq, rec)| ((u, *seq), rec.as_slice())),
+                );
+                dc.extend(
+                    r.decisions
+                        .iter()
+                        .map(|(id, rec)| ((u, *id), rec.as_slice())),
+                );
+                lr.extend(r.learn.iter().map(|(id, rec)| ((u, *id), rec.as_slice())));
                 if let Some((head, rec)) = &r.checkpoint {
-                    users.insert(u, rec.as_slice())?;
-                    heads.insert(u, *head)?;
+                    cp.push((u, *head, rec.as_slice()));
                 }
+            }
+            ev.sort_by_key(|r| r.0);
+            sn.sort_by_key(|r| r.0);
+            jr.sort_by_key(|r| r.0);
+            dc.sort_by_key(|r| r.0);
+            lr.sort_by_key(|r| r.0);
+            cp.sort_by_key(|r| r.0);
+            for (k, rec) in ev {
+                events.insert(k, rec)?;
+            }
+            for (k, seq) in sn {
+                seen.insert(k, seq)?;
+            }
+            for (k, rec) in jr {
+                journal.insert(k, rec)?;
+            }
+            for (k, rec) in dc {
+                decisions.insert(k, rec)?;
+            }
+            for (k, rec) in lr {
+                learn.insert(k, rec)?;
+            }
+            for (u, _, rec) in &cp {
+                users.insert(*u, *rec)?;
+            }
+            for (u, head, _) in cp {
+                heads.insert(u, head)?;
             }
             if !sums.is_empty() {
                 let mut t = txn.open_table(STATS)?;
