@@ -93,11 +93,13 @@ impl Store {
                 .iter()
                 .flat_map(|(_, b)| b.borrow().rows.iter())
                 .collect();
-            let mut ev: Vec<(([u8; 16], u64), &[u8])> = Vec::new();
-            let mut sn: Vec<(([u8; 16], [u8; 16]), u64)> = Vec::new();
-            let mut jr: Vec<(([u8; 16], u64), &[u8])> = Vec::new();
-            let mut dc: Vec<(([u8; 16], [u8; 16]), &[u8])> = Vec::new();
-            let mut lr: Vec<(([u8; 16], [u8; 16]), &[u8])> = Vec::new();
+            type BySeq = ([u8; 16], u64);
+            type ById = ([u8; 16], [u8; 16]);
+            let mut ev: Vec<(BySeq, &[u8])> = Vec::new();
+            let mut sn: Vec<(ById, u64)> = Vec::new();
+            let mut jr: Vec<(BySeq, &[u8])> = Vec::new();
+            let mut dc: Vec<(ById, &[u8])> = Vec::new();
+            let mut lr: Vec<(ById, &[u8])> = Vec::new();
             let mut cp: Vec<([u8; 16], u64, &[u8])> = Vec::new();
             for r in &rows {
                 let u = r.user.0;
