@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo build --release --example rules_cost
-//! valgrind --tool=callgrind --toggle-collect='*Rules::evaluate*' --callgrind-out-file=/tmp/cg.out \
+//! valgrind --tool=callgrind --toggle-collect='*Rules::evaluate' --callgrind-out-file=/tmp/cg.out \
 //!     target/release/examples/rules_cost scroll_on_article 2000
 //! callgrind_annotate /tmp/cg.out | head   # instructions in evaluate ÷ 2000 = per event
 //! ```

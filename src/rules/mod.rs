@@ -636,9 +636,29 @@ impl Rules {
         if set.rules.is_empty() {
             return out;
         }
+        // One scope per thread, reused: its storage is allocated once, not per evaluation
+        // (a nested evaluation on the same thread, should one happen, gets its own).
+        thread_local! {
+            static SCOPE: std::cell::RefCell<Scope<'static>> =
+                std::cell::RefCell::new(Scope::new());
+        }
+        SCOPE.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut scope) => self.evaluate_in(&mut scope, &set, input, &mut out),
+            Err(_) => self.evaluate_in(&mut Scope::new(), &set, input, &mut out),
+        });
+        out
+    }
+
+    fn evaluate_in(
+        &self,
+        scope: &mut Scope<'static>,
+        set: &RuleSet,
+        input: &RuleInput,
+        out: &mut Vec<AdjustRequest>,
+    ) {
         let limits = &self.inner.limits;
         let timeout = Duration::from_millis(limits.timeout_ms.max(1));
-        let mut scope = Scope::new();
+        scope.rewind(0);
         scope.push_constant_dynamic("user", input.user.clone());
         scope.push_constant_dynamic("event", input.event.clone());
         scope.push_constant("now_ms", input.now_ms);
@@ -683,9 +703,7 @@ impl Rules {
             }
             let call = sandbox::CallScope::enter(rule.label.clone(), timeout);
             let result = catch_unwind(AssertUnwindSafe(|| {
-                self.inner
-                    .engine
-                    .run_ast_with_scope(&mut scope, &compiled.ast)
+                self.inner.engine.run_ast_with_scope(scope, &compiled.ast)
             }));
             let adjusts = call.finish();
             // Drop the rule's own variables; `user`, `event` and `now_ms` are constants, so a
@@ -712,9 +730,9 @@ impl Rules {
             }
         }
         // Let go of the user's data: the caller takes its state back once nothing holds it.
+        scope.rewind(0);
         sandbox::set_arms(sandbox::Arms::None);
         sandbox::set_scorer(None);
-        out
     }
 
     /// Compiles a condition (a Rhai expression over `user`, e.g. experiment targeting) with the

@@ -285,13 +285,13 @@ pub(crate) fn build_engine(limits: &RuleLimits) -> Engine {
         if name == "user" || name == "event" || name == "now_ms" {
             return Ok(None);
         }
-        let scope = ctx.scope();
-        if scope.is_constant(name) != Some(false) {
-            return Ok(None);
-        }
-        let Some(value) = scope.get(name) else {
+        // One pass, newest first (a `let` can shadow): constness and value together.
+        let Some((_, constant, value)) = ctx.scope().iter_raw().find(|(n, _, _)| *n == name) else {
             return Ok(None);
         };
+        if constant {
+            return Ok(None);
+        }
         if let Some(map) = value.read_lock::<rhai::Map>() {
             let too_large = map.len() > max_map
                 || (deep_check_due() && nested_entries(value, max_map) > max_map);
