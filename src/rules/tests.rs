@@ -316,6 +316,104 @@ fn cta_by_context_branches() {
     assert_eq!(status(&rules, "cta_by_context").failures, 0);
 }
 
+/// The decision of `cta_by_context` as first written (every count computed up front, one
+/// if/else chain over hour ranges); the shipped script orders its work to compute less and
+/// must decide exactly the same.
+const CTA_REFERENCE: &str = r#"
+const ON = ["click", "hover", "scroll", "page_view", "decide"];
+if event.type == "decide" && event.props.slot != "cta" { return; }
+let hesitant_hovers = user.seq_count_last(8, "hover:cta") + user.seq_count_last(8, "hover:pricing");
+let clicks = user.seq_count_last(8, "click");
+let clicked_lately = user.seq_count_last(3, "click") > 0;
+let hour = user.hour();
+let variant = "";
+if hesitant_hovers >= 3 && clicks == 0 && hour >= 18 && hour <= 23 { variant = "reassure"; }
+else if clicked_lately && hour >= 9 && hour < 18 { variant = "fast-checkout"; }
+else if hour >= 6 && hour < 12 { variant = "morning"; }
+if variant != "" && user.showing("cta") != variant { adjust("cta", variant); }
+"#;
+
+#[test]
+fn cta_by_context_decides_like_its_reference_for_every_hour_and_sequence() {
+    let (_d, shipped) = one("cta_by_context", CTA_BY_CONTEXT);
+    let (_e, reference) = one("cta_reference", CTA_REFERENCE);
+    let entries = [
+        "hover:cta",
+        "hover:pricing",
+        "click:cta",
+        "scroll",
+        "hover:x",
+    ];
+    // Every sequence of up to 9 entries from a small alphabet is too many; a deterministic
+    // walk through lengths 0..=9 with varied mixes covers each branch's edges (3 hesitant
+    // hovers, a click at position 3 vs 4 from the end, sequences shorter than 8).
+    let mut seqs: Vec<Vec<&str>> = vec![
+        vec![],
+        vec!["hover:cta", "hover:pricing", "hover:cta"],
+        vec![
+            "click:cta",
+            "hover:cta",
+            "hover:cta",
+            "hover:pricing",
+            "scroll",
+        ],
+        vec![
+            "click:cta",
+            "scroll",
+            "scroll",
+            "scroll",
+            "scroll",
+            "scroll",
+            "scroll",
+            "scroll",
+            "hover:cta",
+            "hover:cta",
+            "hover:cta",
+        ],
+        vec!["hover:cta", "hover:cta", "click:x", "hover:pricing"],
+        vec![
+            "hover:cta",
+            "hover:pricing",
+            "scroll",
+            "scroll",
+            "scroll",
+            "scroll",
+            "scroll",
+            "scroll",
+            "hover:cta",
+        ],
+    ];
+    for len in 1..=9usize {
+        for seed in 0..40usize {
+            let seq = (0..len)
+                .map(|i| entries[(seed * 7 + i * (seed % 5 + 1) + i * i) % entries.len()])
+                .collect();
+            seqs.push(seq);
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for hour in -1..=23i64 {
+        for seq in &seqs {
+            for kind in ["hover", "scroll", "click"] {
+                let run = |rules: &Rules| -> Vec<String> {
+                    let out = rules.evaluate(&input(cta_user(hour, seq), event(kind, "cta")));
+                    out.into_iter().map(|a| a.variant).collect()
+                };
+                let (a, b) = (run(&shipped), run(&reference));
+                assert_eq!(a, b, "hour {hour}, sequence {seq:?}, event {kind}");
+                seen.extend(a);
+            }
+        }
+    }
+    // The walk reached every branch.
+    let all: std::collections::BTreeSet<String> = ["fast-checkout", "morning", "reassure"]
+        .map(String::from)
+        .into();
+    assert_eq!(seen, all);
+    assert_eq!(status(&shipped, "cta_by_context").failures, 0);
+    assert_eq!(status(&reference, "cta_reference").failures, 0);
+}
+
 #[test]
 fn shipped_scripts_compile() {
     let dir = dir_with(&[
