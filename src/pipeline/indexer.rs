@@ -43,16 +43,26 @@ pub(crate) enum Item {
     },
     /// Operations settled without anything to apply (duplicates only, or a failed commit).
     Settled(Vec<(usize, u64)>),
+    Barrier(Barrier),
+}
+
+/// Work that runs on the indexer once everything logged before it is applied; shards send it
+/// through the writer, which logs what is queued before it first.
+pub(crate) enum Barrier {
     Export {
         user: UserKey,
+        /// The user's current state as the owning shard has it (None: not known).
         state: Option<serde_json::Value>,
         reply: Reply<Option<UserExport>>,
     },
     Erase {
         user: UserKey,
+        /// The user's detached key slot (to overwrite in place), if the user had a key.
         slot: Option<u64>,
         reply: Reply<EraseCounts>,
     },
+    /// Tell `Waiter` once everything before is in the indexed store (read-your-writes for
+    /// readers of the indexed store).
     Notify(Waiter),
 }
 
@@ -208,9 +218,9 @@ impl Indexer {
                 self.marks.extend(marks);
                 false
             }
-            barrier => {
+            Item::Barrier(b) => {
                 self.flush(false);
-                self.barrier(barrier);
+                self.barrier(b);
                 true
             }
         }
@@ -272,12 +282,12 @@ impl Indexer {
         }
     }
 
-    fn barrier(&self, item: Item) {
-        match item {
-            Item::Export { user, state, reply } => {
+    fn barrier(&self, b: Barrier) {
+        match b {
+            Barrier::Export { user, state, reply } => {
                 let _ = reply.send(self.export(&user, state));
             }
-            Item::Erase { user, slot, reply } => {
+            Barrier::Erase { user, slot, reply } => {
                 let r = self
                     .store
                     .erase(&user, slot)
@@ -288,8 +298,7 @@ impl Indexer {
                 }
                 let _ = reply.send(r);
             }
-            Item::Notify(w) => w.done(),
-            Item::Batch { .. } | Item::Settled(_) => {}
+            Barrier::Notify(w) => w.done(),
         }
     }
 

@@ -444,11 +444,13 @@ impl Pipeline {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
             .ok_or(SubmitError::ShuttingDown)?;
-        w.try_send(writer::WriterMsg::Sync(writer::Waiter::Async(tx)))
-            .map_err(|e| match e {
-                TrySendError::Full(_) => SubmitError::Overloaded,
-                TrySendError::Disconnected(_) => SubmitError::ShuttingDown,
-            })?;
+        w.try_send(writer::WriterMsg::Barrier(indexer::Barrier::Notify(
+            writer::Waiter::Async(tx),
+        )))
+        .map_err(|e| match e {
+            TrySendError::Full(_) => SubmitError::Overloaded,
+            TrySendError::Disconnected(_) => SubmitError::ShuttingDown,
+        })?;
         rx.await.map_err(|_| SubmitError::ShuttingDown)
     }
 

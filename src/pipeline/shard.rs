@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
 
+use super::indexer::Barrier;
 use super::writer::{After, Failed, Work, WriterMsg};
 use super::{EventsReply, IngestOutcome, PipelineError, Reply, ShardMsg};
 use crate::bandits::learner::LearnMsg;
@@ -287,7 +288,7 @@ impl Shard {
                         return;
                     }
                 };
-                self.send_barrier(WriterMsg::Export { user, state, reply });
+                self.send_barrier(WriterMsg::Barrier(Barrier::Export { user, state, reply }));
             }
             ShardMsg::Checkpoint { done } => {
                 self.checkpoint_due(true);
@@ -301,7 +302,7 @@ impl Shard {
                 // From now on this user's records get a new key; the writer shreds the old one
                 // after committing what is queued before the erasure.
                 let slot = self.p.store.detach_key(&user);
-                self.send_barrier(WriterMsg::Erase { user, slot, reply });
+                self.send_barrier(WriterMsg::Barrier(Barrier::Erase { user, slot, reply }));
             }
         }
     }

@@ -13,12 +13,12 @@ use std::time::Instant;
 use bytestring::ByteString;
 use crossbeam_channel::{Receiver, Sender};
 
-use super::indexer::Item;
-use super::{Decision, IngestOutcome, Join, PipelineError, Reply, UserExport};
+use super::indexer::{Barrier, Item};
+use super::{Decision, IngestOutcome, Join, PipelineError, Reply};
 use crate::delivery::{Hub, Outbound, SocketTx};
 use crate::metrics::Metrics;
 use crate::privacy::UserKey;
-use crate::store::{Batch, EraseCounts, StatKey, Store, UserRows};
+use crate::store::{Batch, StatKey, Store, UserRows};
 
 /// What runs after a commit, in order.
 pub(crate) enum After {
@@ -95,21 +95,8 @@ impl Waiter {
 
 pub(crate) enum WriterMsg {
     Commit(Box<Work>),
-    Export {
-        user: UserKey,
-        /// The user's current state as the owning shard has it (None: not known).
-        state: Option<serde_json::Value>,
-        reply: Reply<Option<UserExport>>,
-    },
-    Erase {
-        user: UserKey,
-        /// The user's detached key slot (to overwrite in place), if the user had a key.
-        slot: Option<u64>,
-        reply: Reply<EraseCounts>,
-    },
-    /// Tell `Waiter` once everything before is in the indexed store (read-your-writes for
-    /// readers of the indexed store).
-    Sync(Waiter),
+    /// Run on the indexer after everything queued before it is logged and applied.
+    Barrier(Barrier),
 }
 
 pub(crate) struct Writer {
@@ -165,17 +152,9 @@ impl Writer {
                     WriterMsg::Commit(w) => group.push(*w),
                     // Barriers: what is queued before them is logged first; the indexer runs
                     // them once it has applied everything before.
-                    WriterMsg::Export { user, state, reply } => {
+                    WriterMsg::Barrier(b) => {
                         self.commit(&mut group);
-                        self.indexer.send(Item::Export { user, state, reply });
-                    }
-                    WriterMsg::Erase { user, slot, reply } => {
-                        self.commit(&mut group);
-                        self.indexer.send(Item::Erase { user, slot, reply });
-                    }
-                    WriterMsg::Sync(w) => {
-                        self.commit(&mut group);
-                        self.indexer.send(Item::Notify(w));
+                        self.indexer.send(Item::Barrier(b));
                     }
                 }
             }
@@ -303,7 +282,9 @@ impl Writer {
                 let _ = reply.send(Ok(*decision));
             }
             // Waits for the indexed store, not only the log.
-            After::Notify(tx) => self.indexer.send(Item::Notify(Waiter::Blocking(tx))),
+            After::Notify(tx) => self
+                .indexer
+                .send(Item::Barrier(Barrier::Notify(Waiter::Blocking(tx)))),
         }
     }
 }
