@@ -97,6 +97,20 @@ pub enum EventType {
 }
 
 impl EventType {
+    /// Every type, in declaration order.
+    pub const ALL: [EventType; 10] = [
+        EventType::PageView,
+        EventType::Scroll,
+        EventType::Hover,
+        EventType::Dwell,
+        EventType::Click,
+        EventType::Impression,
+        EventType::Conversion,
+        EventType::Mouse,
+        EventType::Visibility,
+        EventType::Custom,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             EventType::PageView => "page_view",
@@ -1477,6 +1491,17 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    #[test]
+    fn every_event_type_is_listed_once_and_parses_back() {
+        let names: std::collections::BTreeSet<&str> =
+            EventType::ALL.iter().map(|t| t.as_str()).collect();
+        assert_eq!(names.len(), EventType::ALL.len());
+        for t in EventType::ALL {
+            let back: EventType = serde_json::from_value(serde_json::json!(t.as_str())).unwrap();
+            assert_eq!(back, t);
+        }
+    }
+
     const NOW: i64 = 1_790_000_000_000;
 
     fn batch(ev: Value) -> Vec<u8> {
@@ -2199,18 +2224,7 @@ mod tests {
 
         /// A valid event of a random type.
         fn event(&mut self, i: usize) -> Value {
-            let kinds = [
-                "page_view",
-                "scroll",
-                "hover",
-                "dwell",
-                "click",
-                "impression",
-                "conversion",
-                "mouse",
-                "visibility",
-                "custom",
-            ];
+            let kinds = EventType::ALL.map(EventType::as_str);
             let kind = self.pick(&kinds);
             let mut props = serde_json::Map::new();
             let phases = ["start", "heartbeat", "end"];

@@ -383,20 +383,12 @@ pub fn validate_name(name: &str) -> Result<(), RulesError> {
 }
 
 /// What `event.type` can be: the wire types plus the engine's own `tick` and `decide`.
-pub const TRIGGER_TYPES: &[&str] = &[
-    "page_view",
-    "scroll",
-    "hover",
-    "dwell",
-    "click",
-    "impression",
-    "conversion",
-    "mouse",
-    "visibility",
-    "custom",
-    "tick",
-    "decide",
-];
+pub fn trigger_types() -> impl Iterator<Item = &'static str> {
+    crate::event::EventType::ALL
+        .iter()
+        .map(|t| t.as_str())
+        .chain(["tick", "decide"])
+}
 
 /// The names in scope while a script runs; also declared when compiling (strict variables).
 const SCOPE_NAMES: [&str; 3] = ["user", "event", "now_ms"];
@@ -573,7 +565,7 @@ impl Rules {
 
     /// Compiles a rule and reads its declared triggers: an optional top-level
     /// `const ON = ["scroll", "page_view"];` lists the event types the rule reacts to (any of
-    /// [`TRIGGER_TYPES`]); the rule is then not run at all for other events.
+    /// [`trigger_types`]); the rule is then not run at all for other events.
     fn compile_rule(
         &self,
         file: &str,
@@ -603,10 +595,10 @@ impl Rules {
             let t = v
                 .into_immutable_string()
                 .map_err(|_| bad("ON must be an array of event types (strings)".into()))?;
-            if !TRIGGER_TYPES.contains(&t.as_str()) {
+            if !trigger_types().any(|k| k == t.as_str()) {
                 return Err(bad(format!(
                     "ON lists {t:?}, which is not an event type (one of {})",
-                    TRIGGER_TYPES.join(", ")
+                    trigger_types().collect::<Vec<_>>().join(", ")
                 )));
             }
             on.push(t.to_string());
