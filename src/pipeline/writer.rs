@@ -1,6 +1,6 @@
 //! The writer thread: the only writer of the write-ahead log. It drains its queue, logs the
-//! work of many shard drains as one batch (group commit: one append and one `fsync` in
-//! `wal.redb`, after the new users' keys), then runs what waited for durability — HTTP replies,
+//! work of many shard drains as one batch (group commit: one record appended to the log's
+//! segment file and one `fdatasync`, after the new users' keys), then runs what waited for durability — HTTP replies,
 //! `ack` frames into their sockets' queues, adjustment pushes — in order, and hands the batch
 //! to the indexer ([`super::indexer`]), which applies it to the indexed store. Export, erasure
 //! and syncs are barriers: what is queued before them is logged first, and the indexer runs

@@ -1,11 +1,11 @@
-//! Storage: two redb files plus the per-user key store (`keys.bin`) in the data dir. Knows
-//! tables, key layouts and encryption at rest; knows nothing of HTTP, features or decisions
-//! (values are opaque bytes, sealed by the caller with the user's [`Sealer`]).
+//! Storage: the write-ahead log (segment files in `wal/`), one redb file and the per-user key
+//! store (`keys.bin`) in the data dir. Knows tables, key layouts and encryption at rest; knows
+//! nothing of HTTP, features or decisions (values are opaque bytes, sealed by the caller with
+//! the user's [`Sealer`]).
 //!
-//! **`wal.redb`, the write-ahead log**: one table `wal: u64 → batch`, appended by every group
-//! commit ([`Store::log`]). A group commit is one small insert at the end of one table, so it
-//! costs one write of a few pages and one `fsync` however many users it holds; an event is
-//! acknowledged once its batch is in this log. **`trimtab.redb`, the indexed store**, receives
+//! **`wal/`, the write-ahead log** (`wal.rs`): append-only segment files, one record per group
+//! commit ([`Store::log`]): one write and one `fdatasync` however many users it holds; an
+//! event is acknowledged once its batch is in this log. **`trimtab.redb`, the indexed store**, receives
 //! the same batches a little later, many at a time ([`Store::apply`], on the indexer thread):
 //! random-key B-tree inserts — per user and per event — are what makes a commit expensive, and
 //! many batches at once touch each page once instead of once per batch. `meta.applied_wal`
@@ -16,8 +16,8 @@
 //! [`crate::privacy`]):
 //! - `meta`: `&str → &[u8]`: `schema_version`, and `shutdown` (`clean` after a graceful stop,
 //!   `running` while a process has the file open).
-//! - `events`: `(user key, seq) → sealed event`: the raw event log. With `journal` it is the
-//!   **write-ahead log** of the loop: an event is acknowledged once its row is committed.
+//! - `events`: `(user key, seq) → sealed event`: the raw event log, by user (export, erasure,
+//!   replay past a checkpoint).
 //! - `journal`: `(user key, seq) → sealed journal record`: what an evaluation changed in the
 //!   user's state beyond the features (decisions' effects, assignments, exposures), at the seq
 //!   of the event that caused it, or at a seq of its own for timer ticks and `decide` requests.
@@ -56,7 +56,11 @@ pub use crate::privacy::crypto::Sealer;
 /// 1: write-through state. 2: checkpoints (`heads`) and the `journal` (v1 files open as v2).
 pub const SCHEMA_VERSION: u32 = 2;
 pub const DB_FILE: &str = "trimtab.redb";
-pub const WAL_FILE: &str = "wal.redb";
+/// The write-ahead log's directory (segment files) in the data dir.
+pub const WAL_DIR: &str = "wal";
+/// Where the log was before it became segment files: its unapplied tail is applied at open,
+/// then the file is removed.
+const LEGACY_WAL_FILE: &str = "wal.redb";
 pub const KEYS_FILE: &str = "keys.bin";
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -144,10 +148,19 @@ pub struct Store {
     was_clean: bool,
 }
 
-/// Page cache of the write-ahead log file: it holds only the log's unapplied tail.
-const WAL_CACHE_BYTES: usize = 16 << 20;
 /// Default page cache of the indexed store (`pipeline.store_cache_mb`).
 pub const DEFAULT_CACHE_BYTES: usize = 256 << 20;
+
+/// `meta.applied_wal`: the last log seq applied to the indexed store.
+fn applied_wal(db: &Database) -> Result<u64, StoreError> {
+    let txn = db.begin_read()?;
+    let meta = txn.open_table(META)?;
+    let v = meta.get("applied_wal")?;
+    Ok(
+        v.and_then(|v| v.value().try_into().ok().map(u64::from_le_bytes))
+            .unwrap_or(0),
+    )
+}
 
 fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
     let p = path.display().to_string();
@@ -214,14 +227,31 @@ impl Store {
         }
         txn.commit()?;
         let keys = Arc::new(KeyStore::open(&data_dir.join(KEYS_FILE))?);
-        let wal = wal::Log::open(open_db(&data_dir.join(WAL_FILE), WAL_CACHE_BYTES)?)?;
-        let store = Store {
+        // The log of an earlier version (a redb file): apply what it holds past the indexed
+        // store, then let it go.
+        let legacy = data_dir.join(LEGACY_WAL_FILE);
+        let legacy_tail = if legacy.exists() {
+            let applied = applied_wal(&db)?;
+            Some(wal::read_legacy(&open_db(&legacy, 16 << 20)?, applied)?)
+        } else {
+            None
+        };
+        let applied = applied_wal(&db)?;
+        let mut store = Store {
             db,
-            wal,
+            wal: wal::Log::open(&data_dir.join(WAL_DIR), applied)?,
             keys,
             path,
             was_clean,
         };
+        if let Some(tail) = legacy_tail {
+            if !tail.is_empty() {
+                store.apply(&tail, true)?;
+            }
+            std::fs::remove_file(&legacy).map_err(StoreError::KeyIo)?;
+            // New records are numbered past what the old log applied.
+            store.wal = wal::Log::open(&data_dir.join(WAL_DIR), store.applied_wal()?)?;
+        }
         // What the log holds past `applied_wal` was acknowledged but is not indexed yet
         // (a crash, or a failed apply): apply it now, before anyone reads.
         let applied = store.applied_wal()?;
@@ -243,13 +273,7 @@ impl Store {
 
     /// The last log seq applied to the indexed store.
     pub fn applied_wal(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read()?;
-        let meta = txn.open_table(META)?;
-        let v = meta.get("applied_wal")?;
-        Ok(
-            v.and_then(|v| v.value().try_into().ok().map(u64::from_le_bytes))
-                .unwrap_or(0),
-        )
+        applied_wal(&self.db)
     }
 
     /// Appends one group commit's batch to the write-ahead log, durably (one `fsync`); also

@@ -3,9 +3,13 @@
 use super::*;
 use crate::privacy::{Table, UserKey};
 
+/// Whether any file under `dir` (the log's segments included) contains `needle`.
 fn scan_dir_for(dir: &Path, needle: &[u8]) -> bool {
     std::fs::read_dir(dir).unwrap().any(|e| {
         let p = e.unwrap().path();
+        if p.is_dir() {
+            return scan_dir_for(&p, needle);
+        }
         p.is_file()
             && std::fs::read(&p)
                 .unwrap()
@@ -285,4 +289,185 @@ fn non_durable_applies_reach_the_disk_with_the_next_durable_one() {
     drop(store);
     let store = Store::open(dir.path()).unwrap();
     assert_eq!(store.export(&u).unwrap().unwrap().events.len(), 1);
+}
+
+/// A batch of one event for `u` (sealed), with id hash `[id; 16]`.
+fn one_event(store: &Store, u: UserKey, id: u8, body: &[u8]) -> Batch {
+    let r = rows(store, u, |s, r| {
+        r.events = vec![(u64::from(id), [id; 16], s.seal(&u, Table::Event, body))];
+    });
+    Batch {
+        rows: vec![r],
+        stats: Vec::new(),
+    }
+}
+
+#[test]
+fn after_a_clean_stop_new_log_records_are_numbered_past_what_was_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let u = UserKey([10; 16]);
+    {
+        let store = Store::open(dir.path()).unwrap();
+        for i in 1..=3 {
+            store
+                .commit(one_event(&store, u, i, b"applied").rows, Vec::new())
+                .unwrap();
+        }
+        assert_eq!(store.applied_wal().unwrap(), 3);
+        assert_eq!(
+            store.log_len().unwrap(),
+            0,
+            "every record applied and dropped"
+        );
+    }
+    {
+        // A new process: its first record is logged, acknowledged, and the process dies
+        // before the indexer applies it.
+        let store = Store::open(dir.path()).unwrap();
+        let seq = store
+            .log(&one_event(&store, u, 4, b"only-logged"), 3)
+            .unwrap();
+        assert!(seq > 3, "seq {seq} would count as applied already");
+        assert_eq!(store.log_len().unwrap(), 1);
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let events = store.export(&u).unwrap().unwrap().events;
+    assert_eq!(
+        events.len(),
+        4,
+        "the logged record was applied at open: {events:?}"
+    );
+    assert_eq!(events[3].1, b"only-logged");
+}
+
+#[test]
+fn a_torn_append_is_cut_off_and_the_log_goes_on_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let u = UserKey([11; 16]);
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store.log(&one_event(&store, u, 1, b"first"), 0).unwrap();
+        store.log(&one_event(&store, u, 2, b"second"), 0).unwrap();
+    }
+    // A crash mid-append: half a record at the end of the newest segment.
+    let seg = std::fs::read_dir(dir.path().join(WAL_DIR))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap();
+    let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+    std::io::Write::write_all(&mut f, &[200, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7]).unwrap();
+    drop(f);
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let ev = store.export(&u).unwrap().unwrap().events;
+        assert_eq!(ev.len(), 2, "both whole records applied");
+        store.log(&one_event(&store, u, 3, b"third"), 0).unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let ev = store.export(&u).unwrap().unwrap().events;
+    assert_eq!(
+        ev.iter().map(|e| e.1.as_slice()).collect::<Vec<_>>(),
+        [&b"first"[..], b"second", b"third"]
+    );
+}
+
+#[test]
+fn a_damaged_record_is_skipped_not_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let u = UserKey([12; 16]);
+    let batch = one_event(&store, u, 1, b"x");
+    let log_dir = dir.path().join("log-only");
+    {
+        let log = wal::Log::open(&log_dir, 0).unwrap();
+        log.append(&batch, 0).unwrap();
+        log.append(&batch, 0).unwrap();
+    }
+    let seg = log_dir.join("00000000000000000001.wal");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff; // the second record's last byte: its CRC no longer matches
+    std::fs::write(&seg, &bytes).unwrap();
+    let log = wal::Log::open(&log_dir, 0).unwrap();
+    let read = log.read_after(0).unwrap();
+    assert_eq!(read.iter().map(|r| r.0).collect::<Vec<_>>(), [1]);
+    // The damaged tail was cut off: the next record follows the valid one.
+    assert_eq!(log.append(&batch, 0).unwrap(), 2);
+    drop(log);
+    let log = wal::Log::open(&log_dir, 0).unwrap();
+    assert_eq!(
+        log.read_after(0)
+            .unwrap()
+            .iter()
+            .map(|r| r.0)
+            .collect::<Vec<_>>(),
+        [1, 2]
+    );
+}
+
+#[test]
+fn segments_roll_over_and_applied_ones_are_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let u = UserKey([13; 16]);
+    let batch = one_event(&store, u, 1, &[7u8; 300]);
+    let log_dir = dir.path().join("log-only");
+    let log = wal::Log::open_sized(&log_dir, 0, 1000).unwrap();
+    for i in 1..=10 {
+        assert_eq!(log.append(&batch, 0).unwrap(), i);
+    }
+    let files = || std::fs::read_dir(&log_dir).unwrap().count();
+    assert!(log.segments() >= 3, "{} segments", log.segments());
+    assert_eq!(files(), log.segments());
+    assert_eq!(log.len().unwrap(), 10);
+    // Applying up to 6 drops the segments holding only records up to 6, not the others.
+    log.trim(6).unwrap();
+    let left = log.read_after(0).unwrap();
+    assert!(left.first().unwrap().0 <= 7, "record 7 kept");
+    assert_eq!(left.last().unwrap().0, 10);
+    assert_eq!(log.len().unwrap(), 4);
+    assert_eq!(files(), log.segments());
+    // Everything applied: no segment left; the next record is 11, in a new segment.
+    log.trim(10).unwrap();
+    assert_eq!((log.segments(), files()), (0, 0));
+    assert_eq!(log.append(&batch, 10).unwrap(), 11);
+    drop(log);
+    let log = wal::Log::open_sized(&log_dir, 10, 1000).unwrap();
+    assert_eq!(
+        log.read_after(10)
+            .unwrap()
+            .iter()
+            .map(|r| r.0)
+            .collect::<Vec<_>>(),
+        [11]
+    );
+}
+
+#[test]
+fn a_log_left_by_the_redb_version_is_applied_then_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let u = UserKey([14; 16]);
+    let batch = {
+        let store = Store::open(dir.path()).unwrap();
+        let b = one_event(&store, u, 1, b"from-wal-redb");
+        store.keys().sync_pending().unwrap(); // as the old version's log() did
+        b
+    };
+    {
+        const WAL: TableDefinition<u64, &[u8]> = TableDefinition::new("wal");
+        let db = Database::create(dir.path().join(LEGACY_WAL_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(WAL)
+            .unwrap()
+            .insert(1, postcard::to_allocvec(&batch).unwrap().as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let ev = store.export(&u).unwrap().unwrap().events;
+    assert_eq!(ev, vec![(1, b"from-wal-redb".to_vec())]);
+    assert!(!dir.path().join(LEGACY_WAL_FILE).exists());
+    // The new log numbers its records past the old one's.
+    assert!(store.log(&one_event(&store, u, 2, b"n"), 0).unwrap() > 1);
 }

@@ -1,16 +1,30 @@
-//! The write-ahead log (`wal.redb`): one table of group-commit batches by seq. Appending is one
-//! insert at the end of the table; applied entries are trimmed from the front.
+//! The write-ahead log: append-only segment files in `wal/` of the data dir. A group commit is
+//! one record appended to the current segment and one `fdatasync` — no B-tree, no page
+//! copies, however many users the batch holds. Applied records are dropped a segment at a
+//! time (a segment is deleted once every record in it is applied).
+//!
+//! A segment is named after the seq of its first record (`00000000000000000042.wal`) and
+//! holds records back to back, each `[len: u32][crc32: u32][seq: u64][payload: len bytes]`
+//! (little endian; the CRC covers seq and payload; the payload is the postcard-encoded
+//! [`Batch`]). Reading a segment stops at the first record that is short or fails its CRC: a
+//! crash mid-append leaves at most such a torn record at the end, and it was never
+//! acknowledged. A failed append is cut off again (or, if that fails too, the segment is
+//! closed and the next append starts a new one), so records after a torn one are never lost.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
-use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
-};
 use serde::{Deserialize, Serialize};
 
 use super::{StatKey, StoreError, UserRows};
 
-const WAL: TableDefinition<u64, &[u8]> = TableDefinition::new("wal");
+/// A new segment is started once the current one is this large.
+const SEGMENT_BYTES: u64 = 32 << 20;
+/// A record longer than this is damage, not data (a batch is bounded far below it).
+const MAX_RECORD: u32 = 1 << 30;
+const HEADER: usize = 16;
 
 /// What one group commit writes: every user's rows (sealed) and the statistic deltas.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -45,86 +59,339 @@ impl Batch {
     }
 }
 
+/// One segment file: records `first..=last` (`last < first` while it is empty).
+struct Segment {
+    first: u64,
+    last: u64,
+    path: PathBuf,
+}
+
+struct Inner {
+    /// Oldest first; the last one is the one appended to (when `current` is open).
+    segments: Vec<Segment>,
+    /// The open end of the last segment and its length.
+    current: Option<(File, u64)>,
+    /// Seq of the next appended record.
+    next: u64,
+    /// Records up to here are applied (may be dropped).
+    trimmed: u64,
+    /// Reused encoding buffer.
+    buf: Vec<u8>,
+}
+
 pub(super) struct Log {
-    db: Database,
-    /// Seq of the next appended batch.
-    next: AtomicU64,
-    /// Entries up to here are trimmed already.
-    trimmed: AtomicU64,
+    dir: PathBuf,
+    /// A new segment is started once the current one is this large.
+    segment_bytes: u64,
+    inner: Mutex<Inner>,
+}
+
+fn io_err(path: &Path, what: &str, e: std::io::Error) -> StoreError {
+    StoreError::Db(format!("write-ahead log {}: {what}: {e}", path.display()))
+}
+
+fn segment_name(first: u64) -> String {
+    format!("{first:020}.wal")
+}
+
+/// Makes the directory's entries (a created or deleted segment) durable.
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err(dir, "sync", e))
+}
+
+/// What [`scan`] found in one segment.
+struct Scanned {
+    /// `(seq, payload)` in order.
+    records: Vec<(u64, Vec<u8>)>,
+    /// Byte length of the valid prefix.
+    valid: u64,
+    /// Whether something other than whole records follows it.
+    damaged: bool,
+}
+
+/// Reads the valid records of one segment. Stops at the first short or damaged record.
+fn scan(path: &Path) -> Result<Scanned, StoreError> {
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(|e| io_err(path, "read", e))?;
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    let damaged = loop {
+        if at == bytes.len() {
+            break false;
+        }
+        let Some(h) = bytes.get(at..at + HEADER) else {
+            break true;
+        };
+        let len = u32::from_le_bytes(h[0..4].try_into().expect("4 bytes"));
+        let crc = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes"));
+        if len > MAX_RECORD {
+            break true;
+        }
+        let end = at + HEADER + len as usize;
+        let Some(body) = bytes.get(at + 8..end) else {
+            break true;
+        };
+        if crc32fast::hash(body) != crc {
+            break true;
+        }
+        let seq = u64::from_le_bytes(body[0..8].try_into().expect("8 bytes"));
+        out.push((seq, body[8..].to_vec()));
+        at = end;
+    };
+    Ok(Scanned {
+        records: out,
+        valid: at as u64,
+        damaged,
+    })
 }
 
 impl Log {
-    pub(super) fn open(db: Database) -> Result<Log, StoreError> {
-        let txn = db.begin_write()?;
-        txn.open_table(WAL)?;
-        txn.commit()?;
-        let last = {
-            let txn = db.begin_read()?;
-            let t = txn.open_table(WAL)?;
-            let last = t.last()?.map(|(k, _)| k.value());
-            last
-        };
+    /// Opens (creating) the log in `dir`. `applied` is the last seq the indexed store holds:
+    /// new records get seqs above it even when every segment has been dropped. A torn record
+    /// at the end of the newest segment (a crash mid-append) is cut off.
+    pub(super) fn open(dir: &Path, applied: u64) -> Result<Log, StoreError> {
+        Log::open_sized(dir, applied, SEGMENT_BYTES)
+    }
+
+    /// [`Log::open`] with segments of `segment_bytes` (tests use small ones).
+    pub(super) fn open_sized(
+        dir: &Path,
+        applied: u64,
+        segment_bytes: u64,
+    ) -> Result<Log, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, "create", e))?;
+        let mut firsts = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(|e| io_err(dir, "list", e))? {
+            let entry = entry.map_err(|e| io_err(dir, "list", e))?;
+            let name = entry.file_name();
+            let Some(first) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".wal"))
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            firsts.push(first);
+        }
+        firsts.sort_unstable();
+        let mut segments = Vec::with_capacity(firsts.len());
+        for (i, first) in firsts.iter().enumerate() {
+            let path = dir.join(segment_name(*first));
+            let Scanned {
+                records,
+                valid,
+                damaged,
+            } = scan(&path)?;
+            let newest = i + 1 == firsts.len();
+            if damaged && newest {
+                // A torn append: never acknowledged. Cut it off so appends follow valid data.
+                OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| {
+                        f.set_len(valid)?;
+                        f.sync_all()
+                    })
+                    .map_err(|e| io_err(&path, "truncate", e))?;
+            } else if damaged {
+                tracing::error!(segment = %path.display(), valid_bytes = valid,
+                    "write-ahead log segment is damaged; records after the damage are skipped");
+            }
+            let last = records.last().map_or(first.saturating_sub(1), |r| r.0);
+            segments.push(Segment {
+                first: *first,
+                last,
+                path,
+            });
+        }
+        let last = segments.iter().map(|s| s.last).max().unwrap_or(0);
         Ok(Log {
-            db,
-            next: AtomicU64::new(last.map_or(1, |l| l + 1)),
-            trimmed: AtomicU64::new(0),
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            inner: Mutex::new(Inner {
+                segments,
+                current: None,
+                next: last.max(applied) + 1,
+                trimmed: applied,
+                buf: Vec::new(),
+            }),
         })
     }
 
-    /// Appends `batch` durably and drops entries up to `trim`; returns the batch's seq.
+    /// Appends `batch` durably (one write, one `fdatasync`) and drops segments applied up to
+    /// `trim`; returns the batch's seq.
     pub(super) fn append(&self, batch: &Batch, trim: u64) -> Result<u64, StoreError> {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = &mut *g;
+        let seq = inner.next;
+        inner.buf.clear();
+        inner.buf.extend_from_slice(&[0u8; 8]);
+        inner.buf.extend_from_slice(&seq.to_le_bytes());
         // Plain data: postcard into a Vec cannot fail.
-        let bytes = postcard::to_allocvec(batch).expect("Batch is postcard-serialisable");
-        let seq = self.next.load(Ordering::Relaxed);
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
-        {
-            let mut t = txn.open_table(WAL)?;
-            t.insert(seq, bytes.as_slice())?;
-            let from = self.trimmed.load(Ordering::Relaxed);
-            if trim > from {
-                t.retain_in(from + 1..=trim, |_, _| false)?;
-            }
+        let mut buf = postcard::to_extend(batch, std::mem::take(&mut inner.buf))
+            .expect("Batch is postcard-serialisable");
+        let len = u32::try_from(buf.len() - HEADER)
+            .ok()
+            .filter(|l| *l <= MAX_RECORD)
+            .ok_or_else(|| StoreError::Db("a group commit is larger than 1 GiB".into()))?;
+        let crc = crc32fast::hash(&buf[8..]);
+        buf[0..4].copy_from_slice(&len.to_le_bytes());
+        buf[4..8].copy_from_slice(&crc.to_le_bytes());
+        let result = self.write(inner, seq, &buf);
+        inner.buf = buf;
+        result?;
+        inner.next = seq + 1;
+        if trim > inner.trimmed {
+            inner.trimmed = trim;
+            self.drop_applied(inner)?;
         }
-        txn.commit()?;
-        self.next.store(seq + 1, Ordering::Relaxed);
-        self.trimmed.fetch_max(trim, Ordering::Relaxed);
         Ok(seq)
     }
 
-    /// Every batch after `seq`, in order. A batch that does not decode (a damaged file) is
+    fn write(&self, inner: &mut Inner, seq: u64, record: &[u8]) -> Result<(), StoreError> {
+        let rotate = inner
+            .current
+            .as_ref()
+            .is_none_or(|(_, len)| *len >= self.segment_bytes);
+        if rotate {
+            let path = self.dir.join(segment_name(seq));
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| io_err(&path, "create", e))?;
+            let len = file.metadata().map_err(|e| io_err(&path, "stat", e))?.len();
+            sync_dir(&self.dir)?;
+            if inner.segments.last().is_none_or(|s| s.path != path) {
+                inner.segments.push(Segment {
+                    first: seq,
+                    last: seq - 1,
+                    path,
+                });
+            }
+            inner.current = Some((file, len));
+        }
+        let (file, len) = inner.current.as_mut().expect("opened above");
+        let written = file.write_all(record).and_then(|()| file.sync_data());
+        match written {
+            Ok(()) => {
+                *len += record.len() as u64;
+                if let Some(s) = inner.segments.last_mut() {
+                    s.last = seq;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // Cut the partial record off; if even that fails, the next append starts a
+                // new segment, so nothing valid ever follows a torn record.
+                let prev = *len;
+                if file.set_len(prev).and_then(|()| file.sync_data()).is_err() {
+                    inner.current = None;
+                }
+                let path = inner.segments.last().map(|s| s.path.clone());
+                Err(io_err(&path.unwrap_or_default(), "append", e))
+            }
+        }
+    }
+
+    /// Deletes the segments whose every record is applied (the current one too, once it is
+    /// entirely applied: the next append starts a new one).
+    fn drop_applied(&self, inner: &mut Inner) -> Result<(), StoreError> {
+        let trimmed = inner.trimmed;
+        let mut dropped = false;
+        while inner.segments.first().is_some_and(|s| s.last <= trimmed) {
+            if inner.segments.len() == 1 {
+                inner.current = None; // the next append starts a new segment
+            }
+            let s = inner.segments.remove(0);
+            std::fs::remove_file(&s.path).map_err(|e| io_err(&s.path, "remove", e))?;
+            dropped = true;
+        }
+        if dropped {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Every batch after `seq`, in order. A record that does not decode (a damaged file) is
     /// reported and skipped.
     pub(super) fn read_after(&self, seq: u64) -> Result<Vec<(u64, Batch)>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(WAL)?;
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::new();
-        for row in t.range(seq.saturating_add(1)..)? {
-            let (k, v) = row?;
-            match postcard::from_bytes::<Batch>(v.value()) {
-                Ok(b) => out.push((k.value(), b)),
-                Err(e) => {
-                    tracing::error!(seq = k.value(), error = %e, "write-ahead log entry does not decode; skipped")
+        for s in g.segments.iter().filter(|s| s.last > seq) {
+            for (k, v) in scan(&s.path)?.records {
+                if k <= seq {
+                    continue;
+                }
+                match postcard::from_bytes::<Batch>(&v) {
+                    Ok(b) => out.push((k, b)),
+                    Err(e) => {
+                        tracing::error!(seq = k, error = %e, "write-ahead log record does not decode; skipped")
+                    }
                 }
             }
         }
         Ok(out)
     }
 
-    /// Drops entries up to `upto`.
+    /// Marks records up to `upto` applied and deletes the segments that holds only those.
     pub(super) fn trim(&self, upto: u64) -> Result<(), StoreError> {
-        if upto == 0 {
-            return Ok(());
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if upto > g.trimmed {
+            g.trimmed = upto;
         }
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
-        txn.open_table(WAL)?.retain_in(..=upto, |_, _| false)?;
-        txn.commit()?;
-        self.trimmed.fetch_max(upto, Ordering::Relaxed);
-        Ok(())
+        self.drop_applied(&mut g)
     }
 
-    pub(super) fn len(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read()?;
-        Ok(txn.open_table(WAL)?.len()?)
+    /// Segment files (for tests and diagnostics).
+    #[cfg(test)]
+    pub(super) fn segments(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .segments
+            .len()
     }
+
+    /// Records in the log not yet applied.
+    pub(super) fn len(&self) -> Result<u64, StoreError> {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let from = g.trimmed + 1;
+        Ok(g.segments
+            .iter()
+            .filter(|s| s.last >= from.max(s.first))
+            .map(|s| s.last - from.max(s.first) + 1)
+            .sum())
+    }
+}
+
+/// The unapplied tail (records after `applied`) of a log written by an earlier version, a
+/// redb file with one table `wal: u64 → batch`.
+pub(super) fn read_legacy(
+    db: &redb::Database,
+    applied: u64,
+) -> Result<Vec<(u64, Batch)>, StoreError> {
+    use redb::{ReadableDatabase, TableDefinition};
+    const WAL: TableDefinition<u64, &[u8]> = TableDefinition::new("wal");
+    let txn = db.begin_read()?;
+    let t = match txn.open_table(WAL) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    for row in t.range(applied.saturating_add(1)..)? {
+        let (k, v) = row?;
+        match postcard::from_bytes::<Batch>(v.value()) {
+            Ok(b) => out.push((k.value(), b)),
+            Err(e) => {
+                tracing::error!(seq = k.value(), error = %e, "write-ahead log entry does not decode; skipped")
+            }
+        }
+    }
+    Ok(out)
 }
