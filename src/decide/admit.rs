@@ -49,7 +49,7 @@ pub(super) fn admit(
                 )
             }
             None if snap.bandits.covers(&r.slot) => {
-                if state.adjustments.contains_key(&r.slot) {
+                if state.adjustments.contains_key(r.slot.as_str()) {
                     return None; // decided on this page already: keep it stable
                 }
                 let x = crate::learn::context::of_state(state, now);
@@ -60,8 +60,14 @@ pub(super) fn admit(
             }
             None => (None, None, 1.0, r.variant, r.params),
         };
-    if state.adjustments.get(&r.slot) == Some(&variant)
-        && state.shown.get(&r.slot).is_some_and(|(_, p)| *p == params)
+    if state
+        .adjustments
+        .get(r.slot.as_str())
+        .is_some_and(|v| *v == *variant)
+        && state
+            .shown
+            .get(r.slot.as_str())
+            .is_some_and(|(_, p)| crate::features::state::same_params(p, &params))
     {
         return None; // already showing exactly this: nothing to change
     }

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, Props};
-use crate::features::{FeatureConfig, UserState};
+use crate::features::{FeatureConfig, Sym, UserState};
 
 /// One change to a user's state made by deciding (not by the features of an event).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,7 +93,7 @@ pub fn apply_event(state: &mut UserState, ev: &Event, cfg: &FeatureConfig) {
 /// Applies one effect made at `at`.
 pub fn apply(state: &mut UserState, effect: &Effect, at: i64) {
     match effect {
-        Effect::Segment(s) => state.segment.clone_from(s),
+        Effect::Segment(s) => state.segment = Sym::new(s),
         Effect::Holdout(h) => state.holdout = Some(*h),
         Effect::Assigned { experiment, arm } => {
             state.assign_experiment(experiment, arm.clone(), at)

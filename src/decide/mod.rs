@@ -240,8 +240,11 @@ fn decide(
         fits(v).then(|| Decision {
             id: id.clone(),
             slot: slot.to_string(),
-            variant: v.clone(),
-            params: params.clone(),
+            variant: v.to_string(),
+            params: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             source: "current".into(),
             rule: None,
             experiment: None,
@@ -262,7 +265,7 @@ fn decide(
 fn assign_segment(snap: &Snapshot<'_>, state: &mut UserState, now: i64, out: &mut Out) {
     if let Some(seg) = snap.segments {
         let s = seg.assign(state, now);
-        if s != state.segment {
+        if *s != *state.segment {
             emit(state, out, Effect::Segment(s), now);
         }
     }

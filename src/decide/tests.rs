@@ -281,7 +281,7 @@ fn frequency_caps_per_session_and_per_utc_day() {
     );
     // The next UTC day starts from zero.
     assert_eq!(variants(&u.go(&w, 6, T0 + DAY)), ["v6"]);
-    assert_eq!(u.state.caps["s"].total, 4);
+    assert_eq!(u.state.caps.get("s").unwrap().total, 4);
     assert_eq!(u.state.cap_counts("s", T0 + DAY), (2, 1));
     assert_eq!(u.replayed(&w), u.state);
 }
@@ -324,7 +324,7 @@ fn unlimited_caps_and_the_same_variant_is_a_noop() {
     assert!(u.send(&w, pv, T0 + 3).decisions.is_empty());
     let e = ev(&mut u, "b", T0 + 4);
     assert_eq!(variants(&u.send(&w, e, T0 + 4)), ["same"]);
-    assert_eq!(u.state.caps["s"].total, 3);
+    assert_eq!(u.state.caps.get("s").unwrap().total, 3);
     assert_eq!(u.replayed(&w), u.state);
 }
 
@@ -418,7 +418,10 @@ fn precedence_experiment_over_bandit_over_rule() {
     );
     assert_eq!(d.propensity, 0.5);
     assert!(out.learn.is_empty(), "no bandit record under an experiment");
-    assert_eq!(u.state.experiments["exp"].decisions.back(), Some(&d.id));
+    assert_eq!(
+        u.state.experiments.get("exp").unwrap().decisions.back(),
+        Some(&d.id)
+    );
     // A slot no experiment or bandit covers: the rule's own variant.
     let other = r#"if event.type == "custom" { adjust("t", "own"); }"#;
     let w2 = World::new(&[("o", other)], 0.0);
@@ -600,7 +603,7 @@ fn a_long_hover_fires_on_a_tick_and_the_journal_replays_it() {
     // Between heartbeats, the server's timer sees the hover pass 3 s.
     let out = u.tick(&w, T0 + 3_100);
     assert_eq!(variants(&out), ["review"]);
-    assert_eq!(u.state.adjustments["product-detail"], "review");
+    assert_eq!(u.state.adjustments.get("product-detail").unwrap(), "review");
     // Heartbeats stop: the hover ends on a tick after the timeout.
     let out = u.tick(&w, T0 + 2_000 + w.features.ongoing_timeout_ms + 1);
     assert!(out.expired);
@@ -729,7 +732,7 @@ impl Driver {
                 let Some((id, _)) = self.state.shown.get("s").cloned() else {
                     return;
                 };
-                let variant = self.state.adjustments["s"].clone();
+                let variant = self.state.adjustments.get("s").unwrap().to_string();
                 (
                     Props::Impression {
                         slot: "s".into(),

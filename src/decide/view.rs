@@ -9,7 +9,7 @@ use rhai::{Array, Dynamic, Map, INT};
 use serde_json::Value;
 
 use crate::event::{Event, Props};
-use crate::features::UserState;
+use crate::features::{Sym, UserState};
 use crate::privacy::UserKey;
 use crate::rules::view::{text, EventSource, EventView, TargetStat, UserSource, UserView};
 
@@ -161,7 +161,7 @@ impl UserSource for StateView {
     }
 
     fn showing(&self, slot: &str) -> &str {
-        self.st().adjustments.get(slot).map_or("", String::as_str)
+        self.st().adjustments.get(slot).map_or("", Sym::as_str)
     }
 
     fn experiment(&self, id: &str) -> Option<&str> {

@@ -480,7 +480,8 @@ impl Experiments {
             if state.experiments.contains_key(&c.def.id) || !c.def.is_live(now_ms) {
                 continue;
             }
-            let eligible = (c.def.segments.is_empty() || c.def.segments.contains(&state.segment))
+            let eligible = (c.def.segments.is_empty()
+                || c.def.segments.iter().any(|s| *s == *state.segment))
                 && c.targeting.as_ref().is_none_or(|t| {
                     let v = view.get_or_insert_with(&mut user);
                     self.inner.rules.check(t, v, now_ms)
@@ -627,7 +628,7 @@ impl Experiments {
                     out.exposures.push(Exposure {
                         experiment: c.def.id.clone(),
                         covariate: x,
-                        segment: state.segment.clone(),
+                        segment: state.segment.to_string(),
                     });
                     for m in c.metrics.keys() {
                         out.values.push((c.def.id.clone(), m.clone(), 0.0));
@@ -801,8 +802,9 @@ mod tests {
                 ..UserState::default()
             };
             exps.ensure_assigned(&key(i), &mut st, &rhai::Map::new(), 0);
-            let arm = st.experiments["s"].arm.clone().unwrap();
-            *per_segment.entry(st.segment.clone()).or_default() += if arm == "b" { 1 } else { -1 };
+            let arm = st.experiments.get("s").unwrap().arm.clone().unwrap();
+            *per_segment.entry(st.segment.to_string()).or_default() +=
+                if arm == "b" { 1 } else { -1 };
         }
         per_segment.values().map(|v| v.abs()).collect()
     }
@@ -836,11 +838,14 @@ mod tests {
         mobile.context.device = "mobile".into();
         let view = crate::decide::view::user_map(&key(1), &mobile, 0);
         exps.ensure_assigned(&key(1), &mut mobile, &view, 0);
-        assert!(mobile.experiments["t"].arm.is_some());
+        assert!(mobile.experiments.get("t").unwrap().arm.is_some());
         let mut desktop = UserState::default();
         let view = crate::decide::view::user_map(&key(2), &desktop, 0);
         exps.ensure_assigned(&key(2), &mut desktop, &view, 0);
-        assert!(desktop.experiments["t"].arm.is_none(), "not targeted");
+        assert!(
+            desktop.experiments.get("t").unwrap().arm.is_none(),
+            "not targeted"
+        );
         // A broken targeting expression is refused at definition time.
         let bad = ExperimentDef::from_toml(
             "u",

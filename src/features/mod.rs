@@ -6,8 +6,12 @@
 //! (current variant per slot, frequency-cap counters). It is postcard-encoded and stored
 //! sealed and checkpointed by its shard; `crate::decide::view` shows it to Rhai rules.
 //!
-//! Pure data and arithmetic: no I/O, no locks, no clocks (the caller passes `now_ms`).
+//! Pure data and arithmetic: no I/O, no locks, no clocks (the caller passes `now_ms`). Kept
+//! compact, since every cached user holds one: small maps are sorted vectors
+//! ([`SmallMap`]) and sequence entries are shared strings ([`Sym`]).
 
 pub mod state;
+pub mod sym;
 
-pub use state::{ExperimentRecord, FeatureConfig, Ongoing, TargetStats, UserState};
+pub use state::{ExperimentRecord, FeatureConfig, Ongoing, SmallMap, TargetStats, UserState};
+pub use sym::Sym;

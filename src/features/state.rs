@@ -2,8 +2,14 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+/// A map of a few entries (a user's targets, slots, experiments): a sorted `Vec`, which costs
+/// a fraction of a `BTreeMap`'s node (11 slots allocated for the first entry); serialised as a
+/// map, like one.
+pub type SmallMap<K, V> = litemap::LiteMap<K, V>;
+
 use serde::{Deserialize, Serialize};
 
+use super::sym::Sym;
 use crate::event::{Consent, Event, Phase, Props};
 
 /// Tunables of feature extraction (`[features]` in the config).
@@ -82,14 +88,14 @@ pub struct ScrollState {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ContextState {
-    pub device: String,
-    pub browser: String,
+    pub device: Sym,
+    pub browser: Sym,
     pub viewport_w: u32,
     pub viewport_h: u32,
     /// The user's local hour (0–23), if the client told us.
     pub hour: Option<u8>,
     pub tz_offset_min: i32,
-    pub language: String,
+    pub language: Sym,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -119,22 +125,22 @@ pub struct UserState {
     pub first_seen_ms: i64,
     pub last_seen_ms: i64,
     pub consent: Consent,
-    pub page: String,
+    pub page: Sym,
     pub visible: bool,
     pub scroll: ScrollState,
-    pub targets: BTreeMap<String, TargetStats>,
-    pub sequence: VecDeque<String>,
+    pub targets: SmallMap<Sym, TargetStats>,
+    pub sequence: VecDeque<Sym>,
     pub context: ContextState,
     pub mouse: MouseState,
     /// Variant currently shown per slot (the last one pushed).
-    pub adjustments: BTreeMap<String, String>,
+    pub adjustments: SmallMap<Sym, Sym>,
     /// What each adjusted slot shows: (decision id, params) of the last pushed decision.
-    pub shown: BTreeMap<String, (String, BTreeMap<String, String>)>,
-    pub caps: BTreeMap<String, SlotCount>,
+    pub shown: SmallMap<Sym, (String, SmallMap<Sym, Sym>)>,
+    pub caps: SmallMap<Sym, SlotCount>,
     /// Behavioural segment (filled in by the segmenter; empty until then).
-    pub segment: String,
+    pub segment: Sym,
     /// Experiments this user was considered for, by experiment id.
-    pub experiments: BTreeMap<String, ExperimentRecord>,
+    pub experiments: SmallMap<String, ExperimentRecord>,
     /// Whether the user is in the global holdout (never adjusted), decided on first sight.
     pub holdout: Option<bool>,
 }
@@ -151,11 +157,20 @@ pub struct ExperimentRecord {
     /// Pre-exposure behaviour (events before exposure), the CUPED covariate.
     pub covariate: f64,
     /// Behavioural segment at exposure (for per-segment results).
-    pub segment: String,
+    pub segment: Sym,
     /// Recent decision ids issued under this experiment (to attribute impressions and clicks).
     pub decisions: VecDeque<String>,
     /// Current value of each metric for this user.
-    pub values: BTreeMap<String, f64>,
+    pub values: SmallMap<String, f64>,
+}
+
+/// Whether stored params (see [`UserState::shown`]) are exactly `params`.
+pub fn same_params(stored: &SmallMap<Sym, Sym>, params: &BTreeMap<String, String>) -> bool {
+    stored.len() == params.len()
+        && stored
+            .iter()
+            .zip(params)
+            .all(|((a, b), (c, d))| *a == **c && *b == **d)
 }
 
 impl UserState {
@@ -169,7 +184,7 @@ impl UserState {
     }
 
     fn push_seq(&mut self, entry: String, cfg: &FeatureConfig) {
-        self.sequence.push_back(entry);
+        self.sequence.push_back(Sym::new(&entry));
         while self.sequence.len() > cfg.sequence_len {
             self.sequence.pop_front();
         }
@@ -187,7 +202,7 @@ impl UserState {
                 self.targets.remove(&oldest);
             }
         }
-        let t = self.targets.entry(name.to_string()).or_default();
+        let t = self.targets.entry(Sym::new(name)).or_default();
         t.last_ms = now_ms;
         t
     }
@@ -207,14 +222,14 @@ impl UserState {
         }
         let c = &ev.context;
         if let Some(p) = &c.page {
-            self.page = p.clone();
+            self.page = Sym::new(p);
         }
         let ctx = &mut self.context;
         if let Some(v) = &c.device {
-            ctx.device = v.clone();
+            ctx.device = Sym::new(v);
         }
         if let Some(v) = &c.browser {
-            ctx.browser = v.clone();
+            ctx.browser = Sym::new(v);
         }
         if let Some(v) = c.viewport_w {
             ctx.viewport_w = v;
@@ -229,12 +244,12 @@ impl UserState {
             ctx.tz_offset_min = v;
         }
         if let Some(v) = &c.language {
-            ctx.language = v.clone();
+            ctx.language = Sym::new(v);
         }
         let target = ev.target.as_deref().unwrap_or("");
         match &ev.props {
             Props::PageView { path, .. } => {
-                self.page = path.clone();
+                self.page = Sym::new(path);
                 self.scroll = ScrollState::default();
                 self.visible = true;
                 self.push_seq(format!("page_view:{path}"), cfg);
@@ -292,7 +307,7 @@ impl UserState {
                 self.visible = *visible;
                 if !visible {
                     // A hidden page ends every ongoing interaction.
-                    for t in self.targets.values_mut() {
+                    for (_, t) in self.targets.iter_mut() {
                         if let Some(h) = t.hovering.take() {
                             t.hover_ms += h.elapsed(now);
                             t.hover_count += 1;
@@ -358,7 +373,7 @@ impl UserState {
     /// Ends ongoing interactions whose heartbeats stopped. Returns whether anything changed.
     pub fn expire(&mut self, now_ms: i64, cfg: &FeatureConfig) -> bool {
         let mut changed = false;
-        for t in self.targets.values_mut() {
+        for (_, t) in self.targets.iter_mut() {
             if let Some(h) = t.hovering {
                 if now_ms - h.last_seen_ms > cfg.ongoing_timeout_ms {
                     t.hover_ms += (h.last_seen_ms - h.started_ms).max(0);
@@ -408,7 +423,7 @@ impl UserState {
         at: i64,
     ) {
         let day = at.div_euclid(86_400_000);
-        let c = self.caps.entry(slot.to_string()).or_default();
+        let c = self.caps.entry(Sym::new(slot)).or_default();
         if c.session != self.session {
             c.session = self.session.clone();
             c.in_session = 0;
@@ -420,10 +435,12 @@ impl UserState {
         c.in_session += 1;
         c.in_day += 1;
         c.total += 1;
-        self.adjustments
-            .insert(slot.to_string(), variant.to_string());
-        self.shown
-            .insert(slot.to_string(), (id.to_string(), params.clone()));
+        self.adjustments.insert(Sym::new(slot), Sym::new(variant));
+        let params = params
+            .iter()
+            .map(|(k, v)| (Sym::new(k), Sym::new(v)))
+            .collect();
+        self.shown.insert(Sym::new(slot), (id.to_string(), params));
         if let Some(rec) = experiment.and_then(|e| self.experiments.get_mut(e)) {
             rec.decisions.push_back(id.to_string());
             while rec.decisions.len() > KEEP_DECISIONS {
@@ -449,7 +466,7 @@ impl UserState {
         if let Some(rec) = self.experiments.get_mut(experiment) {
             rec.exposed_ms = Some(at);
             rec.covariate = covariate;
-            rec.segment = segment.to_string();
+            rec.segment = Sym::new(segment);
         }
     }
 
@@ -641,15 +658,23 @@ mod tests {
             &ev(hover(Phase::Heartbeat, 1_000), Some("img"), 11_000),
             &cfg,
         );
-        assert_eq!(s.targets["img"].hovering.unwrap().elapsed(12_500), 2_500);
+        assert_eq!(
+            s.targets
+                .get("img")
+                .unwrap()
+                .hovering
+                .unwrap()
+                .elapsed(12_500),
+            2_500
+        );
         s.apply(&ev(hover(Phase::End, 3_200), Some("img"), 13_100), &cfg);
-        let t = &s.targets["img"];
+        let t = &s.targets.get("img").unwrap();
         assert_eq!((t.hover_ms, t.hover_count, t.hovering), (3_200, 1, None));
         // A hover whose heartbeats stop is ended by expiry at its last sign of life.
         s.apply(&ev(hover(Phase::Start, 0), Some("img"), 20_000), &cfg);
         assert!(!s.expire(21_000, &cfg));
         assert!(s.expire(20_000 + cfg.ongoing_timeout_ms + 1, &cfg));
-        assert_eq!(s.targets["img"].hover_count, 2);
+        assert_eq!(s.targets.get("img").unwrap().hover_count, 2);
         assert!(!s.has_ongoing());
         assert_eq!(s.sequence.iter().filter(|x| *x == "hover:img").count(), 2);
     }
@@ -673,5 +698,43 @@ mod tests {
         assert_eq!(s.sessions, 2);
         assert_eq!(s.events, 4);
         assert_eq!(UserState::decode(&s.encode()), Some(s));
+    }
+
+    #[test]
+    fn compact_maps_and_shared_strings_encode_like_the_btreemaps_and_strings_they_replaced() {
+        // States checkpointed before (BTreeMap<String, _>, String) decode unchanged.
+        let old: BTreeMap<String, (String, BTreeMap<String, String>)> = [
+            (
+                "offer".to_string(),
+                ("d1".to_string(), [("code".into(), "READ15".into())].into()),
+            ),
+            ("cta".to_string(), ("d2".to_string(), BTreeMap::new())),
+        ]
+        .into();
+        let bytes = postcard::to_allocvec(&old).unwrap();
+        let new: SmallMap<Sym, (String, SmallMap<Sym, Sym>)> =
+            postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(
+            new.get("offer").unwrap().1.get("code").unwrap().as_str(),
+            "READ15"
+        );
+        assert_eq!(postcard::to_allocvec(&new).unwrap(), bytes);
+        let old_targets: BTreeMap<String, TargetStats> = [(
+            "img".to_string(),
+            TargetStats {
+                clicks: 3,
+                ..TargetStats::default()
+            },
+        )]
+        .into();
+        let bytes = postcard::to_allocvec(&old_targets).unwrap();
+        let targets: SmallMap<Sym, TargetStats> = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(targets.get("img").unwrap().clicks, 3);
+        assert_eq!(postcard::to_allocvec(&targets).unwrap(), bytes);
+        // And the export (JSON) keeps its shape: objects keyed by name.
+        assert_eq!(
+            serde_json::to_value(&targets).unwrap(),
+            serde_json::to_value(&old_targets).unwrap()
+        );
     }
 }

@@ -69,7 +69,7 @@ impl ContextInputs {
             max_depth: state.scroll.max_depth,
             velocity: state.scroll.velocity,
             events: state.events,
-            device: state.context.device.clone(),
+            device: state.context.device.to_string(),
             hour: state.context.hour,
             sessions: state.sessions,
             ..ContextInputs::default()

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::features::{feature_vector, DIM, FEATURE_NAMES};
 use super::Matrix;
 use crate::features::state::TargetStats;
-use crate::features::UserState;
+use crate::features::{Sym, UserState};
 
 /// The "now" of generated users (2026-01-01T00:00:00Z).
 pub const NOW_MS: i64 = 1_767_225_600_000;
@@ -163,7 +163,7 @@ pub fn user(kind: UserKind, rng: &mut StdRng) -> UserState {
             st.clicks = 1;
             clicks_seq.push(format!("click:{name}"));
         }
-        s.targets.insert(name, st);
+        s.targets.insert(Sym::from(name), st);
     }
     // Quick responders click early (before most dwells); others click at the end.
     if kind == UserKind::QuickResponder {
@@ -173,7 +173,7 @@ pub fn user(kind: UserKind, rng: &mut StdRng) -> UserState {
         seq.extend(clicks_seq);
     }
     let keep = seq.len().saturating_sub(32);
-    s.sequence = seq.into_iter().skip(keep).collect();
+    s.sequence = seq.into_iter().skip(keep).map(Sym::from).collect();
     s.sessions = rng.random_range(sp.sessions.0..=sp.sessions.1);
     s.events = 1 + s.sequence.len() as u64;
     s.first_seen_ms = NOW_MS - 7 * DAY_MS;
