@@ -184,10 +184,14 @@ impl UserState {
     }
 
     fn push_seq(&mut self, entry: String, cfg: &FeatureConfig) {
-        self.sequence.push_back(Sym::new(&entry));
-        while self.sequence.len() > cfg.sequence_len {
+        if cfg.sequence_len == 0 {
+            return;
+        }
+        // Make room first: pushing past the bound would double the buffer (32 → 64 slots).
+        while self.sequence.len() >= cfg.sequence_len {
             self.sequence.pop_front();
         }
+        self.sequence.push_back(Sym::new(&entry));
     }
 
     fn target(&mut self, name: &str, now_ms: i64, cfg: &FeatureConfig) -> &mut TargetStats {
@@ -442,10 +446,10 @@ impl UserState {
             .collect();
         self.shown.insert(Sym::new(slot), (id.to_string(), params));
         if let Some(rec) = experiment.and_then(|e| self.experiments.get_mut(e)) {
-            rec.decisions.push_back(id.to_string());
-            while rec.decisions.len() > KEEP_DECISIONS {
+            while rec.decisions.len() >= KEEP_DECISIONS {
                 rec.decisions.pop_front();
             }
+            rec.decisions.push_back(id.to_string());
         }
     }
 
@@ -698,6 +702,34 @@ mod tests {
         assert_eq!(s.sessions, 2);
         assert_eq!(s.events, 4);
         assert_eq!(UserState::decode(&s.encode()), Some(s));
+        // The sequence never grows its buffer past its bound (it would double it).
+        let cfg = FeatureConfig::default();
+        let mut s = UserState::default();
+        for i in 0..100 {
+            s.apply(
+                &ev(Props::Click { decision: None }, Some("t"), 1_000 + i),
+                &cfg,
+            );
+        }
+        assert_eq!(s.sequence.len(), cfg.sequence_len);
+        assert!(
+            s.sequence.capacity() <= cfg.sequence_len,
+            "{}",
+            s.sequence.capacity()
+        );
+        let none = FeatureConfig {
+            sequence_len: 0,
+            ..FeatureConfig::default()
+        };
+        s.apply(
+            &ev(Props::Click { decision: None }, Some("t"), 2_000),
+            &none,
+        );
+        assert_eq!(
+            s.sequence.len(),
+            cfg.sequence_len,
+            "nothing added with a zero bound"
+        );
     }
 
     #[test]
