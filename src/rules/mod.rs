@@ -21,6 +21,7 @@
 //! The script model and API are documented for rule authors in `scripts/README.md`.
 
 pub mod api;
+mod prelude;
 mod sandbox;
 pub mod view;
 mod watch;
@@ -582,7 +583,7 @@ impl Rules {
             .iter_literal_variables(true, false)
             .find(|(n, _, _)| *n == "ON")
         else {
-            return Ok((ast, None));
+            return Ok((prelude::strip(ast), None));
         };
         let Some(list) = value.read_lock::<rhai::Array>().map(|a| a.clone()) else {
             return Err(bad(
@@ -603,7 +604,7 @@ impl Rules {
             }
             on.push(t.to_string());
         }
-        Ok((ast, Some(on)))
+        Ok((prelude::strip(ast), Some(on)))
     }
 
     fn display_file(&self, name: &str) -> String {

@@ -1262,3 +1262,49 @@ fn predict_reads_the_scorer_and_is_minus_one_without_a_model() {
     // The scorer of one evaluation does not leak into the next.
     assert_eq!(run(None).as_deref(), Some("no-model"));
 }
+
+#[test]
+fn a_constant_prelude_is_evaluated_once_and_decides_as_written() {
+    let ev = || event("custom", "");
+    // Leading constants (dropped from the compiled rule) used in expressions and arguments.
+    let src = r#"const ON = ["custom"];
+const SLOT = "s";
+const N = 3;
+let x = N + 1;
+adjust(SLOT, "v" + x, #{ n: N });"#;
+    let (out, st) = run_src(src, user_with("{}"), ev());
+    assert_eq!(
+        variants(&out),
+        [("t".into(), "s".into(), "v4".into())],
+        "{st:?}"
+    );
+    assert_eq!(out[0].params["n"], "3");
+    // A constant after a `let` stays, and the variables around it still resolve.
+    let src = r#"const A = 1;
+let b = 20;
+const C = 300;
+let d = 4000;
+adjust("s", "" + (A + b + C + d) + "-" + b + "-" + d);"#;
+    let (out, st) = run_src(src, user_with("{}"), ev());
+    assert_eq!(
+        out.first().map(|a| a.variant.as_str()),
+        Some("4321-20-4000"),
+        "{st:?}"
+    );
+    // `is_def_var` looks names up at run time: the prelude is kept as written.
+    let src = r#"const SLOT = "s";
+let name = "SL" + "OT";
+if is_def_var(name) { adjust(SLOT, "defined"); }"#;
+    let (out, st) = run_src(src, user_with("{}"), ev());
+    assert_eq!(
+        variants(&out),
+        [("t".into(), "s".into(), "defined".into())],
+        "{st:?}"
+    );
+    // Runtime errors keep their line numbers.
+    let src = "const ON = [\"custom\"];\nconst X = 1;\nlet y = X + \"a\" - 1;\n";
+    let (out, st) = run_src(src, user_with("{}"), ev());
+    assert!(out.is_empty());
+    let e = st.last_error.expect("a runtime error");
+    assert_eq!(e.line, Some(3), "{e:?}");
+}
