@@ -243,6 +243,11 @@ impl Log {
         buf[4..8].copy_from_slice(&crc.to_le_bytes());
         let result = self.write(inner, seq, &buf);
         inner.buf = buf;
+        if result.is_err() && inner.current.is_none() {
+            // The segment was closed (its end may hold a torn record): skip this seq, so the
+            // next append starts a segment of a new name instead of reopening that one.
+            inner.next = seq + 1;
+        }
         result?;
         inner.next = seq + 1;
         if trim > inner.trimmed {
@@ -287,7 +292,8 @@ impl Log {
             }
             Err(e) => {
                 // Cut the partial record off; if even that fails, the next append starts a
-                // new segment, so nothing valid ever follows a torn record.
+                // new segment (under the next seq's name), so nothing valid ever follows a
+                // torn record.
                 let prev = *len;
                 if file.set_len(prev).and_then(|()| file.sync_data()).is_err() {
                     inner.current = None;
