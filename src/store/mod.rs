@@ -230,14 +230,13 @@ impl Store {
         // The log of an earlier version (a redb file): apply what it holds past the indexed
         // store, then let it go.
         let legacy = data_dir.join(LEGACY_WAL_FILE);
+        let applied = applied_wal(&db)?;
         let legacy_tail = if legacy.exists() {
-            let applied = applied_wal(&db)?;
             Some(wal::read_legacy(&open_db(&legacy, 16 << 20)?, applied)?)
         } else {
             None
         };
-        let applied = applied_wal(&db)?;
-        let mut store = Store {
+        let store = Store {
             db,
             wal: wal::Log::open(&data_dir.join(WAL_DIR), applied)?,
             keys,
@@ -250,7 +249,7 @@ impl Store {
             }
             std::fs::remove_file(&legacy).map_err(StoreError::KeyIo)?;
             // New records are numbered past what the old log applied.
-            store.wal = wal::Log::open(&data_dir.join(WAL_DIR), store.applied_wal()?)?;
+            store.wal.number_past(store.applied_wal()?);
         }
         // What the log holds past `applied_wal` was acknowledged but is not indexed yet
         // (a crash, or a failed apply): apply it now, before anyone reads.

@@ -302,6 +302,11 @@ fn one_event(store: &Store, u: UserKey, id: u8, body: &[u8]) -> Batch {
     }
 }
 
+/// The seqs of the records the log holds after `seq`.
+fn seqs_after(log: &wal::Log, seq: u64) -> Vec<u64> {
+    log.read_after(seq).unwrap().iter().map(|r| r.0).collect()
+}
+
 #[test]
 fn after_a_clean_stop_new_log_records_are_numbered_past_what_was_applied() {
     let dir = tempfile::tempdir().unwrap();
@@ -390,20 +395,12 @@ fn a_damaged_record_is_skipped_not_replayed() {
     bytes[last] ^= 0xff; // the second record's last byte: its CRC no longer matches
     std::fs::write(&seg, &bytes).unwrap();
     let log = wal::Log::open(&log_dir, 0).unwrap();
-    let read = log.read_after(0).unwrap();
-    assert_eq!(read.iter().map(|r| r.0).collect::<Vec<_>>(), [1]);
+    assert_eq!(seqs_after(&log, 0), [1]);
     // The damaged tail was cut off: the next record follows the valid one.
     assert_eq!(log.append(&batch, 0).unwrap(), 2);
     drop(log);
     let log = wal::Log::open(&log_dir, 0).unwrap();
-    assert_eq!(
-        log.read_after(0)
-            .unwrap()
-            .iter()
-            .map(|r| r.0)
-            .collect::<Vec<_>>(),
-        [1, 2]
-    );
+    assert_eq!(seqs_after(&log, 0), [1, 2]);
 }
 
 #[test]
@@ -434,14 +431,7 @@ fn segments_roll_over_and_applied_ones_are_deleted() {
     assert_eq!(log.append(&batch, 10).unwrap(), 11);
     drop(log);
     let log = wal::Log::open_sized(&log_dir, 10, 1000).unwrap();
-    assert_eq!(
-        log.read_after(10)
-            .unwrap()
-            .iter()
-            .map(|r| r.0)
-            .collect::<Vec<_>>(),
-        [11]
-    );
+    assert_eq!(seqs_after(&log, 10), [11]);
 }
 
 #[test]

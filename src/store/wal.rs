@@ -209,17 +209,27 @@ impl Log {
             });
         }
         let last = segments.iter().map(|s| s.last).max().unwrap_or(0);
-        Ok(Log {
+        let log = Log {
             dir: dir.to_path_buf(),
             segment_bytes,
             inner: Mutex::new(Inner {
                 segments,
                 current: None,
-                next: last.max(applied) + 1,
-                trimmed: applied,
+                next: last + 1,
+                trimmed: 0,
                 buf: Vec::new(),
             }),
-        })
+        };
+        log.number_past(applied);
+        Ok(log)
+    }
+
+    /// Records up to `applied` are in the indexed store: they count as applied, and new
+    /// records get seqs above it.
+    pub(super) fn number_past(&self, applied: u64) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.next = g.next.max(applied + 1);
+        g.trimmed = g.trimmed.max(applied);
     }
 
     /// Appends `batch` durably (one write, one `fdatasync`) and drops segments applied up to
@@ -333,12 +343,7 @@ impl Log {
                 if k <= seq {
                     continue;
                 }
-                match postcard::from_bytes::<Batch>(&v) {
-                    Ok(b) => out.push((k, b)),
-                    Err(e) => {
-                        tracing::error!(seq = k, error = %e, "write-ahead log record does not decode; skipped")
-                    }
-                }
+                out.extend(decode(k, &v));
             }
         }
         Ok(out)
@@ -375,6 +380,18 @@ impl Log {
     }
 }
 
+/// The record `seq` as a batch; one that does not decode (a damaged file) is reported and
+/// skipped.
+fn decode(seq: u64, bytes: &[u8]) -> Option<(u64, Batch)> {
+    match postcard::from_bytes::<Batch>(bytes) {
+        Ok(b) => Some((seq, b)),
+        Err(e) => {
+            tracing::error!(seq, error = %e, "write-ahead log record does not decode; skipped");
+            None
+        }
+    }
+}
+
 /// The unapplied tail (records after `applied`) of a log written by an earlier version, a
 /// redb file with one table `wal: u64 → batch`.
 pub(super) fn read_legacy(
@@ -392,12 +409,7 @@ pub(super) fn read_legacy(
     let mut out = Vec::new();
     for row in t.range(applied.saturating_add(1)..)? {
         let (k, v) = row?;
-        match postcard::from_bytes::<Batch>(v.value()) {
-            Ok(b) => out.push((k.value(), b)),
-            Err(e) => {
-                tracing::error!(seq = k.value(), error = %e, "write-ahead log entry does not decode; skipped")
-            }
-        }
+        out.extend(decode(k.value(), v.value()));
     }
     Ok(out)
 }
