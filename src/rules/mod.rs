@@ -302,6 +302,7 @@ impl Rule {
                 sha: sha.clone(),
                 loaded_at_ms: now,
                 health: Health::default(),
+                runtime: thread_local::ThreadLocal::new(),
             })),
             compile_error: None,
             seen_sha: sha,
@@ -319,6 +320,47 @@ struct Compiled {
     sha: String,
     loaded_at_ms: i64,
     health: Health,
+    /// Rhai's run-time state for this rule, one per shard thread and kept between runs: its
+    /// function-resolution cache is what makes a method call cheap after the first run.
+    runtime: thread_local::ThreadLocal<std::cell::RefCell<Runtime>>,
+}
+
+/// What `Engine::run_ast_with_scope` would build afresh on every run.
+struct Runtime {
+    global: rhai::GlobalRuntimeState,
+    caches: rhai::Caches,
+}
+
+impl Runtime {
+    fn new(engine: &Engine, ast: &AST) -> Runtime {
+        let mut global = engine.new_global_runtime_state();
+        global.source = ast.source().map(Into::into);
+        global.lib.push(ast.shared_lib().clone());
+        Runtime {
+            global,
+            caches: rhai::Caches::new(),
+        }
+    }
+
+    /// Runs the rule's statements as `run_ast_with_scope` does, with this thread's state. A
+    /// run that failed may have left the state mid-call (nesting levels, a pushed cache), so
+    /// the caller drops the runtime after an error.
+    fn run(
+        &mut self,
+        engine: &Engine,
+        scope: &mut Scope,
+        ast: &AST,
+    ) -> Result<(), Box<rhai::EvalAltResult>> {
+        let g = &mut self.global;
+        g.num_operations = 0;
+        g.level = 0;
+        g.scope_level = 0;
+        g.always_search_scope = false;
+        #[allow(deprecated)] // the one entry point that takes a kept GlobalRuntimeState
+        engine
+            .eval_statements_raw(g, &mut self.caches, scope, ast.statements())
+            .map(|_| ())
+    }
 }
 
 #[derive(Default)]
@@ -695,9 +737,16 @@ impl Rules {
                 }
             }
             let call = sandbox::CallScope::enter(rule.label.clone(), timeout);
+            let engine = &self.inner.engine;
+            let cell = compiled
+                .runtime
+                .get_or(|| std::cell::RefCell::new(Runtime::new(engine, &compiled.ast)));
             let result = catch_unwind(AssertUnwindSafe(|| {
-                self.inner.engine.run_ast_with_scope(scope, &compiled.ast)
+                cell.borrow_mut().run(engine, scope, &compiled.ast)
             }));
+            if !matches!(result, Ok(Ok(()))) {
+                *cell.borrow_mut() = Runtime::new(engine, &compiled.ast);
+            }
             let adjusts = call.finish();
             // Drop the rule's own variables; `user`, `event` and `now_ms` are constants, so a
             // rule cannot change what the next rule sees.

@@ -754,6 +754,64 @@ fn infinite_loop_hits_operation_limit_and_others_still_run() {
 }
 
 #[test]
+fn the_operation_limit_counts_each_run_on_its_own() {
+    // Rhai's run-time state is kept between runs of a rule (its function cache); the count of
+    // operations must start again at zero, or the tenth run of a rule using a tenth of the
+    // limit would fail.
+    let dir = dir_with(&[(
+        "busy",
+        "let x = 0;\nfor i in 0..300 {\n  x += i;\n}\nadjust(\"s\", `v${x}`);",
+    )]);
+    let limits = RuleLimits {
+        max_operations: 2_000,
+        ..RuleLimits::default()
+    };
+    let rules = Rules::load(dir.path(), limits).expect("load");
+    for run in 0..20 {
+        let out = rules.evaluate(&input(rhai::Map::new(), rhai::Map::new()));
+        assert_eq!(
+            variants(&out),
+            [("busy".into(), "s".into(), "v44850".into())],
+            "run {run}"
+        );
+    }
+    assert_eq!(status(&rules, "busy").failures, 0);
+}
+
+#[test]
+fn a_run_that_fails_inside_a_function_leaves_the_next_run_sound() {
+    // The error unwinds out of a script function (and out of a nested call) midway; the kept
+    // run-time state is rebuilt, and later runs resolve the same functions correctly.
+    let src = r#"
+fn pick(kind) {
+    if kind == "boom" { throw "exploded in pick"; }
+    inner(kind)
+}
+fn inner(kind) { kind + "-x" }
+adjust("s", pick(event.type));
+"#;
+    let (_dir, rules) = one("f", src);
+    for (i, kind) in ["a", "boom", "b", "boom", "boom", "c"]
+        .into_iter()
+        .enumerate()
+    {
+        let out = rules.evaluate(&input(rhai::Map::new(), event(kind, "")));
+        if kind == "boom" {
+            assert!(out.is_empty(), "run {i}: {out:?}");
+        } else {
+            assert_eq!(
+                variants(&out),
+                [("f".into(), "s".into(), format!("{kind}-x"))],
+                "run {i}"
+            );
+        }
+    }
+    let st = status(&rules, "f");
+    assert_eq!(st.failures, 3);
+    assert!(last_error(&st).contains("exploded in pick"), "{st:?}");
+}
+
+#[test]
 fn slow_loop_under_the_op_limit_hits_the_timeout() {
     let dir = dir_with(&[
         ("a_first", r#"adjust("a", "one");"#),

@@ -27,10 +27,16 @@ pub struct Loaded {
     pub unreadable: usize,
 }
 
+/// The `seen` table as a snapshot reads it: (user, keyed id hash) → seq.
+type SeenTable = redb::ReadOnlyTable<([u8; 16], [u8; 16]), u64>;
+
 /// A read snapshot of the store.
 pub struct Reader<'s> {
     store: &'s Store,
     txn: ReadTransaction,
+    /// `seen`, opened on first use: a drain checks many users' ids, and opening a table
+    /// costs more than a lookup (redb compares its stored type names).
+    seen: std::cell::OnceCell<SeenTable>,
 }
 
 fn range_of(user: &UserKey, from: u64) -> std::ops::RangeInclusive<([u8; 16], u64)> {
@@ -39,7 +45,11 @@ fn range_of(user: &UserKey, from: u64) -> std::ops::RangeInclusive<([u8; 16], u6
 
 impl<'s> Reader<'s> {
     pub(super) fn new(store: &'s Store, txn: ReadTransaction) -> Reader<'s> {
-        Reader { store, txn }
+        Reader {
+            store,
+            txn,
+            seen: std::cell::OnceCell::new(),
+        }
     }
 
     /// The user's checkpoint and log tail, or `None` when the user has no key (never stored,
@@ -90,7 +100,13 @@ impl<'s> Reader<'s> {
 
     /// For each keyed event id hash: whether it was already committed for the user.
     pub fn seen_many(&self, user: &UserKey, hashes: &[[u8; 16]]) -> Result<Vec<bool>, StoreError> {
-        let t = self.txn.open_table(SEEN)?;
+        let t = match self.seen.get() {
+            Some(t) => t,
+            None => {
+                let t = self.txn.open_table(SEEN)?;
+                self.seen.get_or_init(|| t)
+            }
+        };
         hashes
             .iter()
             .map(|h| Ok(t.get((user.0, *h))?.is_some()))
