@@ -97,6 +97,7 @@ fn experiment_assigns_exposes_measures_and_recommends() {
 
     // 160 users; discount users click 3 in 4, default users 1 in 8.
     let mut arms = std::collections::HashMap::new();
+    let mut a_discount_user = None;
     for i in 0..160 {
         let user = format!("exp-user-{i}");
         let (arm, variant) = run_user(&s, &user, |arm| {
@@ -133,6 +134,9 @@ fn experiment_assigns_exposes_measures_and_recommends() {
                 Some(json!(format!("arm-{arm}"))),
                 "{ex}"
             );
+        }
+        if arm == "discount" && a_discount_user.is_none() {
+            a_discount_user = Some(user.clone());
         }
         *arms.entry(arm).or_insert(0u32) += 1;
     }
@@ -187,14 +191,18 @@ fn experiment_assigns_exposes_measures_and_recommends() {
     );
     assert_eq!(v["recommendation"]["arm"], "discount");
     assert!(!v["sequential_history"].as_array().unwrap().is_empty());
-    // The experiment's params override the rule's.
-    let ex = s.export("exp-user-1").unwrap();
-    let d = ex["decisions"]
+    // The experiment's params override the rule's: a user of the discount arm was shown the
+    // discount with the experiment's code.
+    let user = a_discount_user.expect("the discount arm has users (checked above)");
+    let ex = s.export(&user).unwrap();
+    let shown: Vec<&Value> = ex["decisions"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|d| d["variant"] == "discount");
-    if let Some(d) = d {
+        .filter(|d| d["variant"] == "discount")
+        .collect();
+    assert!(!shown.is_empty(), "{ex}");
+    for d in shown {
         assert_eq!(d["params"]["code"], "EXP10", "{d}");
     }
 

@@ -169,7 +169,17 @@ fn cross_validation_reports_every_fold() {
     let data = small_data(3);
     let cv = cross_validate(&data.slice(0..900), 3, &quick_cfg(2), 0.15, &mut |_| {}).unwrap();
     assert_eq!(cv.folds.len(), 3);
-    assert!(cv.mean.auc > 0.5 && cv.sd.auc >= 0.0, "{cv:?}");
+    assert!(cv.mean.auc > 0.5, "{cv:?}");
+    // The mean and the sample standard deviation (n − 1) are those of the folds' AUCs.
+    let aucs: Vec<f64> = cv.folds.iter().map(|m| m.auc).collect();
+    let mean = aucs.iter().sum::<f64>() / 3.0;
+    let sd = (aucs.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / 2.0).sqrt();
+    assert!((cv.mean.auc - mean).abs() < 1e-12, "{cv:?}");
+    assert!((cv.sd.auc - sd).abs() < 1e-12, "{cv:?}");
+    assert!(
+        aucs.windows(2).any(|w| w[0] != w[1]),
+        "folds differ, so the sd is not trivially 0: {aucs:?}"
+    );
     assert!(cross_validate(&data, 1, &quick_cfg(1), 0.15, &mut |_| {}).is_err());
 }
 
