@@ -7,9 +7,9 @@
 //! (the batches are safe in the log meanwhile; the bounded queue pushes back on the writer).
 //!
 //! Batching: a transaction at most every `pipeline.index_ms` (unless a barrier waits), so the
-//! events of one visit share their pages; most transactions skip the `fsync` (the log holds
-//! their batches until a durable one every few seconds); the thread runs at a lower CPU
-//! priority than the shards and the writer, which are on the acknowledgement's path.
+//! events of one visit share their pages; every transaction is durable (see [`Indexer::flush`]
+//! for why); the thread runs at a lower CPU priority than the shards and the writer, which are
+//! on the acknowledgement's path.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -29,16 +29,6 @@ use crate::store::{Batch, EraseCounts, Store};
 /// Bytes of logged batches waiting to be applied above which the writer waits (backpressure).
 /// Below it the writer never waits for the indexer, even while a large transaction runs.
 const QUEUE_BYTES: usize = 64 << 20;
-/// Longest time between two durable transactions of the indexed store: the others are
-/// applied without an `fsync` (visible at once, on disk with the next durable one), and the
-/// log is trimmed only up to what is durable. Zero: every transaction (one per `index_ms`)
-/// is durable. redb keeps a non-durable transaction's pages in its own write buffer, so
-/// fsyncing every 5 s wrote five seconds of B-tree pages at once — 0.5–1 s of I/O during
-/// which the log's small `fdatasync` queued behind it on the disk (group commits of 170–355
-/// ms, the WebSocket loop's ack p99 at 1 000 sessions 236 ms). A second's worth each time
-/// keeps that wait to tens of ms (p99 59 ms in the same run). Shorter intervals cost more
-/// CPU (each transaction copies the leaves it touches) than they save.
-const DURABLE_EVERY: Duration = Duration::ZERO;
 
 pub(crate) enum Item {
     /// A logged batch and the (shard, op) marks of the work in it.
@@ -116,9 +106,6 @@ struct Indexer {
     rx: Receiver<Item>,
     queued: Arc<AtomicUsize>,
     interval: Duration,
-    last_durable: Instant,
-    /// Last seq applied by any transaction (durable or not).
-    applied_any: u64,
     store: Arc<Store>,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
@@ -147,8 +134,6 @@ pub(crate) fn start(
         rx,
         queued: queued.clone(),
         interval,
-        last_durable: Instant::now(),
-        applied_any: 0,
         store,
         hub,
         metrics,
@@ -232,24 +217,22 @@ impl Indexer {
         }
     }
 
-    /// Applies every pending batch in one transaction (retrying on failure), then publishes
-    /// the marks.
+    /// Applies every pending batch in one durable transaction (retrying on failure), then
+    /// publishes the marks; the writer trims the log up to what is applied.
+    ///
+    /// Every transaction is fsynced, one per `index_ms`. redb keeps a non-durable
+    /// transaction's pages in its own write buffer, so the earlier scheme (an fsync every 5 s)
+    /// wrote five seconds of B-tree pages at once — 0.5–1 s of I/O during which the log's
+    /// small `fdatasync` queued behind it on the disk (group commits of 170–355 ms). A second's
+    /// worth each time keeps that wait to tens of ms (paired WebSocket runs at 1 000 sessions:
+    /// ack p99 327–353 ms before, 136–244 ms after). Shorter intervals cost more CPU (each
+    /// transaction copies every leaf it touches) than they save.
     fn flush(&mut self, stopping: bool) {
-        // Durable: every few seconds, at barriers (export/erase/sync readers may outlive a crash
-        // of ours) and at the end; the log is trimmed only up to a durable transaction.
-        let durable = stopping || self.last_durable.elapsed() >= DURABLE_EVERY;
-        if !self.pending.is_empty()
-            || (durable && self.applied_any > self.applied.load(Ordering::Acquire))
-        {
+        if !self.pending.is_empty() {
             let mut tries = 0u32;
             loop {
                 let t = Instant::now();
-                let result = if self.pending.is_empty() {
-                    self.store.mark_durable()
-                } else {
-                    self.store.apply(&self.pending, durable)
-                };
-                match result {
+                match self.store.apply(&self.pending, true) {
                     Ok(()) => {
                         self.metrics
                             .index_latency
@@ -260,11 +243,7 @@ impl Indexer {
                         let last = self.pending.iter().map(|(s, _)| *s).max().unwrap_or(0);
                         let bytes = std::mem::take(&mut self.pending_bytes);
                         self.queued.fetch_sub(bytes, Ordering::AcqRel);
-                        self.applied_any = self.applied_any.max(last);
-                        if durable {
-                            self.applied.fetch_max(self.applied_any, Ordering::Release);
-                            self.last_durable = Instant::now();
-                        }
+                        self.applied.fetch_max(last, Ordering::Release);
                         self.pending.clear();
                         break;
                     }
