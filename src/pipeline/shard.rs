@@ -133,15 +133,48 @@ pub(crate) struct Shard {
     quarantine: HashMap<UserKey, (u64, u64)>,
     op: u64,
     work: Work,
+    /// [`Shard::committed`], as of the last [`Snap::refresh`].
+    committed: u64,
 }
 
-/// The drain's read snapshot, opened on first use.
+/// The shard's read snapshot, opened on first use and kept across drains until a write
+/// transaction commits (then the next drain opens a fresh one): at a few messages per drain,
+/// opening a redb read transaction and its `seen` table was most of a drain's fixed cost.
 struct Snap<'s> {
     store: &'s Store,
     reader: Option<Reader<'s>>,
+    /// The store's generation the reader (open or still to be opened) is at least as new as.
+    generation: u64,
 }
 
+/// How long an idle shard keeps a snapshot that later commits have made stale (a live read
+/// transaction keeps redb from reusing the pages freed since).
+const STALE_SNAPSHOT: Duration = Duration::from_secs(1);
+
 impl<'s> Snap<'s> {
+    fn new(store: &'s Store) -> Snap<'s> {
+        Snap {
+            store,
+            reader: None,
+            generation: store.generation(),
+        }
+    }
+
+    /// At the start of a drain: returns how far this shard's operations are indexed, as a lower
+    /// bound of what the snapshot holds, and drops the reader if a write committed since it
+    /// was opened. `indexed` is read before the generation: the indexer publishes an operation
+    /// only after the transaction holding it has committed (and bumped the generation), so an
+    /// operation seen here is in every snapshot of this generation.
+    fn refresh(&mut self, indexed: &AtomicU64) -> u64 {
+        let committed = indexed.load(Ordering::Acquire);
+        let g = self.store.generation();
+        if g != self.generation {
+            self.reader = None;
+            self.generation = g;
+        }
+        committed
+    }
+
     fn get(&mut self) -> Result<&Reader<'s>, PipelineError> {
         if self.reader.is_none() {
             self.reader = Some(self.store.reader().map_err(storage)?);
@@ -183,6 +216,7 @@ impl Shard {
             quarantine: HashMap::new(),
             op: 0,
             work,
+            committed: 0,
         }
     }
 
@@ -190,19 +224,24 @@ impl Shard {
         self.p.clock.now_ms()
     }
 
-    /// This shard's operations up to here are in the indexed store (or failed): their event
-    /// ids are in its `seen` table, their users may be evicted and reloaded.
+    /// This shard's operations up to here are in the indexed store (or failed) and in the
+    /// drain's snapshot: their event ids are in its `seen` table, their users may be evicted
+    /// and reloaded.
     fn committed(&self) -> u64 {
-        self.p.indexed[self.p.idx].load(Ordering::Acquire)
+        self.committed
     }
 
     pub(crate) fn run(mut self) {
         self.recover();
         let store = self.p.store.clone();
+        let mut snap = Snap::new(&store);
         loop {
-            let wait = self.next_wake().map_or(Duration::from_secs(3600), |due| {
+            let mut wait = self.next_wake().map_or(Duration::from_secs(3600), |due| {
                 Duration::from_millis((due - self.now()).max(0) as u64)
             });
+            if snap.reader.is_some() {
+                wait = wait.min(STALE_SNAPSHOT);
+            }
             let first = select! {
                 recv(self.p.rx) -> msg => match msg {
                     Ok(m) => Some(m),
@@ -214,10 +253,7 @@ impl Shard {
                 },
                 default(wait) => None,
             };
-            let mut snap = Snap {
-                store: &store,
-                reader: None,
-            };
+            self.committed = snap.refresh(&self.p.indexed[self.p.idx]);
             if let Some(m) = first {
                 self.handle(m, &mut snap);
                 for _ in 1..MAX_DRAIN {
@@ -229,7 +265,6 @@ impl Shard {
             }
             self.fire_timers(&mut snap);
             self.checkpoint_due(false);
-            drop(snap);
             self.flush();
         }
         // Shutdown: every dirty user is checkpointed, so the next start replays nothing.
@@ -788,10 +823,8 @@ impl Shard {
         let store = self.p.store.clone();
         let replayed_before = self.p.metrics.replayed.get();
         for chunk in users.chunks(256) {
-            let mut snap = Snap {
-                store: &store,
-                reader: None,
-            };
+            let mut snap = Snap::new(&store);
+            self.committed = snap.refresh(&self.p.indexed[self.p.idx]);
             for u in chunk {
                 match self.entry(u, &mut snap, false) {
                     Ok(Some(e)) => {

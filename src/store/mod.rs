@@ -146,6 +146,9 @@ pub struct Store {
     path: PathBuf,
     /// Whether the previous process stopped gracefully (every user checkpointed).
     was_clean: bool,
+    /// Write transactions committed since open: a read snapshot opened at generation `g` sees
+    /// everything while the generation is still `g` (shards keep one across drains).
+    generation: std::sync::atomic::AtomicU64,
 }
 
 /// Default page cache of the indexed store (`pipeline.store_cache_mb`).
@@ -242,6 +245,7 @@ impl Store {
             keys,
             path,
             was_clean,
+            generation: Default::default(),
         };
         if let Some(tail) = legacy_tail {
             if !tail.is_empty() {
@@ -313,6 +317,7 @@ impl Store {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(redb::Durability::Immediate)?;
         txn.commit()?;
+        self.committed_one();
         Ok(())
     }
 
@@ -322,6 +327,7 @@ impl Store {
         txn.set_durability(redb::Durability::Immediate)?;
         txn.open_table(META)?.insert("shutdown", &b"clean"[..])?;
         txn.commit()?;
+        self.committed_one();
         Ok(())
     }
 
@@ -335,7 +341,18 @@ impl Store {
         self.keys.get(user).map(|k| Sealer::new(&k))
     }
 
-    /// A consistent snapshot for reading (cheap; shards open one per drain of their queue).
+    /// How many write transactions have committed since open (see [`Reader`]'s freshness).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Called after every successful write transaction, before anyone is told of it.
+    fn committed_one(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// A consistent snapshot for reading (cheap; shards keep one until the next write commits).
     pub fn reader(&self) -> Result<Reader<'_>, StoreError> {
         Ok(Reader::new(self, self.db.begin_read()?))
     }

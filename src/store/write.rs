@@ -164,6 +164,7 @@ impl Store {
                 .insert("applied_wal", &last.to_le_bytes()[..])?;
         }
         txn.commit()?;
+        self.committed_one();
         Ok(())
     }
 
@@ -222,6 +223,7 @@ impl Store {
             counts.learn = l;
         }
         txn.commit()?;
+        self.committed_one();
         Ok(counts)
     }
 }

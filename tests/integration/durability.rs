@@ -384,3 +384,32 @@ fn a_batch_of_a_hundred_new_users_is_durable_when_acknowledged() {
         "{r}"
     );
 }
+
+/// A resent id is a duplicate at every stage of its first copy: in flight, indexed, and after
+/// the checkpoint that lets the shard forget it (then only the indexed `seen` table knows it,
+/// read through a snapshot the shard keeps across drains until a write commits).
+#[test]
+fn resent_ids_stay_duplicates_while_indexing_and_checkpoints_run() {
+    let s = Server::start(Opts::with_repo_scripts(
+        "[pipeline]\nindex_ms = 20\ncheckpoint_ms = 40\n",
+    ));
+    let t = s.identify("dedup-user");
+    let mut sent: Vec<Value> = Vec::new();
+    for round in 0..12 {
+        let e = custom(&eid("dd"), "dedup", serde_json::json!({ "round": round }));
+        let r = s.post_ok(&t, vec![e.clone()]);
+        assert_eq!(
+            (r["accepted"].clone(), r["duplicates"].clone()),
+            (1.into(), 0.into()),
+            "{r}"
+        );
+        sent.push(e);
+        // Every earlier id again, at a different delay after its first copy each round.
+        std::thread::sleep(Duration::from_millis(7 * round));
+        let r = s.post_ok(&t, sent.clone());
+        assert_eq!(r["accepted"], 0, "round {round}: {r}");
+        assert_eq!(r["duplicates"], sent.len(), "round {round}: {r}");
+    }
+    let got = s.export("dedup-user").expect("export");
+    assert_eq!(exported_ids(&got), ids_of(&sent), "{got}");
+}
