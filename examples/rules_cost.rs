@@ -15,6 +15,10 @@
 //! `session`: N page visits as the SDK reports them (page view, scrolls, mouse summaries,
 //! hovers, dwells, a click, …; 57 events each) through the whole decision step
 //! (`decide::step`: features, attribution, assignment, rules, admission) — divide by 57·N.
+//!
+//! Remembered runs (`scripts/README.md`) are on as in the server, so the single-event cases
+//! measure a replay after their first run; `MEMO=0` in the environment turns them off (every
+//! evaluation runs Rhai). `session` is the one whose reads vary as they do in real traffic.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -25,6 +29,14 @@ use trimtab::event::{parse_batch, Event, Limits};
 use trimtab::features::{FeatureConfig, UserState};
 use trimtab::privacy::UserKey;
 use trimtab::rules::{RuleInput, RuleLimits, Rules};
+
+/// The rules' limits: the defaults, with remembered runs off when `MEMO=0`.
+fn limits() -> RuleLimits {
+    RuleLimits {
+        memo: std::env::var("MEMO").map_or(true, |v| v != "0"),
+        ..RuleLimits::default()
+    }
+}
 
 fn parse(now: i64, events: serde_json::Value) -> Vec<Event> {
     let body = serde_json::to_vec(&json!({ "events": events })).expect("json");
@@ -79,7 +91,7 @@ fn main() {
     // RULES_DIR=dir: other rules (to measure the cost of a construct).
     let dir = std::env::var("RULES_DIR")
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/scripts").to_string());
-    let rules = Rules::load(Path::new(&dir), RuleLimits::default()).expect("rules load");
+    let rules = Rules::load(Path::new(&dir), limits()).expect("rules load");
     let key = UserKey([3; 16]);
     let event = Arc::new(event);
     let mut state = Some(state);
@@ -197,7 +209,7 @@ fn session(now: i64, n: usize) {
     let dir = std::env::temp_dir().join(format!("rules-cost-{}", std::process::id()));
     let rules = Rules::load(
         Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts")),
-        RuleLimits::default(),
+        limits(),
     )
     .expect("rules load");
     let experiments = trimtab::experiments::Experiments::load(&dir.join("exp"), rules.clone(), 0.0)

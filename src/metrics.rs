@@ -306,7 +306,7 @@ impl Metrics {
             .map(|r| {
                 json!({
                     "name": r.name, "state": r.state, "enabled": r.enabled, "runs": r.runs,
-                    "failures": r.failures, "adjustments": r.adjustments,
+                    "failures": r.failures, "adjustments": r.adjustments, "replayed": r.replayed,
                     "disabled_reason": r.disabled_reason, "file": r.file,
                     "consecutive_failures": r.consecutive_failures,
                     "last_error": r.last_error.as_ref().map(|e| json!({"message": e.message, "location": e.location})),
@@ -358,6 +358,12 @@ impl Metrics {
             "adjust() calls by rule",
             "counter",
             &|r| r.adjustments,
+        );
+        family(
+            "trimtab_rule_replays_total",
+            "Rule evaluations answered from a remembered run with the same reads",
+            "counter",
+            &|r| r.replayed,
         );
         family(
             "trimtab_rule_enabled",

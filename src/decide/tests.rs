@@ -792,3 +792,231 @@ proptest::proptest! {
         proptest::prop_assert_eq!(&u.replayed(&w), &u.state);
     }
 }
+
+// ---------------------------------------------------------------- remembered rule runs
+
+/// A rule that makes every kind of read `rules::memo` records (view fields, map operations on
+/// the views, each helper, `experiment`, `predict`), and whose outcome depends on them.
+const READS_ALL: &str = r#"
+let score = 0;
+if user.showing("s") == "a" { score += 1; }
+if user.experiment("exp") == "b" { score += 2; }
+if experiment("exp") == "a" { score += 4; }
+if user.hover_ms("cta") > 500 { score += 8; }
+if user.hovering_ms("product-image") > 0 { score += 16; }
+if user.hover_count("pricing") >= 2 { score += 32; }
+if user.dwell_ms("cta") > 1000 { score += 64; }
+if user.clicks("cta") > 0 { score += 128; }
+if user.seen("pricing") { score += 256; }
+if user.seq_contains("click:cta") { score += 512; }
+if user.seq_ends_with(["hover:cta", "click:cta"]) { score += 1024; }
+if user.seq_count("hover") > 2 { score += 2048; }
+if user.seq_count_last(4, "scroll") > 1 { score += 4096; }
+if user.hour() >= 12 && !user.is_mobile() { score += 8192; }
+if predict("click", "s", "a") > 0.5 { score += 16384; }
+if "scroll" in user && user.len() > 3 && user.keys().len() == user.len() { score += 1; }
+if "props" in event && event.len() == event.keys().len() { score += 1; }
+let kind = event.type;
+let params = #{ score: score, kind: kind, page: user["page"] ?? "", target: event.target };
+if kind == "custom" {
+    params.last = user.seq_last(2);
+    params.props = event.props;
+    params.sessions = user.to_map().sessions;
+    params.ts = event.to_map().ts;
+}
+if kind == "scroll" && user.scroll.depth > 50.0 { params.deep = true; }
+adjust("reads", "v" + score % 5, params);
+"#;
+
+/// The shipped rules, `READS_ALL` and the experiment of `busy_world`, on one rules directory.
+fn memo_world() -> World {
+    World::new(
+        &[
+            ("every", EVERY_GO),
+            ("reads_all", READS_ALL),
+            ("scroll_offer", include_str!("../../scripts/scroll_offer.rhai")),
+            ("hover_review", include_str!("../../scripts/hover_review.rhai")),
+            ("cta_by_context", include_str!("../../scripts/cta_by_context.rhai")),
+        ],
+        0.2,
+    )
+    .with_experiment(
+        "exp",
+        "slot = \"s\"\nprimary_metric = \"clicks\"\nvariants = [{name = \"a\"}, {name = \"b\"}]\n[metrics.clicks]\nkind = \"mean\"\nevent = \"click\"\n",
+    )
+}
+
+/// The world's rules directory loaded once more, remembering runs or not.
+fn rules_of(w: &World, memo: bool) -> Rules {
+    let limits = RuleLimits {
+        memo,
+        ..RuleLimits::default()
+    };
+    Rules::load(&w._dir.path().join("rules"), limits).unwrap()
+}
+
+/// Evaluates both rule sets on `u`'s state as it is now, for its last real event and for a
+/// tick and a first-paint decide, and checks they ask for exactly the same adjustments.
+fn evaluate_both(on: &Rules, off: &Rules, u: &Driver, at: i64) -> Result<(), String> {
+    let state = Arc::new(u.state.clone());
+    let mut events = vec![
+        view::EventData::Synthetic {
+            kind: "tick",
+            session: u.session.clone(),
+            ts: at,
+            props: rhai::Map::new(),
+        },
+        view::EventData::Synthetic {
+            kind: "decide",
+            session: u.session.clone(),
+            ts: at,
+            props: [("slot".into(), rhai::Dynamic::from("cta".to_string()))]
+                .into_iter()
+                .collect(),
+        },
+    ];
+    if let Some((_, Some(ev), _)) = u.log.last() {
+        events.push(view::EventData::Real(Arc::new(ev.clone())));
+    }
+    for data in events {
+        let kind = match &data {
+            view::EventData::Real(ev) => ev.kind().as_str(),
+            view::EventData::Synthetic { kind, .. } => kind,
+        };
+        let event = view::event_view(data);
+        let input = RuleInput {
+            user: view::user_view(&u.key, state.clone(), at),
+            event,
+            now_ms: at,
+            kind: Some(kind),
+            scorer: None,
+        };
+        let (a, b) = (on.evaluate(&input), off.evaluate(&input));
+        if a != b {
+            return Err(format!("{kind}: remembered {a:?} != ran {b:?}"));
+        }
+    }
+    Ok(())
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+    /// A remembered run replays exactly what running the rule gives: three users of one
+    /// random session mix share every rule's tree, and each state they pass through is
+    /// evaluated with runs remembered and without.
+    #[test]
+    fn remembered_rule_runs_decide_exactly_like_running_the_rule(
+        ops in proptest::collection::vec((0usize..3, op(), 1i64..4_000), 1..150),
+    ) {
+        let w = memo_world();
+        let (on, off) = (rules_of(&w, true), rules_of(&w, false));
+        let mut users: Vec<Driver> = (0..3).map(|i| Driver::new(10 + i)).collect();
+        let mut at = T0 + 7 * 3_600_000;
+        for (who, o, dt) in &ops {
+            at += dt;
+            users[*who].run(&w, o, at);
+            let r = evaluate_both(&on, &off, &users[*who], at);
+            proptest::prop_assert!(r.is_ok(), "{}", r.unwrap_err());
+        }
+    }
+}
+
+/// A small deterministic stream of operations (a linear congruential generator over `op`'s
+/// kinds), for tests that need the same mix every time.
+fn scripted_ops(n: usize, mut seed: u64) -> Vec<(usize, Op, i64)> {
+    let mut next = move || {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        seed >> 33
+    };
+    (0..n)
+        .map(|_| {
+            let (a, b, c) = (next() as u8, next() as u8, next());
+            let op = match next() % 10 {
+                0 => Op::PageView(a),
+                1 => Op::Scroll((c % 101) as f64),
+                2 | 3 => Op::Hover(a, b),
+                4 => Op::Dwell(a, b, c % 5_000),
+                5 => Op::Click(a, b % 2 == 0),
+                6 => Op::Tick,
+                7 => Op::Decide(a),
+                8 => Op::Visibility(b % 2 == 0),
+                _ => Op::Go(c % 6),
+            };
+            ((next() % 3) as usize, op, 1 + (c % 4_000) as i64)
+        })
+        .collect()
+}
+
+#[test]
+fn rule_runs_are_remembered_and_replayed_across_users() {
+    let w = memo_world();
+    let (on, off) = (rules_of(&w, true), rules_of(&w, false));
+    let mut users: Vec<Driver> = (0..3).map(|i| Driver::new(20 + i)).collect();
+    let mut at = T0 + 19 * 3_600_000; // the evening: cta_by_context's first branch
+    for (who, o, dt) in scripted_ops(600, 7) {
+        at += dt;
+        users[who].run(&w, &o, at);
+        evaluate_both(&on, &off, &users[who], at).unwrap();
+    }
+    for name in ["reads_all", "hover_review", "cta_by_context"] {
+        let (a, b) = (on.status(name).unwrap(), off.status(name).unwrap());
+        assert_eq!(a.runs, b.runs, "{name}: every run counts, replayed or not");
+        assert_eq!(a.adjustments, b.adjustments, "{name}");
+        assert_eq!(b.replayed, 0, "{name}: nothing is replayed with memo off");
+        // reads_all reads everything, so few of its situations recur; the shipped rules
+        // return early on few-valued reads and mostly replay.
+        let least = if name == "reads_all" {
+            a.runs / 20
+        } else {
+            a.runs / 2
+        };
+        assert!(
+            a.replayed > least,
+            "{name}: {} of {} runs replayed",
+            a.replayed,
+            a.runs
+        );
+    }
+}
+
+#[test]
+fn rules_that_read_the_clock_or_log_are_never_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = [
+        (
+            "clock",
+            "if now_ms > 0 && user.showing(\"x\") == \"\" { adjust(\"x\", \"a\"); }",
+        ),
+        (
+            "logs",
+            "log(\"seen \" + event.type); if user.showing(\"y\") == \"\" { adjust(\"y\", \"b\"); }",
+        ),
+        (
+            "plain",
+            "if user.showing(\"z\") == \"\" { adjust(\"z\", \"c\"); }",
+        ),
+    ];
+    for (name, src) in rules {
+        std::fs::write(dir.path().join(format!("{name}.rhai")), src).unwrap();
+    }
+    let rules = Rules::load(dir.path(), RuleLimits::default()).unwrap();
+    let mut u = Driver::new(3);
+    for i in 0..5 {
+        let ev = u.event(Props::Visibility { visible: true }, None, T0 + i);
+        let input = RuleInput {
+            user: view::user_view(&u.key, Arc::new(u.state.clone()), T0 + i),
+            event: view::event_view(view::EventData::Real(Arc::new(ev))),
+            now_ms: T0 + i,
+            kind: Some("visibility"),
+            scorer: None,
+        };
+        let out = rules.evaluate(&input);
+        assert_eq!(out.len(), 3, "every rule asks every time: {out:?}");
+    }
+    let st = |n: &str| rules.status(n).unwrap();
+    assert_eq!((st("clock").runs, st("clock").replayed), (5, 0));
+    assert_eq!((st("logs").runs, st("logs").replayed), (5, 0));
+    assert_eq!((st("plain").runs, st("plain").replayed), (5, 4));
+    assert_eq!(st("plain").adjustments, 5);
+}

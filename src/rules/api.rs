@@ -11,8 +11,9 @@ use std::collections::BTreeMap;
 
 use rhai::{Array, Dynamic, Engine, EvalAltResult, FuncRegistration, Map, NativeCallContext, INT};
 
+use super::memo::{self, Read};
 use super::sandbox::{script_log, with_current};
-use super::view::{self, TargetStat, UserView};
+use super::view::{self, UserView};
 use super::AdjustRequest;
 
 /// Longest slot, variant or param name, in characters.
@@ -25,6 +26,7 @@ pub const MAX_PARAM_VALUE_CHARS: usize = 512;
 pub const MAX_ADJUSTS_PER_RUN: usize = 16;
 
 type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
+type Str = rhai::ImmutableString;
 
 /// Registers a pure (read-only) function, callable as a method on the constant `user`.
 macro_rules! pure {
@@ -55,7 +57,7 @@ pub(crate) fn register(engine: &mut Engine) {
         );
     FuncRegistration::new("experiment")
         .with_volatility(true)
-        .register_into_engine(engine, |id: &str| super::sandbox::arm_of(id));
+        .register_into_engine(engine, |id: Str| memo::global(Read::Arm(id)));
     pure!(engine, "experiment", |u: &mut Map, id: &str| {
         u.get("experiments")
             .and_then(|e| {
@@ -66,8 +68,8 @@ pub(crate) fn register(engine: &mut Engine) {
     });
     FuncRegistration::new("predict")
         .with_volatility(true)
-        .register_into_engine(engine, |kind: &str, slot: &str, variant: &str| {
-            super::sandbox::predict(kind, slot, variant)
+        .register_into_engine(engine, |kind: Str, slot: Str, variant: Str| {
+            memo::global(Read::Predict(kind, slot, variant))
         });
     FuncRegistration::new("log")
         .with_volatility(true)
@@ -127,52 +129,68 @@ pub(crate) fn register(engine: &mut Engine) {
             .unwrap_or_default()
     });
 
-    // The same helpers on the lazy view the engine passes (see `view`).
+    // The same helpers on the lazy view the engine passes (see `view`); every read goes
+    // through `memo`, which records it when the run is being remembered.
     view::register(engine);
-    pure!(engine, "experiment", |u: &mut UserView, id: &str| {
-        u.source().experiment(id).unwrap_or_default().to_string()
+    pure!(engine, "experiment", |u: &mut UserView, id: Str| {
+        memo::user(u, Read::UserExperiment(id))
     });
-    pure!(engine, "hover_ms", |u: &mut UserView, t: &str| {
-        view::hover_ms(u, t)
-    });
-    pure!(engine, "hovering_ms", |u: &mut UserView, t: &str| {
-        u.source().target(t, TargetStat::HoveringMs)
-    });
-    pure!(engine, "hover_count", |u: &mut UserView, t: &str| {
-        u.source().target(t, TargetStat::HoverCount)
-    });
-    pure!(engine, "dwell_ms", |u: &mut UserView, t: &str| {
-        view::dwell_ms(u, t)
-    });
-    pure!(engine, "clicks", |u: &mut UserView, t: &str| {
-        u.source().target(t, TargetStat::Clicks)
-    });
-    pure!(engine, "seen", |u: &mut UserView, t: &str| view::dwell_ms(
-        u, t
-    ) > 0);
-    pure!(engine, "seq_last", |u: &mut UserView, n: INT| u.seq_last(n));
-    pure!(engine, "seq_contains", |u: &mut UserView, entry: &str| {
-        view::seq_contains(u, entry)
+    pure!(engine, "hover_ms", |u: &mut UserView, t: Str| memo::user(
+        u,
+        Read::HoverMs(t)
+    ));
+    pure!(
+        engine,
+        "hovering_ms",
+        |u: &mut UserView, t: Str| memo::user(u, Read::HoveringMs(t))
+    );
+    pure!(
+        engine,
+        "hover_count",
+        |u: &mut UserView, t: Str| memo::user(u, Read::HoverCount(t))
+    );
+    pure!(engine, "dwell_ms", |u: &mut UserView, t: Str| memo::user(
+        u,
+        Read::DwellMs(t)
+    ));
+    pure!(engine, "clicks", |u: &mut UserView, t: Str| memo::user(
+        u,
+        Read::Clicks(t)
+    ));
+    pure!(engine, "seen", |u: &mut UserView, t: Str| memo::user(
+        u,
+        Read::Seen(t)
+    ));
+    pure!(engine, "seq_last", |u: &mut UserView, n: INT| memo::user(
+        u,
+        Read::SeqLast(n)
+    ));
+    pure!(engine, "seq_contains", |u: &mut UserView, e: Str| {
+        memo::user(u, Read::SeqContains(e))
     });
     pure!(
         engine,
         "seq_ends_with",
-        |u: &mut UserView, suffix: Array| { view::seq_ends_with(u, &suffix) }
+        |u: &mut UserView, suffix: Array| { memo::user(u, Read::SeqEndsWith(suffix)) }
     );
-    pure!(engine, "seq_count", |u: &mut UserView, prefix: &str| {
-        view::seq_count(u, prefix)
-    });
+    pure!(engine, "seq_count", |u: &mut UserView, p: Str| memo::user(
+        u,
+        Read::SeqCount(p)
+    ));
     pure!(
         engine,
         "seq_count_last",
-        |u: &mut UserView, n: INT, prefix: &str| { view::seq_count_last(u, n, prefix) }
+        |u: &mut UserView, n: INT, p: Str| { memo::user(u, Read::SeqCountLast(n, p)) }
     );
-    pure!(engine, "hour", |u: &mut UserView| u.source().hour());
-    pure!(engine, "is_mobile", |u: &mut UserView| u.source().device()
-        == "mobile");
-    pure!(engine, "showing", |u: &mut UserView, slot: &str| {
-        u.source().showing(slot).to_string()
-    });
+    pure!(engine, "hour", |u: &mut UserView| memo::user(u, Read::Hour));
+    pure!(engine, "is_mobile", |u: &mut UserView| memo::user(
+        u,
+        Read::IsMobile
+    ));
+    pure!(engine, "showing", |u: &mut UserView, slot: Str| memo::user(
+        u,
+        Read::Showing(slot)
+    ));
 
     #[cfg(test)]
     FuncRegistration::new("__test_panic")

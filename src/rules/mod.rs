@@ -21,6 +21,7 @@
 //! The script model and API are documented for rule authors in `scripts/README.md`.
 
 pub mod api;
+mod memo;
 mod prelude;
 mod sandbox;
 pub mod view;
@@ -75,6 +76,9 @@ pub struct RuleLimits {
     pub timeout_ms: u64,
     /// Failures in a row after which a rule is disabled until its file changes.
     pub max_consecutive_failures: u32,
+    /// Replay a rule's outcome without running it when everything it read in an earlier run
+    /// reads the same now (`scripts/README.md`, "What a rule costs"). Off: every run runs.
+    pub memo: bool,
 }
 
 impl Default for RuleLimits {
@@ -91,6 +95,7 @@ impl Default for RuleLimits {
             max_functions: 64,
             timeout_ms: 50,
             max_consecutive_failures: 5,
+            memo: true,
         }
     }
 }
@@ -179,6 +184,8 @@ pub struct RuleStatus {
     pub consecutive_failures: u32,
     /// `adjust()` calls returned since the rule was first loaded (kept across reloads).
     pub adjustments: u64,
+    /// Runs answered by replaying a remembered run instead of running Rhai (also in `runs`).
+    pub replayed: u64,
     /// When the running version (or, failing that, the current file) was loaded, Unix ms.
     pub loaded_at_ms: i64,
     /// SHA-256 (hex) of the running version's source (or of the current file if none runs).
@@ -287,7 +294,7 @@ impl Rule {
     fn compiled(
         name: &str,
         file: String,
-        (ast, on): (AST, Option<Vec<String>>),
+        (ast, on, memo): (AST, Option<Vec<String>>, bool),
         sha: String,
         now: i64,
         counters: Arc<Counters>,
@@ -303,6 +310,8 @@ impl Rule {
                 loaded_at_ms: now,
                 health: Health::default(),
                 runtime: thread_local::ThreadLocal::new(),
+                memo,
+                trace: thread_local::ThreadLocal::new(),
             })),
             compile_error: None,
             seen_sha: sha,
@@ -323,6 +332,10 @@ struct Compiled {
     /// Rhai's run-time state for this rule, one per shard thread and kept between runs: its
     /// function-resolution cache is what makes a method call cheap after the first run.
     runtime: thread_local::ThreadLocal<std::cell::RefCell<Runtime>>,
+    /// Whether runs of this version may be remembered (its source does not name `now_ms`).
+    memo: bool,
+    /// Remembered runs, one tree per shard thread (see `memo`).
+    trace: thread_local::ThreadLocal<std::cell::RefCell<memo::Trace>>,
 }
 
 /// What `Engine::run_ast_with_scope` would build afresh on every run.
@@ -368,6 +381,8 @@ struct Counters {
     runs: AtomicU64,
     failures: AtomicU64,
     adjustments: AtomicU64,
+    /// Runs answered from remembered runs (also counted in `runs`).
+    replayed: AtomicU64,
 }
 
 #[derive(Default)]
@@ -613,8 +628,11 @@ impl Rules {
         &self,
         file: &str,
         text: &str,
-    ) -> Result<(AST, Option<Vec<String>>), RuleErrorInfo> {
+    ) -> Result<(AST, Option<Vec<String>>, bool), RuleErrorInfo> {
         let ast = self.compile(file, text)?;
+        // A rule that reads the clock reads something new on every run: never remembered.
+        // (Textual, so a comment naming it also opts out; that is only slower, never wrong.)
+        let memo = !text.contains("now_ms");
         let bad = |message: String| RuleErrorInfo {
             message,
             line: None,
@@ -625,7 +643,7 @@ impl Rules {
             .iter_literal_variables(true, false)
             .find(|(n, _, _)| *n == "ON")
         else {
-            return Ok((prelude::strip(ast), None));
+            return Ok((prelude::strip(ast), None, memo));
         };
         let Some(list) = value.read_lock::<rhai::Array>().map(|a| a.clone()) else {
             return Err(bad(
@@ -646,7 +664,7 @@ impl Rules {
             }
             on.push(t.to_string());
         }
-        Ok((prelude::strip(ast), Some(on)))
+        Ok((prelude::strip(ast), Some(on), memo))
     }
 
     fn display_file(&self, name: &str) -> String {
@@ -724,6 +742,18 @@ impl Rules {
             }),
         };
 
+        // Runs are remembered only over the views, whose every read is recorded (a script
+        // reads a plain map without any function of ours seeing it).
+        let views = input
+            .user
+            .read_lock::<view::UserView>()
+            .map(|u| u.clone())
+            .zip(
+                input
+                    .event
+                    .read_lock::<view::EventView>()
+                    .map(|e| e.clone()),
+            );
         for rule in set.rules.values() {
             let Some(compiled) = &rule.compiled else {
                 continue;
@@ -736,7 +766,28 @@ impl Rules {
                     continue; // not an event this rule reacts to: it costs nothing
                 }
             }
-            let call = sandbox::CallScope::enter(rule.label.clone(), timeout);
+            // A run whose reads all read the same as a remembered run's ends the same way.
+            let trace = views
+                .as_ref()
+                .filter(|_| compiled.memo && limits.memo)
+                .map(|v| (v, compiled.trace.get_or(Default::default)))
+                .filter(|(_, t)| t.borrow_mut().should_try());
+            if let Some((v, trace)) = &trace {
+                let views = memo::Views {
+                    user: &v.0,
+                    event: &v.1,
+                };
+                if let Some(hit) = trace.borrow_mut().lookup(&views) {
+                    rule.counters.runs.fetch_add(1, Ordering::Relaxed);
+                    rule.counters.replayed.fetch_add(1, Ordering::Relaxed);
+                    compiled.health.consecutive.store(0, Ordering::Relaxed);
+                    let n = u64::try_from(hit.len()).unwrap_or(u64::MAX);
+                    rule.counters.adjustments.fetch_add(n, Ordering::Relaxed);
+                    out.extend_from_slice(hit);
+                    continue;
+                }
+            }
+            let call = sandbox::CallScope::enter(rule.label.clone(), timeout, trace.is_some());
             let engine = &self.inner.engine;
             let cell = compiled
                 .runtime
@@ -747,7 +798,7 @@ impl Rules {
             if !matches!(result, Ok(Ok(()))) {
                 *cell.borrow_mut() = Runtime::new(engine, &compiled.ast);
             }
-            let adjusts = call.finish();
+            let (adjusts, reads) = call.finish_recorded();
             // Drop the rule's own variables; `user`, `event` and `now_ms` are constants, so a
             // rule cannot change what the next rule sees.
             scope.rewind(base);
@@ -766,6 +817,9 @@ impl Rules {
                     compiled.health.consecutive.store(0, Ordering::Relaxed);
                     let n = u64::try_from(adjusts.len()).unwrap_or(u64::MAX);
                     rule.counters.adjustments.fetch_add(n, Ordering::Relaxed);
+                    if let (Some((_, trace)), Some(reads)) = (&trace, reads) {
+                        trace.borrow_mut().insert(reads, &adjusts);
+                    }
                     out.extend(adjusts);
                 }
                 Some(info) => self.record_failure(rule, compiled, info),
@@ -793,7 +847,7 @@ impl Rules {
         scope.push_constant("event", Dynamic::UNIT);
         scope.push_constant("now_ms", now_ms);
         let timeout = Duration::from_millis(self.inner.limits.timeout_ms.max(1));
-        let call = sandbox::CallScope::enter("condition".into(), timeout);
+        let call = sandbox::CallScope::enter("condition".into(), timeout, false);
         let result = catch_unwind(AssertUnwindSafe(|| {
             self.inner
                 .engine
@@ -969,6 +1023,7 @@ impl Rule {
             failures: self.counters.failures.load(Ordering::Relaxed),
             consecutive_failures: consecutive,
             adjustments: self.counters.adjustments.load(Ordering::Relaxed),
+            replayed: self.counters.replayed.load(Ordering::Relaxed),
             loaded_at_ms: self
                 .compiled
                 .as_ref()

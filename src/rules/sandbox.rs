@@ -48,6 +48,10 @@ pub(crate) struct CallState {
     pub(crate) adjusts: Vec<AdjustRequest>,
     /// Log lines emitted so far in this call.
     pub(crate) logs: u32,
+    /// The reads made so far, when this run is recorded for `memo`.
+    pub(crate) reads: Option<Vec<(super::memo::Read, Dynamic)>>,
+    /// False once the run did something a replay would not (a log line, too many reads).
+    pub(crate) memo_ok: bool,
 }
 
 thread_local! {
@@ -115,8 +119,9 @@ pub(crate) struct CallScope {
 }
 
 impl CallScope {
-    /// Enters a call of `rule` with a deadline of `timeout` from now.
-    pub(crate) fn enter(rule: std::sync::Arc<str>, timeout: Duration) -> CallScope {
+    /// Enters a call of `rule` with a deadline of `timeout` from now; `record`: keep the
+    /// run's reads for [`super::memo`].
+    pub(crate) fn enter(rule: std::sync::Arc<str>, timeout: Duration, record: bool) -> CallScope {
         let now = Instant::now();
         let deadline = now.checked_add(timeout).unwrap_or(now);
         CURRENT.with(|c| {
@@ -126,6 +131,8 @@ impl CallScope {
                     deadline,
                     adjusts: Vec::new(),
                     logs: 0,
+                    reads: record.then(Vec::new),
+                    memo_ok: true,
                 });
             }
         });
@@ -136,10 +143,24 @@ impl CallScope {
 
     /// Ends the call and returns the `adjust()` calls it collected, in order.
     pub(crate) fn finish(self) -> Vec<AdjustRequest> {
+        self.finish_recorded().0
+    }
+
+    /// Ends the call: its `adjust()` calls, and its reads if it was recorded and a replay
+    /// would be faithful (no log line, not too many reads).
+    pub(crate) fn finish_recorded(
+        self,
+    ) -> (
+        Vec<AdjustRequest>,
+        Option<Vec<(super::memo::Read, Dynamic)>>,
+    ) {
         // `self` is dropped at the end of this function, which clears the state again.
         CURRENT.with(|c| match c.try_borrow_mut() {
-            Ok(mut slot) => slot.take().map(|s| s.adjusts).unwrap_or_default(),
-            Err(_) => Vec::new(),
+            Ok(mut slot) => match slot.take() {
+                Some(s) => (s.adjusts, s.reads.filter(|_| s.memo_ok)),
+                None => (Vec::new(), None),
+            },
+            Err(_) => (Vec::new(), None),
         })
     }
 }
@@ -175,6 +196,7 @@ fn deadline_passed() -> bool {
 pub(crate) fn script_log(level: tracing::Level, msg: &str) {
     let text = truncate(msg, MAX_LOG_CHARS);
     let emitted = with_current(|s| {
+        s.memo_ok = false; // a replay would not log
         if s.logs >= MAX_LOGS_PER_RUN {
             return true;
         }

@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use rhai::{Array, Dynamic, Engine, ImmutableString, Map, INT};
+use rhai::{Array, Dynamic, Engine, ImmutableString, INT};
 
 /// Per-target statistics a helper can ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,41 +120,41 @@ pub const EVENT_FIELDS: &[&str] = &["type", "target", "session", "ts", "props"];
 /// Registers both view types and the map-like operations on them. The helpers on `user` are
 /// registered by [`super::api`] next to their map versions.
 pub(crate) fn register(engine: &mut Engine) {
+    use super::memo::{self, Read};
+    // Every read goes through `memo`, which records it when the run is being remembered.
     engine.register_type_with_name::<UserView>("map");
     engine.register_type_with_name::<EventView>("map");
-    engine.register_indexer_get(|u: &mut UserView, k: &str| u.0.field(k));
-    engine.register_indexer_get(|e: &mut EventView, k: &str| e.0.field(k));
+    engine.register_indexer_get(|u: &mut UserView, k: ImmutableString| {
+        memo::user(u, Read::UserField(k))
+    });
+    engine.register_indexer_get(|e: &mut EventView, k: ImmutableString| {
+        memo::event(e, Read::EventField(k))
+    });
     for f in USER_FIELDS {
-        engine.register_get(f, move |u: &mut UserView| u.0.field(f));
+        let name = ImmutableString::from(*f);
+        engine.register_get(f, move |u: &mut UserView| {
+            memo::user(u, Read::UserField(name.clone()))
+        });
     }
     for f in EVENT_FIELDS {
-        engine.register_get(f, move |e: &mut EventView| e.0.field(f));
+        let name = ImmutableString::from(*f);
+        engine.register_get(f, move |e: &mut EventView| {
+            memo::event(e, Read::EventField(name.clone()))
+        });
     }
-    engine.register_fn("keys", |u: &mut UserView| -> Array {
-        u.0.keys().iter().map(|k| text(k)).collect()
+    engine.register_fn("keys", |u: &mut UserView| memo::user(u, Read::UserKeys));
+    engine.register_fn("keys", |e: &mut EventView| memo::event(e, Read::EventKeys));
+    engine.register_fn("len", |u: &mut UserView| memo::user(u, Read::UserLen));
+    engine.register_fn("len", |e: &mut EventView| memo::event(e, Read::EventLen));
+    engine.register_fn("contains", |u: &mut UserView, k: ImmutableString| {
+        memo::user(u, Read::UserContains(k))
     });
-    engine.register_fn("keys", |e: &mut EventView| -> Array {
-        e.0.keys().iter().map(|k| text(k)).collect()
+    engine.register_fn("contains", |e: &mut EventView, k: ImmutableString| {
+        memo::event(e, Read::EventContains(k))
     });
-    engine.register_fn("len", |u: &mut UserView| u.0.keys().len() as INT);
-    engine.register_fn("len", |e: &mut EventView| e.0.keys().len() as INT);
-    engine.register_fn("contains", |u: &mut UserView, k: &str| {
-        u.0.keys().contains(&k)
-    });
-    engine.register_fn("contains", |e: &mut EventView, k: &str| {
-        e.0.keys().contains(&k)
-    });
-    engine.register_fn("to_map", |u: &mut UserView| -> Map {
-        u.0.keys()
-            .iter()
-            .map(|k| ((*k).into(), u.0.field(k)))
-            .collect()
-    });
-    engine.register_fn("to_map", |e: &mut EventView| -> Map {
-        e.0.keys()
-            .iter()
-            .map(|k| ((*k).into(), e.0.field(k)))
-            .collect()
+    engine.register_fn("to_map", |u: &mut UserView| memo::user(u, Read::UserToMap));
+    engine.register_fn("to_map", |e: &mut EventView| {
+        memo::event(e, Read::EventToMap)
     });
     engine.register_fn("to_string", |_: &mut UserView| "user".to_string());
     engine.register_fn("to_string", |_: &mut EventView| "event".to_string());
