@@ -228,40 +228,93 @@ fn record(r: Read, v: &Dynamic) {
 /// (floats bit for bit, so `-0.0` and NaNs are told apart), maps and arrays element by element.
 /// A value of any other type is never the same (its run is not replayed).
 pub(crate) fn same(a: &Dynamic, b: &Dynamic) -> bool {
-    if a.type_id() != b.type_id() {
-        return false;
-    }
     if a.is_unit() {
-        return true;
+        b.is_unit()
+    } else if a.is_bool() {
+        b.is_bool() && a.as_bool() == b.as_bool()
+    } else if a.is_int() {
+        b.is_int() && a.as_int() == b.as_int()
+    } else if a.is_float() {
+        b.is_float()
+            && matches!((a.as_float(), b.as_float()), (Ok(x), Ok(y)) if x.to_bits() == y.to_bits())
+    } else if a.is_char() {
+        b.is_char() && a.as_char() == b.as_char()
+    } else if a.is_string() {
+        b.is_string()
+            && matches!(
+                (a.read_lock::<ImmutableString>(), b.read_lock::<ImmutableString>()),
+                (Some(x), Some(y)) if *x == *y
+            )
+    } else if a.is_array() {
+        match (a.read_lock::<Array>(), b.read_lock::<Array>()) {
+            (Some(x), Some(y)) => {
+                x.len() == y.len() && x.iter().zip(y.iter()).all(|(p, q)| same(p, q))
+            }
+            _ => false,
+        }
+    } else if a.is_map() {
+        match (a.read_lock::<Map>(), b.read_lock::<Map>()) {
+            (Some(x), Some(y)) => {
+                x.len() == y.len()
+                    && x.iter()
+                        .zip(y.iter())
+                        .all(|((k1, v1), (k2, v2))| k1 == k2 && same(v1, v2))
+            }
+            _ => false,
+        }
+    } else {
+        false
     }
-    if let (Ok(x), Ok(y)) = (a.as_bool(), b.as_bool()) {
-        return x == y;
+}
+
+/// A hash of a read value, equal for values that are [`same`]; a lookup compares it before
+/// walking a remembered value, so a read with many remembered values costs one hash and a
+/// few integer compares. None for a type [`same`] never matches.
+pub(crate) fn fingerprint(v: &Dynamic) -> Option<u64> {
+    use std::hash::{BuildHasher, Hasher};
+    fn feed(v: &Dynamic, h: &mut impl Hasher) -> Option<()> {
+        if v.is_unit() {
+            h.write_u8(0);
+        } else if v.is_bool() {
+            h.write_u8(1);
+            h.write_u8(u8::from(v.as_bool().ok()?));
+        } else if v.is_int() {
+            h.write_u8(2);
+            h.write_i64(v.as_int().ok()?);
+        } else if v.is_float() {
+            h.write_u8(3);
+            h.write_u64(v.as_float().ok()?.to_bits());
+        } else if v.is_char() {
+            h.write_u8(4);
+            h.write_u32(u32::from(v.as_char().ok()?));
+        } else if v.is_string() {
+            h.write_u8(5);
+            h.write(v.read_lock::<ImmutableString>()?.as_bytes());
+            h.write_u8(0xff);
+        } else if v.is_array() {
+            let a = v.read_lock::<Array>()?;
+            h.write_u8(6);
+            h.write_usize(a.len());
+            for x in a.iter() {
+                feed(x, h)?;
+            }
+        } else if v.is_map() {
+            let m = v.read_lock::<Map>()?;
+            h.write_u8(7);
+            h.write_usize(m.len());
+            for (k, x) in m.iter() {
+                h.write(k.as_bytes());
+                h.write_u8(0xff);
+                feed(x, h)?;
+            }
+        } else {
+            return None;
+        }
+        Some(())
     }
-    if let (Ok(x), Ok(y)) = (a.as_int(), b.as_int()) {
-        return x == y;
-    }
-    if let (Ok(x), Ok(y)) = (a.as_float(), b.as_float()) {
-        return x.to_bits() == y.to_bits();
-    }
-    if let (Ok(x), Ok(y)) = (a.as_char(), b.as_char()) {
-        return x == y;
-    }
-    if let (Some(x), Some(y)) = (
-        a.read_lock::<ImmutableString>(),
-        b.read_lock::<ImmutableString>(),
-    ) {
-        return *x == *y;
-    }
-    if let (Some(x), Some(y)) = (a.read_lock::<Array>(), b.read_lock::<Array>()) {
-        return x.len() == y.len() && x.iter().zip(y.iter()).all(|(p, q)| same(p, q));
-    }
-    if let (Some(x), Some(y)) = (a.read_lock::<Map>(), b.read_lock::<Map>()) {
-        return x.len() == y.len()
-            && x.iter()
-                .zip(y.iter())
-                .all(|((k1, v1), (k2, v2))| k1 == k2 && same(v1, v2));
-    }
-    false
+    let mut h = foldhash::fast::FixedState::with_seed(0x7472_696d_7461_6221).build_hasher();
+    feed(v, &mut h)?;
+    Some(h.finish())
 }
 
 /// One rule's remembered runs on one thread (see the module doc).
@@ -290,7 +343,8 @@ enum Node {
 
 struct Branch {
     read: Read,
-    arms: Vec<(Dynamic, Node)>,
+    /// Values this read returned (with their [`fingerprint`]) and what followed each.
+    arms: Vec<(u64, Dynamic, Node)>,
 }
 
 impl Trace {
@@ -358,17 +412,24 @@ impl Trace {
             let Node::Read(b) = node else {
                 return;
             };
-            let i = match b.arms.iter().position(|(k, _)| same(k, &value)) {
+            let Some(fp) = fingerprint(&value) else {
+                return; // a value no later read can match
+            };
+            let i = match b
+                .arms
+                .iter()
+                .position(|(f, k, _)| *f == fp && same(k, &value))
+            {
                 Some(i) => i,
                 None => {
                     if b.arms.len() >= MAX_ARMS || *nodes >= MAX_NODES {
                         return;
                     }
-                    b.arms.push((value, Node::Unknown));
+                    b.arms.push((fp, value, Node::Unknown));
                     b.arms.len() - 1
                 }
             };
-            node = &mut b.arms[i].1;
+            node = &mut b.arms[i].2;
         }
         match node {
             Node::Unknown => {
@@ -398,7 +459,8 @@ fn find<'t>(root: &'t Node, views: &Views<'_>) -> Option<&'t [AdjustRequest]> {
             Node::Done(out) => return Some(out),
             Node::Read(b) => {
                 let v = b.read.eval(views)?;
-                node = &b.arms.iter().find(|(k, _)| same(k, &v))?.1;
+                let fp = fingerprint(&v)?;
+                node = &b.arms.iter().find(|(f, k, _)| *f == fp && same(k, &v))?.2;
             }
         }
     }
@@ -569,5 +631,21 @@ mod tests {
         assert!(!same(&map("a", 1), &map("b", 1)));
         assert!(!same(&map("a", 1), &map("a", 2)));
         assert!(same(&Dynamic::UNIT, &Dynamic::UNIT));
+        // Values that are the same hash the same; these differing ones hash apart.
+        let pairs = [
+            (map("a", 1), map("a", 1), true),
+            (map("a", 1), map("a", 2), false),
+            (map("a", 1), map("b", 1), false),
+            (arr(vec![1, 2]), arr(vec![1, 2]), true),
+            (arr(vec![12]), arr(vec![1, 2]), false),
+            (text_owned("ab"), text_owned("ab"), true),
+            (f(0.0), f(-0.0), false),
+            (Dynamic::from_int(1), f(1.0), false),
+            (Dynamic::UNIT, Dynamic::from_bool(false), false),
+        ];
+        for (a, b, eq) in pairs {
+            assert_eq!(same(&a, &b), eq, "{a:?} {b:?}");
+            assert_eq!(fingerprint(&a) == fingerprint(&b), eq, "{a:?} {b:?}");
+        }
     }
 }
