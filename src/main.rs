@@ -7,6 +7,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use trimtab::config::{Config, Overrides};
 
+/// mimalloc instead of glibc's malloc: the engine allocates on actix workers and frees on shard
+/// threads (and back), which glibc serves through contended arenas and `malloc_consolidate`
+/// (BENCHMARKS.md, session 7).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "trimtab",
