@@ -55,6 +55,8 @@ pub(crate) enum Barrier {
         user: UserKey,
         /// The user's detached key slot (to overwrite in place), if the user had a key.
         slot: Option<u64>,
+        /// The user's events, as its state counts them (the event store is not rewritten).
+        events: u64,
         reply: Reply<EraseCounts>,
     },
     /// Tell `Waiter` once everything before is in the indexed store (read-your-writes for
@@ -232,7 +234,7 @@ impl Indexer {
             let mut tries = 0u32;
             loop {
                 let t = Instant::now();
-                match self.store.apply(&self.pending, true) {
+                match self.store.apply(&self.pending) {
                     Ok(()) => {
                         self.metrics
                             .index_latency
@@ -272,10 +274,16 @@ impl Indexer {
             Barrier::Export { user, state, reply } => {
                 let _ = reply.send(self.export(&user, state));
             }
-            Barrier::Erase { user, slot, reply } => {
+            Barrier::Erase {
+                user,
+                slot,
+                events,
+                reply,
+            } => {
                 let r = self
                     .store
                     .erase(&user, slot)
+                    .map(|c| EraseCounts { events, ..c })
                     .map_err(|e| PipelineError::Storage(e.to_string()));
                 if r.is_ok() {
                     self.hub.close_user(&user, "user data erased");

@@ -131,6 +131,12 @@ pub(crate) struct Shard {
     /// Users whose in-memory state was dropped after a failed commit: (op to wait for, the
     /// next seq to use) — reloaded once the writer has settled that op.
     quarantine: HashMap<UserKey, (u64, u64)>,
+    /// Users evicted with a checkpoint not yet indexed: (op of the eviction, the entry), kept
+    /// until that op is indexed, so a user who comes back meanwhile is taken back as it was
+    /// instead of loaded from a store whose checkpoint is older (which would mean scanning the
+    /// event store for the records past it). In eviction order in `limbo_order`.
+    limbo: HashMap<UserKey, (u64, Box<Entry>)>,
+    limbo_order: VecDeque<(u64, UserKey)>,
     op: u64,
     work: Work,
     /// [`Shard::committed`], as of the last [`Snap::refresh`].
@@ -214,6 +220,8 @@ impl Shard {
             timers: BinaryHeap::new(),
             dirty: VecDeque::new(),
             quarantine: HashMap::new(),
+            limbo: HashMap::new(),
+            limbo_order: VecDeque::new(),
             op: 0,
             work,
             committed: 0,
@@ -254,6 +262,7 @@ impl Shard {
                 default(wait) => None,
             };
             self.committed = snap.refresh(&self.p.indexed[self.p.idx]);
+            self.release_limbo();
             if let Some(m) = first {
                 self.handle(m, &mut snap);
                 for _ in 1..MAX_DRAIN {
@@ -332,14 +341,25 @@ impl Shard {
                 self.work.after.push(After::Notify(done));
             }
             ShardMsg::Erase { user, reply } => {
+                // How many events it had (its records in the event store stay, unreadable).
+                let events = match self.entry(&user, snap, false) {
+                    Ok(Some(e)) => e.state.events,
+                    _ => 0,
+                };
                 if self.users.remove(&user).is_some() {
                     self.p.metrics.users_cached.dec();
                 }
+                self.limbo.remove(&user);
                 self.quarantine.remove(&user);
                 // From now on this user's records get a new key; the writer shreds the old one
                 // after committing what is queued before the erasure.
                 let slot = self.p.store.detach_key(&user);
-                self.send_barrier(WriterMsg::Barrier(Barrier::Erase { user, slot, reply }));
+                self.send_barrier(WriterMsg::Barrier(Barrier::Erase {
+                    user,
+                    slot,
+                    events,
+                    reply,
+                }));
             }
         }
     }
@@ -358,6 +378,13 @@ impl Shard {
                 return Err(PipelineError::Storage(
                     "a previous write of this user failed; retry shortly".into(),
                 ));
+            }
+        }
+        if !self.users.contains_key(user) {
+            if let Some((_, e)) = self.limbo.remove(user) {
+                self.evict_if_full();
+                self.users.insert(*user, e);
+                self.p.metrics.users_cached.inc();
             }
         }
         if !self.users.contains_key(user) {
@@ -446,6 +473,20 @@ impl Shard {
         }))
     }
 
+    /// Lets go of evicted users whose checkpoint is indexed (loading them reads it).
+    fn release_limbo(&mut self) {
+        let committed = self.committed();
+        while let Some(&(op, k)) = self.limbo_order.front() {
+            if op > committed {
+                break;
+            }
+            self.limbo_order.pop_front();
+            if self.limbo.get(&k).is_some_and(|(o, _)| *o == op) {
+                self.limbo.remove(&k);
+            }
+        }
+    }
+
     /// Drops the least recently used tenth of the cache, skipping users with uncommitted
     /// writes or running timers; dirty ones are checkpointed on the way out.
     fn evict_if_full(&mut self) {
@@ -461,10 +502,16 @@ impl Shard {
             .map(|(k, e)| (e.last_used, *k))
             .collect();
         idle.sort_unstable();
+        // The checkpoints written here go out in a Work whose op is at least this one.
+        self.op += 1;
+        let op = self.op;
         for (_, k) in idle.into_iter().take(cap / 10 + 1) {
             if let Some(mut e) = self.users.remove(&k) {
                 if e.dirty_since.is_some() {
                     self.work.rows.push(checkpoint_rows(&k, &mut e));
+                    e.last_op = op;
+                    self.limbo.insert(k, (op, e));
+                    self.limbo_order.push_back((op, k));
                 }
                 self.p.metrics.users_cached.dec();
             }
@@ -804,6 +851,10 @@ impl Shard {
     /// the store once the writer has settled every operation sent for them.
     fn failed(&mut self, f: Failed) {
         for u in f.users {
+            if let Some((_, e)) = self.limbo.remove(&u) {
+                self.quarantine
+                    .insert(u, (e.last_op.max(f.op), e.state.next_seq));
+            }
             if let Some(e) = self.users.remove(&u) {
                 self.p.metrics.users_cached.dec();
                 self.quarantine

@@ -1,40 +1,46 @@
-//! Storage: the write-ahead log (segment files in `wal/`), one redb file and the per-user key
-//! store (`keys.bin`) in the data dir. Knows tables, key layouts and encryption at rest; knows
-//! nothing of HTTP, features or decisions (values are opaque bytes, sealed by the caller with
-//! the user's [`Sealer`]).
+//! Storage: the write-ahead log (segment files in `wal/`), the event store (segment files in
+//! `events/`), one redb file and the per-user key store (`keys.bin`) in the data dir. Knows
+//! tables, files, key layouts and encryption at rest; knows nothing of HTTP, features or
+//! decisions (values are opaque bytes, sealed by the caller with the user's [`Sealer`]).
 //!
 //! **`wal/`, the write-ahead log** (`wal.rs`): append-only segment files, one record per group
 //! commit ([`Store::log`]): one write and one `fdatasync` however many users it holds; an
-//! event is acknowledged once its batch is in this log. **`trimtab.redb`, the indexed store**, receives
-//! the same batches a little later, many at a time ([`Store::apply`], on the indexer thread):
-//! random-key B-tree inserts — per user and per event — are what makes a commit expensive, and
-//! many batches at once touch each page once instead of once per batch. `meta.applied_wal`
-//! records how far the log is applied; what is past it is applied again at open, so a crash at
-//! any point loses nothing the log holds. Applied entries are trimmed from the log.
+//! event is acknowledged once its batch is in this log. The indexer applies the same batches a
+//! little later, many at a time ([`Store::apply`]): events and journal records are appended,
+//! in log order, to **`events/`, the event store** (`events.rs`), and the rest goes into
+//! **`trimtab.redb`, the indexed store**. `meta.applied_wal` records how far the log is
+//! applied; what is past it is applied again at open, so a crash at any point loses nothing
+//! the log holds. Applied log segments are recycled.
 //!
 //! Tables of `trimtab.redb` (every user-derived value is sealed with that user's key, see
 //! [`crate::privacy`]):
-//! - `meta`: `&str → &[u8]`: `schema_version`, and `shutdown` (`clean` after a graceful stop,
-//!   `running` while a process has the file open).
-//! - `events`: `(user key, seq) → sealed event`: the raw event log, by user (export, erasure,
-//!   replay past a checkpoint).
-//! - `journal`: `(user key, seq) → sealed journal record`: what an evaluation changed in the
-//!   user's state beyond the features (decisions' effects, assignments, exposures), at the seq
-//!   of the event that caused it, or at a seq of its own for timer ticks and `decide` requests.
+//! - `meta`: `&str → &[u8]`: `schema_version`, `shutdown` (`clean` after a graceful stop,
+//!   `running` while a process has the file open), `applied_wal`, `events_end` (records of the
+//!   event store that are part of the indexed store) and `replay_from` (the first record of
+//!   the event store that a checkpoint may not cover yet: recovery reads from there).
 //! - `users`: `user key → sealed state`: the user's **checkpoint**, written every few seconds
 //!   for dirty users, on eviction and on shutdown, not per event.
-//! - `heads`: `user key → seq`: the first seq *not* covered by the user's checkpoint; recovery
-//!   replays `events` and `journal` from there.
+//! - `heads`: `user key → seq`: the first seq *not* covered by the user's checkpoint; loading a
+//!   user replays its records from there.
 //! - `seen`: `(user key, keyed hash of event id) → seq`: deduplication of client retries.
 //! - `decisions`: `(user key, decision id) → sealed decision`: what was pushed, for attribution.
 //! - `learnlog`: `(user key, decision id) → sealed learning record` of bandit decisions.
 //! - `stats`: `(group, segment, arm, metric) → six f64 sums`: experiments' sufficient statistics
 //!   (aggregates over many users; no per-user data).
 //!
+//! Which users have records past their checkpoint (the **coverage**) is kept in memory: the
+//! indexer adds a user at its first record after a checkpoint and removes it at the next
+//! checkpoint; `replay_from` is the oldest such record. Loading a user not in it reads only
+//! the checkpoint; loading one in it (after a failed commit) also scans the event store from
+//! its first uncovered record. At open, the coverage is rebuilt by reading the event store from
+//! `replay_from`, and the tails of the users in it are kept for their shards to replay.
+//!
 //! Threads: the writer thread is the only one that appends to the log ([`Store::log`]); the
-//! indexer thread the only one that writes `trimtab.redb` ([`Store::apply`], [`Store::erase`]);
-//! shard threads read through a [`Reader`] (one redb snapshot); readers never block writers.
+//! indexer thread the only one that writes the event store and `trimtab.redb`
+//! ([`Store::apply`], [`Store::erase`]); shard threads read through a [`Reader`] (one redb
+//! snapshot); readers never block writers.
 
+mod events;
 mod read;
 mod wal;
 mod write;
@@ -44,8 +50,10 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use events::Kind;
+
 use crate::privacy::keystore::KeyStoreError;
-use crate::privacy::KeyStore;
+use crate::privacy::{KeyStore, UserKey};
 
 pub use read::{Loaded, Reader};
 pub use wal::Batch;
@@ -53,11 +61,14 @@ pub use write::UserRows;
 
 pub use crate::privacy::crypto::Sealer;
 
-/// 1: write-through state. 2: checkpoints (`heads`) and the `journal` (v1 files open as v2).
-pub const SCHEMA_VERSION: u32 = 2;
+/// 1: write-through state. 2: checkpoints (`heads`) and the `journal`. 3: events and journal
+/// in the event store (`events/`), not in redb tables (1 and 2 are migrated at open).
+pub const SCHEMA_VERSION: u32 = 3;
 pub const DB_FILE: &str = "trimtab.redb";
 /// The write-ahead log's directory (segment files) in the data dir.
 pub const WAL_DIR: &str = "wal";
+/// The event store's directory (segment files) in the data dir.
+pub const EVENTS_DIR: &str = "events";
 /// Where the log was before it became segment files: its unapplied tail is applied at open,
 /// then the file is removed.
 const LEGACY_WAL_FILE: &str = "wal.redb";
@@ -66,6 +77,7 @@ pub const KEYS_FILE: &str = "keys.bin";
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const USERS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("users");
 const HEADS: TableDefinition<[u8; 16], u64> = TableDefinition::new("heads");
+/// Schema 1 and 2 kept events and journal records here, by user; migrated at open.
 const EVENTS: TableDefinition<([u8; 16], u64), &[u8]> = TableDefinition::new("events");
 const JOURNAL: TableDefinition<([u8; 16], u64), &[u8]> = TableDefinition::new("journal");
 const SEEN: TableDefinition<([u8; 16], [u8; 16]), u64> = TableDefinition::new("seen");
@@ -84,7 +96,7 @@ pub enum StoreError {
     Locked { path: String },
     #[error("cannot open the database {path}: {message}")]
     Open { path: String, message: String },
-    #[error("the database {path} has schema version {found}; this trimtab understands versions 1 and {expected}")]
+    #[error("the database {path} has schema version {found}; this trimtab understands versions 1 to {expected}")]
     UnknownSchema {
         path: String,
         found: String,
@@ -142,6 +154,13 @@ pub struct UserRecords {
 pub struct Store {
     db: Database,
     wal: wal::Log,
+    events: events::EventLog,
+    /// Users with records in the event store that their checkpoint does not cover → (the
+    /// first such record, the highest seq among them) (see the module doc).
+    coverage: std::sync::Mutex<std::collections::HashMap<UserKey, (u64, u64)>>,
+    /// After an unclean stop: the records past each uncovered user's checkpoint, read once at
+    /// open, taken by the user's first load.
+    recovered: std::sync::Mutex<std::collections::HashMap<UserKey, Vec<events::Record>>>,
     keys: Arc<KeyStore>,
     path: PathBuf,
     /// Whether the previous process stopped gracefully (every user checkpointed).
@@ -154,15 +173,20 @@ pub struct Store {
 /// Default page cache of the indexed store (`pipeline.store_cache_mb`).
 pub const DEFAULT_CACHE_BYTES: usize = 256 << 20;
 
-/// `meta.applied_wal`: the last log seq applied to the indexed store.
-fn applied_wal(db: &Database) -> Result<u64, StoreError> {
+/// A `u64` of `meta` (0 when absent).
+fn meta_u64(db: &Database, key: &str) -> Result<u64, StoreError> {
     let txn = db.begin_read()?;
     let meta = txn.open_table(META)?;
-    let v = meta.get("applied_wal")?;
+    let v = meta.get(key)?;
     Ok(
         v.and_then(|v| v.value().try_into().ok().map(u64::from_le_bytes))
             .unwrap_or(0),
     )
+}
+
+/// `meta.applied_wal`: the last log seq applied to the indexed store.
+fn applied_wal(db: &Database) -> Result<u64, StoreError> {
+    meta_u64(db, "applied_wal")
 }
 
 fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
@@ -198,31 +222,34 @@ impl Store {
         let db = open_db(&path, cache_bytes)?;
         let txn = db.begin_write()?;
         let was_clean;
+        let found_version: u32;
         {
             let mut meta = txn.open_table(META)?;
             let found = meta.get("schema_version")?.map(|v| v.value().to_vec());
             let fresh = found.is_none();
-            match found {
-                None => {}
-                Some(v) if v == b"1" || v == SCHEMA_VERSION.to_string().as_bytes() => {}
+            found_version = match found.as_deref() {
+                None => SCHEMA_VERSION,
+                Some(b"1") => 1,
+                Some(b"2") => 2,
+                Some(v) if v == SCHEMA_VERSION.to_string().as_bytes() => SCHEMA_VERSION,
                 Some(v) => {
                     return Err(StoreError::UnknownSchema {
                         path: p,
-                        found: String::from_utf8_lossy(&v).into_owned(),
+                        found: String::from_utf8_lossy(v).into_owned(),
                         expected: SCHEMA_VERSION,
                     })
                 }
-            }
+            };
             let shutdown = meta.get("shutdown")?.map(|v| v.value().to_vec());
             // v1 wrote every state through, so a v1 file never has a log tail to replay.
             was_clean = fresh || shutdown.as_deref() == Some(b"clean") || shutdown.is_none();
-            meta.insert("schema_version", SCHEMA_VERSION.to_string().as_bytes())?;
+            if fresh {
+                meta.insert("schema_version", SCHEMA_VERSION.to_string().as_bytes())?;
+            }
             meta.insert("shutdown", &b"running"[..])?;
             // Create every table so readers never see "table does not exist".
             txn.open_table(USERS)?;
             txn.open_table(HEADS)?;
-            txn.open_table(EVENTS)?;
-            txn.open_table(JOURNAL)?;
             txn.open_table(SEEN)?;
             txn.open_table(DECISIONS)?;
             txn.open_table(STATS)?;
@@ -239,17 +266,26 @@ impl Store {
         } else {
             None
         };
+        let events_end = meta_u64(&db, "events_end")?;
         let store = Store {
+            events: events::EventLog::open(&data_dir.join(EVENTS_DIR), events_end)?,
             db,
             wal: wal::Log::open(&data_dir.join(WAL_DIR), applied)?,
+            coverage: Default::default(),
+            recovered: Default::default(),
             keys,
             path,
             was_clean,
             generation: Default::default(),
         };
+        if found_version < 3 {
+            store.migrate_to_event_store(was_clean)?;
+        }
+        // Which users have records past their checkpoint, from where recovery must read.
+        store.rebuild_coverage()?;
         if let Some(tail) = legacy_tail {
             if !tail.is_empty() {
-                store.apply(&tail, true)?;
+                store.apply(&tail)?;
             }
             std::fs::remove_file(&legacy).map_err(StoreError::KeyIo)?;
             // New records are numbered past what the old log applied.
@@ -262,7 +298,7 @@ impl Store {
         if !pending.is_empty() {
             let n = pending.len();
             let t = std::time::Instant::now();
-            store.apply(&pending, true)?;
+            store.apply(&pending)?;
             tracing::info!(
                 batches = n,
                 ms = t.elapsed().as_millis() as u64,
@@ -271,7 +307,122 @@ impl Store {
         }
         let applied = store.applied_wal()?;
         store.wal.trim(applied)?;
+        store.read_recovered()?;
         Ok(store)
+    }
+
+    /// Schema 1 and 2 kept events and journal records in redb tables by user: they are
+    /// copied into the event store (all events, then all journal records, each in seq order per
+    /// user), then the tables
+    /// are dropped, in one transaction that also records schema 3. A crash before it leaves a
+    /// schema 2 file and an event store cut back to nothing at the next open, which migrates
+    /// again.
+    fn migrate_to_event_store(&self, was_clean: bool) -> Result<(), StoreError> {
+        let t = std::time::Instant::now();
+        let mut app = self.events.begin();
+        let mut copied = 0u64;
+        {
+            let txn = self.db.begin_read()?;
+            // Events, then journal records: a user's tail is read by kind, each in seq order.
+            for (def, kind) in [(EVENTS, Kind::Event), (JOURNAL, Kind::Journal)] {
+                let t = match txn.open_table(def) {
+                    Ok(t) => t,
+                    Err(redb::TableError::TableDoesNotExist(_)) => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                for row in t.iter()? {
+                    let (k, v) = row?;
+                    let (u, seq) = k.value();
+                    app.push(kind, &UserKey(u), seq, &[0; 16], v.value())?;
+                    copied += 1;
+                }
+            }
+        }
+        app.sync()?;
+        let end = app.next();
+        let txn = self.db.begin_write()?;
+        {
+            let _ = txn.delete_table(EVENTS)?;
+            let _ = txn.delete_table(JOURNAL)?;
+            let mut meta = txn.open_table(META)?;
+            meta.insert("events_end", &end.to_le_bytes()[..])?;
+            // After an unclean stop any migrated record may be past its user's checkpoint.
+            let from: u64 = if was_clean { end } else { 0 };
+            meta.insert("replay_from", &from.to_le_bytes()[..])?;
+            meta.insert("schema_version", SCHEMA_VERSION.to_string().as_bytes())?;
+        }
+        txn.commit()?;
+        app.finish();
+        self.committed_one();
+        if copied > 0 {
+            tracing::info!(
+                records = copied,
+                ms = t.elapsed().as_millis() as u64,
+                "moved events and journal records into the event store (schema 3)"
+            );
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the coverage from the event store's records past `meta.replay_from`: a user
+    /// is uncovered from its first record at or past its checkpoint's head.
+    fn rebuild_coverage(&self) -> Result<(), StoreError> {
+        let from = meta_u64(&self.db, "replay_from")?;
+        if from >= self.events.end() {
+            return Ok(());
+        }
+        let txn = self.db.begin_read()?;
+        let heads = txn.open_table(HEADS)?;
+        let mut head_of: std::collections::HashMap<UserKey, u64> = Default::default();
+        let mut cov = self.coverage.lock().unwrap_or_else(|p| p.into_inner());
+        let mut err = None;
+        self.events.scan(from, |r| {
+            let head = match head_of.get(&r.user) {
+                Some(h) => *h,
+                None => match heads.get(r.user.0) {
+                    Ok(h) => {
+                        let h = h.map_or(0, |h| h.value());
+                        head_of.insert(r.user, h);
+                        h
+                    }
+                    Err(e) => {
+                        err = Some(e);
+                        return false;
+                    }
+                },
+            };
+            if r.seq >= head {
+                let e = cov.entry(r.user).or_insert((r.n, r.seq));
+                e.1 = e.1.max(r.seq);
+            }
+            true
+        })?;
+        match err {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// After the log's tail is applied: reads the records of every uncovered user once, for
+    /// its first load (recovery).
+    fn read_recovered(&self) -> Result<(), StoreError> {
+        let cov = self
+            .coverage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(from) = cov.values().map(|(n, _)| *n).min() else {
+            return Ok(());
+        };
+        let mut out: std::collections::HashMap<UserKey, Vec<events::Record>> = Default::default();
+        self.events.scan(from, |r| {
+            if cov.get(&r.user).is_some_and(|(n, _)| r.n >= *n) {
+                out.entry(r.user).or_default().push(r.to_owned());
+            }
+            true
+        })?;
+        *self.recovered.lock().unwrap_or_else(|p| p.into_inner()) = out;
+        Ok(())
     }
 
     /// The last log seq applied to the indexed store.
@@ -310,15 +461,6 @@ impl Store {
     /// no log tail needs replaying at start).
     pub fn was_clean(&self) -> bool {
         self.was_clean
-    }
-
-    /// Makes every earlier non-durable transaction of the indexed store durable (one `fsync`).
-    pub fn mark_durable(&self) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(redb::Durability::Immediate)?;
-        txn.commit()?;
-        self.committed_one();
-        Ok(())
     }
 
     /// Records a graceful stop: every dirty user has been checkpointed (durable).

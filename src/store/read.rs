@@ -1,12 +1,10 @@
-//! Reading: a [`Reader`] is one redb snapshot (shards open one per drain of their queue, so a
-//! batch of messages costs one read transaction), plus whole-table scans that open their own.
+//! Reading: a [`Reader`] is one redb snapshot (shards keep one across drains until a write
+//! commits), plus whole-table scans that open their own, and reads of the event store.
 
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
-use super::{
-    StatRow, Store, StoreError, UserRecords, DECISIONS, EVENTS, HEADS, JOURNAL, LEARN, SEEN, STATS,
-    USERS,
-};
+use super::events::{Kind, Record};
+use super::{StatRow, Store, StoreError, UserRecords, DECISIONS, HEADS, LEARN, SEEN, STATS, USERS};
 use crate::privacy::crypto::Sealer;
 use crate::privacy::{Table, UserKey};
 
@@ -39,10 +37,6 @@ pub struct Reader<'s> {
     seen: std::cell::OnceCell<SeenTable>,
 }
 
-fn range_of(user: &UserKey, from: u64) -> std::ops::RangeInclusive<([u8; 16], u64)> {
-    (user.0, from)..=(user.0, u64::MAX)
-}
-
 impl<'s> Reader<'s> {
     pub(super) fn new(store: &'s Store, txn: ReadTransaction) -> Reader<'s> {
         Reader {
@@ -54,7 +48,9 @@ impl<'s> Reader<'s> {
 
     /// The user's checkpoint and log tail, or `None` when the user has no key (never stored,
     /// or erased). `head_of` reads the first uncovered seq out of a decrypted checkpoint, for
-    /// checkpoints written before `heads` existed (schema 1).
+    /// checkpoints written before `heads` existed (schema 1). The tail is empty unless the
+    /// user's checkpoint does not cover all its records: then it comes from what recovery read
+    /// at open, or from a scan of the event store from the user's first uncovered record.
     pub fn load(
         &self,
         user: &UserKey,
@@ -72,20 +68,18 @@ impl<'s> Reader<'s> {
             Some(h) => h.value(),
             None => state.as_deref().and_then(head_of).unwrap_or(0),
         };
+        let records = self.store.uncovered_records(user)?;
         let mut unreadable = 0;
         let mut events = Vec::new();
-        for row in self.txn.open_table(EVENTS)?.range(range_of(user, head))? {
-            let (k, v) = row?;
-            match sealer.open(user, Table::Event, v.value()) {
-                Some(p) => events.push((k.value().1, p)),
-                None => unreadable += 1,
-            }
-        }
         let mut journal = Vec::new();
-        for row in self.txn.open_table(JOURNAL)?.range(range_of(user, head))? {
-            let (k, v) = row?;
-            match sealer.open(user, Table::Journal, v.value()) {
-                Some(p) => journal.push((k.value().1, p)),
+        for r in records.iter().filter(|r| r.seq >= head) {
+            let (table, list) = match r.kind {
+                Kind::Event => (Table::Event, &mut events),
+                Kind::Journal => (Table::Journal, &mut journal),
+            };
+            match sealer.open(user, table, &r.sealed) {
+                Some(p) => list.push((r.seq, p)),
+                // Sealed under an earlier key of this id (erased since), or damaged.
                 None => unreadable += 1,
             }
         }
@@ -161,26 +155,53 @@ fn merge_by_seq(events: Vec<(u64, Vec<u8>)>, journal: Vec<(u64, Vec<u8>)>) -> Ve
     out
 }
 
-/// The next user key in key order (`None` after the last one).
-fn next_user(u: [u8; 16]) -> Option<[u8; 16]> {
-    let n = u128::from_be_bytes(u).checked_add(1)?;
-    Some(n.to_be_bytes())
-}
-
 impl Store {
+    /// The user's records that its checkpoint may not cover (none for a covered user): taken
+    /// from what recovery read at open, else read from the event store.
+    fn uncovered_records(&self, user: &UserKey) -> Result<Vec<Record>, StoreError> {
+        if let Some(r) = self
+            .recovered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(user)
+        {
+            return Ok(r);
+        }
+        let from = self
+            .coverage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(user)
+            .map(|(n, _)| *n);
+        let Some(from) = from else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        self.events.scan(from, |r| {
+            if r.user == *user {
+                out.push(r.to_owned());
+            }
+            true
+        })?;
+        Ok(out)
+    }
+
     /// Everything stored about the user except the state (decrypted), or `None` if nothing is.
+    /// The events come from a scan of the whole event store.
     pub fn export(&self, user: &UserKey) -> Result<Option<UserRecords>, StoreError> {
         let Some(sealer) = self.existing_sealer(user) else {
             return Ok(None);
         };
-        let txn = self.db.begin_read()?;
         let mut out = UserRecords::default();
-        for row in txn.open_table(EVENTS)?.range(range_of(user, 0))? {
-            let (k, v) = row?;
-            if let Some(plain) = sealer.open(user, Table::Event, v.value()) {
-                out.events.push((k.value().1, plain));
+        self.events.scan(0, |r| {
+            if r.user == *user && r.kind == Kind::Event {
+                if let Some(plain) = sealer.open(user, Table::Event, r.sealed) {
+                    out.events.push((r.seq, plain));
+                }
             }
-        }
+            true
+        })?;
+        let txn = self.db.begin_read()?;
         let ids = (user.0, [0u8; 16])..=(user.0, [0xffu8; 16]);
         for row in txn.open_table(DECISIONS)?.range(ids.clone())? {
             let (k, v) = row?;
@@ -197,32 +218,18 @@ impl Store {
         Ok(Some(out))
     }
 
-    /// Users whose log goes past their checkpoint (to replay at start after a crash): one
-    /// seek per user and table, never a full scan of the log.
+    /// Users whose records go past their checkpoint (to replay at start after a crash), as
+    /// found at open from `meta.replay_from` on; sorted.
     pub fn users_with_tail(&self) -> Result<Vec<UserKey>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let heads = txn.open_table(HEADS)?;
-        let mut out = std::collections::BTreeSet::new();
-        for t in [txn.open_table(EVENTS)?, txn.open_table(JOURNAL)?] {
-            let mut cursor = Some([0u8; 16]);
-            while let Some(from) = cursor {
-                let Some(first) = t.range((from, 0u64)..)?.next() else {
-                    break;
-                };
-                let u = first?.0.value().0;
-                let last = t
-                    .range(range_of(&UserKey(u), 0))?
-                    .next_back()
-                    .transpose()?
-                    .map(|(k, _)| k.value().1);
-                let head = heads.get(u)?.map(|h| h.value());
-                if head.is_none_or(|h| last.is_some_and(|l| l >= h)) {
-                    out.insert(UserKey(u));
-                }
-                cursor = next_user(u);
-            }
-        }
-        Ok(out.into_iter().collect())
+        let mut out: Vec<UserKey> = self
+            .coverage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        out.sort_unstable();
+        Ok(out)
     }
 
     /// Every learning record (decrypted) that `select` maps to `Some`, from one read

@@ -73,7 +73,8 @@ fn commit_load_export_erase_leaves_nothing_readable() {
         "key not durable after commit"
     );
     let c = store.erase(&u, None).unwrap();
-    assert_eq!((c.events, c.decisions, c.state, c.key), (2, 1, true, true));
+    // Events are not counted here: the store leaves them in the event store, unreadable.
+    assert_eq!((c.events, c.decisions, c.state, c.key), (0, 1, true, true));
     assert_eq!(c.learn, 1);
     assert!(store.export(&u).unwrap().is_none());
     let rd = store.reader().unwrap();
@@ -173,7 +174,7 @@ fn clean_marker_survives_only_a_graceful_stop() {
 }
 
 #[test]
-fn a_schema_1_file_opens_as_schema_2() {
+fn a_schema_1_file_opens_as_schema_3() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(DB_FILE);
     {
@@ -194,6 +195,88 @@ fn a_schema_1_file_opens_as_schema_2() {
         "v1 wrote states through: nothing to replay"
     );
     assert!(store.users_with_tail().unwrap().is_empty());
+    let txn = store.db.begin_read().unwrap();
+    let v = txn.open_table(META).unwrap();
+    let v = v.get("schema_version").unwrap().unwrap();
+    assert_eq!(v.value(), b"3");
+}
+
+/// A schema 2 file (events and journal records in redb tables by user), left by an unclean
+/// stop: its records move into the event store, the tables go, and the user's tail past its
+/// checkpoint is still replayed.
+#[test]
+fn a_schema_2_file_moves_its_events_into_the_event_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let u = UserKey([21; 16]);
+    let v = UserKey([22; 16]);
+    let (su, sv) = {
+        let store = Store::open(dir.path()).unwrap();
+        let (su, sv) = (store.sealer(&u), store.sealer(&v));
+        store.keys().sync_pending().unwrap();
+        (su, sv)
+    };
+    {
+        let db = redb::Database::create(dir.path().join(DB_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(META).unwrap();
+            meta.insert("schema_version", &b"2"[..]).unwrap();
+            meta.insert("shutdown", &b"running"[..]).unwrap();
+            meta.remove("events_end").unwrap();
+            meta.remove("replay_from").unwrap();
+            let mut ev = txn.open_table(EVENTS).unwrap();
+            for seq in 0..3u64 {
+                let body = format!("u-{seq}");
+                ev.insert(
+                    (u.0, seq),
+                    su.seal(&u, Table::Event, body.as_bytes()).as_slice(),
+                )
+                .unwrap();
+            }
+            ev.insert((v.0, 0), sv.seal(&v, Table::Event, b"v-0").as_slice())
+                .unwrap();
+            let mut jr = txn.open_table(JOURNAL).unwrap();
+            jr.insert((u.0, 2), su.seal(&u, Table::Journal, b"j-2").as_slice())
+                .unwrap();
+            // u's checkpoint covers seqs 0 and 1; v's covers its only event.
+            let mut heads = txn.open_table(HEADS).unwrap();
+            heads.insert(u.0, 2).unwrap();
+            heads.insert(v.0, 1).unwrap();
+            let mut users = txn.open_table(USERS).unwrap();
+            users
+                .insert(u.0, su.seal(&u, Table::State, b"u@2").as_slice())
+                .unwrap();
+            users
+                .insert(v.0, sv.seal(&v, Table::State, b"v@1").as_slice())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert!(!store.was_clean());
+    let txn = store.db.begin_read().unwrap();
+    assert!(
+        txn.open_table(EVENTS).is_err() && txn.open_table(JOURNAL).is_err(),
+        "the old tables are dropped"
+    );
+    drop(txn);
+    assert_eq!(store.users_with_tail().unwrap(), vec![u]);
+    let ex = store.export(&u).unwrap().unwrap();
+    let bodies: Vec<&[u8]> = ex.events.iter().map(|e| e.1.as_slice()).collect();
+    assert_eq!(bodies, [&b"u-0"[..], b"u-1", b"u-2"]);
+    let l = store.reader().unwrap().load(&u, |_| None).unwrap().unwrap();
+    assert_eq!((l.state.as_deref(), l.head), (Some(&b"u@2"[..]), 2));
+    assert_eq!(
+        l.tail,
+        vec![(2, Some(b"u-2".to_vec()), Some(b"j-2".to_vec()))]
+    );
+    let l = store.reader().unwrap().load(&v, |_| None).unwrap().unwrap();
+    assert!(l.tail.is_empty());
+    drop(store);
+    // Migrated once: a second open finds schema 3 and the same records.
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.export(&v).unwrap().unwrap().events.len(), 1);
+    assert_eq!(store.export(&u).unwrap().unwrap().events.len(), 3);
 }
 
 #[test]
@@ -268,27 +351,133 @@ fn a_logged_batch_not_yet_applied_is_applied_when_the_store_opens() {
     assert_eq!(store.stats("g").unwrap()[0].1, [1.0; 6]);
 }
 
+/// kill -9 with records past every checkpoint: the next open finds exactly the users whose
+/// records their checkpoint does not cover and hands each its tail once; after a checkpoint
+/// that covers them, nothing is left to replay.
 #[test]
-fn non_durable_applies_reach_the_disk_with_the_next_durable_one() {
+fn records_past_a_checkpoint_are_found_again_after_a_crash() {
     let dir = tempfile::tempdir().unwrap();
-    let u = UserKey([9; 16]);
+    let a = UserKey([31; 16]);
+    let b = UserKey([32; 16]);
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let ra = rows(&store, a, |s, r| {
+            r.events = vec![(0, [1; 16], s.seal(&a, Table::Event, b"a0"))];
+            r.checkpoint = Some((1, s.seal(&a, Table::State, b"a@1")));
+        });
+        let rb = rows(&store, b, |s, r| {
+            r.events = vec![(0, [2; 16], s.seal(&b, Table::Event, b"b0"))];
+        });
+        store.commit(vec![ra, rb], Vec::new()).unwrap();
+        let rb = rows(&store, b, |s, r| {
+            r.events = vec![(1, [3; 16], s.seal(&b, Table::Event, b"b1"))];
+        });
+        let ra = rows(&store, a, |s, r| {
+            r.journal = vec![(1, s.seal(&a, Table::Journal, b"a-tick"))];
+        });
+        store.commit(vec![rb, ra], Vec::new()).unwrap();
+        assert_eq!(store.users_with_tail().unwrap(), vec![a, b]);
+    } // no clean stop
+    {
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.users_with_tail().unwrap(), vec![a, b]);
+        let rd = store.reader().unwrap();
+        let lb = rd.load(&b, |_| None).unwrap().unwrap();
+        assert_eq!(
+            lb.tail,
+            vec![
+                (0, Some(b"b0".to_vec()), None),
+                (1, Some(b"b1".to_vec()), None)
+            ]
+        );
+        let la = rd.load(&a, |_| None).unwrap().unwrap();
+        assert_eq!(la.tail, vec![(1, None, Some(b"a-tick".to_vec()))]);
+        drop(rd);
+        // Checkpoints covering both.
+        let ca = rows(&store, a, |s, r| {
+            r.checkpoint = Some((2, s.seal(&a, Table::State, b"a@2")))
+        });
+        let cb = rows(&store, b, |s, r| {
+            r.checkpoint = Some((2, s.seal(&b, Table::State, b"b@2")))
+        });
+        store.commit(vec![ca, cb], Vec::new()).unwrap();
+        assert!(store.users_with_tail().unwrap().is_empty());
+    }
     let store = Store::open(dir.path()).unwrap();
-    let r = rows(&store, u, |s, r| {
-        r.events = vec![(0, [5; 16], s.seal(&u, Table::Event, b"e"))];
-    });
-    let batch = Batch {
-        rows: vec![r],
-        stats: Vec::new(),
+    assert!(store.users_with_tail().unwrap().is_empty());
+    let l = store.reader().unwrap().load(&b, |_| None).unwrap().unwrap();
+    assert_eq!((l.state.as_deref(), l.tail.len()), (Some(&b"b@2"[..]), 0));
+    assert_eq!(store.export(&b).unwrap().unwrap().events.len(), 2);
+}
+
+/// Records appended to the event store by a transaction that never committed (a crash between
+/// the event store's fsync and redb's commit) are cut off at open; the log applies them again.
+#[test]
+fn event_store_records_past_events_end_are_cut_off_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let ev_dir = dir.path().join("ev");
+    let u = UserKey([41; 16]);
+    {
+        let log = events::EventLog::open_sized(&ev_dir, 0, 200).unwrap();
+        let mut app = log.begin();
+        for seq in 0..6 {
+            assert_eq!(
+                app.push(events::Kind::Event, &u, seq, &[0; 16], &[7; 40])
+                    .unwrap(),
+                seq
+            );
+        }
+        app.sync().unwrap();
+        app.finish();
+        assert!(log.segments() >= 2, "{} segments", log.segments());
+        // Appended and durable, then dropped unfinished: undone.
+        let mut app = log.begin();
+        app.push(events::Kind::Journal, &u, 6, &[0; 16], b"j")
+            .unwrap();
+        app.sync().unwrap();
+        drop(app);
+        assert_eq!(log.end(), 6);
+        let mut app = log.begin();
+        app.push(events::Kind::Event, &u, 6, &[0; 16], b"six")
+            .unwrap();
+        app.sync().unwrap();
+        app.finish();
+    }
+    let seqs = |log: &events::EventLog| {
+        let mut out = Vec::new();
+        log.scan(0, |r| {
+            out.push((r.n, r.seq, r.kind));
+            true
+        })
+        .unwrap();
+        out
     };
-    let seq = store.log(&batch, 0).unwrap();
-    store.apply(&[(seq, &batch)], false).unwrap();
-    // Visible at once to readers.
-    assert_eq!(store.export(&u).unwrap().unwrap().events.len(), 1);
-    store.mark_durable().unwrap();
-    store.trim_log(seq).unwrap();
-    drop(store);
-    let store = Store::open(dir.path()).unwrap();
-    assert_eq!(store.export(&u).unwrap().unwrap().events.len(), 1);
+    // The indexed store says 4 records are part of it: 4, 5, 6 are cut off.
+    let log = events::EventLog::open_sized(&ev_dir, 4, 200).unwrap();
+    assert_eq!(
+        seqs(&log),
+        (0..4)
+            .map(|i| (i, i, events::Kind::Event))
+            .collect::<Vec<_>>()
+    );
+    let mut app = log.begin();
+    assert_eq!(
+        app.push(events::Kind::Event, &u, 4, &[0; 16], b"again")
+            .unwrap(),
+        4
+    );
+    app.sync().unwrap();
+    app.finish();
+    drop(log);
+    let log = events::EventLog::open_sized(&ev_dir, 5, 200).unwrap();
+    assert_eq!(seqs(&log).len(), 5);
+    let mut last = None;
+    log.scan(4, |r| {
+        last = Some(r.sealed.to_vec());
+        true
+    })
+    .unwrap();
+    assert_eq!(last.as_deref(), Some(&b"again"[..]));
 }
 
 /// A batch of one event for `u` (sealed), with id hash `[id; 16]`.
@@ -414,7 +603,18 @@ fn segments_roll_over_and_applied_ones_are_deleted() {
     for i in 1..=10 {
         assert_eq!(log.append(&batch, 0).unwrap(), i);
     }
-    let files = || std::fs::read_dir(&log_dir).unwrap().count();
+    let files = || {
+        std::fs::read_dir(&log_dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "wal")
+            })
+            .count()
+    };
     assert!(log.segments() >= 3, "{} segments", log.segments());
     assert_eq!(files(), log.segments());
     assert_eq!(log.len().unwrap(), 10);
@@ -460,4 +660,56 @@ fn a_log_left_by_the_redb_version_is_applied_then_removed() {
     assert!(!dir.path().join(LEGACY_WAL_FILE).exists());
     // The new log numbers its records past the old one's.
     assert!(store.log(&one_event(&store, u, 2, b"n"), 0).unwrap() > 1);
+}
+
+/// An applied segment is kept as the spare and becomes the next segment: what it held before
+/// is never read back as records, whether the process stops cleanly, crashes right after the
+/// spare became the new segment, or crashes after a record was written into it.
+#[test]
+fn a_recycled_segment_never_yields_its_old_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let u = UserKey([15; 16]);
+    let batch = one_event(&store, u, 1, &[9u8; 300]);
+    let log_dir = dir.path().join("log-only");
+    let spare = log_dir.join("spare.tmp");
+    {
+        let log = wal::Log::open_sized(&log_dir, 0, 1000).unwrap();
+        for i in 1..=6 {
+            assert_eq!(log.append(&batch, 0).unwrap(), i);
+        }
+        log.trim(6).unwrap();
+        assert!(spare.exists(), "an applied segment is kept as the spare");
+        let big = std::fs::metadata(&spare).unwrap().len();
+        assert!(big >= 600, "the spare keeps its blocks: {big} bytes");
+        // The spare becomes segment 7: its first record overwrites old ones in place.
+        assert_eq!(log.append(&batch, 6).unwrap(), 7);
+        assert!(!spare.exists());
+        let seg7 = log_dir.join("00000000000000000007.wal");
+        assert!(
+            std::fs::metadata(&seg7).unwrap().len() >= big,
+            "no shrink while in use"
+        );
+        assert_eq!(seqs_after(&log, 6), [7]);
+        // A crash here: segment 7 holds record 7 and then the old records.
+    }
+    let log = wal::Log::open_sized(&log_dir, 6, 1000).unwrap();
+    assert_eq!(
+        seqs_after(&log, 0),
+        [7],
+        "old bytes after record 7 were cut off"
+    );
+    for i in 8..=12 {
+        assert_eq!(log.append(&batch, 6).unwrap(), i);
+    }
+    assert_eq!(seqs_after(&log, 6), (7..=12).collect::<Vec<_>>());
+    log.trim(12).unwrap();
+    // The spare is renamed to the next segment and the process dies before writing to it.
+    let seg13 = log_dir.join("00000000000000000013.wal");
+    std::fs::rename(&spare, &seg13).unwrap();
+    drop(log);
+    let log = wal::Log::open_sized(&log_dir, 12, 1000).unwrap();
+    assert!(seqs_after(&log, 0).is_empty(), "{:?}", seqs_after(&log, 0));
+    assert_eq!(log.append(&batch, 12).unwrap(), 13);
+    assert_eq!(seqs_after(&log, 12), [13]);
 }

@@ -1,11 +1,9 @@
-//! Writing: the group commit ([`Store::commit`]) and erasure. Writer thread only.
+//! Writing: applying logged batches ([`Store::apply`]) and erasure. Indexer thread only.
 
 use redb::{Durability, ReadableTable};
 
-use super::{
-    EraseCounts, StatKey, Store, StoreError, DECISIONS, EVENTS, HEADS, JOURNAL, LEARN, SEEN, STATS,
-    USERS,
-};
+use super::events::Kind;
+use super::{EraseCounts, StatKey, Store, StoreError, DECISIONS, HEADS, LEARN, SEEN, STATS, USERS};
 use crate::privacy::UserKey;
 
 /// Everything one group commit writes for one user; every value is already sealed with the
@@ -42,6 +40,15 @@ impl UserRows {
     }
 }
 
+/// What one row of a batch means for its user's coverage, in log order.
+#[derive(Clone, Copy)]
+enum Mark {
+    /// Records from `first` on, the highest of their seqs `top`.
+    Records { first: u64, top: u64 },
+    /// A checkpoint covering every seq below `head`.
+    Checkpoint { head: u64 },
+}
+
 impl Store {
     /// Detaches the user's key at once (see [`crate::privacy::KeyStore::detach`]): the owning
     /// shard calls this when it accepts an erasure, so records it seals afterwards use a new
@@ -50,15 +57,17 @@ impl Store {
         self.keys.detach(user)
     }
 
-    /// Applies logged batches to the indexed store in **one** transaction, and records the last
-    /// one's seq as applied. Many batches at once touch each B-tree page once; statistics are
-    /// summed first, so each is read and written once. With `durable = false` the transaction
-    /// is visible to readers at once but reaches the disk only with the next durable one: the
-    /// log must keep these batches until then. Indexer thread only (and recovery at open).
+    /// Applies logged batches to the indexed store in **one** durable transaction, and
+    /// records the last one's seq as applied. Events and journal records are appended to the
+    /// event store ([`super::events`]) in log order and made durable first; the rest goes
+    /// into `trimtab.redb`, each table's rows in key order, with `applied_wal`, `events_end`
+    /// and `replay_from` in the same transaction. Statistics are summed first, so each is read
+    /// and written once. If anything fails, the event store is cut back to where it was and
+    /// nothing counts as applied (the log keeps the batches). Indexer thread only (and
+    /// recovery at open).
     pub fn apply(
         &self,
         batches: &[(u64, impl std::borrow::Borrow<super::Batch>)],
-        durable: bool,
     ) -> Result<(), StoreError> {
         let Some(last) = batches.iter().map(|(s, _)| *s).max() else {
             return Ok(());
@@ -72,46 +81,85 @@ impl Store {
                 }
             }
         }
+        let rows: Vec<&super::UserRows> = batches
+            .iter()
+            .flat_map(|(_, b)| b.borrow().rows.iter())
+            .collect();
+        // Event store first, in log order, tracking which users' records no checkpoint covers
+        // yet: `Some(n)` from record n on, `None` covered by a checkpoint in these batches.
+        let mut app = self.events.begin();
+        let mut marks: Vec<(UserKey, Mark)> = Vec::new();
+        for r in &rows {
+            let mut first = None;
+            let mut top = 0;
+            for (seq, idh, rec) in &r.events {
+                let n = app.push(Kind::Event, &r.user, *seq, idh, rec)?;
+                first.get_or_insert(n);
+                top = top.max(*seq);
+            }
+            for (seq, rec) in &r.journal {
+                let n = app.push(Kind::Journal, &r.user, *seq, &[0; 16], rec)?;
+                first.get_or_insert(n);
+                top = top.max(*seq);
+            }
+            if let Some(n) = first {
+                marks.push((r.user, Mark::Records { first: n, top }));
+            }
+            if let Some((head, _)) = &r.checkpoint {
+                marks.push((r.user, Mark::Checkpoint { head: *head }));
+            }
+        }
+        // The coverage after these batches, for the users they touch: `Some((first uncovered
+        // record, highest seq among the uncovered))`, or `None` once a checkpoint's head is
+        // past every record of the user.
+        let mut delta: std::collections::HashMap<UserKey, Option<(u64, u64)>> = Default::default();
+        {
+            let cov = self.coverage.lock().unwrap_or_else(|p| p.into_inner());
+            for (u, m) in marks {
+                let cur = match delta.get(&u) {
+                    Some(v) => *v,
+                    None => cov.get(&u).copied(),
+                };
+                let new = match (m, cur) {
+                    (Mark::Records { top, .. }, Some((n0, t0))) => Some((n0, t0.max(top))),
+                    (Mark::Records { first, top }, None) => Some((first, top)),
+                    // A checkpoint covers the user only if its head is past every record.
+                    (Mark::Checkpoint { head }, Some((_, top))) if top >= head => cur,
+                    (Mark::Checkpoint { .. }, _) => None,
+                };
+                delta.insert(u, new);
+            }
+        }
+        app.sync()?;
+        let end = app.next();
+        let replay_from = {
+            let cov = self.coverage.lock().unwrap_or_else(|p| p.into_inner());
+            cov.iter()
+                .filter(|(u, _)| !delta.contains_key(*u))
+                .map(|(_, (n, _))| *n)
+                .chain(delta.values().flatten().map(|(n, _)| *n))
+                .min()
+                .unwrap_or(end)
+        };
         let mut txn = self.db.begin_write()?;
-        txn.set_durability(if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        })?;
+        txn.set_durability(Durability::Immediate)?;
         {
             let mut users = txn.open_table(USERS)?;
             let mut heads = txn.open_table(HEADS)?;
-            let mut events = txn.open_table(EVENTS)?;
-            let mut journal = txn.open_table(JOURNAL)?;
             let mut seen = txn.open_table(SEEN)?;
             let mut decisions = txn.open_table(DECISIONS)?;
             let mut learn = txn.open_table(LEARN)?;
             // Each table's rows in key order (stable: a later batch's checkpoint of a user
             // wins): a B-tree takes sorted inserts leaf by leaf, with the path to the leaf
             // still in cache, instead of jumping across the file for every row.
-            let rows: Vec<&super::UserRows> = batches
-                .iter()
-                .flat_map(|(_, b)| b.borrow().rows.iter())
-                .collect();
-            type BySeq = ([u8; 16], u64);
             type ById = ([u8; 16], [u8; 16]);
-            let mut ev: Vec<(BySeq, &[u8])> = Vec::new();
             let mut sn: Vec<(ById, u64)> = Vec::new();
-            let mut jr: Vec<(BySeq, &[u8])> = Vec::new();
             let mut dc: Vec<(ById, &[u8])> = Vec::new();
             let mut lr: Vec<(ById, &[u8])> = Vec::new();
             let mut cp: Vec<([u8; 16], u64, &[u8])> = Vec::new();
             for r in &rows {
                 let u = r.user.0;
-                for (seq, idh, rec) in &r.events {
-                    ev.push(((u, *seq), rec.as_slice()));
-                    sn.push(((u, *idh), *seq));
-                }
-                jr.extend(
-                    r.journal
-                        .iter()
-                        .map(|(seq, rec)| ((u, *seq), rec.as_slice())),
-                );
+                sn.extend(r.events.iter().map(|(seq, idh, _)| ((u, *idh), *seq)));
                 dc.extend(
                     r.decisions
                         .iter()
@@ -122,20 +170,12 @@ impl Store {
                     cp.push((u, *head, rec.as_slice()));
                 }
             }
-            ev.sort_by_key(|r| r.0);
             sn.sort_by_key(|r| r.0);
-            jr.sort_by_key(|r| r.0);
             dc.sort_by_key(|r| r.0);
             lr.sort_by_key(|r| r.0);
             cp.sort_by_key(|r| r.0);
-            for (k, rec) in ev {
-                events.insert(k, rec)?;
-            }
             for (k, seq) in sn {
                 seen.insert(k, seq)?;
-            }
-            for (k, rec) in jr {
-                journal.insert(k, rec)?;
             }
             for (k, rec) in dc {
                 decisions.insert(k, rec)?;
@@ -160,10 +200,26 @@ impl Store {
                     t.insert(k, cur)?;
                 }
             }
-            txn.open_table(super::META)?
-                .insert("applied_wal", &last.to_le_bytes()[..])?;
+            let mut meta = txn.open_table(super::META)?;
+            meta.insert("applied_wal", &last.to_le_bytes()[..])?;
+            meta.insert("events_end", &end.to_le_bytes()[..])?;
+            meta.insert("replay_from", &replay_from.to_le_bytes()[..])?;
         }
         txn.commit()?;
+        app.finish();
+        {
+            let mut cov = self.coverage.lock().unwrap_or_else(|p| p.into_inner());
+            for (u, d) in delta {
+                match d {
+                    Some(n) => {
+                        cov.insert(u, n);
+                    }
+                    None => {
+                        cov.remove(&u);
+                    }
+                }
+            }
+        }
         self.committed_one();
         Ok(())
     }
@@ -176,14 +232,16 @@ impl Store {
     ) -> Result<(), StoreError> {
         let batch = super::Batch { rows, stats };
         let seq = self.log(&batch, 0)?;
-        self.apply(&[(seq, batch)], true)?;
+        self.apply(&[(seq, batch)])?;
         self.trim_log(seq)
     }
 
     /// Erases the user from every table. The user's key is destroyed first (overwritten in
     /// place and fsynced), so even a crash mid-erasure leaves only undecryptable bytes; then the
-    /// rows are deleted in one durable transaction. `detached` is the key's slot when the
-    /// owning shard already detached it ([`Store::detach_key`]); else the key is looked up.
+    /// rows are deleted in one durable transaction. The user's records in the event store are
+    /// not rewritten: without the key they can no longer be opened. `detached` is the key's
+    /// slot when the owning shard already detached it ([`Store::detach_key`]); else the key is
+    /// looked up. `events` of the counts is left 0 (the owning shard knows the number).
     pub fn erase(&self, user: &UserKey, detached: Option<u64>) -> Result<EraseCounts, StoreError> {
         let slot = detached.or_else(|| self.keys.detach(user));
         if let Some(s) = slot {
@@ -195,19 +253,11 @@ impl Store {
         };
         let u = user.0;
         let ids = (u, [0u8; 16])..=(u, [0xffu8; 16]);
-        let seqs = (u, 0u64)..=(u, u64::MAX);
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         {
             counts.state = txn.open_table(USERS)?.remove(u)?.is_some();
             txn.open_table(HEADS)?.remove(u)?;
-            let mut n = 0;
-            txn.open_table(EVENTS)?.retain_in(seqs.clone(), |_, _| {
-                n += 1;
-                false
-            })?;
-            counts.events = n;
-            txn.open_table(JOURNAL)?.retain_in(seqs, |_, _| false)?;
             txn.open_table(SEEN)?.retain_in(ids.clone(), |_, _| false)?;
             let mut d = 0;
             txn.open_table(DECISIONS)?.retain_in(ids.clone(), |_, _| {
@@ -223,6 +273,15 @@ impl Store {
             counts.learn = l;
         }
         txn.commit()?;
+        // Nothing of the user is left to replay: its records no longer hold recovery back.
+        self.coverage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(user);
+        self.recovered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(user);
         self.committed_one();
         Ok(counts)
     }
