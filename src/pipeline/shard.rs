@@ -90,8 +90,12 @@ struct Entry {
     sealer: Sealer,
     /// Recent learning records of bandit decisions (newest version).
     learn: LearnCache,
-    /// Id hashes of events handed to the writer and not yet known to be committed → op.
-    pending: HashMap<[u8; 16], u64>,
+    /// Fingerprints of event ids that no indexed checkpoint covers yet (so the store's
+    /// `seen_runs` may not hold them), with the op that brought them.
+    pending: Vec<(u64, u64)>,
+    /// Op of the Work holding the user's latest checkpoint: once it is indexed, the ids of
+    /// ops up to it are in `seen_runs`.
+    ckpt_op: u64,
     /// Whether the store may hold rows of this user (else its `seen` table has none).
     stored: bool,
     last_op: u64,
@@ -137,6 +141,9 @@ pub(crate) struct Shard {
     /// event store for the records past it). In eviction order in `limbo_order`.
     limbo: HashMap<UserKey, (u64, Box<Entry>)>,
     limbo_order: VecDeque<(u64, UserKey)>,
+    /// Users with pending ids and the op of a checkpoint that covers them: pruned once it is
+    /// indexed (an idle user keeps no ids).
+    prune_after: VecDeque<(u64, UserKey)>,
     op: u64,
     work: Work,
     /// [`Shard::committed`], as of the last [`Snap::refresh`].
@@ -222,6 +229,7 @@ impl Shard {
             quarantine: HashMap::new(),
             limbo: HashMap::new(),
             limbo_order: VecDeque::new(),
+            prune_after: VecDeque::new(),
             op: 0,
             work,
             committed: 0,
@@ -395,7 +403,8 @@ impl Shard {
                     state: UserState::default(),
                     sealer: self.p.store.sealer(user),
                     learn: LearnCache::default(),
-                    pending: HashMap::new(),
+                    pending: Vec::new(),
+                    ckpt_op: 0,
                     stored: false,
                     last_op: 0,
                     last_used: now,
@@ -460,11 +469,19 @@ impl Shard {
         if replayed {
             self.p.metrics.replayed.inc_by(l.tail.len() as u64);
         }
+        // Kept until a checkpoint after this load is indexed (ops before the next one).
+        let op = self.op + 1;
+        let pending = l
+            .tail_ids
+            .iter()
+            .map(|h| (crate::store::fingerprint(h), op))
+            .collect();
         Ok(Some(Entry {
             state,
             sealer: l.sealer,
             learn: LearnCache::default(),
-            pending: HashMap::new(),
+            pending,
+            ckpt_op: 0,
             stored: true,
             last_op: 0,
             last_used: self.now(),
@@ -473,9 +490,19 @@ impl Shard {
         }))
     }
 
-    /// Lets go of evicted users whose checkpoint is indexed (loading them reads it).
+    /// Lets go of evicted users whose checkpoint is indexed (loading them reads it), and of
+    /// the ids that indexed checkpoints cover.
     fn release_limbo(&mut self) {
         let committed = self.committed();
+        while let Some(&(op, k)) = self.prune_after.front() {
+            if op > committed {
+                break;
+            }
+            self.prune_after.pop_front();
+            if let Some(e) = self.users.get_mut(&k) {
+                prune(e, committed);
+            }
+        }
         while let Some(&(op, k)) = self.limbo_order.front() {
             if op > committed {
                 break;
@@ -510,12 +537,15 @@ impl Shard {
                 if e.dirty_since.is_some() {
                     self.work.rows.push(checkpoint_rows(&k, &mut e));
                     e.last_op = op;
+                    e.ckpt_op = op;
                     self.limbo.insert(k, (op, e));
                     self.limbo_order.push_back((op, k));
                 }
                 self.p.metrics.users_cached.dec();
             }
         }
+        // Ids that arrive from here on are not covered by the checkpoints just taken.
+        self.op += 1;
     }
 
     fn events(
@@ -570,7 +600,6 @@ impl Shard {
         snap: &mut Snap<'_>,
         mut ids: Option<&mut Vec<String>>,
     ) -> Result<(usize, usize), PipelineError> {
-        let op = self.op;
         let committed = self.committed();
         let pseudo = self.p.pseudo.clone();
         // Each id is hashed once, here.
@@ -579,8 +608,10 @@ impl Shard {
             .map(|e| pseudo.event_id(&user, &e.id))
             .collect();
         let entry = self.entry(&user, snap, true)?.expect("created");
-        entry.pending.retain(|_, o| *o > committed);
+        prune(entry, committed);
         let stored = entry.stored;
+        // After `entry`, which may have evicted (and so moved the op past its checkpoints).
+        let op = self.op;
         let seen = if stored {
             snap.get()?.seen_many(&user, &hashes).map_err(storage)?
         } else {
@@ -589,11 +620,12 @@ impl Shard {
         let (mut accepted, mut duplicates) = (0, 0);
         for ((ev, h), before) in events.into_iter().zip(&hashes).zip(seen) {
             let entry = self.users.get_mut(&user).expect("entry present");
-            let dup = before || entry.pending.contains_key(h);
+            let fp = crate::store::fingerprint(h);
+            let dup = before || entry.pending.iter().any(|(f, _)| *f == fp);
             if dup {
                 duplicates += 1;
             } else {
-                entry.pending.insert(*h, op);
+                entry.pending.push((fp, op));
                 accepted += 1;
             }
             let ev = Arc::new(ev);
@@ -839,10 +871,11 @@ impl Shard {
             }
             self.work.rows.push(checkpoint_rows(&user, e));
             e.last_op = self.op;
-            // The ids of indexed events are in `seen` now; an idle user keeps no table.
-            e.pending.retain(|_, o| *o > committed);
-            if e.pending.is_empty() {
-                e.pending = HashMap::new();
+            e.ckpt_op = self.op;
+            prune(e, committed);
+            if !e.pending.is_empty() {
+                // Its ids are in `seen_runs` once this checkpoint is indexed: forget them then.
+                self.prune_after.push_back((self.op, user));
             }
         }
     }
@@ -876,12 +909,16 @@ impl Shard {
         for chunk in users.chunks(256) {
             let mut snap = Snap::new(&store);
             self.committed = snap.refresh(&self.p.indexed[self.p.idx]);
+            // The Work below carries op + 1.
+            let next_op = self.op + 1;
             for u in chunk {
                 match self.entry(u, &mut snap, false) {
                     Ok(Some(e)) => {
                         if e.dirty_since.is_some() {
+                            e.ckpt_op = next_op;
                             let rows = checkpoint_rows(u, e);
                             self.work.rows.push(rows);
+                            self.prune_after.push_back((next_op, *u));
                         }
                     }
                     Ok(None) => {}
@@ -904,6 +941,17 @@ impl Shard {
             ms = t.elapsed().as_millis() as u64,
             "recovered: log tails replayed and checkpointed"
         );
+    }
+}
+
+/// Forgets the ids an indexed checkpoint covers (they are in the store's `seen_runs`).
+fn prune(e: &mut Entry, committed: u64) {
+    if committed >= e.ckpt_op && !e.pending.is_empty() {
+        let upto = e.ckpt_op;
+        e.pending.retain(|(_, o)| *o > upto);
+        if e.pending.is_empty() {
+            e.pending = Vec::new();
+        }
     }
 }
 

@@ -22,7 +22,13 @@
 //!   for dirty users, on eviction and on shutdown, not per event.
 //! - `heads`: `user key → seq`: the first seq *not* covered by the user's checkpoint; loading a
 //!   user replays its records from there.
-//! - `seen`: `(user key, keyed hash of event id) → seq`: deduplication of client retries.
+//! - `seen_runs`: `(user key, run) → sorted fingerprints` (8 bytes each: the first half of
+//!   the keyed hash of an event id): every id the user's checkpoints cover, for deduplication
+//!   of client retries. One run is added per checkpoint (the ids of the records it covers,
+//!   which the indexer keeps in memory until then, see [`Store::apply`]); a run is merged into
+//!   the one before while that one is at most twice its size, so a user has O(log n) runs and
+//!   an id is rewritten O(log n) times. A row per id instead (schema 2's `seen`) was one more
+//!   random insert per event into a table that grew with every event.
 //! - `decisions`: `(user key, decision id) → sealed decision`: what was pushed, for attribution.
 //! - `learnlog`: `(user key, decision id) → sealed learning record` of bandit decisions.
 //! - `stats`: `(group, segment, arm, metric) → six f64 sums`: experiments' sufficient statistics
@@ -80,7 +86,9 @@ const HEADS: TableDefinition<[u8; 16], u64> = TableDefinition::new("heads");
 /// Schema 1 and 2 kept events and journal records here, by user; migrated at open.
 const EVENTS: TableDefinition<([u8; 16], u64), &[u8]> = TableDefinition::new("events");
 const JOURNAL: TableDefinition<([u8; 16], u64), &[u8]> = TableDefinition::new("journal");
+/// Schema 1 and 2 kept one row per event id here; migrated into `seen_runs` at open.
 const SEEN: TableDefinition<([u8; 16], [u8; 16]), u64> = TableDefinition::new("seen");
+const SEEN_RUNS: TableDefinition<([u8; 16], u32), &[u8]> = TableDefinition::new("seen_runs");
 const DECISIONS: TableDefinition<([u8; 16], [u8; 16]), &[u8]> = TableDefinition::new("decisions");
 const LEARN: TableDefinition<([u8; 16], [u8; 16]), &[u8]> = TableDefinition::new("learnlog");
 const STATS: TableDefinition<(&str, &str, &str, &str), [f64; 6]> = TableDefinition::new("stats");
@@ -161,6 +169,9 @@ pub struct Store {
     /// After an unclean stop: the records past each uncovered user's checkpoint, read once at
     /// open, taken by the user's first load.
     recovered: std::sync::Mutex<std::collections::HashMap<UserKey, Vec<events::Record>>>,
+    /// Indexer only: per user, (seq, id fingerprint) of the events applied since its last
+    /// checkpoint: the next checkpoint's run of `seen_runs`.
+    pending_ids: std::sync::Mutex<std::collections::HashMap<UserKey, Vec<(u64, u64)>>>,
     keys: Arc<KeyStore>,
     path: PathBuf,
     /// Whether the previous process stopped gracefully (every user checkpointed).
@@ -172,6 +183,66 @@ pub struct Store {
 
 /// Default page cache of the indexed store (`pipeline.store_cache_mb`).
 pub const DEFAULT_CACHE_BYTES: usize = 256 << 20;
+
+/// The fingerprint of a keyed event id hash kept in `seen_runs`: its first 8 bytes.
+pub(crate) fn fingerprint(h: &[u8; 16]) -> u64 {
+    u64::from_le_bytes(h[..8].try_into().expect("8 of 16 bytes"))
+}
+
+/// A run of `seen_runs`: fingerprints sorted, without repeats, 8 bytes each (little endian).
+fn encode_run(mut fps: Vec<u64>) -> Vec<u8> {
+    fps.sort_unstable();
+    fps.dedup();
+    fps.iter().flat_map(|f| f.to_le_bytes()).collect()
+}
+
+/// Whether a run holds `fp` (binary search over its 8-byte entries).
+fn run_has(run: &[u8], fp: u64) -> bool {
+    let n = run.len() / 8;
+    let at = |i: usize| u64::from_le_bytes(run[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+    let (mut lo, mut hi) = (0usize, n);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        match at(mid).cmp(&fp) {
+            std::cmp::Ordering::Less => lo = mid + 1,
+            std::cmp::Ordering::Greater => hi = mid,
+            std::cmp::Ordering::Equal => return true,
+        }
+    }
+    false
+}
+
+/// Moves the rows of `seen` (one per id) into one run per user of `seen_runs` and drops the
+/// table, in `txn`; false when there is no such table.
+fn migrate_seen(db: &Database, txn: &redb::WriteTransaction) -> Result<bool, StoreError> {
+    let read = db.begin_read()?;
+    let t = match read.open_table(SEEN) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    let mut runs = txn.open_table(SEEN_RUNS)?;
+    let mut cur: Option<([u8; 16], Vec<u64>)> = None;
+    for row in t.iter()? {
+        let (k, _) = row?;
+        let (u, h) = k.value();
+        if cur.as_ref().is_some_and(|(c, _)| *c != u) {
+            let (c, fps) = cur.take().expect("checked");
+            runs.insert((c, 0), encode_run(fps).as_slice())?;
+        }
+        cur.get_or_insert_with(|| (u, Vec::new()))
+            .1
+            .push(fingerprint(&h));
+    }
+    if let Some((c, fps)) = cur {
+        runs.insert((c, 0), encode_run(fps).as_slice())?;
+    }
+    drop(runs);
+    drop(t);
+    drop(read);
+    txn.delete_table(SEEN)?;
+    Ok(true)
+}
 
 /// A `u64` of `meta` (0 when absent).
 fn meta_u64(db: &Database, key: &str) -> Result<u64, StoreError> {
@@ -250,7 +321,7 @@ impl Store {
             // Create every table so readers never see "table does not exist".
             txn.open_table(USERS)?;
             txn.open_table(HEADS)?;
-            txn.open_table(SEEN)?;
+            txn.open_table(SEEN_RUNS)?;
             txn.open_table(DECISIONS)?;
             txn.open_table(STATS)?;
             txn.open_table(LEARN)?;
@@ -273,6 +344,7 @@ impl Store {
             wal: wal::Log::open(&data_dir.join(WAL_DIR), applied)?,
             coverage: Default::default(),
             recovered: Default::default(),
+            pending_ids: Default::default(),
             keys,
             path,
             was_clean,
@@ -281,6 +353,7 @@ impl Store {
         if found_version < 3 {
             store.migrate_to_event_store(was_clean)?;
         }
+        store.migrate_seen_rows()?;
         // Which users have records past their checkpoint, from where recovery must read.
         store.rebuild_coverage()?;
         if let Some(tail) = legacy_tail {
@@ -342,6 +415,7 @@ impl Store {
         let end = app.next();
         let txn = self.db.begin_write()?;
         {
+            migrate_seen(&self.db, &txn)?;
             let _ = txn.delete_table(EVENTS)?;
             let _ = txn.delete_table(JOURNAL)?;
             let mut meta = txn.open_table(META)?;
@@ -364,6 +438,20 @@ impl Store {
         Ok(())
     }
 
+    /// A file whose ids seen are still one row per id (`seen`, schemas 1 to 3 before
+    /// `seen_runs`) has them moved into one run per user, at any version.
+    fn migrate_seen_rows(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        if migrate_seen(&self.db, &txn)? {
+            txn.commit()?;
+            self.committed_one();
+            tracing::info!("moved the ids seen into one run per user");
+        } else {
+            txn.abort()?;
+        }
+        Ok(())
+    }
+
     /// Rebuilds the coverage from the event store's records past `meta.replay_from`: a user
     /// is uncovered from its first record at or past its checkpoint's head.
     fn rebuild_coverage(&self) -> Result<(), StoreError> {
@@ -375,6 +463,7 @@ impl Store {
         let heads = txn.open_table(HEADS)?;
         let mut head_of: std::collections::HashMap<UserKey, u64> = Default::default();
         let mut cov = self.coverage.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ids = self.pending_ids.lock().unwrap_or_else(|p| p.into_inner());
         let mut err = None;
         self.events.scan(from, |r| {
             let head = match head_of.get(&r.user) {
@@ -394,6 +483,11 @@ impl Store {
             if r.seq >= head {
                 let e = cov.entry(r.user).or_insert((r.n, r.seq));
                 e.1 = e.1.max(r.seq);
+                if r.kind == Kind::Event && r.id_hash != [0; 16] {
+                    ids.entry(r.user)
+                        .or_default()
+                        .push((r.seq, fingerprint(&r.id_hash)));
+                }
             }
             true
         })?;

@@ -4,7 +4,10 @@
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use super::events::{Kind, Record};
-use super::{StatRow, Store, StoreError, UserRecords, DECISIONS, HEADS, LEARN, SEEN, STATS, USERS};
+use super::{
+    fingerprint, run_has, StatRow, Store, StoreError, UserRecords, DECISIONS, HEADS, LEARN,
+    SEEN_RUNS, STATS, USERS,
+};
 use crate::privacy::crypto::Sealer;
 use crate::privacy::{Table, UserKey};
 
@@ -23,16 +26,19 @@ pub struct Loaded {
     pub tail: Vec<TailEntry>,
     /// Records of the tail that did not decrypt (corruption; skipped).
     pub unreadable: usize,
+    /// Keyed id hashes of the tail's events: no checkpoint covers them, so no run holds them
+    /// yet (the shard keeps them until one does).
+    pub tail_ids: Vec<[u8; 16]>,
 }
 
-/// The `seen` table as a snapshot reads it: (user, keyed id hash) → seq.
-type SeenTable = redb::ReadOnlyTable<([u8; 16], [u8; 16]), u64>;
+/// The `seen_runs` table as a snapshot reads it: (user, run) → sorted fingerprints.
+type SeenTable = redb::ReadOnlyTable<([u8; 16], u32), &'static [u8]>;
 
 /// A read snapshot of the store.
 pub struct Reader<'s> {
     store: &'s Store,
     txn: ReadTransaction,
-    /// `seen`, opened on first use: a drain checks many users' ids, and opening a table
+    /// `seen_runs`, opened on first use: a drain checks many users' ids, and opening a table
     /// costs more than a lookup (redb compares its stored type names).
     seen: std::cell::OnceCell<SeenTable>,
 }
@@ -72,7 +78,11 @@ impl<'s> Reader<'s> {
         let mut unreadable = 0;
         let mut events = Vec::new();
         let mut journal = Vec::new();
+        let mut tail_ids = Vec::new();
         for r in records.iter().filter(|r| r.seq >= head) {
+            if r.kind == Kind::Event && r.id_hash != [0; 16] {
+                tail_ids.push(r.id_hash);
+            }
             let (table, list) = match r.kind {
                 Kind::Event => (Table::Event, &mut events),
                 Kind::Journal => (Table::Journal, &mut journal),
@@ -89,22 +99,31 @@ impl<'s> Reader<'s> {
             head,
             tail: merge_by_seq(events, journal),
             unreadable,
+            tail_ids,
         }))
     }
 
-    /// For each keyed event id hash: whether it was already committed for the user.
+    /// For each keyed event id hash: whether a checkpoint of the user covers an event with
+    /// that id (ids since the last checkpoint are the shard's to know). One range read of the
+    /// user's runs, a binary search per run and id.
     pub fn seen_many(&self, user: &UserKey, hashes: &[[u8; 16]]) -> Result<Vec<bool>, StoreError> {
         let t = match self.seen.get() {
             Some(t) => t,
             None => {
-                let t = self.txn.open_table(SEEN)?;
+                let t = self.txn.open_table(SEEN_RUNS)?;
                 self.seen.get_or_init(|| t)
             }
         };
-        hashes
-            .iter()
-            .map(|h| Ok(t.get((user.0, *h))?.is_some()))
-            .collect()
+        let mut out = vec![false; hashes.len()];
+        let fps: Vec<u64> = hashes.iter().map(fingerprint).collect();
+        for row in t.range((user.0, 0u32)..=(user.0, u32::MAX))? {
+            let (_, run) = row?;
+            let run = run.value();
+            for (o, fp) in out.iter_mut().zip(&fps) {
+                *o = *o || run_has(run, *fp);
+            }
+        }
+        Ok(out)
     }
 
     /// A stored learning record of the user, decrypted.

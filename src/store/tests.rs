@@ -235,6 +235,11 @@ fn a_schema_2_file_moves_its_events_into_the_event_store() {
             }
             ev.insert((v.0, 0), sv.seal(&v, Table::Event, b"v-0").as_slice())
                 .unwrap();
+            let mut seen = txn.open_table(SEEN).unwrap();
+            seen.insert((u.0, [7; 16]), 0).unwrap();
+            seen.insert((u.0, [8; 16]), 1).unwrap();
+            seen.insert((v.0, [7; 16]), 0).unwrap();
+            drop(seen);
             let mut jr = txn.open_table(JOURNAL).unwrap();
             jr.insert((u.0, 2), su.seal(&u, Table::Journal, b"j-2").as_slice())
                 .unwrap();
@@ -256,11 +261,24 @@ fn a_schema_2_file_moves_its_events_into_the_event_store() {
     assert!(!store.was_clean());
     let txn = store.db.begin_read().unwrap();
     assert!(
-        txn.open_table(EVENTS).is_err() && txn.open_table(JOURNAL).is_err(),
+        txn.open_table(EVENTS).is_err()
+            && txn.open_table(JOURNAL).is_err()
+            && txn.open_table(SEEN).is_err(),
         "the old tables are dropped"
     );
     drop(txn);
     assert_eq!(store.users_with_tail().unwrap(), vec![u]);
+    // The ids of `seen` are in one run per user.
+    let rd = store.reader().unwrap();
+    assert_eq!(
+        rd.seen_many(&u, &[[7; 16], [8; 16], [9; 16]]).unwrap(),
+        [true, true, false]
+    );
+    assert_eq!(
+        rd.seen_many(&v, &[[7; 16], [8; 16]]).unwrap(),
+        [true, false]
+    );
+    drop(rd);
     let ex = store.export(&u).unwrap().unwrap();
     let bodies: Vec<&[u8]> = ex.events.iter().map(|e| e.1.as_slice()).collect();
     assert_eq!(bodies, [&b"u-0"[..], b"u-1", b"u-2"]);
@@ -339,10 +357,11 @@ fn a_logged_batch_not_yet_applied_is_applied_when_the_store_opens() {
     let ex = store.export(&u).unwrap().unwrap();
     assert_eq!(ex.events, vec![(0, b"logged".to_vec())]);
     assert_eq!(store.stats("g").unwrap()[0].1, [1.0; 6]);
-    assert_eq!(
-        store.reader().unwrap().seen_many(&u, &[[4; 16]]).unwrap(),
-        [true]
-    );
+    // No checkpoint covers the event: its id is not in a run, the load hands it over.
+    let rd = store.reader().unwrap();
+    assert_eq!(rd.seen_many(&u, &[[4; 16]]).unwrap(), [false]);
+    assert_eq!(rd.load(&u, |_| None).unwrap().unwrap().tail_ids, [[4; 16]]);
+    drop(rd);
     assert_eq!(store.log_len().unwrap(), 0, "applied entries are trimmed");
     assert!(store.applied_wal().unwrap() >= 1);
     drop(store);
@@ -712,4 +731,86 @@ fn a_recycled_segment_never_yields_its_old_records() {
     assert!(seqs_after(&log, 0).is_empty(), "{:?}", seqs_after(&log, 0));
     assert_eq!(log.append(&batch, 12).unwrap(), 13);
     assert_eq!(seqs_after(&log, 12), [13]);
+}
+
+/// Ids join the user's runs when a checkpoint covers them, and runs merge as they grow: after
+/// many checkpoints every id is found, none that was never sent is, and a user has few runs.
+#[test]
+fn seen_runs_hold_every_checkpointed_id_in_few_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let u = UserKey([51; 16]);
+    let store = Store::open(dir.path()).unwrap();
+    let sealer = store.sealer(&u);
+    let id = |i: u64| {
+        let mut h = [0u8; 16];
+        h[..8].copy_from_slice(&(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).to_le_bytes());
+        h[8] = 1;
+        h
+    };
+    let mut seq = 0u64;
+    for round in 0..40u64 {
+        let mut r = UserRows::new(u);
+        for _ in 0..(1 + round % 7) {
+            r.events
+                .push((seq, id(seq), sealer.seal(&u, Table::Event, b"e")));
+            seq += 1;
+        }
+        // Every other round ends with a checkpoint; the last one covers everything.
+        if round % 2 == 1 || round == 39 {
+            r.checkpoint = Some((seq, sealer.seal(&u, Table::State, b"s")));
+        }
+        store.commit(vec![r], Vec::new()).unwrap();
+    }
+    let rd = store.reader().unwrap();
+    let all: Vec<[u8; 16]> = (0..seq).map(id).collect();
+    assert!(
+        rd.seen_many(&u, &all).unwrap().iter().all(|b| *b),
+        "an id is missing"
+    );
+    let never: Vec<[u8; 16]> = (seq..seq + 200).map(id).collect();
+    assert!(rd.seen_many(&u, &never).unwrap().iter().all(|b| !*b));
+    drop(rd);
+    let txn = store.db.begin_read().unwrap();
+    let runs = txn.open_table(SEEN_RUNS).unwrap();
+    let n = runs.range((u.0, 0u32)..=(u.0, u32::MAX)).unwrap().count();
+    assert!(
+        (1..=6).contains(&n),
+        "{n} runs for {seq} ids in 20 checkpoints"
+    );
+    drop(runs);
+    drop(txn);
+    // Erasure removes them all.
+    store.erase(&u, None).unwrap();
+    assert_eq!(
+        store.reader().unwrap().seen_many(&u, &all[..1]).unwrap(),
+        [false]
+    );
+}
+
+/// A schema 3 file that still keeps one `seen` row per id (the event store's first form) has
+/// its ids moved into runs at open, so a resent id stays a duplicate across the upgrade.
+#[test]
+fn a_schema_3_file_with_seen_rows_keeps_its_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let u = UserKey([61; 16]);
+    drop(Store::open(dir.path()).unwrap());
+    {
+        let db = redb::Database::create(dir.path().join(DB_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut seen = txn.open_table(SEEN).unwrap();
+            seen.insert((u.0, [3; 16]), 0).unwrap();
+            seen.insert((u.0, [4; 16]), 1).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let rd = store.reader().unwrap();
+    assert_eq!(
+        rd.seen_many(&u, &[[3; 16], [4; 16], [5; 16]]).unwrap(),
+        [true, true, false]
+    );
+    drop(rd);
+    let txn = store.db.begin_read().unwrap();
+    assert!(txn.open_table(SEEN).is_err(), "the row table is dropped");
 }

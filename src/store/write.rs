@@ -3,7 +3,10 @@
 use redb::{Durability, ReadableTable};
 
 use super::events::Kind;
-use super::{EraseCounts, StatKey, Store, StoreError, DECISIONS, HEADS, LEARN, SEEN, STATS, USERS};
+use super::{
+    encode_run, fingerprint, EraseCounts, StatKey, Store, StoreError, DECISIONS, HEADS, LEARN,
+    SEEN_RUNS, STATS, USERS,
+};
 use crate::privacy::UserKey;
 
 /// Everything one group commit writes for one user; every value is already sealed with the
@@ -11,7 +14,8 @@ use crate::privacy::UserKey;
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct UserRows {
     pub user: UserKey,
-    /// (seq, keyed id hash, sealed event): appended to the log, and the id marked seen.
+    /// (seq, keyed id hash, sealed event): appended to the log; the id joins the user's
+    /// `seen_runs` with the next checkpoint.
     pub events: Vec<(u64, [u8; 16], Vec<u8>)>,
     /// (seq, sealed journal record).
     pub journal: Vec<(u64, Vec<u8>)>,
@@ -89,13 +93,26 @@ impl Store {
         // yet: `Some(n)` from record n on, `None` covered by a checkpoint in these batches.
         let mut app = self.events.begin();
         let mut marks: Vec<(UserKey, Mark)> = Vec::new();
+        // The ids applied since each touched user's last checkpoint, as they will be after
+        // these batches (copied from `pending_ids`, written back only once committed), and
+        // the ids each checkpoint here covers: the users' new runs.
+        let mut pend = self.pending_ids.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ids: std::collections::HashMap<UserKey, Vec<(u64, u64)>> = Default::default();
+        let mut new_runs: std::collections::BTreeMap<[u8; 16], Vec<u64>> = Default::default();
         for r in &rows {
             let mut first = None;
             let mut top = 0;
+            if !r.events.is_empty() || r.checkpoint.is_some() {
+                ids.entry(r.user)
+                    .or_insert_with(|| pend.get(&r.user).cloned().unwrap_or_default());
+            }
             for (seq, idh, rec) in &r.events {
                 let n = app.push(Kind::Event, &r.user, *seq, idh, rec)?;
                 first.get_or_insert(n);
                 top = top.max(*seq);
+                if let Some(v) = ids.get_mut(&r.user) {
+                    v.push((*seq, fingerprint(idh)));
+                }
             }
             for (seq, rec) in &r.journal {
                 let n = app.push(Kind::Journal, &r.user, *seq, &[0; 16], rec)?;
@@ -107,6 +124,16 @@ impl Store {
             }
             if let Some((head, _)) = &r.checkpoint {
                 marks.push((r.user, Mark::Checkpoint { head: *head }));
+                if let Some(v) = ids.get_mut(&r.user) {
+                    let run = new_runs.entry(r.user.0).or_default();
+                    v.retain(|(seq, fp)| {
+                        let covered = seq < head;
+                        if covered {
+                            run.push(*fp);
+                        }
+                        !covered
+                    });
+                }
             }
         }
         // The coverage after these batches, for the users they touch: `Some((first uncovered
@@ -146,20 +173,18 @@ impl Store {
         {
             let mut users = txn.open_table(USERS)?;
             let mut heads = txn.open_table(HEADS)?;
-            let mut seen = txn.open_table(SEEN)?;
+            let mut runs = txn.open_table(SEEN_RUNS)?;
             let mut decisions = txn.open_table(DECISIONS)?;
             let mut learn = txn.open_table(LEARN)?;
             // Each table's rows in key order (stable: a later batch's checkpoint of a user
             // wins): a B-tree takes sorted inserts leaf by leaf, with the path to the leaf
             // still in cache, instead of jumping across the file for every row.
             type ById = ([u8; 16], [u8; 16]);
-            let mut sn: Vec<(ById, u64)> = Vec::new();
             let mut dc: Vec<(ById, &[u8])> = Vec::new();
             let mut lr: Vec<(ById, &[u8])> = Vec::new();
             let mut cp: Vec<([u8; 16], u64, &[u8])> = Vec::new();
             for r in &rows {
                 let u = r.user.0;
-                sn.extend(r.events.iter().map(|(seq, idh, _)| ((u, *idh), *seq)));
                 dc.extend(
                     r.decisions
                         .iter()
@@ -170,12 +195,11 @@ impl Store {
                     cp.push((u, *head, rec.as_slice()));
                 }
             }
-            sn.sort_by_key(|r| r.0);
             dc.sort_by_key(|r| r.0);
             lr.sort_by_key(|r| r.0);
             cp.sort_by_key(|r| r.0);
-            for (k, seq) in sn {
-                seen.insert(k, seq)?;
+            for (u, fps) in new_runs {
+                add_run(&mut runs, u, fps)?;
             }
             for (k, rec) in dc {
                 decisions.insert(k, rec)?;
@@ -207,6 +231,14 @@ impl Store {
         }
         txn.commit()?;
         app.finish();
+        for (u, v) in ids {
+            if v.is_empty() {
+                pend.remove(&u);
+            } else {
+                pend.insert(u, v);
+            }
+        }
+        drop(pend);
         {
             let mut cov = self.coverage.lock().unwrap_or_else(|p| p.into_inner());
             for (u, d) in delta {
@@ -258,7 +290,8 @@ impl Store {
         {
             counts.state = txn.open_table(USERS)?.remove(u)?.is_some();
             txn.open_table(HEADS)?.remove(u)?;
-            txn.open_table(SEEN)?.retain_in(ids.clone(), |_, _| false)?;
+            txn.open_table(SEEN_RUNS)?
+                .retain_in((u, 0u32)..=(u, u32::MAX), |_, _| false)?;
             let mut d = 0;
             txn.open_table(DECISIONS)?.retain_in(ids.clone(), |_, _| {
                 d += 1;
@@ -282,7 +315,46 @@ impl Store {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(user);
+        self.pending_ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(user);
         self.committed_one();
         Ok(counts)
     }
+}
+
+/// Adds a run of fingerprints to the user's `seen_runs`, merging it with the newest runs
+/// while the newest is at most twice as large as what is being added (so sizes fall
+/// geometrically from the oldest run to the newest).
+fn add_run(
+    runs: &mut redb::Table<([u8; 16], u32), &[u8]>,
+    user: [u8; 16],
+    mut fps: Vec<u64>,
+) -> Result<(), StoreError> {
+    if fps.is_empty() {
+        return Ok(());
+    }
+    let mut have: Vec<(u32, usize)> = Vec::new();
+    for row in runs.range((user, 0u32)..=(user, u32::MAX))? {
+        let (k, v) = row?;
+        have.push((k.value().1, v.value().len() / 8));
+    }
+    let mut next = have.last().map_or(0, |(n, _)| n + 1);
+    while let Some(&(n, len)) = have.last() {
+        if len > 2 * fps.len() {
+            break;
+        }
+        if let Some(v) = runs.remove((user, n))? {
+            let b = v.value();
+            fps.extend(
+                b.chunks_exact(8)
+                    .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))),
+            );
+        }
+        have.pop();
+        next = n;
+    }
+    runs.insert((user, next), encode_run(fps).as_slice())?;
+    Ok(())
 }
