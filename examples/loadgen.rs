@@ -270,6 +270,7 @@ fn main() -> Result<()> {
                 server.dir.path().display()
             ),
         );
+        let before = http::scrape(&server.url);
         let res = run_load(
             &args,
             "trimtab",
@@ -277,6 +278,13 @@ fn main() -> Result<()> {
             &server.write_key,
             CpuOf::Pid(server.pid()),
         );
+        if let (Some(a), Some(b)) = (before, http::scrape(&server.url)) {
+            let c = http::ServerCounters::between(&a, &b);
+            note(
+                &args,
+                &format!("trimtab /metrics over the run: {}", c.summary()),
+            );
+        }
         let stopped = server.stop();
         note(&args, &format!("trimtab: {stopped}"));
         Some(res?)
@@ -2862,7 +2870,7 @@ mod http {
     }
 
     /// `GET /metrics` as `name{labels}` → value (None if the server has no such endpoint).
-    fn scrape(url: &str) -> Option<BTreeMap<String, f64>> {
+    pub(crate) fn scrape(url: &str) -> Option<BTreeMap<String, f64>> {
         let text = ureq::get(format!("{url}/metrics"))
             .call()
             .ok()?
@@ -2882,7 +2890,7 @@ mod http {
 
     /// What trimtab's own counters (`/metrics`) say happened during one pass.
     #[derive(Serialize, Default)]
-    struct ServerCounters {
+    pub(crate) struct ServerCounters {
         events_accepted: f64,
         events_duplicate: f64,
         events_rejected: BTreeMap<String, f64>,
@@ -2898,7 +2906,7 @@ mod http {
     }
 
     impl ServerCounters {
-        fn between(a: &BTreeMap<String, f64>, b: &BTreeMap<String, f64>) -> Self {
+        pub(crate) fn between(a: &BTreeMap<String, f64>, b: &BTreeMap<String, f64>) -> Self {
             let label = |key: &str, name: &str| -> String {
                 let pat = format!("{name}=\"");
                 key.find(&pat)
@@ -2935,6 +2943,26 @@ mod http {
                 c.batches_per_commit = batches / c.commits;
             }
             c
+        }
+
+        /// One line of what the counters say.
+        pub(crate) fn summary(&self) -> String {
+            format!(
+                "accepted {:.0}, duplicate {:.0}, rejected {:?}, rule runs {:.0}, rule errors {:?}, \
+                 rule adjustments {:.0}, adjustments decided {:.0}, commits {:.0} (mean {:.2} ms, \
+                 {:.1} batches each), users cached {:.0}",
+                self.events_accepted,
+                self.events_duplicate,
+                self.events_rejected,
+                self.rule_runs,
+                self.rule_errors,
+                self.rule_adjustments,
+                self.adjustments_decided,
+                self.commits,
+                self.commit_mean_ms,
+                self.batches_per_commit,
+                self.users_cached
+            )
         }
     }
 
@@ -3370,23 +3398,7 @@ mod http {
                     println!("{} error codes: {:?}", r.label(), r.error_codes);
                 }
                 if let Some(c) = &r.server_counters {
-                    println!(
-                        "{} /metrics: accepted {:.0}, duplicate {:.0}, rejected {:?}, rule runs {:.0}, \
-                         rule errors {:?}, rule adjustments {:.0}, adjustments decided {:.0}, commits {:.0} (mean {:.2} ms, \
-                         {:.1} batches each), users cached {:.0}",
-                        r.label(),
-                        c.events_accepted,
-                        c.events_duplicate,
-                        c.events_rejected,
-                        c.rule_runs,
-                        c.rule_errors,
-                        c.rule_adjustments,
-                        c.adjustments_decided,
-                        c.commits,
-                        c.commit_mean_ms,
-                        c.batches_per_commit,
-                        c.users_cached
-                    );
+                    println!("{} /metrics: {}", r.label(), c.summary());
                 }
                 if r.rounds_through_users < 1.0 {
                     println!(

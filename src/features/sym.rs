@@ -22,7 +22,12 @@ pub const MAX_ENTRIES: usize = 4096;
 pub const MAX_LEN: usize = 128;
 
 thread_local! {
-    static TABLE: RefCell<HashSet<Arc<str>>> = RefCell::new(HashSet::new());
+    static TABLE: RefCell<HashSet<Arc<str>, foldhash::quality::RandomState>> =
+        RefCell::new(HashSet::default());
+    /// The empty string, which every default state holds several times (a state lent to the
+    /// rules is replaced by a default one for the time of the run): a reference count, no
+    /// lookup.
+    static EMPTY: Arc<str> = Arc::from("");
 }
 
 /// An immutable, cheaply cloned string, shared with equal ones where the table allows.
@@ -31,6 +36,9 @@ pub struct Sym(Arc<str>);
 
 impl Sym {
     pub fn new(s: &str) -> Sym {
+        if s.is_empty() {
+            return Sym::default();
+        }
         if s.len() > MAX_LEN {
             return Sym(Arc::from(s));
         }
@@ -68,7 +76,7 @@ impl std::borrow::Borrow<str> for Sym {
 
 impl Default for Sym {
     fn default() -> Sym {
-        Sym::new("")
+        Sym(EMPTY.with(Arc::clone))
     }
 }
 
