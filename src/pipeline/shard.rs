@@ -91,11 +91,14 @@ struct Entry {
     /// Recent learning records of bandit decisions (newest version).
     learn: LearnCache,
     /// Fingerprints of event ids that no indexed checkpoint covers yet (so the store's
-    /// `seen_runs` may not hold them), with the op that brought them.
-    pending: Vec<(u64, u64)>,
-    /// Op of the Work holding the user's latest checkpoint: once it is indexed, the ids of
-    /// ops up to it are in `seen_runs`.
+    /// `seen_runs` may not hold them), oldest first.
+    pending: Vec<u64>,
+    /// Op of the Work holding the user's latest checkpoint: once it is indexed, the first
+    /// `covered` ids of `pending` are in `seen_runs`.
     ckpt_op: u64,
+    /// How many of `pending` the latest checkpoint covers: all those there when it was
+    /// taken (every accepted event is in the state before any checkpoint after it).
+    covered: u32,
     /// Whether the store may hold rows of this user (else its `seen` table has none).
     stored: bool,
     last_op: u64,
@@ -405,6 +408,7 @@ impl Shard {
                     learn: LearnCache::default(),
                     pending: Vec::new(),
                     ckpt_op: 0,
+                    covered: 0,
                     stored: false,
                     last_op: 0,
                     last_used: now,
@@ -469,19 +473,15 @@ impl Shard {
         if replayed {
             self.p.metrics.replayed.inc_by(l.tail.len() as u64);
         }
-        // Kept until a checkpoint after this load is indexed (ops before the next one).
-        let op = self.op + 1;
-        let pending = l
-            .tail_ids
-            .iter()
-            .map(|h| (crate::store::fingerprint(h), op))
-            .collect();
+        // Kept until a checkpoint after this load is indexed.
+        let pending = l.tail_ids.iter().map(crate::store::fingerprint).collect();
         Ok(Some(Entry {
             state,
             sealer: l.sealer,
             learn: LearnCache::default(),
             pending,
             ckpt_op: 0,
+            covered: 0,
             stored: true,
             last_op: 0,
             last_used: self.now(),
@@ -537,7 +537,7 @@ impl Shard {
                 if e.dirty_since.is_some() {
                     self.work.rows.push(checkpoint_rows(&k, &mut e));
                     e.last_op = op;
-                    e.ckpt_op = op;
+                    cover(&mut e, op);
                     self.limbo.insert(k, (op, e));
                     self.limbo_order.push_back((op, k));
                 }
@@ -610,8 +610,6 @@ impl Shard {
         let entry = self.entry(&user, snap, true)?.expect("created");
         prune(entry, committed);
         let stored = entry.stored;
-        // After `entry`, which may have evicted (and so moved the op past its checkpoints).
-        let op = self.op;
         let seen = if stored {
             snap.get()?.seen_many(&user, &hashes).map_err(storage)?
         } else {
@@ -621,11 +619,11 @@ impl Shard {
         for ((ev, h), before) in events.into_iter().zip(&hashes).zip(seen) {
             let entry = self.users.get_mut(&user).expect("entry present");
             let fp = crate::store::fingerprint(h);
-            let dup = before || entry.pending.iter().any(|(f, _)| *f == fp);
+            let dup = before || entry.pending.contains(&fp);
             if dup {
                 duplicates += 1;
             } else {
-                entry.pending.push((fp, op));
+                entry.pending.push(fp);
                 accepted += 1;
             }
             let ev = Arc::new(ev);
@@ -858,11 +856,19 @@ impl Shard {
         let now = self.now();
         let interval = self.p.cfg.pipeline.checkpoint_ms;
         let committed = self.committed();
+        // The checkpoints go out in the Work flushed after this, under a new op: the op of a
+        // Work flushed before may be indexed already, and an indexed op must mean that the
+        // checkpoint (and the ids it covers) is in the store.
+        let mut bumped = false;
         while let Some(&(since, user)) = self.dirty.front() {
             if !all && since + interval > now {
                 break;
             }
             self.dirty.pop_front();
+            if !bumped {
+                self.op += 1;
+                bumped = true;
+            }
             let Some(e) = self.users.get_mut(&user) else {
                 continue; // evicted (checkpointed then) or erased
             };
@@ -871,8 +877,8 @@ impl Shard {
             }
             self.work.rows.push(checkpoint_rows(&user, e));
             e.last_op = self.op;
-            e.ckpt_op = self.op;
             prune(e, committed);
+            cover(e, self.op);
             if !e.pending.is_empty() {
                 // Its ids are in `seen_runs` once this checkpoint is indexed: forget them then.
                 self.prune_after.push_back((self.op, user));
@@ -915,7 +921,7 @@ impl Shard {
                 match self.entry(u, &mut snap, false) {
                     Ok(Some(e)) => {
                         if e.dirty_since.is_some() {
-                            e.ckpt_op = next_op;
+                            cover(e, next_op);
                             let rows = checkpoint_rows(u, e);
                             self.work.rows.push(rows);
                             self.prune_after.push_back((next_op, *u));
@@ -946,13 +952,20 @@ impl Shard {
 
 /// Forgets the ids an indexed checkpoint covers (they are in the store's `seen_runs`).
 fn prune(e: &mut Entry, committed: u64) {
-    if committed >= e.ckpt_op && !e.pending.is_empty() {
-        let upto = e.ckpt_op;
-        e.pending.retain(|(_, o)| *o > upto);
+    if committed >= e.ckpt_op && e.covered > 0 {
+        let n = (e.covered as usize).min(e.pending.len());
+        e.pending.drain(..n);
+        e.covered = 0;
         if e.pending.is_empty() {
             e.pending = Vec::new();
         }
     }
+}
+
+/// A checkpoint of the user goes out in the Work of `op`: it covers every id pending now.
+fn cover(e: &mut Entry, op: u64) {
+    e.ckpt_op = op;
+    e.covered = u32::try_from(e.pending.len()).unwrap_or(u32::MAX);
 }
 
 /// The checkpoint of a dirty user (marks it clean).
