@@ -12,24 +12,16 @@ pub mod bandits;
 pub mod config;
 pub mod decide;
 pub mod delivery;
-pub mod event;
 pub mod experiments;
 pub mod features;
-pub mod fsutil;
-pub mod learn;
 pub mod metrics;
 pub mod pipeline;
-pub mod privacy;
-pub mod rules;
 pub mod segments;
 pub mod sim;
-pub mod store;
-pub mod watch;
 
-/// Wall-clock time, milliseconds since the Unix epoch (0 if the clock is before 1970).
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+pub use trimtab_learn as learn;
+pub use trimtab_privacy as privacy;
+pub use trimtab_rules as rules;
+pub use trimtab_store as store;
+pub use trimtab_util::{fsutil, now_ms, watch};
+pub use trimtab_wire as event;

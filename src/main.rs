@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use trimtab::config::{Config, Overrides};
 
+mod cli;
+
 /// mimalloc instead of glibc's malloc: the engine allocates on actix workers and frees on shard
 /// threads (and back), which glibc serves through contended arenas and `malloc_consolidate`
 /// (BENCHMARKS.md, session 7).
@@ -36,7 +38,7 @@ enum Command {
     /// Train the click model (an MLP predicting P(reward > 0 | context, action)) on a
     /// logged-bandit-feedback JSONL file; report held-out metrics; optionally cross-validate
     /// and propose it to the model registry. See docs/model.md.
-    Train(trimtab::learn::model::cli::TrainArgs),
+    Train(cli::train::TrainArgs),
     /// Drive a running server with a synthetic audience over real WebSockets (or, with
     /// --offline, write logged bandit feedback with known ground truth). See src/sim/.
     Simulate(trimtab::sim::cli::Args),
@@ -287,7 +289,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::ExportLog(a) => export_log(a),
         Command::Ope(a) => ope(a),
-        Command::Train(a) => match trimtab::learn::model::cli::run(&a) {
+        Command::Train(a) => match cli::train::run(&a) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("trimtab train: {e:#}");

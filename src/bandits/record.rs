@@ -34,7 +34,7 @@ pub struct LearnRecord {
     pub slot: String,
     /// Decision time (server ms).
     pub ts: i64,
-    /// Context vector ([`crate::learn::context`] layout).
+    /// Context vector ([`crate::features::context`] layout).
     pub context: Vec<f32>,
     /// The candidates, in action order.
     pub candidates: Vec<String>,

@@ -23,13 +23,13 @@ use serde::{Deserialize, Serialize};
 
 use super::def::BanditDef;
 use super::Bandits;
-use crate::learn::context::{CONTEXT_DIM, CONTEXT_FEATURES};
+use crate::features::context::{CONTEXT_DIM, CONTEXT_FEATURES};
 use crate::learn::model::registry::{DataInfo, FeatureInfo};
 use crate::learn::model::{
     train, Architecture, ClickModel, Dataset, ModelCard, ModelError, Registry, SplitConfig,
     TrainConfig,
 };
-use crate::learn::serving::{Models, Score, Served};
+use crate::learn::serving::{Models, Served};
 use crate::metrics::Metrics;
 use crate::now_ms;
 use crate::store::Store;
@@ -59,15 +59,6 @@ impl Default for LearnConfig {
             check_every_s: 5,
             max_epochs: 50,
         }
-    }
-}
-
-impl Score for ClickModel {
-    fn score(&self, input: &[f32]) -> f32 {
-        self.predict(input)
-    }
-    fn input_dim(&self) -> usize {
-        ClickModel::input_dim(self)
     }
 }
 

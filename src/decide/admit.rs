@@ -52,7 +52,7 @@ pub(super) fn admit(
                 if state.adjustments.contains_key(r.slot.as_str()) {
                     return None; // decided on this page already: keep it stable
                 }
-                let x = crate::learn::context::of_state(state, now);
+                let x = crate::features::context::of_state(state, now);
                 let c = snap.bandits.choose(&r.slot, user, &x, now)?;
                 let picked = (None, None, c.propensity, c.variant.clone(), r.params);
                 bandit = Some(c);

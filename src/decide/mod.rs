@@ -359,7 +359,7 @@ fn scorer(snap: &Snapshot<'_>, state: &Arc<UserState>, now: i64) -> Option<Score
     let metrics = snap.metrics.clone();
     Some(Scorer(Arc::new(move |kind, slot, variant| {
         let name = Models::name(kind, slot);
-        let x = x.get_or_init(|| crate::learn::context::of_state(&state, now));
+        let x = x.get_or_init(|| crate::features::context::of_state(&state, now));
         let p = models.get(&name).and_then(|m| m.predict(x, variant));
         metrics
             .model_predictions

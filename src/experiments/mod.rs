@@ -17,7 +17,7 @@
 pub mod assign;
 pub mod def;
 pub mod results;
-pub mod stats;
+pub use trimtab_stats as stats;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -10,6 +10,7 @@
 //! compact, since every cached user holds one: small maps are sorted vectors
 //! ([`SmallMap`]) and sequence entries are shared strings ([`Sym`]).
 
+pub mod context;
 pub mod state;
 pub mod sym;
 

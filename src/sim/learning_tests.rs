@@ -4,8 +4,8 @@
 
 use super::audience::{default_candidates, Mix};
 use super::offline::{generate, generate_with_policy, Logging, OfflineConfig, OfflineLog};
+use crate::features::context::CONTEXT_DIM;
 use crate::learn::bandit::{new_policy, Params, PolicyKind};
-use crate::learn::context::CONTEXT_DIM;
 use crate::learn::model::{train, Dataset, SplitConfig, TrainConfig};
 use crate::learn::ope::{evaluate, OpeConfig};
 

@@ -23,9 +23,9 @@ use super::audience::{
     argmax, default_candidates, generate_user, Device, GroundTruth, Mix, Outcome, SimUser, UserType,
 };
 use crate::event::{parse_events, Limits};
+use crate::features::context::{self, ContextInputs};
 use crate::features::{FeatureConfig, UserState};
 use crate::learn::bandit::{one_hot, Policy};
-use crate::learn::context::{self, ContextInputs};
 use crate::learn::ope::LogRow;
 
 /// A fixed timestamp base for offline scripts (reproducible; any recent time works).
@@ -355,8 +355,8 @@ pub fn auc(scores: &[f64], labels: &[bool]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::features::context::CONTEXT_DIM;
     use crate::learn::bandit::{EpsilonGreedy, Params};
-    use crate::learn::context::CONTEXT_DIM;
 
     fn cfg(rows: usize, seed: u64) -> OfflineConfig {
         OfflineConfig {

@@ -1,0 +1,1043 @@
+//! Trigger rules: small Rhai scripts in `scripts/*.rhai` that look at one user's behavioural
+//! state and the event just received, and ask for adjustments (`adjust(slot, variant, params)`).
+//!
+//! Owns: the sandboxed engine ([`sandbox`]), the functions exposed to scripts ([`api`]), the
+//! compiled rule set and its per-rule health/counters, the rules directory on disk (writes go
+//! through [`Rules::put`] / [`Rules::delete`] with temp file + rename), and hot reload
+//! ([`watch`]).
+//!
+//! Threads:
+//! - [`Rules::evaluate`] runs on the calling shard worker thread, concurrently on many threads.
+//!   It reads the compiled set through an [`ArcSwap`] (no lock), runs each rule under an
+//!   operation limit and a wall-clock deadline, inside `catch_unwind`, and only touches atomics
+//!   (plus a short mutex when recording a failure).
+//! - [`Rules::put`], [`Rules::delete`], [`Rules::reload`] and the watcher thread started by
+//!   [`Rules::watch`] serialise on one writer mutex, build a new set and swap it in.
+//!
+//! Must not: block a shard thread for longer than about one timeout per rule, let one rule's
+//! failure stop the others, or give scripts any I/O (see [`sandbox`]). Frequency capping and
+//! delivery are the caller's business; this module only reports what rules asked for.
+//!
+//! The script model and API are documented for rule authors in `scripts/README.md`.
+
+pub mod api;
+mod memo;
+mod prelude;
+mod sandbox;
+pub mod view;
+mod watch;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rhai::{Dynamic, Engine, Scope, AST};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use watch::RulesWatcher;
+
+/// Largest accepted script source, in bytes (bounds compile time and memory).
+pub const MAX_SOURCE_BYTES: usize = 256 * 1024;
+/// Longest rule name; names are `[a-z0-9_-]{1,64}`.
+pub const MAX_RULE_NAME: usize = 64;
+
+/// Sandbox limits applied to every rule (the `[rules]` section of the config).
+///
+/// Every limit is per rule run. A value of 0 is treated as 1 (never as "unlimited").
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuleLimits {
+    /// Most Rhai operations (expression nodes, loop iterations, calls) per run.
+    pub max_operations: u64,
+    /// Deepest nesting of function calls (script-defined functions; bounds recursion).
+    pub max_call_levels: usize,
+    /// Deepest expression nesting at top level (checked when compiling).
+    pub max_expr_depth: usize,
+    /// Deepest expression nesting inside script-defined functions (checked when compiling).
+    pub max_function_expr_depth: usize,
+    /// Longest string a script may build, in bytes.
+    pub max_string_size: usize,
+    /// Largest array a script may build.
+    pub max_array_size: usize,
+    /// Largest object map a script may build.
+    pub max_map_size: usize,
+    /// Most variables alive at once (including `user`, `event`, `now_ms`).
+    pub max_variables: usize,
+    /// Most functions a script may define.
+    pub max_functions: usize,
+    /// Wall-clock time per run, in milliseconds.
+    pub timeout_ms: u64,
+    /// Failures in a row after which a rule is disabled until its file changes.
+    pub max_consecutive_failures: u32,
+    /// Replay a rule's outcome without running it when everything it read in an earlier run
+    /// reads the same now (`scripts/README.md`, "What a rule costs"). Off: every run runs.
+    pub memo: bool,
+}
+
+impl Default for RuleLimits {
+    fn default() -> Self {
+        RuleLimits {
+            max_operations: 200_000,
+            max_call_levels: 32,
+            max_expr_depth: 64,
+            max_function_expr_depth: 32,
+            max_string_size: 16 * 1024,
+            max_array_size: 1_000,
+            max_map_size: 1_000,
+            max_variables: 256,
+            max_functions: 64,
+            timeout_ms: 50,
+            max_consecutive_failures: 5,
+            memo: true,
+        }
+    }
+}
+
+/// What one evaluation looks at: the user, the event, and the time.
+///
+/// The layouts are documented in `scripts/README.md` ("The `user` map", "The `event` map").
+/// `user` and `event` are either plain maps of that layout or the lazy views of [`view`]
+/// (what the engine passes: nothing is built or copied that a script does not read).
+#[derive(Debug, Clone, Default)]
+pub struct RuleInput {
+    /// The user's behavioural state, visible to scripts as the constant `user`.
+    pub user: Dynamic,
+    /// The event being processed, visible to scripts as the constant `event`.
+    pub event: Dynamic,
+    /// Server time in Unix milliseconds, visible to scripts as the constant `now_ms`.
+    pub now_ms: i64,
+    /// `event.type`, when the caller knows it (else read from an `event` map): rules that
+    /// declare `const ON = [...]` run only for those types.
+    pub kind: Option<&'static str>,
+    /// What `predict()` answers with (None: -1.0 for every call).
+    pub scorer: Option<Scorer>,
+}
+
+/// Model scores for one evaluation: `(kind, slot, variant) → probability`, or `None` when no
+/// model serves that slot (scripts then see -1.0).
+#[derive(Clone)]
+#[allow(clippy::type_complexity)]
+pub struct Scorer(pub std::sync::Arc<dyn Fn(&str, &str, &str) -> Option<f64> + Send + Sync>);
+
+impl std::fmt::Debug for Scorer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Scorer")
+    }
+}
+
+/// One `adjust()` call made by a rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AdjustRequest {
+    /// The rule that asked (its file stem).
+    pub rule: String,
+    /// The page slot (`data-trimtab-slot`), validated `[A-Za-z0-9_.-]{1,64}`.
+    pub slot: String,
+    /// The variant to show (`data-trimtab-variant`), validated like `slot`.
+    pub variant: String,
+    /// Plain-text params (at most 16, each at most 512 characters); the SDK inserts them as text.
+    pub params: BTreeMap<String, String>,
+}
+
+/// Where and why a rule failed to compile or run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleErrorInfo {
+    /// What went wrong, without the position.
+    pub message: String,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// 1-based column, when known.
+    pub column: Option<usize>,
+    /// `file:line:col`, e.g. `scripts/x.rhai:3:14` (just the file when the position is unknown).
+    pub location: String,
+}
+
+/// The state of one rule, for the admin API, the dashboard and metrics.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleStatus {
+    /// Rule name (the file stem).
+    pub name: String,
+    /// Path of the rule's file, as shown in error locations.
+    pub file: String,
+    /// Whether a compiled version of this rule runs on events.
+    pub enabled: bool,
+    /// `"compile_error"` if the current file does not compile (a previous good version may
+    /// still run: see `enabled`), else `"disabled"` after too many failures, else `"active"`.
+    pub state: &'static str,
+    /// Why the current file does not compile.
+    pub compile_error: Option<RuleErrorInfo>,
+    /// Why the running version was disabled.
+    pub disabled_reason: Option<String>,
+    /// The last runtime failure of the running version.
+    pub last_error: Option<RuleErrorInfo>,
+    /// Runs since the rule was first loaded (kept across reloads).
+    pub runs: u64,
+    /// Failed runs since the rule was first loaded (kept across reloads).
+    pub failures: u64,
+    /// Failures in a row of the running version.
+    pub consecutive_failures: u32,
+    /// `adjust()` calls returned since the rule was first loaded (kept across reloads).
+    pub adjustments: u64,
+    /// Runs answered by replaying a remembered run instead of running Rhai (also in `runs`).
+    pub replayed: u64,
+    /// When the running version (or, failing that, the current file) was loaded, Unix ms.
+    pub loaded_at_ms: i64,
+    /// SHA-256 (hex) of the running version's source (or of the current file if none runs).
+    pub source_sha256: String,
+    /// The event types the running version reacts to (`const ON = [...]`); None: every event.
+    pub on: Option<Vec<String>>,
+}
+
+/// Errors of the rules module. [`RulesError::code`] gives each a stable code for the API.
+#[derive(Debug, thiserror::Error)]
+pub enum RulesError {
+    /// The rules directory or a rule file could not be read or written.
+    #[error("rules I/O error on {}: {source}", path.display())]
+    Io {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// A rule name is not `[a-z0-9_-]{1,64}`.
+    #[error("invalid rule name {name:?}: {reason}")]
+    InvalidName {
+        /// The rejected name.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A script does not compile; nothing was written or installed.
+    #[error("rule does not compile: {} at {}", info.message, info.location)]
+    Compile {
+        /// The first compile error.
+        info: RuleErrorInfo,
+    },
+    /// The file watcher could not be started.
+    #[error("cannot watch the rules directory: {0}")]
+    Watch(#[source] notify::Error),
+    /// No rule by that name.
+    #[error("no rule named {0:?}")]
+    NotFound(String),
+}
+
+impl RulesError {
+    /// A stable, machine-readable code for API error bodies.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RulesError::Io { .. } => "rules_io",
+            RulesError::InvalidName { .. } => "invalid_rule_name",
+            RulesError::Compile { .. } => "rule_compile_error",
+            RulesError::Watch(_) => "rules_watch",
+            RulesError::NotFound(_) => "rule_not_found",
+        }
+    }
+
+    /// Whether the caller (not the server) is at fault, i.e. a 4xx rather than a 5xx.
+    pub fn is_user_error(&self) -> bool {
+        matches!(
+            self,
+            RulesError::InvalidName { .. } | RulesError::Compile { .. } | RulesError::NotFound(_)
+        )
+    }
+}
+
+/// The compiled trigger rules, shared by every shard thread (cheap to clone: one `Arc`).
+#[derive(Clone)]
+pub struct Rules {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    limits: RuleLimits,
+    engine: Engine,
+    /// The rule set evaluated on the hot path, replaced as a whole on every change.
+    set: ArcSwap<RuleSet>,
+    /// Serialises put/delete/reload so that two writers never lose each other's change.
+    writer: Mutex<()>,
+}
+
+#[derive(Default)]
+struct RuleSet {
+    /// By name, so evaluation order (and `statuses`) is sorted by name.
+    rules: BTreeMap<String, Arc<Rule>>,
+}
+
+/// One rule as of one version of its file.
+struct Rule {
+    name: String,
+    /// The name again, shared with each run's call state (no copy per run).
+    label: Arc<str>,
+    file: String,
+    /// The version that runs (the last one that compiled), if any.
+    compiled: Option<Arc<Compiled>>,
+    /// Why the current file does not compile, if it does not.
+    compile_error: Option<RuleErrorInfo>,
+    /// SHA-256 of the file content last read (to detect changes).
+    seen_sha: String,
+    /// When the file content last read was loaded (used if nothing compiled).
+    seen_at_ms: i64,
+    /// Counters kept for as long as a rule of this name exists.
+    counters: Arc<Counters>,
+}
+
+impl Rule {
+    /// A rule whose current file compiled into `ast` (fresh health, kept counters).
+    fn compiled(
+        name: &str,
+        file: String,
+        (ast, on, memo): (AST, Option<Vec<String>>, bool),
+        sha: String,
+        now: i64,
+        counters: Arc<Counters>,
+    ) -> Rule {
+        Rule {
+            name: name.to_owned(),
+            label: name.into(),
+            file,
+            compiled: Some(Arc::new(Compiled {
+                ast,
+                on,
+                sha: sha.clone(),
+                loaded_at_ms: now,
+                health: Health::default(),
+                runtime: thread_local::ThreadLocal::new(),
+                memo,
+                trace: thread_local::ThreadLocal::new(),
+            })),
+            compile_error: None,
+            seen_sha: sha,
+            seen_at_ms: now,
+            counters,
+        }
+    }
+}
+
+/// A compiled version of a rule and its health (fresh for every new version).
+struct Compiled {
+    ast: AST,
+    /// The event types the rule declared it reacts to (`const ON = [...]`); None: all.
+    on: Option<Vec<String>>,
+    sha: String,
+    loaded_at_ms: i64,
+    health: Health,
+    /// Rhai's run-time state for this rule, one per shard thread and kept between runs: its
+    /// function-resolution cache is what makes a method call cheap after the first run.
+    runtime: thread_local::ThreadLocal<std::cell::RefCell<Runtime>>,
+    /// Whether runs of this version may be remembered (its source does not name `now_ms`).
+    memo: bool,
+    /// Remembered runs, one tree per shard thread (see `memo`).
+    trace: thread_local::ThreadLocal<std::cell::RefCell<memo::Trace>>,
+}
+
+/// What `Engine::run_ast_with_scope` would build afresh on every run.
+struct Runtime {
+    global: rhai::GlobalRuntimeState,
+    caches: rhai::Caches,
+}
+
+impl Runtime {
+    fn new(engine: &Engine, ast: &AST) -> Runtime {
+        let mut global = engine.new_global_runtime_state();
+        global.source = ast.source().map(Into::into);
+        global.lib.push(ast.shared_lib().clone());
+        Runtime {
+            global,
+            caches: rhai::Caches::new(),
+        }
+    }
+
+    /// Runs the rule's statements as `run_ast_with_scope` does, with this thread's state. A
+    /// run that failed may have left the state mid-call (nesting levels, a pushed cache), so
+    /// the caller drops the runtime after an error.
+    fn run(
+        &mut self,
+        engine: &Engine,
+        scope: &mut Scope,
+        ast: &AST,
+    ) -> Result<(), Box<rhai::EvalAltResult>> {
+        let g = &mut self.global;
+        g.num_operations = 0;
+        g.level = 0;
+        g.scope_level = 0;
+        g.always_search_scope = false;
+        #[allow(deprecated)] // the one entry point that takes a kept GlobalRuntimeState
+        engine
+            .eval_statements_raw(g, &mut self.caches, scope, ast.statements())
+            .map(|_| ())
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    runs: AtomicU64,
+    failures: AtomicU64,
+    adjustments: AtomicU64,
+    /// Runs answered from remembered runs (also counted in `runs`).
+    replayed: AtomicU64,
+}
+
+#[derive(Default)]
+struct Health {
+    consecutive: AtomicU32,
+    disabled: AtomicBool,
+    disabled_reason: Mutex<Option<String>>,
+    last_error: Mutex<Option<RuleErrorInfo>>,
+}
+
+/// Locks `m`, ignoring poisoning: the data behind these mutexes (an `Option` or `()`) is
+/// always valid, whatever a panicking holder was doing.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+use trimtab_util::now_ms as unix_ms;
+
+fn sha256_hex(source: &str) -> String {
+    hex::encode(Sha256::digest(source.as_bytes()))
+}
+
+/// A compiled condition over `user` (see [`Rules::compile_condition`]).
+#[derive(Clone)]
+pub struct Condition {
+    ast: Arc<AST>,
+}
+
+impl std::fmt::Debug for Condition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Condition { .. }")
+    }
+}
+
+/// Checks a rule name: `[a-z0-9_-]{1,64}`.
+pub fn validate_name(name: &str) -> Result<(), RulesError> {
+    let reason = if name.is_empty() {
+        Some("must not be empty")
+    } else if name.len() > MAX_RULE_NAME {
+        Some("longer than 64 characters")
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    {
+        Some("only a-z 0-9 _ - are allowed")
+    } else {
+        None
+    };
+    match reason {
+        None => Ok(()),
+        Some(reason) => Err(RulesError::InvalidName {
+            name: sandbox::truncate(name, 80),
+            reason,
+        }),
+    }
+}
+
+/// What `event.type` can be: the wire types plus the engine's own `tick` and `decide`.
+pub fn trigger_types() -> impl Iterator<Item = &'static str> {
+    trimtab_wire::EventType::ALL
+        .iter()
+        .map(|t| t.as_str())
+        .chain(["tick", "decide"])
+}
+
+/// The names in scope while a script runs; also declared when compiling (strict variables).
+const SCOPE_NAMES: [&str; 3] = ["user", "event", "now_ms"];
+
+impl Rules {
+    /// Compiles every `dir/*.rhai` (file stem = rule name; names: `[a-z0-9_-]{1,64}`; files with
+    /// other names are skipped with a warning). A file that fails to compile is recorded with
+    /// its error and not run; loading never fails because of one bad script. Creates `dir` if
+    /// missing. Errors only if `dir` cannot be created or read.
+    ///
+    /// Runs on the caller's thread (startup).
+    pub fn load(dir: &Path, limits: RuleLimits) -> Result<Rules, RulesError> {
+        fs::create_dir_all(dir).map_err(|source| RulesError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let engine = sandbox::build_engine(&limits);
+        let rules = Rules {
+            inner: Arc::new(Inner {
+                dir: dir.to_owned(),
+                limits,
+                engine,
+                set: ArcSwap::from_pointee(RuleSet::default()),
+                writer: Mutex::new(()),
+            }),
+        };
+        rules.reload()?;
+        Ok(rules)
+    }
+
+    /// The rules directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The sandbox limits in force.
+    pub fn limits(&self) -> &RuleLimits {
+        &self.inner.limits
+    }
+
+    /// Starts watching the rules directory and recompiling changed files (debounced ~150 ms;
+    /// create, modify, rename and delete, including editors that save via temp file + rename).
+    /// A file that no longer compiles keeps its previous good version running; its status
+    /// shows `compile_error` and a `tracing::warn` is logged. Dropping the guard stops watching.
+    ///
+    /// Spawns one thread (`trimtab-rules-watch`) that owns the reloads.
+    pub fn watch(&self) -> Result<RulesWatcher, RulesError> {
+        watch::start(self.clone())
+    }
+
+    /// Re-reads the rules directory and applies every difference: new files are compiled,
+    /// changed files recompiled, removed files dropped. Unchanged files (same SHA-256) are
+    /// left alone, keeping their health and counters. The watcher calls this after each burst
+    /// of file events; it may also be called directly (e.g. from an admin "reload").
+    pub fn reload(&self) -> Result<(), RulesError> {
+        let dir = &self.inner.dir;
+        let io_err = |source| RulesError::Io {
+            path: dir.clone(),
+            source,
+        };
+        let _writer = lock(&self.inner.writer);
+        let mut files = BTreeMap::new();
+        for entry in fs::read_dir(dir).map_err(io_err)? {
+            let path = entry.map_err(io_err)?.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("rhai") || !path.is_file() {
+                continue;
+            }
+            let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
+                tracing::warn!(file = %path.display(), "skipping rule file with a non-UTF-8 name");
+                continue;
+            };
+            if let Err(e) = validate_name(stem) {
+                tracing::warn!(file = %path.display(), "skipping rule file: {e}");
+                continue;
+            }
+            match read_source(&path) {
+                Ok(source) => {
+                    files.insert(stem.to_owned(), source);
+                }
+                Err(e) => {
+                    // Vanished between listing and reading (a rename in flight), unreadable,
+                    // or too large: keep whatever runs now; the next event retries.
+                    tracing::warn!(file = %path.display(), "cannot read rule file: {e}");
+                    if let Some(old) = self.inner.set.load().rules.get(stem) {
+                        files.insert(stem.to_owned(), Source::Keep(Arc::clone(old)));
+                    }
+                }
+            }
+        }
+
+        let current = self.inner.set.load_full();
+        let mut next = RuleSet::default();
+        for (name, source) in files {
+            let old = current.rules.get(&name);
+            let rule = match source {
+                Source::Keep(rule) => rule,
+                Source::Text(text) => {
+                    let sha = sha256_hex(&text);
+                    match old {
+                        Some(old) if old.seen_sha == sha => Arc::clone(old),
+                        _ => Arc::new(self.build_rule(&name, &text, sha, old)),
+                    }
+                }
+            };
+            next.rules.insert(name, rule);
+        }
+        for name in current.rules.keys() {
+            if !next.rules.contains_key(name) {
+                tracing::info!(rule = %name, "rule removed");
+            }
+        }
+        self.inner.set.store(Arc::new(next));
+        Ok(())
+    }
+
+    /// Compiles `text` as a new version of `name`. On a compile error the previous good
+    /// version (if any) keeps running, with its health.
+    fn build_rule(&self, name: &str, text: &str, sha: String, old: Option<&Arc<Rule>>) -> Rule {
+        let file = self.display_file(name);
+        let counters = old.map_or_else(Arc::default, |o| Arc::clone(&o.counters));
+        let now = unix_ms();
+        match self.compile_rule(&file, text) {
+            Ok(ast) => {
+                tracing::info!(rule = %name, sha256 = %sha, "rule loaded");
+                Rule::compiled(name, file, ast, sha, now, counters)
+            }
+            Err(info) => {
+                let kept = old.and_then(|o| o.compiled.clone());
+                tracing::warn!(
+                    rule = %name,
+                    location = %info.location,
+                    previous_version_kept = kept.is_some(),
+                    "rule does not compile: {}",
+                    info.message
+                );
+                Rule {
+                    name: name.to_owned(),
+                    label: name.into(),
+                    file,
+                    compiled: kept,
+                    compile_error: Some(info),
+                    seen_sha: sha,
+                    seen_at_ms: now,
+                    counters,
+                }
+            }
+        }
+    }
+
+    /// Compiles with the sandboxed engine; `user`, `event` and `now_ms` are declared so strict
+    /// variables mode accepts them (as plain variables: constants would be folded into the AST).
+    fn compile(&self, file: &str, text: &str) -> Result<AST, RuleErrorInfo> {
+        if text.len() > MAX_SOURCE_BYTES {
+            return Err(RuleErrorInfo {
+                message: format!("script is larger than {MAX_SOURCE_BYTES} bytes"),
+                line: None,
+                column: None,
+                location: file.to_owned(),
+            });
+        }
+        let mut scope = Scope::new();
+        for name in SCOPE_NAMES {
+            scope.push_dynamic(name, Dynamic::UNIT);
+        }
+        let compiled = catch_unwind(AssertUnwindSafe(|| {
+            self.inner.engine.compile_with_scope(&scope, text)
+        }));
+        match compiled {
+            Ok(Ok(ast)) => Ok(ast),
+            Ok(Err(e)) => Err(sandbox::compile_error_info(file, &e)),
+            Err(payload) => Err(sandbox::panic_error_info(file, payload.as_ref())),
+        }
+    }
+
+    /// Compiles a rule and reads its declared triggers: an optional top-level
+    /// `const ON = ["scroll", "page_view"];` lists the event types the rule reacts to (any of
+    /// [`trigger_types`]); the rule is then not run at all for other events.
+    fn compile_rule(
+        &self,
+        file: &str,
+        text: &str,
+    ) -> Result<(AST, Option<Vec<String>>, bool), RuleErrorInfo> {
+        let ast = self.compile(file, text)?;
+        // A rule that reads the clock reads something new on every run: never remembered.
+        // (Textual, so a comment naming it also opts out; that is only slower, never wrong.)
+        let memo = !text.contains("now_ms");
+        let bad = |message: String| RuleErrorInfo {
+            message,
+            line: None,
+            column: None,
+            location: file.to_owned(),
+        };
+        let Some((_, _, value)) = ast
+            .iter_literal_variables(true, false)
+            .find(|(n, _, _)| *n == "ON")
+        else {
+            return Ok((prelude::strip(ast), None, memo));
+        };
+        let Some(list) = value.read_lock::<rhai::Array>().map(|a| a.clone()) else {
+            return Err(bad(
+                "ON must be an array of event types, e.g. const ON = [\"scroll\", \"tick\"];"
+                    .into(),
+            ));
+        };
+        let mut on = Vec::with_capacity(list.len());
+        for v in list {
+            let t = v
+                .into_immutable_string()
+                .map_err(|_| bad("ON must be an array of event types (strings)".into()))?;
+            if !trigger_types().any(|k| k == t.as_str()) {
+                return Err(bad(format!(
+                    "ON lists {t:?}, which is not an event type (one of {})",
+                    trigger_types().collect::<Vec<_>>().join(", ")
+                )));
+            }
+            on.push(t.to_string());
+        }
+        Ok((prelude::strip(ast), Some(on), memo))
+    }
+
+    fn display_file(&self, name: &str) -> String {
+        self.inner
+            .dir
+            .join(format!("{name}.rhai"))
+            .display()
+            .to_string()
+    }
+
+    /// Runs every enabled rule (in name order) against `input` on the calling thread and
+    /// returns all their `adjust()` calls, in order.
+    ///
+    /// Never panics and never blocks longer than about `timeout_ms` per rule. A runtime error,
+    /// limit hit, timeout or panic is a failure of that rule only: its adjustments from that
+    /// run are discarded, the other rules still run. After `max_consecutive_failures` failures
+    /// in a row the rule is disabled (with a reason in its status) until its file changes or
+    /// it is re-uploaded; a success resets the count.
+    pub fn evaluate(&self, input: &RuleInput) -> Vec<AdjustRequest> {
+        let set = self.inner.set.load();
+        let mut out = Vec::new();
+        if set.rules.is_empty() {
+            return out;
+        }
+        // One scope per thread, reused: its storage is allocated once, not per evaluation
+        // (a nested evaluation on the same thread, should one happen, gets its own).
+        thread_local! {
+            static SCOPE: std::cell::RefCell<Scope<'static>> =
+                std::cell::RefCell::new(Scope::new());
+        }
+        SCOPE.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut scope) => self.evaluate_in(&mut scope, &set, input, &mut out),
+            Err(_) => self.evaluate_in(&mut Scope::new(), &set, input, &mut out),
+        });
+        out
+    }
+
+    fn evaluate_in(
+        &self,
+        scope: &mut Scope<'static>,
+        set: &RuleSet,
+        input: &RuleInput,
+        out: &mut Vec<AdjustRequest>,
+    ) {
+        let limits = &self.inner.limits;
+        let timeout = Duration::from_millis(limits.timeout_ms.max(1));
+        scope.rewind(0);
+        scope.push_constant_dynamic("user", input.user.clone());
+        scope.push_constant_dynamic("event", input.event.clone());
+        scope.push_constant("now_ms", input.now_ms);
+        let base = scope.len();
+        let arms = match input.user.read_lock::<view::UserView>() {
+            Some(v) => sandbox::Arms::View(v.clone()),
+            None => input
+                .user
+                .read_lock::<rhai::Map>()
+                .and_then(|u| {
+                    u.get("experiments")
+                        .and_then(|e| e.read_lock::<rhai::Map>().map(|m| m.clone()))
+                })
+                .map_or(sandbox::Arms::None, sandbox::Arms::Map),
+        };
+        sandbox::set_arms(arms);
+        sandbox::set_scorer(input.scorer.clone());
+        // The event's type, for rules that declared which ones they react to.
+        let kind: Option<std::borrow::Cow<'_, str>> = match input.kind {
+            Some(k) => Some(k.into()),
+            None => input.event.read_lock::<rhai::Map>().and_then(|m| {
+                m.get("type")
+                    .and_then(|t| {
+                        t.read_lock::<rhai::ImmutableString>()
+                            .map(|s| s.to_string())
+                    })
+                    .map(Into::into)
+            }),
+        };
+
+        // Runs are remembered only over the views, whose every read is recorded (a script
+        // reads a plain map without any function of ours seeing it).
+        let views = input
+            .user
+            .read_lock::<view::UserView>()
+            .map(|u| u.clone())
+            .zip(
+                input
+                    .event
+                    .read_lock::<view::EventView>()
+                    .map(|e| e.clone()),
+            );
+        for rule in set.rules.values() {
+            let Some(compiled) = &rule.compiled else {
+                continue;
+            };
+            if compiled.health.disabled.load(Ordering::Relaxed) {
+                continue;
+            }
+            if let (Some(on), Some(k)) = (&compiled.on, &kind) {
+                if !on.iter().any(|t| t == k) {
+                    continue; // not an event this rule reacts to: it costs nothing
+                }
+            }
+            // A run whose reads all read the same as a remembered run's ends the same way.
+            let trace = views
+                .as_ref()
+                .filter(|_| compiled.memo && limits.memo)
+                .map(|v| (v, compiled.trace.get_or(Default::default)))
+                .filter(|(_, t)| t.borrow_mut().should_try());
+            if let Some((v, trace)) = &trace {
+                let views = memo::Views {
+                    user: &v.0,
+                    event: &v.1,
+                };
+                if let Some(hit) = trace.borrow_mut().lookup(&views) {
+                    rule.counters.runs.fetch_add(1, Ordering::Relaxed);
+                    rule.counters.replayed.fetch_add(1, Ordering::Relaxed);
+                    compiled.health.consecutive.store(0, Ordering::Relaxed);
+                    let n = u64::try_from(hit.len()).unwrap_or(u64::MAX);
+                    rule.counters.adjustments.fetch_add(n, Ordering::Relaxed);
+                    out.extend_from_slice(hit);
+                    continue;
+                }
+            }
+            let call = sandbox::CallScope::enter(rule.label.clone(), timeout, trace.is_some());
+            let engine = &self.inner.engine;
+            let cell = compiled
+                .runtime
+                .get_or(|| std::cell::RefCell::new(Runtime::new(engine, &compiled.ast)));
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                cell.borrow_mut().run(engine, scope, &compiled.ast)
+            }));
+            if !matches!(result, Ok(Ok(()))) {
+                *cell.borrow_mut() = Runtime::new(engine, &compiled.ast);
+            }
+            let (adjusts, reads) = call.finish_recorded();
+            // Drop the rule's own variables; `user`, `event` and `now_ms` are constants, so a
+            // rule cannot change what the next rule sees.
+            scope.rewind(base);
+            rule.counters.runs.fetch_add(1, Ordering::Relaxed);
+            let error = match result {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(sandbox::runtime_error_info(
+                    &rule.file,
+                    &e,
+                    limits.timeout_ms,
+                )),
+                Err(payload) => Some(sandbox::panic_error_info(&rule.file, payload.as_ref())),
+            };
+            match error {
+                None => {
+                    compiled.health.consecutive.store(0, Ordering::Relaxed);
+                    let n = u64::try_from(adjusts.len()).unwrap_or(u64::MAX);
+                    rule.counters.adjustments.fetch_add(n, Ordering::Relaxed);
+                    if let (Some((_, trace)), Some(reads)) = (&trace, reads) {
+                        trace.borrow_mut().insert(reads, &adjusts);
+                    }
+                    out.extend(adjusts);
+                }
+                Some(info) => self.record_failure(rule, compiled, info),
+            }
+        }
+        // Let go of the user's data: the caller takes its state back once nothing holds it.
+        scope.rewind(0);
+        sandbox::set_arms(sandbox::Arms::None);
+        sandbox::set_scorer(None);
+    }
+
+    /// Compiles a condition (a Rhai expression over `user`, e.g. experiment targeting) with the
+    /// same sandboxed engine and limits as rules. `label` names it in error locations.
+    pub fn compile_condition(&self, label: &str, source: &str) -> Result<Condition, RuleErrorInfo> {
+        Ok(Condition {
+            ast: Arc::new(self.compile(label, source)?),
+        })
+    }
+
+    /// Evaluates a condition for `user`, sandboxed like a rule. An error, a limit hit or a
+    /// non-boolean result counts as `false` (and is logged at debug level).
+    pub fn check(&self, cond: &Condition, user: &rhai::Dynamic, now_ms: i64) -> bool {
+        let mut scope = Scope::new();
+        scope.push_constant_dynamic("user", user.clone());
+        scope.push_constant("event", Dynamic::UNIT);
+        scope.push_constant("now_ms", now_ms);
+        let timeout = Duration::from_millis(self.inner.limits.timeout_ms.max(1));
+        let call = sandbox::CallScope::enter("condition".into(), timeout, false);
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            self.inner
+                .engine
+                .eval_ast_with_scope::<bool>(&mut scope, &cond.ast)
+        }));
+        drop(call.finish());
+        match result {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                tracing::debug!("condition failed: {e}");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn record_failure(&self, rule: &Rule, compiled: &Compiled, info: RuleErrorInfo) {
+        rule.counters.failures.fetch_add(1, Ordering::Relaxed);
+        let health = &compiled.health;
+        let consecutive = health.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+        let max = self.inner.limits.max_consecutive_failures.max(1);
+        if consecutive >= max && !health.disabled.swap(true, Ordering::Relaxed) {
+            let reason = format!(
+                "disabled after {consecutive} consecutive failures; last: {}",
+                sandbox::short_error(&info)
+            );
+            tracing::warn!(rule = %rule.name, location = %info.location, "{reason}");
+            *lock(&health.disabled_reason) = Some(reason);
+        } else {
+            tracing::debug!(rule = %rule.name, location = %info.location, "rule failed: {}", info.message);
+        }
+        *lock(&health.last_error) = Some(info);
+    }
+
+    /// Whether no rule is loaded (then evaluating is skipped, and no view is built).
+    pub fn is_empty(&self) -> bool {
+        self.inner.set.load().rules.is_empty()
+    }
+
+    /// The status of every rule, sorted by name.
+    pub fn statuses(&self) -> Vec<RuleStatus> {
+        self.inner
+            .set
+            .load()
+            .rules
+            .values()
+            .map(|r| r.status())
+            .collect()
+    }
+
+    /// The status of one rule.
+    pub fn status(&self, name: &str) -> Result<RuleStatus, RulesError> {
+        self.inner
+            .set
+            .load()
+            .rules
+            .get(name)
+            .map(|r| r.status())
+            .ok_or_else(|| RulesError::NotFound(sandbox::truncate(name, 80)))
+    }
+
+    /// Validates `source` (compiles it with the same sandboxed engine), then atomically writes
+    /// `dir/{name}.rhai` (temp file, fsync, rename) and installs it at once, without waiting
+    /// for the watcher. A compile error returns [`RulesError::Compile`] and writes nothing.
+    /// Re-uploading a disabled rule re-enables it.
+    pub fn put(&self, name: &str, source: &str) -> Result<RuleStatus, RulesError> {
+        validate_name(name)?;
+        let file = self.display_file(name);
+        let ast = self
+            .compile_rule(&file, source)
+            .map_err(|info| RulesError::Compile { info })?;
+        let sha = sha256_hex(source);
+
+        let _writer = lock(&self.inner.writer);
+        let path = self.inner.dir.join(format!("{name}.rhai"));
+        write_atomically(&path, source)?;
+        let current = self.inner.set.load_full();
+        let counters = current
+            .rules
+            .get(name)
+            .map_or_else(Arc::default, |o| Arc::clone(&o.counters));
+        let now = unix_ms();
+        let rule = Arc::new(Rule::compiled(name, file, ast, sha, now, counters));
+        let mut rules = current.rules.clone();
+        rules.insert(name.to_owned(), Arc::clone(&rule));
+        self.inner.set.store(Arc::new(RuleSet { rules }));
+        tracing::info!(rule = %name, "rule uploaded");
+        Ok(rule.status())
+    }
+
+    /// Removes `dir/{name}.rhai` and the rule. Returns whether there was anything to remove.
+    pub fn delete(&self, name: &str) -> Result<bool, RulesError> {
+        validate_name(name)?;
+        let _writer = lock(&self.inner.writer);
+        let path = self.inner.dir.join(format!("{name}.rhai"));
+        let had_file = match fs::remove_file(&path) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(source) => return Err(RulesError::Io { path, source }),
+        };
+        let current = self.inner.set.load_full();
+        let had_rule = current.rules.contains_key(name);
+        if had_rule {
+            let mut rules = current.rules.clone();
+            rules.remove(name);
+            self.inner.set.store(Arc::new(RuleSet { rules }));
+        }
+        if had_file || had_rule {
+            tracing::info!(rule = %name, "rule deleted");
+        }
+        Ok(had_file || had_rule)
+    }
+}
+
+/// A rule file's content, or "keep the running rule" when it could not be read.
+enum Source {
+    Text(String),
+    Keep(Arc<Rule>),
+}
+
+fn read_source(path: &Path) -> io::Result<Source> {
+    let len = fs::metadata(path)?.len();
+    if len > MAX_SOURCE_BYTES as u64 {
+        return Err(io::Error::other(format!(
+            "larger than {MAX_SOURCE_BYTES} bytes"
+        )));
+    }
+    fs::read_to_string(path).map(Source::Text)
+}
+
+/// Writes `path` atomically ([`trimtab_util::fsutil::write_atomic`]), then makes the rename durable;
+/// a failure of that last step only weakens durability (the file is in place), so it is ignored.
+fn write_atomically(path: &Path, content: &str) -> Result<(), RulesError> {
+    trimtab_util::fsutil::write_atomic(path, content.as_bytes()).map_err(|source| {
+        RulesError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    })?;
+    let _ = trimtab_util::fsutil::sync_dir(path);
+    Ok(())
+}
+
+impl Rule {
+    fn status(&self) -> RuleStatus {
+        let (enabled, disabled, disabled_reason, last_error, consecutive) = match &self.compiled {
+            Some(c) => {
+                let disabled = c.health.disabled.load(Ordering::Relaxed);
+                (
+                    !disabled,
+                    disabled,
+                    lock(&c.health.disabled_reason).clone(),
+                    lock(&c.health.last_error).clone(),
+                    c.health.consecutive.load(Ordering::Relaxed),
+                )
+            }
+            None => (false, false, None, None, 0),
+        };
+        let state = if self.compile_error.is_some() {
+            "compile_error"
+        } else if disabled {
+            "disabled"
+        } else {
+            "active"
+        };
+        RuleStatus {
+            name: self.name.clone(),
+            file: self.file.clone(),
+            enabled,
+            state,
+            compile_error: self.compile_error.clone(),
+            disabled_reason,
+            last_error,
+            runs: self.counters.runs.load(Ordering::Relaxed),
+            failures: self.counters.failures.load(Ordering::Relaxed),
+            consecutive_failures: consecutive,
+            adjustments: self.counters.adjustments.load(Ordering::Relaxed),
+            replayed: self.counters.replayed.load(Ordering::Relaxed),
+            loaded_at_ms: self
+                .compiled
+                .as_ref()
+                .map_or(self.seen_at_ms, |c| c.loaded_at_ms),
+            source_sha256: self
+                .compiled
+                .as_ref()
+                .map_or_else(|| self.seen_sha.clone(), |c| c.sha.clone()),
+            on: self.compiled.as_ref().and_then(|c| c.on.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,481 @@
+//! The event store: every user's events and journal records, in the order they were logged,
+//! in append-only segment files (`events/` in the data dir). The indexer appends each logged
+//! batch's records here ([`super::Store::apply`]) instead of inserting them into B-trees keyed
+//! by user: a copy-on-write B-tree rewrites every leaf an insert lands in, and with thousands
+//! of users active per second nearly every leaf of a user-keyed table was rewritten by every
+//! index transaction, a cost that grew with the table (the indexer was 43% of the server's
+//! CPU under HTTP load, most of it redb's page writes of `events`). Appending is one
+//! sequential write and one `fdatasync` per index transaction.
+//!
+//! Records are numbered (`n`, consecutive over the whole store); a segment is named after its
+//! first record's number (`00000000000000000042.evs`) and holds records back to back, each
+//! `[len: u32][crc32: u32][n: u64][kind: u8][user: 16][seq: u64][id hash: 16][sealed bytes]`
+//! (little endian; the CRC covers everything after it; the sealed bytes are sealed by the
+//! shard with the user's key, as every record at rest). `meta.events_end` in `trimtab.redb`
+//! is the number of the first record not (yet) made part of the indexed store: it is written
+//! in the same transaction as `applied_wal`, after the records are durable here, and at open
+//! whatever lies past it is cut off (the write-ahead log applies those batches again).
+//!
+//! Reading a user's records means scanning: export (every segment), the log tail of a user
+//! whose checkpoint does not cover all its records (from the first uncovered record, which
+//! the store tracks, see [`super::Store`]), recovery (from `meta.replay_from`). Erasure
+//! destroys the user's key, so the user's records here can no longer be opened.
+//!
+//! Threads: the indexer is the only appender (and recovery at open); scans may run on any
+//! thread and see the records appended before they started.
+
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use super::StoreError;
+use trimtab_privacy::UserKey;
+
+/// A new segment is started once the current one is this large.
+const SEGMENT_BYTES: u64 = 32 << 20;
+/// `len` + `crc`.
+const FRAME: usize = 8;
+/// `n` + `kind` + `user` + `seq` + `id hash`.
+const META: usize = 8 + 1 + 16 + 8 + 16;
+/// A record longer than this is damage, not data.
+const MAX_RECORD: u32 = 1 << 26;
+
+/// What a record holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A sealed event (`id hash` is the keyed hash of its id).
+    Event = 1,
+    /// A sealed journal record (effects of an evaluation at `seq`).
+    Journal = 2,
+}
+
+impl Kind {
+    fn from_u8(b: u8) -> Option<Kind> {
+        match b {
+            1 => Some(Kind::Event),
+            2 => Some(Kind::Journal),
+            _ => None,
+        }
+    }
+}
+
+/// One record as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub n: u64,
+    pub kind: Kind,
+    pub user: UserKey,
+    pub seq: u64,
+    pub id_hash: [u8; 16],
+    pub sealed: Vec<u8>,
+}
+
+struct Segment {
+    first: u64,
+    path: PathBuf,
+}
+
+struct Inner {
+    segments: Vec<Segment>,
+    /// The open end of the last segment and its length.
+    current: Option<(File, u64)>,
+    /// Number of the next record.
+    next: u64,
+}
+
+pub(super) struct EventLog {
+    dir: PathBuf,
+    segment_bytes: u64,
+    inner: Mutex<Inner>,
+}
+
+fn io_err(path: &Path, what: &str, e: std::io::Error) -> StoreError {
+    StoreError::Db(format!("event store {}: {what}: {e}", path.display()))
+}
+
+fn segment_name(first: u64) -> String {
+    format!("{first:020}.evs")
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err(dir, "sync", e))
+}
+
+/// Walks the records of one segment's bytes whose numbers start at `first` and stay below
+/// `end`; calls `f(record, byte offset after it)` for each. Returns the byte length of the
+/// valid prefix. Stops at a short, damaged or out-of-sequence record.
+fn walk(bytes: &[u8], first: u64, end: u64, mut f: impl FnMut(RecordRef<'_>, usize)) -> usize {
+    let mut at = 0usize;
+    let mut expect = first;
+    while expect < end {
+        let Some(h) = bytes.get(at..at + FRAME) else {
+            break;
+        };
+        let len = u32::from_le_bytes(h[0..4].try_into().expect("4 bytes"));
+        let crc = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes"));
+        if len > MAX_RECORD || (len as usize) < META {
+            break;
+        }
+        let stop = at + FRAME + len as usize;
+        let Some(body) = bytes.get(at + FRAME..stop) else {
+            break;
+        };
+        if crc32fast::hash(body) != crc {
+            break;
+        }
+        let r = RecordRef::parse(body);
+        match r {
+            Some(r) if r.n == expect => f(r, stop),
+            _ => break,
+        }
+        at = stop;
+        expect += 1;
+    }
+    at
+}
+
+/// A record borrowed from a segment's bytes.
+pub struct RecordRef<'a> {
+    pub n: u64,
+    pub kind: Kind,
+    pub user: UserKey,
+    pub seq: u64,
+    pub id_hash: [u8; 16],
+    pub sealed: &'a [u8],
+}
+
+impl<'a> RecordRef<'a> {
+    fn parse(body: &'a [u8]) -> Option<RecordRef<'a>> {
+        let n = u64::from_le_bytes(body.get(0..8)?.try_into().ok()?);
+        let kind = Kind::from_u8(*body.get(8)?)?;
+        let user = UserKey(body.get(9..25)?.try_into().ok()?);
+        let seq = u64::from_le_bytes(body.get(25..33)?.try_into().ok()?);
+        let id_hash = body.get(33..49)?.try_into().ok()?;
+        Some(RecordRef {
+            n,
+            kind,
+            user,
+            seq,
+            id_hash,
+            sealed: body.get(META..)?,
+        })
+    }
+
+    pub fn to_owned(&self) -> Record {
+        Record {
+            n: self.n,
+            kind: self.kind,
+            user: self.user,
+            seq: self.seq,
+            id_hash: self.id_hash,
+            sealed: self.sealed.to_vec(),
+        }
+    }
+}
+
+fn read_all(path: &Path) -> Result<Vec<u8>, StoreError> {
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(|e| io_err(path, "read", e))?;
+    Ok(bytes)
+}
+
+impl EventLog {
+    /// Opens (creating) the store in `dir`, keeping records below `end` (the indexed store's
+    /// `events_end`) and cutting off what follows them.
+    pub(super) fn open(dir: &Path, end: u64) -> Result<EventLog, StoreError> {
+        EventLog::open_sized(dir, end, SEGMENT_BYTES)
+    }
+
+    pub(super) fn open_sized(
+        dir: &Path,
+        end: u64,
+        segment_bytes: u64,
+    ) -> Result<EventLog, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, "create", e))?;
+        let mut firsts = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(|e| io_err(dir, "list", e))? {
+            let entry = entry.map_err(|e| io_err(dir, "list", e))?;
+            let name = entry.file_name();
+            if let Some(first) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".evs"))
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                firsts.push(first);
+            }
+        }
+        firsts.sort_unstable();
+        let mut segments = Vec::new();
+        let mut removed = false;
+        for first in firsts {
+            let path = dir.join(segment_name(first));
+            if first >= end {
+                // Appended by an index transaction that never committed.
+                std::fs::remove_file(&path).map_err(|e| io_err(&path, "remove", e))?;
+                removed = true;
+                continue;
+            }
+            segments.push(Segment { first, path });
+        }
+        let mut next = end;
+        if let Some(last) = segments.last() {
+            let bytes = read_all(&last.path)?;
+            let mut count = 0u64;
+            let valid = walk(&bytes, last.first, end, |_, _| count += 1);
+            if (valid as u64) < bytes.len() as u64 {
+                OpenOptions::new()
+                    .write(true)
+                    .open(&last.path)
+                    .and_then(|f| {
+                        f.set_len(valid as u64)?;
+                        f.sync_all()
+                    })
+                    .map_err(|e| io_err(&last.path, "truncate", e))?;
+            }
+            let found = last.first + count;
+            if found < end {
+                tracing::error!(store = %dir.display(), expected = end, found,
+                    "the event store ends before the indexed store says it does; records are missing");
+                next = found;
+            }
+        } else if end > 0 {
+            tracing::error!(store = %dir.display(), expected = end,
+                "the event store has no segments although the indexed store lists records");
+        }
+        if removed {
+            sync_dir(dir)?;
+        }
+        Ok(EventLog {
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            inner: Mutex::new(Inner {
+                segments,
+                current: None,
+                next,
+            }),
+        })
+    }
+
+    /// Number of the next record (every record below it is readable).
+    pub(super) fn end(&self) -> u64 {
+        self.lock().next
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts appending; nothing is visible to scans until [`Appender::sync`] and nothing is
+    /// kept unless the appender is finished ([`Appender::finish`]) — dropping it undoes the
+    /// appends.
+    pub(super) fn begin(&self) -> Appender<'_> {
+        let g = self.lock();
+        let mark = Mark {
+            segments: g.segments.len(),
+            len: g.current.as_ref().map(|(_, l)| *l),
+            next: g.next,
+        };
+        Appender {
+            log: self,
+            inner: g,
+            buf: Vec::new(),
+            mark,
+            done: false,
+        }
+    }
+
+    /// Every record numbered `from` or later, in order, to `f` (borrowed from the segment's
+    /// bytes). `f` returns `false` to stop.
+    pub(super) fn scan(
+        &self,
+        from: u64,
+        mut f: impl FnMut(RecordRef<'_>) -> bool,
+    ) -> Result<(), StoreError> {
+        let (segs, end) = {
+            let g = self.lock();
+            let segs: Vec<(u64, PathBuf)> = g
+                .segments
+                .iter()
+                .map(|s| (s.first, s.path.clone()))
+                .collect();
+            (segs, g.next)
+        };
+        for (i, (first, path)) in segs.iter().enumerate() {
+            let upto = segs.get(i + 1).map_or(end, |s| s.0);
+            if upto <= from {
+                continue;
+            }
+            let bytes = read_all(path)?;
+            let mut go = true;
+            walk(&bytes, *first, upto, |r, _| {
+                if go && r.n >= from {
+                    go = f(r);
+                }
+            });
+            if !go {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Segment files (tests and diagnostics).
+    #[cfg(test)]
+    pub(super) fn segments(&self) -> usize {
+        self.lock().segments.len()
+    }
+}
+
+/// Where an [`Appender`] started: what to go back to.
+struct Mark {
+    segments: usize,
+    len: Option<u64>,
+    next: u64,
+}
+
+/// An open append (holds the store's lock: the indexer's one transaction at a time).
+pub(super) struct Appender<'a> {
+    log: &'a EventLog,
+    inner: MutexGuard<'a, Inner>,
+    /// Encoded records not yet written to the current segment.
+    buf: Vec<u8>,
+    mark: Mark,
+    done: bool,
+}
+
+impl Appender<'_> {
+    /// Adds a record; returns its number.
+    pub(super) fn push(
+        &mut self,
+        kind: Kind,
+        user: &UserKey,
+        seq: u64,
+        id_hash: &[u8; 16],
+        sealed: &[u8],
+    ) -> Result<u64, StoreError> {
+        let seg_len = self.inner.current.as_ref().map_or(u64::MAX, |(_, l)| *l);
+        if seg_len.saturating_add(self.buf.len() as u64) >= self.log.segment_bytes {
+            self.write_out()?;
+            self.rotate()?;
+        }
+        let n = self.inner.next;
+        let len = u32::try_from(META + sealed.len())
+            .ok()
+            .filter(|l| *l <= MAX_RECORD)
+            .ok_or_else(|| StoreError::Db("an event record is larger than 64 MiB".into()))?;
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&len.to_le_bytes());
+        self.buf.extend_from_slice(&[0u8; 4]);
+        self.buf.extend_from_slice(&n.to_le_bytes());
+        self.buf.push(kind as u8);
+        self.buf.extend_from_slice(&user.0);
+        self.buf.extend_from_slice(&seq.to_le_bytes());
+        self.buf.extend_from_slice(id_hash);
+        self.buf.extend_from_slice(sealed);
+        let crc = crc32fast::hash(&self.buf[at + FRAME..]);
+        self.buf[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+        self.inner.next = n + 1;
+        Ok(n)
+    }
+
+    /// Number of the next record.
+    pub(super) fn next(&self) -> u64 {
+        self.inner.next
+    }
+
+    fn rotate(&mut self) -> Result<(), StoreError> {
+        if let Some((f, _)) = self.inner.current.take() {
+            f.sync_data()
+                .map_err(|e| io_err(&self.log.dir, "sync", e))?;
+        }
+        let first = self.inner.next;
+        let path = self.log.dir.join(segment_name(first));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io_err(&path, "create", e))?;
+        sync_dir(&self.log.dir)?;
+        self.inner.segments.push(Segment { first, path });
+        self.inner.current = Some((file, 0));
+        Ok(())
+    }
+
+    fn write_out(&mut self) -> Result<(), StoreError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        // The first push of an appender with no open segment started one (`rotate`).
+        let (file, len) = self
+            .inner
+            .current
+            .as_mut()
+            .expect("a segment is open once a record is pushed");
+        file.write_all_at(&self.buf, *len)
+            .map_err(|e| io_err(&self.log.dir, "write", e))?;
+        *len += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Writes what is pending and makes every record pushed so far durable.
+    pub(super) fn sync(&mut self) -> Result<(), StoreError> {
+        self.write_out()?;
+        if let Some((f, _)) = &self.inner.current {
+            f.sync_data()
+                .map_err(|e| io_err(&self.log.dir, "sync", e))?;
+        }
+        Ok(())
+    }
+
+    /// Keeps what was appended (after [`Appender::sync`] and the transaction that records it).
+    pub(super) fn finish(mut self) {
+        self.done = true;
+    }
+
+    /// Goes back to where the appender started: segments it created are removed, the one it
+    /// appended to is cut back. If that fails the store refuses appends until reopened.
+    fn undo(&mut self) {
+        self.buf.clear();
+        let keep = self.mark.segments;
+        let mut ok = true;
+        while self.inner.segments.len() > keep {
+            let s = self.inner.segments.pop().expect("len > keep");
+            ok &= std::fs::remove_file(&s.path).is_ok();
+            self.inner.current = None;
+        }
+        if let (Some(len), Some(s)) = (self.mark.len, self.inner.segments.last()) {
+            let cut = OpenOptions::new().write(true).open(&s.path).and_then(|f| {
+                f.set_len(len)?;
+                f.sync_data()?;
+                Ok(f)
+            });
+            match cut {
+                Ok(f) => self.inner.current = Some((f, len)),
+                Err(_) => ok = false,
+            }
+        } else if self.mark.len.is_none() {
+            self.inner.current = None;
+        }
+        self.inner.next = self.mark.next;
+        if !ok {
+            tracing::error!(store = %self.log.dir.display(),
+                "cannot undo a failed append to the event store; the next start cuts it off");
+        }
+    }
+}
+
+impl Drop for Appender<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.undo();
+        }
+    }
+}

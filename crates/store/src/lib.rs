@@ -1,0 +1,598 @@
+//! Storage: the write-ahead log (segment files in `wal/`), the event store (segment files in
+//! `events/`), one redb file and the per-user key store (`keys.bin`) in the data dir. Knows
+//! tables, files, key layouts and encryption at rest; knows nothing of HTTP, features or
+//! decisions (values are opaque bytes, sealed by the caller with the user's [`Sealer`]).
+//!
+//! **`wal/`, the write-ahead log** (`wal.rs`): append-only segment files, one record per group
+//! commit ([`Store::log`]): one write and one `fdatasync` however many users it holds; an
+//! event is acknowledged once its batch is in this log. The indexer applies the same batches a
+//! little later, many at a time ([`Store::apply`]): events and journal records are appended,
+//! in log order, to **`events/`, the event store** (`events.rs`), and the rest goes into
+//! **`trimtab.redb`, the indexed store**. `meta.applied_wal` records how far the log is
+//! applied; what is past it is applied again at open, so a crash at any point loses nothing
+//! the log holds. Applied log segments are recycled.
+//!
+//! Tables of `trimtab.redb` (every user-derived value is sealed with that user's key, see
+//! [`trimtab_privacy`]):
+//! - `meta`: `&str → &[u8]`: `schema_version`, `shutdown` (`clean` after a graceful stop,
+//!   `running` while a process has the file open), `applied_wal`, `events_end` (records of the
+//!   event store that are part of the indexed store) and `replay_from` (the first record of
+//!   the event store that a checkpoint may not cover yet: recovery reads from there).
+//! - `users`: `user key → sealed state`: the user's **checkpoint**, written every few seconds
+//!   for dirty users, on eviction and on shutdown, not per event.
+//! - `heads`: `user key → seq`: the first seq *not* covered by the user's checkpoint; loading a
+//!   user replays its records from there.
+//! - `seen_runs`: `(user key, run) → sorted fingerprints` (8 bytes each: the first half of
+//!   the keyed hash of an event id): every id the user's checkpoints cover, for deduplication
+//!   of client retries. One run is added per checkpoint (the ids of the records it covers,
+//!   which the indexer keeps in memory until then, see [`Store::apply`]); a run is merged into
+//!   the one before while that one is at most twice its size, so a user has O(log n) runs and
+//!   an id is rewritten O(log n) times. A row per id instead (schema 2's `seen`) was one more
+//!   random insert per event into a table that grew with every event.
+//! - `decisions`: `(user key, decision id) → sealed decision`: what was pushed, for attribution.
+//! - `learnlog`: `(user key, decision id) → sealed learning record` of bandit decisions.
+//! - `stats`: `(group, segment, arm, metric) → six f64 sums`: experiments' sufficient statistics
+//!   (aggregates over many users; no per-user data).
+//!
+//! Which users have records past their checkpoint (the **coverage**) is kept in memory: the
+//! indexer adds a user at its first record after a checkpoint and removes it at the next
+//! checkpoint; `replay_from` is the oldest such record. Loading a user not in it reads only
+//! the checkpoint; loading one in it (after a failed commit) also scans the event store from
+//! its first uncovered record. At open, the coverage is rebuilt by reading the event store from
+//! `replay_from`, and the tails of the users in it are kept for their shards to replay.
+//!
+//! Threads: the writer thread is the only one that appends to the log ([`Store::log`]); the
+//! indexer thread the only one that writes the event store and `trimtab.redb`
+//! ([`Store::apply`], [`Store::erase`]); shard threads read through a [`Reader`] (one redb
+//! snapshot); readers never block writers.
+
+mod events;
+mod read;
+mod wal;
+mod write;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use events::Kind;
+
+use trimtab_privacy::keystore::KeyStoreError;
+use trimtab_privacy::{KeyStore, UserKey};
+
+pub use read::{Loaded, Reader};
+pub use wal::Batch;
+pub use write::UserRows;
+
+pub use trimtab_privacy::crypto::Sealer;
+
+/// 1: write-through state. 2: checkpoints (`heads`) and the `journal`. 3: events and journal
+/// in the event store (`events/`), not in redb tables (1 and 2 are migrated at open).
+pub const SCHEMA_VERSION: u32 = 3;
+pub const DB_FILE: &str = "trimtab.redb";
+/// The write-ahead log's directory (segment files) in the data dir.
+pub const WAL_DIR: &str = "wal";
+/// The event store's directory (segment files) in the data dir.
+pub const EVENTS_DIR: &str = "events";
+/// Where the log was before it became segment files: its unapplied tail is applied at open,
+/// then the file is removed.
+const LEGACY_WAL_FILE: &str = "wal.redb";
+pub const KEYS_FILE: &str = "keys.bin";
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const USERS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("users");
+const HEADS: TableDefinition<[u8; 16], u64> = TableDefinition::new("heads");
+/// Schema 1 and 2 kept events and journal records here, by user; migrated at open.
+const EVENTS: TableDefinition<([u8; 16], u64), &[u8]> = TableDefinition::new("events");
+const JOURNAL: TableDefinition<([u8; 16], u64), &[u8]> = TableDefinition::new("journal");
+/// Schema 1 and 2 kept one row per event id here; migrated into `seen_runs` at open.
+const SEEN: TableDefinition<([u8; 16], [u8; 16]), u64> = TableDefinition::new("seen");
+const SEEN_RUNS: TableDefinition<([u8; 16], u32), &[u8]> = TableDefinition::new("seen_runs");
+const DECISIONS: TableDefinition<([u8; 16], [u8; 16]), &[u8]> = TableDefinition::new("decisions");
+const LEARN: TableDefinition<([u8; 16], [u8; 16]), &[u8]> = TableDefinition::new("learnlog");
+const STATS: TableDefinition<(&str, &str, &str, &str), [f64; 6]> = TableDefinition::new("stats");
+
+/// A key of the additive statistics table.
+pub type StatKey = (String, String, String, String);
+/// One stored statistic of a group: ((segment, arm, metric), sums).
+pub type StatRow = ((String, String, String), [f64; 6]);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the database {path} is locked by another process (is another trimtab running with this data dir?)")]
+    Locked { path: String },
+    #[error("cannot open the database {path}: {message}")]
+    Open { path: String, message: String },
+    #[error("the database {path} has schema version {found}; this trimtab understands versions 1 to {expected}")]
+    UnknownSchema {
+        path: String,
+        found: String,
+        expected: u32,
+    },
+    #[error("cannot create the data dir {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Keys(#[from] KeyStoreError),
+    #[error("storage error: {0}")]
+    Db(String),
+    #[error("key store write failed: {0}")]
+    KeyIo(#[from] std::io::Error),
+}
+
+macro_rules! db_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(e.to_string())
+            }
+        }
+    )*};
+}
+db_err!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// What was erased of one user.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct EraseCounts {
+    pub events: u64,
+    pub decisions: u64,
+    pub learn: u64,
+    pub state: bool,
+    pub key: bool,
+}
+
+/// Everything stored about one user except the state (which the owning shard has newer),
+/// decrypted.
+#[derive(Debug, Default)]
+pub struct UserRecords {
+    pub events: Vec<(u64, Vec<u8>)>,
+    pub decisions: Vec<([u8; 16], Vec<u8>)>,
+    pub learn: Vec<([u8; 16], Vec<u8>)>,
+}
+
+pub struct Store {
+    db: Database,
+    wal: wal::Log,
+    events: events::EventLog,
+    /// Users with records in the event store that their checkpoint does not cover → (the
+    /// first such record, the highest seq among them) (see the module doc).
+    coverage: std::sync::Mutex<std::collections::HashMap<UserKey, (u64, u64)>>,
+    /// After an unclean stop: the records past each uncovered user's checkpoint, read once at
+    /// open, taken by the user's first load.
+    recovered: std::sync::Mutex<std::collections::HashMap<UserKey, Vec<events::Record>>>,
+    /// Indexer only: per user, (seq, id fingerprint) of the events applied since its last
+    /// checkpoint: the next checkpoint's run of `seen_runs`.
+    pending_ids: std::sync::Mutex<std::collections::HashMap<UserKey, Vec<(u64, u64)>>>,
+    keys: Arc<KeyStore>,
+    path: PathBuf,
+    /// Whether the previous process stopped gracefully (every user checkpointed).
+    was_clean: bool,
+    /// Write transactions committed since open: a read snapshot opened at generation `g` sees
+    /// everything while the generation is still `g` (shards keep one across drains).
+    generation: std::sync::atomic::AtomicU64,
+}
+
+/// Default page cache of the indexed store (`pipeline.store_cache_mb`).
+pub const DEFAULT_CACHE_BYTES: usize = 256 << 20;
+
+/// The fingerprint of a keyed event id hash kept in `seen_runs`: its first 8 bytes.
+pub fn fingerprint(h: &[u8; 16]) -> u64 {
+    u64::from_le_bytes(h[..8].try_into().expect("8 of 16 bytes"))
+}
+
+/// A run of `seen_runs`: fingerprints sorted, without repeats, 8 bytes each (little endian).
+fn encode_run(mut fps: Vec<u64>) -> Vec<u8> {
+    fps.sort_unstable();
+    fps.dedup();
+    fps.iter().flat_map(|f| f.to_le_bytes()).collect()
+}
+
+/// Whether a run holds `fp` (binary search over its 8-byte entries).
+fn run_has(run: &[u8], fp: u64) -> bool {
+    let n = run.len() / 8;
+    let at = |i: usize| u64::from_le_bytes(run[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+    let (mut lo, mut hi) = (0usize, n);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        match at(mid).cmp(&fp) {
+            std::cmp::Ordering::Less => lo = mid + 1,
+            std::cmp::Ordering::Greater => hi = mid,
+            std::cmp::Ordering::Equal => return true,
+        }
+    }
+    false
+}
+
+/// Moves the rows of `seen` (one per id) into one run per user of `seen_runs` and drops the
+/// table, in `txn`; false when there is no such table.
+fn migrate_seen(db: &Database, txn: &redb::WriteTransaction) -> Result<bool, StoreError> {
+    let read = db.begin_read()?;
+    let t = match read.open_table(SEEN) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    let mut runs = txn.open_table(SEEN_RUNS)?;
+    let mut cur: Option<([u8; 16], Vec<u64>)> = None;
+    for row in t.iter()? {
+        let (k, _) = row?;
+        let (u, h) = k.value();
+        if cur.as_ref().is_some_and(|(c, _)| *c != u) {
+            let (c, fps) = cur.take().expect("checked");
+            runs.insert((c, 0), encode_run(fps).as_slice())?;
+        }
+        cur.get_or_insert_with(|| (u, Vec::new()))
+            .1
+            .push(fingerprint(&h));
+    }
+    if let Some((c, fps)) = cur {
+        runs.insert((c, 0), encode_run(fps).as_slice())?;
+    }
+    drop(runs);
+    drop(t);
+    drop(read);
+    txn.delete_table(SEEN)?;
+    Ok(true)
+}
+
+/// A `u64` of `meta` (0 when absent).
+fn meta_u64(db: &Database, key: &str) -> Result<u64, StoreError> {
+    let txn = db.begin_read()?;
+    let meta = txn.open_table(META)?;
+    let v = meta.get(key)?;
+    Ok(
+        v.and_then(|v| v.value().try_into().ok().map(u64::from_le_bytes))
+            .unwrap_or(0),
+    )
+}
+
+/// `meta.applied_wal`: the last log seq applied to the indexed store.
+fn applied_wal(db: &Database) -> Result<u64, StoreError> {
+    meta_u64(db, "applied_wal")
+}
+
+fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
+    let p = path.display().to_string();
+    Database::builder()
+        .set_cache_size(cache_bytes)
+        .create(path)
+        .map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: p.clone() },
+            other => StoreError::Open {
+                path: p,
+                message: other.to_string(),
+            },
+        })
+}
+
+impl Store {
+    /// Opens (creating on first start) the data dir, its database and key store. A schema 1
+    /// database is upgraded in place (its states are complete: v1 wrote them through).
+    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with_cache(data_dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`Store::open`] with `cache_bytes` of page cache for the indexed store (redb's own
+    /// default is 1 GiB per file, which a small deployment does not want resident).
+    pub fn open_with_cache(data_dir: &Path, cache_bytes: usize) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+            path: data_dir.display().to_string(),
+            source,
+        })?;
+        let path = data_dir.join(DB_FILE);
+        let p = path.display().to_string();
+        let db = open_db(&path, cache_bytes)?;
+        let txn = db.begin_write()?;
+        let was_clean;
+        let found_version: u32;
+        {
+            let mut meta = txn.open_table(META)?;
+            let found = meta.get("schema_version")?.map(|v| v.value().to_vec());
+            let fresh = found.is_none();
+            found_version = match found.as_deref() {
+                None => SCHEMA_VERSION,
+                Some(b"1") => 1,
+                Some(b"2") => 2,
+                Some(v) if v == SCHEMA_VERSION.to_string().as_bytes() => SCHEMA_VERSION,
+                Some(v) => {
+                    return Err(StoreError::UnknownSchema {
+                        path: p,
+                        found: String::from_utf8_lossy(v).into_owned(),
+                        expected: SCHEMA_VERSION,
+                    })
+                }
+            };
+            let shutdown = meta.get("shutdown")?.map(|v| v.value().to_vec());
+            // v1 wrote every state through, so a v1 file never has a log tail to replay.
+            was_clean = fresh || shutdown.as_deref() == Some(b"clean") || shutdown.is_none();
+            if fresh {
+                meta.insert("schema_version", SCHEMA_VERSION.to_string().as_bytes())?;
+            }
+            meta.insert("shutdown", &b"running"[..])?;
+            // Create every table so readers never see "table does not exist".
+            txn.open_table(USERS)?;
+            txn.open_table(HEADS)?;
+            txn.open_table(SEEN_RUNS)?;
+            txn.open_table(DECISIONS)?;
+            txn.open_table(STATS)?;
+            txn.open_table(LEARN)?;
+        }
+        txn.commit()?;
+        let keys = Arc::new(KeyStore::open(&data_dir.join(KEYS_FILE))?);
+        // The log of an earlier version (a redb file): apply what it holds past the indexed
+        // store, then let it go.
+        let legacy = data_dir.join(LEGACY_WAL_FILE);
+        let applied = applied_wal(&db)?;
+        let legacy_tail = if legacy.exists() {
+            Some(wal::read_legacy(&open_db(&legacy, 16 << 20)?, applied)?)
+        } else {
+            None
+        };
+        let events_end = meta_u64(&db, "events_end")?;
+        let store = Store {
+            events: events::EventLog::open(&data_dir.join(EVENTS_DIR), events_end)?,
+            db,
+            wal: wal::Log::open(&data_dir.join(WAL_DIR), applied)?,
+            coverage: Default::default(),
+            recovered: Default::default(),
+            pending_ids: Default::default(),
+            keys,
+            path,
+            was_clean,
+            generation: Default::default(),
+        };
+        if found_version < 3 {
+            store.migrate_to_event_store(was_clean)?;
+        }
+        store.migrate_seen_rows()?;
+        // Which users have records past their checkpoint, from where recovery must read.
+        store.rebuild_coverage()?;
+        if let Some(tail) = legacy_tail {
+            if !tail.is_empty() {
+                store.apply(&tail)?;
+            }
+            std::fs::remove_file(&legacy).map_err(StoreError::KeyIo)?;
+            // New records are numbered past what the old log applied.
+            store.wal.number_past(store.applied_wal()?);
+        }
+        // What the log holds past `applied_wal` was acknowledged but is not indexed yet
+        // (a crash, or a failed apply): apply it now, before anyone reads.
+        let applied = store.applied_wal()?;
+        let pending = store.wal.read_after(applied)?;
+        if !pending.is_empty() {
+            let n = pending.len();
+            let t = std::time::Instant::now();
+            store.apply(&pending)?;
+            tracing::info!(
+                batches = n,
+                ms = t.elapsed().as_millis() as u64,
+                "applied the write-ahead log's tail to the store"
+            );
+        }
+        let applied = store.applied_wal()?;
+        store.wal.trim(applied)?;
+        store.read_recovered()?;
+        Ok(store)
+    }
+
+    /// Schema 1 and 2 kept events and journal records in redb tables by user: they are
+    /// copied into the event store (all events, then all journal records, each in seq order per
+    /// user), then the tables
+    /// are dropped, in one transaction that also records schema 3. A crash before it leaves a
+    /// schema 2 file and an event store cut back to nothing at the next open, which migrates
+    /// again.
+    fn migrate_to_event_store(&self, was_clean: bool) -> Result<(), StoreError> {
+        let t = std::time::Instant::now();
+        let mut app = self.events.begin();
+        let mut copied = 0u64;
+        {
+            let txn = self.db.begin_read()?;
+            // Events, then journal records: a user's tail is read by kind, each in seq order.
+            for (def, kind) in [(EVENTS, Kind::Event), (JOURNAL, Kind::Journal)] {
+                let t = match txn.open_table(def) {
+                    Ok(t) => t,
+                    Err(redb::TableError::TableDoesNotExist(_)) => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                for row in t.iter()? {
+                    let (k, v) = row?;
+                    let (u, seq) = k.value();
+                    app.push(kind, &UserKey(u), seq, &[0; 16], v.value())?;
+                    copied += 1;
+                }
+            }
+        }
+        app.sync()?;
+        let end = app.next();
+        let txn = self.db.begin_write()?;
+        {
+            migrate_seen(&self.db, &txn)?;
+            let _ = txn.delete_table(EVENTS)?;
+            let _ = txn.delete_table(JOURNAL)?;
+            let mut meta = txn.open_table(META)?;
+            meta.insert("events_end", &end.to_le_bytes()[..])?;
+            // After an unclean stop any migrated record may be past its user's checkpoint.
+            let from: u64 = if was_clean { end } else { 0 };
+            meta.insert("replay_from", &from.to_le_bytes()[..])?;
+            meta.insert("schema_version", SCHEMA_VERSION.to_string().as_bytes())?;
+        }
+        txn.commit()?;
+        app.finish();
+        self.committed_one();
+        if copied > 0 {
+            tracing::info!(
+                records = copied,
+                ms = t.elapsed().as_millis() as u64,
+                "moved events and journal records into the event store (schema 3)"
+            );
+        }
+        Ok(())
+    }
+
+    /// A file whose ids seen are still one row per id (`seen`, schemas 1 to 3 before
+    /// `seen_runs`) has them moved into one run per user, at any version.
+    fn migrate_seen_rows(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        if migrate_seen(&self.db, &txn)? {
+            txn.commit()?;
+            self.committed_one();
+            tracing::info!("moved the ids seen into one run per user");
+        } else {
+            txn.abort()?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the coverage from the event store's records past `meta.replay_from`: a user
+    /// is uncovered from its first record at or past its checkpoint's head.
+    fn rebuild_coverage(&self) -> Result<(), StoreError> {
+        let from = meta_u64(&self.db, "replay_from")?;
+        if from >= self.events.end() {
+            return Ok(());
+        }
+        let txn = self.db.begin_read()?;
+        let heads = txn.open_table(HEADS)?;
+        let mut head_of: std::collections::HashMap<UserKey, u64> = Default::default();
+        let mut cov = self.coverage.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ids = self.pending_ids.lock().unwrap_or_else(|p| p.into_inner());
+        let mut err = None;
+        self.events.scan(from, |r| {
+            let head = match head_of.get(&r.user) {
+                Some(h) => *h,
+                None => match heads.get(r.user.0) {
+                    Ok(h) => {
+                        let h = h.map_or(0, |h| h.value());
+                        head_of.insert(r.user, h);
+                        h
+                    }
+                    Err(e) => {
+                        err = Some(e);
+                        return false;
+                    }
+                },
+            };
+            if r.seq >= head {
+                let e = cov.entry(r.user).or_insert((r.n, r.seq));
+                e.1 = e.1.max(r.seq);
+                if r.kind == Kind::Event && r.id_hash != [0; 16] {
+                    ids.entry(r.user)
+                        .or_default()
+                        .push((r.seq, fingerprint(&r.id_hash)));
+                }
+            }
+            true
+        })?;
+        match err {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// After the log's tail is applied: reads the records of every uncovered user once, for
+    /// its first load (recovery).
+    fn read_recovered(&self) -> Result<(), StoreError> {
+        let cov = self
+            .coverage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(from) = cov.values().map(|(n, _)| *n).min() else {
+            return Ok(());
+        };
+        let mut out: std::collections::HashMap<UserKey, Vec<events::Record>> = Default::default();
+        self.events.scan(from, |r| {
+            if cov.get(&r.user).is_some_and(|(n, _)| r.n >= *n) {
+                out.entry(r.user).or_default().push(r.to_owned());
+            }
+            true
+        })?;
+        *self.recovered.lock().unwrap_or_else(|p| p.into_inner()) = out;
+        Ok(())
+    }
+
+    /// The last log seq applied to the indexed store.
+    pub fn applied_wal(&self) -> Result<u64, StoreError> {
+        applied_wal(&self.db)
+    }
+
+    /// Appends one group commit's batch to the write-ahead log, durably (one `fsync`); also
+    /// drops entries up to `trim` (already applied). New users' keys are made durable first
+    /// (one `fdatasync` for all of them), since the batch holds records sealed with them.
+    /// Returns the batch's seq. Writer thread only.
+    pub fn log(&self, batch: &Batch, trim: u64) -> Result<u64, StoreError> {
+        self.keys.sync_pending()?;
+        self.wal.append(batch, trim)
+    }
+
+    /// Drops log entries up to `upto` (applied).
+    pub fn trim_log(&self, upto: u64) -> Result<(), StoreError> {
+        self.wal.trim(upto)
+    }
+
+    /// Entries in the write-ahead log (applied or not).
+    pub fn log_len(&self) -> Result<u64, StoreError> {
+        self.wal.len()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn keys(&self) -> &KeyStore {
+        &self.keys
+    }
+
+    /// Whether the previous process stopped gracefully, with every user checkpointed (then
+    /// no log tail needs replaying at start).
+    pub fn was_clean(&self) -> bool {
+        self.was_clean
+    }
+
+    /// Records a graceful stop: every dirty user has been checkpointed (durable).
+    pub fn mark_clean(&self) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::Immediate)?;
+        txn.open_table(META)?.insert("shutdown", &b"clean"[..])?;
+        txn.commit()?;
+        self.committed_one();
+        Ok(())
+    }
+
+    /// The user's cipher, creating the user's key if needed (durable with the next commit).
+    pub fn sealer(&self, user: &trimtab_privacy::UserKey) -> Sealer {
+        Sealer::new(&self.keys.get_or_create(user))
+    }
+
+    /// The user's cipher if the user has a key (was ever stored and not erased).
+    pub fn existing_sealer(&self, user: &trimtab_privacy::UserKey) -> Option<Sealer> {
+        self.keys.get(user).map(|k| Sealer::new(&k))
+    }
+
+    /// How many write transactions have committed since open (see [`Reader`]'s freshness).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Called after every successful write transaction, before anyone is told of it.
+    fn committed_one(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// A consistent snapshot for reading (cheap; shards keep one until the next write commits).
+    pub fn reader(&self) -> Result<Reader<'_>, StoreError> {
+        Ok(Reader::new(self, self.db.begin_read()?))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,332 @@
+//! Reading: a [`Reader`] is one redb snapshot (shards keep one across drains until a write
+//! commits), plus whole-table scans that open their own, and reads of the event store.
+
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+
+use super::events::{Kind, Record};
+use super::{
+    fingerprint, run_has, StatRow, Store, StoreError, UserRecords, DECISIONS, HEADS, LEARN,
+    SEEN_RUNS, STATS, USERS,
+};
+use trimtab_privacy::crypto::Sealer;
+use trimtab_privacy::{Table, UserKey};
+
+/// One seq of a user's log tail: `(seq, event record, journal record)`, either record absent.
+pub type TailEntry = (u64, Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// One stored user, decrypted: the checkpoint and the log tail past it, in seq order.
+#[derive(Debug)]
+pub struct Loaded {
+    pub sealer: Sealer,
+    /// The checkpointed state, if any.
+    pub state: Option<Vec<u8>>,
+    /// First seq not covered by the checkpoint.
+    pub head: u64,
+    /// `(seq, event, journal record)` of every seq ≥ head that has either, in seq order.
+    pub tail: Vec<TailEntry>,
+    /// Records of the tail that did not decrypt (corruption; skipped).
+    pub unreadable: usize,
+    /// Keyed id hashes of the tail's events: no checkpoint covers them, so no run holds them
+    /// yet (the shard keeps them until one does).
+    pub tail_ids: Vec<[u8; 16]>,
+}
+
+/// The `seen_runs` table as a snapshot reads it: (user, run) → sorted fingerprints.
+type SeenTable = redb::ReadOnlyTable<([u8; 16], u32), &'static [u8]>;
+
+/// A read snapshot of the store.
+pub struct Reader<'s> {
+    store: &'s Store,
+    txn: ReadTransaction,
+    /// `seen_runs`, opened on first use: a drain checks many users' ids, and opening a table
+    /// costs more than a lookup (redb compares its stored type names).
+    seen: std::cell::OnceCell<SeenTable>,
+}
+
+impl<'s> Reader<'s> {
+    pub(super) fn new(store: &'s Store, txn: ReadTransaction) -> Reader<'s> {
+        Reader {
+            store,
+            txn,
+            seen: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// The user's checkpoint and log tail, or `None` when the user has no key (never stored,
+    /// or erased). `head_of` reads the first uncovered seq out of a decrypted checkpoint, for
+    /// checkpoints written before `heads` existed (schema 1). The tail is empty unless the
+    /// user's checkpoint does not cover all its records: then it comes from what recovery read
+    /// at open, or from a scan of the event store from the user's first uncovered record.
+    pub fn load(
+        &self,
+        user: &UserKey,
+        head_of: impl FnOnce(&[u8]) -> Option<u64>,
+    ) -> Result<Option<Loaded>, StoreError> {
+        let Some(sealer) = self.store.existing_sealer(user) else {
+            return Ok(None);
+        };
+        let users = self.txn.open_table(USERS)?;
+        let state = match users.get(user.0)? {
+            Some(v) => sealer.open(user, Table::State, v.value()),
+            None => None,
+        };
+        let head = match self.txn.open_table(HEADS)?.get(user.0)? {
+            Some(h) => h.value(),
+            None => state.as_deref().and_then(head_of).unwrap_or(0),
+        };
+        let records = self.store.uncovered_records(user)?;
+        let mut unreadable = 0;
+        let mut events = Vec::new();
+        let mut journal = Vec::new();
+        let mut tail_ids = Vec::new();
+        for r in records.iter().filter(|r| r.seq >= head) {
+            if r.kind == Kind::Event && r.id_hash != [0; 16] {
+                tail_ids.push(r.id_hash);
+            }
+            let (table, list) = match r.kind {
+                Kind::Event => (Table::Event, &mut events),
+                Kind::Journal => (Table::Journal, &mut journal),
+            };
+            match sealer.open(user, table, &r.sealed) {
+                Some(p) => list.push((r.seq, p)),
+                // Sealed under an earlier key of this id (erased since), or damaged.
+                None => unreadable += 1,
+            }
+        }
+        Ok(Some(Loaded {
+            sealer,
+            state,
+            head,
+            tail: merge_by_seq(events, journal),
+            unreadable,
+            tail_ids,
+        }))
+    }
+
+    /// For each keyed event id hash: whether a checkpoint of the user covers an event with
+    /// that id (ids since the last checkpoint are the shard's to know). One range read of the
+    /// user's runs, a binary search per run and id.
+    pub fn seen_many(&self, user: &UserKey, hashes: &[[u8; 16]]) -> Result<Vec<bool>, StoreError> {
+        let t = match self.seen.get() {
+            Some(t) => t,
+            None => {
+                let t = self.txn.open_table(SEEN_RUNS)?;
+                self.seen.get_or_init(|| t)
+            }
+        };
+        let mut out = vec![false; hashes.len()];
+        let fps: Vec<u64> = hashes.iter().map(fingerprint).collect();
+        for row in t.range((user.0, 0u32)..=(user.0, u32::MAX))? {
+            let (_, run) = row?;
+            let run = run.value();
+            for (o, fp) in out.iter_mut().zip(&fps) {
+                *o = *o || run_has(run, *fp);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A stored learning record of the user, decrypted.
+    pub fn learn_record(
+        &self,
+        user: &UserKey,
+        sealer: &Sealer,
+        id: &[u8; 16],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let t = self.txn.open_table(LEARN)?;
+        let v = t.get((user.0, *id))?;
+        Ok(v.and_then(|v| sealer.open(user, Table::Learn, v.value())))
+    }
+}
+
+/// Joins two seq-sorted lists into one, pairing entries with the same seq.
+fn merge_by_seq(events: Vec<(u64, Vec<u8>)>, journal: Vec<(u64, Vec<u8>)>) -> Vec<TailEntry> {
+    let mut out = Vec::with_capacity(events.len().max(journal.len()));
+    let mut e = events.into_iter().peekable();
+    let mut j = journal.into_iter().peekable();
+    loop {
+        let next = match (e.peek(), j.peek()) {
+            (None, None) => break,
+            (Some(_), None) => 0,
+            (None, Some(_)) => 1,
+            (Some((a, _)), Some((b, _))) => match a.cmp(b) {
+                std::cmp::Ordering::Less => 0,
+                std::cmp::Ordering::Greater => 1,
+                std::cmp::Ordering::Equal => 2,
+            },
+        };
+        match next {
+            0 => {
+                let (s, v) = e.next().expect("peeked");
+                out.push((s, Some(v), None));
+            }
+            1 => {
+                let (s, v) = j.next().expect("peeked");
+                out.push((s, None, Some(v)));
+            }
+            _ => {
+                let (s, v) = e.next().expect("peeked");
+                let (_, w) = j.next().expect("peeked");
+                out.push((s, Some(v), Some(w)));
+            }
+        }
+    }
+    out
+}
+
+impl Store {
+    /// The user's records that its checkpoint may not cover (none for a covered user): taken
+    /// from what recovery read at open, else read from the event store.
+    fn uncovered_records(&self, user: &UserKey) -> Result<Vec<Record>, StoreError> {
+        if let Some(r) = self
+            .recovered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(user)
+        {
+            return Ok(r);
+        }
+        let from = self
+            .coverage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(user)
+            .map(|(n, _)| *n);
+        let Some(from) = from else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        self.events.scan(from, |r| {
+            if r.user == *user {
+                out.push(r.to_owned());
+            }
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// Everything stored about the user except the state (decrypted), or `None` if nothing is.
+    /// The events come from a scan of the whole event store.
+    pub fn export(&self, user: &UserKey) -> Result<Option<UserRecords>, StoreError> {
+        let Some(sealer) = self.existing_sealer(user) else {
+            return Ok(None);
+        };
+        let mut out = UserRecords::default();
+        self.events.scan(0, |r| {
+            if r.user == *user && r.kind == Kind::Event {
+                if let Some(plain) = sealer.open(user, Table::Event, r.sealed) {
+                    out.events.push((r.seq, plain));
+                }
+            }
+            true
+        })?;
+        let txn = self.db.begin_read()?;
+        let ids = (user.0, [0u8; 16])..=(user.0, [0xffu8; 16]);
+        for row in txn.open_table(DECISIONS)?.range(ids.clone())? {
+            let (k, v) = row?;
+            if let Some(plain) = sealer.open(user, Table::Decision, v.value()) {
+                out.decisions.push((k.value().1, plain));
+            }
+        }
+        for row in txn.open_table(LEARN)?.range(ids)? {
+            let (k, v) = row?;
+            if let Some(plain) = sealer.open(user, Table::Learn, v.value()) {
+                out.learn.push((k.value().1, plain));
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Users whose records go past their checkpoint (to replay at start after a crash), as
+    /// found at open from `meta.replay_from` on; sorted.
+    pub fn users_with_tail(&self) -> Result<Vec<UserKey>, StoreError> {
+        let mut out: Vec<UserKey> = self
+            .coverage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Every learning record (decrypted) that `select` maps to `Some`, from one read
+    /// transaction: `select` sees each record's plaintext once and keeps what it returns.
+    /// Erased users' records are unreadable and skipped.
+    pub fn learn_records<T>(
+        &self,
+        mut select: impl FnMut(&[u8]) -> Option<T>,
+    ) -> Result<Vec<(UserKey, [u8; 16], T)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(LEARN)?;
+        let mut out = Vec::new();
+        let mut cached: Option<(UserKey, Option<Sealer>)> = None;
+        for row in t.iter()? {
+            let (k, v) = row?;
+            let (u, id) = k.value();
+            let user = UserKey(u);
+            if cached.as_ref().is_none_or(|(c, _)| *c != user) {
+                cached = Some((user, self.existing_sealer(&user)));
+            }
+            let Some((_, Some(sealer))) = &cached else {
+                continue;
+            };
+            if let Some(x) = sealer
+                .open(&user, Table::Learn, v.value())
+                .and_then(|p| select(p.as_slice()))
+            {
+                out.push((user, id, x));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every statistic of `group`: ((segment, arm, metric), sums).
+    pub fn stats(&self, group: &str) -> Result<Vec<StatRow>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(STATS)?;
+        let mut out = Vec::new();
+        for row in t.range((group, "", "", "")..)? {
+            let (k, v) = row?;
+            let (g, seg, arm, metric) = k.value();
+            if g != group {
+                break;
+            }
+            out.push((
+                (seg.to_string(), arm.to_string(), metric.to_string()),
+                v.value(),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Every checkpointed user state (decrypted), from one read transaction: a consistent
+    /// snapshot that never blocks the writer or the shards. A state is at most one checkpoint
+    /// interval behind its user's last event. `limit` caps how many are returned.
+    pub fn all_states(&self, limit: usize) -> Result<Vec<(UserKey, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(USERS)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = row?;
+            let user = UserKey(k.value());
+            let Some(sealer) = self.existing_sealer(&user) else {
+                continue; // erased: nothing readable
+            };
+            if let Some(plain) = sealer.open(&user, Table::State, v.value()) {
+                out.push((user, plain));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of users with a checkpoint.
+    pub fn user_count(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(USERS)?.len()?)
+    }
+}

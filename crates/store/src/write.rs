@@ -1,0 +1,360 @@
+//! Writing: applying logged batches ([`Store::apply`]) and erasure. Indexer thread only.
+
+use redb::{Durability, ReadableTable};
+
+use super::events::Kind;
+use super::{
+    encode_run, fingerprint, EraseCounts, StatKey, Store, StoreError, DECISIONS, HEADS, LEARN,
+    SEEN_RUNS, STATS, USERS,
+};
+use trimtab_privacy::UserKey;
+
+/// Everything one group commit writes for one user; every value is already sealed with the
+/// user's key (shards seal, so that work is spread over their threads).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct UserRows {
+    pub user: UserKey,
+    /// (seq, keyed id hash, sealed event): appended to the log; the id joins the user's
+    /// `seen_runs` with the next checkpoint.
+    pub events: Vec<(u64, [u8; 16], Vec<u8>)>,
+    /// (seq, sealed journal record).
+    pub journal: Vec<(u64, Vec<u8>)>,
+    /// (decision id, sealed decision).
+    pub decisions: Vec<([u8; 16], Vec<u8>)>,
+    /// (decision id, sealed learning record): inserted or replaced.
+    pub learn: Vec<([u8; 16], Vec<u8>)>,
+    /// (head, sealed state): a new checkpoint covering every seq below `head`.
+    pub checkpoint: Option<(u64, Vec<u8>)>,
+}
+
+impl UserRows {
+    pub fn new(user: UserKey) -> UserRows {
+        UserRows {
+            user,
+            ..UserRows::default()
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+            && self.journal.is_empty()
+            && self.decisions.is_empty()
+            && self.learn.is_empty()
+            && self.checkpoint.is_none()
+    }
+}
+
+/// What one row of a batch means for its user's coverage, in log order.
+#[derive(Clone, Copy)]
+enum Mark {
+    /// Records from `first` on, the highest of their seqs `top`.
+    Records { first: u64, top: u64 },
+    /// A checkpoint covering every seq below `head`.
+    Checkpoint { head: u64 },
+}
+
+impl Store {
+    /// Detaches the user's key at once (see [`trimtab_privacy::KeyStore::detach`]): the owning
+    /// shard calls this when it accepts an erasure, so records it seals afterwards use a new
+    /// key; the writer then erases with the returned slot.
+    pub fn detach_key(&self, user: &UserKey) -> Option<u64> {
+        self.keys.detach(user)
+    }
+
+    /// Applies logged batches to the indexed store in **one** durable transaction, and
+    /// records the last one's seq as applied. Events and journal records are appended to the
+    /// event store ([`super::events`]) in log order and made durable first; the rest goes
+    /// into `trimtab.redb`, each table's rows in key order, with `applied_wal`, `events_end`
+    /// and `replay_from` in the same transaction. Statistics are summed first, so each is read
+    /// and written once. If anything fails, the event store is cut back to where it was and
+    /// nothing counts as applied (the log keeps the batches). Indexer thread only (and
+    /// recovery at open).
+    pub fn apply(
+        &self,
+        batches: &[(u64, impl std::borrow::Borrow<super::Batch>)],
+    ) -> Result<(), StoreError> {
+        let Some(last) = batches.iter().map(|(s, _)| *s).max() else {
+            return Ok(());
+        };
+        let mut sums: std::collections::HashMap<&StatKey, [f64; 6]> = Default::default();
+        for (_, b) in batches {
+            for (k, d) in &b.borrow().stats {
+                let s = sums.entry(k).or_insert([0.0; 6]);
+                for (a, x) in s.iter_mut().zip(d) {
+                    *a += x;
+                }
+            }
+        }
+        let rows: Vec<&super::UserRows> = batches
+            .iter()
+            .flat_map(|(_, b)| b.borrow().rows.iter())
+            .collect();
+        // Event store first, in log order, tracking which users' records no checkpoint covers
+        // yet: `Some(n)` from record n on, `None` covered by a checkpoint in these batches.
+        let mut app = self.events.begin();
+        let mut marks: Vec<(UserKey, Mark)> = Vec::new();
+        // The ids applied since each touched user's last checkpoint, as they will be after
+        // these batches (copied from `pending_ids`, written back only once committed), and
+        // the ids each checkpoint here covers: the users' new runs.
+        let mut pend = self.pending_ids.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ids: std::collections::HashMap<UserKey, Vec<(u64, u64)>> = Default::default();
+        let mut new_runs: std::collections::BTreeMap<[u8; 16], Vec<u64>> = Default::default();
+        for r in &rows {
+            let mut first = None;
+            let mut top = 0;
+            if !r.events.is_empty() || r.checkpoint.is_some() {
+                ids.entry(r.user)
+                    .or_insert_with(|| pend.get(&r.user).cloned().unwrap_or_default());
+            }
+            for (seq, idh, rec) in &r.events {
+                let n = app.push(Kind::Event, &r.user, *seq, idh, rec)?;
+                first.get_or_insert(n);
+                top = top.max(*seq);
+                if let Some(v) = ids.get_mut(&r.user) {
+                    v.push((*seq, fingerprint(idh)));
+                }
+            }
+            for (seq, rec) in &r.journal {
+                let n = app.push(Kind::Journal, &r.user, *seq, &[0; 16], rec)?;
+                first.get_or_insert(n);
+                top = top.max(*seq);
+            }
+            if let Some(n) = first {
+                marks.push((r.user, Mark::Records { first: n, top }));
+            }
+            if let Some((head, _)) = &r.checkpoint {
+                marks.push((r.user, Mark::Checkpoint { head: *head }));
+                if let Some(v) = ids.get_mut(&r.user) {
+                    let run = new_runs.entry(r.user.0).or_default();
+                    v.retain(|(seq, fp)| {
+                        let covered = seq < head;
+                        if covered {
+                            run.push(*fp);
+                        }
+                        !covered
+                    });
+                }
+            }
+        }
+        // The coverage after these batches, for the users they touch: `Some((first uncovered
+        // record, highest seq among the uncovered))`, or `None` once a checkpoint's head is
+        // past every record of the user.
+        let mut delta: std::collections::HashMap<UserKey, Option<(u64, u64)>> = Default::default();
+        {
+            let cov = self.coverage.lock().unwrap_or_else(|p| p.into_inner());
+            for (u, m) in marks {
+                let cur = match delta.get(&u) {
+                    Some(v) => *v,
+                    None => cov.get(&u).copied(),
+                };
+                let new = match (m, cur) {
+                    (Mark::Records { top, .. }, Some((n0, t0))) => Some((n0, t0.max(top))),
+                    (Mark::Records { first, top }, None) => Some((first, top)),
+                    // A checkpoint covers the user only if its head is past every record.
+                    (Mark::Checkpoint { head }, Some((_, top))) if top >= head => cur,
+                    (Mark::Checkpoint { .. }, _) => None,
+                };
+                delta.insert(u, new);
+            }
+        }
+        app.sync()?;
+        let end = app.next();
+        let replay_from = {
+            let cov = self.coverage.lock().unwrap_or_else(|p| p.into_inner());
+            cov.iter()
+                .filter(|(u, _)| !delta.contains_key(*u))
+                .map(|(_, (n, _))| *n)
+                .chain(delta.values().flatten().map(|(n, _)| *n))
+                .min()
+                .unwrap_or(end)
+        };
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        {
+            let mut users = txn.open_table(USERS)?;
+            let mut heads = txn.open_table(HEADS)?;
+            let mut runs = txn.open_table(SEEN_RUNS)?;
+            let mut decisions = txn.open_table(DECISIONS)?;
+            let mut learn = txn.open_table(LEARN)?;
+            // Each table's rows in key order (stable: a later batch's checkpoint of a user
+            // wins): a B-tree takes sorted inserts leaf by leaf, with the path to the leaf
+            // still in cache, instead of jumping across the file for every row.
+            type ById = ([u8; 16], [u8; 16]);
+            let mut dc: Vec<(ById, &[u8])> = Vec::new();
+            let mut lr: Vec<(ById, &[u8])> = Vec::new();
+            let mut cp: Vec<([u8; 16], u64, &[u8])> = Vec::new();
+            for r in &rows {
+                let u = r.user.0;
+                dc.extend(
+                    r.decisions
+                        .iter()
+                        .map(|(id, rec)| ((u, *id), rec.as_slice())),
+                );
+                lr.extend(r.learn.iter().map(|(id, rec)| ((u, *id), rec.as_slice())));
+                if let Some((head, rec)) = &r.checkpoint {
+                    cp.push((u, *head, rec.as_slice()));
+                }
+            }
+            dc.sort_by_key(|r| r.0);
+            lr.sort_by_key(|r| r.0);
+            cp.sort_by_key(|r| r.0);
+            for (u, fps) in new_runs {
+                add_run(&mut runs, u, fps)?;
+            }
+            for (k, rec) in dc {
+                decisions.insert(k, rec)?;
+            }
+            for (k, rec) in lr {
+                learn.insert(k, rec)?;
+            }
+            for (u, _, rec) in &cp {
+                users.insert(*u, *rec)?;
+            }
+            for (u, head, _) in cp {
+                heads.insert(u, head)?;
+            }
+            if !sums.is_empty() {
+                let mut t = txn.open_table(STATS)?;
+                for ((g, seg, arm, metric), d) in sums {
+                    let k = (g.as_str(), seg.as_str(), arm.as_str(), metric.as_str());
+                    let mut cur = t.get(k)?.map(|v| v.value()).unwrap_or([0.0; 6]);
+                    for (c, x) in cur.iter_mut().zip(d) {
+                        *c += x;
+                    }
+                    t.insert(k, cur)?;
+                }
+            }
+            let mut meta = txn.open_table(super::META)?;
+            meta.insert("applied_wal", &last.to_le_bytes()[..])?;
+            meta.insert("events_end", &end.to_le_bytes()[..])?;
+            meta.insert("replay_from", &replay_from.to_le_bytes()[..])?;
+        }
+        txn.commit()?;
+        app.finish();
+        for (u, v) in ids {
+            if v.is_empty() {
+                pend.remove(&u);
+            } else {
+                pend.insert(u, v);
+            }
+        }
+        drop(pend);
+        {
+            let mut cov = self.coverage.lock().unwrap_or_else(|p| p.into_inner());
+            for (u, d) in delta {
+                match d {
+                    Some(n) => {
+                        cov.insert(u, n);
+                    }
+                    None => {
+                        cov.remove(&u);
+                    }
+                }
+            }
+        }
+        self.committed_one();
+        Ok(())
+    }
+
+    /// [`Store::log`] and [`Store::apply`] at once (tools and tests).
+    pub fn commit(
+        &self,
+        rows: Vec<UserRows>,
+        stats: Vec<(StatKey, [f64; 6])>,
+    ) -> Result<(), StoreError> {
+        let batch = super::Batch { rows, stats };
+        let seq = self.log(&batch, 0)?;
+        self.apply(&[(seq, batch)])?;
+        self.trim_log(seq)
+    }
+
+    /// Erases the user from every table. The user's key is destroyed first (overwritten in
+    /// place and fsynced), so even a crash mid-erasure leaves only undecryptable bytes; then the
+    /// rows are deleted in one durable transaction. The user's records in the event store are
+    /// not rewritten: without the key they can no longer be opened. `detached` is the key's
+    /// slot when the owning shard already detached it ([`Store::detach_key`]); else the key is
+    /// looked up. `events` of the counts is left 0 (the owning shard knows the number).
+    pub fn erase(&self, user: &UserKey, detached: Option<u64>) -> Result<EraseCounts, StoreError> {
+        let slot = detached.or_else(|| self.keys.detach(user));
+        if let Some(s) = slot {
+            self.keys.shred(s)?;
+        }
+        let mut counts = EraseCounts {
+            key: slot.is_some(),
+            ..EraseCounts::default()
+        };
+        let u = user.0;
+        let ids = (u, [0u8; 16])..=(u, [0xffu8; 16]);
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        {
+            counts.state = txn.open_table(USERS)?.remove(u)?.is_some();
+            txn.open_table(HEADS)?.remove(u)?;
+            txn.open_table(SEEN_RUNS)?
+                .retain_in((u, 0u32)..=(u, u32::MAX), |_, _| false)?;
+            let mut d = 0;
+            txn.open_table(DECISIONS)?.retain_in(ids.clone(), |_, _| {
+                d += 1;
+                false
+            })?;
+            counts.decisions = d;
+            let mut l = 0;
+            txn.open_table(LEARN)?.retain_in(ids, |_, _| {
+                l += 1;
+                false
+            })?;
+            counts.learn = l;
+        }
+        txn.commit()?;
+        // Nothing of the user is left to replay: its records no longer hold recovery back.
+        self.coverage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(user);
+        self.recovered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(user);
+        self.pending_ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(user);
+        self.committed_one();
+        Ok(counts)
+    }
+}
+
+/// Adds a run of fingerprints to the user's `seen_runs`, merging it with the newest runs
+/// while the newest is at most twice as large as what is being added (so sizes fall
+/// geometrically from the oldest run to the newest).
+fn add_run(
+    runs: &mut redb::Table<([u8; 16], u32), &[u8]>,
+    user: [u8; 16],
+    mut fps: Vec<u64>,
+) -> Result<(), StoreError> {
+    if fps.is_empty() {
+        return Ok(());
+    }
+    let mut have: Vec<(u32, usize)> = Vec::new();
+    for row in runs.range((user, 0u32)..=(user, u32::MAX))? {
+        let (k, v) = row?;
+        have.push((k.value().1, v.value().len() / 8));
+    }
+    let mut next = have.last().map_or(0, |(n, _)| n + 1);
+    while let Some(&(n, len)) = have.last() {
+        if len > 2 * fps.len() {
+            break;
+        }
+        if let Some(v) = runs.remove((user, n))? {
+            let b = v.value();
+            fps.extend(
+                b.chunks_exact(8)
+                    .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))),
+            );
+        }
+        have.pop();
+        next = n;
+    }
+    runs.insert((user, next), encode_run(fps).as_slice())?;
+    Ok(())
+}

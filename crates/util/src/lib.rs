@@ -1,0 +1,14 @@
+//! trimtab-util: the few helpers every layer of trimtab may use — atomic file replacement and
+//! directory listing ([`fsutil`]), hot reload of a directory ([`watch`]) and the wall clock
+//! ([`now_ms`]). It knows nothing of events, users, storage or HTTP, and must not.
+
+pub mod fsutil;
+pub mod watch;
+
+/// Wall-clock time, milliseconds since the Unix epoch (0 if the clock is before 1970).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
