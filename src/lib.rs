@@ -8,16 +8,12 @@
 
 pub mod api;
 pub mod app;
-pub mod bandits;
-pub mod config;
-pub mod decide;
-pub mod delivery;
-pub mod experiments;
-pub mod features;
-pub mod metrics;
-pub mod pipeline;
-pub mod segments;
 pub mod sim;
+pub mod ws;
+
+pub use trimtab_engine::{
+    bandits, config, decide, delivery, experiments, features, metrics, pipeline, segments,
+};
 
 pub use trimtab_learn as learn;
 pub use trimtab_privacy as privacy;

@@ -172,14 +172,14 @@ pub async fn live(
 ) -> Result<HttpResponse, ApiError> {
     let (resp, session, stream) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
-    let ctx = crate::delivery::live::LiveCtx {
+    let ctx = crate::ws::live::LiveCtx {
         hub: st.hub.clone(),
         metrics: st.metrics.clone(),
         rules: st.rules.clone(),
         admin_token: st.admin_token.clone(),
         auth_timeout: std::time::Duration::from_secs(st.cfg.delivery.auth_timeout_s),
     };
-    actix_web::rt::spawn(crate::delivery::live::run(ctx, session, stream));
+    actix_web::rt::spawn(crate::ws::live::run(ctx, session, stream));
     Ok(resp)
 }
 

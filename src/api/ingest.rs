@@ -10,9 +10,9 @@ use super::auth::bearer;
 use super::auth::Caller;
 use super::error::ApiError;
 use super::{now_ms, read_body, AppState};
-use crate::delivery::session::{self, SessionCtx};
 use crate::event::{parse_batch_envelope, InputError};
 use crate::privacy::UserKey;
+use crate::ws::session::{self, SessionCtx};
 
 fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     Ok(crate::event::parse_body(body)?)

@@ -1,0 +1,363 @@
+//! The one `Config` of `trimtab serve`: defaults < `trimtab.toml` < `TRIMTAB_*` env < flags.
+//!
+//! Nested keys use `__` in env names (`TRIMTAB_DELIVERY__CAP_PER_SESSION=5`). Unknown keys are
+//! errors (a typo must not silently fall back to a default). Every field is documented here and
+//! in the README's config reference.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::experiments::ExperimentsConfig;
+use crate::features::FeatureConfig;
+use crate::segments::service::SegmentsConfig;
+use trimtab_rules::RuleLimits;
+use trimtab_wire::Limits;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Listen address (`127.0.0.1:0` picks a free port; the bound one is printed).
+    pub addr: String,
+    /// Data dir: the redb file, the key store, secrets.
+    pub data: PathBuf,
+    /// Rule scripts dir (`*.rhai`, hot-reloaded).
+    pub scripts: PathBuf,
+    /// Model registry dir.
+    pub models: PathBuf,
+    /// Admin token (Bearer) for admin endpoints; generated and stored in the data dir if unset.
+    pub admin_token: Option<String>,
+    /// Write key for `/v1/identify` and server-side `/v1/events`; generated if unset.
+    pub write_key: Option<String>,
+    /// Origins allowed to open the WebSocket besides the server's own; `"*"` allows any.
+    pub allowed_origins: Vec<String>,
+    /// Lifetime of user tokens, seconds.
+    pub token_ttl_s: u64,
+    /// Let browsers get a token for a new random id at `POST /v1/anonymous` (no secret needed).
+    pub anonymous: bool,
+    /// Shard worker threads (0 = one per CPU, at least 2).
+    pub shards: usize,
+    /// Log format: `text` or `json`.
+    pub log_format: String,
+    pub limits: Limits,
+    pub pipeline: PipelineConfig,
+    pub delivery: DeliveryConfig,
+    pub features: FeatureConfig,
+    pub rules: RuleLimits,
+    pub experiments: ExperimentsConfig,
+    pub segments: SegmentsConfig,
+    pub learn: crate::bandits::trainer::LearnConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            addr: "127.0.0.1:8080".into(),
+            data: "data".into(),
+            scripts: "scripts".into(),
+            models: "models".into(),
+            admin_token: None,
+            write_key: None,
+            allowed_origins: Vec::new(),
+            token_ttl_s: 86_400,
+            anonymous: true,
+            shards: 0,
+            log_format: "text".into(),
+            limits: Limits::default(),
+            pipeline: PipelineConfig::default(),
+            delivery: DeliveryConfig::default(),
+            features: FeatureConfig::default(),
+            rules: RuleLimits::default(),
+            experiments: ExperimentsConfig::default(),
+            segments: SegmentsConfig::default(),
+            learn: crate::bandits::trainer::LearnConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Capacity of each shard's input queue (messages). Full ⇒ 429 / WS `overloaded`.
+    pub shard_queue: usize,
+    /// Capacity of the writer's queue (batches). Full ⇒ shards wait (backpressure).
+    pub writer_queue: usize,
+    /// Most batches committed in one transaction.
+    pub max_commit_batch: usize,
+    /// Users kept in memory per shard before the least recently used is evicted.
+    pub user_cache: usize,
+    /// Seconds `Retry-After` tells an overloaded client to wait.
+    pub retry_after_s: u64,
+    /// A user whose state changed is checkpointed at most this long after the change (ms);
+    /// also on eviction and at shutdown. Recovery after a crash replays at most this much of
+    /// each user's log.
+    pub checkpoint_ms: i64,
+    /// Logged batches are applied to the indexed store at most this often (ms): a visit's
+    /// events then share their pages. Readers that must see every acknowledged event (export,
+    /// erasure, experiment results, the bandit log) wait for the next application.
+    pub index_ms: u64,
+    /// Page cache of the indexed store (`trimtab.redb`), MiB. The OS page cache holds the
+    /// rest of the file; the write-ahead log has its own small cache.
+    pub store_cache_mb: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            shard_queue: 1024,
+            writer_queue: 4096,
+            max_commit_batch: 512,
+            user_cache: 50_000,
+            retry_after_s: 1,
+            checkpoint_ms: 5_000,
+            index_ms: 1_000,
+            store_cache_mb: 256,
+        }
+    }
+}
+
+/// Frequency caps of one slot (overrides the defaults in `[delivery]`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotCaps {
+    pub cap_per_session: Option<u32>,
+    pub cap_per_user: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Most adjustments of one slot per user session (0 = unlimited).
+    pub cap_per_session: u32,
+    /// Most adjustments of one slot per user per UTC day (0 = unlimited).
+    pub cap_per_user: u32,
+    /// Per-slot overrides: `[delivery.slots.offer] cap_per_session = 1`.
+    pub slots: BTreeMap<String, SlotCaps>,
+    /// Seconds between server pings on a WebSocket.
+    pub heartbeat_s: u64,
+    /// A WebSocket silent (no message, no pong) this long is closed.
+    pub client_timeout_s: u64,
+    /// A WebSocket must authenticate within this many seconds (else closed with 1008).
+    pub auth_timeout_s: u64,
+    /// Outgoing messages buffered per WebSocket before it counts as too slow.
+    pub session_buffer: usize,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            cap_per_session: 3,
+            cap_per_user: 20,
+            slots: BTreeMap::new(),
+            heartbeat_s: 10,
+            client_timeout_s: 30,
+            auth_timeout_s: 5,
+            session_buffer: 256,
+        }
+    }
+}
+
+impl DeliveryConfig {
+    /// (per session, per user-day) caps of a slot; 0 means unlimited.
+    pub fn caps(&self, slot: &str) -> (u32, u32) {
+        let o = self.slots.get(slot);
+        (
+            o.and_then(|c| c.cap_per_session)
+                .unwrap_or(self.cap_per_session),
+            o.and_then(|c| c.cap_per_user).unwrap_or(self.cap_per_user),
+        )
+    }
+}
+
+/// Flags of `trimtab serve` that override config (only those given are applied).
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scripts: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub models: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shards: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    Missing(String),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// TRIMTAB_* variables that are not config keys but are read by trimtab itself.
+const NON_CONFIG_ENV: &[&str] = &["CONFIG", "LOG"];
+
+/// The top-level keys of [`Config`] (from its serialised default).
+fn top_level_keys() -> Vec<String> {
+    serde_json::to_value(Config::default())
+        .ok()
+        .and_then(|v| v.as_object().map(|m| m.keys().cloned().collect()))
+        .unwrap_or_default()
+}
+
+impl Config {
+    /// Loads the layered config. `file` is `--config`; without it `./trimtab.toml` is read if
+    /// present. `env` is the environment to read (`std::env::vars()` in production).
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(f) if !f.exists() => return Err(ConfigError::Missing(f.display().to_string())),
+            Some(f) => fig = fig.merge(Toml::file_exact(f)),
+            None if Path::new("trimtab.toml").exists() => {
+                fig = fig.merge(Toml::file_exact("trimtab.toml"))
+            }
+            None => {}
+        }
+        // Environment variables feed known keys only: other programs (test harnesses, wrappers)
+        // use TRIMTAB_* names too. Unknown ones are reported, not fatal; files stay strict.
+        let known = top_level_keys();
+        for (name, _) in std::env::vars() {
+            if let Some(rest) = name.strip_prefix("TRIMTAB_") {
+                let first = rest.split("__").next().unwrap_or("").to_ascii_lowercase();
+                if !known.contains(&first) && !NON_CONFIG_ENV.contains(&rest) {
+                    eprintln!("trimtab: note: ignoring {name}: not a configuration key");
+                }
+            }
+        }
+        fig = fig
+            .merge(Env::prefixed("TRIMTAB_").split("__").filter(move |k| {
+                let first = k
+                    .as_str()
+                    .split('.')
+                    .next()
+                    .unwrap_or("")
+                    .to_ascii_lowercase();
+                known.contains(&first)
+            }))
+            .merge(Serialized::defaults(overrides));
+        let cfg: Config = fig
+            .extract()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return bad("log_format must be \"text\" or \"json\"");
+        }
+        if self.pipeline.shard_queue == 0 || self.pipeline.writer_queue == 0 {
+            return bad("pipeline queues need a capacity of at least 1");
+        }
+        if self.limits.max_batch_events == 0 || self.limits.max_body_bytes < 1024 {
+            return bad("limits.max_batch_events must be ≥ 1 and limits.max_body_bytes ≥ 1024");
+        }
+        if self.token_ttl_s == 0 {
+            return bad("token_ttl_s must be positive");
+        }
+        if !(0.0..1.0).contains(&self.experiments.holdout) {
+            return bad("experiments.holdout must be in [0, 1)");
+        }
+        if !matches!(self.segments.algo.as_str(), "kmeans" | "gmm" | "dbscan") {
+            return bad("segments.algo must be \"kmeans\", \"gmm\" or \"dbscan\"");
+        }
+        if self.features.tick_ms < 10 {
+            return bad("features.tick_ms must be at least 10");
+        }
+        Ok(())
+    }
+
+    /// Directory of experiment definitions.
+    /// Bandit slot definitions: `scripts/bandits/`.
+    pub fn bandits_dir(&self) -> PathBuf {
+        self.scripts.join("bandits")
+    }
+
+    pub fn experiments_dir(&self) -> PathBuf {
+        self.experiments
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.scripts.join("experiments"))
+    }
+
+    /// Number of shard threads to run.
+    pub fn shard_count(&self) -> usize {
+        if self.shards > 0 {
+            self.shards
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+                .max(2)
+        }
+    }
+}
+
+#[cfg(test)]
+// figment's Jail returns its own (large) error type; nothing to box here.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layering_file_env_flags() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "custom.toml",
+                "addr = \"0.0.0.0:9000\"\nshards = 3\n[delivery]\ncap_per_session = 7\n",
+            )?;
+            jail.set_env("TRIMTAB_SHARDS", "5");
+            jail.set_env("TRIMTAB_DELIVERY__CAP_PER_USER", "9");
+            // Not a config key (e.g. a test harness's own variable): ignored, not fatal.
+            jail.set_env("TRIMTAB_BIN", "/usr/bin/true");
+            let cfg = Config::load(
+                Some(Path::new("custom.toml")),
+                &Overrides {
+                    data: Some("/tmp/x".into()),
+                    ..Overrides::default()
+                },
+            )
+            .unwrap();
+            assert_eq!(cfg.addr, "0.0.0.0:9000"); // file
+            assert_eq!(cfg.shards, 5); // env beats file
+            assert_eq!(cfg.delivery.cap_per_session, 7);
+            assert_eq!(cfg.delivery.cap_per_user, 9);
+            assert_eq!(cfg.data, PathBuf::from("/tmp/x")); // flag
+            let cfg = Config::load(
+                Some(Path::new("custom.toml")),
+                &Overrides {
+                    shards: Some(8),
+                    ..Overrides::default()
+                },
+            )
+            .unwrap();
+            assert_eq!(cfg.shards, 8); // flag beats env
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "[delivery]\ncap_per_sesion = 1\n")?;
+            let e = Config::load(Some(Path::new("bad.toml")), &Overrides::default()).unwrap_err();
+            assert!(e.to_string().contains("cap_per_sesion"), "{e}");
+            jail.create_file("bad2.toml", "log_format = \"xml\"\n")?;
+            assert!(Config::load(Some(Path::new("bad2.toml")), &Overrides::default()).is_err());
+            assert!(matches!(
+                Config::load(Some(Path::new("nope.toml")), &Overrides::default()),
+                Err(ConfigError::Missing(_))
+            ));
+            Ok(())
+        });
+    }
+}

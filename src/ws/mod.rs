@@ -1,0 +1,6 @@
+//! The WebSocket endpoints: a page's session ([`session`]: auth by first message, event batches
+//! into the pipeline, acks and adjustments out through the socket's queue of the engine's hub)
+//! and the dashboard's live feed ([`live`]). They own the sockets (actix-ws), never user state.
+
+pub mod live;
+pub mod session;

@@ -1,0 +1,240 @@
+//! One WebSocket session, as a task on an actix worker. It authenticates the socket by its first
+//! message (tokens never travel in URLs), then relays: client event batches into the pipeline,
+//! acks and adjustments back out. Pings every `heartbeat_s`; a socket silent for
+//! `client_timeout_s` is closed. Never blocks: queueing is `try_send`, waiting is `.await`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Session};
+use bytestring::ByteString;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::delivery::{Hub, Outbound, SocketTx};
+use crate::event::{parse_client_message, ClientMessage, InputError};
+use crate::metrics::Metrics;
+use crate::pipeline::{Pipeline, SubmitError};
+use crate::privacy::{Pseudonymizer, TokenSigner, UserKey};
+
+/// What a session needs from the app.
+#[derive(Clone)]
+pub struct SessionCtx {
+    pub cfg: Arc<Config>,
+    pub pipeline: Arc<Pipeline>,
+    pub hub: Arc<Hub>,
+    pub signer: TokenSigner,
+    pub pseudo: Pseudonymizer,
+    pub metrics: Arc<Metrics>,
+}
+
+fn error_msg(code: &str, message: &str, path: Option<&str>, ids: &[String]) -> ByteString {
+    crate::delivery::frames::error(code, message, path, ids)
+}
+
+use crate::now_ms;
+
+async fn close(session: Session, code: CloseCode, why: &str) {
+    let _ = session
+        .close(Some(CloseReason {
+            code,
+            description: Some(why.to_string()),
+        }))
+        .await;
+}
+
+/// Runs the session until the socket closes.
+pub async fn run(ctx: SessionCtx, mut session: Session, stream: actix_ws::MessageStream) {
+    let limit = ctx.cfg.limits.max_body_bytes;
+    let mut stream = stream
+        .max_frame_size(limit)
+        .aggregate_continuations()
+        .max_continuation_size(limit);
+    let d = &ctx.cfg.delivery;
+
+    // 1. Authenticate: the first message must be {"type":"auth","token":…}.
+    let first = tokio::time::timeout(Duration::from_secs(d.auth_timeout_s), stream.recv()).await;
+    let user = match first {
+        Ok(Some(Ok(AggregatedMessage::Text(text)))) => match authenticate(&ctx, text.as_bytes()) {
+            Ok(u) => u,
+            Err((code, msg)) => {
+                let _ = session.text(error_msg(code, msg, None, &[])).await;
+                ctx.metrics.reject("ws_auth", 1);
+                close(session, CloseCode::Policy, msg).await;
+                return;
+            }
+        },
+        Ok(_) => {
+            close(
+                session,
+                CloseCode::Policy,
+                "the first message must be an auth message",
+            )
+            .await;
+            return;
+        }
+        Err(_) => {
+            close(session, CloseCode::Policy, "authentication timed out").await;
+            return;
+        }
+    };
+    if session.text(r#"{"type":"ready"}"#).await.is_err() {
+        return;
+    }
+    let (tx, mut rx) = mpsc::channel::<Outbound>(d.session_buffer.max(8));
+    let id = ctx.hub.register(user, tx.clone());
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(d.heartbeat_s.max(1)));
+    heartbeat.tick().await;
+    let timeout = Duration::from_secs(d.client_timeout_s.max(1));
+    let mut last_seen = Instant::now();
+    let mut closing: Option<(u16, &'static str)> = None;
+
+    // 2. Relay until either side stops.
+    loop {
+        tokio::select! {
+            msg = stream.recv() => match msg {
+                Some(Ok(AggregatedMessage::Text(text))) => {
+                    last_seen = Instant::now();
+                    if let Some(reply) = handle_text(&ctx, user, text.as_bytes(), &tx) {
+                        if session.text(reply).await.is_err() { break; }
+                    }
+                }
+                Some(Ok(AggregatedMessage::Binary(_))) => {
+                    let m = error_msg("unsupported_message", "binary frames are not supported; send JSON text", None, &[]);
+                    if session.text(m).await.is_err() { break; }
+                }
+                Some(Ok(AggregatedMessage::Ping(b))) => {
+                    last_seen = Instant::now();
+                    if session.pong(&b).await.is_err() { break; }
+                }
+                Some(Ok(AggregatedMessage::Pong(_))) => last_seen = Instant::now(),
+                Some(Ok(AggregatedMessage::Close(_))) | None => break,
+                Some(Err(e)) => {
+                    // Oversized frames and protocol violations end the session with a reason.
+                    let m = error_msg("protocol_error", &e.to_string(), None, &[]);
+                    let _ = session.text(m).await;
+                    closing = Some((1009, "message too big or malformed frame"));
+                    break;
+                }
+            },
+            out = rx.recv() => match out {
+                Some(Outbound::Text(t)) => {
+                    if session.text(t).await.is_err() { break; }
+                }
+                Some(Outbound::Close(code, why)) => { closing = Some((code, why)); break; }
+                None => break,
+            },
+            _ = heartbeat.tick() => {
+                if last_seen.elapsed() > timeout {
+                    closing = Some((1001, "heartbeat timeout"));
+                    break;
+                }
+                if session.ping(b"").await.is_err() { break; }
+            }
+        }
+    }
+    ctx.hub.unregister(&user, id);
+    let (code, why) = closing.unwrap_or((1000, "bye"));
+    close(session, CloseCode::from(code), why).await;
+}
+
+fn authenticate(ctx: &SessionCtx, body: &[u8]) -> Result<UserKey, (&'static str, &'static str)> {
+    let v: Value =
+        serde_json::from_slice(body).map_err(|_| ("malformed_json", "auth message is not JSON"))?;
+    if v.get("type").and_then(Value::as_str) != Some("auth") {
+        return Err((
+            "unauthorized",
+            "the first message must be {\"type\":\"auth\",\"token\":…}",
+        ));
+    }
+    let token = v
+        .get("token")
+        .and_then(Value::as_str)
+        .ok_or(("unauthorized", "auth message without a token"))?;
+    let now_s = (now_ms() / 1000) as u64;
+    ctx.signer.verify(token, now_s).map_err(|e| match e.code() {
+        "token_expired" => ("token_expired", "the token has expired"),
+        _ => ("invalid_token", "the token is not valid"),
+    })
+}
+
+/// Handles one client text message; returns an immediate reply (errors), if any. The `ack`
+/// comes later through the socket's own queue `tx`, put there by the writer once the batch is
+/// durable.
+fn handle_text(ctx: &SessionCtx, user: UserKey, body: &[u8], tx: &SocketTx) -> Option<ByteString> {
+    let reject = |e: InputError, ids: &[String]| {
+        ctx.metrics.reject(e.code, 1);
+        Some(error_msg(e.code, &e.message, e.path.as_deref(), ids))
+    };
+    // One typed parse from the bytes (no JSON tree for valid input).
+    let incoming = match parse_client_message(body, &ctx.cfg.limits, now_ms()) {
+        Ok(ClientMessage::Events(v)) => v,
+        Ok(ClientMessage::Ping) => return Some(ByteString::from_static(r#"{"type":"pong"}"#)),
+        Ok(ClientMessage::Auth { .. }) => {
+            let e = InputError::new(
+                "invalid_value",
+                "this socket is authenticated already",
+                Some("type".into()),
+            );
+            return reject(e, &[]);
+        }
+        Err(e) => return reject(e, &[]),
+    };
+    let mut ids_no_consent = Vec::new();
+    let mut evs = Vec::with_capacity(incoming.len());
+    // The raw id last checked against the token (each distinct id is hashed once).
+    let mut verified: Option<String> = None;
+    for (i, inc) in incoming.into_iter().enumerate() {
+        if let Some(raw) = inc.user {
+            if verified.as_deref() != Some(raw.as_str()) && ctx.pseudo.user(&raw) != user {
+                let e = InputError::new(
+                    "user_mismatch",
+                    "a token only writes its own user's events",
+                    Some(format!("events[{i}].user")),
+                );
+                return reject(e, &[]);
+            }
+            verified = Some(raw);
+        }
+        if inc.event.consent.analytics {
+            evs.push(inc.event);
+        } else {
+            ids_no_consent.push(inc.event.id);
+        }
+    }
+    if !ids_no_consent.is_empty() {
+        ctx.metrics
+            .reject("no_consent", ids_no_consent.len() as u64);
+    }
+    if evs.is_empty() {
+        // Nothing to store: the client may forget these ids.
+        return Some(crate::delivery::frames::ack_not_consented(&ids_no_consent));
+    }
+    let result = ctx
+        .pipeline
+        .submit_ws(user, evs, tx.clone(), ids_no_consent);
+    let (err, evs) = match result {
+        Ok(()) => return None,
+        Err(e) => e,
+    };
+    let n = evs.len() as u64;
+    let failed_ids: Vec<String> = evs.into_iter().map(|e| e.id).collect();
+    match err {
+        SubmitError::Overloaded => {
+            ctx.metrics.reject("overloaded", n);
+            Some(error_msg(
+                "overloaded",
+                "the server is busy; retry these events later with the same ids",
+                None,
+                &failed_ids,
+            ))
+        }
+        SubmitError::ShuttingDown => Some(error_msg(
+            "unavailable",
+            "the server is shutting down",
+            None,
+            &failed_ids,
+        )),
+    }
+}
