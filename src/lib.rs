@@ -8,7 +8,6 @@
 
 pub mod api;
 pub mod app;
-pub mod sim;
 pub mod ws;
 
 pub use trimtab_engine::{

@@ -39,9 +39,12 @@ enum Command {
     /// logged-bandit-feedback JSONL file; report held-out metrics; optionally cross-validate
     /// and propose it to the model registry. See docs/model.md.
     Train(cli::train::TrainArgs),
-    /// Drive a running server with a synthetic audience over real WebSockets (or, with
-    /// --offline, write logged bandit feedback with known ground truth). See src/sim/.
-    Simulate(trimtab::sim::cli::Args),
+    /// Moved: the simulator is its own binary, `trimtab-sim` (the server does not link it).
+    #[command(hide = true, disable_help_flag = true)]
+    Simulate {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
     /// Write a bandit slot's logged decisions as JSONL (logged-bandit-feedback rows) from a
     /// data dir. For a running server use `GET /v1/bandits/{slot}/log` instead.
     ExportLog(ExportLogArgs),
@@ -297,13 +300,13 @@ fn main() -> ExitCode {
             }
         },
         Command::Segment(a) => segment(a),
-        Command::Simulate(a) => match trimtab::sim::cli::run(&a) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("trimtab simulate: {e:#}");
-                ExitCode::from(2)
-            }
-        },
+        Command::Simulate { .. } => {
+            eprintln!(
+                "trimtab simulate: the simulator is its own binary now: run `trimtab-sim` with \
+                 the same arguments (`cargo run --release -p trimtab-sim -- --help`)"
+            );
+            ExitCode::from(2)
+        }
         Command::Serve(a) => {
             let overrides = Overrides {
                 addr: a.addr,

@@ -9,7 +9,7 @@
 //    reason and the refused file with its field path; "Resume (reset guardrail)" POSTs the reset
 //    and the card goes back to learning; the page refreshes itself every 5 s and stops when left;
 //  - the models section with two real models in the registry: click-cta, trained by
-//    `trimtab train --save` on a log from `trimtab simulate --offline` and served (table row,
+//    `trimtab train --save` on a log from `trimtab-sim --offline` and served (table row,
 //    model card, reliability chart), and click-hero, whose weights file is corrupt and which
 //    the server refuses (its error code shown, no chart).
 // Saves target/screenshots/dashboard-learning.png and dashboard-learning-models.png.
@@ -19,7 +19,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, writeFileSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startServer, launchBrowser, screenshot, admin, waitFor, recordApiTraffic, BIN } from './support.mjs';
+import { startServer, launchBrowser, screenshot, admin, waitFor, recordApiTraffic, BIN, SIM_BIN } from './support.mjs';
 
 const CONSENT = { analytics: true, personalization: true };
 const CTA = [
@@ -46,7 +46,7 @@ const HERO = 'candidates = ["control", "urgent", "social"]\n';
 function prepareModels() {
   const dir = mkdtempSync(join(tmpdir(), 'trimtab-models-'));
   const log = join(dir, 'log.jsonl');
-  execFileSync(BIN, ['simulate', '--offline', '--rows', '3000', '--seed', '1', '--candidates', 'control,urgent,social', '--out', log]);
+  execFileSync(SIM_BIN, ['--offline', '--rows', '3000', '--seed', '1', '--candidates', 'control,urgent,social', '--out', log]);
   const models = join(dir, 'models');
   execFileSync(BIN, ['train', '--log', log, '--save', models, '--name', 'click-cta', '--epochs', '8', '--json']);
   const hero = join(models, 'click-hero');

@@ -3,6 +3,7 @@
 //
 // Environment:
 //   TRIMTAB_BIN      server binary (default ../../target/debug/trimtab, relative to this dir)
+//   TRIMTAB_SIM_BIN  simulator binary (default: trimtab-sim beside the server binary)
 //   CHROMIUM_PATH    browser (default /usr/bin/chromium; never downloaded)
 //   TRIMTAB_TEST_LOG set to 1 to echo the server's log to stderr
 import { spawn } from 'node:child_process';
@@ -18,6 +19,10 @@ export const repoRoot = resolve(here, '..', '..');
 export const screenshotDir = join(repoRoot, 'target', 'screenshots');
 
 export const BIN = resolve(here, process.env.TRIMTAB_BIN || '../../target/debug/trimtab');
+/** The simulator's binary (its own crate), beside the server's unless TRIMTAB_SIM_BIN says. */
+export const SIM_BIN = process.env.TRIMTAB_SIM_BIN
+  ? resolve(here, process.env.TRIMTAB_SIM_BIN)
+  : resolve(dirname(BIN), 'trimtab-sim');
 
 /** Serialises a plain object as TOML (tables for nested objects; enough for trimtab's config). */
 export function toToml(obj, prefix = '') {

@@ -1,4 +1,4 @@
-//! The learning loop on a real server: the behaviour simulator (the `trimtab simulate` binary,
+//! The learning loop on a real server: the behaviour simulator (the `trimtab-sim` binary,
 //! over real WebSockets) plays an audience against a bandit slot; every decision is logged and
 //! absorbed; a click model is trained from the server's own log on demand, promoted and served
 //! to rules (`predict`); a corrupt model file dropped into the registry is refused while the
@@ -85,10 +85,8 @@ fn simulated_audience_trains_a_served_model_and_a_corrupt_file_is_refused() {
         .contains("min_rows"));
 
     // The audience: 240 users over real WebSockets, decided by the bandit.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trimtab"))
-        .args([
-            "simulate", "--url", &s.base, "--users", "240", "--seed", "3",
-        ])
+    let out = std::process::Command::new(sim_bin())
+        .args(["--url", &s.base, "--users", "240", "--seed", "3"])
         .args(["--concurrency", "8", "--speed", "0", "--json"])
         .output()
         .unwrap();

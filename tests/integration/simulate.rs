@@ -1,4 +1,4 @@
-//! `trimtab simulate` against the real server: a seeded synthetic audience streams its
+//! The simulator (`trimtab_sim`) against the real server: a seeded synthetic audience streams its
 //! behaviour over real WebSockets, gets decisions for the `cta` slot from an experiment (some
 //! pushed by a rule over the socket, the rest from `POST /v1/decide`), and reports impressions,
 //! clicks and conversions. The server's own records must agree with the simulator's.
@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use trimtab::sim::online::{run, OnlineConfig};
+use trimtab_sim::online::{run, OnlineConfig};
 
 use crate::support::*;
 

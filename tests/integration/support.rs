@@ -240,6 +240,18 @@ pub struct Server {
     http: ureq::Agent,
 }
 
+/// The simulator's binary, `trimtab-sim` (its own crate: `cargo test --workspace` builds it
+/// beside the server's binary).
+pub fn sim_bin() -> std::path::PathBuf {
+    let p = std::path::Path::new(env!("CARGO_BIN_EXE_trimtab")).with_file_name("trimtab-sim");
+    assert!(
+        p.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace` (or `cargo build -p trimtab-sim`)",
+        p.display()
+    );
+    p
+}
+
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_trimtab")
 }

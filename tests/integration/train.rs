@@ -1,4 +1,4 @@
-//! `trimtab train` end to end through the binary: a log from `trimtab simulate --offline`, the
+//! `trimtab train` end to end through the binary: a log from `trimtab-sim --offline`, the
 //! documented `--json` report (held-out split = the last 15 % of rows), k-fold cross-validation,
 //! promotion into a registry (a second, worse candidate is refused), and clear errors with the
 //! file and line for bad input.
@@ -28,16 +28,10 @@ fn train_cli_reports_registers_and_refuses_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log.jsonl");
     let log_s = log.to_str().unwrap();
-    let out = run(&[
-        "simulate",
-        "--offline",
-        "--rows",
-        "2000",
-        "--seed",
-        "4",
-        "--out",
-        log_s,
-    ]);
+    let out = std::process::Command::new(crate::support::sim_bin())
+        .args(["--offline", "--rows", "2000", "--seed", "4", "--out", log_s])
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",

@@ -4,7 +4,7 @@
 //! compute the Bayes-optimal AUC, the oracle value and the true value of any policy.
 //!
 //! The context is computed the way the server computes it: the script's events are validated
-//! by the real parser ([`crate::event::parse_events`]) and applied to a fresh
+//! by the real parser ([`trimtab_wire::parse_events`]) and applied to a fresh
 //! [`UserState`] (server receive time = the event's timestamp), then [`inputs_from_state`]
 //! maps the state to [`ContextInputs`] and [`context::vector`] makes the vector.
 //!
@@ -22,11 +22,11 @@ use serde::Serialize;
 use super::audience::{
     argmax, default_candidates, generate_user, Device, GroundTruth, Mix, Outcome, SimUser, UserType,
 };
-use crate::event::{parse_events, Limits};
-use crate::features::context::{self, ContextInputs};
-use crate::features::{FeatureConfig, UserState};
-use crate::learn::bandit::{one_hot, Policy};
-use crate::learn::ope::LogRow;
+use trimtab_engine::features::context::{self, ContextInputs};
+use trimtab_engine::features::{FeatureConfig, UserState};
+use trimtab_learn::bandit::{one_hot, Policy};
+use trimtab_learn::ope::LogRow;
+use trimtab_wire::{parse_events, Limits};
 
 /// A fixed timestamp base for offline scripts (reproducible; any recent time works).
 pub const OFFLINE_BASE_TS: i64 = 1_790_000_000_000;
@@ -221,7 +221,7 @@ pub fn generate(cfg: &OfflineConfig) -> OfflineLog {
         prepared,
         &cfg.candidates,
         |_| {
-            let a = crate::learn::bandit::sample_index(&probs, rng.random());
+            let a = trimtab_learn::bandit::sample_index(&probs, rng.random());
             (a, probs[a])
         },
         |_, _, _| {},
@@ -355,8 +355,8 @@ pub fn auc(scores: &[f64], labels: &[bool]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::features::context::CONTEXT_DIM;
-    use crate::learn::bandit::{EpsilonGreedy, Params};
+    use trimtab_engine::features::context::CONTEXT_DIM;
+    use trimtab_learn::bandit::{EpsilonGreedy, Params};
 
     fn cfg(rows: usize, seed: u64) -> OfflineConfig {
         OfflineConfig {
@@ -429,7 +429,7 @@ mod tests {
 
     #[test]
     fn context_reflects_behaviour() {
-        use crate::sim::audience::generate;
+        use crate::audience::generate;
         let users = generate(4, 300, &Mix::default());
         let mut depth = std::collections::BTreeMap::<UserType, (f64, f64)>::new();
         for u in &users {

@@ -39,7 +39,7 @@ use super::audience::{
     argmax, default_candidates, generate_user, Device, GroundTruth, Mix, SimUser, UserType,
 };
 use super::offline::context_vector;
-use crate::now_ms;
+use trimtab_util::now_ms;
 
 /// What to run.
 #[derive(Debug, Clone, PartialEq)]
@@ -1063,7 +1063,7 @@ impl fmt::Display for Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::audience::generate;
+    use crate::audience::generate;
 
     #[test]
     fn authority_of_urls() {

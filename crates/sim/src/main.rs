@@ -1,7 +1,7 @@
-//! `trimtab simulate`: the command line of the simulator.
+//! `trimtab-sim`: the command line of the simulator.
 //!
 //! Online (default): drives the server at `--url` with `--users` simulated users and prints a
-//! [`Summary`](super::online::Summary) (`--json`: one JSON object). Offline (`--offline`):
+//! [`Summary`](trimtab_sim::online::Summary) (`--json`: one JSON object). Offline (`--offline`):
 //! writes `--rows` logged decisions as the JSONL log of `trimtab ope` to `--out`, and the
 //! ground truth per row to `--truth`.
 
@@ -13,13 +13,19 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde_json::json;
 
-use super::audience::{expected_rates, GroundTruth, Mix};
-use super::offline::{self, Logging, OfflineConfig};
-use super::online::{self, OnlineConfig};
-use crate::learn::ope::write_log;
+use trimtab_learn::ope::write_log;
+use trimtab_sim::audience::{expected_rates, GroundTruth, Mix};
+use trimtab_sim::offline::{self, Logging, OfflineConfig};
+use trimtab_sim::online::{self, OnlineConfig};
 
-/// Arguments of `trimtab simulate`.
-#[derive(clap::Args, Debug, Clone)]
+/// Arguments of `trimtab-sim`.
+#[derive(clap::Parser, Debug, Clone)]
+#[command(
+    name = "trimtab-sim",
+    version,
+    about = "Drive a running trimtab server with a seeded synthetic audience over real WebSockets \
+             (or, with --offline, write logged bandit feedback with known ground truth)"
+)]
 pub struct Args {
     /// Base URL of a running `trimtab serve` (http only).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
@@ -214,11 +220,22 @@ fn run_online(a: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `trimtab simulate`.
-pub fn run(a: &Args) -> anyhow::Result<()> {
+/// Runs `trimtab-sim`.
+fn run(a: &Args) -> anyhow::Result<()> {
     if a.offline {
         run_offline(a)
     } else {
         run_online(a)
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let args = <Args as clap::Parser>::parse();
+    match run(&args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("trimtab-sim: {e:#}");
+            std::process::ExitCode::from(2)
+        }
     }
 }

@@ -4,10 +4,10 @@
 
 use super::audience::{default_candidates, Mix};
 use super::offline::{generate, generate_with_policy, Logging, OfflineConfig, OfflineLog};
-use crate::features::context::CONTEXT_DIM;
-use crate::learn::bandit::{new_policy, Params, PolicyKind};
-use crate::learn::model::{train, Dataset, SplitConfig, TrainConfig};
-use crate::learn::ope::{evaluate, OpeConfig};
+use trimtab_engine::features::context::CONTEXT_DIM;
+use trimtab_learn::bandit::{new_policy, Params, PolicyKind};
+use trimtab_learn::model::{train, Dataset, SplitConfig, TrainConfig};
+use trimtab_learn::ope::{evaluate, OpeConfig};
 
 fn cfg(rows: usize, seed: u64) -> OfflineConfig {
     OfflineConfig {

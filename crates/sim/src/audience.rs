@@ -1036,7 +1036,7 @@ pub fn expected_rates(truth: &GroundTruth, mix: &Mix, n: usize, seed: u64) -> Ra
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{parse_events, EventType, Limits};
+    use trimtab_wire::{parse_events, EventType, Limits};
 
     const NOW: i64 = 1_790_000_000_000;
 
