@@ -2,9 +2,9 @@
 //! state and the event just received, and ask for adjustments (`adjust(slot, variant, params)`).
 //!
 //! Owns: the sandboxed engine ([`sandbox`]), the functions exposed to scripts ([`api`]), the
-//! compiled rule set and its per-rule health/counters, the rules directory on disk (writes go
-//! through [`Rules::put`] / [`Rules::delete`] with temp file + rename), and hot reload
-//! ([`watch`]).
+//! compiled rules and their per-rule health/counters. The rules directory on disk, uploads,
+//! deletions, keep-last-good and hot reload are the shared definition registry's
+//! ([`trimtab_util::registry`]); this crate supplies how a rule compiles ([`RuleKind`]).
 //!
 //! Threads:
 //! - [`Rules::evaluate`] runs on the calling shard worker thread, concurrently on many threads.
@@ -12,7 +12,7 @@
 //!   operation limit and a wall-clock deadline, inside `catch_unwind`, and only touches atomics
 //!   (plus a short mutex when recording a failure).
 //! - [`Rules::put`], [`Rules::delete`], [`Rules::reload`] and the watcher thread started by
-//!   [`Rules::watch`] serialise on one writer mutex, build a new set and swap it in.
+//!   [`Rules::watch`] go through the registry, which serialises them and swaps a new set in.
 //!
 //! Must not: block a shard thread for longer than about one timeout per rule, let one rule's
 //! failure stop the others, or give scripts any I/O (see [`sandbox`]). Frequency capping and
@@ -28,7 +28,6 @@ pub mod view;
 mod watch;
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -36,10 +35,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use rhai::{Dynamic, Engine, Scope, AST};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use trimtab_util::registry::{self, Entry, PutError, Registry};
 
 pub use watch::RulesWatcher;
 
@@ -252,77 +250,23 @@ impl RulesError {
 /// The compiled trigger rules, shared by every shard thread (cheap to clone: one `Arc`).
 #[derive(Clone)]
 pub struct Rules {
-    inner: Arc<Inner>,
+    inner: Arc<Registry<RuleKind>>,
 }
 
-struct Inner {
-    dir: PathBuf,
-    limits: RuleLimits,
+/// How a rule file compiles: the sandboxed engine and its limits (the registry's [`registry::Kind`]).
+pub struct RuleKind {
     engine: Engine,
-    /// The rule set evaluated on the hot path, replaced as a whole on every change.
-    set: ArcSwap<RuleSet>,
-    /// Serialises put/delete/reload so that two writers never lose each other's change.
-    writer: Mutex<()>,
+    limits: RuleLimits,
 }
 
-#[derive(Default)]
-struct RuleSet {
-    /// By name, so evaluation order (and `statuses`) is sorted by name.
-    rules: BTreeMap<String, Arc<Rule>>,
-}
+/// The registry's entry of one rule file.
+type RuleEntry = Entry<RuleKind>;
 
-/// One rule as of one version of its file.
-struct Rule {
-    name: String,
-    /// The name again, shared with each run's call state (no copy per run).
+/// A compiled version of a rule, its health (fresh for every new version) and the rule's
+/// counters (carried over from version to version for as long as a rule of this name exists).
+pub struct Version {
+    /// The rule's name, shared with each run's call state (no copy per run).
     label: Arc<str>,
-    file: String,
-    /// The version that runs (the last one that compiled), if any.
-    compiled: Option<Arc<Compiled>>,
-    /// Why the current file does not compile, if it does not.
-    compile_error: Option<RuleErrorInfo>,
-    /// SHA-256 of the file content last read (to detect changes).
-    seen_sha: String,
-    /// When the file content last read was loaded (used if nothing compiled).
-    seen_at_ms: i64,
-    /// Counters kept for as long as a rule of this name exists.
-    counters: Arc<Counters>,
-}
-
-impl Rule {
-    /// A rule whose current file compiled into `ast` (fresh health, kept counters).
-    fn compiled(
-        name: &str,
-        file: String,
-        (ast, on, memo): (AST, Option<Vec<String>>, bool),
-        sha: String,
-        now: i64,
-        counters: Arc<Counters>,
-    ) -> Rule {
-        Rule {
-            name: name.to_owned(),
-            label: name.into(),
-            file,
-            compiled: Some(Arc::new(Compiled {
-                ast,
-                on,
-                sha: sha.clone(),
-                loaded_at_ms: now,
-                health: Health::default(),
-                runtime: thread_local::ThreadLocal::new(),
-                memo,
-                trace: thread_local::ThreadLocal::new(),
-            })),
-            compile_error: None,
-            seen_sha: sha,
-            seen_at_ms: now,
-            counters,
-        }
-    }
-}
-
-/// A compiled version of a rule and its health (fresh for every new version).
-struct Compiled {
     ast: AST,
     /// The event types the rule declared it reacts to (`const ON = [...]`); None: all.
     on: Option<Vec<String>>,
@@ -336,6 +280,45 @@ struct Compiled {
     memo: bool,
     /// Remembered runs, one tree per shard thread (see `memo`).
     trace: thread_local::ThreadLocal<std::cell::RefCell<memo::Trace>>,
+    counters: Arc<Counters>,
+}
+
+impl registry::Kind for RuleKind {
+    type Item = Version;
+    type Error = RuleErrorInfo;
+    const NOUN: &'static str = "rule";
+    const EXT: &'static str = "rhai";
+    const MAX_BYTES: u64 = MAX_SOURCE_BYTES as u64;
+
+    fn check_name(&self, name: &str) -> Result<(), &'static str> {
+        name_problem(name).map_or(Ok(()), Err)
+    }
+
+    fn compile(
+        &self,
+        name: &str,
+        file: &str,
+        text: &str,
+        prev: Option<&Arc<Version>>,
+    ) -> Result<Version, RuleErrorInfo> {
+        let (ast, on, memo) = self.compile_rule(file, text)?;
+        Ok(Version {
+            label: name.into(),
+            ast,
+            on,
+            sha: registry::sha256_hex(text),
+            loaded_at_ms: unix_ms(),
+            health: Health::default(),
+            runtime: thread_local::ThreadLocal::new(),
+            memo,
+            trace: thread_local::ThreadLocal::new(),
+            counters: prev.map_or_else(Arc::default, |p| Arc::clone(&p.counters)),
+        })
+    }
+
+    fn describe(e: &RuleErrorInfo) -> String {
+        format!("{} at {}", e.message, e.location)
+    }
 }
 
 /// What `Engine::run_ast_with_scope` would build afresh on every run.
@@ -401,10 +384,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 use trimtab_util::now_ms as unix_ms;
 
-fn sha256_hex(source: &str) -> String {
-    hex::encode(Sha256::digest(source.as_bytes()))
-}
-
 /// A compiled condition over `user` (see [`Rules::compile_condition`]).
 #[derive(Clone)]
 pub struct Condition {
@@ -417,9 +396,9 @@ impl std::fmt::Debug for Condition {
     }
 }
 
-/// Checks a rule name: `[a-z0-9_-]{1,64}`.
-pub fn validate_name(name: &str) -> Result<(), RulesError> {
-    let reason = if name.is_empty() {
+/// What is wrong with a rule name, if anything: names are `[a-z0-9_-]{1,64}`.
+fn name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
         Some("must not be empty")
     } else if name.len() > MAX_RULE_NAME {
         Some("longer than 64 characters")
@@ -430,13 +409,30 @@ pub fn validate_name(name: &str) -> Result<(), RulesError> {
         Some("only a-z 0-9 _ - are allowed")
     } else {
         None
-    };
-    match reason {
+    }
+}
+
+/// Checks a rule name: `[a-z0-9_-]{1,64}`.
+pub fn validate_name(name: &str) -> Result<(), RulesError> {
+    match name_problem(name) {
         None => Ok(()),
         Some(reason) => Err(RulesError::InvalidName {
             name: sandbox::truncate(name, 80),
             reason,
         }),
+    }
+}
+
+impl From<PutError<RuleErrorInfo>> for RulesError {
+    fn from(e: PutError<RuleErrorInfo>) -> RulesError {
+        match e {
+            PutError::InvalidName { name, reason } => RulesError::InvalidName {
+                name: sandbox::truncate(&name, 80),
+                reason,
+            },
+            PutError::Invalid(info) => RulesError::Compile { info },
+            PutError::Io { path, source } => RulesError::Io { path, source },
+        }
     }
 }
 
@@ -459,32 +455,25 @@ impl Rules {
     ///
     /// Runs on the caller's thread (startup).
     pub fn load(dir: &Path, limits: RuleLimits) -> Result<Rules, RulesError> {
-        fs::create_dir_all(dir).map_err(|source| RulesError::Io {
-            path: dir.to_owned(),
-            source,
-        })?;
         let engine = sandbox::build_engine(&limits);
-        let rules = Rules {
-            inner: Arc::new(Inner {
-                dir: dir.to_owned(),
-                limits,
-                engine,
-                set: ArcSwap::from_pointee(RuleSet::default()),
-                writer: Mutex::new(()),
-            }),
-        };
-        rules.reload()?;
-        Ok(rules)
+        let registry =
+            Registry::open(RuleKind { engine, limits }, dir).map_err(|source| RulesError::Io {
+                path: dir.to_owned(),
+                source,
+            })?;
+        Ok(Rules {
+            inner: Arc::new(registry),
+        })
     }
 
     /// The rules directory.
     pub fn dir(&self) -> &Path {
-        &self.inner.dir
+        self.inner.dir()
     }
 
     /// The sandbox limits in force.
     pub fn limits(&self) -> &RuleLimits {
-        &self.inner.limits
+        &self.inner.kind().limits
     }
 
     /// Starts watching the rules directory and recompiling changed files (debounced ~150 ms;
@@ -494,7 +483,7 @@ impl Rules {
     ///
     /// Spawns one thread (`trimtab-rules-watch`) that owns the reloads.
     pub fn watch(&self) -> Result<RulesWatcher, RulesError> {
-        watch::start(self.clone())
+        watch::start(&self.inner)
     }
 
     /// Re-reads the rules directory and applies every difference: new files are compiled,
@@ -502,100 +491,14 @@ impl Rules {
     /// left alone, keeping their health and counters. The watcher calls this after each burst
     /// of file events; it may also be called directly (e.g. from an admin "reload").
     pub fn reload(&self) -> Result<(), RulesError> {
-        let dir = &self.inner.dir;
-        let io_err = |source| RulesError::Io {
-            path: dir.clone(),
+        self.inner.reload().map_err(|source| RulesError::Io {
+            path: self.dir().to_owned(),
             source,
-        };
-        let _writer = lock(&self.inner.writer);
-        let mut files = BTreeMap::new();
-        for entry in fs::read_dir(dir).map_err(io_err)? {
-            let path = entry.map_err(io_err)?.path();
-            if path.extension().and_then(|e| e.to_str()) != Some("rhai") || !path.is_file() {
-                continue;
-            }
-            let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
-                tracing::warn!(file = %path.display(), "skipping rule file with a non-UTF-8 name");
-                continue;
-            };
-            if let Err(e) = validate_name(stem) {
-                tracing::warn!(file = %path.display(), "skipping rule file: {e}");
-                continue;
-            }
-            match read_source(&path) {
-                Ok(source) => {
-                    files.insert(stem.to_owned(), source);
-                }
-                Err(e) => {
-                    // Vanished between listing and reading (a rename in flight), unreadable,
-                    // or too large: keep whatever runs now; the next event retries.
-                    tracing::warn!(file = %path.display(), "cannot read rule file: {e}");
-                    if let Some(old) = self.inner.set.load().rules.get(stem) {
-                        files.insert(stem.to_owned(), Source::Keep(Arc::clone(old)));
-                    }
-                }
-            }
-        }
-
-        let current = self.inner.set.load_full();
-        let mut next = RuleSet::default();
-        for (name, source) in files {
-            let old = current.rules.get(&name);
-            let rule = match source {
-                Source::Keep(rule) => rule,
-                Source::Text(text) => {
-                    let sha = sha256_hex(&text);
-                    match old {
-                        Some(old) if old.seen_sha == sha => Arc::clone(old),
-                        _ => Arc::new(self.build_rule(&name, &text, sha, old)),
-                    }
-                }
-            };
-            next.rules.insert(name, rule);
-        }
-        for name in current.rules.keys() {
-            if !next.rules.contains_key(name) {
-                tracing::info!(rule = %name, "rule removed");
-            }
-        }
-        self.inner.set.store(Arc::new(next));
-        Ok(())
+        })
     }
+}
 
-    /// Compiles `text` as a new version of `name`. On a compile error the previous good
-    /// version (if any) keeps running, with its health.
-    fn build_rule(&self, name: &str, text: &str, sha: String, old: Option<&Arc<Rule>>) -> Rule {
-        let file = self.display_file(name);
-        let counters = old.map_or_else(Arc::default, |o| Arc::clone(&o.counters));
-        let now = unix_ms();
-        match self.compile_rule(&file, text) {
-            Ok(ast) => {
-                tracing::info!(rule = %name, sha256 = %sha, "rule loaded");
-                Rule::compiled(name, file, ast, sha, now, counters)
-            }
-            Err(info) => {
-                let kept = old.and_then(|o| o.compiled.clone());
-                tracing::warn!(
-                    rule = %name,
-                    location = %info.location,
-                    previous_version_kept = kept.is_some(),
-                    "rule does not compile: {}",
-                    info.message
-                );
-                Rule {
-                    name: name.to_owned(),
-                    label: name.into(),
-                    file,
-                    compiled: kept,
-                    compile_error: Some(info),
-                    seen_sha: sha,
-                    seen_at_ms: now,
-                    counters,
-                }
-            }
-        }
-    }
-
+impl RuleKind {
     /// Compiles with the sandboxed engine; `user`, `event` and `now_ms` are declared so strict
     /// variables mode accepts them (as plain variables: constants would be folded into the AST).
     fn compile(&self, file: &str, text: &str) -> Result<AST, RuleErrorInfo> {
@@ -612,7 +515,7 @@ impl Rules {
             scope.push_dynamic(name, Dynamic::UNIT);
         }
         let compiled = catch_unwind(AssertUnwindSafe(|| {
-            self.inner.engine.compile_with_scope(&scope, text)
+            self.engine.compile_with_scope(&scope, text)
         }));
         match compiled {
             Ok(Ok(ast)) => Ok(ast),
@@ -666,15 +569,9 @@ impl Rules {
         }
         Ok((prelude::strip(ast), Some(on), memo))
     }
+}
 
-    fn display_file(&self, name: &str) -> String {
-        self.inner
-            .dir
-            .join(format!("{name}.rhai"))
-            .display()
-            .to_string()
-    }
-
+impl Rules {
     /// Runs every enabled rule (in name order) against `input` on the calling thread and
     /// returns all their `adjust()` calls, in order.
     ///
@@ -684,9 +581,9 @@ impl Rules {
     /// in a row the rule is disabled (with a reason in its status) until its file changes or
     /// it is re-uploaded; a success resets the count.
     pub fn evaluate(&self, input: &RuleInput) -> Vec<AdjustRequest> {
-        let set = self.inner.set.load();
+        let set = self.inner.guard();
         let mut out = Vec::new();
-        if set.rules.is_empty() {
+        if set.is_empty() {
             return out;
         }
         // One scope per thread, reused: its storage is allocated once, not per evaluation
@@ -705,11 +602,11 @@ impl Rules {
     fn evaluate_in(
         &self,
         scope: &mut Scope<'static>,
-        set: &RuleSet,
+        set: &registry::Set<RuleKind>,
         input: &RuleInput,
         out: &mut Vec<AdjustRequest>,
     ) {
-        let limits = &self.inner.limits;
+        let limits = self.limits();
         let timeout = Duration::from_millis(limits.timeout_ms.max(1));
         scope.rewind(0);
         scope.push_constant_dynamic("user", input.user.clone());
@@ -754,10 +651,11 @@ impl Rules {
                     .read_lock::<view::EventView>()
                     .map(|e| e.clone()),
             );
-        for rule in set.rules.values() {
-            let Some(compiled) = &rule.compiled else {
+        for entry in set.values() {
+            let Some(compiled) = &entry.live else {
                 continue;
             };
+            let counters = &compiled.counters;
             if compiled.health.disabled.load(Ordering::Relaxed) {
                 continue;
             }
@@ -778,17 +676,17 @@ impl Rules {
                     event: &v.1,
                 };
                 if let Some(hit) = trace.borrow_mut().lookup(&views) {
-                    rule.counters.runs.fetch_add(1, Ordering::Relaxed);
-                    rule.counters.replayed.fetch_add(1, Ordering::Relaxed);
+                    counters.runs.fetch_add(1, Ordering::Relaxed);
+                    counters.replayed.fetch_add(1, Ordering::Relaxed);
                     compiled.health.consecutive.store(0, Ordering::Relaxed);
                     let n = u64::try_from(hit.len()).unwrap_or(u64::MAX);
-                    rule.counters.adjustments.fetch_add(n, Ordering::Relaxed);
+                    counters.adjustments.fetch_add(n, Ordering::Relaxed);
                     out.extend_from_slice(hit);
                     continue;
                 }
             }
-            let call = sandbox::CallScope::enter(rule.label.clone(), timeout, trace.is_some());
-            let engine = &self.inner.engine;
+            let call = sandbox::CallScope::enter(compiled.label.clone(), timeout, trace.is_some());
+            let engine = &self.inner.kind().engine;
             let cell = compiled
                 .runtime
                 .get_or(|| std::cell::RefCell::new(Runtime::new(engine, &compiled.ast)));
@@ -802,27 +700,27 @@ impl Rules {
             // Drop the rule's own variables; `user`, `event` and `now_ms` are constants, so a
             // rule cannot change what the next rule sees.
             scope.rewind(base);
-            rule.counters.runs.fetch_add(1, Ordering::Relaxed);
+            counters.runs.fetch_add(1, Ordering::Relaxed);
             let error = match result {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(sandbox::runtime_error_info(
-                    &rule.file,
+                    &entry.file,
                     &e,
                     limits.timeout_ms,
                 )),
-                Err(payload) => Some(sandbox::panic_error_info(&rule.file, payload.as_ref())),
+                Err(payload) => Some(sandbox::panic_error_info(&entry.file, payload.as_ref())),
             };
             match error {
                 None => {
                     compiled.health.consecutive.store(0, Ordering::Relaxed);
                     let n = u64::try_from(adjusts.len()).unwrap_or(u64::MAX);
-                    rule.counters.adjustments.fetch_add(n, Ordering::Relaxed);
+                    counters.adjustments.fetch_add(n, Ordering::Relaxed);
                     if let (Some((_, trace)), Some(reads)) = (&trace, reads) {
                         trace.borrow_mut().insert(reads, &adjusts);
                     }
                     out.extend(adjusts);
                 }
-                Some(info) => self.record_failure(rule, compiled, info),
+                Some(info) => self.record_failure(compiled, info),
             }
         }
         // Let go of the user's data: the caller takes its state back once nothing holds it.
@@ -835,7 +733,7 @@ impl Rules {
     /// same sandboxed engine and limits as rules. `label` names it in error locations.
     pub fn compile_condition(&self, label: &str, source: &str) -> Result<Condition, RuleErrorInfo> {
         Ok(Condition {
-            ast: Arc::new(self.compile(label, source)?),
+            ast: Arc::new(self.inner.kind().compile(label, source)?),
         })
     }
 
@@ -846,10 +744,11 @@ impl Rules {
         scope.push_constant_dynamic("user", user.clone());
         scope.push_constant("event", Dynamic::UNIT);
         scope.push_constant("now_ms", now_ms);
-        let timeout = Duration::from_millis(self.inner.limits.timeout_ms.max(1));
+        let timeout = Duration::from_millis(self.limits().timeout_ms.max(1));
         let call = sandbox::CallScope::enter("condition".into(), timeout, false);
         let result = catch_unwind(AssertUnwindSafe(|| {
             self.inner
+                .kind()
                 .engine
                 .eval_ast_with_scope::<bool>(&mut scope, &cond.ast)
         }));
@@ -864,48 +763,39 @@ impl Rules {
         }
     }
 
-    fn record_failure(&self, rule: &Rule, compiled: &Compiled, info: RuleErrorInfo) {
-        rule.counters.failures.fetch_add(1, Ordering::Relaxed);
+    fn record_failure(&self, compiled: &Version, info: RuleErrorInfo) {
+        compiled.counters.failures.fetch_add(1, Ordering::Relaxed);
         let health = &compiled.health;
         let consecutive = health.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
-        let max = self.inner.limits.max_consecutive_failures.max(1);
+        let max = self.limits().max_consecutive_failures.max(1);
         if consecutive >= max && !health.disabled.swap(true, Ordering::Relaxed) {
             let reason = format!(
                 "disabled after {consecutive} consecutive failures; last: {}",
                 sandbox::short_error(&info)
             );
-            tracing::warn!(rule = %rule.name, location = %info.location, "{reason}");
+            tracing::warn!(rule = %compiled.label, location = %info.location, "{reason}");
             *lock(&health.disabled_reason) = Some(reason);
         } else {
-            tracing::debug!(rule = %rule.name, location = %info.location, "rule failed: {}", info.message);
+            tracing::debug!(rule = %compiled.label, location = %info.location, "rule failed: {}", info.message);
         }
         *lock(&health.last_error) = Some(info);
     }
 
     /// Whether no rule is loaded (then evaluating is skipped, and no view is built).
     pub fn is_empty(&self) -> bool {
-        self.inner.set.load().rules.is_empty()
+        self.inner.guard().is_empty()
     }
 
     /// The status of every rule, sorted by name.
     pub fn statuses(&self) -> Vec<RuleStatus> {
-        self.inner
-            .set
-            .load()
-            .rules
-            .values()
-            .map(|r| r.status())
-            .collect()
+        self.inner.guard().values().map(|e| status(e)).collect()
     }
 
     /// The status of one rule.
     pub fn status(&self, name: &str) -> Result<RuleStatus, RulesError> {
         self.inner
-            .set
-            .load()
-            .rules
             .get(name)
-            .map(|r| r.status())
+            .map(|e| status(&e))
             .ok_or_else(|| RulesError::NotFound(sandbox::truncate(name, 80)))
     }
 
@@ -914,128 +804,66 @@ impl Rules {
     /// for the watcher. A compile error returns [`RulesError::Compile`] and writes nothing.
     /// Re-uploading a disabled rule re-enables it.
     pub fn put(&self, name: &str, source: &str) -> Result<RuleStatus, RulesError> {
-        validate_name(name)?;
-        let file = self.display_file(name);
-        let ast = self
-            .compile_rule(&file, source)
-            .map_err(|info| RulesError::Compile { info })?;
-        let sha = sha256_hex(source);
-
-        let _writer = lock(&self.inner.writer);
-        let path = self.inner.dir.join(format!("{name}.rhai"));
-        write_atomically(&path, source)?;
-        let current = self.inner.set.load_full();
-        let counters = current
-            .rules
-            .get(name)
-            .map_or_else(Arc::default, |o| Arc::clone(&o.counters));
-        let now = unix_ms();
-        let rule = Arc::new(Rule::compiled(name, file, ast, sha, now, counters));
-        let mut rules = current.rules.clone();
-        rules.insert(name.to_owned(), Arc::clone(&rule));
-        self.inner.set.store(Arc::new(RuleSet { rules }));
-        tracing::info!(rule = %name, "rule uploaded");
-        Ok(rule.status())
+        let entry = self.inner.put(name, source)?;
+        Ok(status(&entry))
     }
 
     /// Removes `dir/{name}.rhai` and the rule. Returns whether there was anything to remove.
     pub fn delete(&self, name: &str) -> Result<bool, RulesError> {
-        validate_name(name)?;
-        let _writer = lock(&self.inner.writer);
-        let path = self.inner.dir.join(format!("{name}.rhai"));
-        let had_file = match fs::remove_file(&path) {
-            Ok(()) => true,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
-            Err(source) => return Err(RulesError::Io { path, source }),
-        };
-        let current = self.inner.set.load_full();
-        let had_rule = current.rules.contains_key(name);
-        if had_rule {
-            let mut rules = current.rules.clone();
-            rules.remove(name);
-            self.inner.set.store(Arc::new(RuleSet { rules }));
-        }
-        if had_file || had_rule {
-            tracing::info!(rule = %name, "rule deleted");
-        }
-        Ok(had_file || had_rule)
+        Ok(self.inner.delete(name)?)
     }
 }
 
-/// A rule file's content, or "keep the running rule" when it could not be read.
-enum Source {
-    Text(String),
-    Keep(Arc<Rule>),
-}
-
-fn read_source(path: &Path) -> io::Result<Source> {
-    let len = fs::metadata(path)?.len();
-    if len > MAX_SOURCE_BYTES as u64 {
-        return Err(io::Error::other(format!(
-            "larger than {MAX_SOURCE_BYTES} bytes"
-        )));
-    }
-    fs::read_to_string(path).map(Source::Text)
-}
-
-/// Writes `path` atomically ([`trimtab_util::fsutil::write_atomic`]), then makes the rename durable;
-/// a failure of that last step only weakens durability (the file is in place), so it is ignored.
-fn write_atomically(path: &Path, content: &str) -> Result<(), RulesError> {
-    trimtab_util::fsutil::write_atomic(path, content.as_bytes()).map_err(|source| {
-        RulesError::Io {
-            path: path.to_owned(),
-            source,
+/// The status of one rule file.
+fn status(entry: &RuleEntry) -> RuleStatus {
+    let (enabled, disabled, disabled_reason, last_error, consecutive) = match &entry.live {
+        Some(c) => {
+            let disabled = c.health.disabled.load(Ordering::Relaxed);
+            (
+                !disabled,
+                disabled,
+                lock(&c.health.disabled_reason).clone(),
+                lock(&c.health.last_error).clone(),
+                c.health.consecutive.load(Ordering::Relaxed),
+            )
         }
-    })?;
-    let _ = trimtab_util::fsutil::sync_dir(path);
-    Ok(())
-}
-
-impl Rule {
-    fn status(&self) -> RuleStatus {
-        let (enabled, disabled, disabled_reason, last_error, consecutive) = match &self.compiled {
-            Some(c) => {
-                let disabled = c.health.disabled.load(Ordering::Relaxed);
-                (
-                    !disabled,
-                    disabled,
-                    lock(&c.health.disabled_reason).clone(),
-                    lock(&c.health.last_error).clone(),
-                    c.health.consecutive.load(Ordering::Relaxed),
-                )
-            }
-            None => (false, false, None, None, 0),
-        };
-        let state = if self.compile_error.is_some() {
-            "compile_error"
-        } else if disabled {
-            "disabled"
-        } else {
-            "active"
-        };
-        RuleStatus {
-            name: self.name.clone(),
-            file: self.file.clone(),
-            enabled,
-            state,
-            compile_error: self.compile_error.clone(),
-            disabled_reason,
-            last_error,
-            runs: self.counters.runs.load(Ordering::Relaxed),
-            failures: self.counters.failures.load(Ordering::Relaxed),
-            consecutive_failures: consecutive,
-            adjustments: self.counters.adjustments.load(Ordering::Relaxed),
-            replayed: self.counters.replayed.load(Ordering::Relaxed),
-            loaded_at_ms: self
-                .compiled
-                .as_ref()
-                .map_or(self.seen_at_ms, |c| c.loaded_at_ms),
-            source_sha256: self
-                .compiled
-                .as_ref()
-                .map_or_else(|| self.seen_sha.clone(), |c| c.sha.clone()),
-            on: self.compiled.as_ref().and_then(|c| c.on.clone()),
-        }
+        None => (false, false, None, None, 0),
+    };
+    let state = if entry.error.is_some() {
+        "compile_error"
+    } else if disabled {
+        "disabled"
+    } else {
+        "active"
+    };
+    let count = |f: fn(&Counters) -> &AtomicU64| {
+        entry
+            .live
+            .as_ref()
+            .map_or(0, |c| f(&c.counters).load(Ordering::Relaxed))
+    };
+    RuleStatus {
+        name: entry.name.clone(),
+        file: entry.file.clone(),
+        enabled,
+        state,
+        compile_error: entry.error.clone(),
+        disabled_reason,
+        last_error,
+        runs: count(|c| &c.runs),
+        failures: count(|c| &c.failures),
+        consecutive_failures: consecutive,
+        adjustments: count(|c| &c.adjustments),
+        replayed: count(|c| &c.replayed),
+        loaded_at_ms: entry
+            .live
+            .as_ref()
+            .map_or(entry.read_at_ms, |c| c.loaded_at_ms),
+        source_sha256: entry
+            .live
+            .as_ref()
+            .map_or_else(|| entry.sha256.clone(), |c| c.sha.clone()),
+        on: entry.live.as_ref().and_then(|c| c.on.clone()),
     }
 }
 

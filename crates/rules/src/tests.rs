@@ -1,6 +1,7 @@
 //! Unit tests of the rules module: real files in temp dirs, the real notify watcher.
 
 use super::*;
+use std::fs;
 use std::sync::atomic::AtomicUsize;
 use std::time::Instant;
 
@@ -1142,7 +1143,10 @@ fn put_validates_writes_and_installs_at_once() {
 
     let st = rules.put("promo", r#"adjust("s", "v");"#).expect("put");
     assert_eq!((st.state, st.enabled, st.runs), ("active", true, 0));
-    assert_eq!(st.source_sha256, sha256_hex(r#"adjust("s", "v");"#));
+    assert_eq!(
+        st.source_sha256,
+        registry::sha256_hex(r#"adjust("s", "v");"#)
+    );
     assert_eq!(
         fs::read_to_string(&path).expect("read"),
         r#"adjust("s", "v");"#

@@ -1,10 +1,9 @@
-//! Small file-system helpers shared by the stores of definition files (rules, experiments,
-//! bandits) and the model registry: atomic replacement of a file and listing a directory's
-//! files of one extension.
+//! Small file-system helpers shared by the definition registry (rules, experiments, bandits)
+//! and the model registry: atomic replacement of a file and making a rename durable.
 
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Replaces `path` with `bytes` via a uniquely named temp file beside it, fsync and rename, so
@@ -46,19 +45,6 @@ fn parent(path: &Path) -> &Path {
     }
 }
 
-/// The files `dir/*.ext`, sorted by path (an unreadable directory lists nothing).
-pub fn files_with_extension(dir: &Path, ext: &str) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().and_then(|e| e.to_str()) == Some(ext))
-                .collect()
-        })
-        .unwrap_or_default();
-    files.sort();
-    files
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,7 +58,6 @@ mod tests {
         sync_dir(&p).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
         fs::write(dir.path().join("b.rhai"), "x").unwrap();
-        assert_eq!(files_with_extension(dir.path(), "toml"), vec![p.clone()]);
         // Writing into a missing directory fails and leaves nothing behind.
         assert!(write_atomic(&dir.path().join("missing/c.toml"), b"x").is_err());
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2);

@@ -1,8 +1,10 @@
 //! trimtab-util: the few helpers every layer of trimtab may use — atomic file replacement and
-//! directory listing ([`fsutil`]), hot reload of a directory ([`watch`]) and the wall clock
+//! directory listing ([`fsutil`]), hot reload of a directory ([`watch`]), the one registry of
+//! definition files that rules, experiments and bandits share ([`registry`]) and the wall clock
 //! ([`now_ms`]). It knows nothing of events, users, storage or HTTP, and must not.
 
 pub mod fsutil;
+pub mod registry;
 pub mod watch;
 
 /// Wall-clock time, milliseconds since the Unix epoch (0 if the clock is before 1970).

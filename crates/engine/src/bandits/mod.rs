@@ -5,8 +5,9 @@
 //!   │  LearnRecord (context, candidates, action, propensity) stored with the decision
 //!   └─Chosen / Outcome──▶ learner thread ──update──▶ policy ──snapshot──▶ publish
 //! ```
-//! - [`def`]: slot definitions (`scripts/bandits/SLOT.toml` or `PUT /v1/bandits/{slot}`),
-//!   hot-reloaded like rules and experiments; a broken file keeps the last good definition.
+//! - [`def`]: slot definitions (`scripts/bandits/SLOT.toml` or `PUT /v1/bandits/{slot}`), kept
+//!   by the shared definition registry ([`trimtab_util::registry`]) like rules and
+//!   experiments: hot-reloaded, and a broken file keeps the last good definition.
 //! - Shards call [`Bandits::choose`]: holdout users (a hash of user and slot below the
 //!   slot's `holdout` share) always get the control; while the guardrail has tripped everyone
 //!   gets it; otherwise the policy draws with its probabilities and the propensity is logged.
@@ -23,7 +24,7 @@ pub mod record;
 pub mod trainer;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -39,6 +40,7 @@ use learner::LearnMsg;
 use record::{Group, LearnRecord};
 use trimtab_learn::bandit::{one_hot, Policy};
 use trimtab_privacy::UserKey;
+use trimtab_util::registry::{self, PutError, Registry};
 use trimtab_util::watch::{DirWatcher, WatchError};
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,22 @@ pub enum BanditsError {
         path: String,
         source: std::io::Error,
     },
+}
+
+impl From<PutError<DefError>> for BanditsError {
+    fn from(e: PutError<DefError>) -> BanditsError {
+        match e {
+            PutError::InvalidName { reason, .. } => BanditsError::Invalid(DefError {
+                message: reason.into(),
+                path: "slot".into(),
+            }),
+            PutError::Invalid(d) => BanditsError::Invalid(d),
+            PutError::Io { path, source } => BanditsError::Io {
+                path: path.display().to_string(),
+                source,
+            },
+        }
+    }
 }
 
 impl BanditsError {
@@ -119,13 +137,63 @@ pub struct Choice {
     pub record: LearnRecord,
 }
 
-struct Inner {
-    dir: PathBuf,
+/// How a slot definition file compiles (the registry's [`registry::Kind`]), the definitions
+/// the learner reads (rebuilt after every change) and the channel that tells it to rebuild.
+pub struct BanditKind {
     defs: ArcSwap<BTreeMap<String, Arc<BanditDef>>>,
-    live: ArcSwap<HashMap<String, Arc<LiveSlot>>>,
-    problems: Mutex<Vec<DefProblem>>,
-    writer: Mutex<()>,
     tx: Mutex<Option<Sender<LearnMsg>>>,
+}
+
+impl BanditKind {
+    fn send(&self, msg: LearnMsg) {
+        if let Some(tx) = &*self.tx.lock().unwrap_or_else(|e| e.into_inner()) {
+            let _ = tx.send(msg);
+        }
+    }
+}
+
+impl registry::Kind for BanditKind {
+    type Item = BanditDef;
+    type Error = DefError;
+    const NOUN: &'static str = "bandit";
+    const EXT: &'static str = "toml";
+
+    fn check_name(&self, name: &str) -> Result<(), &'static str> {
+        if valid_name(name) {
+            Ok(())
+        } else {
+            Err("must match [A-Za-z0-9_.-]{1,64}")
+        }
+    }
+
+    fn compile(
+        &self,
+        name: &str,
+        _file: &str,
+        text: &str,
+        _prev: Option<&Arc<BanditDef>>,
+    ) -> Result<BanditDef, DefError> {
+        BanditDef::from_toml(name, text)
+    }
+
+    fn describe(e: &DefError) -> String {
+        format!("{} (at {})", e.message, e.path)
+    }
+
+    /// The learner rebuilds the policies of changed slots.
+    fn installed(&self, set: &registry::Set<Self>) {
+        let defs = set
+            .iter()
+            .filter_map(|(k, e)| e.live.clone().map(|d| (k.clone(), d)))
+            .collect();
+        self.defs.store(Arc::new(defs));
+        self.send(LearnMsg::Reload(None));
+    }
+}
+
+struct Inner {
+    registry: Arc<Registry<BanditKind>>,
+    live: ArcSwap<HashMap<String, Arc<LiveSlot>>>,
 }
 
 /// The bandit slots: definitions, published policies and the channel to the learner.
@@ -137,34 +205,36 @@ pub struct Bandits {
 impl Bandits {
     /// Loads every `dir/*.toml` (invalid files are reported in [`Bandits::problems`]).
     pub fn load(dir: &Path) -> Result<Bandits, BanditsError> {
-        std::fs::create_dir_all(dir).map_err(|source| BanditsError::Io {
+        let kind = BanditKind {
+            defs: ArcSwap::from_pointee(BTreeMap::new()),
+            tx: Mutex::new(None),
+        };
+        let registry = Registry::open(kind, dir).map_err(|source| BanditsError::Io {
             path: dir.display().to_string(),
             source,
         })?;
-        let b = Bandits {
+        Ok(Bandits {
             inner: Arc::new(Inner {
-                dir: dir.to_path_buf(),
-                defs: ArcSwap::from_pointee(BTreeMap::new()),
+                registry: Arc::new(registry),
                 live: ArcSwap::from_pointee(HashMap::new()),
-                problems: Mutex::new(Vec::new()),
-                writer: Mutex::new(()),
-                tx: Mutex::new(None),
             }),
-        };
-        b.reload();
-        Ok(b)
+        })
     }
 
     pub fn dir(&self) -> &Path {
-        &self.inner.dir
+        self.inner.registry.dir()
+    }
+
+    fn kind(&self) -> &BanditKind {
+        self.inner.registry.kind()
     }
 
     pub(crate) fn connect(&self, tx: Sender<LearnMsg>) {
-        *self.inner.tx.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        *self.kind().tx.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
     }
 
     pub fn disconnect(&self) {
-        self.inner
+        self.kind()
             .tx
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -172,67 +242,20 @@ impl Bandits {
     }
 
     pub(crate) fn send(&self, msg: LearnMsg) {
-        if let Some(tx) = &*self.inner.tx.lock().unwrap_or_else(|e| e.into_inner()) {
-            let _ = tx.send(msg);
-        }
+        self.kind().send(msg);
     }
 
-    /// Re-reads the directory (called by the watcher and after writes); the learner then
-    /// rebuilds the policies of changed slots.
+    /// Re-reads the directory (called by the watcher; puts and deletes install at once); the
+    /// learner then rebuilds the policies of changed slots.
     pub fn reload(&self) {
-        self.reload_defs();
-        self.send(LearnMsg::Reload(None));
-    }
-
-    fn reload_defs(&self) {
-        let _w = self.inner.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let mut defs = BTreeMap::new();
-        let mut problems = Vec::new();
-        let old = self.inner.defs.load_full();
-        for p in trimtab_util::fsutil::files_with_extension(&self.inner.dir, "toml") {
-            let slot = p
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or_default()
-                .to_string();
-            let file = p.display().to_string();
-            let parsed = std::fs::read_to_string(&p)
-                .map_err(|e| DefError {
-                    message: e.to_string(),
-                    path: ".".into(),
-                })
-                .and_then(|text| BanditDef::from_toml(&slot, &text));
-            match parsed {
-                Ok(d) => {
-                    defs.insert(slot, Arc::new(d));
-                }
-                Err(e) => {
-                    tracing::warn!(slot = %slot, file = %file, path = %e.path, "bandit definition refused: {}", e.message);
-                    // A file that stopped parsing keeps its previous good version running.
-                    if let Some(prev) = old.get(&slot) {
-                        defs.insert(slot.clone(), prev.clone());
-                    }
-                    problems.push(DefProblem {
-                        id: slot,
-                        file,
-                        error: e.message,
-                        path: e.path,
-                    });
-                }
-            }
+        if let Err(e) = self.inner.registry.reload() {
+            tracing::warn!(dir = %self.dir().display(), "cannot read the bandits directory: {e}");
         }
-        self.inner.defs.store(Arc::new(defs));
-        *self
-            .inner
-            .problems
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = problems;
     }
 
-    /// Reloads and waits (up to 5 s) until the learner has published the result, so an API
-    /// write is live when it returns.
-    fn reload_and_wait(&self) {
-        self.reload_defs();
+    /// Waits (up to 5 s) until the learner has published what was installed, so an API write
+    /// is live when it returns.
+    fn wait_for_learner(&self) {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.send(LearnMsg::Reload(Some(tx)));
         let _ = rx.recv_timeout(std::time::Duration::from_secs(5));
@@ -240,25 +263,16 @@ impl Bandits {
 
     /// Watches the directory for changes (hot reload).
     pub fn watch(&self) -> Result<DirWatcher, WatchError> {
-        let me = self.clone();
-        DirWatcher::start(
-            "trimtab-bandits-watch",
-            &self.inner.dir,
-            "toml",
-            move || me.reload(),
-        )
+        self.inner.registry.watch("trimtab-bandits-watch")
     }
 
     pub fn defs(&self) -> Arc<BTreeMap<String, Arc<BanditDef>>> {
-        self.inner.defs.load_full()
+        self.kind().defs.load_full()
     }
 
+    /// The definition files that do not compile (a previous good version may still run).
     pub fn problems(&self) -> Vec<DefProblem> {
-        self.inner
-            .problems
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        crate::experiments::problems(&self.inner.registry)
     }
 
     /// The published state of a slot (None before the learner first publishes it).
@@ -275,7 +289,7 @@ impl Bandits {
         self.inner.live.load().contains_key(slot)
     }
 
-    /// Validates and stores a definition as `dir/SLOT.toml` (atomically), then reloads.
+    /// Validates and stores a definition as `dir/SLOT.toml` (atomically); live when it returns.
     pub fn put(&self, def: BanditDef) -> Result<(), BanditsError> {
         def.validate().map_err(BanditsError::Invalid)?;
         let text = toml::to_string(&def).map_err(|e| {
@@ -284,29 +298,25 @@ impl Bandits {
                 path: ".".into(),
             })
         })?;
-        let path = self.inner.dir.join(format!("{}.toml", def.slot));
-        trimtab_util::fsutil::write_atomic(&path, text.as_bytes()).map_err(|source| {
-            BanditsError::Io {
-                path: path.display().to_string(),
-                source,
-            }
-        })?;
-        let _ = trimtab_util::fsutil::sync_dir(&path);
-        self.reload_and_wait();
+        self.inner
+            .registry
+            .put(&def.slot, &text)
+            .map_err(BanditsError::from)?;
+        self.wait_for_learner();
         Ok(())
     }
 
     pub fn delete(&self, slot: &str) -> Result<(), BanditsError> {
-        let path = self.inner.dir.join(format!("{slot}.toml"));
-        if !valid_name(slot) || !path.exists() {
-            return Err(BanditsError::NotFound(slot.into()));
+        match self.inner.registry.delete(slot) {
+            Ok(true) => {
+                self.wait_for_learner();
+                Ok(())
+            }
+            Ok(false) | Err(PutError::InvalidName { .. }) => {
+                Err(BanditsError::NotFound(slot.into()))
+            }
+            Err(e) => Err(e.into()),
         }
-        std::fs::remove_file(&path).map_err(|source| BanditsError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        self.reload_and_wait();
-        Ok(())
     }
 
     /// Restarts the guardrail comparison from `now` (persisted in the definition as

@@ -11,8 +11,10 @@
 //! events after exposure. The global holdout (`experiments.holdout`) is a built-in experiment
 //! (`global-holdout`) whose "holdout" arm never gets any adjustment.
 //!
-//! Threads: the registry is read lock-free (`ArcSwap`) by shard threads; reloads (file watcher,
-//! admin API) replace the whole set. Tracking runs on the user's shard thread.
+//! Definitions live in the shared definition registry ([`trimtab_util::registry`]: files in
+//! `experiments.dir`, uploads, keep-last-good, hot reload); [`ExperimentKind`] says how a file
+//! compiles. Threads: shard threads read the live set lock-free (`ArcSwap`), rebuilt as a whole
+//! after every change of the registry. Tracking runs on the user's shard thread.
 
 pub mod assign;
 pub mod def;
@@ -30,6 +32,7 @@ use crate::features::UserState;
 use def::{Arm, DefError, ExperimentDef, MetricDef, MetricKind, Scope, ValueOf};
 use trimtab_privacy::UserKey;
 use trimtab_rules::{Condition, Rules};
+use trimtab_util::registry::{self, PutError, Registry};
 use trimtab_util::watch::{DirWatcher, WatchError};
 use trimtab_wire::{Event, Phase, Props};
 
@@ -129,7 +132,7 @@ pub struct Compiled {
     pub arms: Vec<Arm>,
     pub metrics: BTreeMap<String, MetricDef>,
     pub targeting: Option<Condition>,
-    /// `file` or `api`.
+    /// `file` (a definition file, uploaded or not) or `config` (the global holdout).
     pub origin: &'static str,
     /// The global holdout exposes users on their first event instead of an impression.
     pub expose_on_first_event: bool,
@@ -149,13 +152,80 @@ pub struct Experiments {
     inner: Arc<Inner>,
 }
 
-struct Inner {
-    dir: PathBuf,
+/// How an experiment file compiles (the registry's [`registry::Kind`]), and the live set the
+/// shards read, rebuilt from the registry's after every change: the global holdout first, then
+/// every file's running version in id order.
+pub struct ExperimentKind {
     rules: Rules,
     holdout: f64,
-    set: ArcSwap<Vec<Arc<Compiled>>>,
-    problems: Mutex<Vec<DefProblem>>,
-    writer: Mutex<()>,
+    live: ArcSwap<Vec<Arc<Compiled>>>,
+}
+
+impl registry::Kind for ExperimentKind {
+    type Item = Compiled;
+    type Error = DefError;
+    const NOUN: &'static str = "experiment";
+    const EXT: &'static str = "toml";
+
+    fn check_name(&self, name: &str) -> Result<(), &'static str> {
+        if def::valid_name(name) {
+            Ok(())
+        } else {
+            Err("must match [A-Za-z0-9_.-]{1,64}")
+        }
+    }
+
+    fn compile(
+        &self,
+        name: &str,
+        _file: &str,
+        text: &str,
+        _prev: Option<&Arc<Compiled>>,
+    ) -> Result<Compiled, DefError> {
+        if name == HOLDOUT_ID {
+            return Err(DefError {
+                message: "this id is reserved for the global holdout".into(),
+                path: "id".into(),
+            });
+        }
+        let def = ExperimentDef::from_toml(name, text)?;
+        let targeting = match &def.targeting {
+            Some(src) => Some(
+                self.rules
+                    .compile_condition(&format!("experiments/{}.toml:targeting", def.id), src)
+                    .map_err(|e| DefError {
+                        message: e.message,
+                        path: "targeting".into(),
+                    })?,
+            ),
+            None => None,
+        };
+        Ok(Compiled {
+            arms: def.arms(),
+            metrics: def.all_metrics(),
+            def,
+            targeting,
+            origin: "file",
+            expose_on_first_event: false,
+        })
+    }
+
+    fn describe(e: &DefError) -> String {
+        format!("{} (at {})", e.message, e.path)
+    }
+
+    fn installed(&self, set: &registry::Set<Self>) {
+        let mut live = Vec::with_capacity(set.len() + 1);
+        if self.holdout > 0.0 {
+            live.push(Arc::new(holdout_def(self.holdout)));
+        }
+        live.extend(set.values().filter_map(|e| e.live.clone()));
+        self.live.store(Arc::new(live));
+    }
+}
+
+struct Inner {
+    registry: Arc<Registry<ExperimentKind>>,
     /// Per experiment: looks at the primary metric's always-valid p-values, (time, arm → p),
     /// and the running minimum per arm (the always-valid p-value process).
     looks: Mutex<std::collections::HashMap<String, Looks>>,
@@ -183,6 +253,35 @@ pub enum ExperimentsError {
         path: String,
         source: std::io::Error,
     },
+}
+
+impl From<PutError<DefError>> for ExperimentsError {
+    fn from(e: PutError<DefError>) -> ExperimentsError {
+        match e {
+            PutError::InvalidName { reason, .. } => ExperimentsError::Invalid(DefError {
+                message: reason.into(),
+                path: "id".into(),
+            }),
+            PutError::Invalid(d) => ExperimentsError::Invalid(d),
+            PutError::Io { path, source } => ExperimentsError::Io {
+                path: path.display().to_string(),
+                source,
+            },
+        }
+    }
+}
+
+/// The problems of a registry of `*.toml` definitions, as the API lists them.
+pub fn problems<K: registry::Kind<Error = DefError>>(r: &Registry<K>) -> Vec<DefProblem> {
+    r.problems()
+        .into_iter()
+        .map(|(e, err)| DefProblem {
+            id: e.name.clone(),
+            file: e.file.clone(),
+            error: err.message,
+            path: err.path,
+        })
+        .collect()
 }
 
 fn holdout_def(share: f64) -> Compiled {
@@ -248,188 +347,89 @@ impl Experiments {
     /// Loads every `dir/*.toml`. Invalid files are reported in [`Experiments::problems`] and
     /// skipped; they never stop the server.
     pub fn load(dir: &Path, rules: Rules, holdout: f64) -> Result<Experiments, ExperimentsError> {
-        std::fs::create_dir_all(dir).map_err(|source| ExperimentsError::Io {
+        let kind = ExperimentKind {
+            rules,
+            holdout: holdout.clamp(0.0, 1.0),
+            live: ArcSwap::from_pointee(Vec::new()),
+        };
+        let registry = Registry::open(kind, dir).map_err(|source| ExperimentsError::Io {
             path: dir.display().to_string(),
             source,
         })?;
-        let e = Experiments {
+        Ok(Experiments {
             inner: Arc::new(Inner {
-                dir: dir.to_path_buf(),
-                rules,
-                holdout: holdout.clamp(0.0, 1.0),
-                set: ArcSwap::from_pointee(Vec::new()),
-                problems: Mutex::new(Vec::new()),
-                writer: Mutex::new(()),
+                registry: Arc::new(registry),
                 looks: Mutex::new(std::collections::HashMap::new()),
                 strata: Mutex::new(std::collections::HashMap::new()),
             }),
-        };
-        e.reload();
-        Ok(e)
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.inner.dir
-    }
-
-    pub fn holdout(&self) -> f64 {
-        self.inner.holdout
-    }
-
-    fn compile(&self, def: ExperimentDef, origin: &'static str) -> Result<Compiled, DefError> {
-        let targeting = match &def.targeting {
-            Some(src) => Some(
-                self.inner
-                    .rules
-                    .compile_condition(&format!("experiments/{}.toml:targeting", def.id), src)
-                    .map_err(|e| DefError {
-                        message: e.message,
-                        path: "targeting".into(),
-                    })?,
-            ),
-            None => None,
-        };
-        Ok(Compiled {
-            arms: def.arms(),
-            metrics: def.all_metrics(),
-            def,
-            targeting,
-            origin,
-            expose_on_first_event: false,
         })
     }
 
-    /// Re-reads the directory and replaces the set (called by the watcher and after writes).
+    pub fn dir(&self) -> &Path {
+        self.inner.registry.dir()
+    }
+
+    pub fn holdout(&self) -> f64 {
+        self.inner.registry.kind().holdout
+    }
+
+    /// Re-reads the directory and replaces the set (called by the watcher; puts and deletes
+    /// install at once).
     pub fn reload(&self) {
-        let _w = self.inner.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let mut set = Vec::new();
-        let mut problems = Vec::new();
-        if self.inner.holdout > 0.0 {
-            set.push(Arc::new(holdout_def(self.inner.holdout)));
+        if let Err(e) = self.inner.registry.reload() {
+            tracing::warn!(dir = %self.dir().display(), "cannot read the experiments directory: {e}");
         }
-        for p in trimtab_util::fsutil::files_with_extension(&self.inner.dir, "toml") {
-            let id = p
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or_default()
-                .to_string();
-            let file = p.display().to_string();
-            let parsed = std::fs::read_to_string(&p)
-                .map_err(|e| DefError {
-                    message: e.to_string(),
-                    path: ".".into(),
-                })
-                .and_then(|text| ExperimentDef::from_toml(&id, &text))
-                .and_then(|d| {
-                    if d.id == HOLDOUT_ID {
-                        Err(DefError {
-                            message: "this id is reserved for the global holdout".into(),
-                            path: "id".into(),
-                        })
-                    } else {
-                        self.compile(d, "file")
-                    }
-                });
-            match parsed {
-                Ok(c) => set.push(Arc::new(c)),
-                Err(e) => {
-                    tracing::warn!(experiment = %id, file = %file, path = %e.path, "experiment definition refused: {}", e.message);
-                    problems.push(DefProblem {
-                        id,
-                        file,
-                        error: e.message,
-                        path: e.path,
-                    });
-                }
-            }
-        }
-        // A file that stopped parsing keeps its previous good version running.
-        let old = self.inner.set.load();
-        for p in &problems {
-            if let Some(prev) = old.iter().find(|c| c.def.id == p.id) {
-                set.push(prev.clone());
-            }
-        }
-        self.inner.set.store(Arc::new(set));
-        *self
-            .inner
-            .problems
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = problems;
     }
 
     /// Watches the directory for changes (hot reload).
     pub fn watch(&self) -> Result<DirWatcher, WatchError> {
-        let me = self.clone();
-        DirWatcher::start(
-            "trimtab-experiments-watch",
-            &self.inner.dir,
-            "toml",
-            move || me.reload(),
-        )
+        self.inner.registry.watch("trimtab-experiments-watch")
     }
 
     pub fn all(&self) -> Arc<Vec<Arc<Compiled>>> {
-        self.inner.set.load_full()
+        self.inner.registry.kind().live.load_full()
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Compiled>> {
         self.inner
-            .set
+            .registry
+            .kind()
+            .live
             .load()
             .iter()
             .find(|c| c.def.id == id)
             .cloned()
     }
 
+    /// The definition files that do not compile (a previous good version may still run).
     pub fn problems(&self) -> Vec<DefProblem> {
-        self.inner
-            .problems
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        problems(&self.inner.registry)
     }
 
-    /// Validates and stores a definition as `dir/ID.toml` (atomically), then reloads.
+    /// Validates and stores a definition as `dir/ID.toml` (atomically); live when it returns.
     pub fn put(&self, def: ExperimentDef) -> Result<(), ExperimentsError> {
-        if def.id == HOLDOUT_ID {
-            return Err(ExperimentsError::Invalid(DefError {
-                message: "this id is reserved for the global holdout".into(),
-                path: "id".into(),
-            }));
-        }
         def.validate().map_err(ExperimentsError::Invalid)?;
-        self.compile(def.clone(), "api")
-            .map_err(ExperimentsError::Invalid)?;
         let text = toml::to_string(&def).map_err(|e| {
             ExperimentsError::Invalid(DefError {
                 message: e.to_string(),
                 path: ".".into(),
             })
         })?;
-        let path = self.inner.dir.join(format!("{}.toml", def.id));
-        trimtab_util::fsutil::write_atomic(&path, text.as_bytes()).map_err(|source| {
-            ExperimentsError::Io {
-                path: path.display().to_string(),
-                source,
-            }
-        })?;
-        let _ = trimtab_util::fsutil::sync_dir(&path);
-        self.reload();
+        self.inner
+            .registry
+            .put(&def.id, &text)
+            .map_err(ExperimentsError::from)?;
         Ok(())
     }
 
     pub fn delete(&self, id: &str) -> Result<(), ExperimentsError> {
-        let path = self.inner.dir.join(format!("{id}.toml"));
-        if !def::valid_name(id) || !path.exists() {
-            return Err(ExperimentsError::NotFound(id.into()));
+        match self.inner.registry.delete(id) {
+            Ok(true) => Ok(()),
+            Ok(false) | Err(PutError::InvalidName { .. }) => {
+                Err(ExperimentsError::NotFound(id.into()))
+            }
+            Err(e) => Err(e.into()),
         }
-        std::fs::remove_file(&path).map_err(|source| ExperimentsError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        self.reload();
-        Ok(())
     }
 
     /// Records a look at an experiment's per-arm sequential p-values and returns the running
@@ -472,11 +472,11 @@ impl Experiments {
         let holdout = state
             .holdout
             .is_none()
-            .then(|| assign::in_holdout(key, self.inner.holdout));
+            .then(|| assign::in_holdout(key, self.holdout()));
         let held = state.holdout.or(holdout).unwrap_or(false);
         let mut view: Option<rhai::Dynamic> = None;
         let mut assign = Vec::new();
-        for c in self.inner.set.load().iter() {
+        for c in self.inner.registry.kind().live.load().iter() {
             if state.experiments.contains_key(&c.def.id) || !c.def.is_live(now_ms) {
                 continue;
             }
@@ -484,7 +484,7 @@ impl Experiments {
                 || c.def.segments.iter().any(|s| *s == *state.segment))
                 && c.targeting.as_ref().is_none_or(|t| {
                     let v = view.get_or_insert_with(&mut user);
-                    self.inner.rules.check(t, v, now_ms)
+                    self.inner.registry.kind().rules.check(t, v, now_ms)
                 });
             let arm = eligible.then(|| {
                 if c.expose_on_first_event {
@@ -564,7 +564,7 @@ impl Experiments {
     /// If a live experiment covers `slot` and the user has an arm in it: what to use instead
     /// of the rule's choice.
     pub fn override_for(&self, state: &UserState, slot: &str, now_ms: i64) -> Option<Override> {
-        for c in self.inner.set.load().iter() {
+        for c in self.inner.registry.kind().live.load().iter() {
             if c.expose_on_first_event || !c.def.is_live(now_ms) {
                 continue;
             }
@@ -595,7 +595,7 @@ impl Experiments {
     /// exposure).
     pub fn track(&self, state: &UserState, ev: &Event, events_before: u64) -> Tracked {
         let mut out = Tracked::default();
-        let set = self.inner.set.load();
+        let set = self.inner.registry.kind().live.load();
         for c in set.iter() {
             let Some(rec) = state.experiments.get(&c.def.id) else {
                 continue;
