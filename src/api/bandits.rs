@@ -1,6 +1,7 @@
 //! Bandit endpoints (admin token): list, read, create/replace, delete, guardrail reset, and the
 //! slot's decision log as logged-bandit-feedback JSONL.
 
+use crate::experiments::def::Definition;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;

@@ -1,6 +1,7 @@
 //! Experiment endpoints (admin token): list, read, create/replace, delete, results; and the
 //! pure statistics endpoint `POST /v1/stats/analyze`.
 
+use crate::experiments::def::Definition;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use serde_json::{json, Value};

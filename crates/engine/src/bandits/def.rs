@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::experiments::def::{parse_toml, valid_name, DefError};
+use crate::experiments::def::{valid_name, DefError, Definition};
 use trimtab_learn::bandit::{Params, PolicyKind};
 
 /// What counts as a reward of a decision (within the attribution window).
@@ -139,33 +139,17 @@ fn err(path: &str, message: impl Into<String>) -> DefError {
 /// Most candidates per slot.
 pub const MAX_CANDIDATES: usize = 32;
 
+impl Definition for BanditDef {
+    const NAME_FIELD: &'static str = "slot";
+    fn name_mut(&mut self) -> &mut String {
+        &mut self.slot
+    }
+    fn check(&self) -> Result<(), DefError> {
+        self.validate()
+    }
+}
+
 impl BanditDef {
-    pub fn from_toml(slot: &str, text: &str) -> Result<BanditDef, DefError> {
-        let mut d: BanditDef = parse_toml(text)?;
-        d.set_slot(slot)?;
-        d.validate()?;
-        Ok(d)
-    }
-
-    pub fn from_json(slot: &str, v: serde_json::Value) -> Result<BanditDef, DefError> {
-        let mut d: BanditDef = trimtab_wire::from_value(v, "")
-            .map_err(|e| err(e.path.as_deref().unwrap_or("."), e.message))?;
-        d.set_slot(slot)?;
-        d.validate()?;
-        Ok(d)
-    }
-
-    fn set_slot(&mut self, slot: &str) -> Result<(), DefError> {
-        if !self.slot.is_empty() && self.slot != slot {
-            return Err(err(
-                "slot",
-                format!("slot {:?} differs from {slot:?}", self.slot),
-            ));
-        }
-        self.slot = slot.to_string();
-        Ok(())
-    }
-
     /// The control variant.
     pub fn control(&self) -> &str {
         self.control

@@ -33,7 +33,7 @@ use rand::Rng;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::experiments::def::{valid_name, DefError};
+use crate::experiments::def::{valid_name, DefError, Definition};
 use crate::experiments::DefProblem;
 use def::{BanditDef, RewardKind};
 use learner::LearnMsg;

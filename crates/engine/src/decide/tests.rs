@@ -2,6 +2,7 @@
 //! (temp-dir) rules, experiments and bandits. Caps, precedence, attribution, and the journal
 //! replaying to the same state.
 
+use crate::experiments::def::Definition;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

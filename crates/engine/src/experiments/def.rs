@@ -219,6 +219,40 @@ fn err(path: &str, message: impl Into<String>) -> DefError {
 /// Parses a TOML definition file. A syntax error is at path `toml`; a wrong type or an
 /// unknown or missing field is at its field path (`params.alpha`, `variants[1].weight`), like
 /// the JSON API reports it.
+/// A definition named by its file (experiments by `id`, bandit slots by `slot`): parsed from
+/// TOML (a file) or JSON (an upload) into the same type, its name taken from the file or the
+/// URL (a name in the body must agree), then validated — one path for both.
+pub trait Definition: serde::de::DeserializeOwned {
+    /// The field that holds the name.
+    const NAME_FIELD: &'static str;
+    fn name_mut(&mut self) -> &mut String;
+    /// Checks everything parsing cannot.
+    fn check(&self) -> Result<(), DefError>;
+
+    /// Parses a TOML definition named `name`.
+    fn from_toml(name: &str, text: &str) -> Result<Self, DefError> {
+        named(parse_toml(text)?, name)
+    }
+
+    /// Parses a JSON definition named `name`.
+    fn from_json(name: &str, v: serde_json::Value) -> Result<Self, DefError> {
+        let d = trimtab_wire::from_value(v, "")
+            .map_err(|e| err(e.path.as_deref().unwrap_or("."), e.message))?;
+        named(d, name)
+    }
+}
+
+fn named<D: Definition>(mut d: D, name: &str) -> Result<D, DefError> {
+    let field = D::NAME_FIELD;
+    let n = d.name_mut();
+    if !n.is_empty() && n != name {
+        return Err(err(field, format!("{field} {n:?} differs from {name:?}")));
+    }
+    *n = name.to_string();
+    d.check()?;
+    Ok(d)
+}
+
 pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, DefError> {
     let de = toml::Deserializer::parse(text).map_err(|e| err("toml", e.message().to_string()))?;
     serde_path_to_error::deserialize(de).map_err(|e| {
@@ -236,32 +270,17 @@ pub fn valid_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
+impl Definition for ExperimentDef {
+    const NAME_FIELD: &'static str = "id";
+    fn name_mut(&mut self) -> &mut String {
+        &mut self.id
+    }
+    fn check(&self) -> Result<(), DefError> {
+        self.validate()
+    }
+}
+
 impl ExperimentDef {
-    /// Parses a TOML definition for `id`.
-    pub fn from_toml(id: &str, text: &str) -> Result<ExperimentDef, DefError> {
-        let mut d: ExperimentDef = parse_toml(text)?;
-        d.set_id(id)?;
-        d.validate()?;
-        Ok(d)
-    }
-
-    /// Parses a JSON definition for `id`.
-    pub fn from_json(id: &str, v: serde_json::Value) -> Result<ExperimentDef, DefError> {
-        let mut d: ExperimentDef = trimtab_wire::from_value(v, "")
-            .map_err(|e| err(e.path.as_deref().unwrap_or("."), e.message))?;
-        d.set_id(id)?;
-        d.validate()?;
-        Ok(d)
-    }
-
-    fn set_id(&mut self, id: &str) -> Result<(), DefError> {
-        if !self.id.is_empty() && self.id != id {
-            return Err(err("id", format!("id {:?} differs from {id:?}", self.id)));
-        }
-        self.id = id.to_string();
-        Ok(())
-    }
-
     /// The factors, whichever form was used.
     pub fn factors(&self) -> Vec<Factor> {
         match &self.slot {

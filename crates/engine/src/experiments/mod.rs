@@ -29,7 +29,7 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 use crate::features::UserState;
-use def::{Arm, DefError, ExperimentDef, MetricDef, MetricKind, Scope, ValueOf};
+use def::{Arm, DefError, Definition, ExperimentDef, MetricDef, MetricKind, Scope, ValueOf};
 use trimtab_privacy::UserKey;
 use trimtab_rules::{Condition, Rules};
 use trimtab_util::registry::{self, PutError, Registry};
