@@ -1,7 +1,7 @@
 //! Admin endpoints (Bearer admin token): rules, user export and erasure. Plus the user's own
 //! export and erasure with their token (`/v1/me`), so a person can get and delete their data.
 
-use actix_web::http::StatusCode;
+use crate::event::Code;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
@@ -13,18 +13,12 @@ use crate::rules::RulesError;
 
 fn rules_error(e: RulesError) -> ApiError {
     match e {
-        RulesError::Compile { info } => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "rule_compile_error",
-            info.message.clone(),
-        )
-        .at(info.location.clone()),
-        RulesError::InvalidName { .. } => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_rule_name",
-            e.to_string(),
-        )
-        .at("name"),
+        RulesError::Compile { info } => {
+            ApiError::new(Code::RuleCompileError, info.message.clone()).at(info.location.clone())
+        }
+        RulesError::InvalidName { .. } => {
+            ApiError::new(Code::InvalidRuleName, e.to_string()).at("name")
+        }
         RulesError::NotFound(..) => ApiError::not_found(e.to_string()),
         other => ApiError::internal(other),
     }
@@ -57,13 +51,8 @@ pub async fn rule_put(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(payload, st.cfg.limits.max_body_bytes).await?;
-    let source = std::str::from_utf8(&body).map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_encoding",
-            "a script must be UTF-8 text",
-        )
-    })?;
+    let source = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::new(Code::InvalidEncoding, "a script must be UTF-8 text"))?;
     let rules = st.rules.clone();
     let name = name.into_inner();
     let source = source.to_string();
@@ -154,12 +143,7 @@ pub async fn export_by_key(
         .ok()
         .and_then(|v| v.try_into().ok())
         .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_value",
-                "a user key is 32 hex characters",
-            )
-            .at("key")
+            ApiError::new(Code::InvalidValue, "a user key is 32 hex characters").at("key")
         })?;
     export(&st, UserKey(bytes)).await
 }
@@ -170,8 +154,8 @@ pub async fn live(
     req: actix_web::HttpRequest,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let (resp, session, stream) = actix_ws::handle(&req, body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
+    let (resp, session, stream) =
+        actix_ws::handle(&req, body).map_err(|e| ApiError::new(Code::BadRequest, e.to_string()))?;
     let ctx = crate::ws::live::LiveCtx {
         hub: st.hub.clone(),
         metrics: st.metrics.clone(),
@@ -198,10 +182,7 @@ pub async fn segments_refresh(st: web::Data<AppState>, _: Admin) -> HttpResponse
 fn me(caller: Caller) -> Result<UserKey, ApiError> {
     match caller {
         Caller::User(u) => Ok(u),
-        Caller::WriteKey => Err(ApiError::forbidden(
-            "forbidden",
-            "/v1/me needs a user token",
-        )),
+        Caller::WriteKey => Err(ApiError::new(Code::Forbidden, "/v1/me needs a user token")),
     }
 }
 

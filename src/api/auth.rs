@@ -1,6 +1,7 @@
 //! Credentials as typed extractors: [`Admin`] (admin token), [`Caller`] (write key or a user
 //! token). Bearer tokens come only from the `Authorization` header, never from URLs.
 
+use crate::event::Code;
 use std::future::{ready, Ready};
 
 use actix_web::{web, FromRequest, HttpRequest};
@@ -31,15 +32,15 @@ impl FromRequest for Admin {
         ready((|| {
             let st = state(req)?;
             let t = bearer(req).ok_or_else(|| {
-                ApiError::unauthorized(
-                    "unauthorized",
+                ApiError::new(
+                    Code::Unauthorized,
                     "missing `Authorization: Bearer <admin token>`",
                 )
             })?;
             if credential_eq(t, &st.admin_token) {
                 Ok(Admin)
             } else {
-                Err(ApiError::forbidden("forbidden", "not the admin token"))
+                Err(ApiError::new(Code::Forbidden, "not the admin token"))
             }
         })())
     }
@@ -60,8 +61,8 @@ impl FromRequest for Caller {
         ready((|| {
             let st = state(req)?;
             let t = bearer(req).ok_or_else(|| {
-                ApiError::unauthorized(
-                    "unauthorized",
+                ApiError::new(
+                    Code::Unauthorized,
                     "missing `Authorization: Bearer <write key or user token>`",
                 )
             })?;
@@ -79,13 +80,13 @@ impl Caller {
                 .signer
                 .verify(t, now_s)
                 .map(Caller::User)
-                .map_err(|e| ApiError::unauthorized(e.code(), &e.to_string()));
+                .map_err(ApiError::from);
         }
         if credential_eq(t, &st.write_key) {
             Ok(Caller::WriteKey)
         } else {
-            Err(ApiError::unauthorized(
-                "invalid_token",
+            Err(ApiError::new(
+                Code::InvalidToken,
                 "neither the write key nor a valid user token",
             ))
         }
@@ -99,8 +100,7 @@ impl Caller {
     ) -> Result<Caller, ApiError> {
         match (bearer(req), body_token) {
             (Some(t), _) | (None, Some(t)) => Caller::from_credential(st, t),
-            (None, None) => Err(ApiError::unauthorized(
-                "unauthorized",
+            (None, None) => Err(ApiError::new(Code::Unauthorized,
                 "missing `Authorization: Bearer <write key or user token>` (or `token` in the body)",
             )),
         }
@@ -117,18 +117,15 @@ impl Caller {
         match (self, named) {
             (Caller::User(u), None) => Ok(*u),
             (Caller::User(u), Some(raw)) if st.pseudo.user(raw) == *u => Ok(*u),
-            (Caller::User(_), Some(_)) => Err(ApiError::forbidden(
-                "user_mismatch",
+            (Caller::User(_), Some(_)) => Err(ApiError::new(
+                Code::UserMismatch,
                 "a token only reads and writes its own user",
             )
             .at(path)),
             (Caller::WriteKey, Some(raw)) => Ok(st.pseudo.user(raw)),
-            (Caller::WriteKey, None) => Err(ApiError::new(
-                actix_web::http::StatusCode::UNPROCESSABLE_ENTITY,
-                "missing_field",
-                "with the write key, name the user",
-            )
-            .at(path)),
+            (Caller::WriteKey, None) => {
+                Err(ApiError::new(Code::MissingField, "with the write key, name the user").at(path))
+            }
         }
     }
 }

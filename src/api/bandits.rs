@@ -1,8 +1,8 @@
 //! Bandit endpoints (admin token): list, read, create/replace, delete, guardrail reset, and the
 //! slot's decision log as logged-bandit-feedback JSONL.
 
+use crate::event::Code;
 use crate::experiments::def::Definition;
-use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
@@ -15,12 +15,7 @@ use crate::event::parse_json;
 
 fn bandit_error(e: BanditsError) -> ApiError {
     match e {
-        BanditsError::Invalid(d) => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_bandit",
-            d.message,
-        )
-        .at(d.path),
+        BanditsError::Invalid(d) => ApiError::new(Code::InvalidBandit, d.message).at(d.path),
         BanditsError::NotFound(s) => ApiError::not_found(format!("no bandit on slot {s:?}")),
         other => ApiError::internal(other),
     }
@@ -118,9 +113,8 @@ pub async fn log(
     slot: web::Path<String>,
     req: actix_web::HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let q = web::Query::<LogQuery>::from_query(req.query_string()).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.to_string()).at("query")
-    })?;
+    let q = web::Query::<LogQuery>::from_query(req.query_string())
+        .map_err(|e| ApiError::new(Code::BadQuery, e.to_string()).at("query"))?;
     // Every acknowledged decision's record is in the store before the log is read.
     st.pipeline
         .sync()
@@ -131,8 +125,7 @@ pub async fn log(
         Some("records") => true,
         Some(other) => {
             return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_query",
+                Code::BadQuery,
                 format!("format must be `rows` or `records`, not {other:?}"),
             )
             .at("format"))

@@ -1,8 +1,8 @@
 //! Experiment endpoints (admin token): list, read, create/replace, delete, results; and the
 //! pure statistics endpoint `POST /v1/stats/analyze`.
 
+use crate::event::Code;
 use crate::experiments::def::Definition;
-use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use serde_json::{json, Value};
 
@@ -30,12 +30,9 @@ fn summary(c: &Compiled, now: i64) -> Value {
 
 fn exp_error(e: ExperimentsError) -> ApiError {
     match e {
-        ExperimentsError::Invalid(d) => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_experiment",
-            d.message,
-        )
-        .at(d.path),
+        ExperimentsError::Invalid(d) => {
+            ApiError::new(Code::InvalidExperiment, d.message).at(d.path)
+        }
         ExperimentsError::NotFound(id) => ApiError::not_found(format!("no experiment {id:?}")),
         other => ApiError::internal(other),
     }
@@ -158,8 +155,6 @@ pub async fn analyze(
     let out = web::block(move || stats::analyze(&req))
         .await
         .map_err(ApiError::internal)?
-        .map_err(|e| {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.code.as_str(), e.message).at(e.path)
-        })?;
+        .map_err(ApiError::from)?;
     Ok(HttpResponse::Ok().json(out))
 }

@@ -1,7 +1,7 @@
 //! Ingestion and delivery endpoints: `POST /v1/identify`, `POST /v1/events`, `POST /v1/decide`,
 //! `GET /v1/ws`.
 
-use actix_web::http::StatusCode;
+use crate::event::Code;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
@@ -22,9 +22,9 @@ fn check_str(s: &str, path: &str, max: usize) -> Result<(), ApiError> {
     if s.is_empty() || s.len() > max || s.chars().any(char::is_control) {
         return Err(ApiError::from(InputError::new(
             if s.len() > max {
-                "string_too_long"
+                Code::StringTooLong
             } else {
-                "invalid_value"
+                Code::InvalidValue
             },
             format!("must be 1..={max} bytes without control characters"),
             Some(path.to_string()),
@@ -46,8 +46,8 @@ pub async fn identify(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     if !matches!(caller, Caller::WriteKey) {
-        return Err(ApiError::forbidden(
-            "forbidden",
+        return Err(ApiError::new(
+            Code::Forbidden,
             "identify needs the write key",
         ));
     }
@@ -75,7 +75,7 @@ pub async fn events(
     };
     // One typed parse from the bytes, in two steps: the envelope (syntax, `token`, the events
     // as raw slices), then, once the caller is known, each event into its typed form.
-    let reject = |e: &InputError| st.metrics.reject(e.code, 1);
+    let reject = |e: &InputError| st.metrics.reject(e.code.as_str(), 1);
     let raw = parse_batch_envelope(&body, &st.cfg.limits).inspect_err(reject)?;
     let caller = match header_caller {
         Some(c) => c,
@@ -156,8 +156,7 @@ pub async fn anonymous(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     if !st.cfg.anonymous {
-        return Err(ApiError::forbidden(
-            "anonymous_disabled",
+        return Err(ApiError::new(Code::AnonymousDisabled,
             "anonymous visitors are disabled (anonymous = false); use /v1/identify from your server",
         ));
     }
@@ -178,21 +177,18 @@ pub async fn anonymous(
             user: Some(user),
             token: Some(token),
         }) => {
-            let (key, exp) = st
-                .signer
-                .verify_signature(&token)
-                .map_err(|e| ApiError::unauthorized(e.code(), &e.to_string()))?;
+            let (key, exp) = st.signer.verify_signature(&token).map_err(ApiError::from)?;
             let now_s = now_ms() as u64 / 1000;
             if !user.starts_with("anon-") || st.pseudo.user(&user) != key {
-                return Err(ApiError::forbidden(
-                    "user_mismatch",
+                return Err(ApiError::new(
+                    Code::UserMismatch,
                     "the token is not this anonymous user's",
                 )
                 .at("user"));
             }
             if exp + RENEW_GRACE_S < now_s {
-                return Err(ApiError::unauthorized(
-                    "token_expired",
+                return Err(ApiError::new(
+                    Code::TokenExpired,
                     "the token expired too long ago to be renewed",
                 ));
             }
@@ -200,7 +196,7 @@ pub async fn anonymous(
         }
         Some(_) => {
             return Err(ApiError::from(InputError::new(
-                "missing_field",
+                Code::MissingField,
                 "renewal needs both `user` and `token`",
                 Some("token".into()),
             )))
@@ -246,7 +242,7 @@ pub async fn decide(
     check_str(&req.slot, "slot", max)?;
     if req.candidates.len() > 32 {
         return Err(ApiError::from(InputError::new(
-            "invalid_value",
+            Code::InvalidValue,
             "at most 32 candidates",
             Some("candidates".into()),
         )));
@@ -296,16 +292,16 @@ pub async fn ws(
 ) -> Result<HttpResponse, ApiError> {
     if !origin_allowed(&req, &st.cfg.allowed_origins) {
         st.metrics.reject("origin", 1);
-        return Err(ApiError::forbidden(
-            "origin_not_allowed",
+        return Err(ApiError::new(
+            Code::OriginNotAllowed,
             "this Origin may not open a WebSocket (see allowed_origins)",
         ));
     }
     if !st.ready.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(ApiError::unavailable("the server is shutting down"));
     }
-    let (resp, session, stream) = actix_ws::handle(&req, body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
+    let (resp, session, stream) =
+        actix_ws::handle(&req, body).map_err(|e| ApiError::new(Code::BadRequest, e.to_string()))?;
     let ctx = SessionCtx {
         cfg: st.cfg.clone(),
         pipeline: st.pipeline.clone(),

@@ -12,6 +12,7 @@ pub mod ingest;
 pub mod models;
 pub mod ops;
 
+use crate::event::Code;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -55,17 +56,10 @@ pub(crate) use crate::now_ms;
 pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| {
-            ApiError::new(
-                actix_web::http::StatusCode::BAD_REQUEST,
-                "bad_request",
-                e.to_string(),
-            )
-        })?;
+        let chunk = chunk.map_err(|e| ApiError::new(Code::BadRequest, e.to_string()))?;
         if body.len() + chunk.len() > limit {
             return Err(ApiError::new(
-                actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
+                Code::BodyTooLarge,
                 format!("the body exceeds the limit of {limit} bytes (limits.max_body_bytes)"),
             ));
         }

@@ -3,6 +3,7 @@
 //! acks and adjustments back out. Pings every `heartbeat_s`; a socket silent for
 //! `client_timeout_s` is closed. Never blocks: queueing is `try_send`, waiting is `.await`.
 
+use crate::event::Code;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,7 @@ use bytestring::ByteString;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use crate::api::error::ApiError;
 use crate::config::Config;
 use crate::delivery::{Hub, Outbound, SocketTx};
 use crate::event::{parse_client_message, ClientMessage, InputError};
@@ -29,7 +31,7 @@ pub struct SessionCtx {
     pub metrics: Arc<Metrics>,
 }
 
-fn error_msg(code: &str, message: &str, path: Option<&str>, ids: &[String]) -> ByteString {
+fn error_msg(code: Code, message: &str, path: Option<&str>, ids: &[String]) -> ByteString {
     crate::delivery::frames::error(code, message, path, ids)
 }
 
@@ -58,10 +60,10 @@ pub async fn run(ctx: SessionCtx, mut session: Session, stream: actix_ws::Messag
     let user = match first {
         Ok(Some(Ok(AggregatedMessage::Text(text)))) => match authenticate(&ctx, text.as_bytes()) {
             Ok(u) => u,
-            Err((code, msg)) => {
-                let _ = session.text(error_msg(code, msg, None, &[])).await;
+            Err(e) => {
+                let _ = session.text(e.frame(&[])).await;
                 ctx.metrics.reject("ws_auth", 1);
-                close(session, CloseCode::Policy, msg).await;
+                close(session, CloseCode::Policy, &e.message).await;
                 return;
             }
         },
@@ -101,7 +103,7 @@ pub async fn run(ctx: SessionCtx, mut session: Session, stream: actix_ws::Messag
                     }
                 }
                 Some(Ok(AggregatedMessage::Binary(_))) => {
-                    let m = error_msg("unsupported_message", "binary frames are not supported; send JSON text", None, &[]);
+                    let m = error_msg(Code::UnsupportedMessage, "binary frames are not supported; send JSON text", None, &[]);
                     if session.text(m).await.is_err() { break; }
                 }
                 Some(Ok(AggregatedMessage::Ping(b))) => {
@@ -112,7 +114,7 @@ pub async fn run(ctx: SessionCtx, mut session: Session, stream: actix_ws::Messag
                 Some(Ok(AggregatedMessage::Close(_))) | None => break,
                 Some(Err(e)) => {
                     // Oversized frames and protocol violations end the session with a reason.
-                    let m = error_msg("protocol_error", &e.to_string(), None, &[]);
+                    let m = error_msg(Code::ProtocolError, &e.to_string(), None, &[]);
                     let _ = session.text(m).await;
                     closing = Some((1009, "message too big or malformed frame"));
                     break;
@@ -139,24 +141,21 @@ pub async fn run(ctx: SessionCtx, mut session: Session, stream: actix_ws::Messag
     close(session, CloseCode::from(code), why).await;
 }
 
-fn authenticate(ctx: &SessionCtx, body: &[u8]) -> Result<UserKey, (&'static str, &'static str)> {
-    let v: Value =
-        serde_json::from_slice(body).map_err(|_| ("malformed_json", "auth message is not JSON"))?;
+fn authenticate(ctx: &SessionCtx, body: &[u8]) -> Result<UserKey, ApiError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|_| ApiError::new(Code::MalformedJson, "auth message is not JSON"))?;
     if v.get("type").and_then(Value::as_str) != Some("auth") {
-        return Err((
-            "unauthorized",
+        return Err(ApiError::new(
+            Code::Unauthorized,
             "the first message must be {\"type\":\"auth\",\"token\":…}",
         ));
     }
     let token = v
         .get("token")
         .and_then(Value::as_str)
-        .ok_or(("unauthorized", "auth message without a token"))?;
+        .ok_or_else(|| ApiError::new(Code::Unauthorized, "auth message without a token"))?;
     let now_s = (now_ms() / 1000) as u64;
-    ctx.signer.verify(token, now_s).map_err(|e| match e.code() {
-        "token_expired" => ("token_expired", "the token has expired"),
-        _ => ("invalid_token", "the token is not valid"),
-    })
+    Ok(ctx.signer.verify(token, now_s)?)
 }
 
 /// Handles one client text message; returns an immediate reply (errors), if any. The `ack`
@@ -164,8 +163,8 @@ fn authenticate(ctx: &SessionCtx, body: &[u8]) -> Result<UserKey, (&'static str,
 /// durable.
 fn handle_text(ctx: &SessionCtx, user: UserKey, body: &[u8], tx: &SocketTx) -> Option<ByteString> {
     let reject = |e: InputError, ids: &[String]| {
-        ctx.metrics.reject(e.code, 1);
-        Some(error_msg(e.code, &e.message, e.path.as_deref(), ids))
+        ctx.metrics.reject(e.code.as_str(), 1);
+        Some(ApiError::from(e).frame(ids))
     };
     // One typed parse from the bytes (no JSON tree for valid input).
     let incoming = match parse_client_message(body, &ctx.cfg.limits, now_ms()) {
@@ -173,7 +172,7 @@ fn handle_text(ctx: &SessionCtx, user: UserKey, body: &[u8], tx: &SocketTx) -> O
         Ok(ClientMessage::Ping) => return Some(ByteString::from_static(r#"{"type":"pong"}"#)),
         Ok(ClientMessage::Auth { .. }) => {
             let e = InputError::new(
-                "invalid_value",
+                Code::InvalidValue,
                 "this socket is authenticated already",
                 Some("type".into()),
             );
@@ -189,7 +188,7 @@ fn handle_text(ctx: &SessionCtx, user: UserKey, body: &[u8], tx: &SocketTx) -> O
         if let Some(raw) = inc.user {
             if verified.as_deref() != Some(raw.as_str()) && ctx.pseudo.user(&raw) != user {
                 let e = InputError::new(
-                    "user_mismatch",
+                    Code::UserMismatch,
                     "a token only writes its own user's events",
                     Some(format!("events[{i}].user")),
                 );
@@ -224,14 +223,14 @@ fn handle_text(ctx: &SessionCtx, user: UserKey, body: &[u8], tx: &SocketTx) -> O
         SubmitError::Overloaded => {
             ctx.metrics.reject("overloaded", n);
             Some(error_msg(
-                "overloaded",
+                Code::Overloaded,
                 "the server is busy; retry these events later with the same ids",
                 None,
                 &failed_ids,
             ))
         }
         SubmitError::ShuttingDown => Some(error_msg(
-            "unavailable",
+            Code::Unavailable,
             "the server is shutting down",
             None,
             &failed_ids,

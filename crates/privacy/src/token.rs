@@ -24,15 +24,6 @@ pub enum TokenError {
     Expired,
 }
 
-impl TokenError {
-    pub fn code(self) -> &'static str {
-        match self {
-            TokenError::Malformed | TokenError::BadSignature => "invalid_token",
-            TokenError::Expired => "token_expired",
-        }
-    }
-}
-
 /// Issues and verifies user tokens.
 #[derive(Clone)]
 pub struct TokenSigner {

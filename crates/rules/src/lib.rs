@@ -192,7 +192,7 @@ pub struct RuleStatus {
     pub on: Option<Vec<String>>,
 }
 
-/// Errors of the rules module. [`RulesError::code`] gives each a stable code for the API.
+/// Errors of the rules module (the server gives each its code from the wire's error table).
 #[derive(Debug, thiserror::Error)]
 pub enum RulesError {
     /// The rules directory or a rule file could not be read or written.
@@ -224,27 +224,6 @@ pub enum RulesError {
     /// No rule by that name.
     #[error("no rule named {0:?}")]
     NotFound(String),
-}
-
-impl RulesError {
-    /// A stable, machine-readable code for API error bodies.
-    pub fn code(&self) -> &'static str {
-        match self {
-            RulesError::Io { .. } => "rules_io",
-            RulesError::InvalidName { .. } => "invalid_rule_name",
-            RulesError::Compile { .. } => "rule_compile_error",
-            RulesError::Watch(_) => "rules_watch",
-            RulesError::NotFound(_) => "rule_not_found",
-        }
-    }
-
-    /// Whether the caller (not the server) is at fault, i.e. a 4xx rather than a 5xx.
-    pub fn is_user_error(&self) -> bool {
-        matches!(
-            self,
-            RulesError::InvalidName { .. } | RulesError::Compile { .. } | RulesError::NotFound(_)
-        )
-    }
 }
 
 /// The compiled trigger rules, shared by every shard thread (cheap to clone: one `Arc`).

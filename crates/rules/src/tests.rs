@@ -1123,12 +1123,7 @@ fn put_validates_writes_and_installs_at_once() {
     let path = dir.path().join("promo.rhai");
 
     match rules.put("promo", "adjust(\"s\",\n  \"v\"") {
-        Err(e @ RulesError::Compile { .. }) => {
-            assert_eq!(e.code(), "rule_compile_error");
-            assert!(e.is_user_error());
-            let RulesError::Compile { info } = e else {
-                unreachable!()
-            };
+        Err(RulesError::Compile { info }) => {
             assert!(info.location.contains("promo.rhai:"), "{info:?}");
         }
         other => panic!("bad source accepted: {other:?}"),
@@ -1169,7 +1164,10 @@ fn put_validates_writes_and_installs_at_once() {
 
     for name in ["", "Promo", "a/b", "../x", "a.b", &"x".repeat(65)] {
         let err = rules.put(name, "1;").expect_err(name);
-        assert_eq!(err.code(), "invalid_rule_name", "{name}");
+        assert!(
+            matches!(err, RulesError::InvalidName { .. }),
+            "{name}: {err}"
+        );
     }
 }
 

@@ -7,6 +7,8 @@
 //!
 //! Runs on actix worker threads (it is pure CPU work over one request body) and in tests.
 
+pub mod codes;
+
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
@@ -14,6 +16,8 @@ use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visi
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
+
+pub use codes::{Code, Fault};
 
 /// Limits applied while validating events. Part of the config (`[limits]`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -46,14 +50,14 @@ impl Default for Limits {
 /// A client error in the input: stable code, human message and the path of the field.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct InputError {
-    pub code: &'static str,
+    pub code: Code,
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
 }
 
 impl InputError {
-    pub fn new(code: &'static str, message: impl Into<String>, path: Option<String>) -> Self {
+    pub fn new(code: Code, message: impl Into<String>, path: Option<String>) -> Self {
         InputError {
             code,
             message: message.into(),
@@ -62,10 +66,7 @@ impl InputError {
     }
     /// True for the size-limit family (HTTP 413).
     pub fn is_too_large(&self) -> bool {
-        matches!(
-            self.code,
-            "body_too_large" | "batch_too_large" | "string_too_long"
-        )
+        self.code.status() == 413
     }
 }
 
@@ -555,14 +556,14 @@ fn classify(msg: &str, path: String) -> InputError {
     let clean = msg.split(" at line ").next().unwrap_or(msg).to_string();
     if clean.starts_with("unknown field") {
         let p = quoted(&clean).map(|f| join(&path, f)).unwrap_or(path);
-        InputError::new("unknown_field", clean, Some(p))
+        InputError::new(Code::UnknownField, clean, Some(p))
     } else if clean.starts_with("missing field") {
         let p = quoted(&clean).map(|f| join(&path, f)).unwrap_or(path);
-        InputError::new("missing_field", clean, Some(p))
+        InputError::new(Code::MissingField, clean, Some(p))
     } else if clean.starts_with("invalid type") {
-        InputError::new("invalid_type", clean, path_opt(path))
+        InputError::new(Code::InvalidType, clean, path_opt(path))
     } else {
-        InputError::new("invalid_value", clean, path_opt(path))
+        InputError::new(Code::InvalidValue, clean, path_opt(path))
     }
 }
 
@@ -623,7 +624,7 @@ pub fn parse_batch(body: &[u8], limits: &Limits, now_ms: i64) -> Result<Batch, I
 fn check_body_size(body: &[u8], limits: &Limits) -> Result<(), InputError> {
     if body.len() > limits.max_body_bytes {
         return Err(InputError::new(
-            "body_too_large",
+            Code::BodyTooLarge,
             format!(
                 "body is {} bytes; the limit is {}",
                 body.len(),
@@ -709,7 +710,7 @@ pub fn parse_batch_value(value: Value, limits: &Limits, now_ms: i64) -> Result<B
 pub fn parse_json(body: &[u8]) -> Result<Value, InputError> {
     serde_json::from_slice(body).map_err(|e| {
         InputError::new(
-            "malformed_json",
+            Code::MalformedJson,
             format!(
                 "body is not valid JSON: {} (line {}, column {})",
                 e,
@@ -742,7 +743,7 @@ pub fn parse_client_message(
 ) -> Result<ClientMessage, InputError> {
     if body.len() > limits.max_body_bytes {
         return Err(InputError::new(
-            "body_too_large",
+            Code::BodyTooLarge,
             "message exceeds limits.max_body_bytes",
             None,
         ));
@@ -761,7 +762,7 @@ fn client_message_value(
 ) -> Result<ClientMessage, InputError> {
     let Value::Object(mut obj) = parse_json(body)? else {
         return Err(InputError::new(
-            "invalid_type",
+            Code::InvalidType,
             "a message is a JSON object",
             None,
         ));
@@ -773,12 +774,12 @@ fn client_message_value(
             return match obj.remove("token") {
                 Some(Value::String(token)) => Ok(ClientMessage::Auth { token }),
                 Some(_) => Err(InputError::new(
-                    "invalid_type",
+                    Code::InvalidType,
                     "token must be a string",
                     Some("token".into()),
                 )),
                 None => Err(InputError::new(
-                    "missing_field",
+                    Code::MissingField,
                     "missing field `token`",
                     Some("token".into()),
                 )),
@@ -786,14 +787,14 @@ fn client_message_value(
         }
         Some(other) => {
             return Err(InputError::new(
-                "invalid_value",
+                Code::InvalidValue,
                 format!("unknown message type {other:?}"),
                 Some("type".into()),
             ))
         }
         None => {
             return Err(InputError::new(
-                "missing_field",
+                Code::MissingField,
                 "missing field `type`",
                 Some("type".into()),
             ))
@@ -801,7 +802,7 @@ fn client_message_value(
     }
     if let Some(k) = obj.keys().find(|k| *k != "type" && *k != "events") {
         return Err(InputError::new(
-            "unknown_field",
+            Code::UnknownField,
             format!("unknown field `{k}`"),
             Some(k.clone()),
         ));
@@ -810,14 +811,14 @@ fn client_message_value(
         Some(Value::Array(a)) => a,
         Some(_) => {
             return Err(InputError::new(
-                "invalid_type",
+                Code::InvalidType,
                 "events must be an array",
                 Some("events".into()),
             ))
         }
         None => {
             return Err(InputError::new(
-                "missing_field",
+                Code::MissingField,
                 "missing field `events`",
                 Some("events".into()),
             ))
@@ -912,14 +913,14 @@ impl<'de> Deserialize<'de> for RawMessage<'de> {
 fn check_count(n: usize, limits: &Limits, prefix: &str) -> Result<(), InputError> {
     if n == 0 {
         return Err(InputError::new(
-            "invalid_value",
+            Code::InvalidValue,
             "a batch needs at least one event",
             Some(prefix.to_string()),
         ));
     }
     if n > limits.max_batch_events {
         return Err(InputError::new(
-            "batch_too_large",
+            Code::BatchTooLarge,
             format!(
                 "{} events in one batch; the limit is {}",
                 n, limits.max_batch_events
@@ -1013,7 +1014,7 @@ impl<'a> Checker<'a> {
     fn string(&self, field: &str, s: &str, allow_empty: bool) -> Result<(), InputError> {
         if s.len() > self.limits.max_string_len {
             return Err(InputError::new(
-                "string_too_long",
+                Code::StringTooLong,
                 format!(
                     "{} bytes; the limit is {}",
                     s.len(),
@@ -1024,14 +1025,14 @@ impl<'a> Checker<'a> {
         }
         if !allow_empty && s.is_empty() {
             return Err(InputError::new(
-                "invalid_value",
+                Code::InvalidValue,
                 "must not be empty",
                 Some(self.path(field)),
             ));
         }
         if s.chars().any(char::is_control) {
             return Err(InputError::new(
-                "invalid_value",
+                Code::InvalidValue,
                 "must not contain control characters",
                 Some(self.path(field)),
             ));
@@ -1047,7 +1048,7 @@ impl<'a> Checker<'a> {
     fn range(&self, field: &str, v: f64, lo: f64, hi: f64) -> Result<(), InputError> {
         if !v.is_finite() || v < lo || v > hi {
             return Err(InputError::new(
-                "invalid_value",
+                Code::InvalidValue,
                 format!("{v} is outside {lo}..={hi}"),
                 Some(self.path(field)),
             ));
@@ -1090,7 +1091,7 @@ impl PropsSource for Option<&RawValue> {
 /// The error of a failed fast-path deserialization. Never shown to a client: the fast path
 /// only reports "not valid", and the caller re-runs the reference path for the exact error.
 fn fast_path_failed() -> InputError {
-    InputError::new("invalid_value", String::new(), None)
+    InputError::new(Code::InvalidValue, String::new(), None)
 }
 
 /// Longest accepted duration of one hover or dwell segment (one day).
@@ -1114,7 +1115,7 @@ where
     c.string("id", &w.id, false)?;
     if w.id.len() > 64 {
         return Err(InputError::new(
-            "string_too_long",
+            Code::StringTooLong,
             format!("{} bytes; an event id has at most 64", w.id.len()),
             Some(c.path("id")),
         ));
@@ -1128,7 +1129,7 @@ where
     let newest = now_ms + 86_400_000;
     if w.ts < oldest || w.ts > newest {
         return Err(InputError::new(
-            "invalid_value",
+            Code::InvalidValue,
             format!(
                 "timestamp {} (ms since epoch) is more than {} days old or more than a day ahead",
                 w.ts, limits.max_event_age_days
@@ -1152,7 +1153,7 @@ where
     let need_target = |what: &str| -> Result<(), InputError> {
         if w.target.is_none() {
             return Err(InputError::new(
-                "missing_field",
+                Code::MissingField,
                 format!("a {what} event needs a target"),
                 Some(c.path("target")),
             ));
@@ -1196,7 +1197,7 @@ where
             if w.kind == EventType::Hover {
                 if x.visible_ratio.is_some() {
                     return Err(InputError::new(
-                        "unknown_field",
+                        Code::UnknownField,
                         "unknown field `visible_ratio` for a hover event",
                         Some(p.path("visible_ratio")),
                     ));
@@ -1283,7 +1284,7 @@ where
 fn parse_custom(v: Value, p: &Checker<'_>) -> Result<Props, InputError> {
     let Value::Object(map) = v else {
         return Err(InputError::new(
-            "invalid_type",
+            Code::InvalidType,
             "props must be an object",
             Some(p.here()),
         ));
@@ -1308,7 +1309,7 @@ fn check_custom<V>(
 ) -> Result<Props, InputError> {
     if entries.len() > p.limits.max_custom_props {
         return Err(InputError::new(
-            "invalid_value",
+            Code::InvalidValue,
             format!(
                 "{} props; a custom event has at most {}",
                 entries.len(),
@@ -1323,7 +1324,7 @@ fn check_custom<V>(
         p.string(&k, &k, false)?;
         let Some(s) = scalar(v) else {
             return Err(InputError::new(
-                "invalid_type",
+                Code::InvalidType,
                 "custom props are strings, numbers or booleans",
                 Some(p.path(&k)),
             ));
@@ -1336,7 +1337,7 @@ fn check_custom<V>(
                 Scalar::Str(s) if !s.is_empty() => name = Some(s),
                 _ => {
                     return Err(InputError::new(
-                        "invalid_type",
+                        Code::InvalidType,
                         "name must be a non-empty string",
                         Some(p.path("name")),
                     ))
@@ -1348,7 +1349,7 @@ fn check_custom<V>(
     }
     let name = name.ok_or_else(|| {
         InputError::new(
-            "missing_field",
+            Code::MissingField,
             "a custom event needs props.name",
             Some(p.path("name")),
         )
@@ -1527,14 +1528,14 @@ mod tests {
     #[test]
     fn wrong_type_names_the_field() {
         let e = parse_batch(&batch(scroll("deep".into())), &Limits::default(), NOW).unwrap_err();
-        assert_eq!(e.code, "invalid_type");
+        assert_eq!(e.code.as_str(), "invalid_type");
         assert_eq!(e.path.as_deref(), Some("events[0].props.depth"));
     }
 
     #[test]
     fn out_of_range_is_invalid_value() {
         let e = parse_batch(&batch(scroll(120.0.into())), &Limits::default(), NOW).unwrap_err();
-        assert_eq!(e.code, "invalid_value");
+        assert_eq!(e.code.as_str(), "invalid_value");
         assert_eq!(e.path.as_deref(), Some("events[0].props.depth"));
     }
 
@@ -1543,13 +1544,13 @@ mod tests {
         let mut ev = scroll(10.into());
         ev["props"]["color"] = "red".into();
         let e = parse_batch(&batch(ev), &Limits::default(), NOW).unwrap_err();
-        assert_eq!(e.code, "unknown_field");
+        assert_eq!(e.code.as_str(), "unknown_field");
         assert_eq!(e.path.as_deref(), Some("events[0].props.color"));
         let mut ev = scroll(10.into());
         ev["extra"] = 1.into();
         let e = parse_batch(&batch(ev), &Limits::default(), NOW).unwrap_err();
         assert_eq!(
-            (e.code, e.path.as_deref()),
+            (e.code.as_str(), e.path.as_deref()),
             ("unknown_field", Some("events[0].extra"))
         );
     }
@@ -1560,7 +1561,7 @@ mod tests {
         ev.as_object_mut().unwrap().remove("session");
         let e = parse_batch(&batch(ev), &Limits::default(), NOW).unwrap_err();
         assert_eq!(
-            (e.code, e.path.as_deref()),
+            (e.code.as_str(), e.path.as_deref()),
             ("missing_field", Some("events[0].session"))
         );
     }
@@ -1568,23 +1569,23 @@ mod tests {
     #[test]
     fn malformed_json_and_limits() {
         let e = parse_batch(b"{\"events\": [", &Limits::default(), NOW).unwrap_err();
-        assert_eq!(e.code, "malformed_json");
+        assert_eq!(e.code.as_str(), "malformed_json");
         let limits = Limits {
             max_body_bytes: 10,
             ..Limits::default()
         };
         let e = parse_batch(&batch(scroll(1.into())), &limits, NOW).unwrap_err();
-        assert_eq!(e.code, "body_too_large");
+        assert_eq!(e.code.as_str(), "body_too_large");
         assert!(e.is_too_large());
         let many: Vec<Value> = (0..101).map(|_| scroll(1.into())).collect();
         let body = serde_json::to_vec(&serde_json::json!({ "events": many })).unwrap();
         let e = parse_batch(&body, &Limits::default(), NOW).unwrap_err();
-        assert_eq!(e.code, "batch_too_large");
+        assert_eq!(e.code.as_str(), "batch_too_large");
         let mut ev = scroll(1.into());
         ev["session"] = "x".repeat(300).into();
         let e = parse_batch(&batch(ev), &Limits::default(), NOW).unwrap_err();
         assert_eq!(
-            (e.code, e.path.as_deref()),
+            (e.code.as_str(), e.path.as_deref()),
             ("string_too_long", Some("events[0].session"))
         );
     }
@@ -1595,7 +1596,7 @@ mod tests {
             "props":{"phase":"start"}});
         let e = parse_batch(&batch(ev.clone()), &Limits::default(), NOW).unwrap_err();
         assert_eq!(
-            (e.code, e.path.as_deref()),
+            (e.code.as_str(), e.path.as_deref()),
             ("missing_field", Some("events[0].target"))
         );
         let mut ok = ev;
@@ -1613,7 +1614,7 @@ mod tests {
         ok["props"]["phase"] = "wobble".into();
         let e = parse_batch(&batch(ok), &Limits::default(), NOW).unwrap_err();
         assert_eq!(
-            (e.code, e.path.as_deref()),
+            (e.code.as_str(), e.path.as_deref()),
             ("invalid_value", Some("events[0].props.phase"))
         );
     }
@@ -1630,7 +1631,7 @@ mod tests {
         nested["props"]["deep"] = serde_json::json!({"a":1});
         let e = parse_batch(&batch(nested), &Limits::default(), NOW).unwrap_err();
         assert_eq!(
-            (e.code, e.path.as_deref()),
+            (e.code.as_str(), e.path.as_deref()),
             ("invalid_type", Some("events[0].props.deep"))
         );
         let mut old = ev;
@@ -1656,7 +1657,7 @@ mod tests {
         #[test]
         fn arbitrary_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..512)) {
             if let Err(e) = parse_batch(&body, &Limits::default(), NOW) {
-                prop_assert!(!e.code.is_empty());
+                prop_assert!(!e.code.as_str().is_empty());
             }
         }
 
@@ -1684,7 +1685,7 @@ mod tests {
     ) -> Result<ClientMessage, InputError> {
         if body.len() > limits.max_body_bytes {
             return Err(InputError::new(
-                "body_too_large",
+                Code::BodyTooLarge,
                 "message exceeds limits.max_body_bytes",
                 None,
             ));
@@ -1700,12 +1701,12 @@ mod tests {
 
     fn err(r: Result<Batch, InputError>) -> (&'static str, Option<String>) {
         let e = r.unwrap_err();
-        (e.code, e.path)
+        (e.code.as_str(), e.path)
     }
 
     fn msg_err(body: &str) -> (&'static str, Option<String>) {
         let e = parse_client_message(body.as_bytes(), &Limits::default(), NOW).unwrap_err();
-        (e.code, e.path)
+        (e.code.as_str(), e.path)
     }
 
     fn some(p: &str) -> Option<String> {
@@ -1799,7 +1800,7 @@ mod tests {
         );
         assert_eq!(err(parse_batch(b"[1]", &l, NOW)).0, "invalid_type");
         let e = parse_batch(b"{\"events\":[\n{]}", &l, NOW).unwrap_err();
-        assert_eq!(e.code, "malformed_json");
+        assert_eq!(e.code.as_str(), "malformed_json");
         assert!(e.message.contains("(line 2, column 2)"), "{}", e.message);
     }
 
@@ -1822,7 +1823,7 @@ mod tests {
         assert_eq!(raw.token(), None);
         let e = raw.into_events(&l, NOW).unwrap_err();
         assert_eq!(
-            (e.code, e.path.as_deref()),
+            (e.code.as_str(), e.path.as_deref()),
             ("invalid_value", Some("events[0].props.depth"))
         );
         // The number of events is checked in the second step too (after authentication).
@@ -1835,14 +1836,14 @@ mod tests {
         assert_eq!(raw.len(), 2);
         let e = raw.into_events(&small, NOW).unwrap_err();
         assert_eq!(
-            (e.code, e.path.as_deref()),
+            (e.code.as_str(), e.path.as_deref()),
             ("batch_too_large", Some("events"))
         );
         let raw = parse_batch_envelope(br#"{"events":[], "token":"t"}"#, &l).unwrap();
         assert_eq!((raw.token(), raw.is_empty()), (Some("t"), true));
         let e = raw.into_events(&l, NOW).unwrap_err();
         assert_eq!(
-            (e.code, e.path.as_deref()),
+            (e.code.as_str(), e.path.as_deref()),
             ("invalid_value", Some("events"))
         );
     }
@@ -1861,18 +1862,18 @@ mod tests {
             ..Limits::default()
         };
         let e = parse_client_message(ok.as_bytes(), &tiny, NOW).unwrap_err();
-        assert_eq!((e.code, e.path), ("body_too_large", None));
+        assert_eq!((e.code.as_str(), e.path), ("body_too_large", None));
         assert_eq!(msg_err(r#"{"type":"events","#), ("malformed_json", None));
         let e = parse_client_message(b"[1]", &l, NOW).unwrap_err();
         assert_eq!(
-            (e.code, e.message.as_str(), e.path),
+            (e.code.as_str(), e.message.as_str(), e.path),
             ("invalid_type", "a message is a JSON object", None)
         );
         assert_eq!(msg_err(r#"{"events":[]}"#), ("missing_field", some("type")));
         assert_eq!(msg_err(r#"{"type":7}"#), ("missing_field", some("type")));
         let e = parse_client_message(br#"{"type":"x"}"#, &l, NOW).unwrap_err();
         assert_eq!(
-            (e.code, e.message.as_str(), e.path.as_deref()),
+            (e.code.as_str(), e.message.as_str(), e.path.as_deref()),
             ("invalid_value", r#"unknown message type "x""#, Some("type"))
         );
         assert_eq!(
@@ -2046,7 +2047,7 @@ mod tests {
             NOW,
         )
         .unwrap_err();
-        assert_eq!(e.code, "malformed_json");
+        assert_eq!(e.code.as_str(), "malformed_json");
         for msg in [
             r#"{"type":"ping","x":1e400}"#.to_string(),
             r#"{"type":"ping","events":"\ud800"}"#.to_string(),
@@ -2092,7 +2093,7 @@ mod tests {
         assert_eq!(l.max_batch_events, 6);
         let e = parse_body::<Limits>(br#"{"max_batch_events":"x"}"#).unwrap_err();
         assert_eq!(
-            (e.code, e.path.as_deref()),
+            (e.code.as_str(), e.path.as_deref()),
             ("invalid_type", Some("max_batch_events"))
         );
     }

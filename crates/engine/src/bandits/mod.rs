@@ -72,16 +72,6 @@ impl From<PutError<DefError>> for BanditsError {
     }
 }
 
-impl BanditsError {
-    pub fn code(&self) -> &'static str {
-        match self {
-            BanditsError::Invalid(_) => "bandit_invalid",
-            BanditsError::NotFound(_) => "bandit_not_found",
-            BanditsError::Io { .. } => "bandit_io",
-        }
-    }
-}
-
 /// Per-group counters of closed decisions (their window ended), for lift and guardrail.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct GroupStats {

@@ -2,6 +2,7 @@
 //! borrowed data (no JSON DOM): `ack`, `error`, `adjust`.
 
 use std::collections::BTreeMap;
+use trimtab_wire::Code;
 
 use bytestring::ByteString;
 use serde::Serialize;
@@ -63,7 +64,7 @@ impl<'a, I: Iterator<Item = &'a str> + Clone> Serialize for Iter<I> {
 struct Error<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
-    code: &'a str,
+    code: Code,
     message: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     path: Option<&'a str>,
@@ -73,7 +74,7 @@ struct Error<'a> {
 
 /// `{"type":"error","code","message","path"?,"ids"?}`; `ids` names events the client should
 /// retry (or drop, for input errors).
-pub fn error(code: &str, message: &str, path: Option<&str>, ids: &[String]) -> ByteString {
+pub fn error(code: Code, message: &str, path: Option<&str>, ids: &[String]) -> ByteString {
     to_frame(&Error {
         kind: "error",
         code,
@@ -142,11 +143,11 @@ mod tests {
             json!({"type":"ack","ids":["a","b\"q"],"duplicates":0,"not_consented":2})
         );
         assert_eq!(
-            parse(&error("overloaded", "busy", None, &ids)),
+            parse(&error(Code::Overloaded, "busy", None, &ids)),
             json!({"type":"error","code":"overloaded","message":"busy","ids":["a","b\"q"]})
         );
         assert_eq!(
-            parse(&error("invalid_type", "x", Some("events[0].ts"), &[])),
+            parse(&error(Code::InvalidType, "x", Some("events[0].ts"), &[])),
             json!({"type":"error","code":"invalid_type","message":"x","path":"events[0].ts"})
         );
         let d = Decision {

@@ -568,8 +568,15 @@ impl Shard {
                     match reply {
                         EventsReply::Http(join) => join.part(Err(e)),
                         EventsReply::Ws { socket, .. } => {
-                            let f =
-                                frames::error("storage_unavailable", &e.to_string(), None, &ids);
+                            // The detail is the server's (logged where it failed), not the
+                            // client's: the code and a generic message only.
+                            tracing::error!(shard = self.p.idx, error = %e, "loading or storing a user failed; the socket's batch is refused");
+                            let f = frames::error(
+                                trimtab_wire::Code::StorageUnavailable,
+                                "storing these events failed; retry them with the same ids",
+                                None,
+                                &ids,
+                            );
                             self.p.hub.send_to(&socket, f);
                         }
                     }

@@ -295,7 +295,7 @@ fn after_err(a: After, msg: &str) {
         After::Http { join, .. } => join.part(Err(PipelineError::Storage(msg.to_string()))),
         After::Ws { socket, ids, .. } => {
             let frame = crate::delivery::frames::error(
-                "storage_unavailable",
+                trimtab_wire::Code::StorageUnavailable,
                 "storing these events failed; retry them with the same ids",
                 None,
                 &ids,
