@@ -16,7 +16,7 @@ use trimtab::features::{FeatureConfig, UserState};
 use trimtab::privacy::Table;
 use trimtab::privacy::{TokenSigner, UserKey};
 use trimtab::rules::{RuleInput, RuleLimits, Rules};
-use trimtab::store::{Store, UserRows};
+use trimtab_store::{Store, UserRows};
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -17,6 +17,5 @@ pub use trimtab_engine::{
 pub use trimtab_learn as learn;
 pub use trimtab_privacy as privacy;
 pub use trimtab_rules as rules;
-pub use trimtab_store as store;
 pub use trimtab_util::{fsutil, now_ms, watch};
 pub use trimtab_wire as event;

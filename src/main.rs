@@ -245,17 +245,9 @@ fn ope(a: OpeArgs) -> ExitCode {
 }
 
 fn export_log(a: ExportLogArgs) -> ExitCode {
-    use trimtab::store::{Store, StoreError};
     let run = || -> Result<usize, String> {
-        let store = Store::open(&a.data).map_err(|e| match e {
-            StoreError::Locked { .. } => format!(
-                "{e}; while it runs, use GET /v1/bandits/{}/log with the admin token",
-                a.slot
-            ),
-            other => other.to_string(),
-        })?;
-        let body = trimtab::bandits::export::write_jsonl(
-            &store,
+        let body = trimtab_engine::service::export_bandit_log(
+            &a.data,
             &a.slot,
             trimtab::now_ms(),
             a.open,

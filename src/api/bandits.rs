@@ -131,15 +131,13 @@ pub async fn log(
             .at("format"))
         }
     };
-    let store = st.store.clone();
+    let engine = st.engine.clone();
     let slot = slot.into_inner();
     let open = q.open.unwrap_or(false);
-    let body = web::block(move || {
-        crate::bandits::export::write_jsonl(&store, &slot, now_ms(), open, records)
-    })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(ApiError::internal)?;
+    let body = web::block(move || engine.bandit_log(&slot, now_ms(), open, records))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
     Ok(HttpResponse::Ok()
         .content_type("application/x-ndjson")
         .body(body))

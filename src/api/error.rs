@@ -203,9 +203,15 @@ mod tests {
     /// code → status.
     fn readme_codes() -> BTreeMap<String, u16> {
         let readme = include_str!("../../README.md");
-        let at = readme.find("### Errors").expect("the README has an Errors section");
+        let at = readme
+            .find("### Errors")
+            .expect("the README has an Errors section");
         let mut out = BTreeMap::new();
-        for line in readme[at..].lines().skip_while(|l| !l.starts_with("| status")).skip(2) {
+        for line in readme[at..]
+            .lines()
+            .skip_while(|l| !l.starts_with("| status"))
+            .skip(2)
+        {
             if !line.starts_with('|') {
                 break;
             }
@@ -213,7 +219,10 @@ mod tests {
             let status: u16 = cells[1].parse().expect("a status");
             for code in cells[2].split(',') {
                 let code = code.trim().trim_matches('`');
-                assert!(out.insert(code.to_string(), status).is_none(), "{code} listed twice");
+                assert!(
+                    out.insert(code.to_string(), status).is_none(),
+                    "{code} listed twice"
+                );
             }
         }
         out
@@ -235,7 +244,10 @@ mod tests {
         assert_eq!((e.code, e.status().as_u16()), (Code::Internal, 500));
         assert!(!e.message.contains("redb") && !e.message.contains("/data"));
         let e = ApiError::from(PipelineError::Storage("disk full at /data/wal".into()));
-        assert_eq!((e.code, e.status().as_u16()), (Code::StorageUnavailable, 503));
+        assert_eq!(
+            (e.code, e.status().as_u16()),
+            (Code::StorageUnavailable, 503)
+        );
         assert!(!e.message.contains("/data"));
         let frame = e.frame(&["e1".into()]);
         let v: serde_json::Value = serde_json::from_str(&frame).unwrap();
@@ -244,7 +256,10 @@ mod tests {
         assert!(!frame.contains("/data"));
         let input = InputError::new(Code::StringTooLong, "too long", Some("events[2].id".into()));
         let e = ApiError::from(input);
-        assert_eq!((e.status().as_u16(), e.path.as_deref()), (413, Some("events[2].id")));
+        assert_eq!(
+            (e.status().as_u16(), e.path.as_deref()),
+            (413, Some("events[2].id"))
+        );
         let e = ApiError::from(TokenError::Expired);
         assert_eq!((e.code, e.status().as_u16()), (Code::TokenExpired, 401));
     }

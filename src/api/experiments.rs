@@ -125,20 +125,11 @@ pub async fn results(
         .sync()
         .await
         .map_err(|e| ApiError::from_submit(e, st.cfg.pipeline.retry_after_s))?;
-    let store = st.store.clone();
-    let exps = st.experiments.clone();
-    let v = web::block(move || -> Result<Value, String> {
-        let rows = store.stats(&c.def.id).map_err(|e| e.to_string())?;
-        Ok(crate::experiments::results::results(
-            &c,
-            &rows,
-            now_ms(),
-            &exps,
-        ))
-    })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(ApiError::internal)?;
+    let engine = st.engine.clone();
+    let v = web::block(move || engine.experiment_results(&c, now_ms()))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
     Ok(HttpResponse::Ok().json(v))
 }
 

@@ -19,34 +19,29 @@ use std::sync::Arc;
 use actix_web::web;
 use futures_util::StreamExt;
 
-use crate::config::Config;
-use crate::delivery::Hub;
-use crate::metrics::Metrics;
-use crate::pipeline::Pipeline;
-use crate::privacy::{Pseudonymizer, TokenSigner};
-use crate::rules::Rules;
-use crate::store::Store;
+use crate::privacy::TokenSigner;
+use trimtab_engine::Engine;
 
 pub use error::ApiError;
 
-/// Everything the handlers share, as one value (a missing piece is a compile error, not a 500).
+/// Everything the handlers share, as one value (a missing piece is a compile error, not a 500):
+/// the engine — the one interface to the loop (`st.pipeline`, `st.rules`, … through `Deref`);
+/// the store is not reachable from here — and what only the server needs: credentials and
+/// readiness.
 pub struct AppState {
-    pub cfg: Arc<Config>,
-    pub pipeline: Arc<Pipeline>,
-    pub hub: Arc<Hub>,
-    pub rules: Rules,
-    pub experiments: crate::experiments::Experiments,
-    pub segments: Arc<crate::segments::service::SegmentService>,
-    pub bandits: crate::bandits::Bandits,
-    pub model_service: crate::bandits::trainer::ModelService,
-    pub metrics: Arc<Metrics>,
-    pub store: Arc<Store>,
+    pub engine: Arc<Engine>,
     pub signer: TokenSigner,
-    pub pseudo: Pseudonymizer,
     pub admin_token: String,
     pub write_key: String,
     /// False once shutdown has begun (`/readyz` then answers 503).
     pub ready: AtomicBool,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Engine;
+    fn deref(&self) -> &Engine {
+        &self.engine
+    }
 }
 
 pub(crate) use crate::now_ms;

@@ -12,7 +12,7 @@ use super::AppState;
 pub async fn list(st: web::Data<AppState>, _: Admin) -> HttpResponse {
     HttpResponse::Ok().json(json!({
         "dir": st.cfg.models.display().to_string(),
-        "models": st.model_service.statuses(),
+        "models": st.models.statuses(),
     }))
 }
 
@@ -20,6 +20,6 @@ pub async fn list(st: web::Data<AppState>, _: Admin) -> HttpResponse {
 pub async fn retrain(st: web::Data<AppState>, _: Admin) -> HttpResponse {
     // Train on every acknowledged outcome (the trainer reads the indexed store).
     let _ = st.pipeline.sync().await;
-    let queued = st.model_service.retrain();
+    let queued = st.models.retrain();
     HttpResponse::Accepted().json(json!({ "queued": queued }))
 }

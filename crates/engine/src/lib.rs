@@ -20,3 +20,6 @@ pub mod features;
 pub mod metrics;
 pub mod pipeline;
 pub mod segments;
+pub mod service;
+
+pub use service::Engine;

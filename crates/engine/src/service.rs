@@ -1,0 +1,310 @@
+//! The engine as one service: [`Engine::start`] opens the data dir's store and starts every
+//! part of the loop from one config — rules, experiments and bandit definitions (each watched
+//! for changes), the segmenter, the bandit learner, the model trainer and the pipeline — and
+//! [`Engine::stop`] stops them in order once the server no longer takes requests (drain the
+//! pipeline and checkpoint, stop watching, abandon a training, stop the learner and the
+//! segmenter). The server holds one `Engine` and reaches the loop only through it: the store
+//! is private to this crate (a server that names it does not compile).
+//!
+//! Blocking methods (`experiment_results`, `bandit_log`, `export_bandit_log`) read the store
+//! and must run off the async runtime (the server calls them in `web::block`).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use serde_json::Value;
+use trimtab_privacy::Pseudonymizer;
+use trimtab_rules::Rules;
+use trimtab_store::{Store, StoreError};
+use trimtab_util::watch::DirWatcher;
+
+use crate::bandits::trainer::ModelService;
+use crate::bandits::Bandits;
+use crate::config::Config;
+use crate::delivery::Hub;
+use crate::experiments::{Compiled, Experiments};
+use crate::metrics::Metrics;
+use crate::pipeline::{Pipeline, Services};
+use crate::segments::service::SegmentService;
+
+/// Why the engine did not start: what was being started, and the error.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct StartError {
+    pub what: String,
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+fn starting<E: std::error::Error + Send + Sync + 'static>(
+    what: impl Into<String>,
+) -> impl FnOnce(E) -> StartError {
+    let what = what.into();
+    move |e| StartError {
+        what,
+        source: Box::new(e),
+    }
+}
+
+/// A failure of a read the server asked for (logged by the server, answered as `internal`).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ReadError(String);
+
+impl From<StoreError> for ReadError {
+    fn from(e: StoreError) -> ReadError {
+        ReadError(e.to_string())
+    }
+}
+
+/// The threads and watchers that run beside the pipeline, until [`Engine::stop`].
+struct Background {
+    watchers: Vec<DirWatcher>,
+    trainer_stop: Sender<()>,
+    trainer: JoinHandle<()>,
+    learner: JoinHandle<()>,
+    segmenter_stop: Sender<()>,
+    segmenter: JoinHandle<()>,
+}
+
+/// Every part of the loop, started from one config.
+pub struct Engine {
+    pub cfg: Arc<Config>,
+    pub pipeline: Arc<Pipeline>,
+    pub hub: Arc<Hub>,
+    pub rules: Rules,
+    pub experiments: Experiments,
+    pub segments: Arc<SegmentService>,
+    pub bandits: Bandits,
+    pub models: ModelService,
+    pub metrics: Arc<Metrics>,
+    pub pseudo: Pseudonymizer,
+    store: Arc<Store>,
+    background: Mutex<Option<Background>>,
+}
+
+/// Starts watching a definitions directory; a failure only costs hot reload (logged).
+fn watch(
+    what: &str,
+    w: Result<DirWatcher, impl std::fmt::Display>,
+    watchers: &mut Vec<DirWatcher>,
+) {
+    match w {
+        Ok(w) => watchers.push(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the {what} dir; they will not hot-reload")
+        }
+    }
+}
+
+/// The data dir, opened and locked: nothing else may use it until this is dropped (the
+/// server loads its secrets from the data dir only once it holds the lock).
+pub struct Opened {
+    cfg: Arc<Config>,
+    store: Arc<Store>,
+}
+
+impl Opened {
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Loads the definitions and starts every thread. `pseudo` is the secret-keyed
+    /// pseudonymizer of user and event ids.
+    pub fn start(self, pseudo: Pseudonymizer) -> Result<Engine, StartError> {
+        Engine::start_on(self.cfg, self.store, pseudo)
+    }
+}
+
+impl Engine {
+    /// Opens (and locks) the store in `cfg.data`, applying the log's tail after an unclean
+    /// stop; [`Opened::start`] then starts the engine.
+    pub fn open(cfg: Arc<Config>) -> Result<Opened, StartError> {
+        let store = Arc::new(
+            Store::open_with_cache(&cfg.data, cfg.pipeline.store_cache_mb.max(1) << 20).map_err(
+                starting(format!("opening the data dir {}", cfg.data.display())),
+            )?,
+        );
+        Ok(Opened { cfg, store })
+    }
+
+    fn start_on(
+        cfg: Arc<Config>,
+        store: Arc<Store>,
+        pseudo: Pseudonymizer,
+    ) -> Result<Engine, StartError> {
+        let mut watchers = Vec::new();
+        let rules = Rules::load(&cfg.scripts, cfg.rules.clone()).map_err(starting(format!(
+            "loading rules from {}",
+            cfg.scripts.display()
+        )))?;
+        watch("rules", rules.watch(), &mut watchers);
+        let experiments = Experiments::load(
+            &cfg.experiments_dir(),
+            rules.clone(),
+            cfg.experiments.holdout,
+        )
+        .map_err(starting("loading experiments"))?;
+        watch("experiments", experiments.watch(), &mut watchers);
+        let segments = SegmentService::new(cfg.segments.clone(), store.clone())
+            .map_err(starting("starting the segmenter"))?;
+        let (segmenter_stop, seg_stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let segmenter = segments
+            .start(seg_stop_rx)
+            .map_err(starting("starting the segmenter"))?;
+        let metrics = Arc::new(Metrics::new());
+        let bandits = Bandits::load(&cfg.bandits_dir()).map_err(starting("loading bandits"))?;
+        watch("bandits", bandits.watch(), &mut watchers);
+        let (learner, learner_tx) =
+            crate::bandits::learner::start(&bandits, store.clone(), metrics.clone())
+                .map_err(starting("starting the bandit learner"))?;
+        let served = Arc::new(trimtab_learn::serving::Models::new());
+        let (trainer_stop, trainer_stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let (models, trainer) = crate::bandits::trainer::start(
+            cfg.learn.clone(),
+            &cfg.models,
+            bandits.clone(),
+            store.clone(),
+            served.clone(),
+            metrics.clone(),
+            trainer_stop_rx,
+        )
+        .map_err(starting("starting the trainer"))?;
+        let hub = Arc::new(Hub::new(metrics.clone()));
+        let pipeline = Arc::new(
+            Pipeline::start(Services {
+                cfg: cfg.clone(),
+                store: store.clone(),
+                rules: rules.clone(),
+                hub: hub.clone(),
+                metrics: metrics.clone(),
+                pseudo: pseudo.clone(),
+                experiments: experiments.clone(),
+                segments: segments.clone(),
+                bandits: bandits.clone(),
+                models: served,
+                learner: Some(learner_tx),
+            })
+            .map_err(starting("starting pipeline threads"))?,
+        );
+        {
+            // Segments read the checkpoints: make them current first (not a strong reference:
+            // the pipeline already holds the segment service).
+            let p = Arc::downgrade(&pipeline);
+            segments.set_before_read(Box::new(move || {
+                if let Some(p) = p.upgrade() {
+                    if !p.checkpoint_all(Duration::from_secs(10)) {
+                        tracing::warn!("segments: not every shard checkpointed in time; some states may be a few seconds old");
+                    }
+                }
+            }));
+        }
+        Ok(Engine {
+            cfg,
+            pipeline,
+            hub,
+            rules,
+            experiments,
+            segments,
+            bandits,
+            models,
+            metrics,
+            pseudo,
+            store,
+            background: Mutex::new(Some(Background {
+                watchers,
+                trainer_stop,
+                trainer,
+                learner,
+                segmenter_stop,
+                segmenter,
+            })),
+        })
+    }
+
+    /// Stops everything, in order, once no request can arrive any more: the pipeline drains
+    /// its queues and checkpoints every user, watching stops, a training in progress is
+    /// abandoned (registry writes are atomic renames, so nothing half-written becomes
+    /// current), then the learner and the segmenter stop. A second call does nothing.
+    pub fn stop(&self) {
+        let Some(bg) = self
+            .background
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return;
+        };
+        self.pipeline.shutdown();
+        drop(bg.watchers);
+        drop(bg.trainer_stop);
+        let until = Instant::now() + Duration::from_secs(2);
+        while !bg.trainer.is_finished() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if bg.trainer.is_finished() {
+            let _ = bg.trainer.join();
+        } else {
+            tracing::info!("shutdown: a model training was in progress and is abandoned");
+        }
+        // Shards are gone; the last sender is the registry's: disconnecting stops the learner.
+        self.bandits.disconnect();
+        let _ = bg.learner.join();
+        drop(bg.segmenter_stop);
+        let _ = bg.segmenter.join();
+    }
+
+    /// An experiment's results from its stored sufficient statistics (blocking; call after
+    /// [`Pipeline::sync`] so that every acknowledged event is counted).
+    pub fn experiment_results(&self, c: &Compiled, now_ms: i64) -> Result<Value, ReadError> {
+        let rows = self.store.stats(&c.def.id)?;
+        Ok(crate::experiments::results::results(
+            c,
+            &rows,
+            now_ms,
+            &self.experiments,
+        ))
+    }
+
+    /// A bandit slot's logged decisions as JSONL (blocking; call after [`Pipeline::sync`]):
+    /// log rows, or full records with `records`; decisions still in their attribution window
+    /// only with `open`.
+    pub fn bandit_log(
+        &self,
+        slot: &str,
+        now_ms: i64,
+        open: bool,
+        records: bool,
+    ) -> Result<Vec<u8>, ReadError> {
+        Ok(crate::bandits::export::write_jsonl(
+            &self.store,
+            slot,
+            now_ms,
+            open,
+            records,
+        )?)
+    }
+}
+
+/// A bandit slot's logged decisions as JSONL from the data dir of a stopped server (`trimtab
+/// export-log`). A running server holds the data dir's lock: the error says so.
+pub fn export_bandit_log(
+    data: &Path,
+    slot: &str,
+    now_ms: i64,
+    open: bool,
+    records: bool,
+) -> Result<Vec<u8>, ReadError> {
+    let store = Store::open(data).map_err(|e| match e {
+        StoreError::Locked { .. } => ReadError(format!(
+            "{e}; while it runs, use GET /v1/bandits/{slot}/log with the admin token"
+        )),
+        other => other.into(),
+    })?;
+    Ok(crate::bandits::export::write_jsonl(
+        &store, slot, now_ms, open, records,
+    )?)
+}
