@@ -107,3 +107,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route("/metrics", web::get().to(ops::metrics))
     .default_service(web::to(ops::not_found));
 }
+
+#[cfg(test)]
+mod tests;
