@@ -4,7 +4,11 @@
 //! updates that user's features, runs trigger rules, and pushes small adjustments back to the
 //! same page over WebSocket within milliseconds. See `DESIGN.md` for the architecture.
 //!
-//! Layers point one way: `api` → `pipeline`/`delivery` → `features`/`rules` → `store`.
+//! This crate is the server: HTTP handlers ([`api`]), WebSocket sessions and the live feed
+//! ([`ws`]), wiring and graceful shutdown ([`app`]). It reaches the loop only through
+//! [`trimtab_engine::Engine`] and does not depend on the store (the workspace makes the layers
+//! a compile-time fact: a crate can only use the crates below it). The engine's and the lower
+//! crates' modules are re-exported under their old names for the tests, benches and tools.
 
 pub mod api;
 pub mod app;

@@ -1,6 +1,7 @@
-//! The engine as one service: [`Engine::start`] opens the data dir's store and starts every
-//! part of the loop from one config — rules, experiments and bandit definitions (each watched
-//! for changes), the segmenter, the bandit learner, the model trainer and the pipeline — and
+//! The engine as one service: [`Engine::open`] opens and locks the data dir's store, and
+//! [`Opened::start`] starts every part of the loop from one config — rules, experiments and
+//! bandit definitions (each watched for changes), the segmenter, the bandit learner, the model
+//! trainer and the pipeline — and
 //! [`Engine::stop`] stops them in order once the server no longer takes requests (drain the
 //! pipeline and checkpoint, stop watching, abandon a training, stop the learner and the
 //! segmenter). The server holds one `Engine` and reaches the loop only through it: the store

@@ -1,5 +1,6 @@
-//! Privacy by default: pseudonymous user keys, signed user tokens, the instance's secrets, and
-//! per-user encryption keys that make erasure final (crypto-shredding).
+//! trimtab-privacy: privacy by default — pseudonymous user keys, signed user tokens, the
+//! instance's secrets, and per-user encryption keys that make erasure final (crypto-shredding).
+//! A leaf: it depends on no other crate of trimtab, and must not learn about events or storage.
 //!
 //! Nothing in here touches the network or redb. The key store is written only by the writer
 //! thread; shards read it (under a read lock) to decrypt a user's state when loading it.

@@ -1,5 +1,7 @@
-//! Trigger rules: small Rhai scripts in `scripts/*.rhai` that look at one user's behavioural
-//! state and the event just received, and ask for adjustments (`adjust(slot, variant, params)`).
+//! trimtab-rules: trigger rules, small Rhai scripts in `scripts/*.rhai` that look at one user's
+//! behavioural state and the event just received, and ask for adjustments (`adjust(slot,
+//! variant, params)`). It sees a user and an event only through the view traits ([`view`]) the
+//! engine implements, and knows nothing of storage or HTTP (depends on trimtab-wire and -util).
 //!
 //! Owns: the sandboxed engine ([`sandbox`]), the functions exposed to scripts ([`api`]), the
 //! compiled rules and their per-rule health/counters. The rules directory on disk, uploads,

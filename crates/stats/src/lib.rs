@@ -1,4 +1,4 @@
-//! Statistics engine for experiments: pure functions from summary statistics
+//! trimtab-stats: the statistics engine for experiments, pure functions from summary statistics
 //! to decisions. No I/O, no clocks, no global state; deterministic (no Monte
 //! Carlo anywhere in the product code).
 //!

@@ -1,5 +1,6 @@
-//! Storage: the write-ahead log (segment files in `wal/`), the event store (segment files in
-//! `events/`), one redb file and the per-user key store (`keys.bin`) in the data dir. Knows
+//! trimtab-store, the only crate that touches the data dir's files (only the engine depends on
+//! it, never the server). Storage: the write-ahead log (segment files in `wal/`), the event
+//! store (segment files in `events/`), one redb file and the per-user key store (`keys.bin`) in the data dir. Knows
 //! tables, files, key layouts and encryption at rest; knows nothing of HTTP, features or
 //! decisions (values are opaque bytes, sealed by the caller with the user's [`Sealer`]).
 //!

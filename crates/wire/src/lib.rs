@@ -1,4 +1,6 @@
-//! Event schema and validation: the only module that knows the v1 wire format of events.
+//! trimtab-wire: the v1 wire contract — event schema and validation, the client messages, and
+//! the table of error codes ([`codes`]). The only crate that knows the wire format of events.
+//! It depends on no other crate of trimtab and must not: everything above it parses with it.
 //!
 //! Parsing is strict: unknown fields, wrong types, out-of-range values and oversized strings are
 //! rejected with an [`InputError`] whose `path` names the offending field exactly as the client

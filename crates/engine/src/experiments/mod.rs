@@ -505,8 +505,9 @@ impl Experiments {
         Plan { holdout, assign }
     }
 
-    /// [`Experiments::plan`] applied at once (for tests and tools). Returns whether the state
-    /// changed.
+    /// [`Experiments::plan`] applied at once, with a plain map as the user's view (tests).
+    /// Returns whether the state changed.
+    #[cfg(test)]
     pub fn ensure_assigned(
         &self,
         key: &UserKey,
@@ -546,19 +547,6 @@ impl Experiments {
         };
         counts[i] += 1;
         i
-    }
-
-    /// `id → arm` of the user's experiments (for rules: `experiment("id")`).
-    pub fn arms_map(state: &UserState) -> rhai::Map {
-        state
-            .experiments
-            .iter()
-            .filter_map(|(id, r)| {
-                r.arm
-                    .as_ref()
-                    .map(|a| (id.as_str().into(), a.clone().into()))
-            })
-            .collect()
     }
 
     /// If a live experiment covers `slot` and the user has an arm in it: what to use instead
