@@ -470,3 +470,88 @@ async fn anonymous_tokens_and_readiness_follow_the_configuration_and_shutdown() 
     let ws = call!(&app, test::TestRequest::get().uri("/v1/ws")).await;
     is_error(&ws, Code::Unavailable, None);
 }
+
+#[actix_web::test]
+async fn tokens_sockets_and_limits_are_refused_with_their_own_codes() {
+    let f = fixture(|c| c.limits.max_batch_events = 3);
+    let app = test::init_service(App::new().app_data(f.state.clone()).configure(configure)).await;
+    let events = |n: usize, user: &str| {
+        let evs: Vec<Value> = (0..n)
+            .map(|i| {
+                let mut e = event(&format!("lim-{i}"));
+                e["user"] = user.into();
+                e
+            })
+            .collect();
+        json!({ "events": evs }).to_string()
+    };
+    let post = |auth: &str, body: String| {
+        test::TestRequest::post()
+            .uri("/v1/events")
+            .insert_header(bearer(auth))
+            .set_payload(body)
+    };
+    is_error(
+        &call!(&app, post(WRITE, events(4, "u-3"))).await,
+        Code::BatchTooLarge,
+        Some("events"),
+    );
+    let long = "x".repeat(1000);
+    is_error(
+        &call!(&app, post(WRITE, events(1, &long))).await,
+        Code::StringTooLong,
+        Some("events[0].user"),
+    );
+    // A token past its expiry; a forged one.
+    let user = f.state.pseudo.user("u-3");
+    let expired = f.state.signer.issue(&user, 1);
+    is_error(
+        &call!(&app, post(&expired, events(1, "u-3"))).await,
+        Code::TokenExpired,
+        None,
+    );
+    let forged = TokenSigner::new([1; 32]).issue(&user, u64::MAX / 2);
+    is_error(
+        &call!(&app, post(&forged, events(1, "u-3"))).await,
+        Code::InvalidToken,
+        None,
+    );
+    // decide: at most 32 candidates, a slot name within limits.
+    let decide = |v: Value| {
+        test::TestRequest::post()
+            .uri("/v1/decide")
+            .insert_header(bearer(WRITE))
+            .set_payload(v.to_string())
+    };
+    let many: Vec<String> = (0..33).map(|i| format!("v{i}")).collect();
+    is_error(
+        &call!(
+            &app,
+            decide(json!({"user": "u-3", "slot": "cta", "candidates": many}))
+        )
+        .await,
+        Code::InvalidValue,
+        Some("candidates"),
+    );
+    // identify names a user.
+    let identify = test::TestRequest::post()
+        .uri("/v1/identify")
+        .insert_header(bearer(WRITE))
+        .set_payload("{}");
+    is_error(
+        &call!(&app, identify).await,
+        Code::MissingField,
+        Some("user"),
+    );
+    // WebSockets: a foreign page's Origin; a plain GET without the handshake.
+    let ws = test::TestRequest::get()
+        .uri("/v1/ws")
+        .insert_header(("Origin", "https://elsewhere.example"))
+        .insert_header(("Host", "localhost:8080"));
+    is_error(&call!(&app, ws).await, Code::OriginNotAllowed, None);
+    is_error(
+        &call!(&app, test::TestRequest::get().uri("/v1/ws")).await,
+        Code::BadRequest,
+        None,
+    );
+}

@@ -4,7 +4,7 @@
 //! offending field) and the degenerate-data `Note` that building blocks attach
 //! to uninformative results. Statistics never fail on data: only requests that
 //! are malformed (out-of-range parameters, inconsistent fields) produce a
-//! `StatsError`; the HTTP layer maps every code to 400.
+//! `StatsError`; the server gives each code its status from the wire error table (422).
 
 use serde::{Deserialize, Serialize};
 
