@@ -466,3 +466,6 @@ impl Pipeline {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
