@@ -9,6 +9,7 @@ use actix_web::{web, FromRequest, HttpRequest};
 use super::error::ApiError;
 use super::AppState;
 use crate::privacy::secrets::credential_eq;
+use crate::privacy::Pseudonymizer;
 use crate::privacy::UserKey;
 
 pub(crate) fn bearer(req: &HttpRequest) -> Option<&str> {
@@ -110,19 +111,19 @@ impl Caller {
     /// `named` is the raw id in the request (if any) and `path` its field path for errors.
     pub fn resolve(
         &self,
-        st: &AppState,
+        pseudo: &Pseudonymizer,
         named: Option<&str>,
         path: &str,
     ) -> Result<UserKey, ApiError> {
         match (self, named) {
             (Caller::User(u), None) => Ok(*u),
-            (Caller::User(u), Some(raw)) if st.pseudo.user(raw) == *u => Ok(*u),
+            (Caller::User(u), Some(raw)) if pseudo.user(raw) == *u => Ok(*u),
             (Caller::User(_), Some(_)) => Err(ApiError::new(
                 Code::UserMismatch,
                 "a token only reads and writes its own user",
             )
             .at(path)),
-            (Caller::WriteKey, Some(raw)) => Ok(st.pseudo.user(raw)),
+            (Caller::WriteKey, Some(raw)) => Ok(pseudo.user(raw)),
             (Caller::WriteKey, None) => {
                 Err(ApiError::new(Code::MissingField, "with the write key, name the user").at(path))
             }

@@ -11,7 +11,7 @@ use super::auth::Caller;
 use super::error::ApiError;
 use super::{now_ms, read_body, AppState};
 use crate::event::{parse_batch_envelope, InputError};
-use crate::privacy::UserKey;
+use crate::privacy::{Pseudonymizer, UserKey};
 use crate::ws::session::{self, SessionCtx};
 
 fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
@@ -84,7 +84,8 @@ pub async fn events(
     let events = raw
         .into_events(&st.cfg.limits, now_ms())
         .inspect_err(reject)?;
-    let (groups, not_consented) = group_by_user(&st, &caller, events)?;
+    let (groups, not_consented) = group_by_user(&st.pseudo, &caller, events)?;
+    let not_consented = not_consented.len();
     if not_consented > 0 {
         st.metrics.reject("no_consent", not_consented as u64);
     }
@@ -108,21 +109,23 @@ type UserEvents = (UserKey, Vec<crate::event::Event>);
 
 /// Groups a batch's events by user, keeping each user's order; each distinct user id is
 /// pseudonymised (and checked against the credentials) once. Events without analytics consent
-/// are dropped (counted).
-fn group_by_user(
-    st: &AppState,
+/// are not stored: their ids come back separately. The one admission of events, for HTTP
+/// batches and WebSocket messages alike (a socket is a `Caller::User`).
+pub(crate) fn group_by_user(
+    pseudo: &Pseudonymizer,
     caller: &Caller,
     incoming: Vec<crate::event::Incoming>,
-) -> Result<(Vec<UserEvents>, usize), ApiError> {
+) -> Result<(Vec<UserEvents>, Vec<String>), ApiError> {
     let mut groups: Vec<UserEvents> = Vec::new();
     let mut index: std::collections::HashMap<Option<String>, usize> =
         std::collections::HashMap::new();
-    let mut not_consented = 0usize;
+    let mut not_consented = Vec::new();
     for (i, inc) in incoming.into_iter().enumerate() {
         let g = match index.get(&inc.user) {
             Some(g) => *g,
             None => {
-                let user = caller.resolve(st, inc.user.as_deref(), &format!("events[{i}].user"))?;
+                let user =
+                    caller.resolve(pseudo, inc.user.as_deref(), &format!("events[{i}].user"))?;
                 let g = match groups.iter().position(|(u, _)| *u == user) {
                     Some(g) => g,
                     None => {
@@ -135,7 +138,7 @@ fn group_by_user(
             }
         };
         if !inc.event.consent.analytics {
-            not_consented += 1;
+            not_consented.push(inc.event.id);
             continue;
         }
         groups[g].1.push(inc.event);
@@ -250,7 +253,7 @@ pub async fn decide(
     for (i, c) in req.candidates.iter().enumerate() {
         check_str(c, &format!("candidates[{i}]"), max)?;
     }
-    let user = caller.resolve(&st, req.user.as_deref(), "user")?;
+    let user = caller.resolve(&st.pseudo, req.user.as_deref(), "user")?;
     let d = st
         .pipeline
         .decide(user, req.slot, req.candidates)

@@ -12,6 +12,7 @@ use bytestring::ByteString;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use crate::api::auth::Caller;
 use crate::api::error::ApiError;
 use crate::config::Config;
 use crate::delivery::{Hub, Outbound, SocketTx};
@@ -180,28 +181,20 @@ fn handle_text(ctx: &SessionCtx, user: UserKey, body: &[u8], tx: &SocketTx) -> O
         }
         Err(e) => return reject(e, &[]),
     };
-    let mut ids_no_consent = Vec::new();
-    let mut evs = Vec::with_capacity(incoming.len());
-    // The raw id last checked against the token (each distinct id is hashed once).
-    let mut verified: Option<String> = None;
-    for (i, inc) in incoming.into_iter().enumerate() {
-        if let Some(raw) = inc.user {
-            if verified.as_deref() != Some(raw.as_str()) && ctx.pseudo.user(&raw) != user {
-                let e = InputError::new(
-                    Code::UserMismatch,
-                    "a token only writes its own user's events",
-                    Some(format!("events[{i}].user")),
-                );
-                return reject(e, &[]);
+    // The same admission as an HTTP batch: the socket's user may only write its own events.
+    let (groups, ids_no_consent) =
+        match crate::api::ingest::group_by_user(&ctx.pseudo, &Caller::User(user), incoming) {
+            Ok(g) => g,
+            Err(e) => {
+                ctx.metrics.reject(e.code.as_str(), 1);
+                return Some(e.frame(&[]));
             }
-            verified = Some(raw);
-        }
-        if inc.event.consent.analytics {
-            evs.push(inc.event);
-        } else {
-            ids_no_consent.push(inc.event.id);
-        }
-    }
+        };
+    let evs = groups
+        .into_iter()
+        .next()
+        .map(|(_, v)| v)
+        .unwrap_or_default();
     if !ids_no_consent.is_empty() {
         ctx.metrics
             .reject("no_consent", ids_no_consent.len() as u64);
