@@ -1,5 +1,6 @@
-//! The `trimtab` command line: `trimtab serve` runs the engine; `segment`, `ope`, `train`,
-//! `export-log` and `simulate` are tools around it.
+//! The `trimtab` command line: `trimtab serve` runs the engine; `health` probes a running one
+//! (the container's healthcheck); `config` shows the effective configuration and where each
+//! value came from; `segment`, `ope`, `train` and `export-log` are tools around it.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,10 +16,18 @@ mod cli;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The version and the git commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("TRIMTAB_GIT_COMMIT"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "trimtab",
-    version,
+    version = VERSION,
     about = "Real-time content micro-adjustments, in one binary"
 )]
 struct Cli {
@@ -30,6 +39,12 @@ struct Cli {
 enum Command {
     /// Run the engine: HTTP + WebSocket API, pipeline, rules.
     Serve(ServeArgs),
+    /// Probe a running server's /readyz: exit 0 when it is ready, 1 otherwise (a container
+    /// healthcheck that needs no curl).
+    Health(HealthArgs),
+    /// Print the effective configuration (the same flags as `serve`), each value with the layer
+    /// that set it — default, file, env or flag. Secrets are redacted.
+    Config(ConfigArgs),
     /// Cluster feature vectors offline (CSV with a header, or JSONL) into behavioural segments.
     Segment(SegmentArgs),
     /// Off-policy evaluation: replay a logged-bandit-feedback JSONL file through a policy and
@@ -48,6 +63,26 @@ enum Command {
     /// Write a bandit slot's logged decisions as JSONL (logged-bandit-feedback rows) from a
     /// data dir. For a running server use `GET /v1/bandits/{slot}/log` instead.
     ExportLog(ExportLogArgs),
+}
+
+#[derive(clap::Args)]
+struct HealthArgs {
+    /// Base URL of the server (default: `http://` + the configured `addr`, a wildcard address
+    /// probed on loopback).
+    #[arg(long)]
+    url: Option<String>,
+    /// Config file to read `addr` from (default: ./trimtab.toml if present; TRIMTAB_ADDR).
+    #[arg(long, env = "TRIMTAB_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct ConfigArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// One JSON object (`{"settings":[{key, value, source}]}`) instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -144,10 +179,16 @@ struct ServeArgs {
 }
 
 fn init_logging(format: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("TRIMTAB_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal: not in files, pipes or journald, nor with
+    // NO_COLOR set (https://no-color.org).
+    let ansi = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if format == "json" {
         b.json().init();
@@ -279,6 +320,18 @@ fn export_log(a: ExportLogArgs) -> ExitCode {
     }
 }
 
+/// The flags of `serve` that override the configuration.
+fn overrides(a: &ServeArgs) -> Overrides {
+    Overrides {
+        addr: a.addr.clone(),
+        data: a.data.clone(),
+        scripts: a.scripts.clone(),
+        models: a.models.clone(),
+        shards: a.shards,
+        log_format: a.log_format.clone(),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -299,15 +352,49 @@ fn main() -> ExitCode {
             );
             ExitCode::from(2)
         }
-        Command::Serve(a) => {
-            let overrides = Overrides {
-                addr: a.addr,
-                data: a.data,
-                scripts: a.scripts,
-                models: a.models,
-                shards: a.shards,
-                log_format: a.log_format,
+        Command::Health(a) => {
+            let url = match a.url {
+                Some(u) => u,
+                None => match Config::load(a.config.as_deref(), &Overrides::default()) {
+                    Ok(c) => cli::health::url_for(&c.addr),
+                    Err(e) => {
+                        eprintln!("trimtab health: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
             };
+            match cli::health::probe(url.trim_end_matches('/')) {
+                Ok(status) => {
+                    println!("{url}: {status}");
+                    ExitCode::SUCCESS
+                }
+                Err(why) => {
+                    eprintln!("trimtab health: {why}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Config(a) => {
+            let overrides = overrides(&a.serve);
+            match Config::explain(a.serve.config.as_deref(), &overrides) {
+                Ok((_, settings)) => {
+                    if a.json {
+                        println!("{}", serde_json::json!({ "settings": settings }));
+                    } else {
+                        for s in &settings {
+                            println!("{:<40} {:<28} {}", s.key, s.value.to_string(), s.source);
+                        }
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("trimtab: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Serve(a) => {
+            let overrides = overrides(&a);
             let cfg = match Config::load(a.config.as_deref(), &overrides) {
                 Ok(c) => c,
                 Err(e) => {

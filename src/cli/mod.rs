@@ -1,4 +1,5 @@
-//! The command line's argument structs and the subcommands that are not the server
-//! (`train`); they call into the library crates and never the other way round.
+//! The command line's subcommands that are not the server (`health`, `train`); they call
+//! into the library crates and never the other way round.
 
+pub mod health;
 pub mod train;

@@ -69,3 +69,112 @@ fn unknown_key_in_rules_section_exits_2() {
     );
     assert!(stderr.contains("max_operationz"), "{stderr}");
 }
+
+fn trimtab(args: &[&str], dir: &std::path::Path, env: &[(&str, &str)]) -> std::process::Output {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_trimtab"));
+    c.args(args).current_dir(dir);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TRIMTAB_") {
+            c.env_remove(k);
+        }
+    }
+    c.envs(env.iter().copied()).output().expect("run trimtab")
+}
+
+/// `trimtab health` is a container healthcheck: exit 0 against a ready server, 1 once it is
+/// gone; and the server's piped log carries no colour codes.
+#[test]
+fn health_exits_0_when_ready_and_1_when_stopped_and_piped_logs_have_no_colours() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::start(Opts::with_repo_scripts(""));
+    let out = trimtab(&["health", "--url", &s.base], dir.path(), &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ready"));
+    // The default URL comes from the configured address (a wildcard one probed on loopback).
+    let port = s.base.rsplit(':').next().unwrap().to_string();
+    let addr = format!("0.0.0.0:{port}");
+    let out = trimtab(&["health"], dir.path(), &[("TRIMTAB_ADDR", &addr)]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = s.stderr();
+    assert!(log.contains("definition loaded"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escapes in a piped log:\n{log}"
+    );
+    // Each rule's load is logged once.
+    assert_eq!(log.matches("name=\"scroll_offer\"").count(), 1, "{log}");
+    s.kill9();
+    let out = trimtab(&["health", "--url", &s.base], dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+/// `trimtab config` shows every value in force and the layer that set it; secrets redacted.
+#[test]
+fn config_names_the_layer_of_every_value_and_redacts_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("trimtab.toml"),
+        "token_ttl_s = 600\n[pipeline]\nindex_ms = 250\n",
+    )
+    .unwrap();
+    let out = trimtab(
+        &["config", "--json", "--shards", "3"],
+        dir.path(),
+        &[
+            ("TRIMTAB_ADMIN_TOKEN", "very-secret-admin-token"),
+            ("TRIMTAB_PIPELINE__INDEX_MS", "750"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("very-secret"), "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let get = |k: &str| {
+        v["settings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["key"] == k)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {k} in {v}"))
+    };
+    let pair = |k: &str| {
+        let s = get(k);
+        (
+            s["value"].clone(),
+            s["source"].as_str().unwrap().to_string(),
+        )
+    };
+    assert_eq!(pair("shards"), (3.into(), "flag".into()));
+    assert_eq!(
+        pair("pipeline.index_ms"),
+        (750.into(), "env TRIMTAB_PIPELINE__INDEX_MS".into())
+    );
+    assert_eq!(
+        pair("token_ttl_s"),
+        (600.into(), "file trimtab.toml".into())
+    );
+    assert_eq!(pair("anonymous"), (true.into(), "default".into()));
+    assert_eq!(
+        pair("admin_token"),
+        ("(set)".into(), "env TRIMTAB_ADMIN_TOKEN".into())
+    );
+    // A bad value is refused as `serve` would refuse it.
+    let out = trimtab(&["config"], dir.path(), &[("TRIMTAB_LOG_FORMAT", "xml")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("log_format"));
+}

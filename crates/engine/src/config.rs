@@ -208,19 +208,37 @@ fn top_level_keys() -> Vec<String> {
         .unwrap_or_default()
 }
 
-impl Config {
-    /// Loads the layered config. `file` is `--config`; without it `./trimtab.toml` is read if
-    /// present. `env` is the environment to read (`std::env::vars()` in production).
-    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
-        let mut fig = Figment::from(Serialized::defaults(Config::default()));
-        match file {
+/// The layers of a config, each on its own: what the file, the environment and the flags set.
+struct Layers {
+    /// The file read, if any.
+    file_path: Option<PathBuf>,
+    file: Option<Figment>,
+    env: Figment,
+    flags: Figment,
+}
+
+/// One effective setting and the layer that set it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Setting {
+    /// Dotted key, e.g. `pipeline.index_ms`.
+    pub key: String,
+    /// The value in force (secrets redacted).
+    pub value: serde_json::Value,
+    /// `default`, `file <path>`, `env TRIMTAB_…` or `flag`.
+    pub source: String,
+}
+
+/// Keys whose values are secrets: shown only as set or unset.
+const SECRET_KEYS: &[&str] = &["admin_token", "write_key"];
+
+impl Layers {
+    fn read(file: Option<&Path>, overrides: &Overrides) -> Result<Layers, ConfigError> {
+        let file_path = match file {
             Some(f) if !f.exists() => return Err(ConfigError::Missing(f.display().to_string())),
-            Some(f) => fig = fig.merge(Toml::file_exact(f)),
-            None if Path::new("trimtab.toml").exists() => {
-                fig = fig.merge(Toml::file_exact("trimtab.toml"))
-            }
-            None => {}
-        }
+            Some(f) => Some(f.to_path_buf()),
+            None if Path::new("trimtab.toml").exists() => Some(PathBuf::from("trimtab.toml")),
+            None => None,
+        };
         // Environment variables feed known keys only: other programs (test harnesses, wrappers)
         // use TRIMTAB_* names too. Unknown ones are reported, not fatal; files stay strict.
         let known = top_level_keys();
@@ -232,22 +250,117 @@ impl Config {
                 }
             }
         }
-        fig = fig
-            .merge(Env::prefixed("TRIMTAB_").split("__").filter(move |k| {
-                let first = k
-                    .as_str()
-                    .split('.')
-                    .next()
-                    .unwrap_or("")
-                    .to_ascii_lowercase();
-                known.contains(&first)
-            }))
-            .merge(Serialized::defaults(overrides));
-        let cfg: Config = fig
+        let env = Figment::from(Env::prefixed("TRIMTAB_").split("__").filter(move |k| {
+            let first = k
+                .as_str()
+                .split('.')
+                .next()
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            known.contains(&first)
+        }));
+        Ok(Layers {
+            file: file_path
+                .as_ref()
+                .map(|f| Figment::from(Toml::file_exact(f))),
+            file_path,
+            env,
+            flags: Figment::from(Serialized::defaults(overrides)),
+        })
+    }
+
+    /// Defaults < file < environment < flags.
+    fn merged(&self) -> Figment {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = &self.file {
+            fig = fig.merge(f.clone());
+        }
+        fig.merge(self.env.clone()).merge(self.flags.clone())
+    }
+
+    /// Which layer set `key` (the highest one that has it).
+    fn source(&self, key: &str) -> String {
+        if self.flags.find_value(key).is_ok() {
+            "flag".into()
+        } else if self.env.find_value(key).is_ok() {
+            format!(
+                "env TRIMTAB_{}",
+                key.replace('.', "__").to_ascii_uppercase()
+            )
+        } else if self
+            .file
+            .as_ref()
+            .is_some_and(|f| f.find_value(key).is_ok())
+        {
+            let path = self.file_path.as_ref().map(|p| p.display().to_string());
+            format!("file {}", path.unwrap_or_default())
+        } else {
+            "default".into()
+        }
+    }
+}
+
+/// The leaves of a JSON value as (dotted key, value); arrays are leaves.
+fn leaves(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, serde_json::Value)>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                leaves(&key, v, out);
+            }
+        }
+        other => out.push((prefix.to_string(), other.clone())),
+    }
+}
+
+impl Config {
+    /// Loads the layered config. `file` is `--config`; without it `./trimtab.toml` is read if
+    /// present.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let layers = Layers::read(file, overrides)?;
+        Config::from_layers(&layers)
+    }
+
+    fn from_layers(layers: &Layers) -> Result<Config, ConfigError> {
+        let cfg: Config = layers
+            .merged()
             .extract()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// [`Config::load`], and every setting in force with the layer that set it (`trimtab
+    /// config`). Secrets are shown as `"(set)"` or null, never their value.
+    pub fn explain(
+        file: Option<&Path>,
+        overrides: &Overrides,
+    ) -> Result<(Config, Vec<Setting>), ConfigError> {
+        let layers = Layers::read(file, overrides)?;
+        let cfg = Config::from_layers(&layers)?;
+        let mut all = Vec::new();
+        let v = serde_json::to_value(&cfg).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        leaves("", &v, &mut all);
+        let settings = all
+            .into_iter()
+            .map(|(key, value)| {
+                let value = if SECRET_KEYS.contains(&key.as_str()) && !value.is_null() {
+                    serde_json::Value::String("(set)".into())
+                } else {
+                    value
+                };
+                Setting {
+                    source: layers.source(&key),
+                    key,
+                    value,
+                }
+            })
+            .collect();
+        Ok((cfg, settings))
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
