@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use actix_web::rt::net::TcpStream;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 
@@ -14,12 +15,19 @@ use crate::config::Config;
 use crate::privacy::{Pseudonymizer, Secrets, TokenSigner};
 use trimtab_engine::Engine;
 
-/// Runs `trimtab serve` until SIGTERM/SIGINT. `on_listen` is told the bound address.
+/// Runs `trimtab serve` until SIGTERM/SIGINT. `on_listen` is told the bound address and the
+/// URL it serves (`https://` with `[tls]`).
 pub fn serve(
     cfg: Config,
-    on_listen: impl FnOnce(SocketAddr) + Send + 'static,
+    on_listen: impl FnOnce(SocketAddr, &str) + Send + 'static,
 ) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
+    // TLS first: a certificate that does not load stops the start before anything is opened.
+    let certs = match cfg.tls.files() {
+        Some((cert, key)) => Some(crate::tls::Certs::load(cert, key)?),
+        None => None,
+    };
+    let _tls_watch = certs.as_ref().and_then(|c| c.watch());
     // The data dir first: its lock keeps a second server away from the secrets too.
     let opened = Engine::open(cfg.clone())?;
     let secrets = Secrets::load_or_create(
@@ -53,15 +61,25 @@ pub fn serve(
             HttpServer::new(move || App::new().app_data(st.clone()).configure(api::configure))
                 // Adjustments are small frames that must leave at once: no Nagle delay.
                 .on_connect(|conn, _ext| {
-                    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                    type Tls = actix_tls::accept::rustls_0_23::TlsStream<TcpStream>;
+                    if let Some(tcp) = conn.downcast_ref::<TcpStream>() {
                         let _ = tcp.set_nodelay(true);
+                    } else if let Some(tls) = conn.downcast_ref::<Tls>() {
+                        let _ = tls.get_ref().0.set_nodelay(true);
                     }
                 })
                 .workers(workers)
                 .disable_signals()
-                .shutdown_timeout(10)
-                .bind(&cfg.addr)
-                .with_context(|| format!("cannot listen on {}", cfg.addr))?;
+                .shutdown_timeout(10);
+        let server = match &certs {
+            Some(c) => server.bind_rustls_0_23(&cfg.addr, c.server_config()),
+            None => server.bind(&cfg.addr),
+        }
+        .with_context(|| format!("cannot listen on {}", cfg.addr))?;
+        let scheme = if certs.is_some() { "https" } else { "http" };
+        if let Some(c) = certs.clone() {
+            actix_web::rt::spawn(reload_on_sighup(c));
+        }
         let addr = *server.addrs().first().context("no bound address")?;
         let server = server.run();
         let handle = server.handle();
@@ -73,14 +91,32 @@ pub fn serve(
             st.hub.close_all();
             handle.stop(true).await;
         });
-        tracing::info!(%addr, "listening");
-        on_listen(addr);
+        tracing::info!(%addr, scheme, "listening");
+        on_listen(addr, &format!("{scheme}://{addr}"));
         server.await.context("http server failed")
     });
     // The server has stopped: no new work can arrive. Drain the queues, commit, stop.
     engine.stop();
     tracing::info!("stopped cleanly");
     result
+}
+
+/// Reloads the TLS certificate on every SIGHUP.
+async fn reload_on_sighup(certs: Arc<crate::tls::Certs>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!(
+                "cannot listen for SIGHUP; the certificate reloads when its files change"
+            );
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let c = certs.clone();
+            let _ = actix_web::rt::task::spawn_blocking(move || c.reload()).await;
+        }
+    }
 }
 
 async fn wait_for_signal() {

@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod app;
+pub mod tls;
 pub mod ws;
 
 pub use trimtab_engine::{

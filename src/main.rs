@@ -403,9 +403,9 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&cfg.log_format);
-            let result = trimtab::app::serve(cfg, |addr| {
+            let result = trimtab::app::serve(cfg, |_addr, url| {
                 use std::io::Write;
-                println!("trimtab listening on http://{addr}");
+                println!("trimtab listening on {url}");
                 let _ = std::io::stdout().flush();
             });
             match result {

@@ -35,6 +35,8 @@ mod segments;
 mod simulate;
 #[path = "integration/startup.rs"]
 mod startup;
+#[path = "integration/tls.rs"]
+mod tls;
 #[path = "integration/tokens.rs"]
 mod tokens;
 #[path = "integration/train.rs"]

@@ -169,11 +169,39 @@ impl Resp {
 }
 
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
+    agent_trusting(None)
+}
+
+/// An HTTP(S) client; with `root`, it trusts that certificate (PEM) and nothing else.
+pub fn agent_trusting(root: Option<&str>) -> ureq::Agent {
+    let mut b = ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into()
+        .timeout_global(Some(Duration::from_secs(30)));
+    if let Some(pem) = root {
+        let cert = ureq::tls::Certificate::from_pem(pem.as_bytes()).expect("a PEM certificate");
+        let roots = ureq::tls::RootCerts::Specific(std::sync::Arc::new(vec![cert.to_owned()]));
+        b = b.tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build());
+    }
+    b.build().into()
+}
+
+/// A rustls client configuration that trusts `root` (PEM) and nothing else.
+pub fn rustls_trusting(root: &str) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(root.as_bytes()) {
+        roots
+            .add(c.expect("a PEM certificate"))
+            .expect("a usable root");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
 }
 
 fn finish(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Resp {
@@ -205,6 +233,9 @@ pub struct Opts {
     pub repo_scripts: bool,
     /// Extra rule files `(name without .rhai, source)`.
     pub scripts: Vec<(String, String)>,
+    /// Serve HTTPS with this (certificate PEM, key PEM): written to the temp dir as
+    /// `tls/cert.pem` and `tls/key.pem` and named in the config's `[tls]`.
+    pub tls: Option<(String, String)>,
 }
 
 impl Opts {
@@ -213,7 +244,7 @@ impl Opts {
         Opts {
             config: config.to_string(),
             repo_scripts: true,
-            scripts: Vec::new(),
+            ..Opts::default()
         }
     }
     pub fn config(config: &str) -> Opts {
@@ -224,6 +255,10 @@ impl Opts {
     }
     pub fn script(mut self, name: &str, source: &str) -> Opts {
         self.scripts.push((name.to_string(), source.to_string()));
+        self
+    }
+    pub fn tls(mut self, cert_pem: &str, key_pem: &str) -> Opts {
+        self.tls = Some((cert_pem.to_string(), key_pem.to_string()));
         self
     }
 }
@@ -238,6 +273,10 @@ pub struct Server {
     pub config: PathBuf,
     stderr_path: PathBuf,
     http: ureq::Agent,
+    /// The certificate (PEM) the server presents, when it serves HTTPS: the clients trust it.
+    pub tls_root: Option<String>,
+    /// Where the TLS files are, when it does.
+    pub tls_dir: Option<PathBuf>,
 }
 
 /// The simulator's binary, `trimtab-sim` (its own crate: `cargo test --workspace` builds it
@@ -306,7 +345,20 @@ impl Server {
         for (name, src) in &opts.scripts {
             fs::write(scripts.join(format!("{name}.rhai")), src).expect("write script");
         }
-        fs::write(&config, &opts.config).expect("write config");
+        let mut config_text = opts.config.clone();
+        let tls_dir = opts.tls.as_ref().map(|(cert, key)| {
+            let t = dir.path().join("tls");
+            fs::create_dir_all(&t).expect("tls dir");
+            fs::write(t.join("cert.pem"), cert).expect("cert");
+            fs::write(t.join("key.pem"), key).expect("key");
+            config_text.push_str(&format!(
+                "\n[tls]\ncert = {:?}\nkey = {:?}\n",
+                t.join("cert.pem"),
+                t.join("key.pem")
+            ));
+            t
+        });
+        fs::write(&config, &config_text).expect("write config");
         let stderr_path = dir.path().join("stderr.log");
         let mut s = Server {
             child: None,
@@ -317,7 +369,9 @@ impl Server {
             scripts,
             config,
             stderr_path,
-            http: agent(),
+            http: agent_trusting(opts.tls.as_ref().map(|(c, _)| c.as_str())),
+            tls_root: opts.tls.as_ref().map(|(c, _)| c.clone()),
+            tls_dir,
         };
         s.spawn();
         s
@@ -342,15 +396,15 @@ impl Server {
             // Keeps draining stdout for the life of the process.
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Some(a) = line.strip_prefix("trimtab listening on http://") {
-                    let _ = tx.send(a.trim().to_string());
+                if let Some(url) = line.strip_prefix("trimtab listening on ") {
+                    let _ = tx.send(url.trim().to_string());
                 }
             }
         });
         let end = deadline(Duration::from_secs(30));
-        let addr = loop {
+        let url = loop {
             match rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(a) => break a,
+                Ok(u) => break u,
                 Err(_) => {
                     if let Ok(Some(st)) = child.try_wait() {
                         panic!(
@@ -369,8 +423,11 @@ impl Server {
                 }
             }
         };
-        self.base = format!("http://{addr}");
-        self.addr = addr;
+        self.addr = url
+            .split_once("://")
+            .map_or(url.as_str(), |(_, a)| a)
+            .to_string();
+        self.base = url;
         self.child = Some(child);
     }
 
@@ -390,6 +447,13 @@ impl Server {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Sends a signal to the server process.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on the pid of a child this Server owns; no memory is involved.
+        let r = unsafe { libc::kill(self.pid() as libc::pid_t, sig) };
+        assert_eq!(r, 0, "kill({}, {sig})", self.pid());
     }
 
     /// Sends SIGTERM (the process keeps running until it exits by itself).
@@ -530,7 +594,8 @@ impl Server {
 
     /// Opens `/v1/ws` without authenticating (optionally with an Origin header).
     pub fn ws_open(&self, origin: Option<&str>) -> Result<Ws, tungstenite::Error> {
-        let mut req = format!("ws://{}/v1/ws", self.addr)
+        let scheme = if self.tls_root.is_some() { "wss" } else { "ws" };
+        let mut req = format!("{scheme}://{}/v1/ws", self.addr)
             .into_client_request()
             .expect("ws request");
         if let Some(o) = origin {
@@ -541,7 +606,11 @@ impl Server {
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .expect("read timeout");
-        match tungstenite::client(req, stream) {
+        let connector = self
+            .tls_root
+            .as_deref()
+            .map(|root| tungstenite::Connector::Rustls(rustls_trusting(root)));
+        match tungstenite::client_tls_with_config(req, stream, None, connector) {
             Ok((ws, _)) => Ok(Ws {
                 ws,
                 seen: Vec::new(),
@@ -632,7 +701,7 @@ pub fn run_to_exit(
 // ───────────────────────────── WebSocket ─────────────────────────────
 
 pub struct Ws {
-    pub ws: WebSocket<TcpStream>,
+    pub ws: WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>,
     /// Every JSON message received so far, in order.
     pub seen: Vec<Value>,
 }
@@ -665,7 +734,12 @@ impl Ws {
     /// Reads one message, waiting at most `max_wait`.
     pub fn next(&mut self, max_wait: Duration) -> Got {
         let wait = max_wait.max(Duration::from_millis(1));
-        let _ = self.ws.get_ref().set_read_timeout(Some(wait));
+        let tcp = match self.ws.get_ref() {
+            tungstenite::stream::MaybeTlsStream::Plain(t) => t,
+            tungstenite::stream::MaybeTlsStream::Rustls(t) => t.get_ref(),
+            _ => panic!("a stream kind the tests do not open"),
+        };
+        let _ = tcp.set_read_timeout(Some(wait));
         match self.ws.read() {
             Ok(Message::Text(t)) => {
                 let v: Value = serde_json::from_str(t.as_str())
@@ -806,4 +880,21 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
                 .unwrap_or(false)
         })
         .collect()
+}
+
+/// Starts a server with this config file's text and waits for it to exit (a config or start
+/// error): its status and stderr.
+pub fn run_with_config_file(config: &str) -> (ExitStatus, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = dir.path().join("trimtab.toml");
+    fs::write(&cfg, config).expect("config");
+    let scripts = dir.path().join("scripts");
+    fs::create_dir_all(&scripts).expect("scripts");
+    run_to_exit(
+        &dir.path().join("data"),
+        &scripts,
+        &cfg,
+        &dir.path().join("stderr.log"),
+        Duration::from_secs(15),
+    )
 }

@@ -50,6 +50,25 @@ pub struct Config {
     pub experiments: ExperimentsConfig,
     pub segments: SegmentsConfig,
     pub learn: crate::bandits::trainer::LearnConfig,
+    pub tls: TlsConfig,
+}
+
+/// `[tls]`: serve HTTPS and WSS with these PEM files (both or neither). The files are read
+/// again on SIGHUP and when they change; a pair that does not load keeps the previous one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first (PEM).
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// The (cert, key) pair, when TLS is on.
+    pub fn files(&self) -> Option<(&Path, &Path)> {
+        Some((self.cert.as_deref()?, self.key.as_deref()?))
+    }
 }
 
 impl Default for Config {
@@ -74,6 +93,7 @@ impl Default for Config {
             experiments: ExperimentsConfig::default(),
             segments: SegmentsConfig::default(),
             learn: crate::bandits::trainer::LearnConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -326,10 +346,17 @@ impl Config {
     }
 
     fn from_layers(layers: &Layers) -> Result<Config, ConfigError> {
-        let cfg: Config = layers
+        let mut cfg: Config = layers
             .merged()
             .extract()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        // An empty secret (`TRIMTAB_ADMIN_TOKEN=` from a compose file's `${VAR:-}`) is not
+        // given: the stored or generated one is used, never an empty credential.
+        for secret in [&mut cfg.admin_token, &mut cfg.write_key] {
+            if secret.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                *secret = None;
+            }
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -376,6 +403,19 @@ impl Config {
         }
         if self.token_ttl_s == 0 {
             return bad("token_ttl_s must be positive");
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return bad("tls.cert and tls.key go together: give both PEM files, or neither");
+        }
+        for (name, v) in [
+            ("admin_token", &self.admin_token),
+            ("write_key", &self.write_key),
+        ] {
+            if v.as_ref().is_some_and(|v| v.len() < 16) {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be at least 16 characters (or unset: one is generated)"
+                )));
+            }
         }
         if !(0.0..1.0).contains(&self.experiments.holdout) {
             return bad("experiments.holdout must be in [0, 1)");
@@ -470,6 +510,23 @@ mod tests {
                 Config::load(Some(Path::new("nope.toml")), &Overrides::default()),
                 Err(ConfigError::Missing(_))
             ));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn empty_secrets_are_unset_and_short_ones_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TRIMTAB_ADMIN_TOKEN", "");
+            jail.set_env("TRIMTAB_WRITE_KEY", "  ");
+            let cfg = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!((cfg.admin_token, cfg.write_key), (None, None));
+            jail.set_env("TRIMTAB_ADMIN_TOKEN", "short");
+            let e = Config::load(None, &Overrides::default()).unwrap_err();
+            assert!(
+                e.to_string().contains("admin_token must be at least 16"),
+                "{e}"
+            );
             Ok(())
         });
     }

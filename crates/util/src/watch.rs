@@ -1,10 +1,12 @@
-//! Hot reload of a directory of definition files (rules `*.rhai`, experiments `*.toml`).
+//! Hot reload of a directory of definition files (rules `*.rhai`, experiments `*.toml`), or of
+//! some named files in a directory (the TLS certificate and key).
 //!
 //! Owns one `notify` watcher on the directory (non-recursive) and one thread that debounces its
 //! events and calls the reload function. notify's own thread only forwards a wake-up over a
 //! channel; reloading (parsing, compiling) happens on the watch thread, never on a shard or
 //! actix thread. Dropping [`DirWatcher`] stops both.
 
+use std::ffi::OsString;
 use std::path::Path;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -52,8 +54,25 @@ pub enum WatchError {
     Thread(#[from] std::io::Error),
 }
 
+/// Which files of the directory matter.
+enum Filter {
+    /// Files with this extension.
+    Ext(&'static str),
+    /// Files with one of these names.
+    Names(Vec<OsString>),
+}
+
+impl Filter {
+    fn matches(&self, p: &Path) -> bool {
+        match self {
+            Filter::Ext(ext) => p.extension().and_then(|e| e.to_str()) == Some(ext),
+            Filter::Names(names) => p.file_name().is_some_and(|n| names.iter().any(|x| x == n)),
+        }
+    }
+}
+
 /// Whether an event can change what a reload would find.
-fn is_relevant(event: &notify::Event, ext: &str) -> bool {
+fn is_relevant(event: &notify::Event, filter: &Filter) -> bool {
     if event.need_rescan() {
         return true;
     }
@@ -63,13 +82,9 @@ fn is_relevant(event: &notify::Event, ext: &str) -> bool {
         EventKind::Access(_) => return false,
         _ => {}
     }
-    // Only files with the extension matter (temp files of editors end differently; their
-    // rename to `x.ext` is reported with the final path). No path at all: be safe, reload.
-    event.paths.is_empty()
-        || event
-            .paths
-            .iter()
-            .any(|p| p.extension().and_then(|e| e.to_str()) == Some(ext))
+    // Only the files that match (temp files of editors end differently; their rename to
+    // `x.ext` is reported with the final path). No path at all: be safe, reload.
+    event.paths.is_empty() || event.paths.iter().any(|p| filter.matches(p))
 }
 
 impl DirWatcher {
@@ -81,13 +96,33 @@ impl DirWatcher {
         ext: &'static str,
         reload: impl Fn() + Send + 'static,
     ) -> Result<DirWatcher, WatchError> {
+        DirWatcher::watch(name, dir, Filter::Ext(ext), reload)
+    }
+
+    /// Watches `dir` for changes of the files named `names` (their renames included) and
+    /// calls `reload` (debounced) on its own thread.
+    pub fn start_for_files(
+        name: &str,
+        dir: &Path,
+        names: Vec<OsString>,
+        reload: impl Fn() + Send + 'static,
+    ) -> Result<DirWatcher, WatchError> {
+        DirWatcher::watch(name, dir, Filter::Names(names), reload)
+    }
+
+    fn watch(
+        name: &str,
+        dir: &Path,
+        filter: Filter,
+        reload: impl Fn() + Send + 'static,
+    ) -> Result<DirWatcher, WatchError> {
         // One pending wake-up is enough: a reload rescans everything.
         let (wake_tx, wake_rx) = bounded::<()>(1);
         let (stop_tx, stop_rx) = bounded::<()>(0);
         let label = name.to_string();
         let mut watcher =
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-                Ok(event) if is_relevant(&event, ext) => {
+                Ok(event) if is_relevant(&event, &filter) => {
                     let _ = wake_tx.try_send(());
                 }
                 Ok(_) => {}
