@@ -6,7 +6,7 @@
 //   TRIMTAB_SIM_BIN  simulator binary (default: trimtab-sim beside the server binary)
 //   CHROMIUM_PATH    browser (default /usr/bin/chromium; never downloaded)
 //   TRIMTAB_TEST_LOG set to 1 to echo the server's log to stderr
-import { spawn } from 'node:child_process';
+import { spawn, execFileSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -53,9 +53,18 @@ export function toToml(obj, prefix = '') {
  * @returns {Promise<{url:string, adminToken:string, writeKey:string, dataDir:string,
  *   log:()=>string, stop:()=>Promise<void>}>}
  */
-export async function startServer({ env = {}, config = null, scripts = join(repoRoot, 'scripts'), scriptFiles = null, modelsDir = null } = {}) {
+export async function startServer({ env = {}, config = null, scripts = join(repoRoot, 'scripts'), scriptFiles = null, modelsDir = null, tls = false } = {}) {
   if (!existsSync(BIN)) throw new Error(`server binary not found at ${BIN}: run \`cargo build\` or set TRIMTAB_BIN`);
   const dataDir = mkdtempSync(join(tmpdir(), 'trimtab-test-'));
+  if (tls) {
+    // A self-signed certificate for localhost/127.0.0.1 (openssl), served over HTTPS and WSS.
+    const cert = join(dataDir, 'cert.pem');
+    const key = join(dataDir, 'key.pem');
+    execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes',
+      '-keyout', key, '-out', cert, '-days', '2', '-subj', '/CN=localhost',
+      '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1'], { stdio: 'ignore' });
+    config = { ...(config || {}), tls: { cert, key } };
+  }
   if (scriptFiles) {
     scripts = join(dataDir, 'scripts');
     mkdirSync(scripts, { recursive: true });
@@ -95,7 +104,7 @@ export async function startServer({ env = {}, config = null, scripts = join(repo
     const timer = setTimeout(() => fail(new Error('server did not start in 20 s:\n' + logText)), 20000);
     child.stdout.on('data', (d) => {
       onData(d);
-      const m = /listening on (http:\/\/[^\s]+)/.exec(logText);
+      const m = /listening on (https?:\/\/[^\s]+)/.exec(logText);
       if (m) {
         clearTimeout(timer);
         ok(m[1]);
