@@ -53,6 +53,12 @@ pub async fn rule_put(
     let body = read_body(payload, st.cfg.limits.max_body_bytes).await?;
     let source = std::str::from_utf8(&body)
         .map_err(|_| ApiError::new(Code::InvalidEncoding, "a script must be UTF-8 text"))?;
+    if source.trim().is_empty() {
+        return Err(ApiError::new(
+            Code::MissingBody,
+            "the body is the rule's Rhai source and it is empty (to remove a rule, DELETE it)",
+        ));
+    }
     let rules = st.rules.clone();
     let name = name.into_inner();
     let source = source.to_string();

@@ -11,7 +11,7 @@ use super::error::ApiError;
 use super::{now_ms, read_body, AppState};
 use crate::bandits::def::BanditDef;
 use crate::bandits::BanditsError;
-use crate::event::parse_json;
+use crate::event::{parse_json, require_object};
 
 fn bandit_error(e: BanditsError) -> ApiError {
     match e {
@@ -54,6 +54,7 @@ pub async fn put(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(payload, st.cfg.limits.max_body_bytes).await?;
+    require_object(&body)?;
     let v = parse_json(&body)?;
     let def = BanditDef::from_json(&slot, v).map_err(|d| bandit_error(BanditsError::Invalid(d)))?;
     let b = st.bandits.clone();
@@ -113,6 +114,11 @@ pub async fn log(
     slot: web::Path<String>,
     req: actix_web::HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
+    if !trimtab_engine::experiments::def::valid_name(&slot) {
+        return Err(
+            ApiError::new(Code::InvalidValue, "a slot name is [A-Za-z0-9_.-]{1,64}").at("slot"),
+        );
+    }
     let q = web::Query::<LogQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::new(Code::BadQuery, e.to_string()).at("query"))?;
     // Every acknowledged decision's record is in the store before the log is read.

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::auth::Admin;
 use super::error::ApiError;
 use super::{now_ms, read_body, AppState};
-use crate::event::parse_json;
+use crate::event::{parse_json, require_object};
 use crate::experiments::def::ExperimentDef;
 use crate::experiments::{Compiled, ExperimentsError};
 
@@ -81,6 +81,7 @@ pub async fn put(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(payload, st.cfg.limits.max_body_bytes).await?;
+    require_object(&body)?;
     let v = parse_json(&body)?;
     let def =
         ExperimentDef::from_json(&id, v).map_err(|d| exp_error(ExperimentsError::Invalid(d)))?;
@@ -141,6 +142,7 @@ pub async fn analyze(
 ) -> Result<HttpResponse, ApiError> {
     use crate::experiments::stats;
     let body = read_body(payload, st.cfg.limits.max_body_bytes).await?;
+    require_object(&body)?;
     let v = parse_json(&body)?;
     let req: stats::AnalyzeRequest = crate::event::from_value(v, "")?;
     let out = web::block(move || stats::analyze(&req))

@@ -18,25 +18,51 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
     Ok(crate::event::parse_body(body)?)
 }
 
-fn check_str(s: &str, path: &str, max: usize) -> Result<(), ApiError> {
-    if s.is_empty() || s.len() > max || s.chars().any(char::is_control) {
+/// A string of a request: 1..=`max` characters (as JSON Schema counts them) without control
+/// characters.
+pub(crate) fn check_str(s: &str, path: &str, max: usize) -> Result<(), ApiError> {
+    let too_long = s.len() > max && s.chars().count() > max;
+    if s.is_empty() || too_long || s.chars().any(char::is_control) {
         return Err(ApiError::from(InputError::new(
-            if s.len() > max {
+            if too_long {
                 Code::StringTooLong
             } else {
                 Code::InvalidValue
             },
-            format!("must be 1..={max} bytes without control characters"),
+            format!("must be 1..={max} characters without control characters"),
             Some(path.to_string()),
         )));
     }
     Ok(())
 }
 
-#[derive(Deserialize)]
+/// `POST /v1/identify`'s body.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct IdentifyReq {
+#[schema(as = IdentifyRequest)]
+pub(crate) struct IdentifyReq {
+    /// The site's own id of the user (pseudonymised before anything stores it).
     user: String,
+}
+
+/// A user token: `{user, token, expires_at}`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct TokenResponse {
+    user: String,
+    token: String,
+    /// Unix seconds.
+    expires_at: u64,
+}
+
+/// What a batch became: `{accepted, duplicates, not_consented}` (202, all durable).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct IngestResponse {
+    /// Events stored now.
+    accepted: usize,
+    /// Events whose id was stored before (acknowledged, not stored again).
+    duplicates: usize,
+    /// Events without analytics consent (acknowledged, not stored).
+    not_consented: usize,
 }
 
 /// `POST /v1/identify` (write key): `{user}` → `{user, token, expires_at}`.
@@ -57,7 +83,11 @@ pub async fn identify(
     let key = st.pseudo.user(&req.user);
     let exp = now_ms() as u64 / 1000 + st.cfg.token_ttl_s;
     let token = st.signer.issue(&key, exp);
-    Ok(HttpResponse::Ok().json(json!({"user": req.user, "token": token, "expires_at": exp})))
+    Ok(HttpResponse::Ok().json(TokenResponse {
+        user: req.user,
+        token,
+        expires_at: exp,
+    }))
 }
 
 /// `POST /v1/events` (write key or token): `{"events":[…]}` → 202 `{accepted,…}` once durable.
@@ -97,11 +127,11 @@ pub async fn events(
     let outcome = pending
         .await
         .map_err(|_| ApiError::unavailable("the server stopped before storing the events"))??;
-    Ok(HttpResponse::Accepted().json(json!({
-        "accepted": outcome.accepted,
-        "duplicates": outcome.duplicates,
-        "not_consented": not_consented,
-    })))
+    Ok(HttpResponse::Accepted().json(IngestResponse {
+        accepted: outcome.accepted,
+        duplicates: outcome.duplicates,
+        not_consented,
+    }))
 }
 
 /// One user's events of a batch, in order.
@@ -164,11 +194,19 @@ pub async fn anonymous(
         ));
     }
     let body = read_body(payload, 4096).await?;
-    let renew: Option<RenewReq> = if body.iter().all(u8::is_ascii_whitespace) {
+    let trimmed = body.trim_ascii();
+    let renew: Option<RenewReq> = if trimmed.is_empty() || trimmed == b"null" {
         None
     } else {
-        let r: RenewReq = parse_body(&body)?;
-        (r.user.is_some() || r.token.is_some()).then_some(r)
+        // `{}` asks for a new id; anything else is a renewal and needs both fields.
+        let fields: serde_json::Map<String, serde_json::Value> = parse_body(&body)?;
+        if fields.is_empty() {
+            None
+        } else {
+            let r: RenewReq =
+                crate::event::from_value(fields.into(), "").map_err(ApiError::from)?;
+            Some(r)
+        }
     };
     let user = match renew {
         None => {
@@ -208,28 +246,37 @@ pub async fn anonymous(
     let key = st.pseudo.user(&user);
     let exp = now_ms() as u64 / 1000 + st.cfg.token_ttl_s;
     let token = st.signer.issue(&key, exp);
-    Ok(HttpResponse::Ok().json(json!({"user": user, "token": token, "expires_at": exp})))
+    Ok(HttpResponse::Ok().json(TokenResponse {
+        user,
+        token,
+        expires_at: exp,
+    }))
 }
 
 /// How long after expiry an anonymous token can still be renewed (30 days).
 pub const RENEW_GRACE_S: u64 = 30 * 86_400;
 
+/// `POST /v1/anonymous`'s body: empty (or `{}`) for a new id, `{user, token}` to renew.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RenewReq {
+pub(crate) struct RenewReq {
     #[serde(default)]
     user: Option<String>,
     #[serde(default)]
     token: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// `POST /v1/decide`'s body.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct DecideReq {
+#[schema(as = DecideRequest)]
+pub(crate) struct DecideReq {
     #[serde(default)]
     user: Option<String>,
     slot: String,
+    /// The variants to choose from (none: the slot's bandit or experiment says).
     #[serde(default)]
+    #[schema(max_items = 32)]
     candidates: Vec<String>,
 }
 

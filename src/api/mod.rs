@@ -10,6 +10,7 @@ pub mod error;
 pub mod experiments;
 pub mod ingest;
 pub mod models;
+pub mod openapi;
 pub mod ops;
 
 use crate::event::Code;
@@ -63,48 +64,51 @@ pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::B
     Ok(body)
 }
 
+/// One path and the methods it takes, each with its handler; any other method on the path
+/// answers 405 `method_not_allowed` with `Allow`. (The OpenAPI test reads these lines.)
+macro_rules! resource {
+    ($path:literal $(, $method:ident => $handler:path)+ $(,)?) => {
+        web::resource($path)
+            $(.route(web::$method().to($handler)))+
+            .default_service(web::to(|req: actix_web::HttpRequest| async move {
+                ops::method_not_allowed(&req, &[$(stringify!($method)),+])
+            }))
+    };
+}
+
 /// Registers every route.
+#[rustfmt::skip]
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/v1")
-            .route("/identify", web::post().to(ingest::identify))
-            .route("/anonymous", web::post().to(ingest::anonymous))
-            .route("/events", web::post().to(ingest::events))
-            .route("/decide", web::post().to(ingest::decide))
-            .route("/ws", web::get().to(ingest::ws))
-            .route("/me", web::get().to(admin::export_me))
-            .route("/me", web::delete().to(admin::erase_me))
-            .route("/rules", web::get().to(admin::rules_list))
-            .route("/rules/{name}", web::get().to(admin::rule_get))
-            .route("/rules/{name}", web::put().to(admin::rule_put))
-            .route("/rules/{name}", web::delete().to(admin::rule_delete))
-            .route("/users/{id}", web::get().to(admin::export_user))
-            .route("/users/{id}", web::delete().to(admin::erase_user))
-            .route("/admin/users/{key}", web::get().to(admin::export_by_key))
-            .route("/admin/live", web::get().to(admin::live))
-            .route("/segments", web::get().to(admin::segments))
-            .route("/segments/refresh", web::post().to(admin::segments_refresh))
-            .route("/experiments", web::get().to(experiments::list))
-            .route("/experiments/{id}", web::get().to(experiments::get))
-            .route("/experiments/{id}", web::put().to(experiments::put))
-            .route("/experiments/{id}", web::delete().to(experiments::delete))
-            .route(
-                "/experiments/{id}/results",
-                web::get().to(experiments::results),
-            )
-            .route("/stats/analyze", web::post().to(experiments::analyze))
-            .route("/bandits", web::get().to(bandits::list))
-            .route("/bandits/{slot}", web::get().to(bandits::get))
-            .route("/bandits/{slot}", web::put().to(bandits::put))
-            .route("/bandits/{slot}", web::delete().to(bandits::delete))
-            .route("/bandits/{slot}/reset", web::post().to(bandits::reset))
-            .route("/bandits/{slot}/log", web::get().to(bandits::log))
-            .route("/models", web::get().to(models::list))
-            .route("/models/retrain", web::post().to(models::retrain)),
+            .service(resource!("/identify", post => ingest::identify))
+            .service(resource!("/anonymous", post => ingest::anonymous))
+            .service(resource!("/events", post => ingest::events))
+            .service(resource!("/decide", post => ingest::decide))
+            .service(resource!("/ws", get => ingest::ws))
+            .service(resource!("/me", get => admin::export_me, delete => admin::erase_me))
+            .service(resource!("/rules", get => admin::rules_list))
+            .service(resource!("/rules/{name}", get => admin::rule_get, put => admin::rule_put, delete => admin::rule_delete))
+            .service(resource!("/users/{id}", get => admin::export_user, delete => admin::erase_user))
+            .service(resource!("/admin/users/{key}", get => admin::export_by_key))
+            .service(resource!("/admin/live", get => admin::live))
+            .service(resource!("/segments", get => admin::segments))
+            .service(resource!("/segments/refresh", post => admin::segments_refresh))
+            .service(resource!("/experiments", get => experiments::list))
+            .service(resource!("/experiments/{id}", get => experiments::get, put => experiments::put, delete => experiments::delete))
+            .service(resource!("/experiments/{id}/results", get => experiments::results))
+            .service(resource!("/stats/analyze", post => experiments::analyze))
+            .service(resource!("/bandits", get => bandits::list))
+            .service(resource!("/bandits/{slot}", get => bandits::get, put => bandits::put, delete => bandits::delete))
+            .service(resource!("/bandits/{slot}/reset", post => bandits::reset))
+            .service(resource!("/bandits/{slot}/log", get => bandits::log))
+            .service(resource!("/models", get => models::list))
+            .service(resource!("/models/retrain", post => models::retrain))
+            .service(resource!("/openapi.json", get => openapi::serve)),
     )
-    .route("/healthz", web::get().to(ops::healthz))
-    .route("/readyz", web::get().to(ops::readyz))
-    .route("/metrics", web::get().to(ops::metrics))
+    .service(resource!("/healthz", get => ops::healthz))
+    .service(resource!("/readyz", get => ops::readyz))
+    .service(resource!("/metrics", get => ops::metrics))
     .default_service(web::to(ops::not_found));
 }
 

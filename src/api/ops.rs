@@ -32,6 +32,25 @@ pub async fn metrics(st: web::Data<AppState>) -> HttpResponse {
         .body(st.metrics.render(&st.rules.statuses()))
 }
 
+/// A known path asked with a method it does not take: 405 with `Allow` (the methods named
+/// in [`configure`](super::configure)).
+pub fn method_not_allowed(req: &HttpRequest, allow: &[&str]) -> HttpResponse {
+    let allow = allow
+        .iter()
+        .map(|m| m.to_ascii_uppercase())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut resp = actix_web::ResponseError::error_response(&ApiError::new(
+        crate::event::Code::MethodNotAllowed,
+        format!("{} takes {allow}, not {}", req.path(), req.method()),
+    ));
+    resp.headers_mut().insert(
+        actix_web::http::header::ALLOW,
+        actix_web::http::header::HeaderValue::from_str(&allow).expect("method names are ASCII"),
+    );
+    resp
+}
+
 /// Static assets for GET/HEAD, else a JSON 404.
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     if req.method() == actix_web::http::Method::GET || req.method() == actix_web::http::Method::HEAD

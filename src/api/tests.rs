@@ -555,3 +555,110 @@ async fn tokens_sockets_and_limits_are_refused_with_their_own_codes() {
         None,
     );
 }
+
+#[actix_web::test]
+async fn a_known_path_with_another_method_is_405_and_bodies_must_be_objects() {
+    let f = fixture(|_| {});
+    let app = test::init_service(App::new().app_data(f.state.clone()).configure(configure)).await;
+
+    // 405 with Allow naming the path's methods; an unknown path stays 404.
+    let resp = test::call_service(
+        &app,
+        test::TestRequest::patch()
+            .uri("/v1/rules/x")
+            .insert_header(bearer(ADMIN))
+            .to_request(),
+    )
+    .await;
+    assert_eq!(resp.headers().get("allow").unwrap(), "GET, PUT, DELETE");
+    is_error(&answer(resp).await, Code::MethodNotAllowed, None);
+    let get_events = call!(&app, test::TestRequest::get().uri("/v1/events")).await;
+    is_error(&get_events, Code::MethodNotAllowed, None);
+    let nowhere = call!(&app, test::TestRequest::get().uri("/v1/nowhere")).await;
+    is_error(&nowhere, Code::NotFound, None);
+
+    // An array would fill a struct field by position: refused as a wrong type, before auth
+    // sees the caller; invalid JSON keeps its own code.
+    for (uri, auth) in [
+        ("/v1/identify", WRITE),
+        ("/v1/events", WRITE),
+        ("/v1/stats/analyze", ADMIN),
+    ] {
+        let arr = call!(
+            &app,
+            test::TestRequest::post()
+                .uri(uri)
+                .insert_header(bearer(auth))
+                .set_payload(r#"["someone"]"#)
+        )
+        .await;
+        is_error(&arr, Code::InvalidType, None);
+        let broken = call!(
+            &app,
+            test::TestRequest::post()
+                .uri(uri)
+                .insert_header(bearer(auth))
+                .set_payload("[1,")
+        )
+        .await;
+        is_error(&broken, Code::MalformedJson, None);
+    }
+    let put_arr = call!(
+        &app,
+        test::TestRequest::put()
+            .uri("/v1/bandits/hero")
+            .insert_header(bearer(ADMIN))
+            .set_payload(r#"[["a","b"]]"#)
+    )
+    .await;
+    is_error(&put_arr, Code::InvalidType, None);
+
+    // Anonymous: empty, `null` and `{}` mint a new id; any field makes it a renewal.
+    for body in ["", "null", "{}", " { } "] {
+        let (status, v) = call!(
+            &app,
+            test::TestRequest::post()
+                .uri("/v1/anonymous")
+                .set_payload(body)
+        )
+        .await;
+        assert_eq!(status, 200, "{body:?}: {v}");
+        assert!(v["user"].as_str().unwrap().starts_with("anon-"));
+    }
+    let half = call!(
+        &app,
+        test::TestRequest::post()
+            .uri("/v1/anonymous")
+            .set_payload(r#"{"user": null}"#)
+    )
+    .await;
+    is_error(&half, Code::MissingField, None);
+
+    // A rule's source is its body: an empty one is refused, nothing is written.
+    let empty = call!(
+        &app,
+        test::TestRequest::put()
+            .uri("/v1/rules/blank")
+            .insert_header(bearer(ADMIN))
+            .set_payload("  \n")
+    )
+    .await;
+    is_error(&empty, Code::MissingBody, None);
+    let gone = call!(
+        &app,
+        test::TestRequest::get()
+            .uri("/v1/rules/blank")
+            .insert_header(bearer(ADMIN))
+    )
+    .await;
+    is_error(&gone, Code::NotFound, None);
+
+    // The document is served, names itself 3.1 and lists the new codes.
+    let (status, doc) = call!(&app, test::TestRequest::get().uri("/v1/openapi.json")).await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["openapi"], "3.1.0");
+    let codes = doc["components"]["schemas"]["Error"]["properties"]["code"]["enum"]
+        .as_array()
+        .unwrap();
+    assert!(codes.iter().any(|c| c == "method_not_allowed"));
+}

@@ -74,7 +74,7 @@ impl BanditError {
 }
 
 /// Which policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PolicyKind {
     /// Uniformly random.
@@ -128,7 +128,7 @@ impl FromStr for PolicyKind {
 
 /// Hyperparameters. Every field has a default (`serde(default)`), so a config names only
 /// what it changes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Params {
     /// Ridge penalty λ > 0 (`A = λI + Σφφᵀ`). Default 1.

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Which kind of metric the arms summarize.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Metric {
     /// Conversions out of `n` units (`conversions` per arm).
@@ -18,7 +18,7 @@ pub enum Metric {
 }
 
 /// Multiple-testing correction used for `adjusted_p_value`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Correction {
     /// Holm step-down (controls the family-wise error rate). Default.
@@ -32,7 +32,7 @@ pub enum Correction {
 
 /// Minimum detectable effect: `{"absolute": 0.005}` (metric units) or
 /// `{"relative": 0.1}` (fraction of the control rate/mean).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Mde {
     Absolute(f64),
@@ -40,7 +40,7 @@ pub enum Mde {
 }
 
 /// Body of `POST /v1/stats/analyze`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AnalyzeRequest {
     pub metric: Metric,
@@ -76,7 +76,7 @@ pub struct AnalyzeRequest {
 }
 
 /// One arm's summary statistics.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ArmInput {
     pub name: String,
@@ -104,7 +104,7 @@ pub struct ArmInput {
 }
 
 /// Result of [`super::analyze`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AnalyzeResponse {
     pub metric: Metric,
     pub alpha: f64,
@@ -127,7 +127,7 @@ pub struct AnalyzeResponse {
 }
 
 /// One arm: its own estimate and, for non-control arms, the comparison.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ArmResult {
     pub name: String,
     pub is_control: bool,
@@ -139,7 +139,7 @@ pub struct ArmResult {
 }
 
 /// Per-arm estimate; its fields are inlined in [`ArmResult`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum ArmEstimate {
     Proportion {
@@ -167,7 +167,7 @@ pub enum ArmEstimate {
 }
 
 /// A non-control arm against control (treatment − control).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Comparison {
     /// Absolute difference of rates/means (CUPED-adjusted when CUPED ran).
     pub difference: Option<f64>,
@@ -202,7 +202,7 @@ pub struct Comparison {
 }
 
 /// CUPED summary.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CupedSummary {
     /// Pooled within-arm θ = Σ(n−1)s_xy / Σ(n−1)s²_x.
     pub theta: Option<f64>,
@@ -211,7 +211,7 @@ pub struct CupedSummary {
 }
 
 /// How the mSPRT mixing variance was chosen.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SequentialSummary {
     /// `request` (τ given) or `tuned` (from `tuning_n`).
     pub tau_source: String,
@@ -225,7 +225,7 @@ pub struct SequentialSummary {
 
 /// Sample size and power for the stated MDE (two-sided, unadjusted α,
 /// equal allocation between control and one treatment).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PowerSummary {
     pub mde: Mde,
     /// The MDE in absolute units.
@@ -243,7 +243,7 @@ pub struct PowerSummary {
 }
 
 /// A degenerate-data message: the named statistic is `null`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Warning {
     /// Stable code, e.g. `zero_variance`, `empty_arm`, `single_arm`,
     /// `sample_ratio_mismatch`, `zero_baseline`, `cuped_unavailable`.

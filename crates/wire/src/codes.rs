@@ -80,6 +80,7 @@ codes! {
     BatchTooLarge = "batch_too_large", 413, User, "more events than `limits.max_batch_events`";
     StringTooLong = "string_too_long", 413, User, "a string is longer than `limits.max_string_len`";
     BadQuery = "bad_query", 400, User, "an unknown or invalid query parameter (`path` = `query` or the parameter)";
+    MissingBody = "missing_body", 400, User, "a body is required and was empty (a rule's source)";
     BadRequest = "bad_request", 400, User, "a request that cannot be read: a broken body, a WebSocket upgrade without the handshake";
     Unauthorized = "unauthorized", 401, User, "no credential, or the wrong kind for this endpoint";
     InvalidToken = "invalid_token", 401, User, "a forged or malformed token";
@@ -89,6 +90,7 @@ codes! {
     OriginNotAllowed = "origin_not_allowed", 403, User, "a WebSocket from an Origin not in `allowed_origins`";
     AnonymousDisabled = "anonymous_disabled", 403, User, "`POST /v1/anonymous` while `anonymous = false`";
     NotFound = "not_found", 404, User, "no such route, rule, experiment, bandit slot, model or user data";
+    MethodNotAllowed = "method_not_allowed", 405, User, "the path exists but not with this method; `Allow` lists its methods";
     RuleCompileError = "rule_compile_error", 422, User, "an uploaded rule does not compile (`path` = `file:line:col`)";
     InvalidRuleName = "invalid_rule_name", 422, User, "a rule name is not `[a-z0-9_-]{1,64}`";
     InvalidExperiment = "invalid_experiment", 422, User, "an experiment definition is invalid (`path` names the field)";

@@ -10,6 +10,7 @@
 //! Runs on actix worker threads (it is pure CPU work over one request body) and in tests.
 
 pub mod codes;
+pub mod openapi;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -84,7 +85,7 @@ impl std::fmt::Display for InputError {
 impl std::error::Error for InputError {}
 
 /// The event types of the v1 contract, plus `mouse` and `visibility` (SDK summaries).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventType {
     PageView,
@@ -132,7 +133,7 @@ impl EventType {
 
 /// Phase of an ongoing interaction (hover or dwell): SDKs send `start`, then `heartbeat`s while
 /// it lasts (with the elapsed time so far), then `end` with the final duration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     Start,
@@ -209,7 +210,7 @@ pub enum Props {
 }
 
 /// Where and on what the event happened. All optional; unknown fields are rejected.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Context {
     #[serde(default)]
@@ -222,16 +223,19 @@ pub struct Context {
     pub viewport_w: Option<u32>,
     #[serde(default)]
     pub viewport_h: Option<u32>,
+    /// The visitor's local hour, 0–23.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 23)]
     pub hour: Option<u8>,
     #[serde(default)]
+    #[schema(minimum = -840, maximum = 840)]
     pub tz_offset_min: Option<i32>,
     #[serde(default)]
     pub language: Option<String>,
 }
 
 /// Consent carried by each event. Missing means "not given".
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Consent {
     #[serde(default)]
@@ -473,64 +477,79 @@ pub enum ClientMessage {
 }
 
 // Typed props, one struct per event type; `deny_unknown_fields` names stray keys.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = PageViewProps)]
 struct PageViewP {
     path: String,
     #[serde(default)]
     title: Option<String>,
 }
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = ScrollProps)]
 struct ScrollP {
+    /// Percent of the page scrolled, 0–100.
+    #[schema(minimum = 0, maximum = 100)]
     depth: f64,
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 100)]
     max_depth: Option<f64>,
+    /// Percent per second (negative: upwards).
     #[serde(default)]
+    #[schema(minimum = -10000, maximum = 10000)]
     velocity: Option<f64>,
 }
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = PhaseProps)]
 struct PhaseP {
     phase: Phase,
     #[serde(default)]
     duration_ms: u64,
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1)]
     visible_ratio: Option<f64>,
 }
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = ClickProps)]
 struct ClickP {
     #[serde(default)]
     decision: Option<String>,
 }
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = ImpressionProps)]
 struct ImpressionP {
     slot: String,
     variant: String,
     #[serde(default)]
     decision: Option<String>,
 }
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = ConversionProps)]
 struct ConversionP {
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
+    #[schema(minimum = -1000000000000i64, maximum = 1000000000000i64)]
     value: Option<f64>,
     #[serde(default)]
     decision: Option<String>,
 }
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = MouseProps)]
 struct MouseP {
     speed: f64,
     path_px: f64,
     idle_ms: u64,
 }
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = VisibilityProps)]
 struct VisibilityP {
     visible: bool,
 }
@@ -647,6 +666,7 @@ pub fn parse_batch_envelope<'a>(
     limits: &Limits,
 ) -> Result<RawBatch<'a>, InputError> {
     check_body_size(body, limits)?;
+    require_object(body)?;
     // The number of events is checked by `into_events`, after the caller is authenticated.
     if let Ok(env) = serde_json::from_slice::<RawEnvelope<'a>>(body) {
         return Ok(RawBatch {
@@ -708,6 +728,21 @@ pub fn parse_batch_value(value: Value, limits: &Limits, now_ms: i64) -> Result<B
     })
 }
 
+/// Request bodies are JSON objects. Anything else — an array (which serde would read into a
+/// struct, field by position), `null`, a number — is `invalid_type`; what is not JSON at all
+/// stays `malformed_json`.
+pub fn require_object(body: &[u8]) -> Result<(), InputError> {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+        return Ok(());
+    }
+    parse_json(body)?;
+    Err(InputError::new(
+        Code::InvalidType,
+        "the body must be a JSON object",
+        None,
+    ))
+}
+
 /// Parses JSON text, mapping syntax errors to `malformed_json` with line and column.
 pub fn parse_json(body: &[u8]) -> Result<Value, InputError> {
     serde_json::from_slice(body).map_err(|e| {
@@ -731,6 +766,7 @@ pub fn parse_json(body: &[u8]) -> Result<Value, InputError> {
 /// ignored values hold what only a `Value` rejects: an out-of-range number such as `1e400`, a
 /// lone surrogate escape, nesting deeper than 128.)
 pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, InputError> {
+    require_object(body)?;
     match serde_json::from_slice(body) {
         Ok(v) => Ok(v),
         Err(_) => from_value(parse_json(body)?, ""),
@@ -1014,12 +1050,13 @@ impl<'a> Checker<'a> {
         p
     }
     fn string(&self, field: &str, s: &str, allow_empty: bool) -> Result<(), InputError> {
-        if s.len() > self.limits.max_string_len {
+        // Characters, as JSON Schema's maxLength counts (a longer string has more bytes).
+        if s.len() > self.limits.max_string_len && s.chars().count() > self.limits.max_string_len {
             return Err(InputError::new(
                 Code::StringTooLong,
                 format!(
-                    "{} bytes; the limit is {}",
-                    s.len(),
+                    "{} characters; the limit is {}",
+                    s.chars().count(),
                     self.limits.max_string_len
                 ),
                 Some(self.path(field)),
@@ -1676,6 +1713,7 @@ mod tests {
     /// The original `parse_batch`: JSON → `Value` → typed, kept as the reference.
     fn reference_batch(body: &[u8], limits: &Limits, now: i64) -> Result<Batch, InputError> {
         check_body_size(body, limits)?;
+        require_object(body)?;
         parse_batch_value(parse_json(body)?, limits, now)
     }
 
@@ -2083,14 +2121,22 @@ mod tests {
             r#"{"zz":1,"max_body_bytes":"x"}"#,
         ] {
             let new: Result<Limits, _> = parse_body(body.as_bytes());
-            let old: Result<Limits, _> =
-                parse_json(body.as_bytes()).and_then(|v| from_value(v, ""));
+            let old: Result<Limits, _> = require_object(body.as_bytes())
+                .and_then(|()| parse_json(body.as_bytes()))
+                .and_then(|v| from_value(v, ""));
             assert_eq!(
                 new.map(|l| serde_json::to_value(l).unwrap()),
                 old.map(|l| serde_json::to_value(l).unwrap()),
                 "{body}"
             );
         }
+        // Not an object: serde would fill a struct from an array by position.
+        for body in ["[]", "[5]", "null", "7", " \n[{}]"] {
+            let e = parse_body::<Limits>(body.as_bytes()).unwrap_err();
+            assert_eq!(e.code, Code::InvalidType, "{body}");
+        }
+        let e = parse_body::<Limits>(b"[1,").unwrap_err();
+        assert_eq!(e.code, Code::MalformedJson);
         let l: Limits = parse_body(br#"{"max_batch_events":6}"#).unwrap();
         assert_eq!(l.max_batch_events, 6);
         let e = parse_body::<Limits>(br#"{"max_batch_events":"x"}"#).unwrap_err();

@@ -10,7 +10,9 @@ use crate::experiments::def::{valid_name, DefError, Definition};
 use trimtab_learn::bandit::{Params, PolicyKind};
 
 /// What counts as a reward of a decision (within the attribution window).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum RewardKind {
     /// A `click` event carrying the decision id.
@@ -41,7 +43,7 @@ impl RewardKind {
 
 /// Falls back to the control for everyone when the bandit's users do measurably worse than
 /// the holdout's on `metric`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Guardrail {
     /// The outcome watched (may differ from the reward, e.g. optimise clicks, guard conversions).
@@ -71,7 +73,7 @@ impl Default for Guardrail {
 }
 
 /// One bandit-decided slot.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BanditDef {
     /// The slot (also the file stem / URL id).

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// Lifecycle of an experiment. Only `running` experiments assign users.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Draft,
@@ -22,7 +22,7 @@ pub enum Status {
 }
 
 /// One variant of a slot, with its share of traffic.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VariantDef {
     /// The `<template data-trimtab-variant>` to show; `default` keeps the page's own content
@@ -40,7 +40,7 @@ fn one() -> f64 {
 }
 
 /// A slot and the variants it is tested with.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Factor {
     pub slot: String,
@@ -48,7 +48,7 @@ pub struct Factor {
 }
 
 /// What a metric measures per exposed user, after exposure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MetricKind {
     /// Share of users with at least one matching event.
@@ -58,7 +58,7 @@ pub enum MetricKind {
 }
 
 /// Which value of a matching event a `mean` metric sums.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ValueOf {
     /// 1 per matching event.
@@ -71,7 +71,7 @@ pub enum ValueOf {
 }
 
 /// Whether a matching event must concern the experiment's own slots.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     /// Any matching event after exposure.
@@ -83,7 +83,7 @@ pub enum Scope {
 }
 
 /// A declarative micro-conversion metric.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MetricDef {
     pub kind: MetricKind,
@@ -136,7 +136,7 @@ pub fn builtin_metrics() -> BTreeMap<String, MetricDef> {
     ])
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExperimentDef {
     /// Set from the file name / URL; a value in the body must agree.
