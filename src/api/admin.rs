@@ -160,9 +160,18 @@ pub async fn live(
     req: actix_web::HttpRequest,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    let authenticated = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let body = crate::ws::guard::guard(
+        &req,
+        body,
+        crate::ws::live::MAX_FRAME_BYTES,
+        authenticated.clone(),
+    )
+    .await;
     let (resp, session, stream) =
         actix_ws::handle(&req, body).map_err(|e| ApiError::new(Code::BadRequest, e.to_string()))?;
     let ctx = crate::ws::live::LiveCtx {
+        authenticated,
         hub: st.hub.clone(),
         metrics: st.metrics.clone(),
         rules: st.rules.clone(),

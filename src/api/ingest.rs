@@ -350,9 +350,19 @@ pub async fn ws(
     if !st.ready.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(ApiError::unavailable("the server is shutting down"));
     }
+    // Frames are refused at their header, and an unauthenticated socket may send only a few KiB.
+    let authenticated = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let body = crate::ws::guard::guard(
+        &req,
+        body,
+        st.cfg.limits.max_body_bytes,
+        authenticated.clone(),
+    )
+    .await;
     let (resp, session, stream) =
         actix_ws::handle(&req, body).map_err(|e| ApiError::new(Code::BadRequest, e.to_string()))?;
     let ctx = SessionCtx {
+        authenticated,
         cfg: st.cfg.clone(),
         pipeline: st.pipeline.clone(),
         hub: st.hub.clone(),

@@ -14,7 +14,12 @@ use crate::metrics::Metrics;
 use crate::privacy::secrets::credential_eq;
 use crate::rules::Rules;
 
+/// Largest frame the feed takes (its only message is the auth message).
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+
 pub struct LiveCtx {
+    /// Set once the first message has authenticated the socket (read by the frame guard).
+    pub authenticated: Arc<std::sync::atomic::AtomicBool>,
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
     pub rules: Rules,
@@ -25,8 +30,20 @@ pub struct LiveCtx {
 use crate::now_ms;
 
 pub async fn run(ctx: LiveCtx, mut session: Session, stream: actix_ws::MessageStream) {
-    let mut stream = stream.max_frame_size(64 * 1024).aggregate_continuations();
+    let mut stream = stream
+        .max_frame_size(MAX_FRAME_BYTES)
+        .aggregate_continuations()
+        .max_continuation_size(MAX_FRAME_BYTES);
     let first = tokio::time::timeout(ctx.auth_timeout, stream.recv()).await;
+    if let Ok(Some(Err(e))) = &first {
+        let _ = session
+            .close(Some(CloseReason {
+                code: CloseCode::Size,
+                description: Some(format!("message too big or malformed frame: {e}")),
+            }))
+            .await;
+        return;
+    }
     let ok = match first {
         Ok(Some(Ok(AggregatedMessage::Text(t)))) => serde_json::from_str::<Value>(&t)
             .ok()
@@ -46,6 +63,8 @@ pub async fn run(ctx: LiveCtx, mut session: Session, stream: actix_ws::MessageSt
             .await;
         return;
     }
+    ctx.authenticated
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     if session.text(r#"{"type":"ready"}"#).await.is_err() {
         return;
     }

@@ -24,6 +24,8 @@ use crate::privacy::{Pseudonymizer, TokenSigner, UserKey};
 /// What a session needs from the app.
 #[derive(Clone)]
 pub struct SessionCtx {
+    /// Set once the first message has authenticated the socket (read by the frame guard).
+    pub authenticated: Arc<std::sync::atomic::AtomicBool>,
     pub cfg: Arc<Config>,
     pub pipeline: Arc<Pipeline>,
     pub hub: Arc<Hub>,
@@ -68,6 +70,20 @@ pub async fn run(ctx: SessionCtx, mut session: Session, stream: actix_ws::Messag
                 return;
             }
         },
+        Ok(Some(Err(e))) => {
+            // An oversized frame (refused at its header) or too many bytes before the auth.
+            let _ = session
+                .text(error_msg(Code::ProtocolError, &e.to_string(), None, &[]))
+                .await;
+            ctx.metrics.reject("ws_frame", 1);
+            close(
+                session,
+                CloseCode::Size,
+                "message too big or malformed frame",
+            )
+            .await;
+            return;
+        }
         Ok(_) => {
             close(
                 session,
@@ -82,6 +98,8 @@ pub async fn run(ctx: SessionCtx, mut session: Session, stream: actix_ws::Messag
             return;
         }
     };
+    ctx.authenticated
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     if session.text(r#"{"type":"ready"}"#).await.is_err() {
         return;
     }
@@ -115,6 +133,7 @@ pub async fn run(ctx: SessionCtx, mut session: Session, stream: actix_ws::Messag
                 Some(Ok(AggregatedMessage::Close(_))) | None => break,
                 Some(Err(e)) => {
                     // Oversized frames and protocol violations end the session with a reason.
+                    ctx.metrics.reject("ws_frame", 1);
                     let m = error_msg(Code::ProtocolError, &e.to_string(), None, &[]);
                     let _ = session.text(m).await;
                     closing = Some((1009, "message too big or malformed frame"));

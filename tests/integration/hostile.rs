@@ -1,0 +1,187 @@
+//! Hostile input over real sockets: WebSocket frames that claim gigabytes, sockets that talk
+//! without authenticating. Raw TCP, so the test can send what no well-behaved client library
+//! would, and the server's resident memory read from /proc.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::*;
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// A WebSocket handshake on a raw TCP stream; the stream is left just after the 101 answer.
+fn raw_ws(s: &Server, path: &str) -> TcpStream {
+    let mut t = TcpStream::connect(&s.addr).unwrap();
+    t.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        t,
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        s.addr
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        t.read_exact(&mut b).unwrap();
+        head.push(b[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    t
+}
+
+/// A masked client frame header for a payload of `len` bytes.
+fn header(opcode: u8, len: u64) -> Vec<u8> {
+    let mut h = vec![0x80 | opcode];
+    if len < 126 {
+        h.push(0x80 | len as u8);
+    } else if len <= u16::MAX as u64 {
+        h.push(0x80 | 126);
+        h.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        h.push(0x80 | 127);
+        h.extend_from_slice(&len.to_be_bytes());
+    }
+    h.extend_from_slice(&[0, 0, 0, 0]); // a zero mask leaves the payload as it is
+    h
+}
+
+fn text_frame(text: &str) -> Vec<u8> {
+    let mut f = header(0x1, text.len() as u64);
+    f.extend_from_slice(text.as_bytes());
+    f
+}
+
+/// Reads server frames until a close frame: its code, and the text frames before it.
+fn read_until_close(t: &mut TcpStream) -> (Option<u16>, Vec<String>) {
+    let mut texts = Vec::new();
+    loop {
+        let mut h = [0u8; 2];
+        if t.read_exact(&mut h).is_err() {
+            return (None, texts);
+        }
+        let mut len = (h[1] & 0x7f) as u64;
+        if len == 126 {
+            let mut b = [0u8; 2];
+            t.read_exact(&mut b).unwrap();
+            len = u16::from_be_bytes(b) as u64;
+        } else if len == 127 {
+            let mut b = [0u8; 8];
+            t.read_exact(&mut b).unwrap();
+            len = u64::from_be_bytes(b);
+        }
+        let mut payload = vec![0u8; len as usize];
+        t.read_exact(&mut payload).unwrap();
+        match h[0] & 0x0f {
+            0x8 => {
+                let code =
+                    (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                return (code, texts);
+            }
+            0x1 => texts.push(String::from_utf8(payload).unwrap()),
+            _ => {}
+        }
+    }
+}
+
+/// Sends `header` and then up to `data` bytes of payload; how many were written before the
+/// server stopped taking them.
+fn flood(t: &mut TcpStream, header: &[u8], data: usize) -> usize {
+    t.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    t.write_all(header).unwrap();
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut sent = 0;
+    while sent < data {
+        match t.write(&chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => sent += n,
+        }
+    }
+    sent
+}
+
+#[test]
+fn websocket_frames_are_refused_at_their_header_and_unauthenticated_sockets_are_capped() {
+    let s = Server::start(Opts::config("[limits]\nmax_body_bytes = 65536\n"));
+    let token = s.identify("hostile-frames");
+    let before = rss_kib(s.pid());
+
+    // An authenticated socket announces a 1 GiB frame and streams 48 MiB of it: closed with
+    // 1009 at the header; the server never holds the data.
+    let mut t = raw_ws(&s, "/v1/ws");
+    t.write_all(&text_frame(
+        &json!({"type": "auth", "token": token}).to_string(),
+    ))
+    .unwrap();
+    let mut ready = [0u8; 2 + 16];
+    t.read_exact(&mut ready).unwrap();
+    assert_eq!(&ready[2..], br#"{"type":"ready"}"#);
+    let mut reader = t.try_clone().unwrap();
+    let closer = std::thread::spawn(move || read_until_close(&mut reader));
+    let started = Instant::now();
+    flood(&mut t, &header(0x1, 1 << 30), 48 << 20);
+    let (code, texts) = closer.join().unwrap();
+    assert_eq!(code, Some(1009), "{texts:?}");
+    assert!(
+        texts.iter().any(|m| m.contains("protocol_error")),
+        "{texts:?}"
+    );
+    assert!(started.elapsed() < WAIT);
+
+    // Before authenticating: a frame claiming 2 GiB, and a socket sending more than a few KiB
+    // in frames that are each within the limit, are both closed with 1009 (not read as a
+    // first message, which would be 1008).
+    for (frame_header, size) in [
+        (header(0x1, 2 << 30), 16 << 20),
+        (header(0x1, 60_000), 60_000),
+    ] {
+        let mut t = raw_ws(&s, "/v1/ws");
+        let mut reader = t.try_clone().unwrap();
+        let closer = std::thread::spawn(move || read_until_close(&mut reader));
+        flood(&mut t, &frame_header, size);
+        let (code, texts) = closer.join().unwrap();
+        assert_eq!(code, Some(1009), "{texts:?}");
+    }
+
+    // The admin live feed (64 KiB frames) the same, before its admin token.
+    let mut t = raw_ws(&s, "/v1/admin/live");
+    let mut reader = t.try_clone().unwrap();
+    let closer = std::thread::spawn(move || read_until_close(&mut reader));
+    flood(&mut t, &header(0x1, 512 << 20), 16 << 20);
+    assert_eq!(closer.join().unwrap().0, Some(1009));
+
+    // Memory: the 80 MiB sent above never accumulated (it grew by 1 GiB before the guard).
+    let grown_mib = rss_kib(s.pid()).saturating_sub(before) / 1024;
+    assert!(grown_mib < 24, "the server grew by {grown_mib} MiB");
+    let metrics = s.get("/metrics", None).body;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.contains("reason=\"ws_frame\"") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+
+    // Well-behaved sockets still work: a full-size frame within the limit is read.
+    let mut ws = s.ws_connect(&token);
+    let big = "y".repeat(40_000);
+    ws.send_json(
+        &json!({"type": "events", "events": [custom(&eid("big"), "note", json!({"text": big}))]}),
+    );
+    let reply = ws.recv_json_until(deadline(WAIT), |m| {
+        m["type"] == "ack" || m["type"] == "error"
+    });
+    assert!(reply.is_some());
+}
