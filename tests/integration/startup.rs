@@ -178,3 +178,55 @@ fn config_names_the_layer_of_every_value_and_redacts_secrets() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("log_format"));
 }
+
+/// The same value as admin token and write key is refused at startup, naming both; and a data
+/// dir the server creates is private: the dir 0700, the database, key store and secrets 0600.
+#[test]
+fn identical_credentials_are_refused_and_the_data_dir_is_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let same = "one-credential-for-all";
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_trimtab"));
+    c.args([
+        "serve",
+        "--addr",
+        "127.0.0.1:0",
+        "--data",
+        "data",
+        "--scripts",
+        ".",
+    ])
+    .current_dir(dir.path())
+    .env("TRIMTAB_ADMIN_TOKEN", same)
+    .env("TRIMTAB_WRITE_KEY", same)
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let exited = poll(Duration::from_secs(15), || child.try_wait().unwrap());
+    if exited.is_none() {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        exited.is_some_and(|st| !st.success()),
+        "kept running: {stderr}"
+    );
+    assert!(
+        stderr.contains("admin_token and write_key are the same"),
+        "{stderr}"
+    );
+
+    use std::os::unix::fs::PermissionsExt;
+    let s = Server::start(Opts::config(""));
+    let mode = |name: &str| {
+        std::fs::metadata(s.data.join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(""), 0o700);
+    for f in ["trimtab.redb", "keys.bin", "secrets.toml"] {
+        assert_eq!(mode(f), 0o600, "{f}");
+    }
+}

@@ -12,7 +12,7 @@
 //! that holds the first records sealed with them. The writer erases keys; shards look them up.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::{Mutex, RwLock};
@@ -54,7 +54,8 @@ impl KeyStore {
             path: path.display().to_string(),
             source,
         };
-        let mut file = OpenOptions::new()
+        // Mode 0600 from its creation (set_private below fixes older files).
+        let mut file = trimtab_util::fsutil::private_options()
             .read(true)
             .write(true)
             .create(true)

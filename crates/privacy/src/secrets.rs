@@ -112,20 +112,52 @@ impl Secrets {
                 path: p.clone(),
                 message: e.to_string(),
             })?;
-            let tmp = data_dir.join("secrets.toml.tmp");
-            std::fs::write(&tmp, text).map_err(io)?;
-            set_private(&tmp);
-            std::fs::rename(&tmp, &path).map_err(io)?;
+            // Mode 0600 from the first byte, fsynced, then renamed into place.
+            trimtab_util::fsutil::write_atomic_private(&path, text.as_bytes()).map_err(io)?;
             f
         };
         set_private(&path);
-        Ok(Secrets {
+        let secrets = Secrets {
             admin_token: admin_token.map(str::to_string).unwrap_or(file.admin_token),
             write_key: write_key.map(str::to_string).unwrap_or(file.write_key),
             token_key: decode_key(&p, "token_key", &file.token_key)?,
             pseudonym_key: decode_key(&p, "pseudonym_key", &file.pseudonym_key)?,
             generated,
-        })
+        };
+        secrets.check_credentials(&p)?;
+        Ok(secrets)
+    }
+}
+
+/// Shortest admin token or write key accepted, from any source.
+pub const MIN_CREDENTIAL_LEN: usize = 16;
+
+impl Secrets {
+    /// The credentials in force, wherever they came from (configuration, environment or a
+    /// hand-edited secrets file): each at least [`MIN_CREDENTIAL_LEN`] characters, and not the
+    /// same (the write key ships in pages; it must not open the admin API).
+    fn check_credentials(&self, path: &str) -> Result<(), SecretsError> {
+        let bad = |message: String| {
+            Err(SecretsError::Invalid {
+                path: path.to_string(),
+                message,
+            })
+        };
+        for (name, v) in [
+            ("admin_token", &self.admin_token),
+            ("write_key", &self.write_key),
+        ] {
+            if v.chars().count() < MIN_CREDENTIAL_LEN {
+                return bad(format!(
+                    "{name} is shorter than {MIN_CREDENTIAL_LEN} characters (set a longer one, or \
+                     remove it from the file to have one generated)"
+                ));
+            }
+        }
+        if credential_eq(&self.admin_token, &self.write_key) {
+            return bad("admin_token and write_key are the same; they must differ".into());
+        }
+        Ok(())
     }
 }
 
@@ -152,9 +184,38 @@ mod tests {
         assert!(s2.generated.is_empty());
         assert_eq!(s1.admin_token, s2.admin_token);
         assert_eq!(s1.pseudonym_key, s2.pseudonym_key);
-        let s3 = Secrets::load_or_create(dir.path(), Some("mine"), None).unwrap();
-        assert_eq!(s3.admin_token, "mine");
+        let s3 = Secrets::load_or_create(dir.path(), Some("mine-mine-mine-mine"), None).unwrap();
+        assert_eq!(s3.admin_token, "mine-mine-mine-mine");
         assert!(!format!("{s3:?}").contains("mine"));
+        // Short, empty or identical credentials are refused from any source.
+        for (admin, write) in [
+            (Some("short"), None),
+            (Some(""), None),
+            (None, Some("tiny")),
+            (Some("same-credential-twice"), Some("same-credential-twice")),
+        ] {
+            let e = Secrets::load_or_create(dir.path(), admin, write).unwrap_err();
+            assert!(matches!(e, SecretsError::Invalid { .. }), "{e}");
+        }
+        let file = dir.path().join("secrets.toml");
+        let text = std::fs::read_to_string(&file).unwrap();
+        let edited: String = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("write_key") {
+                    "write_key = \"\""
+                } else {
+                    l
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(&file, edited).unwrap();
+        let e = Secrets::load_or_create(dir.path(), None, None).unwrap_err();
+        assert!(
+            e.to_string().contains("write_key is shorter than 16"),
+            "{e}"
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

@@ -285,12 +285,20 @@ impl Store {
     /// [`Store::open`] with `cache_bytes` of page cache for the indexed store (redb's own
     /// default is 1 GiB per file, which a small deployment does not want resident).
     pub fn open_with_cache(data_dir: &Path, cache_bytes: usize) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
-            path: data_dir.display().to_string(),
-            source,
+        // The data dir 0700 and the database 0600 from their creation: it holds sealed user
+        // data, the key store and the secrets.
+        trimtab_util::fsutil::create_private_dir(data_dir).map_err(|source| {
+            StoreError::DataDir {
+                path: data_dir.display().to_string(),
+                source,
+            }
         })?;
         let path = data_dir.join(DB_FILE);
         let p = path.display().to_string();
+        trimtab_util::fsutil::create_private_file(&path).map_err(|source| StoreError::DataDir {
+            path: p.clone(),
+            source,
+        })?;
         let db = open_db(&path, cache_bytes)?;
         let txn = db.begin_write()?;
         let was_clean;
