@@ -24,10 +24,14 @@ after(async () => {
   await server?.stop();
 });
 
-/** Fails the test on uncaught page errors. */
+/** Collects uncaught page errors and Content-Security-Policy violations (the pages are served
+ *  with a strict policy: a blocked script, style or connection shows up here). */
 function watchErrors(page) {
   const errors = [];
   page.on('pageerror', (e) => errors.push(e.message));
+  page.on('console', (m) => {
+    if (m.type() === 'error' && /Content Security Policy/i.test(m.text())) errors.push(m.text());
+  });
   return errors;
 }
 
@@ -118,7 +122,12 @@ test('the live dashboard follows a visitor of the demo page', async () => {
 
   // The visitor, in another tab: the demo's article page, consent, then scroll past 75%.
   const visitor = await ctx.newPage();
-  await visitor.goto(server.url + '/demo/article.html');
+  const visitorErrors = watchErrors(visitor);
+  const served = await visitor.goto(server.url + '/demo/article.html');
+  const policy = served.headers()['content-security-policy'];
+  assert.match(policy, /script-src 'self';/);
+  assert.match(policy, /frame-ancestors 'none'/);
+  assert.equal(served.headers()['x-frame-options'], 'DENY');
   await visitor.waitForFunction(() => typeof window.trimtab === 'object' && window.trimtab !== null, null, {
     timeout: 10000,
   });
@@ -228,5 +237,6 @@ test('the live dashboard follows a visitor of the demo page', async () => {
   await dash.waitForSelector('#login', { state: 'visible' });
   assert.equal(await dash.evaluate(() => sessionStorage.getItem('trimtab.adminToken')), null);
   assert.deepEqual(errors, []);
+  assert.deepEqual(visitorErrors, [], 'the demo page runs under its policy');
   await ctx.close();
 });
