@@ -115,9 +115,11 @@ pub async fn log(
     req: actix_web::HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     if !trimtab_engine::experiments::def::valid_name(&slot) {
-        return Err(
-            ApiError::new(Code::InvalidValue, "a slot name is [A-Za-z0-9_.-]{1,64}").at("slot"),
-        );
+        return Err(ApiError::new(
+            Code::InvalidValue,
+            "a slot name is [A-Za-z0-9_.-]{1,64}, not starting with a dot",
+        )
+        .at("slot"));
     }
     let q = web::Query::<LogQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::new(Code::BadQuery, e.to_string()).at("query"))?;

@@ -369,7 +369,11 @@ op!(
     get,
     "/v1/experiments/{id}",
     "One experiment (admin)",
-    params(("id" = String, Path, pattern = "^[A-Za-z0-9_.-]{1,64}$")),
+    params((
+        "id" = String,
+        Path,
+        pattern = "^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"
+    )),
     responses(
         (status = 200, body = Json),
         (status = 401, body = ErrorBody),
@@ -383,7 +387,11 @@ op!(
     put,
     "/v1/experiments/{id}",
     "Create or replace an experiment (admin)",
-    params(("id" = String, Path, pattern = "^[A-Za-z0-9_.-]{1,64}$")),
+    params((
+        "id" = String,
+        Path,
+        pattern = "^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"
+    )),
     request_body = ExperimentDef,
     responses(
         (status = 200, body = Json),
@@ -400,7 +408,11 @@ op!(
     delete,
     "/v1/experiments/{id}",
     "Delete an experiment (admin)",
-    params(("id" = String, Path, pattern = "^[A-Za-z0-9_.-]{1,64}$")),
+    params((
+        "id" = String,
+        Path,
+        pattern = "^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"
+    )),
     responses(
         (status = 204),
         (status = 401, body = ErrorBody),
@@ -414,7 +426,11 @@ op!(
     get,
     "/v1/experiments/{id}/results",
     "An experiment's statistics and recommendation (admin)",
-    params(("id" = String, Path, pattern = "^[A-Za-z0-9_.-]{1,64}$")),
+    params((
+        "id" = String,
+        Path,
+        pattern = "^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"
+    )),
     responses(
         (status = 200, body = Json),
         (status = 401, body = ErrorBody),
@@ -457,7 +473,11 @@ op!(
     get,
     "/v1/bandits/{slot}",
     "A bandit slot's status (admin)",
-    params(("slot" = String, Path, pattern = "^[A-Za-z0-9_.-]{1,64}$")),
+    params((
+        "slot" = String,
+        Path,
+        pattern = "^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"
+    )),
     responses(
         (status = 200, body = Json),
         (status = 401, body = ErrorBody),
@@ -471,7 +491,11 @@ op!(
     put,
     "/v1/bandits/{slot}",
     "Create or replace a bandit slot (admin)",
-    params(("slot" = String, Path, pattern = "^[A-Za-z0-9_.-]{1,64}$")),
+    params((
+        "slot" = String,
+        Path,
+        pattern = "^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"
+    )),
     request_body = BanditDef,
     responses(
         (status = 200, body = Json),
@@ -488,7 +512,11 @@ op!(
     delete,
     "/v1/bandits/{slot}",
     "Delete a bandit slot (admin)",
-    params(("slot" = String, Path, pattern = "^[A-Za-z0-9_.-]{1,64}$")),
+    params((
+        "slot" = String,
+        Path,
+        pattern = "^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"
+    )),
     responses(
         (status = 204),
         (status = 401, body = ErrorBody),
@@ -502,7 +530,11 @@ op!(
     post,
     "/v1/bandits/{slot}/reset",
     "Restart a slot's guardrail comparison (admin)",
-    params(("slot" = String, Path, pattern = "^[A-Za-z0-9_.-]{1,64}$")),
+    params((
+        "slot" = String,
+        Path,
+        pattern = "^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"
+    )),
     responses(
         (status = 200, body = Json),
         (status = 401, body = ErrorBody),
@@ -512,7 +544,7 @@ op!(
     security(("bearer" = []))
 );
 op!(bandit_log, get, "/v1/bandits/{slot}/log", "A slot's logged decisions as JSONL (admin)",
-    params(("slot" = String, Path, pattern = "^[A-Za-z0-9_.-]{1,64}$"),
+    params(("slot" = String, Path, pattern = "^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"),
            ("format" = Option<LogFormat>, Query, description = "`rows` (default) or `records`"),
            ("open" = Option<bool>, Query, description = "include decisions whose window is open")),
     responses((status = 200, content_type = "application/x-ndjson", body = String),
@@ -569,8 +601,12 @@ op!(
     metrics,
     get,
     "/metrics",
-    "Prometheus metrics (text format)",
-    responses((status = 200, content_type = "text/plain", body = String))
+    "Prometheus metrics (text format); needs the metrics token when `metrics_token` is set",
+    responses(
+        (status = 200, content_type = "text/plain", body = String),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody)
+    )
 );
 
 /// The bearer credential: the write key, a user token or the admin token, per endpoint.

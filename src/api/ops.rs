@@ -26,10 +26,25 @@ pub async fn readyz(st: web::Data<AppState>) -> HttpResponse {
 }
 
 /// `GET /metrics`: Prometheus text format.
-pub async fn metrics(st: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok()
+pub async fn metrics(st: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    if let Some(token) = &st.cfg.metrics_token {
+        let presented = super::auth::bearer(&req).ok_or_else(|| {
+            ApiError::new(
+                crate::event::Code::Unauthorized,
+                "missing `Authorization: Bearer <metrics token>` (metrics_token is set)",
+            )
+        })?;
+        let eq = crate::privacy::secrets::credential_eq;
+        if !(eq(presented, token) || eq(presented, &st.admin_token)) {
+            return Err(ApiError::new(
+                crate::event::Code::Forbidden,
+                "not the metrics token",
+            ));
+        }
+    }
+    Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(st.metrics.render(&st.rules.statuses()))
+        .body(st.metrics.render(&st.rules.statuses())))
 }
 
 /// A known path asked with a method it does not take: 405 with `Allow` (the methods named

@@ -662,3 +662,41 @@ async fn a_known_path_with_another_method_is_405_and_bodies_must_be_objects() {
         .unwrap();
     assert!(codes.iter().any(|c| c == "method_not_allowed"));
 }
+
+#[actix_web::test]
+async fn metrics_need_the_metrics_token_when_one_is_set() {
+    let open = fixture(|_| {});
+    let app =
+        test::init_service(App::new().app_data(open.state.clone()).configure(configure)).await;
+    let resp =
+        test::call_service(&app, test::TestRequest::get().uri("/metrics").to_request()).await;
+    assert_eq!(resp.status(), 200);
+    drop(app);
+
+    let token = "metrics-scrape-token-0123";
+    let f = fixture(|c| c.metrics_token = Some(token.into()));
+    let app = test::init_service(App::new().app_data(f.state.clone()).configure(configure)).await;
+    let none = call!(&app, test::TestRequest::get().uri("/metrics")).await;
+    is_error(&none, Code::Unauthorized, None);
+    let wrong = call!(
+        &app,
+        test::TestRequest::get()
+            .uri("/metrics")
+            .insert_header(bearer(WRITE))
+    )
+    .await;
+    is_error(&wrong, Code::Forbidden, None);
+    for t in [token, ADMIN] {
+        let resp = test::call_service(
+            &app,
+            test::TestRequest::get()
+                .uri("/metrics")
+                .insert_header(bearer(t))
+                .to_request(),
+        )
+        .await;
+        assert_eq!(resp.status(), 200);
+        let body = test::read_body(resp).await;
+        assert!(std::str::from_utf8(&body).unwrap().contains("trimtab_"));
+    }
+}

@@ -45,7 +45,7 @@ pub async fn run(ctx: LiveCtx, mut session: Session, stream: actix_ws::MessageSt
         return;
     }
     let ok = match first {
-        Ok(Some(Ok(AggregatedMessage::Text(t)))) => serde_json::from_str::<Value>(&t)
+        Ok(Some(Ok(AggregatedMessage::Text(t)))) => crate::event::parse_json(t.as_bytes())
             .ok()
             .and_then(|v| v.get("token").and_then(Value::as_str).map(str::to_string))
             .is_some_and(|tok| credential_eq(&tok, &ctx.admin_token)),

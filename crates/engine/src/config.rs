@@ -32,6 +32,9 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// Write key for `/v1/identify` and server-side `/v1/events`; generated if unset.
     pub write_key: Option<String>,
+    /// When set, `GET /metrics` needs `Authorization: Bearer` with this token (or the admin
+    /// token); unset, it is open, as Prometheus endpoints usually are.
+    pub metrics_token: Option<String>,
     /// Origins allowed to open the WebSocket besides the server's own; `"*"` allows any.
     pub allowed_origins: Vec<String>,
     /// Lifetime of user tokens, seconds.
@@ -80,6 +83,7 @@ impl Default for Config {
             models: "models".into(),
             admin_token: None,
             write_key: None,
+            metrics_token: None,
             allowed_origins: Vec::new(),
             token_ttl_s: 86_400,
             anonymous: true,
@@ -249,7 +253,7 @@ pub struct Setting {
 }
 
 /// Keys whose values are secrets: shown only as set or unset.
-const SECRET_KEYS: &[&str] = &["admin_token", "write_key"];
+const SECRET_KEYS: &[&str] = &["admin_token", "write_key", "metrics_token"];
 
 impl Layers {
     fn read(file: Option<&Path>, overrides: &Overrides) -> Result<Layers, ConfigError> {
@@ -352,7 +356,11 @@ impl Config {
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         // An empty secret (`TRIMTAB_ADMIN_TOKEN=` from a compose file's `${VAR:-}`) is not
         // given: the stored or generated one is used, never an empty credential.
-        for secret in [&mut cfg.admin_token, &mut cfg.write_key] {
+        for secret in [
+            &mut cfg.admin_token,
+            &mut cfg.write_key,
+            &mut cfg.metrics_token,
+        ] {
             if secret.as_deref().is_some_and(|v| v.trim().is_empty()) {
                 *secret = None;
             }
@@ -410,6 +418,7 @@ impl Config {
         for (name, v) in [
             ("admin_token", &self.admin_token),
             ("write_key", &self.write_key),
+            ("metrics_token", &self.metrics_token),
         ] {
             if v.as_ref().is_some_and(|v| v.len() < 16) {
                 return Err(ConfigError::Invalid(format!(

@@ -71,6 +71,7 @@ macro_rules! codes {
 
 codes! {
     MalformedJson = "malformed_json", 400, User, "the body is not JSON (the message has line and column)";
+    DuplicateKey = "duplicate_key", 400, User, "a key appears twice in one JSON object (the message has line and column)";
     InvalidType = "invalid_type", 422, User, "a field has the wrong type";
     MissingField = "missing_field", 422, User, "a required field is missing";
     UnknownField = "unknown_field", 422, User, "a field is not part of the schema";

@@ -452,8 +452,7 @@ pub struct RawBatch<'a> {
 enum RawEvents<'a> {
     /// The fast path: each event's JSON text.
     Raw(Vec<&'a RawValue>),
-    /// The envelope only passed the reference parser (duplicate keys, which it resolves by
-    /// keeping the last one): the events as it parsed them.
+    /// The envelope only passed the reference parser: the events as it parsed them.
     Parsed(Vec<Value>),
 }
 
@@ -743,20 +742,93 @@ pub fn require_object(body: &[u8]) -> Result<(), InputError> {
     ))
 }
 
-/// Parses JSON text, mapping syntax errors to `malformed_json` with line and column.
+/// Parses JSON text, mapping syntax errors to `malformed_json` with line and column. A key that
+/// appears twice in one object is `duplicate_key` (line and column of the second): JSON leaves
+/// it to the reader which one counts, and a reader that keeps the last is easy to smuggle
+/// past one that keeps the first.
 pub fn parse_json(body: &[u8]) -> Result<Value, InputError> {
-    serde_json::from_slice(body).map_err(|e| {
-        InputError::new(
-            Code::MalformedJson,
-            format!(
-                "body is not valid JSON: {} (line {}, column {})",
-                e,
-                e.line(),
-                e.column()
-            ),
-            None,
-        )
-    })
+    serde_json::from_slice::<UniqueKeys>(body)
+        .map(|v| v.0)
+        .map_err(|e| {
+            let code = if e.to_string().starts_with(DUPLICATE_KEY) {
+                Code::DuplicateKey
+            } else {
+                Code::MalformedJson
+            };
+            InputError::new(
+                code,
+                format!(
+                    "body is not valid JSON: {} (line {}, column {})",
+                    e,
+                    e.line(),
+                    e.column()
+                ),
+                None,
+            )
+        })
+}
+
+const DUPLICATE_KEY: &str = "duplicate key";
+
+fn duplicate_key<E: de::Error>(key: &str) -> E {
+    E::custom(format_args!("{DUPLICATE_KEY} `{key}`"))
+}
+
+/// A JSON value whose objects have each key once (see [`parse_json`]).
+struct UniqueKeys(Value);
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = UniqueKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E: de::Error>(self, b: bool) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys(Value::Bool(b)))
+            }
+            fn visit_i64<E: de::Error>(self, i: i64) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys(Value::from(i)))
+            }
+            fn visit_u64<E: de::Error>(self, u: u64) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys(Value::from(u)))
+            }
+            fn visit_f64<E: de::Error>(self, f: f64) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys(
+                    serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number),
+                ))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys(Value::String(s.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, s: String) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys(Value::String(s)))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys(Value::Null))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueKeys, A::Error> {
+                let mut out = Vec::new();
+                while let Some(UniqueKeys(v)) = seq.next_element()? {
+                    out.push(v);
+                }
+                Ok(UniqueKeys(Value::Array(out)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+                let mut out = serde_json::Map::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if out.contains_key(&key) {
+                        return Err(duplicate_key(&key));
+                    }
+                    let UniqueKeys(v) = map.next_value()?;
+                    out.insert(key, v);
+                }
+                Ok(UniqueKeys(Value::Object(out)))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// Parses an API request body into `T` (no path prefix): `malformed_json` for a syntax error,
@@ -901,7 +973,7 @@ struct RawMessage<'a> {
     token: Option<Text<'a>>,
     /// Some other key was present (its value was parsed and dropped).
     other: bool,
-    /// `type`, `events` or `token` appeared twice.
+    /// A key appeared twice.
     repeated: bool,
 }
 
@@ -921,6 +993,7 @@ impl<'de> Deserialize<'de> for RawMessage<'de> {
                     other: false,
                     repeated: false,
                 };
+                let mut others = Vec::new();
                 while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
                     match &*key {
                         "type" => {
@@ -937,6 +1010,8 @@ impl<'de> Deserialize<'de> for RawMessage<'de> {
                         }
                         _ => {
                             map.next_value::<Valid>()?;
+                            m.repeated |= others.iter().any(|o: &Text<'de>| o.0 == key);
+                            others.push(Text(key));
                             m.other = true;
                         }
                     }
@@ -1456,7 +1531,14 @@ impl<'de> Deserialize<'de> for Valid {
                 Ok(Valid)
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Valid, A::Error> {
-                while map.next_entry::<Valid, Valid>()?.is_some() {}
+                let mut keys: Vec<Text<'de>> = Vec::new();
+                while let Some(key) = map.next_key::<Text<'de>>()? {
+                    if keys.iter().any(|k| k.0 == key.0) {
+                        return Err(duplicate_key(&key.0));
+                    }
+                    map.next_value::<Valid>()?;
+                    keys.push(key);
+                }
                 Ok(Valid)
             }
         }
@@ -1502,8 +1584,8 @@ impl<'de> Deserialize<'de> for WireScalar {
     }
 }
 
-/// A custom event's props on the fast path: sorted by key, a repeated key keeping its last
-/// value (as a `Value` object does).
+/// A custom event's props on the fast path: sorted by key; a repeated key fails (the
+/// reference path then reports it).
 struct CustomMap(BTreeMap<String, Scalar>);
 
 impl<'de> Deserialize<'de> for CustomMap {
@@ -1517,6 +1599,9 @@ impl<'de> Deserialize<'de> for CustomMap {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<CustomMap, A::Error> {
                 let mut m = BTreeMap::new();
                 while let Some((k, WireScalar(v))) = map.next_entry::<String, WireScalar>()? {
+                    if m.contains_key(&k) {
+                        return Err(duplicate_key(&k));
+                    }
                     m.insert(k, v);
                 }
                 Ok(CustomMap(m))
@@ -2040,7 +2125,7 @@ mod tests {
         let ev = serde_json::to_string(&scroll(3.into())).unwrap();
         let bad_id = ev.replace(r#""id":"e1""#, r#""id":"""#);
         let cases = [
-            // A repeated key keeps its last value (typed deserialization rejects it).
+            // A repeated key (typed deserialization and the reference both refuse it).
             format!(r#"{{"events":[{ev}],"token":1,"token":"t"}}"#),
             format!(
                 r#"{{"events":[{}]}}"#,
@@ -2074,13 +2159,34 @@ mod tests {
                 "{body}"
             );
         }
-        let ok = flat(parse_batch(
-            format!(r#"{{"events":[{ev}],"token":1,"token":"t"}}"#).as_bytes(),
-            &l,
-            NOW,
-        ))
-        .unwrap();
-        assert_eq!(ok.1.as_deref(), Some("t"));
+        // A repeated key is refused wherever it is, on both paths, with line and column.
+        for body in [
+            format!(r#"{{"events":[{ev}],"token":1,"token":"t"}}"#),
+            format!(
+                r#"{{"events":[{}]}}"#,
+                ev.replace(r#""depth":3"#, r#""depth":3,"depth":4"#)
+            ),
+            format!(
+                r#"{{"events":[{}]}}"#,
+                ev.replace(r#""type":"scroll""#, r#""type":"custom""#)
+                    .replace(r#""depth":3"#, r#""name":"n","a":1,"a":2"#)
+            ),
+        ] {
+            let e = parse_batch(body.as_bytes(), &l, NOW).unwrap_err();
+            assert_eq!(e.code, Code::DuplicateKey, "{body}");
+            assert!(e.message.contains("line 1"), "{}", e.message);
+        }
+        for msg in [
+            r#"{"type":"ping","x":1,"x":2}"#.to_string(),
+            r#"{"type":"ping","x":{"y":1,"y":2}}"#.to_string(),
+            format!(r#"{{"type":"events","events":[{ev}],"events":[{ev}]}}"#),
+        ] {
+            let e = parse_client_message(msg.as_bytes(), &l, NOW).unwrap_err();
+            assert_eq!(e.code, Code::DuplicateKey, "{msg}");
+        }
+        let e =
+            parse_body::<Limits>(br#"{"max_batch_events":5,"max_batch_events":6}"#).unwrap_err();
+        assert_eq!(e.code, Code::DuplicateKey);
         let e = parse_batch(
             format!(r#"{{"events":[{bad_id},{}]}}"#, ev.replace("3", "1e400")).as_bytes(),
             &l,

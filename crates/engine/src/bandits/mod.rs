@@ -152,7 +152,7 @@ impl registry::Kind for BanditKind {
         if valid_name(name) {
             Ok(())
         } else {
-            Err("must match [A-Za-z0-9_.-]{1,64}")
+            Err("must match [A-Za-z0-9_.-]{1,64} and not start with a dot")
         }
     }
 

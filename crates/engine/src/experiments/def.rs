@@ -262,9 +262,11 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, DefEr
     })
 }
 
-/// Valid experiment ids, slot and variant names: `[A-Za-z0-9_.-]{1,64}`.
+/// Valid experiment ids, slot and variant names: `[A-Za-z0-9_.-]{1,64}`, not starting with a
+/// dot (a definition's file would be hidden, and `..` is never a name).
 pub fn valid_name(s: &str) -> bool {
     !s.is_empty()
+        && !s.starts_with('.')
         && s.len() <= 64
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
@@ -451,6 +453,16 @@ impl ExperimentDef {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_are_plain_and_never_start_with_a_dot() {
+        for ok in ["cta", "cta-copy.v2", "A_1", &"x".repeat(64)] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in ["", ".hidden", "..", "a/b", "a b", "é", &"x".repeat(65)] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn single_slot_toml() {

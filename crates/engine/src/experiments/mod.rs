@@ -171,7 +171,7 @@ impl registry::Kind for ExperimentKind {
         if def::valid_name(name) {
             Ok(())
         } else {
-            Err("must match [A-Za-z0-9_.-]{1,64}")
+            Err("must match [A-Za-z0-9_.-]{1,64} and not start with a dot")
         }
     }
 
