@@ -57,20 +57,31 @@ pub fn serve(
         .clamp(2, 8);
     let st = state.clone();
     let result = actix_web::rt::System::new().block_on(async move {
-        let server =
-            HttpServer::new(move || App::new().app_data(st.clone()).configure(api::configure))
-                // Adjustments are small frames that must leave at once: no Nagle delay.
-                .on_connect(|conn, _ext| {
-                    type Tls = actix_tls::accept::rustls_0_23::TlsStream<TcpStream>;
-                    if let Some(tcp) = conn.downcast_ref::<TcpStream>() {
-                        let _ = tcp.set_nodelay(true);
-                    } else if let Some(tls) = conn.downcast_ref::<Tls>() {
-                        let _ = tls.get_ref().0.set_nodelay(true);
-                    }
-                })
-                .workers(workers)
-                .disable_signals()
-                .shutdown_timeout(10);
+        let server = HttpServer::new(move || {
+            let origins = st.cfg.allowed_origins.clone();
+            App::new()
+                .app_data(st.clone())
+                .configure(move |c| api::configure(c, &origins))
+        })
+        // Adjustments are small frames that must leave at once: no Nagle delay. The
+        // connection's local address and scheme are kept for the Origin checks.
+        .on_connect(|conn, ext| {
+            type Tls = actix_tls::accept::rustls_0_23::TlsStream<TcpStream>;
+            let (tcp, tls) = if let Some(tcp) = conn.downcast_ref::<TcpStream>() {
+                (tcp, false)
+            } else if let Some(t) = conn.downcast_ref::<Tls>() {
+                (t.get_ref().0, true)
+            } else {
+                return;
+            };
+            let _ = tcp.set_nodelay(true);
+            if let Ok(local) = tcp.local_addr() {
+                ext.insert(api::origin::Conn { local, tls });
+            }
+        })
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(10);
         let server = match &certs {
             Some(c) => server.bind_rustls_0_23(&cfg.addr, c.server_config()),
             None => server.bind(&cfg.addr),

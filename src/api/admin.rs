@@ -160,6 +160,14 @@ pub async fn live(
     req: actix_web::HttpRequest,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    // The dashboard is served by this server: a page from elsewhere may not open the feed.
+    if !super::origin::allowed(&req, &st.cfg.allowed_origins) {
+        st.metrics.reject("origin", 1);
+        return Err(ApiError::new(
+            Code::OriginNotAllowed,
+            "this Origin may not open the live feed (see allowed_origins)",
+        ));
+    }
     let authenticated = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let body = crate::ws::guard::guard(
         &req,

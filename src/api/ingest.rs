@@ -312,35 +312,13 @@ pub async fn decide(
     })))
 }
 
-/// Whether a browser page from `origin` may open the socket: same origin as the request's
-/// host, or listed in `allowed_origins` (`"*"` = any). Clients that send no Origin (servers,
-/// native apps) are not browsers and are let through; they still need a token.
-fn origin_allowed(req: &HttpRequest, allowed: &[String]) -> bool {
-    let Some(origin) = req.headers().get("origin").and_then(|o| o.to_str().ok()) else {
-        return true;
-    };
-    if allowed
-        .iter()
-        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
-    {
-        return true;
-    }
-    let host = req
-        .headers()
-        .get("host")
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
-    let origin_host = origin.split("://").nth(1).unwrap_or("");
-    !host.is_empty() && origin_host.eq_ignore_ascii_case(host)
-}
-
 /// `GET /v1/ws`: upgrades to a WebSocket; authentication happens in the first message.
 pub async fn ws(
     st: web::Data<AppState>,
     req: HttpRequest,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    if !origin_allowed(&req, &st.cfg.allowed_origins) {
+    if !super::origin::allowed(&req, &st.cfg.allowed_origins) {
         st.metrics.reject("origin", 1);
         return Err(ApiError::new(
             Code::OriginNotAllowed,

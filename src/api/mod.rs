@@ -12,6 +12,7 @@ pub mod ingest;
 pub mod models;
 pub mod openapi;
 pub mod ops;
+pub mod origin;
 
 use crate::event::Code;
 use std::sync::atomic::AtomicBool;
@@ -76,17 +77,19 @@ macro_rules! resource {
     };
 }
 
-/// Registers every route.
+/// Registers every route. `origins` (the configured `allowed_origins`) get CORS on the
+/// endpoints a page calls.
 #[rustfmt::skip]
-pub fn configure(cfg: &mut web::ServiceConfig) {
+pub fn configure(cfg: &mut web::ServiceConfig, origins: &[String]) {
+    let cors = || origin::cors(origins);
     cfg.service(
         web::scope("/v1")
             .service(resource!("/identify", post => ingest::identify))
-            .service(resource!("/anonymous", post => ingest::anonymous))
-            .service(resource!("/events", post => ingest::events))
-            .service(resource!("/decide", post => ingest::decide))
+            .service(resource!("/anonymous", post => ingest::anonymous).wrap(cors()))
+            .service(resource!("/events", post => ingest::events).wrap(cors()))
+            .service(resource!("/decide", post => ingest::decide).wrap(cors()))
             .service(resource!("/ws", get => ingest::ws))
-            .service(resource!("/me", get => admin::export_me, delete => admin::erase_me))
+            .service(resource!("/me", get => admin::export_me, delete => admin::erase_me).wrap(cors()))
             .service(resource!("/rules", get => admin::rules_list))
             .service(resource!("/rules/{name}", get => admin::rule_get, put => admin::rule_put, delete => admin::rule_delete))
             .service(resource!("/users/{id}", get => admin::export_user, delete => admin::erase_user))

@@ -102,7 +102,12 @@ fn event(id: &str) -> Value {
 #[actix_web::test]
 async fn ingest_answers_and_refuses_with_the_table_s_codes() {
     let f = fixture(|c| c.limits.max_body_bytes = 4096);
-    let app = test::init_service(App::new().app_data(f.state.clone()).configure(configure)).await;
+    let app = test::init_service(
+        App::new()
+            .app_data(f.state.clone())
+            .configure(|c| configure(c, &[])),
+    )
+    .await;
     let post = |auth: Option<&str>, body: Vec<u8>| {
         let mut r = test::TestRequest::post()
             .uri("/v1/events")
@@ -263,7 +268,12 @@ async fn ingest_answers_and_refuses_with_the_table_s_codes() {
 #[actix_web::test]
 async fn admin_endpoints_need_the_admin_token_and_name_what_is_wrong() {
     let f = fixture(|_| {});
-    let app = test::init_service(App::new().app_data(f.state.clone()).configure(configure)).await;
+    let app = test::init_service(
+        App::new()
+            .app_data(f.state.clone())
+            .configure(|c| configure(c, &[])),
+    )
+    .await;
     let get = |uri: &str, auth: Option<&str>| {
         let mut r = test::TestRequest::get().uri(uri);
         if let Some(a) = auth {
@@ -451,7 +461,12 @@ async fn admin_endpoints_need_the_admin_token_and_name_what_is_wrong() {
 #[actix_web::test]
 async fn anonymous_tokens_and_readiness_follow_the_configuration_and_shutdown() {
     let f = fixture(|c| c.anonymous = false);
-    let app = test::init_service(App::new().app_data(f.state.clone()).configure(configure)).await;
+    let app = test::init_service(
+        App::new()
+            .app_data(f.state.clone())
+            .configure(|c| configure(c, &[])),
+    )
+    .await;
     let anon = call!(
         &app,
         test::TestRequest::post()
@@ -474,7 +489,12 @@ async fn anonymous_tokens_and_readiness_follow_the_configuration_and_shutdown() 
 #[actix_web::test]
 async fn tokens_sockets_and_limits_are_refused_with_their_own_codes() {
     let f = fixture(|c| c.limits.max_batch_events = 3);
-    let app = test::init_service(App::new().app_data(f.state.clone()).configure(configure)).await;
+    let app = test::init_service(
+        App::new()
+            .app_data(f.state.clone())
+            .configure(|c| configure(c, &[])),
+    )
+    .await;
     let events = |n: usize, user: &str| {
         let evs: Vec<Value> = (0..n)
             .map(|i| {
@@ -559,7 +579,12 @@ async fn tokens_sockets_and_limits_are_refused_with_their_own_codes() {
 #[actix_web::test]
 async fn a_known_path_with_another_method_is_405_and_bodies_must_be_objects() {
     let f = fixture(|_| {});
-    let app = test::init_service(App::new().app_data(f.state.clone()).configure(configure)).await;
+    let app = test::init_service(
+        App::new()
+            .app_data(f.state.clone())
+            .configure(|c| configure(c, &[])),
+    )
+    .await;
 
     // 405 with Allow naming the path's methods; an unknown path stays 404.
     let resp = test::call_service(
@@ -666,8 +691,12 @@ async fn a_known_path_with_another_method_is_405_and_bodies_must_be_objects() {
 #[actix_web::test]
 async fn metrics_need_the_metrics_token_when_one_is_set() {
     let open = fixture(|_| {});
-    let app =
-        test::init_service(App::new().app_data(open.state.clone()).configure(configure)).await;
+    let app = test::init_service(
+        App::new()
+            .app_data(open.state.clone())
+            .configure(|c| configure(c, &[])),
+    )
+    .await;
     let resp =
         test::call_service(&app, test::TestRequest::get().uri("/metrics").to_request()).await;
     assert_eq!(resp.status(), 200);
@@ -675,7 +704,12 @@ async fn metrics_need_the_metrics_token_when_one_is_set() {
 
     let token = "metrics-scrape-token-0123";
     let f = fixture(|c| c.metrics_token = Some(token.into()));
-    let app = test::init_service(App::new().app_data(f.state.clone()).configure(configure)).await;
+    let app = test::init_service(
+        App::new()
+            .app_data(f.state.clone())
+            .configure(|c| configure(c, &[])),
+    )
+    .await;
     let none = call!(&app, test::TestRequest::get().uri("/metrics")).await;
     is_error(&none, Code::Unauthorized, None);
     let wrong = call!(

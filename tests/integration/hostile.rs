@@ -185,3 +185,150 @@ fn websocket_frames_are_refused_at_their_header_and_unauthenticated_sockets_are_
     });
     assert!(reply.is_some());
 }
+
+/// Sends a raw HTTP/1.1 request (`Connection: close`); the status and headers (lowercase names).
+fn raw_http(s: &Server, head: &str) -> (u16, Vec<(String, String)>) {
+    let mut t = TcpStream::connect(&s.addr).unwrap();
+    t.set_read_timeout(Some(WAIT)).unwrap();
+    t.write_all(head.as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    let mut b = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if t.read(&mut b).unwrap() == 0 {
+            break;
+        }
+        buf.push(b[0]);
+    }
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let mut lines = text.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers)
+}
+
+fn header_of<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// A WebSocket handshake with the given Host and Origin: the answer's status.
+fn ws_handshake(s: &Server, path: &str, host: &str, origin: &str) -> u16 {
+    raw_http(
+        s,
+        &format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n"
+        ),
+    )
+    .0
+}
+
+#[test]
+fn origins_are_proven_by_the_connection_and_cors_answers_listed_origins_only() {
+    let s = Server::start(Opts::config(
+        "allowed_origins = [\"https://shop.example\"]\n",
+    ));
+    let port = s.addr.rsplit(':').next().unwrap();
+    let evil = format!("evil.example:{port}");
+
+    // DNS rebinding: Host and Origin agree on the attacker's name, which is not this server.
+    for path in ["/v1/ws", "/v1/admin/live"] {
+        assert_eq!(
+            ws_handshake(&s, path, &evil, &format!("http://{evil}")),
+            403,
+            "{path}"
+        );
+        // The server's own origin, by its address or a loopback name; a listed origin.
+        assert_eq!(
+            ws_handshake(&s, path, &s.addr, &format!("http://{}", s.addr)),
+            101,
+            "{path}"
+        );
+        assert_eq!(
+            ws_handshake(&s, path, &s.addr, &format!("http://localhost:{port}")),
+            101
+        );
+        assert_eq!(ws_handshake(&s, path, &s.addr, "https://shop.example"), 101);
+        // Another scheme or port is another origin.
+        assert_eq!(
+            ws_handshake(&s, path, &s.addr, &format!("https://{}", s.addr)),
+            403
+        );
+        assert_eq!(ws_handshake(&s, path, &s.addr, "http://127.0.0.1:1"), 403);
+    }
+
+    // CORS preflight from the listed origin on the endpoints a page calls.
+    let preflight = |path: &str, origin: &str| {
+        raw_http(
+            &s,
+            &format!(
+                "OPTIONS {path} HTTP/1.1\r\nHost: {}\r\nOrigin: {origin}\r\n\
+                 Access-Control-Request-Method: POST\r\n\
+                 Access-Control-Request-Headers: authorization, content-type\r\n\
+                 Connection: close\r\n\r\n",
+                s.addr
+            ),
+        )
+    };
+    for path in ["/v1/anonymous", "/v1/events", "/v1/decide", "/v1/me"] {
+        let (status, h) = preflight(path, "https://shop.example");
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(
+            header_of(&h, "access-control-allow-origin"),
+            Some("https://shop.example")
+        );
+        let methods = header_of(&h, "access-control-allow-methods").unwrap_or("");
+        assert!(methods.contains("POST"), "{methods}");
+        let allowed = header_of(&h, "access-control-allow-headers")
+            .unwrap_or("")
+            .to_lowercase();
+        assert!(
+            allowed.contains("authorization") && allowed.contains("content-type"),
+            "{allowed}"
+        );
+        // An unlisted origin gets no CORS answer.
+        let (_, h) = preflight(path, "https://evil.example");
+        assert_eq!(header_of(&h, "access-control-allow-origin"), None, "{path}");
+    }
+    // Admin endpoints are not for pages: no CORS even for a listed origin.
+    let (_, h) = preflight("/v1/rules", "https://shop.example");
+    assert_eq!(header_of(&h, "access-control-allow-origin"), None);
+
+    // The actual request: the listed origin may read the answer; another may not.
+    let anon = |origin: &str| {
+        raw_http(
+            &s,
+            &format!(
+                "POST /v1/anonymous HTTP/1.1\r\nHost: {}\r\nOrigin: {origin}\r\n\
+                 Content-Length: 0\r\nConnection: close\r\n\r\n",
+                s.addr
+            ),
+        )
+    };
+    let (status, h) = anon("https://shop.example");
+    assert_eq!(status, 200);
+    assert_eq!(
+        header_of(&h, "access-control-allow-origin"),
+        Some("https://shop.example")
+    );
+    assert!(header_of(&h, "vary")
+        .unwrap_or("")
+        .to_lowercase()
+        .contains("origin"));
+    let (status, h) = anon("https://evil.example");
+    assert_eq!(
+        status, 200,
+        "not blocked here: the browser keeps the answer from the page"
+    );
+    assert_eq!(header_of(&h, "access-control-allow-origin"), None);
+}
