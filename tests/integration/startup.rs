@@ -230,3 +230,36 @@ fn identical_credentials_are_refused_and_the_data_dir_is_private() {
         assert_eq!(mode(f), 0o600, "{f}");
     }
 }
+
+/// A `keys.bin` cut short (a partial copy or restore) is refused at the start, naming the file
+/// and what is missing, instead of silently losing the users whose keys were cut; the whole file
+/// starts again.
+#[test]
+fn a_truncated_key_store_is_refused_at_start() {
+    let mut s = Server::start(Opts::config(""));
+    for i in 0..6 {
+        let t = s.identify(&format!("keyed-{i}"));
+        s.post_ok(&t, vec![custom(&eid("k"), "x", serde_json::Value::Null)]);
+    }
+    s.sigterm();
+    assert!(s
+        .wait_exit(Duration::from_secs(20))
+        .is_some_and(|st| st.success()));
+    let keys = s.data.join("keys.bin");
+    let whole = std::fs::read(&keys).unwrap();
+    assert_eq!(whole.len(), 8 + 6 * 48, "six users, six slots");
+
+    std::fs::write(&keys, &whole[..8 + 3 * 48 + 20]).unwrap();
+    let (st, stderr) = s.run_second_instance(Duration::from_secs(20));
+    assert!(!st.success());
+    assert!(stderr.contains("keys.bin"), "{stderr}");
+    assert!(
+        stderr.contains("holds 3 key slots but the database has seen 6"),
+        "{stderr}"
+    );
+
+    std::fs::write(&keys, &whole).unwrap();
+    s.restart();
+    let t = s.identify("keyed-4");
+    assert_eq!(s.get("/v1/me", Some(&t)).status, 200);
+}

@@ -28,6 +28,8 @@ struct FileState {
     file: File,
     free: Vec<u64>,
     slots: u64,
+    /// Slots known to be on disk (written and synced): what a truncated file would lack.
+    durable: u64,
     /// Keys created in memory and not yet written: (slot, user, key).
     pending: Vec<(u64, UserKey, [u8; 32])>,
 }
@@ -98,6 +100,7 @@ impl KeyStore {
                 file,
                 free,
                 slots,
+                durable: slots,
                 pending: Vec::new(),
             }),
         })
@@ -146,13 +149,24 @@ impl KeyStore {
         pending.sort_unstable_by_key(|(slot, _, _)| *slot);
         let result = write_runs(&fs.file, &pending).and_then(|()| fs.file.sync_data());
         match result {
-            Ok(()) => Ok(pending.len()),
+            Ok(()) => {
+                let top = pending.last().map_or(0, |(slot, _, _)| slot + 1);
+                fs.durable = fs.durable.max(top);
+                Ok(pending.len())
+            }
             Err(e) => {
                 pending.append(&mut fs.pending);
                 fs.pending = pending;
                 Err(e)
             }
         }
+    }
+
+    /// How many slots the file holds durably. The store records it with every index
+    /// transaction, so that a `keys.bin` cut short (a partial restore, a bad copy) is refused
+    /// at the next start instead of silently losing the users whose slots were cut.
+    pub fn durable_slots(&self) -> u64 {
+        self.file.lock().unwrap_or_else(|e| e.into_inner()).durable
     }
 
     /// Keys created and not yet durable.

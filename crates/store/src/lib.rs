@@ -116,6 +116,12 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
+    #[error("the key store {path} holds {found} key slots but the database has seen {expected}: it was cut short (a partial copy or restore?). Restore keys.bin from the backup taken with this database; starting would lose the users whose keys are missing")]
+    KeysTruncated {
+        path: String,
+        found: u64,
+        expected: u64,
+    },
     #[error(transparent)]
     Keys(#[from] KeyStoreError),
     #[error("storage error: {0}")]
@@ -337,6 +343,17 @@ impl Store {
         }
         txn.commit()?;
         let keys = Arc::new(KeyStore::open(&data_dir.join(KEYS_FILE))?);
+        // Slots are never removed (erasure zeroes them in place): fewer than the database has
+        // seen means the file was cut short, and the users of the lost slots would silently
+        // lose their data.
+        let expected = meta_u64(&db, "key_slots")?;
+        if keys.durable_slots() < expected {
+            return Err(StoreError::KeysTruncated {
+                path: data_dir.join(KEYS_FILE).display().to_string(),
+                found: keys.durable_slots(),
+                expected,
+            });
+        }
         // The log of an earlier version (a redb file): apply what it holds past the indexed
         // store, then let it go.
         let legacy = data_dir.join(LEGACY_WAL_FILE);

@@ -228,6 +228,7 @@ impl Store {
             meta.insert("applied_wal", &last.to_le_bytes()[..])?;
             meta.insert("events_end", &end.to_le_bytes()[..])?;
             meta.insert("replay_from", &replay_from.to_le_bytes()[..])?;
+            meta.insert("key_slots", &self.keys.durable_slots().to_le_bytes()[..])?;
         }
         txn.commit()?;
         app.finish();
