@@ -80,6 +80,8 @@ pub fn serve(
             }
         })
         .workers(workers)
+        // The connection cap is per worker in actix.
+        .max_connections(cfg.http.max_connections.div_ceil(workers))
         .disable_signals()
         .shutdown_timeout(10);
         let server = match &certs {

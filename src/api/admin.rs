@@ -50,7 +50,7 @@ pub async fn rule_put(
     name: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(payload, st.cfg.limits.max_body_bytes).await?;
+    let body = read_body(payload, st.cfg.limits.max_body_bytes, &st.cfg).await?;
     let source = std::str::from_utf8(&body)
         .map_err(|_| ApiError::new(Code::InvalidEncoding, "a script must be UTF-8 text"))?;
     if source.trim().is_empty() {

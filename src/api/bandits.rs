@@ -53,7 +53,7 @@ pub async fn put(
     slot: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(payload, st.cfg.limits.max_body_bytes).await?;
+    let body = read_body(payload, st.cfg.limits.max_body_bytes, &st.cfg).await?;
     require_object(&body)?;
     let v = parse_json(&body)?;
     let def = BanditDef::from_json(&slot, v).map_err(|d| bandit_error(BanditsError::Invalid(d)))?;

@@ -80,7 +80,7 @@ pub async fn put(
     id: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(payload, st.cfg.limits.max_body_bytes).await?;
+    let body = read_body(payload, st.cfg.limits.max_body_bytes, &st.cfg).await?;
     require_object(&body)?;
     let v = parse_json(&body)?;
     let def =
@@ -141,7 +141,7 @@ pub async fn analyze(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     use crate::experiments::stats;
-    let body = read_body(payload, st.cfg.limits.max_body_bytes).await?;
+    let body = read_body(payload, st.cfg.limits.max_body_bytes, &st.cfg).await?;
     require_object(&body)?;
     let v = parse_json(&body)?;
     let req: stats::AnalyzeRequest = crate::event::from_value(v, "")?;

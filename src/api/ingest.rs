@@ -77,7 +77,7 @@ pub async fn identify(
             "identify needs the write key",
         ));
     }
-    let body = read_body(payload, st.cfg.limits.max_body_bytes).await?;
+    let body = read_body(payload, st.cfg.limits.max_body_bytes, &st.cfg).await?;
     let req: IdentifyReq = parse_body(&body)?;
     check_str(&req.user, "user", st.cfg.limits.max_string_len)?;
     let key = st.pseudo.user(&req.user);
@@ -96,7 +96,7 @@ pub async fn events(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(payload, st.cfg.limits.max_body_bytes).await?;
+    let body = read_body(payload, st.cfg.limits.max_body_bytes, &st.cfg).await?;
     // Authenticate before validating: a header credential is checked before the body is even
     // parsed; a beacon's body token right after parsing, before any field is validated.
     let header_caller = match bearer(&req) {
@@ -193,7 +193,7 @@ pub async fn anonymous(
             "anonymous visitors are disabled (anonymous = false); use /v1/identify from your server",
         ));
     }
-    let body = read_body(payload, 4096).await?;
+    let body = read_body(payload, 4096, &st.cfg).await?;
     let trimmed = body.trim_ascii();
     let renew: Option<RenewReq> = if trimmed.is_empty() || trimmed == b"null" {
         None
@@ -286,7 +286,7 @@ pub async fn decide(
     caller: Caller,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(payload, st.cfg.limits.max_body_bytes).await?;
+    let body = read_body(payload, st.cfg.limits.max_body_bytes, &st.cfg).await?;
     let req: DecideReq = parse_body(&body)?;
     let max = st.cfg.limits.max_string_len;
     check_str(&req.slot, "slot", max)?;

@@ -48,9 +48,27 @@ impl std::ops::Deref for AppState {
 
 pub(crate) use crate::now_ms;
 
-/// Reads a request body up to `limit` bytes; larger bodies are refused with 413 without being
-/// read to the end.
-pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
+/// Reads a request body up to `limit` bytes within `http.body_timeout_s`; larger bodies are
+/// refused with 413 without being read to the end, slower ones with 408.
+pub async fn read_body(
+    payload: web::Payload,
+    limit: usize,
+    cfg: &crate::config::Config,
+) -> Result<web::BytesMut, ApiError> {
+    let within = std::time::Duration::from_secs(cfg.http.body_timeout_s);
+    match tokio::time::timeout(within, read_all(payload, limit)).await {
+        Ok(body) => body,
+        Err(_) => Err(ApiError::new(
+            Code::RequestTimeout,
+            format!(
+                "the body did not arrive within {} s (http.body_timeout_s)",
+                cfg.http.body_timeout_s
+            ),
+        )),
+    }
+}
+
+async fn read_all(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| ApiError::new(Code::BadRequest, e.to_string()))?;

@@ -332,3 +332,69 @@ fn origins_are_proven_by_the_connection_and_cors_answers_listed_origins_only() {
     );
     assert_eq!(header_of(&h, "access-control-allow-origin"), None);
 }
+
+#[test]
+fn a_body_that_trickles_in_is_cut_off_with_408() {
+    let s = Server::start(Opts::config("[http]\nbody_timeout_s = 1\n"));
+    let started = Instant::now();
+    let mut slow: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut t = TcpStream::connect(&s.addr).unwrap();
+            t.set_read_timeout(Some(WAIT)).unwrap();
+            write!(
+                t,
+                "POST /v1/events HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+                 Content-Length: 100000\r\n\r\n{{\"events\":[",
+                s.addr
+            )
+            .unwrap();
+            t
+        })
+        .collect();
+    for t in &mut slow {
+        let mut answer = String::new();
+        // The answer, then the end of the connection: read_to_string returns only at EOF.
+        t.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("request_timeout"), "{answer}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    // Meanwhile and afterwards, everyone else is served.
+    let t = s.identify("after-the-slow-ones");
+    s.post_ok(&t, vec![custom(&eid("ok"), "x", serde_json::Value::Null)]);
+}
+
+#[test]
+fn connections_beyond_the_cap_wait_until_one_closes() {
+    // One connection per worker (the server runs one worker per CPU, 2 to 8).
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(2, 8);
+    let s = Server::start(Opts::config(&format!(
+        "[http]\nmax_connections = {workers}\n"
+    )));
+    let token = s.identify("capped");
+    let held: Vec<_> = (0..workers).map(|_| s.ws_connect(&token)).collect();
+    let mut third = TcpStream::connect(&s.addr).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    write!(
+        third,
+        "GET /healthz HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        s.addr
+    )
+    .unwrap();
+    let mut b = [0u8; 1];
+    assert!(third.read(&mut b).is_err(), "served beyond the cap");
+    drop(held);
+    third.set_read_timeout(Some(WAIT)).unwrap();
+    let mut answer = String::new();
+    third.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}

@@ -54,6 +54,27 @@ pub struct Config {
     pub segments: SegmentsConfig,
     pub learn: crate::bandits::trainer::LearnConfig,
     pub tls: TlsConfig,
+    pub http: HttpConfig,
+}
+
+/// `[http]`: bounds on connections, against clients that hold them open.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// A request body must arrive within this many seconds (then 408 `request_timeout` and
+    /// the connection closes): a client trickling a body cannot hold a connection for long.
+    pub body_timeout_s: u64,
+    /// Open connections at most, WebSockets included; further ones wait in the listen backlog.
+    pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            body_timeout_s: 10,
+            max_connections: 25_000,
+        }
+    }
 }
 
 /// `[tls]`: serve HTTPS and WSS with these PEM files (both or neither). The files are read
@@ -98,6 +119,7 @@ impl Default for Config {
             segments: SegmentsConfig::default(),
             learn: crate::bandits::trainer::LearnConfig::default(),
             tls: TlsConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -408,6 +430,9 @@ impl Config {
         }
         if self.limits.max_batch_events == 0 || self.limits.max_body_bytes < 1024 {
             return bad("limits.max_batch_events must be ≥ 1 and limits.max_body_bytes ≥ 1024");
+        }
+        if self.http.body_timeout_s == 0 || self.http.max_connections == 0 {
+            return bad("http.body_timeout_s and http.max_connections must be positive");
         }
         if self.token_ttl_s == 0 {
             return bad("token_ttl_s must be positive");

@@ -83,6 +83,7 @@ codes! {
     BadQuery = "bad_query", 400, User, "an unknown or invalid query parameter (`path` = `query` or the parameter)";
     MissingBody = "missing_body", 400, User, "a body is required and was empty (a rule's source)";
     BadRequest = "bad_request", 400, User, "a request that cannot be read: a broken body, a WebSocket upgrade without the handshake";
+    RequestTimeout = "request_timeout", 408, User, "the body did not arrive within `http.body_timeout_s`";
     Unauthorized = "unauthorized", 401, User, "no credential, or the wrong kind for this endpoint";
     InvalidToken = "invalid_token", 401, User, "a forged or malformed token";
     TokenExpired = "token_expired", 401, User, "an expired token (get a new one)";
