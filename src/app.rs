@@ -50,6 +50,10 @@ pub fn serve(
         admin_token: secrets.admin_token.clone(),
         write_key: secrets.write_key.clone(),
         ready: AtomicBool::new(true),
+        limits: Arc::new(api::limit::Limiters::new(
+            &cfg.rate,
+            cfg.http.trust_forwarded_for,
+        )),
     });
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -57,6 +61,15 @@ pub fn serve(
         .clamp(2, 8);
     let st = state.clone();
     let result = actix_web::rt::System::new().block_on(async move {
+        // Rate-limit state of clients idle for a minute is dropped.
+        let lim = st.limits.clone();
+        actix_web::rt::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                every.tick().await;
+                lim.forget_idle();
+            }
+        });
         let server = HttpServer::new(move || {
             let origins = st.cfg.allowed_origins.clone();
             App::new()

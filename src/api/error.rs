@@ -46,6 +46,12 @@ impl ApiError {
         ApiError::new(Code::NotFound, msg)
     }
 
+    /// The same error, answered with `Retry-After: s`.
+    pub fn retry_after(mut self, s: u64) -> ApiError {
+        self.retry_after_s = Some(s);
+        self
+    }
+
     pub fn overloaded(retry_after_s: u64) -> ApiError {
         ApiError {
             retry_after_s: Some(retry_after_s),

@@ -68,6 +68,7 @@ pub(crate) struct IngestResponse {
 /// `POST /v1/identify` (write key): `{user}` → `{user, token, expires_at}`.
 pub async fn identify(
     st: web::Data<AppState>,
+    req: HttpRequest,
     caller: Caller,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
@@ -77,6 +78,7 @@ pub async fn identify(
             "identify needs the write key",
         ));
     }
+    limited(&st, st.limits.check_ip(&req, super::limit::Kind::Identify))?;
     let body = read_body(payload, st.cfg.limits.max_body_bytes, &st.cfg).await?;
     let req: IdentifyReq = parse_body(&body)?;
     check_str(&req.user, "user", st.cfg.limits.max_string_len)?;
@@ -114,6 +116,9 @@ pub async fn events(
     let events = raw
         .into_events(&st.cfg.limits, now_ms())
         .inspect_err(reject)?;
+    if let Caller::User(u) = &caller {
+        limited(&st, st.limits.check_user(u))?;
+    }
     let (groups, not_consented) = group_by_user(&st.pseudo, &caller, events)?;
     let not_consented = not_consented.len();
     if not_consented > 0 {
@@ -132,6 +137,14 @@ pub async fn events(
         duplicates: outcome.duplicates,
         not_consented,
     }))
+}
+
+/// A rate-limit refusal as the answer, counted.
+fn limited(st: &AppState, r: Result<(), super::limit::Limited>) -> Result<(), ApiError> {
+    r.map_err(|l| {
+        st.metrics.reject(l.reason(), 1);
+        l.error()
+    })
 }
 
 /// One user's events of a batch, in order.
@@ -186,6 +199,7 @@ pub(crate) fn group_by_user(
 /// keeps their history.
 pub async fn anonymous(
     st: web::Data<AppState>,
+    req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     if !st.cfg.anonymous {
@@ -193,6 +207,7 @@ pub async fn anonymous(
             "anonymous visitors are disabled (anonymous = false); use /v1/identify from your server",
         ));
     }
+    limited(&st, st.limits.check_ip(&req, super::limit::Kind::Anonymous))?;
     let body = read_body(payload, 4096, &st.cfg).await?;
     let trimmed = body.trim_ascii();
     let renew: Option<RenewReq> = if trimmed.is_empty() || trimmed == b"null" {
@@ -301,6 +316,9 @@ pub async fn decide(
         check_str(c, &format!("candidates[{i}]"), max)?;
     }
     let user = caller.resolve(&st.pseudo, req.user.as_deref(), "user")?;
+    if let Caller::User(u) = &caller {
+        limited(&st, st.limits.check_user(u))?;
+    }
     let d = st
         .pipeline
         .decide(user, req.slot, req.candidates)
@@ -341,6 +359,7 @@ pub async fn ws(
         actix_ws::handle(&req, body).map_err(|e| ApiError::new(Code::BadRequest, e.to_string()))?;
     let ctx = SessionCtx {
         authenticated,
+        limits: st.limits.clone(),
         cfg: st.cfg.clone(),
         pipeline: st.pipeline.clone(),
         hub: st.hub.clone(),

@@ -9,6 +9,7 @@ pub mod bandits;
 pub mod error;
 pub mod experiments;
 pub mod ingest;
+pub mod limit;
 pub mod models;
 pub mod openapi;
 pub mod ops;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub write_key: String,
     /// False once shutdown has begun (`/readyz` then answers 503).
     pub ready: AtomicBool,
+    /// Rate limits per client IP and per user.
+    pub limits: Arc<limit::Limiters>,
 }
 
 impl std::ops::Deref for AppState {

@@ -110,6 +110,16 @@ op!(
     "A user token for a site's own user id (write key)",
     request_body = IdentifyReq,
     responses(
+        (
+            status = 408,
+            body = ErrorBody,
+            description = "the body did not arrive within http.body_timeout_s"
+        ),
+        (
+            status = 429,
+            body = ErrorBody,
+            description = "over the per-address rate limit; retry after Retry-After"
+        ),
         (status = 200, body = TokenResponse),
         (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
@@ -121,7 +131,7 @@ op!(
 );
 op!(anonymous, post, "/v1/anonymous", "A user token for a new random id (no credential), or its renewal",
     request_body(content = Option<AnonymousRequest>, description = "empty for a new id"),
-    responses((status = 200, body = TokenResponse), (status = 400, body = ErrorBody),
+    responses((status = 408, body = ErrorBody, description = "the body did not arrive within http.body_timeout_s"), (status = 429, body = ErrorBody, description = "over the per-address rate limit; retry after Retry-After"), (status = 200, body = TokenResponse), (status = 400, body = ErrorBody),
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)));
 op!(
@@ -131,6 +141,11 @@ op!(
     "A batch of events; 202 once every one is durable",
     request_body = EventBatch,
     responses(
+        (
+            status = 408,
+            body = ErrorBody,
+            description = "the body did not arrive within http.body_timeout_s"
+        ),
         (status = 202, body = IngestResponse),
         (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
@@ -153,6 +168,11 @@ op!(
     "Decide a slot now (first paint); stored before the answer",
     request_body = DecideReq,
     responses(
+        (
+            status = 408,
+            body = ErrorBody,
+            description = "the body did not arrive within http.body_timeout_s"
+        ),
         (status = 200, body = DecideResponse),
         (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
@@ -239,6 +259,11 @@ op!(
         description = "the rule's Rhai source (not empty)"
     ),
     responses(
+        (
+            status = 408,
+            body = ErrorBody,
+            description = "the body did not arrive within http.body_timeout_s"
+        ),
         (status = 200, body = Json),
         (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
@@ -394,6 +419,11 @@ op!(
     )),
     request_body = ExperimentDef,
     responses(
+        (
+            status = 408,
+            body = ErrorBody,
+            description = "the body did not arrive within http.body_timeout_s"
+        ),
         (status = 200, body = Json),
         (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
@@ -447,6 +477,11 @@ op!(
     "The statistics engine on summary statistics you bring (admin)",
     request_body = AnalyzeRequest,
     responses(
+        (
+            status = 408,
+            body = ErrorBody,
+            description = "the body did not arrive within http.body_timeout_s"
+        ),
         (status = 200, body = AnalyzeResponse),
         (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
@@ -498,6 +533,11 @@ op!(
     )),
     request_body = BanditDef,
     responses(
+        (
+            status = 408,
+            body = ErrorBody,
+            description = "the body did not arrive within http.body_timeout_s"
+        ),
         (status = 200, body = Json),
         (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),

@@ -42,6 +42,7 @@ fn fixture(tune: impl FnOnce(&mut Config)) -> Fixture {
         ..Config::default()
     };
     tune(&mut cfg);
+    let state_cfg = cfg.clone();
     let engine = Engine::open(Arc::new(cfg))
         .unwrap()
         .start(Pseudonymizer::new([7; 32]))
@@ -52,6 +53,7 @@ fn fixture(tune: impl FnOnce(&mut Config)) -> Fixture {
         admin_token: ADMIN.into(),
         write_key: WRITE.into(),
         ready: AtomicBool::new(true),
+        limits: Arc::new(super::limit::Limiters::new(&state_cfg.rate, false)),
     });
     Fixture { _dir: dir, state }
 }

@@ -32,6 +32,8 @@ pub struct SessionCtx {
     pub signer: TokenSigner,
     pub pseudo: Pseudonymizer,
     pub metrics: Arc<Metrics>,
+    /// The server's rate limits (a socket's messages count against its user).
+    pub limits: Arc<crate::api::limit::Limiters>,
 }
 
 fn error_msg(code: Code, message: &str, path: Option<&str>, ids: &[String]) -> ByteString {
@@ -200,6 +202,11 @@ fn handle_text(ctx: &SessionCtx, user: UserKey, body: &[u8], tx: &SocketTx) -> O
         }
         Err(e) => return reject(e, &[]),
     };
+    if let Err(l) = ctx.limits.check_user(&user) {
+        ctx.metrics.reject(l.reason(), 1);
+        let ids: Vec<String> = incoming.into_iter().map(|i| i.event.id).collect();
+        return Some(l.error().frame(&ids));
+    }
     // The same admission as an HTTP batch: the socket's user may only write its own events.
     let (groups, ids_no_consent) =
         match crate::api::ingest::group_by_user(&ctx.pseudo, &Caller::User(user), incoming) {

@@ -398,3 +398,68 @@ fn connections_beyond_the_cap_wait_until_one_closes() {
     third.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+#[test]
+fn token_minting_and_a_user_s_traffic_are_rate_limited_with_retry_after() {
+    let s = Server::start(Opts::config(
+        "[rate]\nanonymous_per_min = 60\nanonymous_burst = 5\nuser_per_min = 60\nuser_burst = 3\n",
+    ));
+    // Anonymous tokens from one address: a burst of 5, then 429 with Retry-After.
+    let statuses: Vec<u16> = (0..8)
+        .map(|_| s.post_raw("/v1/anonymous", None, b"").status)
+        .collect();
+    assert_eq!(&statuses[..5], &[200; 5]);
+    let r = s.post_raw("/v1/anonymous", None, b"");
+    assert_eq!(r.status, 429);
+    assert_eq!(r.code(), "rate_limited");
+    let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=2).contains(&wait), "{wait}");
+    std::thread::sleep(Duration::from_millis(1100 * wait));
+    assert_eq!(
+        s.post_raw("/v1/anonymous", None, b"").status,
+        200,
+        "after Retry-After"
+    );
+
+    // One user's batches over HTTP: 3, then refused; nothing of a refused batch is stored.
+    let t = s.identify("busy-reader");
+    for i in 0..3 {
+        s.post_ok(
+            &t,
+            vec![custom(&eid(&format!("b{i}")), "x", serde_json::Value::Null)],
+        );
+    }
+    let refused_id = eid("refused");
+    let r = s.post_events(
+        &t,
+        &batch(vec![custom(&refused_id, "x", serde_json::Value::Null)]),
+    );
+    assert_eq!((r.status, r.code()), (429, "rate_limited"));
+    // The same user's socket shares the budget: the message comes back with its ids.
+    let mut ws = s.ws_connect(&t);
+    let id = eid("ws");
+    ws.send_events(vec![custom(&id, "x", serde_json::Value::Null)]);
+    let m = ws
+        .recv_json_until(deadline(WAIT), |m| {
+            m["type"] == "error" || m["type"] == "ack"
+        })
+        .unwrap();
+    assert_eq!(m["code"], "rate_limited", "{m}");
+    assert_eq!(m["ids"], json!([id]));
+    // Another user is not affected.
+    let other = s.identify("calm-reader");
+    s.post_ok(
+        &other,
+        vec![custom(&eid("c"), "x", serde_json::Value::Null)],
+    );
+    // Counted, and the refused event was not stored.
+    let metrics = s.get("/metrics", None).body;
+    for reason in ["rate_anonymous", "rate_user"] {
+        assert!(
+            metrics.contains(&format!("reason=\"{reason}\"")),
+            "{reason}: {metrics}"
+        );
+    }
+    let export = s.export("busy-reader").unwrap().to_string();
+    assert!(!export.contains(&refused_id));
+}

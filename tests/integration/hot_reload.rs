@@ -11,6 +11,10 @@ use serde_json::{json, Value};
 use crate::support::*;
 
 const CONFIG: &str = r#"
+# Traffic as fast as the test can send it: no per-user rate limit.
+[rate]
+user_per_min = 0
+
 [delivery]
 cap_per_session = 0
 cap_per_user = 0

@@ -11,6 +11,12 @@ use serde_json::{json, Value};
 use crate::support::*;
 
 const CONFIG: &str = r#"
+# Traffic as fast as the test can send it, a token per simulated visitor from one address:
+# no rate limits.
+[rate]
+user_per_min = 0
+anonymous_per_min = 0
+
 [learn]
 retrain_every_s = 0
 min_rows = 100

@@ -30,8 +30,13 @@ fn events_of<'a>(ex: &'a Value, kind: &'a str) -> impl Iterator<Item = &'a Value
 #[test]
 fn simulated_audience_is_acknowledged_decided_and_counted() {
     let s = Server::start(
-        Opts::config("[delivery]\ncap_per_session = 0\ncap_per_user = 0\n")
-            .script("sim_push", RULE),
+        // The simulator mints a token per visitor, all from one address, and at speed 0 sends
+        // a visitor's whole session at once: no rate limits.
+        Opts::config(
+            "[delivery]\ncap_per_session = 0\ncap_per_user = 0\n\
+             [rate]\nanonymous_per_min = 0\nuser_per_min = 0\n",
+        )
+        .script("sim_push", RULE),
     );
     let def = json!({
         "slot": "cta",

@@ -55,6 +55,36 @@ pub struct Config {
     pub learn: crate::bandits::trainer::LearnConfig,
     pub tls: TlsConfig,
     pub http: HttpConfig,
+    pub rate: RateConfig,
+}
+
+/// `[rate]`: rate limits, each a sustained rate per minute and a burst; a rate of 0 turns that
+/// limit off. Over a limit: 429 `rate_limited` with `Retry-After`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateConfig {
+    /// `POST /v1/anonymous` per client IP (a household or an office shares one).
+    pub anonymous_per_min: u32,
+    pub anonymous_burst: u32,
+    /// `POST /v1/identify` per client IP (the site's server calls it for every login).
+    pub identify_per_min: u32,
+    pub identify_burst: u32,
+    /// Event batches, decide requests and WebSocket messages per user.
+    pub user_per_min: u32,
+    pub user_burst: u32,
+}
+
+impl Default for RateConfig {
+    fn default() -> Self {
+        RateConfig {
+            anonymous_per_min: 120,
+            anonymous_burst: 30,
+            identify_per_min: 60_000,
+            identify_burst: 2_000,
+            user_per_min: 1_200,
+            user_burst: 120,
+        }
+    }
 }
 
 /// `[http]`: bounds on connections, against clients that hold them open.
@@ -66,6 +96,9 @@ pub struct HttpConfig {
     pub body_timeout_s: u64,
     /// Open connections at most, WebSockets included; further ones wait in the listen backlog.
     pub max_connections: usize,
+    /// Take the client's IP (for per-IP rate limits) from the last `X-Forwarded-For` entry:
+    /// only behind a reverse proxy that sets it, or any client could pick its own address.
+    pub trust_forwarded_for: bool,
 }
 
 impl Default for HttpConfig {
@@ -73,6 +106,7 @@ impl Default for HttpConfig {
         HttpConfig {
             body_timeout_s: 10,
             max_connections: 25_000,
+            trust_forwarded_for: false,
         }
     }
 }
@@ -120,6 +154,7 @@ impl Default for Config {
             learn: crate::bandits::trainer::LearnConfig::default(),
             tls: TlsConfig::default(),
             http: HttpConfig::default(),
+            rate: RateConfig::default(),
         }
     }
 }

@@ -8,7 +8,7 @@
 //!    (`speed = 0`: no waiting). Every event grants analytics + personalization consent; a
 //!    first visit starts with the SDK's `consent` custom event. Hover/dwell `end` events carry
 //!    their full duration, which the server trusts over its (compressed) clock. Errors
-//!    `overloaded`/`unavailable`/`storage_unavailable` are retried with the same ids after a
+//!    `overloaded`/`rate_limited`/`unavailable`/`storage_unavailable` are retried with the same ids after a
 //!    backoff; then it waits until every event is acknowledged;
 //! 4. `POST /v1/decide {slot, candidates}` with the token; an `adjust` for the slot pushed over
 //!    the socket (with a candidate variant) takes precedence, as in the SDK;
@@ -506,7 +506,7 @@ impl Socket {
                     .collect();
                 let retryable = matches!(
                     code.as_str(),
-                    "overloaded" | "unavailable" | "storage_unavailable"
+                    "overloaded" | "rate_limited" | "unavailable" | "storage_unavailable"
                 );
                 if retryable && !ids.is_empty() {
                     // Tries so far for these ids (any earlier entry naming the first id).
