@@ -102,11 +102,26 @@ pub async fn run(ctx: SessionCtx, mut session: Session, stream: actix_ws::Messag
     };
     ctx.authenticated
         .store(true, std::sync::atomic::Ordering::Relaxed);
+    let (tx, mut rx) = mpsc::channel::<Outbound>(d.session_buffer.max(8));
+    let Some(id) = ctx
+        .hub
+        .try_register(user, tx.clone(), d.max_sockets_per_user)
+    else {
+        ctx.metrics.reject("too_many_sockets", 1);
+        let why = format!(
+            "this user has {} WebSockets open already (delivery.max_sockets_per_user)",
+            d.max_sockets_per_user
+        );
+        let _ = session
+            .text(error_msg(Code::TooManySockets, &why, None, &[]))
+            .await;
+        close(session, CloseCode::Policy, "too many sockets for this user").await;
+        return;
+    };
     if session.text(r#"{"type":"ready"}"#).await.is_err() {
+        ctx.hub.unregister(&user, id);
         return;
     }
-    let (tx, mut rx) = mpsc::channel::<Outbound>(d.session_buffer.max(8));
-    let id = ctx.hub.register(user, tx.clone());
     let mut heartbeat = tokio::time::interval(Duration::from_secs(d.heartbeat_s.max(1)));
     heartbeat.tick().await;
     let timeout = Duration::from_secs(d.client_timeout_s.max(1));

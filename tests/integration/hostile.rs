@@ -463,3 +463,40 @@ fn token_minting_and_a_user_s_traffic_are_rate_limited_with_retry_after() {
     let export = s.export("busy-reader").unwrap().to_string();
     assert!(!export.contains(&refused_id));
 }
+
+#[test]
+fn a_user_may_hold_only_so_many_sockets() {
+    let s = Server::start(Opts::config("[delivery]\nmax_sockets_per_user = 3\n"));
+    let t = s.identify("many-tabs");
+    let mut open: Vec<Ws> = (0..3).map(|_| s.ws_connect(&t)).collect();
+    // The fourth is told why, then closed with 1008.
+    let mut extra = s.ws_open(None).unwrap();
+    extra.send_json(&json!({"type": "auth", "token": t}));
+    let mut seen = Vec::new();
+    let code = loop {
+        match extra.next(WAIT) {
+            Got::Json(m) => seen.push(m),
+            Got::Close(c) => break c,
+            Got::Nothing => panic!("neither a message nor a close: {seen:?}"),
+            Got::Gone(e) => panic!("gone: {e} after {seen:?}"),
+        }
+    };
+    assert_eq!(code, Some(1008), "{seen:?}");
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0]["code"], "too_many_sockets");
+    // Another user is not affected; once a tab closes, a new one may open.
+    s.ws_connect(&s.identify("one-tab"));
+    drop(open.pop());
+    let reopened = poll(WAIT, || {
+        let mut ws = s.ws_open(None).ok()?;
+        ws.send_json(&json!({"type": "auth", "token": t}));
+        let m = ws.recv_json_until(deadline(Duration::from_secs(2)), |m| {
+            m["type"] == "ready" || m["type"] == "error"
+        })?;
+        (m["type"] == "ready").then_some(())
+    });
+    assert!(
+        reopened.is_some(),
+        "a socket freed by a closed tab is available again"
+    );
+}

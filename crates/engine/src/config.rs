@@ -225,6 +225,9 @@ pub struct DeliveryConfig {
     pub auth_timeout_s: u64,
     /// Outgoing messages buffered per WebSocket before it counts as too slow.
     pub session_buffer: usize,
+    /// Open WebSockets per user at most (a page per tab; 0 = no cap); one more is closed with
+    /// 1008 after a `too_many_sockets` message.
+    pub max_sockets_per_user: usize,
 }
 
 impl Default for DeliveryConfig {
@@ -237,6 +240,7 @@ impl Default for DeliveryConfig {
             client_timeout_s: 30,
             auth_timeout_s: 5,
             session_buffer: 256,
+            max_sockets_per_user: 16,
         }
     }
 }

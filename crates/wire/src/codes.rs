@@ -104,6 +104,7 @@ codes! {
     UnsupportedMessage = "unsupported_message", 422, User, "a binary WebSocket frame (send JSON text)";
     ProtocolError = "protocol_error", 400, User, "a malformed WebSocket frame; the socket closes with 1009";
     RateLimited = "rate_limited", 429, User, "over a rate limit (`[rate]`); `Retry-After` says when to retry";
+    TooManySockets = "too_many_sockets", 429, User, "a user's WebSocket beyond `delivery.max_sockets_per_user` (closed with 1008)";
     Overloaded = "overloaded", 429, Server, "a queue is full; `Retry-After` says when to retry (see below)";
     Unavailable = "unavailable", 503, Server, "the server is shutting down";
     StorageUnavailable = "storage_unavailable", 503, Server, "storage failed; nothing was acknowledged, retry later";
@@ -144,8 +145,8 @@ mod tests {
                 .all(|b| b.is_ascii_lowercase() || b == b'_'));
             // 429 is the server's (`overloaded`: its queues are full) except over a client's
             // own rate limit.
-            let user =
-                (400..500).contains(&c.status()) && (c.status() != 429 || *c == Code::RateLimited);
+            let user = (400..500).contains(&c.status())
+                && (c.status() != 429 || matches!(c, Code::RateLimited | Code::TooManySockets));
             assert_eq!(c.fault() == Fault::User, user, "{c}: status {}", c.status());
             assert!(!c.when().is_empty());
         }

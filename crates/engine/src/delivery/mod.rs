@@ -70,15 +70,24 @@ impl Hub {
 
     /// Registers a socket of `user`; returns its id (for [`Hub::unregister`]).
     pub fn register(&self, user: UserKey, tx: SocketTx) -> u64 {
+        self.try_register(user, tx, 0).expect("no cap")
+    }
+
+    /// Registers a socket of `user` unless the user has `max` open already (0 = no cap);
+    /// checked and registered under one lock, so concurrent sockets cannot all slip in.
+    pub fn try_register(&self, user: UserKey, tx: SocketTx, max: usize) -> Option<u64> {
+        let mut map = self.sessions.write().unwrap_or_else(|e| e.into_inner());
+        let socks = map.entry(user).or_default();
+        if max > 0 && socks.len() >= max {
+            if socks.is_empty() {
+                map.remove(&user);
+            }
+            return None;
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.sessions
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(user)
-            .or_default()
-            .push(Handle { id, tx });
+        socks.push(Handle { id, tx });
         self.metrics.ws_sessions.inc();
-        id
+        Some(id)
     }
 
     pub fn unregister(&self, user: &UserKey, id: u64) {
