@@ -161,33 +161,18 @@ pub async fn live(
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     // The dashboard is served by this server: a page from elsewhere may not open the feed.
-    if !super::origin::allowed(&req, &st.cfg.allowed_origins) {
-        st.metrics.reject("origin", 1);
-        return Err(ApiError::new(
-            Code::OriginNotAllowed,
-            "this Origin may not open the live feed (see allowed_origins)",
-        ));
-    }
-    let authenticated = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let body = crate::ws::guard::guard(
-        &req,
-        body,
-        crate::ws::live::MAX_FRAME_BYTES,
-        authenticated.clone(),
-    )
-    .await;
-    let (resp, session, stream) =
-        actix_ws::handle(&req, body).map_err(|e| ApiError::new(Code::BadRequest, e.to_string()))?;
+    super::origin::require(&req, &st.cfg.allowed_origins, &st.metrics, "the live feed")?;
+    let ws = crate::ws::guard::handshake(&req, body, crate::ws::live::MAX_FRAME_BYTES).await?;
     let ctx = crate::ws::live::LiveCtx {
-        authenticated,
+        authenticated: ws.authenticated,
         hub: st.hub.clone(),
         metrics: st.metrics.clone(),
         rules: st.rules.clone(),
         admin_token: st.admin_token.clone(),
         auth_timeout: std::time::Duration::from_secs(st.cfg.delivery.auth_timeout_s),
     };
-    actix_web::rt::spawn(crate::ws::live::run(ctx, session, stream));
-    Ok(resp)
+    actix_web::rt::spawn(crate::ws::live::run(ctx, ws.session, ws.stream));
+    Ok(ws.resp)
 }
 
 /// `GET /v1/segments` (admin): the current behavioural segments (names, sizes, profiles),

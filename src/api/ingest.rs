@@ -21,7 +21,7 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
 /// A string of a request: 1..=`max` characters (as JSON Schema counts them) without control
 /// characters.
 pub(crate) fn check_str(s: &str, path: &str, max: usize) -> Result<(), ApiError> {
-    let too_long = s.len() > max && s.chars().count() > max;
+    let too_long = crate::event::longer_than(s, max);
     if s.is_empty() || too_long || s.chars().any(char::is_control) {
         return Err(ApiError::from(InputError::new(
             if too_long {
@@ -336,29 +336,13 @@ pub async fn ws(
     req: HttpRequest,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    if !super::origin::allowed(&req, &st.cfg.allowed_origins) {
-        st.metrics.reject("origin", 1);
-        return Err(ApiError::new(
-            Code::OriginNotAllowed,
-            "this Origin may not open a WebSocket (see allowed_origins)",
-        ));
-    }
+    super::origin::require(&req, &st.cfg.allowed_origins, &st.metrics, "a WebSocket")?;
     if !st.ready.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(ApiError::unavailable("the server is shutting down"));
     }
-    // Frames are refused at their header, and an unauthenticated socket may send only a few KiB.
-    let authenticated = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let body = crate::ws::guard::guard(
-        &req,
-        body,
-        st.cfg.limits.max_body_bytes,
-        authenticated.clone(),
-    )
-    .await;
-    let (resp, session, stream) =
-        actix_ws::handle(&req, body).map_err(|e| ApiError::new(Code::BadRequest, e.to_string()))?;
+    let ws = crate::ws::guard::handshake(&req, body, st.cfg.limits.max_body_bytes).await?;
     let ctx = SessionCtx {
-        authenticated,
+        authenticated: ws.authenticated,
         limits: st.limits.clone(),
         cfg: st.cfg.clone(),
         pipeline: st.pipeline.clone(),
@@ -367,6 +351,6 @@ pub async fn ws(
         pseudo: st.pseudo.clone(),
         metrics: st.metrics.clone(),
     };
-    actix_web::rt::spawn(session::run(ctx, session, stream));
-    Ok(resp)
+    actix_web::rt::spawn(session::run(ctx, ws.session, ws.stream));
+    Ok(ws.resp)
 }

@@ -84,60 +84,53 @@ impl Limiters {
         req.peer_addr().map(|a| a.ip())
     }
 
-    /// Admits one request of `kind` from the client of `req` (per IP).
+    /// Admits one request of `kind` from the client of `req` (per IP; `Kind::User` is
+    /// limited per user, by [`Limiters::check_user`]).
     pub fn check_ip(&self, req: &HttpRequest, kind: Kind) -> Result<(), Limited> {
         let lim = match kind {
             Kind::Anonymous => &self.anonymous,
             Kind::Identify => &self.identify,
-            Kind::User => &None,
+            Kind::User => return Ok(()),
         };
-        match (lim, self.client_ip(req)) {
-            (Some(l), Some(ip)) => admit(l, &ip, kind),
-            _ => Ok(()),
+        match self.client_ip(req) {
+            Some(ip) => admit(lim, &ip, kind),
+            None => Ok(()),
         }
     }
 
     /// Admits one batch, decide request or message of `user`.
     pub fn check_user(&self, user: &UserKey) -> Result<(), Limited> {
-        match &self.user {
-            Some(l) => admit(l, user, Kind::User),
-            None => Ok(()),
-        }
+        admit(&self.user, user, Kind::User)
     }
 
     /// Drops the state of keys idle long enough to be back at a full burst.
     pub fn forget_idle(&self) {
-        if let Some(l) = &self.anonymous {
-            l.retain_recent();
-            l.shrink_to_fit();
-        }
-        if let Some(l) = &self.identify {
-            l.retain_recent();
-            l.shrink_to_fit();
-        }
-        if let Some(l) = &self.user {
-            l.retain_recent();
-            l.shrink_to_fit();
-        }
-    }
-
-    /// Keys currently tracked (for tests and metrics).
-    pub fn tracked(&self) -> usize {
-        self.anonymous.as_ref().map_or(0, |l| l.len())
-            + self.identify.as_ref().map_or(0, |l| l.len())
-            + self.user.as_ref().map_or(0, |l| l.len())
+        forget(&self.anonymous);
+        forget(&self.identify);
+        forget(&self.user);
     }
 }
 
+/// One request against `lim` (none: not limited).
 fn admit<K: std::hash::Hash + Eq + Clone>(
-    l: &DefaultKeyedRateLimiter<K>,
+    lim: &Option<DefaultKeyedRateLimiter<K>>,
     key: &K,
     kind: Kind,
 ) -> Result<(), Limited> {
+    let Some(l) = lim else {
+        return Ok(());
+    };
     l.check_key(key).map_err(|not_until| Limited {
         kind,
         retry_after: not_until.wait_time_from(DefaultClock::default().now()),
     })
+}
+
+fn forget<K: std::hash::Hash + Eq + Clone>(lim: &Option<DefaultKeyedRateLimiter<K>>) {
+    if let Some(l) = lim {
+        l.retain_recent();
+        l.shrink_to_fit();
+    }
 }
 
 /// A refusal: what was limited and when to retry.

@@ -92,6 +92,24 @@ pub fn allowed(req: &HttpRequest, allowed: &[String]) -> bool {
     req.conn_data::<Conn>().is_some_and(|c| own(origin, *c))
 }
 
+/// [`allowed`], or the refusal (counted as rejected `origin`): `what` may not be opened from
+/// this page.
+pub fn require(
+    req: &HttpRequest,
+    allowed_origins: &[String],
+    metrics: &crate::metrics::Metrics,
+    what: &str,
+) -> Result<(), super::ApiError> {
+    if allowed(req, allowed_origins) {
+        return Ok(());
+    }
+    metrics.reject("origin", 1);
+    Err(super::ApiError::new(
+        crate::event::Code::OriginNotAllowed,
+        format!("this Origin may not open {what} (see allowed_origins)"),
+    ))
+}
+
 /// CORS for the endpoints a page on another origin calls (`/v1/anonymous`, `/v1/events`,
 /// `/v1/decide`, `/v1/me`): preflights and responses for listed origins only. Requests from
 /// other origins are not blocked here (same-origin pages and servers send `Origin` too); without

@@ -190,20 +190,39 @@ where
     }
 }
 
-/// Wraps a WebSocket request's payload in the guard (as the `web::Payload` actix-ws takes).
-pub async fn guard(
+/// An accepted WebSocket: the 101 answer, the session, its guarded message stream, and the
+/// flag the session sets once the socket has authenticated (read by the guard).
+pub struct Upgraded {
+    pub resp: actix_web::HttpResponse,
+    pub session: actix_ws::Session,
+    pub stream: actix_ws::MessageStream,
+    pub authenticated: Arc<AtomicBool>,
+}
+
+/// The WebSocket handshake with the guard on the request's payload: frames over `max_frame`
+/// are refused at their header, an unauthenticated socket may send only a few KiB.
+pub async fn handshake(
     req: &actix_web::HttpRequest,
     body: actix_web::web::Payload,
     max_frame: usize,
-    authenticated: Arc<AtomicBool>,
-) -> actix_web::web::Payload {
+) -> Result<Upgraded, crate::api::ApiError> {
     use actix_web::FromRequest;
-    let guarded = Guarded::new(body.into_inner(), FrameCheck::new(max_frame, authenticated));
+    let authenticated = Arc::new(AtomicBool::new(false));
+    let check = FrameCheck::new(max_frame, authenticated.clone());
+    let guarded = Guarded::new(body.into_inner(), check);
     let boxed: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> = Box::pin(guarded);
     let mut payload = actix_web::dev::Payload::from(boxed);
-    actix_web::web::Payload::from_request(req, &mut payload)
+    let body = actix_web::web::Payload::from_request(req, &mut payload)
         .await
-        .expect("taking a payload cannot fail")
+        .expect("taking a payload cannot fail");
+    let (resp, session, stream) = actix_ws::handle(req, body)
+        .map_err(|e| crate::api::ApiError::new(crate::event::Code::BadRequest, e.to_string()))?;
+    Ok(Upgraded {
+        resp,
+        session,
+        stream,
+        authenticated,
+    })
 }
 
 #[cfg(test)]

@@ -19,21 +19,6 @@ fn second_server_on_the_same_data_dir_exits_saying_locked() {
     s.post_ok(&t, vec![custom(&eid("x"), "x", serde_json::Value::Null)]);
 }
 
-fn run_with_config(config: &str) -> (std::process::ExitStatus, String) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let cfg = dir.path().join("trimtab.toml");
-    std::fs::write(&cfg, config).expect("config");
-    let scripts = dir.path().join("scripts");
-    std::fs::create_dir_all(&scripts).expect("scripts");
-    run_to_exit(
-        &dir.path().join("data"),
-        &scripts,
-        &cfg,
-        &dir.path().join("stderr.log"),
-        Duration::from_secs(15),
-    )
-}
-
 #[test]
 fn unknown_config_keys_exit_2_naming_the_key() {
     for (config, key) in [
@@ -41,7 +26,7 @@ fn unknown_config_keys_exit_2_naming_the_key() {
         ("[pipeline]\nshard_queu = 4\n", "shard_queu"),
         ("[delivery]\nauth_timeout = 1\n", "auth_timeout"),
     ] {
-        let (st, stderr) = run_with_config(config);
+        let (st, stderr) = run_with_config_file(config);
         assert_eq!(
             st.code(),
             Some(2),
@@ -53,7 +38,7 @@ fn unknown_config_keys_exit_2_naming_the_key() {
         );
     }
     // A bad value is refused the same way.
-    let (st, stderr) = run_with_config("log_format = \"xml\"\n");
+    let (st, stderr) = run_with_config_file("log_format = \"xml\"\n");
     assert_eq!(st.code(), Some(2), "{st}; stderr:\n{stderr}");
     assert!(stderr.contains("log_format"), "{stderr}");
 }
@@ -61,7 +46,7 @@ fn unknown_config_keys_exit_2_naming_the_key() {
 /// `[rules]` is part of the config like every other section: a typo there is an error too.
 #[test]
 fn unknown_key_in_rules_section_exits_2() {
-    let (st, stderr) = run_with_config("[rules]\nmax_operationz = 5\n");
+    let (st, stderr) = run_with_config_file("[rules]\nmax_operationz = 5\n");
     assert_eq!(
         st.code(),
         Some(2),

@@ -727,6 +727,12 @@ pub fn parse_batch_value(value: Value, limits: &Limits, now_ms: i64) -> Result<B
     })
 }
 
+/// Whether `s` has more than `max` characters — characters, as JSON Schema's `maxLength`
+/// counts them (the byte length is a cheap first test: fewer bytes means fewer characters).
+pub fn longer_than(s: &str, max: usize) -> bool {
+    s.len() > max && s.chars().count() > max
+}
+
 /// Request bodies are JSON objects. Anything else — an array (which serde would read into a
 /// struct, field by position), `null`, a number — is `invalid_type`; what is not JSON at all
 /// stays `malformed_json`.
@@ -1125,8 +1131,7 @@ impl<'a> Checker<'a> {
         p
     }
     fn string(&self, field: &str, s: &str, allow_empty: bool) -> Result<(), InputError> {
-        // Characters, as JSON Schema's maxLength counts (a longer string has more bytes).
-        if s.len() > self.limits.max_string_len && s.chars().count() > self.limits.max_string_len {
+        if longer_than(s, self.limits.max_string_len) {
             return Err(InputError::new(
                 Code::StringTooLong,
                 format!(

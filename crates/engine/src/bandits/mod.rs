@@ -33,7 +33,7 @@ use rand::Rng;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::experiments::def::{valid_name, DefError, Definition};
+use crate::experiments::def::{check_name, DefError, Definition};
 use crate::experiments::DefProblem;
 use def::{BanditDef, RewardKind};
 use learner::LearnMsg;
@@ -149,11 +149,7 @@ impl registry::Kind for BanditKind {
     const EXT: &'static str = "toml";
 
     fn check_name(&self, name: &str) -> Result<(), &'static str> {
-        if valid_name(name) {
-            Ok(())
-        } else {
-            Err("must match [A-Za-z0-9_.-]{1,64} and not start with a dot")
-        }
+        check_name(name)
     }
 
     fn compile(

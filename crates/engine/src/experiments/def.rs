@@ -272,6 +272,15 @@ pub fn valid_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
+/// [`valid_name`] with the rule as the reason (what the definition registry reports).
+pub fn check_name(s: &str) -> Result<(), &'static str> {
+    if valid_name(s) {
+        Ok(())
+    } else {
+        Err("must match [A-Za-z0-9_.-]{1,64} and not start with a dot")
+    }
+}
+
 impl Definition for ExperimentDef {
     const NAME_FIELD: &'static str = "id";
     fn name_mut(&mut self) -> &mut String {

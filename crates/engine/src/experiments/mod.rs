@@ -168,11 +168,7 @@ impl registry::Kind for ExperimentKind {
     const EXT: &'static str = "toml";
 
     fn check_name(&self, name: &str) -> Result<(), &'static str> {
-        if def::valid_name(name) {
-            Ok(())
-        } else {
-            Err("must match [A-Za-z0-9_.-]{1,64} and not start with a dot")
-        }
+        def::check_name(name)
     }
 
     fn compile(
