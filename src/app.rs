@@ -109,6 +109,25 @@ pub fn serve(
         let addr = *server.addrs().first().context("no bound address")?;
         let server = server.run();
         let handle = server.handle();
+        // A fatal failure (storage error, panicked engine thread): not ready at once (readyz
+        // reads the engine's health), writes refused, and after a short grace — for probes
+        // and scrapes to see it — the server stops without draining; the process exits with
+        // the failure's code.
+        let st = state.clone();
+        let h = handle.clone();
+        let grace = std::time::Duration::from_millis(cfg.pipeline.fatal_grace_ms);
+        actix_web::rt::spawn(async move {
+            let f = st.health.failed().await;
+            st.ready.store(false, Ordering::Relaxed);
+            tokio::time::sleep(grace).await;
+            tracing::error!(
+                exit_code = f.kind.exit_code(),
+                "stopping after the fatal {} failure",
+                f.kind.as_str()
+            );
+            st.hub.close_all();
+            h.stop(false).await;
+        });
         let st = state.clone();
         actix_web::rt::spawn(async move {
             wait_for_signal().await;
@@ -121,11 +140,41 @@ pub fn serve(
         on_listen(addr, &format!("{scheme}://{addr}"));
         server.await.context("http server failed")
     });
+    if let Some(f) = engine.health.fatal() {
+        // Nothing is drained or checkpointed onto a store that failed: the log has every
+        // acknowledged event, and the next start replays it.
+        return Err(anyhow::Error::new(FatalExit(f.clone())));
+    }
     // The server has stopped: no new work can arrive. Drain the queues, commit, stop.
     engine.stop();
     tracing::info!("stopped cleanly");
     result
 }
+
+/// `serve` ended on a fatal engine failure: the process exits with [`FatalExit::exit_code`].
+#[derive(Debug)]
+pub struct FatalExit(pub trimtab_engine::health::Fatal);
+
+impl FatalExit {
+    pub fn exit_code(&self) -> u8 {
+        self.0.kind.exit_code()
+    }
+}
+
+impl std::fmt::Display for FatalExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "stopped after a fatal {} failure in the {}: {} (exit code {}; a restart replays the log)",
+            self.0.kind.as_str(),
+            self.0.what,
+            self.0.message,
+            self.exit_code()
+        )
+    }
+}
+
+impl std::error::Error for FatalExit {}
 
 /// Reloads the TLS certificate on every SIGHUP.
 async fn reload_on_sighup(certs: Arc<crate::tls::Certs>) {

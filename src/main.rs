@@ -333,6 +333,10 @@ fn overrides(a: &ServeArgs) -> Overrides {
 }
 
 fn main() -> ExitCode {
+    // Fault injection for the fault tests: `FAILPOINTS=writer-commit=panic` (only in a build
+    // with the `failpoints` feature; the points compile to nothing otherwise).
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     match cli.command {
         Command::ExportLog(a) => export_log(a),
@@ -412,7 +416,10 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("trimtab: {e:#}");
-                    ExitCode::FAILURE
+                    match e.downcast_ref::<trimtab::app::FatalExit>() {
+                        Some(f) => ExitCode::from(f.exit_code()),
+                        None => ExitCode::FAILURE,
+                    }
                 }
             }
         }

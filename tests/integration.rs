@@ -17,6 +17,8 @@ mod bandits;
 mod durability;
 #[path = "integration/experiments.rs"]
 mod experiments;
+#[path = "integration/faults.rs"]
+mod faults;
 #[path = "integration/hostile.rs"]
 mod hostile;
 #[path = "integration/hot_reload.rs"]

@@ -13,10 +13,14 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: ready to take traffic (not shutting down, not replaying log tails after an
-/// unclean stop).
+/// `GET /readyz`: ready to take traffic (not failed, not shutting down, not replaying log
+/// tails after an unclean stop).
 pub async fn readyz(st: web::Data<AppState>) -> HttpResponse {
-    if !st.ready.load(Ordering::Relaxed) {
+    if let Some(f) = st.health.fatal() {
+        // The kind only: the detail is in the server's log.
+        HttpResponse::ServiceUnavailable()
+            .json(json!({"status": "failed", "reason": f.kind.as_str()}))
+    } else if !st.ready.load(Ordering::Relaxed) {
         HttpResponse::ServiceUnavailable().json(json!({"status": "shutting_down"}))
     } else if st.pipeline.recovering() {
         HttpResponse::ServiceUnavailable().json(json!({"status": "recovering"}))

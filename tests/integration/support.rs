@@ -236,6 +236,8 @@ pub struct Opts {
     /// Serve HTTPS with this (certificate PEM, key PEM): written to the temp dir as
     /// `tls/cert.pem` and `tls/key.pem` and named in the config's `[tls]`.
     pub tls: Option<(String, String)>,
+    /// Extra environment of the server process (e.g. `LD_PRELOAD` for the fault tests).
+    pub env: Vec<(String, String)>,
 }
 
 impl Opts {
@@ -255,6 +257,10 @@ impl Opts {
     }
     pub fn script(mut self, name: &str, source: &str) -> Opts {
         self.scripts.push((name.to_string(), source.to_string()));
+        self
+    }
+    pub fn env(mut self, key: &str, value: &str) -> Opts {
+        self.env.push((key.to_string(), value.to_string()));
         self
     }
     pub fn tls(mut self, cert_pem: &str, key_pem: &str) -> Opts {
@@ -277,6 +283,9 @@ pub struct Server {
     pub tls_root: Option<String>,
     /// Where the TLS files are, when it does.
     pub tls_dir: Option<PathBuf>,
+    /// Extra environment of the process (from [`Opts::env`]; a test may change it before a
+    /// restart).
+    pub env: Vec<(String, String)>,
 }
 
 /// The simulator's binary, `trimtab-sim` (its own crate: `cargo test --workspace` builds it
@@ -372,6 +381,7 @@ impl Server {
             http: agent_trusting(opts.tls.as_ref().map(|(c, _)| c.as_str())),
             tls_root: opts.tls.as_ref().map(|(c, _)| c.clone()),
             tls_dir,
+            env: opts.env.clone(),
         };
         s.spawn();
         s
@@ -388,6 +398,7 @@ impl Server {
     /// Spawns the process and waits (with a deadline) for its listening line.
     fn spawn(&mut self) {
         let mut child = serve_command(&self.data, &self.scripts, &self.config, self.stderr_file())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .spawn()
             .expect("spawn trimtab");
         let stdout = child.stdout.take().expect("piped stdout");

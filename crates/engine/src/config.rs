@@ -183,6 +183,9 @@ pub struct PipelineConfig {
     /// Page cache of the indexed store (`trimtab.redb`), MiB. The OS page cache holds the
     /// rest of the file; the write-ahead log has its own small cache.
     pub store_cache_mb: usize,
+    /// After a fatal failure (storage error, panicked thread) the server stays up this long,
+    /// not ready and refusing writes, so probes and scrapes see why, then exits (ms).
+    pub fatal_grace_ms: u64,
 }
 
 impl Default for PipelineConfig {
@@ -196,6 +199,7 @@ impl Default for PipelineConfig {
             checkpoint_ms: 5_000,
             index_ms: 1_000,
             store_cache_mb: 256,
+            fatal_grace_ms: 1_000,
         }
     }
 }

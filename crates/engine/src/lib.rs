@@ -17,6 +17,7 @@ pub mod decide;
 pub mod delivery;
 pub mod experiments;
 pub mod features;
+pub mod health;
 pub mod metrics;
 pub mod pipeline;
 pub mod segments;

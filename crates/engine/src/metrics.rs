@@ -34,6 +34,8 @@ pub struct Metrics {
     pub events_rejected: IntCounterVec,
     pub events_duplicate: IntCounter,
     pub queue_depth: IntGaugeVec,
+    /// 1 once the engine failed fatally, by kind (`storage`, `thread`): it is exiting.
+    pub fatal: IntGaugeVec,
     pub commit_latency: Histogram,
     pub commit_batch: Histogram,
     pub index_latency: Histogram,
@@ -93,6 +95,17 @@ impl Metrics {
                 IntGaugeVec::new(
                     Opts::new("trimtab_queue_depth", "Messages waiting, by queue"),
                     &["queue"],
+                )
+                .expect(ok),
+            ),
+            fatal: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "trimtab_fatal",
+                        "1 once the engine failed fatally (storage error or a panicked thread) and is exiting, by kind",
+                    ),
+                    &["kind"],
                 )
                 .expect(ok),
             ),

@@ -83,6 +83,8 @@ pub struct Engine {
     pub models: ModelService,
     pub metrics: Arc<Metrics>,
     pub pseudo: Pseudonymizer,
+    /// The first fatal failure (storage error, panicked thread), for readiness and the exit.
+    pub health: Arc<crate::health::Health>,
     store: Arc<Store>,
     background: Mutex<Option<Background>>,
 }
@@ -150,17 +152,19 @@ impl Engine {
         )
         .map_err(starting("loading experiments"))?;
         watch("experiments", experiments.watch(), &mut watchers);
+        let metrics = Arc::new(Metrics::new());
+        let health = crate::health::Health::new();
+        health.set_gauge(metrics.fatal.clone());
         let segments = SegmentService::new(cfg.segments.clone(), store.clone())
             .map_err(starting("starting the segmenter"))?;
         let (segmenter_stop, seg_stop_rx) = crossbeam_channel::bounded::<()>(0);
         let segmenter = segments
-            .start(seg_stop_rx)
+            .start(seg_stop_rx, &health)
             .map_err(starting("starting the segmenter"))?;
-        let metrics = Arc::new(Metrics::new());
         let bandits = Bandits::load(&cfg.bandits_dir()).map_err(starting("loading bandits"))?;
         watch("bandits", bandits.watch(), &mut watchers);
         let (learner, learner_tx) =
-            crate::bandits::learner::start(&bandits, store.clone(), metrics.clone())
+            crate::bandits::learner::start(&bandits, store.clone(), metrics.clone(), &health)
                 .map_err(starting("starting the bandit learner"))?;
         let served = Arc::new(trimtab_learn::serving::Models::new());
         let (trainer_stop, trainer_stop_rx) = crossbeam_channel::bounded::<()>(0);
@@ -172,6 +176,7 @@ impl Engine {
             served.clone(),
             metrics.clone(),
             trainer_stop_rx,
+            &health,
         )
         .map_err(starting("starting the trainer"))?;
         let hub = Arc::new(Hub::new(metrics.clone()));
@@ -188,6 +193,7 @@ impl Engine {
                 bandits: bandits.clone(),
                 models: served,
                 learner: Some(learner_tx),
+                health: health.clone(),
             })
             .map_err(starting("starting pipeline threads"))?,
         );
@@ -214,6 +220,7 @@ impl Engine {
             models,
             metrics,
             pseudo,
+            health,
             store,
             background: Mutex::new(Some(Background {
                 watchers,

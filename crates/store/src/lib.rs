@@ -122,6 +122,8 @@ pub enum StoreError {
         found: u64,
         expected: u64,
     },
+    #[error("the database {path} failed its integrity check at open ({message}): it was damaged outside trimtab (a disk error, a partial copy, an edit). Restore the data dir from a backup; starting would serve from damaged pages")]
+    Corrupt { path: String, message: String },
     #[error(transparent)]
     Keys(#[from] KeyStoreError),
     #[error("storage error: {0}")]
@@ -281,6 +283,30 @@ fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
         })
 }
 
+/// Verifies every page's checksum and the allocator state (redb's `check_integrity`): a file
+/// damaged outside trimtab is refused at open rather than found by a reader mid-request. A
+/// state redb can rebuild (pages leaked by a crash) is repaired, with a warning.
+fn check_integrity(db: &mut Database, path: &str) -> Result<(), StoreError> {
+    let t = std::time::Instant::now();
+    match db.check_integrity() {
+        Ok(true) => {
+            tracing::debug!(
+                ms = t.elapsed().as_millis() as u64,
+                "database integrity checked"
+            );
+            Ok(())
+        }
+        Ok(false) => {
+            tracing::warn!(path, "the database's allocator state was repaired at open");
+            Ok(())
+        }
+        Err(e) => Err(StoreError::Corrupt {
+            path: path.to_string(),
+            message: e.to_string(),
+        }),
+    }
+}
+
 impl Store {
     /// Opens (creating on first start) the data dir, its database and key store. A schema 1
     /// database is upgraded in place (its states are complete: v1 wrote them through).
@@ -305,7 +331,24 @@ impl Store {
             path: p.clone(),
             source,
         })?;
-        let db = open_db(&path, cache_bytes)?;
+        // redb panics on some damaged pages instead of returning an error: that is a damaged
+        // file too, refused with the same message.
+        let db = std::panic::catch_unwind(|| {
+            let mut db = open_db(&path, cache_bytes)?;
+            check_integrity(&mut db, &p)?;
+            Ok::<_, StoreError>(db)
+        })
+        .unwrap_or_else(|panic| {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(StoreError::Corrupt {
+                path: p.clone(),
+                message: format!("redb panicked reading it: {msg}"),
+            })
+        })?;
         let txn = db.begin_write()?;
         let was_clean;
         let found_version: u32;

@@ -206,6 +206,7 @@ pub fn start(
     bandits: &Bandits,
     store: Arc<Store>,
     metrics: Arc<Metrics>,
+    health: &Arc<crate::health::Health>,
 ) -> std::io::Result<(JoinHandle<()>, Sender<LearnMsg>)> {
     let (tx, rx) = bounded(QUEUE);
     bandits.connect(tx.clone());
@@ -223,9 +224,7 @@ pub fn start(
     // Replay before serving so the first decisions already use the learned policy.
     l.reload();
     l.publish(now_ms());
-    let h = std::thread::Builder::new()
-        .name("trimtab-learner".into())
-        .spawn(move || l.run())?;
+    let h = health.spawn("trimtab-learner", move || l.run())?;
     Ok((h, tx))
 }
 

@@ -147,6 +147,7 @@ struct Trainer {
 }
 
 /// Starts the trainer thread; it stops when `stop`'s sender is dropped.
+#[allow(clippy::too_many_arguments)] // separate services, each used as it is given
 pub fn start(
     cfg: LearnConfig,
     models_dir: &std::path::Path,
@@ -155,6 +156,7 @@ pub fn start(
     models: Arc<Models>,
     metrics: Arc<Metrics>,
     stop: Receiver<()>,
+    health: &Arc<crate::health::Health>,
 ) -> std::io::Result<(ModelService, JoinHandle<()>)> {
     let (ttx, trx) = bounded(1);
     let shared = Arc::new(Shared {
@@ -175,9 +177,7 @@ pub fn start(
     };
     // Serve what the registry has before the first request.
     t.sync();
-    let h = std::thread::Builder::new()
-        .name("trimtab-trainer".into())
-        .spawn(move || t.run())?;
+    let h = health.spawn("trimtab-trainer", move || t.run())?;
     Ok((ModelService { shared, registry }, h))
 }
 

@@ -66,7 +66,13 @@ impl World {
     /// Starts the bandit learner (it publishes the policies `covers`/`choose` read).
     fn with_bandit(mut self, slot: &str, toml: &str) -> World {
         let store = Arc::new(Store::open(&self._dir.path().join("data")).unwrap());
-        let l = crate::bandits::learner::start(&self.bandits, store, self.metrics.clone()).unwrap();
+        let l = crate::bandits::learner::start(
+            &self.bandits,
+            store,
+            self.metrics.clone(),
+            &crate::health::Health::new(),
+        )
+        .unwrap();
         self._learner = Some(l);
         let def = crate::bandits::def::BanditDef::from_toml(slot, toml).unwrap();
         self.bandits.put(def).unwrap();

@@ -3,8 +3,9 @@
 //! (under load, many batches at once, so each B-tree page is written once for all of them),
 //! then publishes how far each shard's operations are applied: until then a shard keeps their
 //! event ids in memory for deduplication and does not evict their users. Export, erasure and
-//! syncs run here, after everything queued before them is applied. A failed apply is retried
-//! (the batches are safe in the log meanwhile; the bounded queue pushes back on the writer).
+//! syncs run here, after everything queued before them is applied. A failed apply is fatal
+//! ([`crate::health`]): redb refuses every later transaction after an I/O error, so nothing is
+//! retried; the batches are safe in the log, which the next start applies again.
 //!
 //! Batching: a transaction at most every `pipeline.index_ms` (unless a barrier waits), so the
 //! events of one visit share their pages; every transaction is durable (see [`Indexer::flush`]
@@ -21,6 +22,7 @@ use crossbeam_channel::{unbounded, Receiver, Sender};
 use super::writer::Waiter;
 use super::{Decision, PipelineError, Reply, UserExport};
 use crate::delivery::Hub;
+use crate::health::{FatalKind, Health};
 use crate::metrics::Metrics;
 use trimtab_privacy::UserKey;
 use trimtab_store::{Batch, EraseCounts, Store};
@@ -119,9 +121,11 @@ struct Indexer {
     /// Bytes of `pending`.
     pending_bytes: usize,
     marks: Vec<(usize, u64)>,
+    health: Arc<Health>,
 }
 
 pub(crate) fn start(
+    health: &Arc<Health>,
     store: Arc<Store>,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
@@ -145,13 +149,12 @@ pub(crate) fn start(
         pending: Vec::new(),
         pending_bytes: 0,
         marks: Vec::new(),
+        health: health.clone(),
     };
-    let thread = std::thread::Builder::new()
-        .name("trimtab-indexer".into())
-        .spawn(move || {
-            lower_priority();
-            ix.run()
-        })?;
+    let thread = health.spawn("trimtab-indexer", move || {
+        lower_priority();
+        ix.run()
+    })?;
     Ok(Handle {
         tx: Some(tx),
         queued,
@@ -190,11 +193,11 @@ impl Indexer {
             if !self.pending.is_empty() {
                 last = Instant::now();
             }
-            self.flush(false);
+            self.flush();
         }
-        // Shutdown: the writer is done; apply what is left (a few tries, else the log keeps it
-        // for the next start).
-        self.flush(true);
+        // Shutdown: the writer is done; apply what is left (on failure the log keeps it for the
+        // next start).
+        self.flush();
         tracing::debug!("indexer drained and stopped");
     }
 
@@ -212,7 +215,7 @@ impl Indexer {
                 false
             }
             Item::Barrier(b) => {
-                self.flush(false);
+                self.flush();
                 self.barrier(b);
                 true
             }
@@ -229,38 +232,38 @@ impl Indexer {
     /// worth each time keeps that wait to tens of ms (paired WebSocket runs at 1 000 sessions:
     /// ack p99 327–353 ms before, 136–244 ms after). Shorter intervals cost more CPU (each
     /// transaction copies every leaf it touches) than they save.
-    fn flush(&mut self, stopping: bool) {
+    fn flush(&mut self) {
+        if self.health.is_failed() {
+            // Nothing more is applied (the log keeps it for the next start); nothing is
+            // published as indexed.
+            self.discard();
+            return;
+        }
         if !self.pending.is_empty() {
-            let mut tries = 0u32;
-            loop {
-                let t = Instant::now();
-                match self.store.apply(&self.pending) {
-                    Ok(()) => {
-                        self.metrics
-                            .index_latency
-                            .observe(t.elapsed().as_secs_f64());
-                        self.metrics
-                            .index_batches
-                            .observe(self.pending.len() as f64);
-                        let last = self.pending.iter().map(|(s, _)| *s).max().unwrap_or(0);
-                        let bytes = std::mem::take(&mut self.pending_bytes);
-                        self.queued.fetch_sub(bytes, Ordering::AcqRel);
-                        self.applied.fetch_max(last, Ordering::Release);
-                        self.pending.clear();
-                        break;
-                    }
-                    Err(e) => {
-                        tries += 1;
-                        self.metrics.index_failures.inc();
-                        tracing::error!(error = %e, batches = self.pending.len(), tries, "applying the log to the store failed; retrying (the log keeps the batches)");
-                        if stopping && tries >= 5 {
-                            self.ok.store(false, Ordering::Release);
-                            return;
-                        }
-                        std::thread::sleep(Duration::from_millis(
-                            (50u64 << tries.min(7)).min(5_000),
-                        ));
-                    }
+            let t = Instant::now();
+            match self.store.apply(&self.pending) {
+                Ok(()) => {
+                    self.metrics
+                        .index_latency
+                        .observe(t.elapsed().as_secs_f64());
+                    self.metrics
+                        .index_batches
+                        .observe(self.pending.len() as f64);
+                    let last = self.pending.iter().map(|(s, _)| *s).max().unwrap_or(0);
+                    let bytes = std::mem::take(&mut self.pending_bytes);
+                    self.queued.fetch_sub(bytes, Ordering::AcqRel);
+                    self.applied.fetch_max(last, Ordering::Release);
+                    self.pending.clear();
+                }
+                Err(e) => {
+                    self.metrics.index_failures.inc();
+                    self.health.fail(
+                        FatalKind::Storage,
+                        "index transaction",
+                        format!("applying {} logged batches: {e}", self.pending.len()),
+                    );
+                    self.discard();
+                    return;
                 }
             }
         }
@@ -269,7 +272,31 @@ impl Indexer {
         }
     }
 
+    /// After a fatal failure: drops what waits to be applied (the writer must not wait for
+    /// it) and marks the stop as not clean.
+    fn discard(&mut self) {
+        self.ok.store(false, Ordering::Release);
+        let bytes = std::mem::take(&mut self.pending_bytes);
+        self.queued.fetch_sub(bytes, Ordering::AcqRel);
+        self.pending.clear();
+        self.marks.clear();
+    }
+
     fn barrier(&self, b: Barrier) {
+        if self.health.is_failed() {
+            let failed =
+                || PipelineError::Storage("the store failed; the server is restarting".into());
+            match b {
+                Barrier::Export { reply, .. } => {
+                    let _ = reply.send(Err(failed()));
+                }
+                Barrier::Erase { reply, .. } => {
+                    let _ = reply.send(Err(failed()));
+                }
+                Barrier::Notify(w) => w.done(),
+            }
+            return;
+        }
         match b {
             Barrier::Export { user, state, reply } => {
                 let _ = reply.send(self.export(&user, state));
@@ -284,7 +311,11 @@ impl Indexer {
                     .store
                     .erase(&user, slot)
                     .map(|c| EraseCounts { events, ..c })
-                    .map_err(|e| PipelineError::Storage(e.to_string()));
+                    .map_err(|e| {
+                        self.health
+                            .fail(FatalKind::Storage, "erasure", e.to_string());
+                        PipelineError::Storage(e.to_string())
+                    });
                 if r.is_ok() {
                     self.hub.close_user(&user, "user data erased");
                     tracing::info!(user = %user.short(), "user erased");

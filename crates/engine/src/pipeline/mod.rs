@@ -189,6 +189,8 @@ pub struct Services {
     pub models: Arc<trimtab_learn::serving::Models>,
     /// The bandit learner's queue (None: decisions are logged but nothing learns online).
     pub learner: Option<Sender<crate::bandits::learner::LearnMsg>>,
+    /// Where the threads report a fatal failure (storage error, panic).
+    pub health: Arc<crate::health::Health>,
 }
 
 impl Pipeline {
@@ -235,26 +237,24 @@ impl Pipeline {
             );
         }
         let ix = indexer::start(
+            &s.health,
             s.store.clone(),
             s.hub.clone(),
             s.metrics.clone(),
             indexed.clone(),
             std::time::Duration::from_millis(s.cfg.pipeline.index_ms),
         )?;
-        let w = writer::Writer::new(
-            wrx,
-            s.store.clone(),
-            s.hub.clone(),
-            s.metrics.clone(),
-            fail_txs,
-            s.cfg.pipeline.max_commit_batch,
-            ix,
-        );
-        threads.push(
-            std::thread::Builder::new()
-                .name("trimtab-writer".into())
-                .spawn(move || w.run())?,
-        );
+        let w = writer::Writer::new(writer::WriterParts {
+            rx: wrx,
+            store: s.store.clone(),
+            hub: s.hub.clone(),
+            metrics: s.metrics.clone(),
+            failed: fail_txs,
+            max_batch: s.cfg.pipeline.max_commit_batch,
+            indexer: ix,
+            health: s.health.clone(),
+        });
+        threads.push(s.health.spawn("trimtab-writer", move || w.run())?);
         for (idx, rx, frx, rec) in parts {
             let sh = shard::Shard::new(shard::ShardParts {
                 idx,
@@ -280,9 +280,8 @@ impl Pipeline {
                 recovering: recovering.clone(),
             });
             threads.push(
-                std::thread::Builder::new()
-                    .name(format!("trimtab-shard-{idx}"))
-                    .spawn(move || sh.run())?,
+                s.health
+                    .spawn(&format!("trimtab-shard-{idx}"), move || sh.run())?,
             );
         }
         Ok(Pipeline {

@@ -327,6 +327,8 @@ impl Shard {
     }
 
     fn handle(&mut self, msg: ShardMsg, snap: &mut Snap<'_>) {
+        // Fault injection (`failpoints` builds only): the shard panics here.
+        fail::fail_point!("shard-message");
         match msg {
             ShardMsg::Events { users, reply } => self.events(users, reply, snap),
             ShardMsg::Decide {

@@ -16,6 +16,7 @@ use crossbeam_channel::{Receiver, Sender};
 use super::indexer::{Barrier, Item};
 use super::{Decision, IngestOutcome, Join, PipelineError, Reply};
 use crate::delivery::{Hub, Outbound, SocketTx};
+use crate::health::{FatalKind, Health};
 use crate::metrics::Metrics;
 use trimtab_privacy::UserKey;
 use trimtab_store::{Batch, StatKey, Store, UserRows};
@@ -109,28 +110,36 @@ pub(crate) struct Writer {
     failures: u64,
     indexer: super::indexer::Handle,
     labels: crate::metrics::VariantLabels,
+    health: Arc<Health>,
+}
+
+/// What the writer is built from.
+pub(crate) struct WriterParts {
+    pub rx: Receiver<WriterMsg>,
+    pub store: Arc<Store>,
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+    /// Per shard: where failed commits are reported.
+    pub failed: Vec<Sender<Failed>>,
+    /// Most shard drains per group commit.
+    pub max_batch: usize,
+    pub indexer: super::indexer::Handle,
+    pub health: Arc<Health>,
 }
 
 impl Writer {
-    pub(crate) fn new(
-        rx: Receiver<WriterMsg>,
-        store: Arc<Store>,
-        hub: Arc<Hub>,
-        metrics: Arc<Metrics>,
-        failed: Vec<Sender<Failed>>,
-        max_batch: usize,
-        indexer: super::indexer::Handle,
-    ) -> Writer {
+    pub(crate) fn new(p: WriterParts) -> Writer {
         Writer {
-            rx,
-            store,
-            hub,
-            metrics,
-            failed,
-            max_batch: max_batch.max(1),
+            rx: p.rx,
+            store: p.store,
+            hub: p.hub,
+            metrics: p.metrics,
+            failed: p.failed,
+            max_batch: p.max_batch.max(1),
             failures: 0,
-            indexer,
+            indexer: p.indexer,
             labels: Default::default(),
+            health: p.health,
         }
     }
 
@@ -200,12 +209,16 @@ impl Writer {
             }
             return;
         }
-        let start = Instant::now();
-        let result = self.store.log(&batch, self.indexer.applied());
-        self.metrics
-            .commit_latency
-            .observe(start.elapsed().as_secs_f64());
         self.metrics.commit_batch.observe(group.len() as f64);
+        // After a fatal failure nothing touches the disk again (an fsync that failed is not
+        // retried as if it had succeeded): everything is refused until the restart.
+        let result = match self.health.fatal() {
+            Some(f) => Err(trimtab_store::StoreError::Db(format!(
+                "the store failed earlier ({}); the server is restarting",
+                f.what
+            ))),
+            None => self.log(&batch),
+        };
         match result {
             Ok(seq) => {
                 self.metrics.events_accepted.inc_by(events);
@@ -223,7 +236,6 @@ impl Writer {
             Err(e) => {
                 self.failures += 1;
                 let msg = e.to_string();
-                tracing::error!(error = %msg, batches = group.len(), "group commit failed; nothing of it acknowledged");
                 self.metrics.reject("storage", events);
                 let mut users: HashMap<usize, Vec<UserKey>> = HashMap::new();
                 for w in group.iter() {
@@ -247,6 +259,22 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// One group commit (log append and fdatasync); a failure is fatal.
+    fn log(&self, batch: &Batch) -> Result<u64, trimtab_store::StoreError> {
+        // Fault injection (`failpoints` builds only): the writer panics here.
+        fail::fail_point!("writer-commit");
+        let start = Instant::now();
+        let result = self.store.log(batch, self.indexer.applied());
+        self.metrics
+            .commit_latency
+            .observe(start.elapsed().as_secs_f64());
+        if let Err(e) = &result {
+            self.health
+                .fail(FatalKind::Storage, "group commit", e.to_string());
+        }
+        result
     }
 
     fn after_ok(&mut self, a: After) {

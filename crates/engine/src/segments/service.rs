@@ -114,30 +114,32 @@ impl SegmentService {
     }
 
     /// Starts the background thread; it stops when `stop` is dropped or sends.
-    pub fn start(self: &Arc<Self>, stop: Receiver<()>) -> std::io::Result<JoinHandle<()>> {
+    pub fn start(
+        self: &Arc<Self>,
+        stop: Receiver<()>,
+        health: &Arc<crate::health::Health>,
+    ) -> std::io::Result<JoinHandle<()>> {
         let me = self.clone();
-        std::thread::Builder::new()
-            .name("trimtab-segmenter".into())
-            .spawn(move || {
-                // A first run soon after start, then every refresh_s (0: only when asked).
-                let every = me.cfg.refresh_s;
-                let mut wait = Duration::from_secs(if every == 0 { 3600 } else { 5 });
-                loop {
-                    let asked = crossbeam_channel::select! {
-                        recv(stop) -> _ => return,
-                        recv(me.kicked) -> _ => true,
-                        default(wait) => false,
-                    };
-                    wait = Duration::from_secs(if every == 0 { 3600 } else { every });
-                    if every == 0 && !asked {
-                        continue;
-                    }
-                    if let Err(e) = me.run_once() {
-                        tracing::warn!("segmentation run failed: {e}");
-                        *me.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                    }
+        health.spawn("trimtab-segmenter", move || {
+            // A first run soon after start, then every refresh_s (0: only when asked).
+            let every = me.cfg.refresh_s;
+            let mut wait = Duration::from_secs(if every == 0 { 3600 } else { 5 });
+            loop {
+                let asked = crossbeam_channel::select! {
+                    recv(stop) -> _ => return,
+                    recv(me.kicked) -> _ => true,
+                    default(wait) => false,
+                };
+                wait = Duration::from_secs(if every == 0 { 3600 } else { every });
+                if every == 0 && !asked {
+                    continue;
                 }
-            })
+                if let Err(e) = me.run_once() {
+                    tracing::warn!("segmentation run failed: {e}");
+                    *me.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                }
+            }
+        })
     }
 
     /// Asks the background thread for a run now (returns at once).

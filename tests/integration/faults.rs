@@ -1,0 +1,251 @@
+//! Fault injection: the storage under the server fails (an `LD_PRELOAD` shim,
+//! `tests/faults/shim.c`, failing `fsync`/`fdatasync` or writing `ENOSPC`), an engine thread
+//! panics (`failpoints` builds: `cargo test --features failpoints --test integration faults`),
+//! the database is damaged. Each asserts that nothing not durable is acknowledged, that the
+//! server is not ready while broken, that it exits with its documented code, and that a restart
+//! has every acknowledged event (and takes the refused ones when they are sent again).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+/// The shim, compiled once per test run (`cc`, which building Rust needs anyway).
+fn shim() -> &'static Path {
+    static SHIM: OnceLock<PathBuf> = OnceLock::new();
+    SHIM.get_or_init(|| {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/faults/shim.c");
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fault-shim.so");
+        let st = std::process::Command::new("cc")
+            .args(["-shared", "-fPIC", "-O1", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .arg("-ldl")
+            .status()
+            .expect("run cc (a C compiler is needed for the fault shim)");
+        assert!(st.success(), "compiling {} failed", src.display());
+        out
+    })
+}
+
+fn events(prefix: &str, n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| custom(&eid(prefix), "fault-test", json!({ "n": i })))
+        .collect()
+}
+
+fn ids(evs: &[Value]) -> Vec<String> {
+    evs.iter()
+        .map(|e| e["id"].as_str().expect("id").to_string())
+        .collect()
+}
+
+/// A server whose storage calls go through the shim, failing while `flag` exists.
+fn server_with_shim(flag: &Path) -> Server {
+    Server::start(
+        Opts::config("[pipeline]\nfatal_grace_ms = 5000\n")
+            .env("LD_PRELOAD", &shim().display().to_string())
+            .env("FAULT_SHIM_FLAG", &flag.display().to_string()),
+    )
+}
+
+/// A server that has just failed, with what it acknowledged before and what it refused.
+struct Failed<'a> {
+    s: Server,
+    /// The shim's flag (removed: the disk works again).
+    flag: &'a Path,
+    token: &'a str,
+    user: &'a str,
+    acked: Vec<Value>,
+    refused: Vec<Value>,
+}
+
+/// After the failure: not ready with the reason, counted, writes refused even once the disk
+/// works again, then exit with `code`; a restart has every acknowledged event and no other.
+fn fails_then_recovers(f: Failed<'_>, kind: &str, code: i32) {
+    let Failed {
+        mut s,
+        flag,
+        token,
+        user,
+        acked,
+        refused,
+    } = f;
+    let r = s.get("/readyz", None);
+    assert_eq!(r.status, 503, "readyz after the failure: {}", r.body);
+    assert_eq!(r.json["status"], "failed", "{}", r.body);
+    assert_eq!(r.json["reason"], kind, "{}", r.body);
+    let m = s.get("/metrics", None);
+    assert!(
+        m.body
+            .contains(&format!("trimtab_fatal{{kind=\"{kind}\"}} 1")),
+        "the failure is not in the metrics"
+    );
+    // The disk works again: the failed server still refuses (it never retries an fsync that
+    // failed as if it had succeeded), and says so with the storage code.
+    let _ = std::fs::remove_file(flag);
+    let more = events("late", 2);
+    let r = s.post_events(token, &batch(more.clone()));
+    assert_eq!(r.status, 503, "a write after the failure: {}", r.body);
+    let st = s
+        .wait_exit(Duration::from_secs(30))
+        .expect("the failed server exits by itself");
+    assert_eq!(
+        st.code(),
+        Some(code),
+        "exit status {st}; stderr:\n{}",
+        s.stderr()
+    );
+    assert!(
+        s.stderr().contains("fatal:"),
+        "no fatal line in the log:\n{}",
+        s.stderr()
+    );
+
+    s.restart();
+    let ready = poll(Duration::from_secs(30), || {
+        (s.get("/readyz", None).status == 200).then_some(())
+    });
+    assert!(ready.is_some(), "not ready after the restart");
+    let after = s.export(user).expect("the user survives");
+    let got = exported_ids(&after);
+    for id in ids(&acked) {
+        assert!(got.contains(&id), "acknowledged {id} lost: {got:?}");
+    }
+    for id in ids(&more) {
+        assert!(
+            !got.contains(&id),
+            "{id} was refused but is stored: {got:?}"
+        );
+    }
+    // The client sends what was refused again: accepted (or found already durable), once.
+    let r = s.post_events(token, &batch(refused.clone()));
+    assert_eq!(r.status, 202, "resending the refused batch: {}", r.body);
+    let n = r.json["accepted"].as_u64().unwrap_or(0) + r.json["duplicates"].as_u64().unwrap_or(0);
+    assert_eq!(n as usize, refused.len(), "{}", r.body);
+    let after = s.export(user).expect("export");
+    let mut want = ids(&acked);
+    want.extend(ids(&refused));
+    assert_eq!(exported_ids(&after), want, "each event exactly once");
+}
+
+fn storage_fault(fault: impl Fn(&Server) -> String, user: &str) {
+    let flags = tempfile::tempdir().expect("temp dir");
+    let flag = flags.path().join("flag");
+    let s = server_with_shim(&flag);
+    let token = s.identify(user);
+    let acked = events("ok", 3);
+    let r = s.post_ok(&token, acked.clone());
+    assert_eq!(r["accepted"], 3, "{r}");
+
+    std::fs::write(&flag, fault(&s)).expect("raise the flag");
+    let refused = events("refused", 3);
+    let r = s.post_events(&token, &batch(refused.clone()));
+    assert_eq!(r.status, 503, "a batch whose commit failed: {}", r.body);
+    assert_eq!(r.code(), "storage_unavailable", "{}", r.body);
+    let f = Failed {
+        s,
+        flag: &flag,
+        token: &token,
+        user,
+        acked,
+        refused,
+    };
+    fails_then_recovers(f, "storage", 74);
+}
+
+#[test]
+fn a_failed_fsync_is_not_acknowledged_makes_the_server_unready_and_exit_74() {
+    storage_fault(|_| "fsync".into(), "fsync-user");
+}
+
+#[test]
+fn a_full_disk_is_not_acknowledged_makes_the_server_unready_and_exit_74() {
+    storage_fault(|s| format!("enospc {}", s.data.display()), "enospc-user");
+}
+
+/// A panicking engine thread (`FAILPOINTS`): not ready, exit 70, nothing acknowledged lost.
+#[cfg(feature = "failpoints")]
+fn panicking(point: &str, user: &str) {
+    // Nothing else reaches the point meanwhile: no segmentation run (it checkpoints every
+    // shard), checkpoints only at the stop.
+    let mut s = Server::start(
+        Opts::config(
+            "[pipeline]\nfatal_grace_ms = 5000\ncheckpoint_ms = 600000\n[segments]\nrefresh_s = 0\n",
+        )
+        // The first evaluation passes (the acknowledged batch), the second panics.
+            .env("FAILPOINTS", &format!("{point}=1*off->panic(injected)")),
+    );
+    let token = s.identify(user);
+    let acked = events("ok", 3);
+    let r = s.post_ok(&token, acked.clone());
+    assert_eq!(r["accepted"], 3, "{r}");
+    let refused = events("refused", 3);
+    let r = s.post_events(&token, &batch(refused.clone()));
+    assert_eq!(r.status, 503, "a batch whose thread died: {}", r.body);
+    // The restart must not inject again.
+    s.env.retain(|(k, _)| k != "FAILPOINTS");
+    let flag = s.dir().join("no-flag");
+    let f = Failed {
+        s,
+        flag: &flag,
+        token: &token,
+        user,
+        acked,
+        refused,
+    };
+    fails_then_recovers(f, "thread", 70);
+}
+
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_panicking_writer_makes_the_server_unready_and_exit_70() {
+    panicking("writer-commit", "writer-panic-user");
+}
+
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_panicking_shard_makes_the_server_unready_and_exit_70() {
+    panicking("shard-message", "shard-panic-user");
+}
+
+#[test]
+fn a_damaged_database_is_refused_at_start_with_a_clear_message() {
+    let mut s = Server::start(Opts::config(""));
+    let token = s.identify("damaged-user");
+    for i in 0..20 {
+        s.post_ok(&token, events(&format!("d{i}"), 50));
+    }
+    s.sigterm();
+    let st = s.wait_exit(Duration::from_secs(30)).expect("stops");
+    assert!(st.success(), "{st}");
+    // 64 KiB of garbage over the middle of the file (as a disk error or a bad copy would).
+    let db = s.data.join("trimtab.redb");
+    let bytes = std::fs::read(&db).expect("read db");
+    let at = (bytes.len() / 2).max(8192) & !4095;
+    let mut damaged = bytes.clone();
+    let mut x: u32 = 0x9e37_79b9;
+    for b in damaged.iter_mut().skip(at).take(64 << 10) {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *b = x as u8;
+    }
+    std::fs::write(&db, &damaged).expect("write damaged db");
+    let (st, err) = s.run_second_instance(Duration::from_secs(60));
+    assert!(!st.success(), "a damaged database was accepted:\n{err}");
+    assert!(
+        err.contains("failed its integrity check"),
+        "no clear message:\n{err}"
+    );
+    // The original file starts again.
+    std::fs::write(&db, &bytes).expect("restore");
+    s.restart();
+    assert_eq!(
+        exported_ids(&s.export("damaged-user").expect("export")).len(),
+        1000
+    );
+}
