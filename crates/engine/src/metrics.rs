@@ -320,6 +320,7 @@ impl Metrics {
                 json!({
                     "name": r.name, "state": r.state, "enabled": r.enabled, "runs": r.runs,
                     "failures": r.failures, "adjustments": r.adjustments, "replayed": r.replayed,
+                    "budget_skips": r.budget_skips,
                     "disabled_reason": r.disabled_reason, "file": r.file,
                     "consecutive_failures": r.consecutive_failures,
                     "last_error": r.last_error.as_ref().map(|e| json!({"message": e.message, "location": e.location})),
@@ -377,6 +378,12 @@ impl Metrics {
             "Rule evaluations answered from a remembered run with the same reads",
             "counter",
             &|r| r.replayed,
+        );
+        family(
+            "trimtab_rule_budget_skips_total",
+            "Rule runs skipped or stopped because the rules' time budget per event ran out",
+            "counter",
+            &|r| r.budget_skips,
         );
         family(
             "trimtab_rule_enabled",

@@ -76,6 +76,15 @@ pub struct RuleLimits {
     pub timeout_ms: u64,
     /// Failures in a row after which a rule is disabled until its file changes.
     pub max_consecutive_failures: u32,
+    /// A rule whose failures reach this share (percent) of a window of `failure_window` runs
+    /// is disabled too (a rule failing every other event never fails 5 times in a row).
+    pub max_failure_percent: u32,
+    /// Runs per window of `max_failure_percent`.
+    pub failure_window: u32,
+    /// Wall-clock time all rules together may take per event, in milliseconds: a rule that
+    /// would start after it is skipped, one running when it runs out is stopped (neither is
+    /// a failure of that rule; both are counted as `budget_skips`).
+    pub event_budget_ms: u64,
     /// Replay a rule's outcome without running it when everything it read in an earlier run
     /// reads the same now (`scripts/README.md`, "What a rule costs"). Off: every run runs.
     pub memo: bool,
@@ -95,6 +104,9 @@ impl Default for RuleLimits {
             max_functions: 64,
             timeout_ms: 50,
             max_consecutive_failures: 5,
+            max_failure_percent: 50,
+            failure_window: 100,
+            event_budget_ms: 100,
             memo: true,
         }
     }
@@ -186,6 +198,9 @@ pub struct RuleStatus {
     pub adjustments: u64,
     /// Runs answered by replaying a remembered run instead of running Rhai (also in `runs`).
     pub replayed: u64,
+    /// Runs skipped or stopped because the rules' time budget per event
+    /// (`event_budget_ms`) had run out (not in `runs` or `failures`).
+    pub budget_skips: u64,
     /// When the running version (or, failing that, the current file) was loaded, Unix ms.
     pub loaded_at_ms: i64,
     /// SHA-256 (hex) of the running version's source (or of the current file if none runs).
@@ -347,14 +362,46 @@ struct Counters {
     adjustments: AtomicU64,
     /// Runs answered from remembered runs (also counted in `runs`).
     replayed: AtomicU64,
+    /// Runs skipped or stopped by the per-event budget.
+    budget_skips: AtomicU64,
 }
 
 #[derive(Default)]
 struct Health {
+    /// The current failure-rate window: failures in the high 32 bits, runs in the low.
+    window: AtomicU64,
     consecutive: AtomicU32,
     disabled: AtomicBool,
     disabled_reason: Mutex<Option<String>>,
     last_error: Mutex<Option<RuleErrorInfo>>,
+}
+
+impl Health {
+    /// Counts a run in the failure-rate window; at the end of a window, returns
+    /// `(failures, runs)` when the failures reached `max_percent` of it.
+    fn window_run(&self, failed: bool, window: u32, max_percent: u32) -> Option<(u32, u32)> {
+        let add = 1 | (u64::from(failed) << 32);
+        let now = self
+            .window
+            .fetch_add(add, Ordering::Relaxed)
+            .wrapping_add(add);
+        let runs = (now & 0xffff_ffff) as u32;
+        // Exactly one run sees the count reach the window: it closes it, keeping what
+        // other threads added since.
+        if runs != window.max(1) {
+            return None;
+        }
+        self.window.fetch_sub(now, Ordering::Relaxed);
+        let fails = (now >> 32) as u32;
+        (u64::from(fails) * 100 >= u64::from(max_percent) * u64::from(runs))
+            .then_some((fails, runs))
+    }
+
+    /// A successful run.
+    fn succeeded(&self, limits: &RuleLimits) -> Option<(u32, u32)> {
+        self.consecutive.store(0, Ordering::Relaxed);
+        self.window_run(false, limits.failure_window, limits.max_failure_percent)
+    }
 }
 
 /// Locks `m`, ignoring poisoning: the data behind these mutexes (an `Option` or `()`) is
@@ -589,6 +636,8 @@ impl Rules {
     ) {
         let limits = self.limits();
         let timeout = Duration::from_millis(limits.timeout_ms.max(1));
+        let budget = Duration::from_millis(limits.event_budget_ms.max(1));
+        let started = std::time::Instant::now();
         scope.rewind(0);
         scope.push_constant_dynamic("user", input.user.clone());
         scope.push_constant_dynamic("event", input.event.clone());
@@ -659,14 +708,27 @@ impl Rules {
                 if let Some(hit) = trace.borrow_mut().lookup(&views) {
                     counters.runs.fetch_add(1, Ordering::Relaxed);
                     counters.replayed.fetch_add(1, Ordering::Relaxed);
-                    compiled.health.consecutive.store(0, Ordering::Relaxed);
+                    if let Some(rate) = compiled.health.succeeded(limits) {
+                        self.disable_for_rate(compiled, rate);
+                    }
                     let n = u64::try_from(hit.len()).unwrap_or(u64::MAX);
                     counters.adjustments.fetch_add(n, Ordering::Relaxed);
                     out.extend_from_slice(hit);
                     continue;
                 }
             }
-            let call = sandbox::CallScope::enter(compiled.label.clone(), timeout, trace.is_some());
+            // The rules' budget for this event: what is left of it bounds this run.
+            let left = budget.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                counters.budget_skips.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let cut = left < timeout;
+            let call = sandbox::CallScope::enter(
+                compiled.label.clone(),
+                timeout.min(left),
+                trace.is_some(),
+            );
             let engine = &self.inner.kind().engine;
             let cell = compiled
                 .runtime
@@ -681,6 +743,12 @@ impl Rules {
             // Drop the rule's own variables; `user`, `event` and `now_ms` are constants, so a
             // rule cannot change what the next rule sees.
             scope.rewind(base);
+            if cut && matches!(&result, Ok(Err(e)) if sandbox::is_timeout(e)) {
+                // Stopped by the event's budget, not by its own deadline: not its failure.
+                counters.budget_skips.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(rule = %compiled.label, "the rules' budget per event ran out");
+                continue;
+            }
             counters.runs.fetch_add(1, Ordering::Relaxed);
             let error = match result {
                 Ok(Ok(())) => None,
@@ -693,7 +761,9 @@ impl Rules {
             };
             match error {
                 None => {
-                    compiled.health.consecutive.store(0, Ordering::Relaxed);
+                    if let Some(rate) = compiled.health.succeeded(limits) {
+                        self.disable_for_rate(compiled, rate);
+                    }
                     let n = u64::try_from(adjusts.len()).unwrap_or(u64::MAX);
                     counters.adjustments.fetch_add(n, Ordering::Relaxed);
                     if let (Some((_, trace)), Some(reads)) = (&trace, reads) {
@@ -744,11 +814,31 @@ impl Rules {
         }
     }
 
+    /// Disables `compiled` for its failure rate `(failures, runs)` of the last window.
+    fn disable_for_rate(&self, compiled: &Version, (fails, runs): (u32, u32)) {
+        let health = &compiled.health;
+        if health.disabled.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let last = lock(&health.last_error)
+            .as_ref()
+            .map(sandbox::short_error)
+            .unwrap_or_default();
+        let reason = format!(
+            "disabled: {fails} of its last {runs} runs failed (max_failure_percent {}); last: {last}",
+            self.limits().max_failure_percent
+        );
+        tracing::warn!(rule = %compiled.label, "{reason}");
+        *lock(&health.disabled_reason) = Some(reason);
+    }
+
     fn record_failure(&self, compiled: &Version, info: RuleErrorInfo) {
         compiled.counters.failures.fetch_add(1, Ordering::Relaxed);
         let health = &compiled.health;
         let consecutive = health.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
-        let max = self.limits().max_consecutive_failures.max(1);
+        let limits = self.limits();
+        let max = limits.max_consecutive_failures.max(1);
+        let rate = health.window_run(true, limits.failure_window, limits.max_failure_percent);
         if consecutive >= max && !health.disabled.swap(true, Ordering::Relaxed) {
             let reason = format!(
                 "disabled after {consecutive} consecutive failures; last: {}",
@@ -756,6 +846,10 @@ impl Rules {
             );
             tracing::warn!(rule = %compiled.label, location = %info.location, "{reason}");
             *lock(&health.disabled_reason) = Some(reason);
+        } else if let Some(rate) = rate {
+            *lock(&health.last_error) = Some(info);
+            self.disable_for_rate(compiled, rate);
+            return;
         } else {
             tracing::debug!(rule = %compiled.label, location = %info.location, "rule failed: {}", info.message);
         }
@@ -836,6 +930,7 @@ fn status(entry: &RuleEntry) -> RuleStatus {
         consecutive_failures: consecutive,
         adjustments: count(|c| &c.adjustments),
         replayed: count(|c| &c.replayed),
+        budget_skips: count(|c| &c.budget_skips),
         loaded_at_ms: entry
             .live
             .as_ref()

@@ -225,6 +225,63 @@ pub(crate) fn truncate(s: &str, max: usize) -> String {
     }
 }
 
+/// Replaces the string functions whose output can be far larger than their inputs with
+/// versions that compute the output's size first and refuse before allocating it. Rhai checks
+/// `max_string_size` only on the value a function returns: `s.replace("y", t)` on two 16 KiB
+/// strings built a 256 MiB string first (a shard blocked for 270 ms, +489 MiB of memory). `pad`
+/// checks its length up front already; `+` at most doubles its inputs.
+fn guard_amplifiers(lib: &mut rhai::Module, max: usize) {
+    use rhai::{FuncRegistration, ImmutableString};
+    type Res = Result<(), Box<EvalAltResult>>;
+    fn replace(s: &mut ImmutableString, find: &str, with: &str, max: usize) -> Res {
+        if s.is_empty() {
+            return Ok(());
+        }
+        if with.len() > find.len() {
+            let n = s.matches(find).count();
+            let len = s.len() + n.saturating_mul(with.len() - find.len());
+            if len > max {
+                return Err(Box::new(EvalAltResult::ErrorDataTooLarge(
+                    format!(
+                        "replace() would make a string of {len} bytes, over the {max}-byte limit"
+                    ),
+                    Position::NONE,
+                )));
+            }
+        }
+        *s = s.replace(find, with).into();
+        Ok(())
+    }
+    let reg = || FuncRegistration::new("replace").with_purity(false);
+    reg().set_into_module(
+        lib,
+        move |s: &mut ImmutableString, find: &str, with: &str| replace(s, find, with, max),
+    );
+    reg().set_into_module(
+        lib,
+        move |s: &mut ImmutableString, find: &str, with: char| {
+            replace(s, find, with.encode_utf8(&mut [0; 4]), max)
+        },
+    );
+    reg().set_into_module(
+        lib,
+        move |s: &mut ImmutableString, find: char, with: &str| {
+            replace(s, find.encode_utf8(&mut [0; 4]), with, max)
+        },
+    );
+    reg().set_into_module(
+        lib,
+        move |s: &mut ImmutableString, find: char, with: char| {
+            replace(
+                s,
+                find.encode_utf8(&mut [0; 4]),
+                with.encode_utf8(&mut [0; 4]),
+                max,
+            )
+        },
+    );
+}
+
 /// Builds the sandboxed engine shared by compilation and evaluation.
 pub(crate) fn build_engine(limits: &RuleLimits) -> Engine {
     let mut engine = Engine::new_raw();
@@ -247,6 +304,7 @@ pub(crate) fn build_engine(limits: &RuleLimits) -> Engine {
     ] {
         lib.combine_flatten((*m).clone());
     }
+    guard_amplifiers(&mut lib, limits.max_string_size.max(1));
     lib.build_index();
     engine.register_global_module(lib.into());
 
@@ -384,6 +442,18 @@ pub(crate) fn compile_error_info(file: &str, err: &ParseError) -> RuleErrorInfo 
         line: pos.line(),
         column: pos.position(),
         location: location(file, pos),
+    }
+}
+
+/// Whether `err` is the run's deadline passing (possibly inside a script-defined function).
+pub(crate) fn is_timeout(err: &EvalAltResult) -> bool {
+    match err {
+        EvalAltResult::ErrorInFunctionCall(_, _, inner, _) => is_timeout(inner),
+        EvalAltResult::ErrorTerminated(token, ..) => token
+            .clone()
+            .into_string()
+            .is_ok_and(|t| t == TIMEOUT_TOKEN),
+        _ => false,
     }
 }
 

@@ -861,6 +861,19 @@ fn size_limits_stop_runaway_growth() {
             "size limit exceeded",
         ),
         ("fn f(n) { f(n + 1) } f(0);", "call depth limit exceeded"),
+        // Refused before the work: the output's size is computed first (256 MiB here).
+        (
+            "let s = \"\"; s.pad(16000, \"y\"); let t = s; s.replace(\"y\", t);",
+            "replace() would make a string of 256000000 bytes",
+        ),
+        (
+            "let s = \"\"; s.pad(16000, 'y'); let t = s; s.replace('y', t);",
+            "replace() would make a string of 256000000 bytes",
+        ),
+        (
+            "let s = \"\"; s.pad(10000, 'y'); s.replace(\"\", \"ab\");",
+            "replace() would make a string of 30002 bytes",
+        ),
         ("let s = \"x\"; loop { s += s; }", "Length of string"),
         (
             "let m = #{}; let i = 0; loop { m[`k${i}`] = i; i += 1; }",
@@ -872,6 +885,19 @@ fn size_limits_stop_runaway_growth() {
         let msg = last_error(&st);
         assert!(msg.contains(want), "{src}: {msg}");
     }
+}
+
+#[test]
+fn replace_still_replaces_within_the_limit() {
+    let (out, st) = run_src(
+        r#"let s = "a-b-c"; s.replace("-", "_._"); let c = "x"; c.replace('x', "yy");
+        let d = "aXa"; d.replace('X', 'Y'); let e = "ab"; e.replace("b", 'c');
+        adjust("s", s + "-" + c + "-" + d + "-" + e);"#,
+        rhai::Map::new(),
+        rhai::Map::new(),
+    );
+    assert_eq!(st.failures, 0, "{st:?}");
+    assert_eq!(out[0].variant, "a_._b_._c-yy-aYa-ac");
 }
 
 #[test]
@@ -908,6 +934,91 @@ fn panics_are_caught_and_count_as_failures() {
 }
 
 // ---------------------------------------------------------------- failures and reload
+
+#[test]
+fn a_rule_failing_every_other_event_is_disabled_by_its_failure_rate() {
+    let dir = dir_with(&[(
+        "alternating",
+        "if event.fail == true { throw \"bad input\" }\nadjust(\"a\", \"ok\");",
+    )]);
+    let rules = load(&dir);
+    let run = |fail: bool| {
+        let mut ev = rhai::Map::new();
+        ev.insert("fail".into(), fail.into());
+        rules.evaluate(&input(rhai::Map::new(), ev))
+    };
+    // 99 runs, 49 failed: never 5 in a row, and the window of 100 is not complete yet.
+    for i in 0..99 {
+        run(i % 2 == 1);
+    }
+    let st = status(&rules, "alternating");
+    assert_eq!(
+        (st.runs, st.failures, st.state),
+        (99, 49, "active"),
+        "{st:?}"
+    );
+    // The 100th run (a failure) closes the window at 50%: disabled, with the reason.
+    run(true);
+    let st = status(&rules, "alternating");
+    assert_eq!((st.state, st.enabled), ("disabled", false), "{st:?}");
+    assert_eq!(
+        st.disabled_reason.as_deref(),
+        Some("disabled: 50 of its last 100 runs failed (max_failure_percent 50); last: bad input at line 1")
+    );
+    assert!(run(false).is_empty(), "a disabled rule does not run");
+}
+
+#[test]
+fn a_rule_failing_rarely_stays_enabled() {
+    let dir = dir_with(&[(
+        "rare",
+        "if event.fail == true { throw \"bad input\" }\nadjust(\"a\", \"ok\");",
+    )]);
+    let rules = load(&dir);
+    for i in 0..300 {
+        let mut ev = rhai::Map::new();
+        ev.insert("fail".into(), (i % 3 == 0).into());
+        rules.evaluate(&input(rhai::Map::new(), ev));
+    }
+    let st = status(&rules, "rare");
+    assert_eq!(
+        (st.runs, st.failures, st.state),
+        (300, 100, "active"),
+        "{st:?}"
+    );
+}
+
+#[test]
+fn the_rules_budget_per_event_stops_and_skips_rules_without_blaming_them() {
+    let dir = dir_with(&[
+        ("a_first", r#"adjust("a", "ok");"#),
+        ("b_slow", "let i = 0; loop { i += 1; }"),
+        ("c_after", r#"adjust("c", "ok");"#),
+    ]);
+    let limits = RuleLimits {
+        timeout_ms: 200,
+        event_budget_ms: 30,
+        max_operations: u64::MAX / 2,
+        ..RuleLimits::default()
+    };
+    let rules = Rules::load(dir.path(), limits).expect("load");
+    let out = rules.evaluate(&input(rhai::Map::new(), rhai::Map::new()));
+    // The first rule's adjustment stands; the slow one is stopped at the budget (30 ms, not
+    // its own 200 ms deadline); the one after it is skipped.
+    assert_eq!(
+        variants(&out),
+        [("a_first".into(), "a".into(), "ok".into())]
+    );
+    let slow = status(&rules, "b_slow");
+    assert_eq!(
+        (slow.runs, slow.failures, slow.budget_skips, slow.state),
+        (0, 0, 1, "active"),
+        "{slow:?}"
+    );
+    let after = status(&rules, "c_after");
+    assert_eq!((after.runs, after.budget_skips), (0, 1), "{after:?}");
+    assert_eq!(status(&rules, "a_first").budget_skips, 0);
+}
 
 #[test]
 fn disabled_after_consecutive_failures_then_reenabled_when_file_changes() {
