@@ -866,12 +866,14 @@ pub fn parse_client_message(
     }
     match fast_client_message(body, limits, now_ms) {
         Some(m) => Ok(m),
-        None => client_message_value(body, limits, now_ms),
+        None => parse_client_message_reference(body, limits, now_ms),
     }
 }
 
-/// The reference path of [`parse_client_message`] (the WebSocket session's original checks).
-fn client_message_value(
+/// The reference path of [`parse_client_message`] (the WebSocket session's original checks,
+/// over a `serde_json::Value`): the fast path must give the same message or the same error
+/// (code and path) for every input — the fuzz target `ws_message` checks that.
+pub fn parse_client_message_reference(
     body: &[u8],
     limits: &Limits,
     now_ms: i64,
@@ -1820,7 +1822,7 @@ mod tests {
                 None,
             ));
         }
-        client_message_value(body, limits, now)
+        parse_client_message_reference(body, limits, now)
     }
 
     type Flat = Result<(Vec<Incoming>, Option<String>), InputError>;

@@ -4,8 +4,86 @@ use std::collections::{BTreeMap, VecDeque};
 
 /// A map of a few entries (a user's targets, slots, experiments): a sorted `Vec`, which costs
 /// a fraction of a `BTreeMap`'s node (11 slots allocated for the first entry); serialised as a
-/// map, like one.
-pub type SmallMap<K, V> = litemap::LiteMap<K, V>;
+/// map, like one. Decoding reserves at most a few entries up front whatever the record's
+/// length prefix says — `LiteMap`'s own `Deserialize` reserves all of it, so one damaged
+/// length aborted the process on an allocation of exabytes (found by the `records` fuzz
+/// target) — as serde's own collections do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SmallMap<K, V>(litemap::LiteMap<K, V>);
+
+impl<K, V> Default for SmallMap<K, V> {
+    fn default() -> Self {
+        SmallMap(litemap::LiteMap::new())
+    }
+}
+
+impl<K, V> SmallMap<K, V> {
+    pub const fn new() -> Self {
+        SmallMap(litemap::LiteMap::new())
+    }
+}
+
+impl<K, V> std::ops::Deref for SmallMap<K, V> {
+    type Target = litemap::LiteMap<K, V>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl<K, V> std::ops::DerefMut for SmallMap<K, V> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl<K: Ord, V> FromIterator<(K, V)> for SmallMap<K, V> {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        SmallMap(iter.into_iter().collect())
+    }
+}
+
+impl<'a, K, V> IntoIterator for &'a SmallMap<K, V> {
+    type Item = (&'a K, &'a V);
+    type IntoIter = <&'a litemap::LiteMap<K, V> as IntoIterator>::IntoIter;
+    fn into_iter(self) -> Self::IntoIter {
+        (&self.0).into_iter()
+    }
+}
+
+impl<K: Serialize, V: Serialize> Serialize for SmallMap<K, V> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de, K: Ord + Deserialize<'de>, V: Deserialize<'de>> Deserialize<'de> for SmallMap<K, V> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<K, V>(std::marker::PhantomData<(K, V)>);
+        impl<'de, K: Ord + Deserialize<'de>, V: Deserialize<'de>> serde::de::Visitor<'de> for Visit<K, V> {
+            type Value = SmallMap<K, V>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Self::Value, A::Error> {
+                /// Entries reserved before any is read (these maps hold a few).
+                const RESERVE: usize = 16;
+                let mut map =
+                    litemap::LiteMap::with_capacity(a.size_hint().unwrap_or(0).min(RESERVE));
+                while let Some((k, v)) = a.next_entry()? {
+                    // In order (as encoded) appends; anything else inserts in place.
+                    if let Some((k, v)) = map.try_append(k, v) {
+                        map.insert(k, v);
+                    }
+                }
+                Ok(SmallMap(map))
+            }
+        }
+        d.deserialize_map(Visit(std::marker::PhantomData))
+    }
+}
 
 use serde::{Deserialize, Serialize};
 
@@ -767,6 +845,31 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&targets).unwrap(),
             serde_json::to_value(&old_targets).unwrap()
+        );
+    }
+
+    /// Found by the `records` fuzz target: a map whose length prefix says 2^32 entries made
+    /// `LiteMap` reserve them all and the process abort; now the record is refused.
+    #[test]
+    fn a_damaged_length_prefix_is_refused_not_allocated() {
+        let record = [
+            0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0,
+            0x0, 0x3f, 0x3d, 0x7d, 0x7d, 0x79, 0x75, 0x7d, 0x7d, 0x0, 0x3f, 0x3d, 0x7d, 0x8c, 0x7d,
+            0x79, 0x75, 0x7d, 0x7d, 0x7d, 0x7d, 0x7d, 0x7d, 0x4b, 0x7d, 0x0, 0x0, 0xf7, 0xff, 0xff,
+            0xff, 0x0, 0x0, 0x7d,
+        ];
+        assert!(UserState::decode(&record).is_none());
+        // A map claiming u32::MAX entries with none following.
+        let bytes = [0xff, 0xff, 0xff, 0xff, 0x0f];
+        assert!(postcard::from_bytes::<SmallMap<Sym, TargetStats>>(&bytes).is_err());
+        // Out-of-order entries still decode (inserted in place), duplicates keep the last.
+        let bytes = postcard::to_allocvec(&vec![("b", 2u32), ("a", 1), ("b", 3)]).unwrap();
+        let mut as_map = bytes.clone();
+        as_map[0] = 3; // the same bytes read as a map of 3 entries
+        let m: SmallMap<String, u32> = postcard::from_bytes(&as_map).unwrap();
+        assert_eq!(
+            m.iter().map(|(k, v)| (k.as_str(), *v)).collect::<Vec<_>>(),
+            [("a", 1), ("b", 3)]
         );
     }
 }
