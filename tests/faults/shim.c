@@ -3,6 +3,7 @@
  *
  *   FAULT_SHIM_FLAG=/path/flag   the flag file, read at every call; what it says:
  *       fsync          fsync/fdatasync/sync_file_range fail with EIO (writes succeed);
+ *       fsync SUFFIX   only on files whose path ends with SUFFIX (e.g. trimtab.redb);
  *       enospc DIR     writes to files under DIR fail with ENOSPC (a full disk); other files
  *                      (the log on stderr, sockets) are untouched.
  *
@@ -22,7 +23,8 @@
 /* The flag file's content, per thread (empty when there is none). */
 static __thread char flag_text[4096];
 
-/* 0: no fault, 1: fsync, 2: enospc (flag_text + 7 is the dir). */
+/* 0: no fault, 1: fsync (flag_text + 6 may be a path suffix), 2: enospc (flag_text + 7 is the
+ * dir). */
 static int fault(void) {
     const char *flag = getenv("FAULT_SHIM_FLAG");
     if (!flag) return 0;
@@ -38,7 +40,7 @@ static int fault(void) {
     if (n <= 0) return 0;
     flag_text[n] = 0;
     while (n > 0 && (flag_text[n - 1] == '\n' || flag_text[n - 1] == ' ')) flag_text[--n] = 0;
-    if (strncmp(flag_text, "fsync", 5) == 0) return 1;
+    if (strncmp(flag_text, "fsync", 5) == 0 && (flag_text[5] == 0 || flag_text[5] == ' ')) return 1;
     if (strncmp(flag_text, "enospc ", 7) == 0) return 2;
     return 0;
 }
@@ -61,9 +63,28 @@ static int in_dir(int fd) {
     static ret (*real_##name)(__VA_ARGS__);                                   \
     if (!real_##name) real_##name = (ret(*)(__VA_ARGS__))dlsym(RTLD_NEXT, #name)
 
+/* Whether fd's path ends with the fsync fault's suffix (any fd when there is none). */
+static int suffix_matches(int fd) {
+    if (flag_text[5] != ' ') return 1;
+    const char *suffix = flag_text + 6;
+    char link[64], path[4096];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    int saved = errno;
+    ssize_t n = readlink(link, path, sizeof path - 1);
+    errno = saved;
+    if (n <= 0) return 0;
+    path[n] = 0;
+    size_t s = strlen(suffix);
+    return (size_t)n >= s && strcmp(path + n - s, suffix) == 0;
+}
+
+static int sync_fails(int fd) {
+    return fault() == 1 && suffix_matches(fd);
+}
+
 int fsync(int fd) {
     REAL(fsync, int, int);
-    if (fault() == 1) {
+    if (sync_fails(fd)) {
         errno = EIO;
         return -1;
     }
@@ -72,7 +93,7 @@ int fsync(int fd) {
 
 int fdatasync(int fd) {
     REAL(fdatasync, int, int);
-    if (fault() == 1) {
+    if (sync_fails(fd)) {
         errno = EIO;
         return -1;
     }
@@ -81,7 +102,7 @@ int fdatasync(int fd) {
 
 int sync_file_range(int fd, off64_t off, off64_t n, unsigned int flags) {
     REAL(sync_file_range, int, int, off64_t, off64_t, unsigned int);
-    if (fault() == 1) {
+    if (sync_fails(fd)) {
         errno = EIO;
         return -1;
     }

@@ -46,9 +46,11 @@ fn ids(evs: &[Value]) -> Vec<String> {
 /// A server whose storage calls go through the shim, failing while `flag` exists.
 fn server_with_shim(flag: &Path) -> Server {
     Server::start(
-        Opts::config("[pipeline]\nfatal_grace_ms = 5000\n")
-            .env("LD_PRELOAD", &shim().display().to_string())
-            .env("FAULT_SHIM_FLAG", &flag.display().to_string()),
+        Opts::config(
+            "[pipeline]\nfatal_grace_ms = 5000\nindex_ms = 20\n[rate]\nuser_per_min = 0\n",
+        )
+        .env("LD_PRELOAD", &shim().display().to_string())
+        .env("FAULT_SHIM_FLAG", &flag.display().to_string()),
     )
 }
 
@@ -132,20 +134,39 @@ fn fails_then_recovers(f: Failed<'_>, kind: &str, code: i32) {
     assert_eq!(exported_ids(&after), want, "each event exactly once");
 }
 
-fn storage_fault(fault: impl Fn(&Server) -> String, user: &str) {
+fn storage_fault(fault: impl Fn(&Server) -> String + Send + 'static, user: &str) {
     let flags = tempfile::tempdir().expect("temp dir");
     let flag = flags.path().join("flag");
     let s = server_with_shim(&flag);
     let token = s.identify(user);
-    let acked = events("ok", 3);
-    let r = s.post_ok(&token, acked.clone());
-    assert_eq!(r["accepted"], 3, "{r}");
-
-    std::fs::write(&flag, fault(&s)).expect("raise the flag");
-    let refused = events("refused", 3);
-    let r = s.post_events(&token, &batch(refused.clone()));
-    assert_eq!(r.status, 503, "a batch whose commit failed: {}", r.body);
-    assert_eq!(r.code(), "storage_unavailable", "{}", r.body);
+    // Batches go in one after the other while the disk fails 300 ms in: with an index
+    // transaction every 20 ms, the failure also lands in the middle of one (the event store
+    // appended, the database's commit failing), not only in a group commit.
+    let raise = {
+        let (flag, text) = (flag.clone(), fault(&s));
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            std::fs::write(&flag, text).expect("raise the flag");
+        })
+    };
+    let mut acked = Vec::new();
+    let refused = loop {
+        let evs = events("b", 3);
+        let r = s.post_events(&token, &batch(evs.clone()));
+        if r.status == 202 {
+            assert_eq!(r.json["accepted"], 3, "{}", r.body);
+            acked.extend(evs);
+            continue;
+        }
+        assert_eq!(r.status, 503, "a batch whose commit failed: {}", r.body);
+        assert_eq!(r.code(), "storage_unavailable", "{}", r.body);
+        break evs;
+    };
+    raise.join().expect("flag thread");
+    assert!(
+        !acked.is_empty(),
+        "nothing was acknowledged before the failure"
+    );
     let f = Failed {
         s,
         flag: &flag,
@@ -160,6 +181,49 @@ fn storage_fault(fault: impl Fn(&Server) -> String, user: &str) {
 #[test]
 fn a_failed_fsync_is_not_acknowledged_makes_the_server_unready_and_exit_74() {
     storage_fault(|_| "fsync".into(), "fsync-user");
+}
+
+/// The database's commit fails while the log's group commits succeed: the index transaction
+/// fails after the event store took its records. Those are acknowledged events: they must be
+/// there after the restart (they were once cut off with the failed transaction and lost, as the
+/// database's commit had in fact reached the file).
+#[test]
+fn a_failed_index_transaction_loses_no_acknowledged_event() {
+    let flags = tempfile::tempdir().expect("temp dir");
+    let flag = flags.path().join("flag");
+    let s = server_with_shim(&flag);
+    let user = "index-fault-user";
+    let token = s.identify(user);
+    let first = events("first", 3);
+    s.post_ok(&token, first.clone());
+    std::fs::write(&flag, "fsync trimtab.redb").expect("raise the flag");
+    // Acknowledged (the log is fine) until the failed index transaction makes the server stop
+    // taking writes.
+    let mut acked = first;
+    let refused = loop {
+        let evs = events("b", 3);
+        let r = s.post_events(&token, &batch(evs.clone()));
+        if r.status == 202 {
+            acked.extend(evs);
+            continue;
+        }
+        assert_eq!(r.status, 503, "{}", r.body);
+        break evs;
+    };
+    assert!(
+        s.stderr().contains("fatal: index transaction failed"),
+        "not the index transaction:\n{}",
+        s.stderr()
+    );
+    let f = Failed {
+        s,
+        flag: &flag,
+        token: &token,
+        user,
+        acked,
+        refused,
+    };
+    fails_then_recovers(f, "storage", 74);
 }
 
 #[test]

@@ -435,7 +435,8 @@ impl Appender<'_> {
         Ok(())
     }
 
-    /// Keeps what was appended (after [`Appender::sync`] and the transaction that records it).
+    /// Keeps what was appended: after [`Appender::sync`], before the transaction that records
+    /// it commits (a commit that reports a failure may still have landed).
     pub(super) fn finish(mut self) {
         self.done = true;
     }

@@ -230,8 +230,13 @@ impl Store {
             meta.insert("replay_from", &replay_from.to_le_bytes()[..])?;
             meta.insert("key_slots", &self.keys.durable_slots().to_le_bytes()[..])?;
         }
-        txn.commit()?;
+        // From here on the transaction may land on disk even if `commit` reports an error (a
+        // failed fsync leaves what the file holds unknown, and redb's header write may have
+        // reached it): the records just appended must stay, whatever the outcome. The next
+        // open keeps them or cuts them off by the `events_end` the database turns out to hold.
+        // (Undoing them here lost acknowledged events: the fault test with a failing fsync.)
         app.finish();
+        txn.commit()?;
         for (u, v) in ids {
             if v.is_empty() {
                 pend.remove(&u);
