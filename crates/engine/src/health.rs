@@ -8,10 +8,45 @@
 //!
 //! Every long-lived thread of the engine is started through [`Health::spawn`], which turns a
 //! panic into a [`FatalKind::Thread`] failure instead of a thread that silently stops answering.
+//! The failure is recorded by a panic hook, at the panic itself, before unwinding drops the
+//! thread's pending replies (whose waiters answer 503 at once): whoever sees that 503 and asks
+//! `/readyz` already finds it failed. Panics caught on purpose where they happen (a rule's
+//! script, `trimtab_util::panics::catch`) are not failures.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, OnceLock};
+use std::cell::RefCell;
+use std::sync::{Arc, Once, OnceLock};
 use std::thread::JoinHandle;
+
+thread_local! {
+    /// The health and name of the supervised thread running here.
+    static SUPERVISED: RefCell<Option<(Arc<Health>, String)>> = const { RefCell::new(None) };
+}
+
+/// Installs (once per process) the hook that reports an uncaught panic of a supervised thread,
+/// then runs the hook that was there before (which prints the message).
+fn install_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !trimtab_util::panics::is_caught() {
+                let _ = SUPERVISED.try_with(|s| {
+                    if let Ok(s) = s.try_borrow() {
+                        if let Some((health, name)) = s.as_ref() {
+                            let msg = trimtab_util::panics::message(info.payload());
+                            let at = info
+                                .location()
+                                .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                                .unwrap_or_default();
+                            health.fail(FatalKind::Thread, name, format!("panicked{at}: {msg}"));
+                        }
+                    }
+                });
+            }
+            previous(info);
+        }));
+    });
+}
 
 /// What kind of failure ended the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,19 +156,20 @@ impl Health {
         name: &str,
         f: impl FnOnce() + Send + 'static,
     ) -> std::io::Result<JoinHandle<()>> {
+        install_hook();
         let health = self.clone();
         let thread = name.to_string();
         std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
-                if let Err(panic) = catch_unwind(AssertUnwindSafe(f)) {
-                    let msg = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "a panic without a message".into());
+                SUPERVISED.with(|s| *s.borrow_mut() = Some((health.clone(), thread.clone())));
+                // The hook has recorded the failure by now; this only keeps the panic from
+                // reaching whoever joins the thread (and records it if the hook could not).
+                if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+                    let msg = trimtab_util::panics::message(panic.as_ref());
                     health.fail(FatalKind::Thread, &thread, format!("panicked: {msg}"));
                 }
+                SUPERVISED.with(|s| s.borrow_mut().take());
             })
     }
 }
@@ -156,6 +192,44 @@ mod tests {
         assert_eq!(h.fatal().expect("failed").kind, FatalKind::Thread);
         assert_eq!(FatalKind::Thread.exit_code(), 70);
         assert_eq!(FatalKind::Storage.exit_code(), 74);
+    }
+
+    #[test]
+    fn the_failure_is_recorded_before_the_thread_unwinds() {
+        struct Probe(Arc<Health>, std::sync::mpsc::Sender<bool>);
+        impl Drop for Probe {
+            fn drop(&mut self) {
+                // Dropped while unwinding, as a pending reply would be.
+                let _ = self.1.send(self.0.is_failed());
+            }
+        }
+        let h = Health::new();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let probe = Probe(h.clone(), tx);
+        h.spawn("trimtab-test", move || {
+            let _p = probe;
+            panic!("boom");
+        })
+        .expect("spawn")
+        .join()
+        .expect("caught");
+        assert!(
+            rx.recv().expect("dropped"),
+            "not failed yet when the thread's values dropped"
+        );
+    }
+
+    #[test]
+    fn a_panic_caught_on_purpose_is_not_a_failure() {
+        let h = Health::new();
+        h.spawn("trimtab-test", || {
+            let r = trimtab_util::panics::catch(|| panic!("a rule's script"));
+            assert!(r.is_err());
+        })
+        .expect("spawn")
+        .join()
+        .expect("join");
+        assert!(h.fatal().is_none());
     }
 
     #[test]

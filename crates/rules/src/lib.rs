@@ -31,7 +31,6 @@ mod watch;
 
 use std::collections::BTreeMap;
 use std::io;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -542,9 +541,7 @@ impl RuleKind {
         for name in SCOPE_NAMES {
             scope.push_dynamic(name, Dynamic::UNIT);
         }
-        let compiled = catch_unwind(AssertUnwindSafe(|| {
-            self.engine.compile_with_scope(&scope, text)
-        }));
+        let compiled = trimtab_util::panics::catch(|| self.engine.compile_with_scope(&scope, text));
         match compiled {
             Ok(Ok(ast)) => Ok(ast),
             Ok(Err(e)) => Err(sandbox::compile_error_info(file, &e)),
@@ -733,9 +730,8 @@ impl Rules {
             let cell = compiled
                 .runtime
                 .get_or(|| std::cell::RefCell::new(Runtime::new(engine, &compiled.ast)));
-            let result = catch_unwind(AssertUnwindSafe(|| {
-                cell.borrow_mut().run(engine, scope, &compiled.ast)
-            }));
+            let result =
+                trimtab_util::panics::catch(|| cell.borrow_mut().run(engine, scope, &compiled.ast));
             if !matches!(result, Ok(Ok(()))) {
                 *cell.borrow_mut() = Runtime::new(engine, &compiled.ast);
             }
@@ -797,12 +793,12 @@ impl Rules {
         scope.push_constant("now_ms", now_ms);
         let timeout = Duration::from_millis(self.limits().timeout_ms.max(1));
         let call = sandbox::CallScope::enter("condition".into(), timeout, false);
-        let result = catch_unwind(AssertUnwindSafe(|| {
+        let result = trimtab_util::panics::catch(|| {
             self.inner
                 .kind()
                 .engine
                 .eval_ast_with_scope::<bool>(&mut scope, &cond.ast)
-        }));
+        });
         drop(call.finish());
         match result {
             Ok(Ok(b)) => b,

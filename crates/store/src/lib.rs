@@ -333,17 +333,13 @@ impl Store {
         })?;
         // redb panics on some damaged pages instead of returning an error: that is a damaged
         // file too, refused with the same message.
-        let db = std::panic::catch_unwind(|| {
+        let db = trimtab_util::panics::catch(|| {
             let mut db = open_db(&path, cache_bytes)?;
             check_integrity(&mut db, &p)?;
             Ok::<_, StoreError>(db)
         })
         .unwrap_or_else(|panic| {
-            let msg = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let msg = trimtab_util::panics::message(panic.as_ref());
             Err(StoreError::Corrupt {
                 path: p.clone(),
                 message: format!("redb panicked reading it: {msg}"),
