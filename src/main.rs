@@ -63,6 +63,12 @@ enum Command {
     /// Write a bandit slot's logged decisions as JSONL (logged-bandit-feedback rows) from a
     /// data dir. For a running server use `GET /v1/bandits/{slot}/log` instead.
     ExportLog(ExportLogArgs),
+    /// The master key that wraps the per-user keys in keys.bin: `generate` one, `rotate` a
+    /// stopped server's keys.bin to another.
+    Keys {
+        #[command(subcommand)]
+        command: cli::keys::KeysCommand,
+    },
 }
 
 #[derive(clap::Args)]
@@ -102,6 +108,10 @@ struct ExportLogArgs {
     /// Full records (slot, ts, candidates, variant, policy, group, outcomes) instead of rows.
     #[arg(long)]
     records: bool,
+    /// Config file, for the master key (default: ./trimtab.toml if present;
+    /// TRIMTAB_MASTER_KEY / TRIMTAB_MASTER_KEY_FILE).
+    #[arg(long, env = "TRIMTAB_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -287,8 +297,16 @@ fn ope(a: OpeArgs) -> ExitCode {
 
 fn export_log(a: ExportLogArgs) -> ExitCode {
     let run = || -> Result<usize, String> {
+        let overrides = Overrides {
+            data: Some(a.data.clone()),
+            ..Overrides::default()
+        };
+        let master = Config::load(a.config.as_deref(), &overrides)
+            .and_then(|c| c.master_key())
+            .map_err(|e| e.to_string())?;
         let body = trimtab_engine::service::export_bandit_log(
             &a.data,
+            master.as_ref(),
             &a.slot,
             trimtab::now_ms(),
             a.open,
@@ -349,6 +367,13 @@ fn main() -> ExitCode {
             }
         },
         Command::Segment(a) => segment(a),
+        Command::Keys { command } => match cli::keys::run(&command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("trimtab keys: {e:#}");
+                ExitCode::from(2)
+            }
+        },
         Command::Simulate { .. } => {
             eprintln!(
                 "trimtab simulate: the simulator is its own binary now: run `trimtab-sim` with \

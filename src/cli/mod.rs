@@ -1,5 +1,6 @@
-//! The command line's subcommands that are not the server (`health`, `train`); they call
-//! into the library crates and never the other way round.
+//! The command line's subcommands that are not the server (`health`, `train`, `keys`); they
+//! call into the library crates and never the other way round.
 
 pub mod health;
+pub mod keys;
 pub mod train;

@@ -219,3 +219,108 @@ fn consent_decides_storage_and_personalisation() {
         ws.seen
     );
 }
+
+/// Runs `trimtab keys …` with `env`; its status and stderr.
+fn keys_cli(args: &[&str], env: &[(&str, &str)]) -> (std::process::ExitStatus, String, String) {
+    let mut c = std::process::Command::new(bin());
+    c.arg("keys").args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TRIMTAB_") {
+            c.env_remove(k);
+        }
+    }
+    let out = c
+        .envs(env.iter().copied())
+        .output()
+        .expect("run trimtab keys");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_master_key_wraps_the_user_keys_and_rotates() {
+    let (st, old, _) = keys_cli(&["generate"], &[]);
+    assert!(st.success());
+    let old = old.trim().to_string();
+    assert_eq!(old.len(), 64, "{old}");
+    let mut s = Server::start(Opts::config("").env("TRIMTAB_MASTER_KEY", &old));
+    let t = s.identify("wrapped-user");
+    s.post_ok(&t, vec![custom(&eid("w"), "wrapped", json!({}))]);
+    s.sigterm();
+    assert!(s
+        .wait_exit(std::time::Duration::from_secs(30))
+        .expect("stops")
+        .success());
+    assert!(
+        !s.stderr().contains("no master key"),
+        "warned although a key was given"
+    );
+    let keys = std::fs::read(s.data.join("keys.bin")).expect("keys.bin");
+    assert!(keys.starts_with(b"TTKEYS02"), "keys.bin is not wrapped");
+
+    // Without the key, or with another one, the server refuses to start, saying which.
+    let (st, err) = s.run_second_instance(std::time::Duration::from_secs(30));
+    assert!(!st.success());
+    assert!(err.contains("TRIMTAB_MASTER_KEY"), "{err}");
+    let (_, other, _) = keys_cli(&["generate"], &[]);
+    let (st, err) = s.run_second_instance_with(
+        &[("TRIMTAB_MASTER_KEY", other.trim())],
+        std::time::Duration::from_secs(30),
+    );
+    assert!(!st.success());
+    assert!(err.contains("another master key"), "{err}");
+
+    // Rotation (server stopped) to a key kept in a file outside the data dir.
+    let key_file = s.dir().join("master.key");
+    std::fs::write(&key_file, &other).expect("key file");
+    let data = s.data.display().to_string();
+    let (st, _, err) = keys_cli(
+        &[
+            "rotate",
+            "--data",
+            &data,
+            "--new-key-file",
+            &key_file.display().to_string(),
+        ],
+        &[("TRIMTAB_MASTER_KEY", &old)],
+    );
+    assert!(st.success(), "{err}");
+    assert!(err.contains("1 user keys"), "{err}");
+    let (st, err) = s.run_second_instance_with(
+        &[("TRIMTAB_MASTER_KEY", &old)],
+        std::time::Duration::from_secs(30),
+    );
+    assert!(!st.success(), "the old key still opens keys.bin: {err}");
+    // A key file inside the data dir is refused.
+    let inside = s.data.join("master.key");
+    std::fs::write(&inside, &other).expect("key file");
+    let (st, err) = s.run_second_instance_with(
+        &[("TRIMTAB_MASTER_KEY_FILE", &inside.display().to_string())],
+        std::time::Duration::from_secs(30),
+    );
+    assert!(!st.success());
+    assert!(err.contains("inside the data dir"), "{err}");
+    std::fs::remove_file(&inside).expect("remove");
+    s.env = vec![(
+        "TRIMTAB_MASTER_KEY_FILE".into(),
+        key_file.display().to_string(),
+    )];
+    s.restart();
+    let user = s
+        .export("wrapped-user")
+        .expect("the user after the rotation");
+    assert_eq!(exported_ids(&user).len(), 1, "{user}");
+}
+
+#[test]
+fn without_a_master_key_the_server_warns_at_start() {
+    let mut s = Server::start(Opts::config(""));
+    s.sigterm();
+    s.wait_exit(std::time::Duration::from_secs(30));
+    assert!(s.stderr().contains("no master key"), "{}", s.stderr());
+    let keys = std::fs::read(s.data.join("keys.bin")).expect("keys.bin");
+    assert!(keys.starts_with(b"TTKEYS01"));
+}

@@ -300,7 +300,7 @@ pub fn sim_bin() -> std::path::PathBuf {
     p
 }
 
-fn bin() -> &'static str {
+pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_trimtab")
 }
 
@@ -499,11 +499,21 @@ impl Server {
     /// Spawns another `trimtab serve` on this server's dirs and config and waits for it to
     /// exit: `(status, stderr)`. Panics if it is still running after `within`.
     pub fn run_second_instance(&self, within: Duration) -> (ExitStatus, String) {
-        run_to_exit(
+        self.run_second_instance_with(&[], within)
+    }
+
+    /// [`Server::run_second_instance`] with extra environment.
+    pub fn run_second_instance_with(
+        &self,
+        env: &[(&str, &str)],
+        within: Duration,
+    ) -> (ExitStatus, String) {
+        run_to_exit_with(
             &self.data,
             &self.scripts,
             &self.config,
             &self.dir.path().join("second.log"),
+            env,
             within,
         )
     }
@@ -675,8 +685,21 @@ pub fn run_to_exit(
     log: &Path,
     within: Duration,
 ) -> (ExitStatus, String) {
+    run_to_exit_with(data, scripts, config, log, &[], within)
+}
+
+/// [`run_to_exit`] with extra environment.
+pub fn run_to_exit_with(
+    data: &Path,
+    scripts: &Path,
+    config: &Path,
+    log: &Path,
+    env: &[(&str, &str)],
+    within: Duration,
+) -> (ExitStatus, String) {
     let f = fs::File::create(log).expect("log file");
     let mut child = serve_command(data, scripts, config, f)
+        .envs(env.iter().copied())
         .spawn()
         .expect("spawn trimtab");
     let stdout = child.stdout.take().expect("stdout");

@@ -35,6 +35,11 @@ pub struct Config {
     /// When set, `GET /metrics` needs `Authorization: Bearer` with this token (or the admin
     /// token); unset, it is open, as Prometheus endpoints usually are.
     pub metrics_token: Option<String>,
+    /// The master key wrapping the per-user keys in `keys.bin`: 64 hex characters (`trimtab
+    /// keys generate`). Kept outside the data dir, so that a copy of it cannot read user data.
+    pub master_key: Option<String>,
+    /// A file holding the master key (instead of `master_key`); must not be in the data dir.
+    pub master_key_file: Option<PathBuf>,
     /// Origins allowed to open the WebSocket besides the server's own; `"*"` allows any.
     pub allowed_origins: Vec<String>,
     /// Lifetime of user tokens, seconds.
@@ -139,6 +144,8 @@ impl Default for Config {
             admin_token: None,
             write_key: None,
             metrics_token: None,
+            master_key: None,
+            master_key_file: None,
             allowed_origins: Vec::new(),
             token_ttl_s: 86_400,
             anonymous: true,
@@ -318,7 +325,7 @@ pub struct Setting {
 }
 
 /// Keys whose values are secrets: shown only as set or unset.
-const SECRET_KEYS: &[&str] = &["admin_token", "write_key", "metrics_token"];
+const SECRET_KEYS: &[&str] = &["admin_token", "write_key", "metrics_token", "master_key"];
 
 impl Layers {
     fn read(file: Option<&Path>, overrides: &Overrides) -> Result<Layers, ConfigError> {
@@ -425,6 +432,7 @@ impl Config {
             &mut cfg.admin_token,
             &mut cfg.write_key,
             &mut cfg.metrics_token,
+            &mut cfg.master_key,
         ] {
             if secret.as_deref().is_some_and(|v| v.trim().is_empty()) {
                 *secret = None;
@@ -463,6 +471,34 @@ impl Config {
         Ok((cfg, settings))
     }
 
+    /// The master key from `master_key` or `master_key_file`, checked (None: keys are kept
+    /// unwrapped). A key file inside the data dir is refused: it would travel with every copy
+    /// of the data it protects.
+    pub fn master_key(&self) -> Result<Option<trimtab_privacy::MasterKey>, ConfigError> {
+        let invalid = |m: String| ConfigError::Invalid(m);
+        let text = match (&self.master_key, &self.master_key_file) {
+            (Some(k), _) => k.clone(),
+            (None, Some(f)) => {
+                let data = std::fs::canonicalize(&self.data).unwrap_or_else(|_| self.data.clone());
+                let file = std::fs::canonicalize(f).unwrap_or_else(|_| f.clone());
+                if file.starts_with(&data) {
+                    return Err(invalid(format!(
+                        "master_key_file {} is inside the data dir {}: keep it elsewhere (a copy of the data dir must not carry its key)",
+                        f.display(),
+                        self.data.display()
+                    )));
+                }
+                std::fs::read_to_string(f).map_err(|e| {
+                    invalid(format!("cannot read master_key_file {}: {e}", f.display()))
+                })?
+            }
+            (None, None) => return Ok(None),
+        };
+        trimtab_privacy::MasterKey::parse(&text)
+            .map(Some)
+            .map_err(|e| invalid(format!("master key: {e}")))
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
         if !matches!(self.log_format.as_str(), "text" | "json") {
@@ -494,6 +530,10 @@ impl Config {
                 )));
             }
         }
+        if self.master_key.is_some() && self.master_key_file.is_some() {
+            return bad("give master_key or master_key_file, not both");
+        }
+        self.master_key()?;
         if !(0.0..1.0).contains(&self.experiments.holdout) {
             return bad("experiments.holdout must be in [0, 1)");
         }

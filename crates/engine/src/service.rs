@@ -126,10 +126,26 @@ impl Engine {
     /// Opens (and locks) the store in `cfg.data`, applying the log's tail after an unclean
     /// stop; [`Opened::start`] then starts the engine.
     pub fn open(cfg: Arc<Config>) -> Result<Opened, StartError> {
+        let master = cfg
+            .master_key()
+            .map_err(starting("reading the master key"))?;
+        if master.is_none() {
+            tracing::warn!(
+                "no master key: keys.bin holds every user's data key unwrapped, so a copy of the \
+                 data dir can read user data, and restoring an old keys.bin undoes erasures; set \
+                 TRIMTAB_MASTER_KEY or master_key_file (README, \"Privacy and security\")"
+            );
+        }
         let store = Arc::new(
-            Store::open_with_cache(&cfg.data, cfg.pipeline.store_cache_mb.max(1) << 20).map_err(
-                starting(format!("opening the data dir {}", cfg.data.display())),
-            )?,
+            Store::open_with(
+                &cfg.data,
+                cfg.pipeline.store_cache_mb.max(1) << 20,
+                master.as_ref(),
+            )
+            .map_err(starting(format!(
+                "opening the data dir {}",
+                cfg.data.display()
+            )))?,
         );
         Ok(Opened { cfg, store })
     }
@@ -297,16 +313,28 @@ impl Engine {
     }
 }
 
+/// Re-wraps `keys.bin` in the data dir of a stopped server (`trimtab keys rotate`): from the
+/// `current` master key (None: not wrapped) to `new` (None: unwrapped). A running server holds
+/// the data dir's lock: the error says so. Returns how many user keys it holds.
+pub fn rewrap_keys(
+    data: &Path,
+    current: Option<&trimtab_privacy::MasterKey>,
+    new: Option<&trimtab_privacy::MasterKey>,
+) -> Result<usize, ReadError> {
+    Ok(trimtab_store::rewrap_keys(data, current, new)?)
+}
+
 /// A bandit slot's logged decisions as JSONL from the data dir of a stopped server (`trimtab
 /// export-log`). A running server holds the data dir's lock: the error says so.
 pub fn export_bandit_log(
     data: &Path,
+    master_key: Option<&trimtab_privacy::MasterKey>,
     slot: &str,
     now_ms: i64,
     open: bool,
     records: bool,
 ) -> Result<Vec<u8>, ReadError> {
-    let store = Store::open(data).map_err(|e| match e {
+    let store = Store::open_with(data, 16 << 20, master_key).map_err(|e| match e {
         StoreError::Locked { .. } => ReadError(format!(
             "{e}; while it runs, use GET /v1/bandits/{slot}/log with the admin token"
         )),

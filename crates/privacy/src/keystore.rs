@@ -2,9 +2,11 @@
 //!
 //! redb never zeroes freed pages, so deleting rows leaves their bytes in the file. Every user
 //! record is therefore encrypted with that user's own random key, and the keys live here, in
-//! fixed 48-byte slots (`user key ‖ data key`) that are overwritten **in place** with zeros and
+//! fixed slots (`user key ‖ data key`, 48 bytes; with a master key `user key ‖ wrapped data
+//! key`, 76 bytes, see [`crate::master`]) that are overwritten **in place** with zeros and
 //! fsynced when a user is erased. After that, nothing in the data dir can decrypt what was left
-//! behind in redb's free pages.
+//! behind in redb's free pages — and with a master key kept elsewhere, not even an older copy
+//! of `keys.bin` can, without that key.
 //!
 //! New keys are created in memory by the shard that first writes a user
 //! ([`KeyStore::get_or_create`]) and made durable by the writer, all the new keys of a group
@@ -20,12 +22,73 @@ use std::sync::{Mutex, RwLock};
 use rand::RngCore;
 
 use super::ids::UserKey;
+use super::master::{MasterKey, CHECK, WRAPPED};
 
-const MAGIC: &[u8; 8] = b"TTKEYS01";
-const SLOT: usize = 48;
+/// `keys.bin` without a master key: 48-byte slots `user key ‖ data key`.
+const MAGIC_PLAIN: &[u8; 8] = b"TTKEYS01";
+/// `keys.bin` wrapped with a master key: the key's check value after the magic, then 76-byte
+/// slots `user key ‖ wrapped data key`.
+const MAGIC_WRAPPED: &[u8; 8] = b"TTKEYS02";
+
+/// How the slots of a key file are written.
+enum Format {
+    Plain,
+    Wrapped(MasterKey),
+}
+
+impl Format {
+    fn of(master: Option<&MasterKey>) -> Format {
+        master.map_or(Format::Plain, |m| Format::Wrapped(m.clone()))
+    }
+
+    fn header(&self) -> Vec<u8> {
+        match self {
+            Format::Plain => MAGIC_PLAIN.to_vec(),
+            Format::Wrapped(m) => [&MAGIC_WRAPPED[..], &m.check()[..]].concat(),
+        }
+    }
+
+    fn header_len(&self) -> u64 {
+        self.header().len() as u64
+    }
+
+    fn slot_len(&self) -> usize {
+        match self {
+            Format::Plain => 48,
+            Format::Wrapped(_) => 16 + WRAPPED,
+        }
+    }
+
+    fn encode(&self, user: &UserKey, key: &[u8; 32], out: &mut Vec<u8>) {
+        out.extend_from_slice(&user.0);
+        match self {
+            Format::Plain => out.extend_from_slice(key),
+            Format::Wrapped(m) => out.extend_from_slice(&m.wrap(&user.0, key)),
+        }
+    }
+
+    /// One slot: `Ok(None)` when it is zeros (free), `Err(())` when it does not unwrap.
+    fn decode(&self, slot: &[u8]) -> Result<Option<(UserKey, [u8; 32])>, ()> {
+        if slot.iter().all(|b| *b == 0) {
+            return Ok(None);
+        }
+        let mut u = [0u8; 16];
+        u.copy_from_slice(&slot[..16]);
+        let key = match self {
+            Format::Plain => {
+                let mut k = [0u8; 32];
+                k.copy_from_slice(&slot[16..48]);
+                k
+            }
+            Format::Wrapped(m) => m.unwrap(&u, &slot[16..]).ok_or(())?,
+        };
+        Ok(Some((UserKey(u), key)))
+    }
+}
 
 struct FileState {
     file: File,
+    format: Format,
     free: Vec<u64>,
     slots: u64,
     /// Slots known to be on disk (written and synced): what a truncated file would lack.
@@ -48,14 +111,101 @@ pub enum KeyStoreError {
     },
     #[error("key store {path} is not a trimtab key file (bad header or size)")]
     Corrupt { path: String },
+    #[error("key store {path}: slot {slot} does not unwrap with the master key (damaged bytes?); restore keys.bin from the backup taken with this database")]
+    BadSlot { path: String, slot: u64 },
+    #[error("key store {path} is wrapped with a master key: set TRIMTAB_MASTER_KEY (or master_key_file) to the key it was written with")]
+    MasterKeyNeeded { path: String },
+    #[error("key store {path} was wrapped with another master key (check value {found}, this key's {expected}): set the key it was written with")]
+    WrongMasterKey {
+        path: String,
+        found: String,
+        expected: String,
+    },
+}
+
+/// The slots of a key file's bytes: each `Some((user, key))` or `None` (free).
+type Slots = Vec<Option<(UserKey, [u8; 32])>>;
+
+/// Reads a key file's bytes with `master` (needed for a wrapped file); returns its slots and
+/// whether it was wrapped.
+fn parse(
+    path: &Path,
+    buf: &[u8],
+    master: Option<&MasterKey>,
+) -> Result<(Slots, bool), KeyStoreError> {
+    let p = || path.display().to_string();
+    let (format, body, wrapped) = if buf.starts_with(MAGIC_PLAIN) {
+        (Format::Plain, &buf[8..], false)
+    } else if buf.starts_with(MAGIC_WRAPPED) && buf.len() >= 8 + CHECK {
+        let Some(m) = master else {
+            return Err(KeyStoreError::MasterKeyNeeded { path: p() });
+        };
+        let found = &buf[8..8 + CHECK];
+        if found != m.check() {
+            return Err(KeyStoreError::WrongMasterKey {
+                path: p(),
+                found: hex::encode(found),
+                expected: hex::encode(m.check()),
+            });
+        }
+        (Format::Wrapped(m.clone()), &buf[8 + CHECK..], true)
+    } else {
+        return Err(KeyStoreError::Corrupt { path: p() });
+    };
+    // A torn trailing slot (crash mid-append) was never referenced: ignore it.
+    let n = body.len() / format.slot_len();
+    let mut slots = Vec::with_capacity(n);
+    for (i, s) in body.chunks_exact(format.slot_len()).enumerate() {
+        slots.push(format.decode(s).map_err(|()| KeyStoreError::BadSlot {
+            path: p(),
+            slot: i as u64,
+        })?);
+    }
+    Ok((slots, wrapped))
+}
+
+/// Writes `slots` as a complete key file in `format`: a private temp file beside `path`,
+/// fsynced, renamed over it, the directory fsynced.
+fn write_file(path: &Path, slots: &Slots, format: &Format) -> std::io::Result<()> {
+    let mut bytes = format.header();
+    for s in slots {
+        match s {
+            Some((u, k)) => format.encode(u, k, &mut bytes),
+            None => bytes.resize(bytes.len() + format.slot_len(), 0),
+        }
+    }
+    trimtab_util::fsutil::write_atomic_private(path, &bytes)?;
+    trimtab_util::fsutil::sync_dir(path)
+}
+
+/// Re-wraps the key file at `path` (of a stopped server): read with `current` (None: it is
+/// not wrapped), written with `new` (None: unwrapped). Slot numbers stay as they are. Returns
+/// how many keys it holds.
+pub fn rewrap(
+    path: &Path,
+    current: Option<&MasterKey>,
+    new: Option<&MasterKey>,
+) -> Result<usize, KeyStoreError> {
+    let io = |source| KeyStoreError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let buf = std::fs::read(path).map_err(io)?;
+    let (slots, _) = parse(path, &buf, current)?;
+    write_file(path, &slots, &Format::of(new)).map_err(io)?;
+    Ok(slots.iter().flatten().count())
 }
 
 impl KeyStore {
-    pub fn open(path: &Path) -> Result<KeyStore, KeyStoreError> {
+    /// Opens (creating) the key file. With `master`, the keys are wrapped with it: a file
+    /// written without one is wrapped now (rewritten in place, atomically); without `master`, a
+    /// wrapped file is refused, as is one wrapped with another key.
+    pub fn open(path: &Path, master: Option<&MasterKey>) -> Result<KeyStore, KeyStoreError> {
         let io = |source| KeyStoreError::Io {
             path: path.display().to_string(),
             source,
         };
+        let format = Format::of(master);
         // Mode 0600 from its creation (set_private below fixes older files).
         let mut file = trimtab_util::fsutil::private_options()
             .read(true)
@@ -68,42 +218,49 @@ impl KeyStore {
         let mut buf = Vec::new();
         file.read_to_end(&mut buf).map_err(io)?;
         if buf.is_empty() {
-            file.write_all(MAGIC).map_err(io)?;
+            buf = format.header();
+            file.write_all(&buf).map_err(io)?;
             file.sync_all().map_err(io)?;
-            buf.extend_from_slice(MAGIC);
         }
-        if &buf[..8.min(buf.len())] != MAGIC {
-            return Err(KeyStoreError::Corrupt {
-                path: path.display().to_string(),
-            });
+        let (slots, wrapped) = parse(path, &buf, master)?;
+        if master.is_some() && !wrapped {
+            write_file(path, &slots, &format).map_err(io)?;
+            file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(io)?;
         }
-        // A torn trailing slot (crash mid-append) was never referenced: ignore it.
-        let body = &buf[8..];
-        let slots = (body.len() / SLOT) as u64;
         let mut keys = HashMap::new();
         let mut free = Vec::new();
-        for i in 0..slots {
-            let s = &body[i as usize * SLOT..(i as usize + 1) * SLOT];
-            if s.iter().all(|b| *b == 0) {
-                free.push(i);
-                continue;
+        for (i, s) in slots.iter().enumerate() {
+            match s {
+                Some((u, k)) => {
+                    keys.insert(*u, (i as u64, *k));
+                }
+                None => free.push(i as u64),
             }
-            let mut u = [0u8; 16];
-            u.copy_from_slice(&s[..16]);
-            let mut k = [0u8; 32];
-            k.copy_from_slice(&s[16..]);
-            keys.insert(UserKey(u), (i, k));
         }
+        let n = slots.len() as u64;
         Ok(KeyStore {
             keys: RwLock::new(keys),
             file: Mutex::new(FileState {
                 file,
+                format,
                 free,
-                slots,
-                durable: slots,
+                slots: n,
+                durable: n,
                 pending: Vec::new(),
             }),
         })
+    }
+
+    /// Whether the keys are wrapped with a master key.
+    pub fn wrapped(&self) -> bool {
+        matches!(
+            self.file.lock().unwrap_or_else(|e| e.into_inner()).format,
+            Format::Wrapped(_)
+        )
     }
 
     /// The data key of `user`, if one exists.
@@ -147,7 +304,7 @@ impl KeyStore {
         }
         let mut pending = std::mem::take(&mut fs.pending);
         pending.sort_unstable_by_key(|(slot, _, _)| *slot);
-        let result = write_runs(&fs.file, &pending).and_then(|()| fs.file.sync_data());
+        let result = write_runs(&fs.file, &fs.format, &pending).and_then(|()| fs.file.sync_data());
         match result {
             Ok(()) => {
                 let top = pending.last().map_or(0, |(slot, _, _)| slot + 1);
@@ -204,8 +361,12 @@ impl KeyStore {
     /// Overwrites a detached slot with zeros in place, fsyncs, and frees it for reuse.
     pub fn shred(&self, slot: u64) -> std::io::Result<()> {
         let mut fs = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        fs.file.seek(SeekFrom::Start(8 + slot * SLOT as u64))?;
-        fs.file.write_all(&[0u8; SLOT])?;
+        let (at, len) = (
+            fs.format.header_len() + slot * fs.format.slot_len() as u64,
+            fs.format.slot_len(),
+        );
+        fs.file.seek(SeekFrom::Start(at))?;
+        fs.file.write_all(&vec![0u8; len])?;
         fs.file.sync_data()?;
         fs.free.push(slot);
         Ok(())
@@ -221,19 +382,23 @@ impl KeyStore {
 }
 
 /// Writes sorted `(slot, user, key)` records, one `pwrite` per run of consecutive slots.
-fn write_runs(file: &File, recs: &[(u64, UserKey, [u8; 32])]) -> std::io::Result<()> {
+fn write_runs(
+    file: &File,
+    format: &Format,
+    recs: &[(u64, UserKey, [u8; 32])],
+) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
+    let slot = format.slot_len();
     let mut i = 0;
     while i < recs.len() {
         let start = recs[i].0;
-        let mut buf = Vec::with_capacity(SLOT * 8);
+        let mut buf = Vec::with_capacity(slot * 8);
         let mut j = i;
         while j < recs.len() && recs[j].0 == start + (j - i) as u64 {
-            buf.extend_from_slice(&recs[j].1 .0);
-            buf.extend_from_slice(&recs[j].2);
+            format.encode(&recs[j].1, &recs[j].2, &mut buf);
             j += 1;
         }
-        file.write_all_at(&buf, 8 + start * SLOT as u64)?;
+        file.write_all_at(&buf, format.header_len() + start * slot as u64)?;
         i = j;
     }
     Ok(())
@@ -256,7 +421,7 @@ mod tests {
     fn create_reopen_erase_reuse() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("keys.bin");
-        let ks = KeyStore::open(&p).unwrap();
+        let ks = KeyStore::open(&p, None).unwrap();
         let a = UserKey([1; 16]);
         let b = UserKey([2; 16]);
         let ka = ks.get_or_create(&a);
@@ -266,7 +431,7 @@ mod tests {
         assert_eq!(ks.sync_pending().unwrap(), 2);
         assert_eq!(ks.sync_pending().unwrap(), 0);
         drop(ks);
-        let ks = KeyStore::open(&p).unwrap();
+        let ks = KeyStore::open(&p, None).unwrap();
         assert_eq!(ks.get(&a), Some(ka));
         assert!(ks.erase(&a).unwrap());
         assert!(!ks.erase(&a).unwrap());
@@ -283,7 +448,7 @@ mod tests {
         assert_eq!(std::fs::read(&p).unwrap().len(), len);
         std::fs::write(&p, b"garbage!garbage!").unwrap();
         assert!(matches!(
-            KeyStore::open(&p),
+            KeyStore::open(&p, None),
             Err(KeyStoreError::Corrupt { .. })
         ));
     }
@@ -292,19 +457,99 @@ mod tests {
     fn unsynced_keys_are_not_on_disk_and_erasing_one_drops_it() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("keys.bin");
-        let ks = KeyStore::open(&p).unwrap();
+        let ks = KeyStore::open(&p, None).unwrap();
         let users: Vec<UserKey> = (0..5u8).map(|i| UserKey([i + 10; 16])).collect();
         let keys: Vec<[u8; 32]> = users.iter().map(|u| ks.get_or_create(u)).collect();
         // Not durable yet: a crash now loses them (their records were never committed).
-        assert_eq!(KeyStore::open(&p).unwrap().len(), 0);
+        assert_eq!(KeyStore::open(&p, None).unwrap().len(), 0);
         assert!(ks.erase(&users[2]).unwrap());
         assert_eq!(ks.sync_pending().unwrap(), 4);
-        let back = KeyStore::open(&p).unwrap();
+        let back = KeyStore::open(&p, None).unwrap();
         assert_eq!(back.len(), 4);
         for (i, u) in users.iter().enumerate() {
             assert_eq!(back.get(u), (i != 2).then_some(keys[i]), "user {i}");
         }
         let bytes = std::fs::read(&p).unwrap();
         assert!(!bytes.windows(32).any(|w| w == keys[2]));
+    }
+
+    #[test]
+    fn wrapped_keys_are_not_on_disk_and_need_their_master_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("keys.bin");
+        let m = MasterKey::generate();
+        let ks = KeyStore::open(&p, Some(&m)).unwrap();
+        assert!(ks.wrapped());
+        let users: Vec<UserKey> = (0..4u8).map(|i| UserKey([i + 1; 16])).collect();
+        let keys: Vec<[u8; 32]> = users.iter().map(|u| ks.get_or_create(u)).collect();
+        ks.sync_pending().unwrap();
+        assert!(ks.erase(&users[1]).unwrap());
+        drop(ks);
+        let bytes = std::fs::read(&p).unwrap();
+        assert!(bytes.starts_with(b"TTKEYS02"));
+        for k in &keys {
+            assert!(
+                !bytes.windows(32).any(|w| w == k),
+                "a data key in the clear"
+            );
+        }
+        // Without the key, or with another one: refused, saying what to do.
+        assert!(matches!(
+            KeyStore::open(&p, None),
+            Err(KeyStoreError::MasterKeyNeeded { .. })
+        ));
+        assert!(matches!(
+            KeyStore::open(&p, Some(&MasterKey::generate())),
+            Err(KeyStoreError::WrongMasterKey { .. })
+        ));
+        let ks = KeyStore::open(&p, Some(&m)).unwrap();
+        for (i, u) in users.iter().enumerate() {
+            assert_eq!(ks.get(u), (i != 1).then_some(keys[i]), "user {i}");
+        }
+        // The erased slot is reused without growing the file.
+        let len = bytes.len();
+        ks.get_or_create(&UserKey([9; 16]));
+        ks.sync_pending().unwrap();
+        assert_eq!(std::fs::read(&p).unwrap().len(), len);
+        drop(ks);
+        // A damaged slot is named.
+        let mut bad = std::fs::read(&p).unwrap();
+        bad[8 + 16 + 40] ^= 0x55;
+        std::fs::write(&p, &bad).unwrap();
+        assert!(matches!(
+            KeyStore::open(&p, Some(&m)),
+            Err(KeyStoreError::BadSlot { slot: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn a_plain_file_is_wrapped_when_a_master_key_comes_and_rewrap_rotates() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("keys.bin");
+        let ks = KeyStore::open(&p, None).unwrap();
+        assert!(!ks.wrapped());
+        let a = UserKey([1; 16]);
+        let ka = ks.get_or_create(&a);
+        ks.sync_pending().unwrap();
+        drop(ks);
+        assert!(std::fs::read(&p).unwrap().windows(32).any(|w| w == ka));
+        // First start with a master key: wrapped in place, same keys.
+        let m1 = MasterKey::generate();
+        let ks = KeyStore::open(&p, Some(&m1)).unwrap();
+        assert!(ks.wrapped());
+        assert_eq!(ks.get(&a), Some(ka));
+        drop(ks);
+        assert!(!std::fs::read(&p).unwrap().windows(32).any(|w| w == ka));
+        // Rotation: the old key no longer opens it, the new one does.
+        let m2 = MasterKey::generate();
+        assert_eq!(rewrap(&p, Some(&m1), Some(&m2)).unwrap(), 1);
+        assert!(matches!(
+            KeyStore::open(&p, Some(&m1)),
+            Err(KeyStoreError::WrongMasterKey { .. })
+        ));
+        assert_eq!(KeyStore::open(&p, Some(&m2)).unwrap().get(&a), Some(ka));
+        // And back to unwrapped (leaving the master key behind) when asked.
+        assert_eq!(rewrap(&p, Some(&m2), None).unwrap(), 1);
+        assert_eq!(KeyStore::open(&p, None).unwrap().get(&a), Some(ka));
     }
 }

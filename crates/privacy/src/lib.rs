@@ -8,11 +8,13 @@
 pub mod crypto;
 pub mod ids;
 pub mod keystore;
+pub mod master;
 pub mod secrets;
 pub mod token;
 
 pub use crypto::{open_record, seal_record, Table};
 pub use ids::{Pseudonymizer, UserKey};
 pub use keystore::KeyStore;
+pub use master::MasterKey;
 pub use secrets::Secrets;
 pub use token::{TokenError, TokenSigner};

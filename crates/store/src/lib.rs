@@ -307,6 +307,28 @@ fn check_integrity(db: &mut Database, path: &str) -> Result<(), StoreError> {
     }
 }
 
+/// Re-wraps `keys.bin` in the data dir of a stopped server: read with `current` (None: not
+/// wrapped), written with `new` (None: unwrapped), atomically. Holds the database's lock while
+/// it does, so a running server (or a second rotation) is refused with [`StoreError::Locked`].
+/// Returns how many keys were re-wrapped.
+pub fn rewrap_keys(
+    data_dir: &Path,
+    current: Option<&trimtab_privacy::MasterKey>,
+    new: Option<&trimtab_privacy::MasterKey>,
+) -> Result<usize, StoreError> {
+    let db_path = data_dir.join(DB_FILE);
+    if !db_path.exists() {
+        return Err(StoreError::Open {
+            path: db_path.display().to_string(),
+            message: "no such file (is this a trimtab data dir?)".into(),
+        });
+    }
+    let lock = open_db(&db_path, 1 << 20)?;
+    let n = trimtab_privacy::keystore::rewrap(&data_dir.join(KEYS_FILE), current, new)?;
+    drop(lock);
+    Ok(n)
+}
+
 impl Store {
     /// Opens (creating on first start) the data dir, its database and key store. A schema 1
     /// database is upgraded in place (its states are complete: v1 wrote them through).
@@ -317,6 +339,16 @@ impl Store {
     /// [`Store::open`] with `cache_bytes` of page cache for the indexed store (redb's own
     /// default is 1 GiB per file, which a small deployment does not want resident).
     pub fn open_with_cache(data_dir: &Path, cache_bytes: usize) -> Result<Store, StoreError> {
+        Store::open_with(data_dir, cache_bytes, None)
+    }
+
+    /// [`Store::open_with_cache`] with the master key that wraps the per-user keys in
+    /// `keys.bin` (a file written without one is wrapped at this open; a wrapped file needs it).
+    pub fn open_with(
+        data_dir: &Path,
+        cache_bytes: usize,
+        master_key: Option<&trimtab_privacy::MasterKey>,
+    ) -> Result<Store, StoreError> {
         // The data dir 0700 and the database 0600 from their creation: it holds sealed user
         // data, the key store and the secrets.
         trimtab_util::fsutil::create_private_dir(data_dir).map_err(|source| {
@@ -381,7 +413,7 @@ impl Store {
             txn.open_table(LEARN)?;
         }
         txn.commit()?;
-        let keys = Arc::new(KeyStore::open(&data_dir.join(KEYS_FILE))?);
+        let keys = Arc::new(KeyStore::open(&data_dir.join(KEYS_FILE), master_key)?);
         // Slots are never removed (erasure zeroes them in place): fewer than the database has
         // seen means the file was cut short, and the users of the lost slots would silently
         // lose their data.
