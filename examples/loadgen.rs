@@ -1608,6 +1608,21 @@ mod target {
         log: PathBuf,
     }
 
+    /// Whether `bin` has the setting `key` (`trimtab config --json` lists every one).
+    fn knows_setting(bin: &Path, key: &str) -> bool {
+        let mut cmd = Command::new(bin);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("TRIMTAB_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.args(["config", "--json"])
+            .stderr(Stdio::null())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("\"key\":\"{key}\"")))
+            .unwrap_or(false)
+    }
+
     fn random_hex() -> String {
         let b: [u8; 24] = rand::rng().random();
         b.iter().fold(String::with_capacity(48), |mut s, x| {
@@ -1645,6 +1660,11 @@ mod target {
             if k.to_string_lossy().starts_with("TRIMTAB_") {
                 cmd.env_remove(k);
             }
+        }
+        // Thousands of sessions from one address: no per-address connection cap (a binary
+        // from before that setting existed refuses the variable, so ask it first).
+        if knows_setting(bin, "http.max_connections_per_ip") {
+            cmd.env("TRIMTAB_HTTP__MAX_CONNECTIONS_PER_IP", "0");
         }
         let mut child = cmd
             .arg("serve")

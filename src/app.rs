@@ -70,15 +70,24 @@ pub fn serve(
                 lim.forget_idle();
             }
         });
+        let conns = Arc::new(api::conns::Counter::default());
+        let per_ip = match (
+            cfg.http.max_connections_per_ip,
+            cfg.http.trust_forwarded_for,
+        ) {
+            (0, _) | (_, true) => None,
+            (cap, false) => Some(cap),
+        };
         let server = HttpServer::new(move || {
             let origins = st.cfg.allowed_origins.clone();
             App::new()
                 .app_data(st.clone())
+                .wrap(actix_web::middleware::from_fn(api::conns::refuse_over_cap))
                 .configure(move |c| api::configure(c, &origins))
         })
         // Adjustments are small frames that must leave at once: no Nagle delay. The
         // connection's local address and scheme are kept for the Origin checks.
-        .on_connect(|conn, ext| {
+        .on_connect(move |conn, ext| {
             type Tls = actix_tls::accept::rustls_0_23::TlsStream<TcpStream>;
             let (tcp, tls) = if let Some(tcp) = conn.downcast_ref::<TcpStream>() {
                 (tcp, false)
@@ -90,6 +99,9 @@ pub fn serve(
             let _ = tcp.set_nodelay(true);
             if let Ok(local) = tcp.local_addr() {
                 ext.insert(api::origin::Conn { local, tls });
+            }
+            if let (Some(cap), Ok(peer)) = (per_ip, tcp.peer_addr()) {
+                ext.insert(conns.accept(peer.ip(), cap));
             }
         })
         .workers(workers)

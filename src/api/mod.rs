@@ -6,6 +6,7 @@ pub mod admin;
 pub mod assets;
 pub mod auth;
 pub mod bandits;
+pub mod conns;
 pub mod error;
 pub mod experiments;
 pub mod ingest;

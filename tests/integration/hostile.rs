@@ -500,3 +500,45 @@ fn a_user_may_hold_only_so_many_sockets() {
         "a socket freed by a closed tab is available again"
     );
 }
+
+/// A request on a raw keep-alive connection: the status line and whether the server closed it.
+fn request_on(c: &mut TcpStream, addr: &str) -> (String, bool) {
+    write!(c, "GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = c.read(&mut buf).unwrap_or(0);
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let status = text.lines().next().unwrap_or("").to_string();
+    // Closed: the next read gives EOF at once.
+    c.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let closed = matches!(c.read(&mut buf), Ok(0));
+    (format!("{status}\n{text}"), closed)
+}
+
+#[test]
+fn one_address_may_hold_only_so_many_connections() {
+    let s = Server::start(Opts::config("[http]\nmax_connections_per_ip = 3\n"));
+    let mut held: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(&s.addr).unwrap())
+        .collect();
+    for c in held.iter_mut() {
+        let (status, closed) = request_on(c, &s.addr);
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        assert!(!closed, "a connection within the cap was closed");
+    }
+    // The fourth: answered 429 with the code, and closed.
+    let mut fourth = TcpStream::connect(&s.addr).unwrap();
+    let (answer, closed) = request_on(&mut fourth, &s.addr);
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(answer.contains("too_many_connections"), "{answer}");
+    assert!(closed, "the connection over the cap stayed open");
+    // One closes: a new connection is served again.
+    drop(held.pop());
+    let fresh = poll(WAIT, || {
+        let mut c = TcpStream::connect(&s.addr).ok()?;
+        let (status, _) = request_on(&mut c, &s.addr);
+        status.starts_with("HTTP/1.1 200").then_some(())
+    });
+    assert!(fresh.is_some(), "a freed slot was not reusable");
+}

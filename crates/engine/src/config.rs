@@ -101,6 +101,10 @@ pub struct HttpConfig {
     pub body_timeout_s: u64,
     /// Open connections at most, WebSockets included; further ones wait in the listen backlog.
     pub max_connections: usize,
+    /// Open connections per client address at most (0: no cap); one more is answered 429
+    /// `too_many_connections` and closed. Not applied with `trust_forwarded_for` (behind a
+    /// proxy every connection comes from the proxy).
+    pub max_connections_per_ip: usize,
     /// Take the client's IP (for per-IP rate limits) from the last `X-Forwarded-For` entry:
     /// only behind a reverse proxy that sets it, or any client could pick its own address.
     pub trust_forwarded_for: bool,
@@ -111,6 +115,7 @@ impl Default for HttpConfig {
         HttpConfig {
             body_timeout_s: 10,
             max_connections: 25_000,
+            max_connections_per_ip: 256,
             trust_forwarded_for: false,
         }
     }

@@ -105,6 +105,7 @@ codes! {
     ProtocolError = "protocol_error", 400, User, "a malformed WebSocket frame; the socket closes with 1009";
     RateLimited = "rate_limited", 429, User, "over a rate limit (`[rate]`); `Retry-After` says when to retry";
     TooManySockets = "too_many_sockets", 429, User, "a user's WebSocket beyond `delivery.max_sockets_per_user` (closed with 1008)";
+    TooManyConnections = "too_many_connections", 429, User, "a connection beyond `http.max_connections_per_ip` from one address (closed after this answer)";
     Overloaded = "overloaded", 429, Server, "a queue is full; `Retry-After` says when to retry (see below)";
     Unavailable = "unavailable", 503, Server, "the server is shutting down";
     StorageUnavailable = "storage_unavailable", 503, Server, "storage failed; nothing was acknowledged, retry later";
@@ -146,7 +147,11 @@ mod tests {
             // 429 is the server's (`overloaded`: its queues are full) except over a client's
             // own rate limit.
             let user = (400..500).contains(&c.status())
-                && (c.status() != 429 || matches!(c, Code::RateLimited | Code::TooManySockets));
+                && (c.status() != 429
+                    || matches!(
+                        c,
+                        Code::RateLimited | Code::TooManySockets | Code::TooManyConnections
+                    ));
             assert_eq!(c.fault() == Fault::User, user, "{c}: status {}", c.status());
             assert!(!c.when().is_empty());
         }
