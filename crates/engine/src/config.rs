@@ -182,6 +182,10 @@ pub struct PipelineConfig {
     pub max_commit_batch: usize,
     /// Users kept in memory per shard before the least recently used is evicted.
     pub user_cache: usize,
+    /// Memory the shards' user caches may take together, MiB (an estimate of each cached
+    /// user's state, ids and learning records): past it the least recently used are evicted
+    /// too, however few they are.
+    pub user_cache_mb: usize,
     /// Seconds `Retry-After` tells an overloaded client to wait.
     pub retry_after_s: u64,
     /// A user whose state changed is checkpointed at most this long after the change (ms);
@@ -207,6 +211,7 @@ impl Default for PipelineConfig {
             writer_queue: 4096,
             max_commit_batch: 512,
             user_cache: 50_000,
+            user_cache_mb: 1024,
             retry_after_s: 1,
             checkpoint_ms: 5_000,
             index_ms: 1_000,

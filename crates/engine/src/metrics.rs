@@ -47,6 +47,8 @@ pub struct Metrics {
     pub ws_sessions: IntGauge,
     pub ws_dropped: IntCounter,
     pub users_cached: IntGauge,
+    /// Estimated bytes of each shard's user cache (as of its last size check).
+    pub users_cached_bytes: IntGaugeVec,
     pub replayed: IntCounter,
     pub bandit_decisions: IntCounterVec,
     pub bandit_rewards: IntCounterVec,
@@ -212,6 +214,17 @@ impl Metrics {
             users_cached: reg(
                 &r,
                 IntGauge::new("trimtab_users_cached", "Users held in shard memory").expect(ok),
+            ),
+            users_cached_bytes: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "trimtab_users_cached_bytes",
+                        "Estimated bytes of a shard's user cache (pipeline.user_cache_mb bounds their sum)",
+                    ),
+                    &["shard"],
+                )
+                .expect(ok),
             ),
             replayed: reg(
                 &r,

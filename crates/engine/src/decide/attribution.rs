@@ -50,6 +50,20 @@ impl LearnCache {
         self.recs.is_empty()
     }
 
+    /// An estimate of the heap bytes the cached records hold.
+    pub fn heap_bytes(&self) -> usize {
+        self.recs
+            .values()
+            .map(|r| {
+                64 + std::mem::size_of::<LearnRecord>()
+                    + r.slot.len()
+                    + r.policy.len()
+                    + r.context.len() * 4
+                    + r.candidates.iter().map(|c| c.len() + 24).sum::<usize>()
+            })
+            .sum()
+    }
+
     pub(crate) fn insert(&mut self, id: [u8; 16], rec: LearnRecord, now: i64) {
         if self.recs.len() >= MAX_CACHED {
             self.recs.retain(|_, r| !r.closed(now));

@@ -251,7 +251,50 @@ pub fn same_params(stored: &SmallMap<Sym, Sym>, params: &BTreeMap<String, String
             .all(|((a, b), (c, d))| *a == **c && *b == **d)
 }
 
+/// Bytes a `String` holds on the heap.
+fn heap_str(s: &str) -> usize {
+    s.len()
+}
+
+/// Bytes a `SmallMap`'s entries take (its vector), not counting what they point to.
+fn heap_map<K, V>(m: &SmallMap<K, V>) -> usize {
+    m.len() * std::mem::size_of::<(K, V)>()
+}
+
 impl UserState {
+    /// An estimate of the heap bytes this state holds beyond its own size (strings, maps,
+    /// the sequence; shared `Sym`s count as a pointer): what bounds the shards' user caches in
+    /// bytes (`pipeline.user_cache_mb`), where the count alone would let large states through.
+    pub fn heap_bytes(&self) -> usize {
+        let shown: usize = self
+            .shown
+            .values()
+            .map(|(id, params)| heap_str(id) + heap_map(params))
+            .sum();
+        let caps: usize = self.caps.values().map(|c| heap_str(&c.session)).sum();
+        let experiments: usize = self
+            .experiments
+            .iter()
+            .map(|(id, r)| {
+                heap_str(id)
+                    + r.arm.as_deref().map_or(0, heap_str)
+                    + r.decisions.iter().map(|d| heap_str(d) + 24).sum::<usize>()
+                    + heap_map(&r.values)
+                    + r.values.keys().map(|k| heap_str(k)).sum::<usize>()
+            })
+            .sum();
+        heap_str(&self.session)
+            + heap_map(&self.targets)
+            + self.sequence.len() * std::mem::size_of::<Sym>()
+            + heap_map(&self.adjustments)
+            + heap_map(&self.shown)
+            + shown
+            + heap_map(&self.caps)
+            + caps
+            + heap_map(&self.experiments)
+            + experiments
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         // postcard serialises these plain types into a Vec without failure modes.
         postcard::to_allocvec(self).expect("UserState is postcard-serialisable")

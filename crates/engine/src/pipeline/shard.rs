@@ -151,6 +151,23 @@ pub(crate) struct Shard {
     work: Work,
     /// [`Shard::committed`], as of the last [`Snap::refresh`].
     committed: u64,
+    /// Users taken into the cache since its size in bytes was last estimated.
+    since_size_check: usize,
+}
+
+/// The cache's size in bytes is estimated (a pass over every entry) once per this many users
+/// taken in, or a sixteenth of those cached if more (a constant cost per user taken in), and
+/// whenever the count cap is reached.
+const SIZE_CHECK_EVERY: usize = 64;
+
+/// An estimate of the bytes one cached user takes: the entry, the state's heap, the ids not yet
+/// covered, the learning records, and the table's slot.
+fn entry_bytes(e: &Entry) -> usize {
+    std::mem::size_of::<Entry>()
+        + e.state.heap_bytes()
+        + e.pending.capacity() * 8
+        + e.learn.heap_bytes()
+        + std::mem::size_of::<(UserKey, Box<Entry>)>()
 }
 
 /// The shard's read snapshot, opened on first use and kept across drains until a write
@@ -236,6 +253,7 @@ impl Shard {
             op: 0,
             work,
             committed: 0,
+            since_size_check: 0,
         }
     }
 
@@ -520,7 +538,33 @@ impl Shard {
     /// writes or running timers; dirty ones are checkpointed on the way out.
     fn evict_if_full(&mut self) {
         let cap = self.p.cfg.pipeline.user_cache.max(1);
-        if self.users.len() < cap {
+        self.since_size_check += 1;
+        let full = self.users.len() >= cap;
+        // In bytes too (`pipeline.user_cache_mb`, shared by the shards): a count alone lets a
+        // cache of unusually large states grow without bound.
+        let budget =
+            (self.p.cfg.pipeline.user_cache_mb.max(1) << 20) / self.p.cfg.shard_count().max(1);
+        let mut excess = 0usize;
+        let mut bytes = 0usize;
+        let due = SIZE_CHECK_EVERY.max(self.users.len() / 16);
+        if full || self.since_size_check >= due {
+            self.since_size_check = 0;
+            bytes = self.users.values().map(|e| entry_bytes(e)).sum();
+            if bytes > budget {
+                // Down to 90% of the budget, so that the next few users do not evict again.
+                excess = bytes - budget / 10 * 9;
+            }
+        }
+        let gauge = |s: &Self, b: usize| {
+            s.p.metrics
+                .users_cached_bytes
+                .with_label_values(&[&s.p.idx.to_string()])
+                .set(b as i64)
+        };
+        if !full && excess == 0 {
+            if bytes > 0 {
+                gauge(self, bytes);
+            }
             return;
         }
         let committed = self.committed();
@@ -534,8 +578,17 @@ impl Shard {
         // The checkpoints written here go out in a Work whose op is at least this one.
         self.op += 1;
         let op = self.op;
-        for (_, k) in idle.into_iter().take(cap / 10 + 1) {
+        // A tenth of the count when it is full; as many as the bytes over the budget need.
+        let by_count = if full { cap / 10 + 1 } else { 0 };
+        let mut freed = 0usize;
+        let mut evicted = 0usize;
+        for (_, k) in idle {
+            if evicted >= by_count && freed >= excess {
+                break;
+            }
             if let Some(mut e) = self.users.remove(&k) {
+                evicted += 1;
+                freed += entry_bytes(&e);
                 if e.dirty_since.is_some() {
                     self.work.rows.push(checkpoint_rows(&k, &mut e));
                     e.last_op = op;
@@ -548,6 +601,9 @@ impl Shard {
         }
         // Ids that arrive from here on are not covered by the checkpoints just taken.
         self.op += 1;
+        if bytes > 0 {
+            gauge(self, bytes.saturating_sub(freed));
+        }
     }
 
     fn events(

@@ -176,3 +176,77 @@ fn a_socket_s_batch_is_acknowledged_in_its_own_queue_after_the_commit() {
 
     e.stop();
 }
+
+#[test]
+fn the_user_cache_is_bounded_in_bytes_not_only_in_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config {
+        data: dir.path().join("data"),
+        scripts: dir.path().join("scripts"),
+        models: dir.path().join("models"),
+        shards: 2,
+        pipeline: crate::config::PipelineConfig {
+            user_cache_mb: 1,
+            // Users are evictable once their rows are indexed: index at once.
+            index_ms: 2,
+            ..Default::default()
+        },
+        ..Config::default()
+    };
+    let e = Engine::open(Arc::new(cfg))
+        .unwrap()
+        .start(Pseudonymizer::new([3; 32]))
+        .unwrap();
+    // Each user clicks 60 different targets: a few KiB of state each, far below the count cap
+    // (50 000 per shard) and, for 1 200 users, several times the 1 MiB budget.
+    let now = trimtab_util::now_ms();
+    let users = 1200;
+    for u in 0..users {
+        let evs: Vec<Value> = (0..60)
+            .map(|t| {
+                json!({"id": format!("u{u}-{t}"), "type": "click", "target": format!("target-{t}"),
+                       "session": "s", "ts": now, "props": {},
+                       "consent": {"analytics": true, "personalization": true}})
+            })
+            .collect();
+        let body = json!({ "events": evs }).to_string();
+        let evs = parse_batch(body.as_bytes(), &Limits::default(), now)
+            .unwrap()
+            .events
+            .into_iter()
+            .map(|i| i.event)
+            .collect();
+        e.pipeline
+            .submit_events(vec![(e.pseudo.user(&format!("user-{u}")), evs)])
+            .unwrap()
+            .blocking_recv()
+            .unwrap()
+            .unwrap();
+    }
+    let cached = e.metrics.users_cached.get();
+    assert!(
+        cached < users / 2,
+        "{cached} of {users} users still cached with a 1 MiB budget"
+    );
+    let bytes: i64 = (0..2)
+        .map(|s| {
+            e.metrics
+                .users_cached_bytes
+                .with_label_values(&[&s.to_string()])
+                .get()
+        })
+        .sum();
+    assert!(bytes > 0 && bytes <= 1 << 20, "{bytes} bytes cached");
+    // An evicted user comes back whole.
+    let back = e
+        .pipeline
+        .export(e.pseudo.user("user-0"))
+        .unwrap()
+        .blocking_recv()
+        .unwrap()
+        .unwrap()
+        .expect("user-0");
+    assert_eq!(back.events.len(), 60);
+    assert_eq!(back.state["events"], 60, "{}", back.state);
+    e.stop();
+}
