@@ -372,7 +372,13 @@ fn main() -> Result<()> {
             .call()?;
         let status = r.status().as_u16();
         let export: Value = if status == 200 {
-            serde_json::from_str(&r.body_mut().read_to_string()?)?
+            // A user's export holds every event: far past ureq's default 10 MiB read limit.
+            serde_json::from_str(
+                &r.body_mut()
+                    .with_config()
+                    .limit(u64::MAX)
+                    .read_to_string()?,
+            )?
         } else if status == 404 {
             json!({"events": [], "state": {"events": 0}})
         } else {
