@@ -360,6 +360,12 @@ fn main() -> Result<()> {
         }
     }
     let m = model.lock().expect("model");
+    // A user's export holds every event it ever sent: allow it minutes, not seconds.
+    let a: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(600)))
+        .build()
+        .into();
     let (mut lost, mut duplicates, mut unexpected, mut state_mismatch, mut checked) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut examples = Vec::new();
