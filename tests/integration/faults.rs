@@ -47,7 +47,7 @@ fn ids(evs: &[Value]) -> Vec<String> {
 fn server_with_shim(flag: &Path) -> Server {
     Server::start(
         Opts::config(
-            "[pipeline]\nfatal_grace_ms = 5000\nindex_ms = 20\n[rate]\nuser_per_min = 0\n",
+            "[pipeline]\nfatal_grace_ms = 20000\nindex_ms = 20\n[rate]\nuser_per_min = 0\n",
         )
         .env("LD_PRELOAD", &shim().display().to_string())
         .env("FAULT_SHIM_FLAG", &flag.display().to_string()),
@@ -65,9 +65,19 @@ struct Failed<'a> {
     refused: Vec<Value>,
 }
 
+/// How the failed server's process ends in a test.
+#[derive(Clone, Copy, PartialEq)]
+enum End {
+    /// By itself, after `pipeline.fatal_grace_ms` (20 s here: long enough for the checks on a
+    /// busy machine).
+    ByItself,
+    /// A SIGTERM during the grace (the exit code is still the failure's).
+    Sigterm,
+}
+
 /// After the failure: not ready with the reason, counted, writes refused even once the disk
 /// works again, then exit with `code`; a restart has every acknowledged event and no other.
-fn fails_then_recovers(f: Failed<'_>, kind: &str, code: i32) {
+fn fails_then_recovers(f: Failed<'_>, kind: &str, code: i32, end: End) {
     let Failed {
         mut s,
         flag,
@@ -92,9 +102,12 @@ fn fails_then_recovers(f: Failed<'_>, kind: &str, code: i32) {
     let more = events("late", 2);
     let r = s.post_events(token, &batch(more.clone()));
     assert_eq!(r.status, 503, "a write after the failure: {}", r.body);
+    if end == End::Sigterm {
+        s.sigterm();
+    }
     let st = s
-        .wait_exit(Duration::from_secs(30))
-        .expect("the failed server exits by itself");
+        .wait_exit(Duration::from_secs(60))
+        .expect("the failed server exits");
     assert_eq!(
         st.code(),
         Some(code),
@@ -134,7 +147,7 @@ fn fails_then_recovers(f: Failed<'_>, kind: &str, code: i32) {
     assert_eq!(exported_ids(&after), want, "each event exactly once");
 }
 
-fn storage_fault(fault: impl Fn(&Server) -> String + Send + 'static, user: &str) {
+fn storage_fault(fault: impl Fn(&Server) -> String + Send + 'static, user: &str, end: End) {
     let flags = tempfile::tempdir().expect("temp dir");
     let flag = flags.path().join("flag");
     let s = server_with_shim(&flag);
@@ -175,12 +188,12 @@ fn storage_fault(fault: impl Fn(&Server) -> String + Send + 'static, user: &str)
         acked,
         refused,
     };
-    fails_then_recovers(f, "storage", 74);
+    fails_then_recovers(f, "storage", 74, end);
 }
 
 #[test]
 fn a_failed_fsync_is_not_acknowledged_makes_the_server_unready_and_exit_74() {
-    storage_fault(|_| "fsync".into(), "fsync-user");
+    storage_fault(|_| "fsync".into(), "fsync-user", End::ByItself);
 }
 
 /// The database's commit fails while the log's group commits succeed: the index transaction
@@ -223,12 +236,16 @@ fn a_failed_index_transaction_loses_no_acknowledged_event() {
         acked,
         refused,
     };
-    fails_then_recovers(f, "storage", 74);
+    fails_then_recovers(f, "storage", 74, End::Sigterm);
 }
 
 #[test]
 fn a_full_disk_is_not_acknowledged_makes_the_server_unready_and_exit_74() {
-    storage_fault(|s| format!("enospc {}", s.data.display()), "enospc-user");
+    storage_fault(
+        |s| format!("enospc {}", s.data.display()),
+        "enospc-user",
+        End::Sigterm,
+    );
 }
 
 /// A panicking engine thread (`FAILPOINTS`): not ready, exit 70, nothing acknowledged lost.
@@ -238,7 +255,7 @@ fn panicking(point: &str, user: &str) {
     // shard), checkpoints only at the stop.
     let mut s = Server::start(
         Opts::config(
-            "[pipeline]\nfatal_grace_ms = 5000\ncheckpoint_ms = 600000\n[segments]\nrefresh_s = 0\n",
+            "[pipeline]\nfatal_grace_ms = 20000\ncheckpoint_ms = 600000\n[segments]\nrefresh_s = 0\n",
         )
         // The first evaluation passes (the acknowledged batch), the second panics.
             .env("FAILPOINTS", &format!("{point}=1*off->panic(injected)")),
@@ -261,7 +278,7 @@ fn panicking(point: &str, user: &str) {
         acked,
         refused,
     };
-    fails_then_recovers(f, "thread", 70);
+    fails_then_recovers(f, "thread", 70, End::Sigterm);
 }
 
 #[cfg(feature = "failpoints")]
