@@ -45,16 +45,24 @@ static int fault(void) {
     return 0;
 }
 
-/* Whether fd is a file under the enospc fault's dir. */
-static int in_dir(int fd) {
-    const char *dir = flag_text + 7;
-    char link[64], path[4096];
+/* The path fd is open on, into path (size bytes); its length, or 0 when unknown. errno is
+ * kept as it was. */
+static size_t fd_path(int fd, char *path, size_t size) {
+    char link[64];
     snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
     int saved = errno;
-    ssize_t n = readlink(link, path, sizeof path - 1);
+    ssize_t n = readlink(link, path, size - 1);
     errno = saved;
     if (n <= 0) return 0;
     path[n] = 0;
+    return (size_t)n;
+}
+
+/* Whether fd is a file under the enospc fault's dir. */
+static int in_dir(int fd) {
+    const char *dir = flag_text + 7;
+    char path[4096];
+    if (fd_path(fd, path, sizeof path) == 0) return 0;
     size_t d = strlen(dir);
     return strncmp(path, dir, d) == 0 && (path[d] == '/' || path[d] == 0);
 }
@@ -67,15 +75,11 @@ static int in_dir(int fd) {
 static int suffix_matches(int fd) {
     if (flag_text[5] != ' ') return 1;
     const char *suffix = flag_text + 6;
-    char link[64], path[4096];
-    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
-    int saved = errno;
-    ssize_t n = readlink(link, path, sizeof path - 1);
-    errno = saved;
-    if (n <= 0) return 0;
-    path[n] = 0;
+    char path[4096];
+    size_t n = fd_path(fd, path, sizeof path);
+    if (n == 0) return 0;
     size_t s = strlen(suffix);
-    return (size_t)n >= s && strcmp(path + n - s, suffix) == 0;
+    return n >= s && strcmp(path + n - s, suffix) == 0;
 }
 
 static int sync_fails(int fd) {
