@@ -147,6 +147,24 @@ fn fails_then_recovers(f: Failed<'_>, kind: &str, code: i32, end: End) {
     assert_eq!(exported_ids(&after), want, "each event exactly once");
 }
 
+/// Posts batches of 3 new events until one is refused: each acknowledged batch (all 3
+/// accepted) goes into `acked`; the refused one must be 503 `storage_unavailable` and is
+/// returned.
+fn post_until_refused(s: &Server, token: &str, acked: &mut Vec<Value>) -> Vec<Value> {
+    loop {
+        let evs = events("b", 3);
+        let r = s.post_events(token, &batch(evs.clone()));
+        if r.status == 202 {
+            assert_eq!(r.json["accepted"], 3, "{}", r.body);
+            acked.extend(evs);
+            continue;
+        }
+        assert_eq!(r.status, 503, "a batch whose commit failed: {}", r.body);
+        assert_eq!(r.code(), "storage_unavailable", "{}", r.body);
+        return evs;
+    }
+}
+
 fn storage_fault(fault: impl Fn(&Server) -> String + Send + 'static, user: &str, end: End) {
     let flags = tempfile::tempdir().expect("temp dir");
     let flag = flags.path().join("flag");
@@ -163,18 +181,7 @@ fn storage_fault(fault: impl Fn(&Server) -> String + Send + 'static, user: &str,
         })
     };
     let mut acked = Vec::new();
-    let refused = loop {
-        let evs = events("b", 3);
-        let r = s.post_events(&token, &batch(evs.clone()));
-        if r.status == 202 {
-            assert_eq!(r.json["accepted"], 3, "{}", r.body);
-            acked.extend(evs);
-            continue;
-        }
-        assert_eq!(r.status, 503, "a batch whose commit failed: {}", r.body);
-        assert_eq!(r.code(), "storage_unavailable", "{}", r.body);
-        break evs;
-    };
+    let refused = post_until_refused(&s, &token, &mut acked);
     raise.join().expect("flag thread");
     assert!(
         !acked.is_empty(),
@@ -213,16 +220,7 @@ fn a_failed_index_transaction_loses_no_acknowledged_event() {
     // Acknowledged (the log is fine) until the failed index transaction makes the server stop
     // taking writes.
     let mut acked = first;
-    let refused = loop {
-        let evs = events("b", 3);
-        let r = s.post_events(&token, &batch(evs.clone()));
-        if r.status == 202 {
-            acked.extend(evs);
-            continue;
-        }
-        assert_eq!(r.status, 503, "{}", r.body);
-        break evs;
-    };
+    let refused = post_until_refused(&s, &token, &mut acked);
     assert!(
         s.stderr().contains("fatal: index transaction failed"),
         "not the index transaction:\n{}",
