@@ -519,13 +519,8 @@ pub(crate) fn runtime_error_info(
 
 /// Describes a panic caught while running a rule of `file`.
 pub(crate) fn panic_error_info(file: &str, payload: &(dyn std::any::Any + Send)) -> RuleErrorInfo {
-    let detail = if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown payload".to_owned()
-    };
+    let detail =
+        trimtab_util::panics::text(payload).unwrap_or_else(|| "unknown payload".to_owned());
     RuleErrorInfo {
         message: truncate(&format!("panic: {detail}"), MAX_ERROR_CHARS),
         line: None,

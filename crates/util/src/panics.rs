@@ -23,13 +23,17 @@ pub fn is_caught() -> bool {
     CATCHING.with(|c| c.get() > 0)
 }
 
-/// The message of a panic payload.
-pub fn message(payload: &(dyn std::any::Any + Send)) -> String {
+/// The text of a panic payload (`panic!` with a literal or a format), if it has one.
+pub fn text(payload: &(dyn std::any::Any + Send)) -> Option<String> {
     payload
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// The message of a panic payload, for logs.
+pub fn message(payload: &(dyn std::any::Any + Send)) -> String {
+    text(payload).unwrap_or_else(|| "a panic without a message".into())
 }
 
 #[cfg(test)]
@@ -45,7 +49,9 @@ mod tests {
             assert!(is_caught());
             panic!("expected");
         });
-        assert_eq!(message(r.unwrap_err().as_ref()), "expected");
+        let payload = r.unwrap_err();
+        assert_eq!(message(payload.as_ref()), "expected");
+        assert_eq!(text(&42u8), None);
         assert!(!is_caught());
     }
 }
