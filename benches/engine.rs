@@ -168,7 +168,7 @@ fn group_commit(c: &mut Criterion) {
         idh[..8].copy_from_slice(&seq.to_le_bytes());
         let user = UserKey([u; 16]);
         let sealer = store.sealer(&user);
-        let mut r = UserRows::new(user);
+        let mut r = UserRows::new(user, sealer.row());
         r.events
             .push((seq, idh, sealer.seal(&user, Table::Event, &[7u8; 120])));
         r

@@ -11,7 +11,7 @@
 use rand::RngCore;
 use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, CHACHA20_POLY1305};
 
-use super::ids::UserKey;
+use super::ids::{RowId, UserKey};
 
 /// Nonce length in front of every sealed record.
 const NONCE: usize = 12;
@@ -59,11 +59,24 @@ fn aad(user: &UserKey, table: Table) -> ([u8; 24], usize) {
 #[derive(Clone)]
 pub struct Sealer {
     key: [u8; 32],
+    /// Where the user's rows are filed under this key ([`RowId::of`] it).
+    row: RowId,
 }
 
 impl Sealer {
     pub fn new(key: &[u8; 32]) -> Sealer {
-        Sealer { key: *key }
+        Sealer::with_row(key, RowId::of(key))
+    }
+
+    /// A sealer whose row id the caller already has (the key store keeps it with the key).
+    pub fn with_row(key: &[u8; 32], row: RowId) -> Sealer {
+        debug_assert_eq!(row, RowId::of(key));
+        Sealer { key: *key, row }
+    }
+
+    /// The row id of the user's rows sealed with this key.
+    pub fn row(&self) -> RowId {
+        self.row
     }
 
     fn aead(&self) -> LessSafeKey {

@@ -21,7 +21,7 @@ use std::sync::{Mutex, RwLock};
 
 use rand::RngCore;
 
-use super::ids::UserKey;
+use super::ids::{RowId, UserKey};
 use super::master::{MasterKey, CHECK, WRAPPED};
 
 /// `keys.bin` without a master key: 48-byte slots `user key ‖ data key`.
@@ -102,8 +102,52 @@ struct FileState {
     pending: Vec<(u64, UserKey, [u8; 32])>,
 }
 
+/// A key held in memory: its slot, the key, and the row id it files the user's rows under.
+#[derive(Clone, Copy)]
+struct Held {
+    slot: u64,
+    key: [u8; 32],
+    row: RowId,
+}
+
+impl Held {
+    fn new(slot: u64, key: [u8; 32]) -> Held {
+        Held {
+            slot,
+            key,
+            row: RowId::of(&key),
+        }
+    }
+}
+
+/// A key taken from its user ([`KeyStore::detach`]) whose slot is not yet overwritten.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Detached {
+    pub slot: u64,
+    /// The row id the user's rows were filed under with that key.
+    pub row: RowId,
+}
+
+#[derive(Default)]
+struct Keys {
+    by_user: HashMap<UserKey, Held>,
+    /// The user of every row id whose key is in memory (current or detached).
+    by_row: HashMap<RowId, UserKey>,
+    /// Keys detached from their users and not yet zeroed on disk, by slot: they stay known
+    /// until [`KeyStore::shred`] has overwritten them, so that a failed overwrite can be
+    /// retried instead of the key surviving on disk unnoticed.
+    detached: HashMap<u64, (UserKey, Held)>,
+}
+
+impl Keys {
+    fn insert(&mut self, user: UserKey, held: Held) {
+        self.by_row.insert(held.row, user);
+        self.by_user.insert(user, held);
+    }
+}
+
 pub struct KeyStore {
-    keys: RwLock<HashMap<UserKey, (u64, [u8; 32])>>,
+    keys: RwLock<Keys>,
     file: Mutex<FileState>,
 }
 
@@ -236,13 +280,11 @@ impl KeyStore {
                 .open(path)
                 .map_err(io)?;
         }
-        let mut keys = HashMap::new();
+        let mut keys = Keys::default();
         let mut free = Vec::new();
         for (i, s) in slots.iter().enumerate() {
             match s {
-                Some((u, k)) => {
-                    keys.insert(*u, (i as u64, *k));
-                }
+                Some((u, k)) => keys.insert(*u, Held::new(i as u64, *k)),
                 None => free.push(i as u64),
             }
         }
@@ -268,25 +310,59 @@ impl KeyStore {
         )
     }
 
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Keys> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Keys> {
+        self.keys.write().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The data key of `user`, if one exists.
     pub fn get(&self, user: &UserKey) -> Option<[u8; 32]> {
-        self.keys
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(user)
-            .map(|(_, k)| *k)
+        self.entry(user).map(|(k, _)| k)
+    }
+
+    /// The data key of `user` and the row id its rows are filed under, if a key exists.
+    pub fn entry(&self, user: &UserKey) -> Option<([u8; 32], RowId)> {
+        self.read().by_user.get(user).map(|h| (h.key, h.row))
+    }
+
+    /// The row id of `user`'s rows, if the user has a key.
+    pub fn row(&self, user: &UserKey) -> Option<RowId> {
+        self.read().by_user.get(user).map(|h| h.row)
+    }
+
+    /// The user and data key behind a row id (current or detached and not yet shredded);
+    /// `None` once the key is destroyed: then nothing ties the row id to anyone.
+    pub fn by_row(&self, row: &RowId) -> Option<(UserKey, [u8; 32])> {
+        let k = self.read();
+        let user = *k.by_row.get(row)?;
+        match k.by_user.get(&user) {
+            Some(h) if h.row == *row => Some((user, h.key)),
+            _ => k
+                .detached
+                .values()
+                .find(|(_, h)| h.row == *row)
+                .map(|(u, h)| (*u, h.key)),
+        }
     }
 
     /// The data key of `user`, creating one if needed. A new key lives in memory only until
     /// the next [`KeyStore::sync_pending`]; records sealed with it must not be committed before.
     pub fn get_or_create(&self, user: &UserKey) -> [u8; 32] {
-        if let Some(k) = self.get(user) {
-            return k;
+        self.get_or_create_entry(user).0
+    }
+
+    /// [`KeyStore::get_or_create`] with the key's row id.
+    pub fn get_or_create_entry(&self, user: &UserKey) -> ([u8; 32], RowId) {
+        if let Some(e) = self.entry(user) {
+            return e;
         }
         let mut fs = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, k)) = keys.get(user) {
-            return *k; // created by another thread meanwhile
+        let mut keys = self.write();
+        if let Some(h) = keys.by_user.get(user) {
+            return (h.key, h.row); // created by another thread meanwhile
         }
         let mut key = [0u8; 32];
         rand::rng().fill_bytes(&mut key);
@@ -295,8 +371,9 @@ impl KeyStore {
             fs.slots - 1
         });
         fs.pending.push((slot, *user, key));
-        keys.insert(*user, (slot, key));
-        key
+        let held = Held::new(slot, key);
+        keys.insert(*user, held);
+        (key, held.row)
     }
 
     /// Writes every key created since the last call and makes them durable with one
@@ -341,44 +418,77 @@ impl KeyStore {
     }
 
     /// Destroys `user`'s key: the slot is overwritten with zeros in place and fsynced before
-    /// this returns. Returns whether a key existed.
-    pub fn erase(&self, user: &UserKey) -> std::io::Result<bool> {
-        match self.detach(user) {
-            Some(slot) => self.shred(slot).map(|()| true),
-            None => Ok(false),
+    /// this returns (with any earlier key of the user detached and not yet overwritten).
+    /// Returns the row ids whose keys were destroyed (empty: the user had no key).
+    pub fn erase(&self, user: &UserKey) -> std::io::Result<Vec<RowId>> {
+        self.detach(user);
+        let mut rows = Vec::new();
+        for d in self.detached_of(user) {
+            self.shred(d.slot)?;
+            rows.push(d.row);
         }
+        Ok(rows)
     }
 
-    /// Forgets `user`'s key at once (the next record of that user gets a new key) and returns
-    /// its slot, which stays reserved until [`KeyStore::shred`] overwrites it. A key that was
-    /// never written is simply dropped.
-    pub fn detach(&self, user: &UserKey) -> Option<u64> {
+    /// Takes `user`'s key from the user at once (the next record of that user gets a new key)
+    /// and returns its slot and row id. The key stays known, detached, until
+    /// [`KeyStore::shred`] has overwritten its slot on disk. A key that was never written is
+    /// not written any more.
+    pub fn detach(&self, user: &UserKey) -> Option<Detached> {
         let mut fs = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        let (slot, _) = self
-            .keys
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(user)?;
-        fs.pending.retain(|(s, _, _)| *s != slot);
-        Some(slot)
+        let mut keys = self.write();
+        let held = keys.by_user.remove(user)?;
+        keys.detached.insert(held.slot, (*user, held));
+        fs.pending.retain(|(s, _, _)| *s != held.slot);
+        Some(Detached {
+            slot: held.slot,
+            row: held.row,
+        })
     }
 
-    /// Overwrites a detached slot with zeros in place, fsyncs, and frees it for reuse.
+    /// The keys of `user` detached and not yet overwritten (an erasure that failed to
+    /// overwrite one leaves it here, for the retry).
+    pub fn detached_of(&self, user: &UserKey) -> Vec<Detached> {
+        let mut out: Vec<Detached> = self
+            .read()
+            .detached
+            .values()
+            .filter(|(u, _)| u == user)
+            .map(|(_, h)| Detached {
+                slot: h.slot,
+                row: h.row,
+            })
+            .collect();
+        out.sort_unstable_by_key(|d| d.slot);
+        out
+    }
+
+    /// Overwrites a detached slot with zeros in place and fsyncs; only then forgets the key
+    /// and frees the slot for reuse. On error the key stays detached (retry with this again).
     pub fn shred(&self, slot: u64) -> std::io::Result<()> {
         let mut fs = self.file.lock().unwrap_or_else(|e| e.into_inner());
         let (at, len) = (
             fs.format.header_len() + slot * fs.format.slot_len() as u64,
             fs.format.slot_len(),
         );
+        #[cfg(test)]
+        if FAIL_SHRED.with(|f| f.get()) {
+            return Err(std::io::Error::other("injected write failure"));
+        }
         fs.file.seek(SeekFrom::Start(at))?;
         fs.file.write_all(&vec![0u8; len])?;
         fs.file.sync_data()?;
+        let mut keys = self.write();
+        if let Some((_, h)) = keys.detached.remove(&slot) {
+            keys.by_row.remove(&h.row);
+        }
         fs.free.push(slot);
         Ok(())
     }
 
+    /// Users with a key (detached keys not counted).
     pub fn len(&self) -> usize {
-        self.keys.read().unwrap_or_else(|e| e.into_inner()).len()
+        self.read().by_user.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -419,6 +529,12 @@ pub fn set_private(path: &Path) {
 }
 
 #[cfg(test)]
+thread_local! {
+    /// Makes [`KeyStore::shred`] fail on this thread (a test of the erasure's retry).
+    static FAIL_SHRED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -438,8 +554,9 @@ mod tests {
         drop(ks);
         let ks = KeyStore::open(&p, None).unwrap();
         assert_eq!(ks.get(&a), Some(ka));
-        assert!(ks.erase(&a).unwrap());
-        assert!(!ks.erase(&a).unwrap());
+        assert_eq!(ks.erase(&a).unwrap(), vec![RowId::of(&ka)]);
+        assert!(ks.erase(&a).unwrap().is_empty());
+        assert_eq!(ks.by_row(&RowId::of(&ka)), None);
         let bytes = std::fs::read(&p).unwrap();
         assert!(
             !bytes.windows(32).any(|w| w == ka),
@@ -467,7 +584,7 @@ mod tests {
         let keys: Vec<[u8; 32]> = users.iter().map(|u| ks.get_or_create(u)).collect();
         // Not durable yet: a crash now loses them (their records were never committed).
         assert_eq!(KeyStore::open(&p, None).unwrap().len(), 0);
-        assert!(ks.erase(&users[2]).unwrap());
+        assert_eq!(ks.erase(&users[2]).unwrap().len(), 1);
         assert_eq!(ks.sync_pending().unwrap(), 4);
         let back = KeyStore::open(&p, None).unwrap();
         assert_eq!(back.len(), 4);
@@ -488,7 +605,7 @@ mod tests {
         let users: Vec<UserKey> = (0..4u8).map(|i| UserKey([i + 1; 16])).collect();
         let keys: Vec<[u8; 32]> = users.iter().map(|u| ks.get_or_create(u)).collect();
         ks.sync_pending().unwrap();
-        assert!(ks.erase(&users[1]).unwrap());
+        assert_eq!(ks.erase(&users[1]).unwrap().len(), 1);
         drop(ks);
         let bytes = std::fs::read(&p).unwrap();
         assert!(bytes.starts_with(b"TTKEYS02"));
@@ -556,5 +673,58 @@ mod tests {
         // And back to unwrapped (leaving the master key behind) when asked.
         assert_eq!(rewrap(&p, Some(&m2), None).unwrap(), 1);
         assert_eq!(KeyStore::open(&p, None).unwrap().get(&a), Some(ka));
+    }
+
+    #[test]
+    fn a_key_is_forgotten_only_once_its_slot_is_zeroed_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("keys.bin");
+        let ks = KeyStore::open(&p, None).unwrap();
+        let a = UserKey([1; 16]);
+        let (ka, row) = ks.get_or_create_entry(&a);
+        ks.sync_pending().unwrap();
+        assert_eq!(ks.row(&a), Some(row));
+        assert_eq!(ks.by_row(&row), Some((a, ka)));
+        // The overwrite fails: the erasure reports the error and the key stays known, so a
+        // retry cannot report success while the key is still on disk.
+        FAIL_SHRED.with(|f| f.set(true));
+        assert!(ks.erase(&a).is_err());
+        FAIL_SHRED.with(|f| f.set(false));
+        assert!(std::fs::read(&p).unwrap().windows(32).any(|w| w == ka));
+        assert_eq!(ks.get(&a), None, "records after the erasure take a new key");
+        assert_eq!(
+            ks.by_row(&row),
+            Some((a, ka)),
+            "the old rows can still be found"
+        );
+        // A new key for the user meanwhile is not the retry's to destroy.
+        let (kb, row_b) = ks.get_or_create_entry(&a);
+        assert_ne!(row_b, row);
+        assert_eq!(ks.detached_of(&a), vec![Detached { slot: 0, row }]);
+        // The retry (the shard detaches the new key only for a new erasure): the old key goes.
+        assert!(ks.shred(0).is_ok());
+        assert!(ks.detached_of(&a).is_empty());
+        assert_eq!(ks.by_row(&row), None);
+        assert_eq!(ks.by_row(&row_b), Some((a, kb)));
+        ks.sync_pending().unwrap();
+        let bytes = std::fs::read(&p).unwrap();
+        assert!(!bytes.windows(32).any(|w| w == ka));
+        assert!(bytes.windows(32).any(|w| w == kb));
+        // erase() also sweeps up a detached leftover with the current key.
+        let c = UserKey([3; 16]);
+        let (kc, rc) = ks.get_or_create_entry(&c);
+        ks.sync_pending().unwrap();
+        FAIL_SHRED.with(|f| f.set(true));
+        assert!(ks.erase(&c).is_err());
+        FAIL_SHRED.with(|f| f.set(false));
+        let (kc2, rc2) = ks.get_or_create_entry(&c);
+        ks.sync_pending().unwrap();
+        let mut erased = ks.erase(&c).unwrap();
+        erased.sort();
+        let mut want = vec![rc, rc2];
+        want.sort();
+        assert_eq!(erased, want);
+        let bytes = std::fs::read(&p).unwrap();
+        assert!(!bytes.windows(32).any(|w| w == kc || w == kc2));
     }
 }

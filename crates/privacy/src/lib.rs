@@ -13,7 +13,7 @@ pub mod secrets;
 pub mod token;
 
 pub use crypto::{open_record, seal_record, Table};
-pub use ids::{Pseudonymizer, UserKey};
+pub use ids::{Pseudonymizer, RowId, UserKey};
 pub use keystore::KeyStore;
 pub use master::MasterKey;
 pub use secrets::Secrets;

@@ -9,9 +9,10 @@
 //!
 //! Records are numbered (`n`, consecutive over the whole store); a segment is named after its
 //! first record's number (`00000000000000000042.evs`) and holds records back to back, each
-//! `[len: u32][crc32: u32][n: u64][kind: u8][user: 16][seq: u64][id hash: 16][sealed bytes]`
-//! (little endian; the CRC covers everything after it; the sealed bytes are sealed by the
-//! shard with the user's key, as every record at rest). `meta.events_end` in `trimtab.redb`
+//! `[len: u32][crc32: u32][n: u64][kind: u8][row: 16][seq: u64][id hash: 16][sealed bytes]`
+//! (little endian; the CRC covers everything after it; `row` is the user's row id, never the
+//! user key; the sealed bytes are sealed by the shard with the user's key, as every record at
+//! rest). `meta.events_end` in `trimtab.redb`
 //! is the number of the first record not (yet) made part of the indexed store: it is written
 //! in the same transaction as `applied_wal`, after the records are durable here, and at open
 //! whatever lies past it is cut off (the write-ahead log applies those batches again).
@@ -31,13 +32,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use super::StoreError;
-use trimtab_privacy::UserKey;
+use trimtab_privacy::RowId;
 
 /// A new segment is started once the current one is this large.
 const SEGMENT_BYTES: u64 = 32 << 20;
 /// `len` + `crc`.
 const FRAME: usize = 8;
-/// `n` + `kind` + `user` + `seq` + `id hash`.
+/// `n` + `kind` + `row` + `seq` + `id hash`.
 const META: usize = 8 + 1 + 16 + 8 + 16;
 /// A record longer than this is damage, not data.
 const MAX_RECORD: u32 = 1 << 26;
@@ -66,7 +67,7 @@ impl Kind {
 pub struct Record {
     pub n: u64,
     pub kind: Kind,
-    pub user: UserKey,
+    pub row: RowId,
     pub seq: u64,
     pub id_hash: [u8; 16],
     pub sealed: Vec<u8>,
@@ -142,7 +143,7 @@ fn walk(bytes: &[u8], first: u64, end: u64, mut f: impl FnMut(RecordRef<'_>, usi
 pub struct RecordRef<'a> {
     pub n: u64,
     pub kind: Kind,
-    pub user: UserKey,
+    pub row: RowId,
     pub seq: u64,
     pub id_hash: [u8; 16],
     pub sealed: &'a [u8],
@@ -152,13 +153,13 @@ impl<'a> RecordRef<'a> {
     fn parse(body: &'a [u8]) -> Option<RecordRef<'a>> {
         let n = u64::from_le_bytes(body.get(0..8)?.try_into().ok()?);
         let kind = Kind::from_u8(*body.get(8)?)?;
-        let user = UserKey(body.get(9..25)?.try_into().ok()?);
+        let row = RowId(body.get(9..25)?.try_into().ok()?);
         let seq = u64::from_le_bytes(body.get(25..33)?.try_into().ok()?);
         let id_hash = body.get(33..49)?.try_into().ok()?;
         Some(RecordRef {
             n,
             kind,
-            user,
+            row,
             seq,
             id_hash,
             sealed: body.get(META..)?,
@@ -169,7 +170,7 @@ impl<'a> RecordRef<'a> {
         Record {
             n: self.n,
             kind: self.kind,
-            user: self.user,
+            row: self.row,
             seq: self.seq,
             id_hash: self.id_hash,
             sealed: self.sealed.to_vec(),
@@ -325,6 +326,36 @@ impl EventLog {
         Ok(())
     }
 
+    /// Rewrites every record's row field through `map` (the schema 4 migration, at open before
+    /// any append): each segment is written anew beside itself, synced and renamed over it.
+    /// Returns how many records were rewritten.
+    pub(super) fn rewrite_rows(
+        &self,
+        mut map: impl FnMut(&RowId) -> RowId,
+    ) -> Result<u64, StoreError> {
+        let g = self.lock();
+        let mut count = 0u64;
+        for (i, seg) in g.segments.iter().enumerate() {
+            let upto = g.segments.get(i + 1).map_or(g.next, |s| s.first);
+            let mut bytes = read_all(&seg.path)?;
+            let mut spans = Vec::new();
+            let valid = walk(&bytes, seg.first, upto, |r, stop| {
+                spans.push((stop - FRAME - META - r.sealed.len(), stop, map(&r.row)));
+            });
+            bytes.truncate(valid);
+            for (at, stop, row) in spans {
+                bytes[at + FRAME + 9..at + FRAME + 25].copy_from_slice(&row.0);
+                let crc = crc32fast::hash(&bytes[at + FRAME..stop]);
+                bytes[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+                count += 1;
+            }
+            trimtab_util::fsutil::write_atomic_private(&seg.path, &bytes)
+                .map_err(|e| io_err(&seg.path, "rewrite", e))?;
+        }
+        sync_dir(&self.dir)?;
+        Ok(count)
+    }
+
     /// Segment files (tests and diagnostics).
     #[cfg(test)]
     pub(super) fn segments(&self) -> usize {
@@ -354,7 +385,7 @@ impl Appender<'_> {
     pub(super) fn push(
         &mut self,
         kind: Kind,
-        user: &UserKey,
+        row: &RowId,
         seq: u64,
         id_hash: &[u8; 16],
         sealed: &[u8],
@@ -374,7 +405,7 @@ impl Appender<'_> {
         self.buf.extend_from_slice(&[0u8; 4]);
         self.buf.extend_from_slice(&n.to_le_bytes());
         self.buf.push(kind as u8);
-        self.buf.extend_from_slice(&user.0);
+        self.buf.extend_from_slice(&row.0);
         self.buf.extend_from_slice(&seq.to_le_bytes());
         self.buf.extend_from_slice(id_hash);
         self.buf.extend_from_slice(sealed);

@@ -14,24 +14,27 @@
 //! the log holds. Applied log segments are recycled.
 //!
 //! Tables of `trimtab.redb` (every user-derived value is sealed with that user's key, see
-//! [`trimtab_privacy`]):
+//! [`trimtab_privacy`]; every per-user row is filed under the user's **row id**, a keyed hash
+//! of that random key which only `keys.bin` ties to the user key — [`trimtab_privacy::RowId`]
+//! — so once erasure zeroes the key's slot, what free pages, log segments and event store
+//! records still hold can be tied to no one, even with the pseudonym key):
 //! - `meta`: `&str → &[u8]`: `schema_version`, `shutdown` (`clean` after a graceful stop,
 //!   `running` while a process has the file open), `applied_wal`, `events_end` (records of the
 //!   event store that are part of the indexed store) and `replay_from` (the first record of
 //!   the event store that a checkpoint may not cover yet: recovery reads from there).
-//! - `users`: `user key → sealed state`: the user's **checkpoint**, written every few seconds
+//! - `users`: `row id → sealed state`: the user's **checkpoint**, written every few seconds
 //!   for dirty users, on eviction and on shutdown, not per event.
-//! - `heads`: `user key → seq`: the first seq *not* covered by the user's checkpoint; loading a
+//! - `heads`: `row id → seq`: the first seq *not* covered by the user's checkpoint; loading a
 //!   user replays its records from there.
-//! - `seen_runs`: `(user key, run) → sorted fingerprints` (8 bytes each: the first half of
+//! - `seen_runs`: `(row id, run) → sorted fingerprints` (8 bytes each: the first half of
 //!   the keyed hash of an event id): every id the user's checkpoints cover, for deduplication
 //!   of client retries. One run is added per checkpoint (the ids of the records it covers,
 //!   which the indexer keeps in memory until then, see [`Store::apply`]); a run is merged into
 //!   the one before while that one is at most twice its size, so a user has O(log n) runs and
 //!   an id is rewritten O(log n) times. A row per id instead (schema 2's `seen`) was one more
 //!   random insert per event into a table that grew with every event.
-//! - `decisions`: `(user key, decision id) → sealed decision`: what was pushed, for attribution.
-//! - `learnlog`: `(user key, decision id) → sealed learning record` of bandit decisions.
+//! - `decisions`: `(row id, decision id) → sealed decision`: what was pushed, for attribution.
+//! - `learnlog`: `(row id, decision id) → sealed learning record` of bandit decisions.
 //! - `stats`: `(group, segment, arm, metric) → six f64 sums`: experiments' sufficient statistics
 //!   (aggregates over many users; no per-user data).
 //!
@@ -60,17 +63,19 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use events::Kind;
 
 use trimtab_privacy::keystore::KeyStoreError;
-use trimtab_privacy::{KeyStore, UserKey};
+use trimtab_privacy::{KeyStore, RowId, UserKey};
 
 pub use read::{Loaded, Reader};
+pub use trimtab_privacy::keystore::Detached;
 pub use wal::Batch;
 pub use write::UserRows;
 
 pub use trimtab_privacy::crypto::Sealer;
 
 /// 1: write-through state. 2: checkpoints (`heads`) and the `journal`. 3: events and journal
-/// in the event store (`events/`), not in redb tables (1 and 2 are migrated at open).
-pub const SCHEMA_VERSION: u32 = 3;
+/// in the event store (`events/`), not in redb tables. 4: rows and records filed by row id,
+/// not by user key (1 to 3 are migrated at open).
+pub const SCHEMA_VERSION: u32 = 4;
 pub const DB_FILE: &str = "trimtab.redb";
 /// The write-ahead log's directory (segment files) in the data dir.
 pub const WAL_DIR: &str = "wal";
@@ -80,6 +85,8 @@ pub const EVENTS_DIR: &str = "events";
 /// then the file is removed.
 const LEGACY_WAL_FILE: &str = "wal.redb";
 pub const KEYS_FILE: &str = "keys.bin";
+/// The indexed store being rewritten by the schema 4 migration (renamed over `DB_FILE`).
+const MIGRATING_FILE: &str = "trimtab.redb.migrating";
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const USERS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("users");
@@ -174,13 +181,13 @@ pub struct Store {
     events: events::EventLog,
     /// Users with records in the event store that their checkpoint does not cover → (the
     /// first such record, the highest seq among them) (see the module doc).
-    coverage: std::sync::Mutex<std::collections::HashMap<UserKey, (u64, u64)>>,
+    coverage: std::sync::Mutex<std::collections::HashMap<RowId, (u64, u64)>>,
     /// After an unclean stop: the records past each uncovered user's checkpoint, read once at
     /// open, taken by the user's first load.
-    recovered: std::sync::Mutex<std::collections::HashMap<UserKey, Vec<events::Record>>>,
+    recovered: std::sync::Mutex<std::collections::HashMap<RowId, Vec<events::Record>>>,
     /// Indexer only: per user, (seq, id fingerprint) of the events applied since its last
     /// checkpoint: the next checkpoint's run of `seen_runs`.
-    pending_ids: std::sync::Mutex<std::collections::HashMap<UserKey, Vec<(u64, u64)>>>,
+    pending_ids: std::sync::Mutex<std::collections::HashMap<RowId, Vec<(u64, u64)>>>,
     keys: Arc<KeyStore>,
     path: PathBuf,
     /// Whether the previous process stopped gracefully (every user checkpointed).
@@ -349,6 +356,25 @@ impl Store {
         cache_bytes: usize,
         master_key: Option<&trimtab_privacy::MasterKey>,
     ) -> Result<Store, StoreError> {
+        let (store, found_version) = Store::open_once(data_dir, cache_bytes, master_key)?;
+        if found_version >= 4 {
+            return Ok(store);
+        }
+        let fresh = data_dir.join(MIGRATING_FILE);
+        store.migrate_to_rows(&fresh)?;
+        drop(store);
+        std::fs::rename(&fresh, data_dir.join(DB_FILE)).map_err(StoreError::KeyIo)?;
+        trimtab_util::fsutil::sync_dir(&data_dir.join(DB_FILE)).map_err(StoreError::KeyIo)?;
+        Ok(Store::open_once(data_dir, cache_bytes, master_key)?.0)
+    }
+
+    /// Opens the data dir as it is (any schema), applying the log's tail; returns the store and
+    /// the schema version it found.
+    fn open_once(
+        data_dir: &Path,
+        cache_bytes: usize,
+        master_key: Option<&trimtab_privacy::MasterKey>,
+    ) -> Result<(Store, u32), StoreError> {
         // The data dir 0700 and the database 0600 from their creation: it holds sealed user
         // data, the key store and the secrets.
         trimtab_util::fsutil::create_private_dir(data_dir).map_err(|source| {
@@ -388,6 +414,7 @@ impl Store {
                 None => SCHEMA_VERSION,
                 Some(b"1") => 1,
                 Some(b"2") => 2,
+                Some(b"3") => 3,
                 Some(v) if v == SCHEMA_VERSION.to_string().as_bytes() => SCHEMA_VERSION,
                 Some(v) => {
                     return Err(StoreError::UnknownSchema {
@@ -478,7 +505,7 @@ impl Store {
         let applied = store.applied_wal()?;
         store.wal.trim(applied)?;
         store.read_recovered()?;
-        Ok(store)
+        Ok((store, found_version))
     }
 
     /// Schema 1 and 2 kept events and journal records in redb tables by user: they are
@@ -503,7 +530,8 @@ impl Store {
                 for row in t.iter()? {
                     let (k, v) = row?;
                     let (u, seq) = k.value();
-                    app.push(kind, &UserKey(u), seq, &[0; 16], v.value())?;
+                    // Still keyed by user key: the schema 4 migration that follows maps them.
+                    app.push(kind, &RowId(u), seq, &[0; 16], v.value())?;
                     copied += 1;
                 }
             }
@@ -520,7 +548,7 @@ impl Store {
             // After an unclean stop any migrated record may be past its user's checkpoint.
             let from: u64 = if was_clean { end } else { 0 };
             meta.insert("replay_from", &from.to_le_bytes()[..])?;
-            meta.insert("schema_version", SCHEMA_VERSION.to_string().as_bytes())?;
+            meta.insert("schema_version", &b"3"[..])?;
         }
         txn.commit()?;
         app.finish();
@@ -558,17 +586,17 @@ impl Store {
         }
         let txn = self.db.begin_read()?;
         let heads = txn.open_table(HEADS)?;
-        let mut head_of: std::collections::HashMap<UserKey, u64> = Default::default();
+        let mut head_of: std::collections::HashMap<RowId, u64> = Default::default();
         let mut cov = self.coverage.lock().unwrap_or_else(|p| p.into_inner());
         let mut ids = self.pending_ids.lock().unwrap_or_else(|p| p.into_inner());
         let mut err = None;
         self.events.scan(from, |r| {
-            let head = match head_of.get(&r.user) {
+            let head = match head_of.get(&r.row) {
                 Some(h) => *h,
-                None => match heads.get(r.user.0) {
+                None => match heads.get(r.row.0) {
                     Ok(h) => {
                         let h = h.map_or(0, |h| h.value());
-                        head_of.insert(r.user, h);
+                        head_of.insert(r.row, h);
                         h
                     }
                     Err(e) => {
@@ -578,10 +606,10 @@ impl Store {
                 },
             };
             if r.seq >= head {
-                let e = cov.entry(r.user).or_insert((r.n, r.seq));
+                let e = cov.entry(r.row).or_insert((r.n, r.seq));
                 e.1 = e.1.max(r.seq);
                 if r.kind == Kind::Event && r.id_hash != [0; 16] {
-                    ids.entry(r.user)
+                    ids.entry(r.row)
                         .or_default()
                         .push((r.seq, fingerprint(&r.id_hash)));
                 }
@@ -592,6 +620,83 @@ impl Store {
             Some(e) => Err(e.into()),
             None => Ok(()),
         }
+    }
+
+    /// Schema 3 filed every row and record under the user key, so an erased user's key stayed
+    /// in redb's free pages and the log files, linkable with the pseudonym key. Schema 4 files
+    /// them under row ids that only `keys.bin` ties to users ([`trimtab_privacy::RowId`]).
+    /// Run at open, after the log's tail is applied (its batches name user keys): the event
+    /// store's records are rewritten segment by segment (a record whose field is already a row
+    /// id, from an interrupted migration, stays as it is; one of a user without a key — erased
+    /// — gets zeros), the log's recycled segment is deleted, and the indexed store is copied
+    /// into a new file `fresh` with every row under its row id, which the caller renames over
+    /// the old one: a new file, because the old one's free pages would keep the user keys.
+    fn migrate_to_rows(&self, fresh: &Path) -> Result<(), StoreError> {
+        let t = std::time::Instant::now();
+        let map = |x: &[u8; 16]| -> Option<RowId> {
+            match self.keys.row(&UserKey(*x)) {
+                Some(r) => Some(r),
+                None => self.keys.by_row(&RowId(*x)).map(|_| RowId(*x)),
+            }
+        };
+        let records = self
+            .events
+            .rewrite_rows(|r| map(&r.0).unwrap_or_default())?;
+        self.wal.drop_spare()?;
+        if fresh.exists() {
+            std::fs::remove_file(fresh).map_err(StoreError::KeyIo)?;
+        }
+        let p = fresh.display().to_string();
+        trimtab_util::fsutil::create_private_file(fresh).map_err(|source| StoreError::DataDir {
+            path: p.clone(),
+            source,
+        })?;
+        let new = open_db(fresh, 64 << 20)?;
+        let mut rows = 0u64;
+        let mut dropped = 0u64;
+        let old = self.db.begin_read()?;
+        let mut txn = new.begin_write()?;
+        txn.set_durability(redb::Durability::Immediate)?;
+        macro_rules! copy_rows {
+            ($def:expr, |$k:ident| $new:expr) => {{
+                let mut to = txn.open_table($def)?;
+                for row in old.open_table($def)?.iter()? {
+                    let (k, v) = row?;
+                    let $k = k.value();
+                    match $new {
+                        Some(key) => {
+                            to.insert(key, v.value())?;
+                            rows += 1;
+                        }
+                        None => dropped += 1,
+                    }
+                }
+            }};
+        }
+        copy_rows!(USERS, |k| map(&k).map(|r| r.0));
+        copy_rows!(HEADS, |k| map(&k).map(|r| r.0));
+        copy_rows!(SEEN_RUNS, |k| map(&k.0).map(|r| (r.0, k.1)));
+        copy_rows!(DECISIONS, |k| map(&k.0).map(|r| (r.0, k.1)));
+        copy_rows!(LEARN, |k| map(&k.0).map(|r| (r.0, k.1)));
+        copy_rows!(STATS, |k| Some(k));
+        copy_rows!(META, |k| Some(k));
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.insert("schema_version", SCHEMA_VERSION.to_string().as_bytes())?;
+            // As the previous process left it (this open's "running" is not news).
+            let shutdown: &[u8] = if self.was_clean { b"clean" } else { b"running" };
+            meta.insert("shutdown", shutdown)?;
+        }
+        txn.commit()?;
+        drop(new);
+        tracing::info!(
+            records,
+            rows,
+            dropped,
+            ms = t.elapsed().as_millis() as u64,
+            "filed every row and record by row id instead of user key (schema 4)"
+        );
+        Ok(())
     }
 
     /// After the log's tail is applied: reads the records of every uncovered user once, for
@@ -605,10 +710,10 @@ impl Store {
         let Some(from) = cov.values().map(|(n, _)| *n).min() else {
             return Ok(());
         };
-        let mut out: std::collections::HashMap<UserKey, Vec<events::Record>> = Default::default();
+        let mut out: std::collections::HashMap<RowId, Vec<events::Record>> = Default::default();
         self.events.scan(from, |r| {
-            if cov.get(&r.user).is_some_and(|(n, _)| r.n >= *n) {
-                out.entry(r.user).or_default().push(r.to_owned());
+            if cov.get(&r.row).is_some_and(|(n, _)| r.n >= *n) {
+                out.entry(r.row).or_default().push(r.to_owned());
             }
             true
         })?;
@@ -666,12 +771,15 @@ impl Store {
 
     /// The user's cipher, creating the user's key if needed (durable with the next commit).
     pub fn sealer(&self, user: &trimtab_privacy::UserKey) -> Sealer {
-        Sealer::new(&self.keys.get_or_create(user))
+        let (key, row) = self.keys.get_or_create_entry(user);
+        Sealer::with_row(&key, row)
     }
 
     /// The user's cipher if the user has a key (was ever stored and not erased).
     pub fn existing_sealer(&self, user: &trimtab_privacy::UserKey) -> Option<Sealer> {
-        self.keys.get(user).map(|k| Sealer::new(&k))
+        self.keys
+            .entry(user)
+            .map(|(key, row)| Sealer::with_row(&key, row))
     }
 
     /// How many write transactions have committed since open (see [`Reader`]'s freshness).

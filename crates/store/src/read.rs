@@ -9,7 +9,7 @@ use super::{
     SEEN_RUNS, STATS, USERS,
 };
 use trimtab_privacy::crypto::Sealer;
-use trimtab_privacy::{Table, UserKey};
+use trimtab_privacy::{RowId, Table, UserKey};
 
 /// One seq of a user's log tail: `(seq, event record, journal record)`, either record absent.
 pub type TailEntry = (u64, Option<Vec<u8>>, Option<Vec<u8>>);
@@ -65,16 +65,17 @@ impl<'s> Reader<'s> {
         let Some(sealer) = self.store.existing_sealer(user) else {
             return Ok(None);
         };
+        let row = sealer.row();
         let users = self.txn.open_table(USERS)?;
-        let state = match users.get(user.0)? {
+        let state = match users.get(row.0)? {
             Some(v) => sealer.open(user, Table::State, v.value()),
             None => None,
         };
-        let head = match self.txn.open_table(HEADS)?.get(user.0)? {
+        let head = match self.txn.open_table(HEADS)?.get(row.0)? {
             Some(h) => h.value(),
             None => state.as_deref().and_then(head_of).unwrap_or(0),
         };
-        let records = self.store.uncovered_records(user)?;
+        let records = self.store.uncovered_records(&row)?;
         let mut unreadable = 0;
         let mut events = Vec::new();
         let mut journal = Vec::new();
@@ -89,7 +90,7 @@ impl<'s> Reader<'s> {
             };
             match sealer.open(user, table, &r.sealed) {
                 Some(p) => list.push((r.seq, p)),
-                // Sealed under an earlier key of this id (erased since), or damaged.
+                // Damaged.
                 None => unreadable += 1,
             }
         }
@@ -115,8 +116,11 @@ impl<'s> Reader<'s> {
             }
         };
         let mut out = vec![false; hashes.len()];
+        let Some(r) = self.store.keys.row(user) else {
+            return Ok(out); // no key: nothing stored
+        };
         let fps: Vec<u64> = hashes.iter().map(fingerprint).collect();
-        for row in t.range((user.0, 0u32)..=(user.0, u32::MAX))? {
+        for row in t.range((r.0, 0u32)..=(r.0, u32::MAX))? {
             let (_, run) = row?;
             let run = run.value();
             for (o, fp) in out.iter_mut().zip(&fps) {
@@ -134,7 +138,7 @@ impl<'s> Reader<'s> {
         id: &[u8; 16],
     ) -> Result<Option<Vec<u8>>, StoreError> {
         let t = self.txn.open_table(LEARN)?;
-        let v = t.get((user.0, *id))?;
+        let v = t.get((sealer.row().0, *id))?;
         Ok(v.and_then(|v| sealer.open(user, Table::Learn, v.value())))
     }
 }
@@ -177,12 +181,12 @@ fn merge_by_seq(events: Vec<(u64, Vec<u8>)>, journal: Vec<(u64, Vec<u8>)>) -> Ve
 impl Store {
     /// The user's records that its checkpoint may not cover (none for a covered user): taken
     /// from what recovery read at open, else read from the event store.
-    fn uncovered_records(&self, user: &UserKey) -> Result<Vec<Record>, StoreError> {
+    fn uncovered_records(&self, row: &RowId) -> Result<Vec<Record>, StoreError> {
         if let Some(r) = self
             .recovered
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(user)
+            .remove(row)
         {
             return Ok(r);
         }
@@ -190,14 +194,14 @@ impl Store {
             .coverage
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(user)
+            .get(row)
             .map(|(n, _)| *n);
         let Some(from) = from else {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
         self.events.scan(from, |r| {
-            if r.user == *user {
+            if r.row == *row {
                 out.push(r.to_owned());
             }
             true
@@ -211,9 +215,10 @@ impl Store {
         let Some(sealer) = self.existing_sealer(user) else {
             return Ok(None);
         };
+        let row = sealer.row();
         let mut out = UserRecords::default();
         self.events.scan(0, |r| {
-            if r.user == *user && r.kind == Kind::Event {
+            if r.row == row && r.kind == Kind::Event {
                 if let Some(plain) = sealer.open(user, Table::Event, r.sealed) {
                     out.events.push((r.seq, plain));
                 }
@@ -221,7 +226,7 @@ impl Store {
             true
         })?;
         let txn = self.db.begin_read()?;
-        let ids = (user.0, [0u8; 16])..=(user.0, [0xffu8; 16]);
+        let ids = (row.0, [0u8; 16])..=(row.0, [0xffu8; 16]);
         for row in txn.open_table(DECISIONS)?.range(ids.clone())? {
             let (k, v) = row?;
             if let Some(plain) = sealer.open(user, Table::Decision, v.value()) {
@@ -240,14 +245,19 @@ impl Store {
     /// Users whose records go past their checkpoint (to replay at start after a crash), as
     /// found at open from `meta.replay_from` on; sorted.
     pub fn users_with_tail(&self) -> Result<Vec<UserKey>, StoreError> {
-        let mut out: Vec<UserKey> = self
+        let rows: Vec<RowId> = self
             .coverage
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .keys()
             .copied()
             .collect();
+        let mut out: Vec<UserKey> = rows
+            .iter()
+            .filter_map(|r| self.keys.by_row(r).map(|(u, _)| u))
+            .collect();
         out.sort_unstable();
+        out.dedup();
         Ok(out)
     }
 
@@ -261,17 +271,19 @@ impl Store {
         let txn = self.db.begin_read()?;
         let t = txn.open_table(LEARN)?;
         let mut out = Vec::new();
-        let mut cached: Option<(UserKey, Option<Sealer>)> = None;
+        let mut cached: Option<(RowId, Option<(UserKey, Sealer)>)> = None;
         for row in t.iter()? {
             let (k, v) = row?;
-            let (u, id) = k.value();
-            let user = UserKey(u);
-            if cached.as_ref().is_none_or(|(c, _)| *c != user) {
-                cached = Some((user, self.existing_sealer(&user)));
+            let (r, id) = k.value();
+            let r = RowId(r);
+            if cached.as_ref().is_none_or(|(c, _)| *c != r) {
+                let found = self.keys.by_row(&r);
+                cached = Some((r, found.map(|(u, key)| (u, Sealer::with_row(&key, r)))));
             }
-            let Some((_, Some(sealer))) = &cached else {
-                continue;
+            let Some((_, Some((user, sealer)))) = &cached else {
+                continue; // erased: nothing readable
             };
+            let user = *user;
             if let Some(x) = sealer
                 .open(&user, Table::Learn, v.value())
                 .and_then(|p| select(p.as_slice()))
@@ -313,10 +325,11 @@ impl Store {
                 break;
             }
             let (k, v) = row?;
-            let user = UserKey(k.value());
-            let Some(sealer) = self.existing_sealer(&user) else {
+            let r = RowId(k.value());
+            let Some((user, key)) = self.keys.by_row(&r) else {
                 continue; // erased: nothing readable
             };
+            let sealer = Sealer::with_row(&key, r);
             if let Some(plain) = sealer.open(&user, Table::State, v.value()) {
                 out.push((user, plain));
             }

@@ -18,10 +18,28 @@ fn scan_dir_for(dir: &Path, needle: &[u8]) -> bool {
     })
 }
 
+/// The files under `dir` (recursively) that contain `needle`, by name.
+fn files_with(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_with(&p, needle));
+        } else if std::fs::read(&p)
+            .unwrap()
+            .windows(needle.len())
+            .any(|w| w == needle)
+        {
+            out.push(p.file_name().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    out
+}
+
 /// Rows for `u` sealed with its (new) key.
 fn rows(store: &Store, u: UserKey, f: impl FnOnce(&Sealer, &mut UserRows)) -> UserRows {
     let s = store.sealer(&u);
-    let mut r = UserRows::new(u);
+    let mut r = UserRows::new(u, s.row());
     f(&s, &mut r);
     r
 }
@@ -174,7 +192,7 @@ fn clean_marker_survives_only_a_graceful_stop() {
 }
 
 #[test]
-fn a_schema_1_file_opens_as_schema_3() {
+fn a_schema_1_file_opens_as_schema_4() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(DB_FILE);
     {
@@ -198,7 +216,7 @@ fn a_schema_1_file_opens_as_schema_3() {
     let txn = store.db.begin_read().unwrap();
     let v = txn.open_table(META).unwrap();
     let v = v.get("schema_version").unwrap().unwrap();
-    assert_eq!(v.value(), b"3");
+    assert_eq!(v.value(), b"4");
 }
 
 /// A schema 2 file (events and journal records in redb tables by user), left by an unclean
@@ -291,7 +309,7 @@ fn a_schema_2_file_moves_its_events_into_the_event_store() {
     let l = store.reader().unwrap().load(&v, |_| None).unwrap().unwrap();
     assert!(l.tail.is_empty());
     drop(store);
-    // Migrated once: a second open finds schema 3 and the same records.
+    // Migrated once: a second open finds schema 4 and the same records.
     let store = Store::open(dir.path()).unwrap();
     assert_eq!(store.export(&v).unwrap().unwrap().events.len(), 1);
     assert_eq!(store.export(&u).unwrap().unwrap().events.len(), 3);
@@ -441,7 +459,7 @@ fn event_store_records_past_events_end_are_cut_off_at_open() {
         let mut app = log.begin();
         for seq in 0..6 {
             assert_eq!(
-                app.push(events::Kind::Event, &u, seq, &[0; 16], &[7; 40])
+                app.push(events::Kind::Event, &RowId(u.0), seq, &[0; 16], &[7; 40])
                     .unwrap(),
                 seq
             );
@@ -451,13 +469,13 @@ fn event_store_records_past_events_end_are_cut_off_at_open() {
         assert!(log.segments() >= 2, "{} segments", log.segments());
         // Appended and durable, then dropped unfinished: undone.
         let mut app = log.begin();
-        app.push(events::Kind::Journal, &u, 6, &[0; 16], b"j")
+        app.push(events::Kind::Journal, &RowId(u.0), 6, &[0; 16], b"j")
             .unwrap();
         app.sync().unwrap();
         drop(app);
         assert_eq!(log.end(), 6);
         let mut app = log.begin();
-        app.push(events::Kind::Event, &u, 6, &[0; 16], b"six")
+        app.push(events::Kind::Event, &RowId(u.0), 6, &[0; 16], b"six")
             .unwrap();
         app.sync().unwrap();
         app.finish();
@@ -481,7 +499,7 @@ fn event_store_records_past_events_end_are_cut_off_at_open() {
     );
     let mut app = log.begin();
     assert_eq!(
-        app.push(events::Kind::Event, &u, 4, &[0; 16], b"again")
+        app.push(events::Kind::Event, &RowId(u.0), 4, &[0; 16], b"again")
             .unwrap(),
         4
     );
@@ -749,7 +767,7 @@ fn seen_runs_hold_every_checkpointed_id_in_few_runs() {
     };
     let mut seq = 0u64;
     for round in 0..40u64 {
-        let mut r = UserRows::new(u);
+        let mut r = UserRows::new(u, sealer.row());
         for _ in 0..(1 + round % 7) {
             r.events
                 .push((seq, id(seq), sealer.seal(&u, Table::Event, b"e")));
@@ -772,7 +790,8 @@ fn seen_runs_hold_every_checkpointed_id_in_few_runs() {
     drop(rd);
     let txn = store.db.begin_read().unwrap();
     let runs = txn.open_table(SEEN_RUNS).unwrap();
-    let n = runs.range((u.0, 0u32)..=(u.0, u32::MAX)).unwrap().count();
+    let r = sealer.row().0;
+    let n = runs.range((r, 0u32)..=(r, u32::MAX)).unwrap().count();
     assert!(
         (1..=6).contains(&n),
         "{n} runs for {seq} ids in 20 checkpoints"
@@ -793,11 +812,19 @@ fn seen_runs_hold_every_checkpointed_id_in_few_runs() {
 fn a_schema_3_file_with_seen_rows_keeps_its_ids() {
     let dir = tempfile::tempdir().unwrap();
     let u = UserKey([61; 16]);
-    drop(Store::open(dir.path()).unwrap());
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store.sealer(&u);
+        store.keys().sync_pending().unwrap();
+    }
     {
         let db = redb::Database::create(dir.path().join(DB_FILE)).unwrap();
         let txn = db.begin_write().unwrap();
         {
+            txn.open_table(META)
+                .unwrap()
+                .insert("schema_version", &b"3"[..])
+                .unwrap();
             let mut seen = txn.open_table(SEEN).unwrap();
             seen.insert((u.0, [3; 16]), 0).unwrap();
             seen.insert((u.0, [4; 16]), 1).unwrap();
@@ -813,4 +840,186 @@ fn a_schema_3_file_with_seen_rows_keeps_its_ids() {
     drop(rd);
     let txn = store.db.begin_read().unwrap();
     assert!(txn.open_table(SEEN).is_err(), "the row table is dropped");
+}
+
+/// Every kind of row of two users, through the log, the event store and the indexed store:
+/// the user key is stored in `keys.bin` only, and after one user's erasure nowhere at all,
+/// while the other user's data is intact.
+#[test]
+fn the_user_key_is_in_keys_bin_only_and_gone_after_erasure() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (u, v) = (UserKey([0x5a; 16]), UserKey([0x6b; 16]));
+    for round in 0..30u64 {
+        let batch: Vec<UserRows> = [u, v]
+            .iter()
+            .map(|x| {
+                rows(&store, *x, |s, r| {
+                    let mut id = [round as u8; 16];
+                    id[15] = x.0[0];
+                    r.events = vec![(round, id, s.seal(x, Table::Event, b"e"))];
+                    r.journal = vec![(round, s.seal(x, Table::Journal, b"j"))];
+                    r.decisions = vec![(id, s.seal(x, Table::Decision, b"d"))];
+                    r.learn = vec![(id, s.seal(x, Table::Learn, b"l"))];
+                    if round % 4 == 3 {
+                        r.checkpoint = Some((round + 1, s.seal(x, Table::State, b"s")));
+                    }
+                })
+            })
+            .collect();
+        store.commit(batch, Vec::new()).unwrap();
+    }
+    let row_u = store.sealer(&u).row();
+    assert_eq!(files_with(dir.path(), &u.0), ["keys.bin"]);
+    assert_eq!(files_with(dir.path(), &v.0), ["keys.bin"]);
+    assert!(!files_with(dir.path(), &row_u.0).is_empty());
+    let c = store.erase(&u, None).unwrap();
+    assert!(c.key && c.state);
+    assert_eq!((c.decisions, c.learn), (30, 30));
+    assert!(
+        files_with(dir.path(), &u.0).is_empty(),
+        "the erased key survives"
+    );
+    // What the files still hold under the old row id is tied to nobody.
+    assert_eq!(store.keys().by_row(&row_u), None);
+    assert!(store.export(&u).unwrap().is_none());
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert!(files_with(dir.path(), &u.0).is_empty());
+    let ex = store.export(&v).unwrap().unwrap();
+    assert_eq!(
+        (ex.events.len(), ex.decisions.len(), ex.learn.len()),
+        (30, 30, 30)
+    );
+    let l = store.reader().unwrap().load(&v, |_| None).unwrap().unwrap();
+    assert_eq!((l.state.as_deref(), l.head), (Some(&b"s"[..]), 28));
+    assert_eq!(l.tail.len(), 2);
+}
+
+/// A schema 3 data dir (rows and records under user keys, left by an unclean stop) opens as
+/// schema 4: everything readable as before, the user key left in `keys.bin` only, the old
+/// file replaced; an interrupted migration (the event store rewritten, the database not yet)
+/// is finished by the next open.
+#[test]
+fn a_schema_3_dir_is_refiled_by_row_id() {
+    for interrupted in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (u, v) = (UserKey([0x71; 16]), UserKey([0x72; 16]));
+        let (su, sv) = {
+            let store = Store::open(dir.path()).unwrap();
+            let s = (store.sealer(&u), store.sealer(&v));
+            store.keys().sync_pending().unwrap();
+            s
+        };
+        let path = dir.path().join(DB_FILE);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::remove_dir_all(dir.path().join(EVENTS_DIR)).unwrap();
+        let end = {
+            let log = events::EventLog::open(&dir.path().join(EVENTS_DIR), 0).unwrap();
+            let mut app = log.begin();
+            for seq in 0..4u64 {
+                let id = [seq as u8 + 1; 16];
+                app.push(
+                    events::Kind::Event,
+                    &RowId(u.0),
+                    seq,
+                    &id,
+                    &su.seal(&u, Table::Event, b"ue"),
+                )
+                .unwrap();
+            }
+            app.push(
+                events::Kind::Event,
+                &RowId(v.0),
+                0,
+                &[9; 16],
+                &sv.seal(&v, Table::Event, b"ve"),
+            )
+            .unwrap();
+            app.sync().unwrap();
+            let end = app.next();
+            app.finish();
+            end
+        };
+        {
+            let db = redb::Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut meta = txn.open_table(META).unwrap();
+                meta.insert("schema_version", &b"3"[..]).unwrap();
+                meta.insert("shutdown", &b"running"[..]).unwrap();
+                meta.insert("events_end", &end.to_le_bytes()[..]).unwrap();
+                meta.insert("replay_from", &0u64.to_le_bytes()[..]).unwrap();
+                // u's checkpoint covers seqs 0 and 1 (their ids in a run); v's covers its event.
+                txn.open_table(USERS)
+                    .unwrap()
+                    .insert(u.0, su.seal(&u, Table::State, b"u@2").as_slice())
+                    .unwrap();
+                let mut heads = txn.open_table(HEADS).unwrap();
+                heads.insert(u.0, 2).unwrap();
+                heads.insert(v.0, 1).unwrap();
+                txn.open_table(SEEN_RUNS)
+                    .unwrap()
+                    .insert(
+                        (u.0, 0),
+                        encode_run(vec![fingerprint(&[1; 16]), fingerprint(&[2; 16])]).as_slice(),
+                    )
+                    .unwrap();
+                txn.open_table(DECISIONS)
+                    .unwrap()
+                    .insert(
+                        (u.0, [3; 16]),
+                        su.seal(&u, Table::Decision, b"ud").as_slice(),
+                    )
+                    .unwrap();
+                txn.open_table(LEARN)
+                    .unwrap()
+                    .insert((v.0, [4; 16]), sv.seal(&v, Table::Learn, b"vl").as_slice())
+                    .unwrap();
+                txn.open_table(STATS)
+                    .unwrap()
+                    .insert(("g", "all", "a", "m"), [1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        if interrupted {
+            // The event store was rewritten, then the process died before the new database.
+            let log = events::EventLog::open(&dir.path().join(EVENTS_DIR), end).unwrap();
+            let ks = KeyStore::open(&dir.path().join(KEYS_FILE), None).unwrap();
+            log.rewrite_rows(|r| ks.row(&UserKey(r.0)).unwrap())
+                .unwrap();
+            std::fs::write(dir.path().join(MIGRATING_FILE), b"half-written").unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert!(!store.was_clean());
+        assert_eq!(
+            files_with(dir.path(), &u.0),
+            ["keys.bin"],
+            "interrupted: {interrupted}"
+        );
+        assert_eq!(files_with(dir.path(), &v.0), ["keys.bin"]);
+        assert!(!dir.path().join(MIGRATING_FILE).exists());
+        assert_eq!(store.users_with_tail().unwrap(), vec![u]);
+        let rd = store.reader().unwrap();
+        assert_eq!(
+            rd.seen_many(&u, &[[1; 16], [2; 16], [3; 16]]).unwrap(),
+            [true, true, false]
+        );
+        let l = rd.load(&u, |_| None).unwrap().unwrap();
+        assert_eq!((l.state.as_deref(), l.head), (Some(&b"u@2"[..]), 2));
+        assert_eq!(l.tail.len(), 2);
+        drop(rd);
+        let ex = store.export(&u).unwrap().unwrap();
+        assert_eq!((ex.events.len(), ex.decisions.len()), (4, 1));
+        assert_eq!(store.export(&v).unwrap().unwrap().learn.len(), 1);
+        assert_eq!(store.stats("g").unwrap().len(), 1);
+        drop(store);
+        // Once: the next open finds schema 4.
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.export(&u).unwrap().unwrap().events.len(), 4);
+        let txn = store.db.begin_read().unwrap();
+        let meta = txn.open_table(META).unwrap();
+        assert_eq!(meta.get("schema_version").unwrap().unwrap().value(), b"4");
+    }
 }

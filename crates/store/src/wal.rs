@@ -392,6 +392,16 @@ impl Log {
         Ok(())
     }
 
+    /// Deletes the recycled segment kept for reuse (its old records' bytes with it).
+    pub(super) fn drop_spare(&self) -> Result<(), StoreError> {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(spare) = g.spare.take() {
+            std::fs::remove_file(&spare).map_err(|e| io_err(&spare, "remove", e))?;
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
     /// Every batch after `seq`, in order. A record that does not decode (a damaged file) is
     /// reported and skipped.
     pub(super) fn read_after(&self, seq: u64) -> Result<Vec<(u64, Batch)>, StoreError> {

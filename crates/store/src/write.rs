@@ -7,12 +7,18 @@ use super::{
     encode_run, fingerprint, EraseCounts, StatKey, Store, StoreError, DECISIONS, HEADS, LEARN,
     SEEN_RUNS, STATS, USERS,
 };
-use trimtab_privacy::UserKey;
+use trimtab_privacy::keystore::Detached;
+use trimtab_privacy::{RowId, UserKey};
 
 /// Everything one group commit writes for one user; every value is already sealed with the
-/// user's key (shards seal, so that work is spread over their threads).
+/// user's key (shards seal, so that work is spread over their threads), and filed under the
+/// row id of that key ([`trimtab_privacy::crypto::Sealer::row`]), never the user key.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct UserRows {
+    pub row: RowId,
+    /// The user, for the process that built the rows (which shard's they are); never
+    /// written: decoded from the log it is all zeros.
+    #[serde(skip)]
     pub user: UserKey,
     /// (seq, keyed id hash, sealed event): appended to the log; the id joins the user's
     /// `seen_runs` with the next checkpoint.
@@ -28,9 +34,10 @@ pub struct UserRows {
 }
 
 impl UserRows {
-    pub fn new(user: UserKey) -> UserRows {
+    pub fn new(user: UserKey, row: RowId) -> UserRows {
         UserRows {
             user,
+            row,
             ..UserRows::default()
         }
     }
@@ -57,7 +64,7 @@ impl Store {
     /// Detaches the user's key at once (see [`trimtab_privacy::KeyStore::detach`]): the owning
     /// shard calls this when it accepts an erasure, so records it seals afterwards use a new
     /// key; the writer then erases with the returned slot.
-    pub fn detach_key(&self, user: &UserKey) -> Option<u64> {
+    pub fn detach_key(&self, user: &UserKey) -> Option<Detached> {
         self.keys.detach(user)
     }
 
@@ -92,40 +99,40 @@ impl Store {
         // Event store first, in log order, tracking which users' records no checkpoint covers
         // yet: `Some(n)` from record n on, `None` covered by a checkpoint in these batches.
         let mut app = self.events.begin();
-        let mut marks: Vec<(UserKey, Mark)> = Vec::new();
+        let mut marks: Vec<(RowId, Mark)> = Vec::new();
         // The ids applied since each touched user's last checkpoint, as they will be after
         // these batches (copied from `pending_ids`, written back only once committed), and
         // the ids each checkpoint here covers: the users' new runs.
         let mut pend = self.pending_ids.lock().unwrap_or_else(|p| p.into_inner());
-        let mut ids: std::collections::HashMap<UserKey, Vec<(u64, u64)>> = Default::default();
+        let mut ids: std::collections::HashMap<RowId, Vec<(u64, u64)>> = Default::default();
         let mut new_runs: std::collections::BTreeMap<[u8; 16], Vec<u64>> = Default::default();
         for r in &rows {
             let mut first = None;
             let mut top = 0;
             if !r.events.is_empty() || r.checkpoint.is_some() {
-                ids.entry(r.user)
-                    .or_insert_with(|| pend.get(&r.user).cloned().unwrap_or_default());
+                ids.entry(r.row)
+                    .or_insert_with(|| pend.get(&r.row).cloned().unwrap_or_default());
             }
             for (seq, idh, rec) in &r.events {
-                let n = app.push(Kind::Event, &r.user, *seq, idh, rec)?;
+                let n = app.push(Kind::Event, &r.row, *seq, idh, rec)?;
                 first.get_or_insert(n);
                 top = top.max(*seq);
-                if let Some(v) = ids.get_mut(&r.user) {
+                if let Some(v) = ids.get_mut(&r.row) {
                     v.push((*seq, fingerprint(idh)));
                 }
             }
             for (seq, rec) in &r.journal {
-                let n = app.push(Kind::Journal, &r.user, *seq, &[0; 16], rec)?;
+                let n = app.push(Kind::Journal, &r.row, *seq, &[0; 16], rec)?;
                 first.get_or_insert(n);
                 top = top.max(*seq);
             }
             if let Some(n) = first {
-                marks.push((r.user, Mark::Records { first: n, top }));
+                marks.push((r.row, Mark::Records { first: n, top }));
             }
             if let Some((head, _)) = &r.checkpoint {
-                marks.push((r.user, Mark::Checkpoint { head: *head }));
-                if let Some(v) = ids.get_mut(&r.user) {
-                    let run = new_runs.entry(r.user.0).or_default();
+                marks.push((r.row, Mark::Checkpoint { head: *head }));
+                if let Some(v) = ids.get_mut(&r.row) {
+                    let run = new_runs.entry(r.row.0).or_default();
                     v.retain(|(seq, fp)| {
                         let covered = seq < head;
                         if covered {
@@ -139,7 +146,7 @@ impl Store {
         // The coverage after these batches, for the users they touch: `Some((first uncovered
         // record, highest seq among the uncovered))`, or `None` once a checkpoint's head is
         // past every record of the user.
-        let mut delta: std::collections::HashMap<UserKey, Option<(u64, u64)>> = Default::default();
+        let mut delta: std::collections::HashMap<RowId, Option<(u64, u64)>> = Default::default();
         {
             let cov = self.coverage.lock().unwrap_or_else(|p| p.into_inner());
             for (u, m) in marks {
@@ -184,7 +191,7 @@ impl Store {
             let mut lr: Vec<(ById, &[u8])> = Vec::new();
             let mut cp: Vec<([u8; 16], u64, &[u8])> = Vec::new();
             for r in &rows {
-                let u = r.user.0;
+                let u = r.row.0;
                 dc.extend(
                     r.decisions
                         .iter()
@@ -275,56 +282,70 @@ impl Store {
     }
 
     /// Erases the user from every table. The user's key is destroyed first (overwritten in
-    /// place and fsynced), so even a crash mid-erasure leaves only undecryptable bytes; then the
-    /// rows are deleted in one durable transaction. The user's records in the event store are
-    /// not rewritten: without the key they can no longer be opened. `detached` is the key's
-    /// slot when the owning shard already detached it ([`Store::detach_key`]); else the key is
-    /// looked up. `events` of the counts is left 0 (the owning shard knows the number).
-    pub fn erase(&self, user: &UserKey, detached: Option<u64>) -> Result<EraseCounts, StoreError> {
-        let slot = detached.or_else(|| self.keys.detach(user));
-        if let Some(s) = slot {
-            self.keys.shred(s)?;
+    /// place and fsynced, and only then forgotten), so even a crash mid-erasure leaves only
+    /// undecryptable bytes under a row id nothing ties to the user any more; then the rows are
+    /// deleted in one durable transaction. The user's records in the event store are not
+    /// rewritten: without the key they can no longer be opened, nor found. `detached` is the
+    /// key the owning shard already detached ([`Store::detach_key`]); else the user's current
+    /// key is. Earlier keys of the user still detached (an erasure whose overwrite failed) go
+    /// too. `events` of the counts is left 0 (the owning shard knows the number).
+    pub fn erase(
+        &self,
+        user: &UserKey,
+        detached: Option<Detached>,
+    ) -> Result<EraseCounts, StoreError> {
+        if detached.is_none() {
+            // (Given, it is among the user's detached keys, with any leftover.)
+            self.keys.detach(user);
         }
+        let keys = self.keys.detached_of(user);
         let mut counts = EraseCounts {
-            key: slot.is_some(),
+            key: !keys.is_empty(),
             ..EraseCounts::default()
         };
-        let u = user.0;
-        let ids = (u, [0u8; 16])..=(u, [0xffu8; 16]);
+        for d in &keys {
+            self.keys.shred(d.slot)?;
+        }
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         {
-            counts.state = txn.open_table(USERS)?.remove(u)?.is_some();
-            txn.open_table(HEADS)?.remove(u)?;
-            txn.open_table(SEEN_RUNS)?
-                .retain_in((u, 0u32)..=(u, u32::MAX), |_, _| false)?;
-            let mut d = 0;
-            txn.open_table(DECISIONS)?.retain_in(ids.clone(), |_, _| {
-                d += 1;
-                false
-            })?;
-            counts.decisions = d;
-            let mut l = 0;
-            txn.open_table(LEARN)?.retain_in(ids, |_, _| {
-                l += 1;
-                false
-            })?;
-            counts.learn = l;
+            let mut users = txn.open_table(USERS)?;
+            let mut heads = txn.open_table(HEADS)?;
+            let mut runs = txn.open_table(SEEN_RUNS)?;
+            let mut decisions = txn.open_table(DECISIONS)?;
+            let mut learn = txn.open_table(LEARN)?;
+            for d in &keys {
+                let u = d.row.0;
+                let ids = (u, [0u8; 16])..=(u, [0xffu8; 16]);
+                counts.state |= users.remove(u)?.is_some();
+                heads.remove(u)?;
+                runs.retain_in((u, 0u32)..=(u, u32::MAX), |_, _| false)?;
+                decisions.retain_in(ids.clone(), |_, _| {
+                    counts.decisions += 1;
+                    false
+                })?;
+                learn.retain_in(ids, |_, _| {
+                    counts.learn += 1;
+                    false
+                })?;
+            }
         }
         txn.commit()?;
         // Nothing of the user is left to replay: its records no longer hold recovery back.
-        self.coverage
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(user);
-        self.recovered
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(user);
-        self.pending_ids
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(user);
+        for d in &keys {
+            self.coverage
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&d.row);
+            self.recovered
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&d.row);
+            self.pending_ids
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&d.row);
+        }
         self.committed_one();
         Ok(counts)
     }

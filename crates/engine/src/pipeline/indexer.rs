@@ -55,8 +55,9 @@ pub(crate) enum Barrier {
     },
     Erase {
         user: UserKey,
-        /// The user's detached key slot (to overwrite in place), if the user had a key.
-        slot: Option<u64>,
+        /// The user's detached key (its slot to overwrite in place, its row id whose rows go),
+        /// if the user had one.
+        key: Option<trimtab_store::Detached>,
         /// The user's events, as its state counts them (the event store is not rewritten).
         events: u64,
         reply: Reply<EraseCounts>,
@@ -303,13 +304,13 @@ impl Indexer {
             }
             Barrier::Erase {
                 user,
-                slot,
+                key,
                 events,
                 reply,
             } => {
                 let r = self
                     .store
-                    .erase(&user, slot)
+                    .erase(&user, key)
                     .map(|c| EraseCounts { events, ..c })
                     .map_err(|e| {
                         self.health

@@ -384,10 +384,10 @@ impl Shard {
                 self.quarantine.remove(&user);
                 // From now on this user's records get a new key; the writer shreds the old one
                 // after committing what is queued before the erasure.
-                let slot = self.p.store.detach_key(&user);
+                let key = self.p.store.detach_key(&user);
                 self.send_barrier(WriterMsg::Barrier(Barrier::Erase {
                     user,
-                    slot,
+                    key,
                     events,
                     reply,
                 }));
@@ -809,7 +809,7 @@ impl Shard {
         now: i64,
     ) {
         let entry = self.users.get_mut(&user).expect("entry present");
-        let mut rows = UserRows::new(user);
+        let mut rows = UserRows::new(user, entry.sealer.row());
         if let (Input::Event(ev), Some(h)) = (input, id_hash) {
             let plain = postcard::to_allocvec(&**ev).expect("Event is postcard-serialisable");
             rows.events
@@ -1035,7 +1035,7 @@ fn cover(e: &mut Entry, op: u64) {
 
 /// The checkpoint of a dirty user (marks it clean).
 fn checkpoint_rows(user: &UserKey, e: &mut Entry) -> UserRows {
-    let mut rows = UserRows::new(*user);
+    let mut rows = UserRows::new(*user, e.sealer.row());
     let sealed = e.sealer.seal(user, Table::State, &e.state.encode());
     rows.checkpoint = Some((e.state.next_seq, sealed));
     e.dirty_since = None;
