@@ -29,6 +29,8 @@ mod learning;
 mod ope;
 #[path = "integration/privacy.rs"]
 mod privacy;
+#[path = "integration/retention.rs"]
+mod retention;
 #[path = "integration/rules_fire.rs"]
 mod rules_fire;
 #[path = "integration/sandbox.rs"]

@@ -61,6 +61,36 @@ pub struct Config {
     pub tls: TlsConfig,
     pub http: HttpConfig,
     pub rate: RateConfig,
+    pub retention: RetentionConfig,
+}
+
+/// `[retention]`: how long raw events are kept.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Events (their records in the event store, with the journal records of their
+    /// evaluation) and the ids that deduplicate them are purged once older than this many
+    /// days (fractions allowed); 0 keeps them until the user is erased.
+    pub events_days: f64,
+    /// How often the purge runs (ms); each run goes in bounded steps off the hot path.
+    pub check_ms: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            events_days: 90.0,
+            check_ms: 600_000,
+        }
+    }
+}
+
+impl RetentionConfig {
+    /// The retention period (None: events are kept until erasure).
+    pub fn max_age(&self) -> Option<std::time::Duration> {
+        (self.events_days > 0.0)
+            .then(|| std::time::Duration::from_secs_f64(self.events_days * 86_400.0))
+    }
 }
 
 /// `[rate]`: rate limits, each a sustained rate per minute and a burst; a rate of 0 turns that
@@ -167,6 +197,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             http: HttpConfig::default(),
             rate: RateConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -552,6 +583,12 @@ impl Config {
         }
         if self.features.tick_ms < 10 {
             return bad("features.tick_ms must be at least 10");
+        }
+        if !(self.retention.events_days >= 0.0 && self.retention.events_days <= 36_500.0) {
+            return bad("retention.events_days must be between 0 (keep) and 36500");
+        }
+        if self.retention.check_ms < 100 {
+            return bad("retention.check_ms must be at least 100");
         }
         Ok(())
     }

@@ -41,6 +41,7 @@ pub struct Metrics {
     pub index_latency: Histogram,
     pub index_batches: Histogram,
     pub index_failures: IntCounter,
+    pub retention_purged: IntCounterVec,
     pub adjustments_pushed: IntCounterVec,
     pub adjustments_decided: IntCounterVec,
     pub adjustments_capped: IntCounterVec,
@@ -159,6 +160,17 @@ impl Metrics {
                 IntCounter::new(
                     "trimtab_index_failures_total",
                     "Failed attempts to apply the log to the indexed store (retried)",
+                )
+                .expect(ok),
+            ),
+            retention_purged: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "trimtab_retention_purged_total",
+                        "Deleted by retention: event-store records (events and journal records) and runs of deduplication ids",
+                    ),
+                    &["kind"],
                 )
                 .expect(ok),
             ),

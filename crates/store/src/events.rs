@@ -82,6 +82,10 @@ struct Inner {
     segments: Vec<Segment>,
     /// The open end of the last segment and its length.
     current: Option<(File, u64)>,
+    /// When the open segment was started (a segment older than `rotate_after` is closed at
+    /// the next append, so that retention can drop it whole).
+    started: Option<std::time::Instant>,
+    rotate_after: Option<std::time::Duration>,
     /// Number of the next record.
     next: u64,
 }
@@ -258,6 +262,8 @@ impl EventLog {
             inner: Mutex::new(Inner {
                 segments,
                 current: None,
+                started: None,
+                rotate_after: None,
                 next,
             }),
         })
@@ -312,7 +318,12 @@ impl EventLog {
             if upto <= from {
                 continue;
             }
-            let bytes = read_all(path)?;
+            let bytes = match read_all(path) {
+                Ok(b) => b,
+                // Dropped by retention since the list was taken: its records are gone.
+                Err(_) if !self.lock().segments.iter().any(|s| s.first == *first) => continue,
+                Err(e) => return Err(e),
+            };
             let mut go = true;
             walk(&bytes, *first, upto, |r, _| {
                 if go && r.n >= from {
@@ -356,6 +367,44 @@ impl EventLog {
         Ok(count)
     }
 
+    /// Closes the open segment at the next append once it is `after` old (None: only by size).
+    pub(super) fn set_rotate_after(&self, after: Option<std::time::Duration>) {
+        self.lock().rotate_after = after;
+    }
+
+    /// Retention: deletes the oldest segments last written before `cutoff` whose records all
+    /// lie below `floor` (checkpoints cover them: recovery never reads them again), oldest
+    /// first, never the open (newest) one. Returns (segments, records) deleted.
+    pub(super) fn purge(
+        &self,
+        cutoff: std::time::SystemTime,
+        floor: u64,
+    ) -> Result<(usize, u64), StoreError> {
+        let mut g = self.lock();
+        let (mut segments, mut records) = (0usize, 0u64);
+        while g.segments.len() > 1 {
+            let upto = g.segments[1].first;
+            let seg = &g.segments[0];
+            if upto > floor {
+                break;
+            }
+            let written = std::fs::metadata(&seg.path)
+                .and_then(|m| m.modified())
+                .map_err(|e| io_err(&seg.path, "stat", e))?;
+            if written >= cutoff {
+                break;
+            }
+            std::fs::remove_file(&seg.path).map_err(|e| io_err(&seg.path, "remove", e))?;
+            records += upto - seg.first;
+            segments += 1;
+            g.segments.remove(0);
+        }
+        if segments > 0 {
+            sync_dir(&self.dir)?;
+        }
+        Ok((segments, records))
+    }
+
     /// Segment files (tests and diagnostics).
     #[cfg(test)]
     pub(super) fn segments(&self) -> usize {
@@ -391,7 +440,17 @@ impl Appender<'_> {
         sealed: &[u8],
     ) -> Result<u64, StoreError> {
         let seg_len = self.inner.current.as_ref().map_or(u64::MAX, |(_, l)| *l);
-        if seg_len.saturating_add(self.buf.len() as u64) >= self.log.segment_bytes {
+        // Closed by age only once it holds a record (a new segment is named after its first).
+        let holds = self
+            .inner
+            .segments
+            .last()
+            .is_some_and(|s| s.first < self.inner.next);
+        let old = match (self.inner.started, self.inner.rotate_after) {
+            (Some(s), Some(after)) => holds && s.elapsed() >= after,
+            _ => false,
+        };
+        if old || seg_len.saturating_add(self.buf.len() as u64) >= self.log.segment_bytes {
             self.write_out()?;
             self.rotate()?;
         }
@@ -436,6 +495,7 @@ impl Appender<'_> {
         sync_dir(&self.log.dir)?;
         self.inner.segments.push(Segment { first, path });
         self.inner.current = Some((file, 0));
+        self.inner.started = Some(std::time::Instant::now());
         Ok(())
     }
 

@@ -195,6 +195,30 @@ pub struct Store {
     /// Write transactions committed since open: a read snapshot opened at generation `g` sees
     /// everything while the generation is still `g` (shards keep one across drains).
     generation: std::sync::atomic::AtomicU64,
+    retention: std::sync::Mutex<Retention>,
+}
+
+/// How long events and their ids are kept ([`Store::set_retention`]), and where the purge of
+/// `seen_runs` goes on (indexer only).
+#[derive(Default)]
+struct Retention {
+    max_age: Option<std::time::Duration>,
+    /// Runs of different epochs (`max_age / 4` long) are not merged, so that a run's age
+    /// stays close to its oldest id's: retention drops whole runs.
+    epoch_ms: u64,
+    cursor: Option<([u8; 16], u32)>,
+}
+
+/// What one retention step ([`Store::purge`]) deleted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Purged {
+    /// Event-store segments and the records (events and journal records) they held.
+    pub segments: usize,
+    pub records: u64,
+    /// Runs of ids seen (the deduplication keys of old events).
+    pub runs: u64,
+    /// Whether the step stopped at its bound with more of `seen_runs` to look at.
+    pub more: bool,
 }
 
 /// Default page cache of the indexed store (`pipeline.store_cache_mb`).
@@ -205,11 +229,38 @@ pub fn fingerprint(h: &[u8; 16]) -> u64 {
     u64::from_le_bytes(h[..8].try_into().expect("8 of 16 bytes"))
 }
 
-/// A run of `seen_runs`: fingerprints sorted, without repeats, 8 bytes each (little endian).
-fn encode_run(mut fps: Vec<u64>) -> Vec<u8> {
+/// Fingerprints sorted, without repeats, 8 bytes each (little endian): a run of schema 3.
+fn encode_fps(mut fps: Vec<u64>) -> Vec<u8> {
     fps.sort_unstable();
     fps.dedup();
     fps.iter().flat_map(|f| f.to_le_bytes()).collect()
+}
+
+/// A run of `seen_runs`: when its newest id was added (ms since the Unix epoch, 8 bytes,
+/// little endian; retention drops the run once that is older than the events it may keep),
+/// then its fingerprints ([`encode_fps`]).
+fn encode_run(fps: Vec<u64>, ms: u64) -> Vec<u8> {
+    let mut out = ms.to_le_bytes().to_vec();
+    out.extend(encode_fps(fps));
+    out
+}
+
+/// When a run's newest id was added (ms).
+fn run_time(run: &[u8]) -> u64 {
+    run.get(..8)
+        .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+}
+
+/// A run's fingerprints.
+fn run_fps(run: &[u8]) -> &[u8] {
+    run.get(8..).unwrap_or_default()
+}
+
+/// Milliseconds since the Unix epoch, now.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Whether a run holds `fp` (binary search over its 8-byte entries).
@@ -228,8 +279,9 @@ fn run_has(run: &[u8], fp: u64) -> bool {
     false
 }
 
-/// Moves the rows of `seen` (one per id) into one run per user of `seen_runs` and drops the
-/// table, in `txn`; false when there is no such table.
+/// Moves the rows of `seen` (one per id) into one run per user of `seen_runs` (schema 3's
+/// form, which the schema 4 migration then dates) and drops the table, in `txn`; false when
+/// there is no such table.
 fn migrate_seen(db: &Database, txn: &redb::WriteTransaction) -> Result<bool, StoreError> {
     let read = db.begin_read()?;
     let t = match read.open_table(SEEN) {
@@ -244,14 +296,14 @@ fn migrate_seen(db: &Database, txn: &redb::WriteTransaction) -> Result<bool, Sto
         let (u, h) = k.value();
         if cur.as_ref().is_some_and(|(c, _)| *c != u) {
             let (c, fps) = cur.take().expect("checked");
-            runs.insert((c, 0), encode_run(fps).as_slice())?;
+            runs.insert((c, 0), encode_fps(fps).as_slice())?;
         }
         cur.get_or_insert_with(|| (u, Vec::new()))
             .1
             .push(fingerprint(&h));
     }
     if let Some((c, fps)) = cur {
-        runs.insert((c, 0), encode_run(fps).as_slice())?;
+        runs.insert((c, 0), encode_fps(fps).as_slice())?;
     }
     drop(runs);
     drop(t);
@@ -473,6 +525,7 @@ impl Store {
             path,
             was_clean,
             generation: Default::default(),
+            retention: Default::default(),
         };
         if found_version < 3 {
             store.migrate_to_event_store(was_clean)?;
@@ -658,14 +711,18 @@ impl Store {
         let mut txn = new.begin_write()?;
         txn.set_durability(redb::Durability::Immediate)?;
         macro_rules! copy_rows {
-            ($def:expr, |$k:ident| $new:expr) => {{
+            ($def:expr, |$k:ident| $new:expr) => {
+                copy_rows!($def, |$k| $new, |v| v)
+            };
+            ($def:expr, |$k:ident| $new:expr, |$v:ident| $value:expr) => {{
                 let mut to = txn.open_table($def)?;
                 for row in old.open_table($def)?.iter()? {
                     let (k, v) = row?;
                     let $k = k.value();
+                    let $v = v.value();
                     match $new {
                         Some(key) => {
-                            to.insert(key, v.value())?;
+                            to.insert(key, $value)?;
                             rows += 1;
                         }
                         None => dropped += 1,
@@ -675,7 +732,14 @@ impl Store {
         }
         copy_rows!(USERS, |k| map(&k).map(|r| r.0));
         copy_rows!(HEADS, |k| map(&k).map(|r| r.0));
-        copy_rows!(SEEN_RUNS, |k| map(&k.0).map(|r| (r.0, k.1)));
+        // Schema 3's runs have no time: they are dated now (kept one retention period more).
+        let now = now_ms();
+        copy_rows!(SEEN_RUNS, |k| map(&k.0).map(|r| (r.0, k.1)), |v| [
+            &now.to_le_bytes()[..],
+            v
+        ]
+        .concat()
+        .as_slice());
         copy_rows!(DECISIONS, |k| map(&k.0).map(|r| (r.0, k.1)));
         copy_rows!(LEARN, |k| map(&k.0).map(|r| (r.0, k.1)));
         copy_rows!(STATS, |k| Some(k));
@@ -719,6 +783,92 @@ impl Store {
         })?;
         *self.recovered.lock().unwrap_or_else(|p| p.into_inner()) = out;
         Ok(())
+    }
+
+    /// Keeps events (and the ids seen that deduplicate them) for `max_age` (None: until the
+    /// user is erased): [`Store::purge`] deletes older ones. The event store then starts a new
+    /// segment at least every `max_age / 4`, so that what is purged is at most that much late.
+    pub fn set_retention(&self, max_age: Option<std::time::Duration>) {
+        let quarter = max_age.map(|a| (a / 4).max(std::time::Duration::from_millis(100)));
+        self.events.set_rotate_after(quarter);
+        let mut r = self.retention.lock().unwrap_or_else(|p| p.into_inner());
+        r.max_age = max_age;
+        r.epoch_ms = quarter.map_or(0, |q| q.as_millis() as u64);
+    }
+
+    /// The epoch length of runs (0: one epoch, retention off).
+    pub(crate) fn run_epoch_ms(&self) -> u64 {
+        self.retention
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .epoch_ms
+    }
+
+    /// One bounded step of retention (indexer only; nothing without [`Store::set_retention`]):
+    /// deletes the event store's segments older than the retention period whose records every
+    /// checkpoint covers (file deletions), and looks at up to `max_runs` rows of `seen_runs`
+    /// from where the last step stopped, deleting the runs whose newest id is older than the
+    /// period, in one transaction. Call again while [`Purged::more`].
+    pub fn purge(&self, max_runs: usize) -> Result<Purged, StoreError> {
+        let (max_age, start) = {
+            let r = self.retention.lock().unwrap_or_else(|p| p.into_inner());
+            (r.max_age, r.cursor)
+        };
+        let Some(max_age) = max_age else {
+            return Ok(Purged::default());
+        };
+        let mut out = Purged::default();
+        let floor = self
+            .coverage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|(n, _)| *n)
+            .min()
+            .unwrap_or(u64::MAX);
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(max_age)
+            .unwrap_or(std::time::UNIX_EPOCH);
+        (out.segments, out.records) = self.events.purge(cutoff, floor)?;
+        let cutoff_ms = now_ms().saturating_sub(max_age.as_millis() as u64);
+        let txn = self.db.begin_write()?;
+        let mut next = None;
+        {
+            let mut t = txn.open_table(SEEN_RUNS)?;
+            let mut expired = Vec::new();
+            {
+                let rows = match start {
+                    Some(k) => t.range(k..)?,
+                    None => t.range::<([u8; 16], u32)>(..)?,
+                };
+                for (i, row) in rows.enumerate() {
+                    let (k, v) = row?;
+                    if i == max_runs {
+                        next = Some(k.value());
+                        break;
+                    }
+                    if run_time(v.value()) < cutoff_ms {
+                        expired.push(k.value());
+                    }
+                }
+            }
+            for k in &expired {
+                t.remove(k)?;
+            }
+            out.runs = expired.len() as u64;
+        }
+        if out.runs > 0 {
+            txn.commit()?;
+            self.committed_one();
+        } else {
+            txn.abort()?;
+        }
+        out.more = next.is_some();
+        self.retention
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .cursor = next;
+        Ok(out)
     }
 
     /// The last log seq applied to the indexed store.

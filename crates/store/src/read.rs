@@ -124,7 +124,7 @@ impl<'s> Reader<'s> {
             let (_, run) = row?;
             let run = run.value();
             for (o, fp) in out.iter_mut().zip(&fps) {
-                *o = *o || run_has(run, *fp);
+                *o = *o || run_has(super::run_fps(run), *fp);
             }
         }
         Ok(out)

@@ -962,7 +962,7 @@ fn a_schema_3_dir_is_refiled_by_row_id() {
                     .unwrap()
                     .insert(
                         (u.0, 0),
-                        encode_run(vec![fingerprint(&[1; 16]), fingerprint(&[2; 16])]).as_slice(),
+                        encode_fps(vec![fingerprint(&[1; 16]), fingerprint(&[2; 16])]).as_slice(),
                     )
                     .unwrap();
                 txn.open_table(DECISIONS)
@@ -1022,4 +1022,89 @@ fn a_schema_3_dir_is_refiled_by_row_id() {
         let meta = txn.open_table(META).unwrap();
         assert_eq!(meta.get("schema_version").unwrap().unwrap().value(), b"4");
     }
+}
+
+/// Retention: the event store's old segments go once checkpoints cover them (a user whose
+/// records no checkpoint covers holds its segment back), old runs of ids seen go in bounded
+/// steps, and what is newer stays.
+#[test]
+fn retention_purges_old_events_and_their_ids_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    // Generous margins: a loaded machine may pause the test for a while between steps.
+    let age = std::time::Duration::from_millis(1200);
+    store.set_retention(Some(age));
+    let id = |u: &UserKey, i: u64| {
+        let mut h = [u.0[0]; 16];
+        h[..8].copy_from_slice(&i.to_le_bytes());
+        h
+    };
+    let visit = |u: UserKey, n: u64, checkpoint: bool| {
+        let r = rows(&store, u, |s, r| {
+            r.events = (0..n)
+                .map(|i| (i, id(&u, i), s.seal(&u, Table::Event, b"e")))
+                .collect();
+            if checkpoint {
+                r.checkpoint = Some((n, s.seal(&u, Table::State, b"s")));
+            }
+        });
+        store.commit(vec![r], Vec::new()).unwrap();
+    };
+    let ids = |u: &UserKey, n: u64| (0..n).map(|i| id(u, i)).collect::<Vec<_>>();
+    let seen = |u: &UserKey, n: u64| store.reader().unwrap().seen_many(u, &ids(u, n)).unwrap();
+    let pause = |ms| std::thread::sleep(std::time::Duration::from_millis(ms));
+    let (old, young, open) = (UserKey([1; 16]), UserKey([2; 16]), UserKey([3; 16]));
+    visit(old, 3, true);
+    // Not covered by a checkpoint (as after a crash before one): recovery still needs it.
+    visit(open, 2, false);
+    pause(700);
+    visit(young, 4, true); // a new segment: the first is older than age / 4
+                           // Nothing is old enough yet.
+    assert_eq!(store.purge(100).unwrap(), Purged::default());
+    pause(700);
+    // The first segment is past the age but holds `open`'s uncovered records: kept.
+    let p = store.purge(100).unwrap();
+    assert_eq!((p.segments, p.records), (0, 0));
+    assert_eq!(p.runs, 1, "old's run of ids");
+    assert_eq!(seen(&old, 3), [false; 3]);
+    assert_eq!(store.export(&old).unwrap().unwrap().events.len(), 3);
+    // Once a checkpoint covers `open` (its events' ids into a run of now), the segment goes.
+    let r = rows(&store, open, |s, r| {
+        r.checkpoint = Some((2, s.seal(&open, Table::State, b"s")))
+    });
+    store.commit(vec![r], Vec::new()).unwrap();
+    let p = store.purge(100).unwrap();
+    assert_eq!((p.segments, p.records, p.runs), (1, 5, 0));
+    assert!(store.export(&old).unwrap().unwrap().events.is_empty());
+    assert!(store.export(&open).unwrap().unwrap().events.is_empty());
+    assert_eq!(
+        seen(&open, 2),
+        [true; 2],
+        "its ids are as young as its checkpoint"
+    );
+    assert_eq!(store.export(&young).unwrap().unwrap().events.len(), 4);
+    assert_eq!(seen(&young, 4), [true; 4]);
+    // The state is not an event: it stays until erasure.
+    let l = store
+        .reader()
+        .unwrap()
+        .load(&old, |_| None)
+        .unwrap()
+        .unwrap();
+    assert_eq!(l.state.as_deref(), Some(&b"s"[..]));
+    // Bounded steps: one row looked at per step, more until the table's end.
+    let mut steps = 0;
+    loop {
+        let p = store.purge(1).unwrap();
+        steps += 1;
+        if !p.more {
+            break;
+        }
+    }
+    assert!(steps >= 2, "{steps} steps");
+    // Reopened, the store reads from the segments that are left.
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.export(&young).unwrap().unwrap().events.len(), 4);
+    assert!(store.export(&old).unwrap().unwrap().events.is_empty());
 }

@@ -205,8 +205,9 @@ impl Store {
             dc.sort_by_key(|r| r.0);
             lr.sort_by_key(|r| r.0);
             cp.sort_by_key(|r| r.0);
+            let (now, epoch) = (super::now_ms(), self.run_epoch_ms());
             for (u, fps) in new_runs {
-                add_run(&mut runs, u, fps)?;
+                add_run(&mut runs, u, fps, now, epoch)?;
             }
             for (k, rec) in dc {
                 decisions.insert(k, rec)?;
@@ -351,29 +352,34 @@ impl Store {
     }
 }
 
-/// Adds a run of fingerprints to the user's `seen_runs`, merging it with the newest runs
-/// while the newest is at most twice as large as what is being added (so sizes fall
-/// geometrically from the oldest run to the newest).
+/// Adds a run of fingerprints, added at `now` (ms), to the user's `seen_runs`, merging it
+/// with the newest runs while the newest is at most twice as large as what is being added
+/// (so sizes fall geometrically from the oldest run to the newest) and of the same epoch
+/// (`now / epoch_ms`; 0: one epoch), so that retention can drop old ids by whole runs.
 fn add_run(
     runs: &mut redb::Table<([u8; 16], u32), &[u8]>,
     user: [u8; 16],
     mut fps: Vec<u64>,
+    now: u64,
+    epoch_ms: u64,
 ) -> Result<(), StoreError> {
     if fps.is_empty() {
         return Ok(());
     }
-    let mut have: Vec<(u32, usize)> = Vec::new();
+    let epoch = |ms: u64| ms.checked_div(epoch_ms).unwrap_or(0);
+    let mut have: Vec<(u32, usize, u64)> = Vec::new();
     for row in runs.range((user, 0u32)..=(user, u32::MAX))? {
         let (k, v) = row?;
-        have.push((k.value().1, v.value().len() / 8));
+        let v = v.value();
+        have.push((k.value().1, super::run_fps(v).len() / 8, super::run_time(v)));
     }
-    let mut next = have.last().map_or(0, |(n, _)| n + 1);
-    while let Some(&(n, len)) = have.last() {
-        if len > 2 * fps.len() {
+    let mut next = have.last().map_or(0, |(n, _, _)| n + 1);
+    while let Some(&(n, len, t)) = have.last() {
+        if len > 2 * fps.len() || epoch(t) != epoch(now) {
             break;
         }
         if let Some(v) = runs.remove((user, n))? {
-            let b = v.value();
+            let b = super::run_fps(v.value());
             fps.extend(
                 b.chunks_exact(8)
                     .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))),
@@ -382,6 +388,6 @@ fn add_run(
         have.pop();
         next = n;
     }
-    runs.insert((user, next), encode_run(fps).as_slice())?;
+    runs.insert((user, next), encode_run(fps, now).as_slice())?;
     Ok(())
 }

@@ -31,6 +31,12 @@ use trimtab_wire::Event;
 /// Bytes of logged batches waiting to be applied above which the writer waits (backpressure).
 /// Below it the writer never waits for the indexer, even while a large transaction runs.
 const QUEUE_BYTES: usize = 64 << 20;
+/// Rows of `seen_runs` one retention step looks at (a few ms of the indexer's time).
+const PURGE_STEP: usize = 20_000;
+/// Between two steps of one retention run: queued batches are applied first.
+const PURGE_PAUSE: Duration = Duration::from_millis(20);
+/// The first retention run after start, at the latest.
+const PURGE_FIRST: Duration = Duration::from_secs(60);
 
 pub(crate) enum Item {
     /// A logged batch and the (shard, op) marks of the work in it.
@@ -123,6 +129,9 @@ struct Indexer {
     pending_bytes: usize,
     marks: Vec<(usize, u64)>,
     health: Arc<Health>,
+    /// How often retention runs (None: off), and when it runs next.
+    purge_every: Option<Duration>,
+    purge_due: Instant,
 }
 
 pub(crate) fn start(
@@ -132,6 +141,7 @@ pub(crate) fn start(
     metrics: Arc<Metrics>,
     indexed: Arc<Vec<AtomicU64>>,
     interval: Duration,
+    purge_every: Option<Duration>,
 ) -> std::io::Result<Handle> {
     let (tx, rx) = unbounded();
     let queued = Arc::new(AtomicUsize::new(0));
@@ -151,6 +161,9 @@ pub(crate) fn start(
         pending_bytes: 0,
         marks: Vec::new(),
         health: health.clone(),
+        purge_every,
+        // The first run soon after start (a server that restarts often still purges).
+        purge_due: Instant::now() + purge_every.map_or(Duration::ZERO, |e| e.min(PURGE_FIRST)),
     };
     let thread = health.spawn("trimtab-indexer", move || {
         lower_priority();
@@ -180,7 +193,21 @@ fn lower_priority() {
 impl Indexer {
     fn run(mut self) {
         let mut last = Instant::now() - self.interval;
-        while let Ok(first) = self.rx.recv() {
+        loop {
+            let first = match self.purge_every {
+                None => self.rx.recv().ok(),
+                Some(_) => match self.rx.recv_deadline(self.purge_due) {
+                    Ok(item) => Some(item),
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                        self.purge();
+                        continue;
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => None,
+                },
+            };
+            let Some(first) = first else {
+                break;
+            };
             self.take(first);
             // Gather what arrives until the interval is over (a barrier flushes at once).
             let due = last + self.interval;
@@ -195,6 +222,9 @@ impl Indexer {
                 last = Instant::now();
             }
             self.flush();
+            if self.purge_every.is_some() && Instant::now() >= self.purge_due {
+                self.purge();
+            }
         }
         // Shutdown: the writer is done; apply what is left (on failure the log keeps it for the
         // next start).
@@ -270,6 +300,38 @@ impl Indexer {
         }
         for (shard, op) in self.marks.drain(..) {
             self.indexed[shard].fetch_max(op, Ordering::Release);
+        }
+    }
+
+    /// One bounded step of retention ([`Store::purge`]): due again at once (after whatever
+    /// is queued) while there is more, else after `retention.check_ms`. A failure is a
+    /// storage failure like any other transaction's.
+    fn purge(&mut self) {
+        let every = self.purge_every.unwrap_or(Duration::MAX);
+        if self.health.is_failed() {
+            self.purge_due = Instant::now() + every;
+            return;
+        }
+        match self.store.purge(PURGE_STEP) {
+            Ok(p) => {
+                let m = &self.metrics.retention_purged;
+                m.with_label_values(&["records"]).inc_by(p.records);
+                m.with_label_values(&["dedup_runs"]).inc_by(p.runs);
+                if p.segments > 0 || p.runs > 0 {
+                    tracing::info!(
+                        segments = p.segments,
+                        records = p.records,
+                        id_runs = p.runs,
+                        "retention: purged what is older than retention.events_days"
+                    );
+                }
+                self.purge_due = Instant::now() + if p.more { PURGE_PAUSE } else { every };
+            }
+            Err(e) => {
+                self.health
+                    .fail(FatalKind::Storage, "retention", e.to_string());
+                self.purge_due = Instant::now() + every;
+            }
         }
     }
 

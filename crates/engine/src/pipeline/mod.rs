@@ -236,6 +236,7 @@ impl Pipeline {
                     .with_label_values(&[&format!("shard{idx}")]),
             );
         }
+        s.store.set_retention(s.cfg.retention.max_age());
         let ix = indexer::start(
             &s.health,
             s.store.clone(),
@@ -243,6 +244,10 @@ impl Pipeline {
             s.metrics.clone(),
             indexed.clone(),
             std::time::Duration::from_millis(s.cfg.pipeline.index_ms),
+            s.cfg
+                .retention
+                .max_age()
+                .map(|_| std::time::Duration::from_millis(s.cfg.retention.check_ms)),
         )?;
         let w = writer::Writer::new(writer::WriterParts {
             rx: wrx,
