@@ -16,7 +16,7 @@ pub mod tls;
 pub mod ws;
 
 pub use trimtab_engine::{
-    bandits, config, decide, delivery, experiments, features, metrics, pipeline, segments,
+    bandits, config, decide, delivery, experiments, features, lab, metrics, pipeline, segments,
 };
 
 pub use trimtab_learn as learn;

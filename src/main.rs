@@ -69,6 +69,12 @@ enum Command {
         #[command(subcommand)]
         command: cli::keys::KeysCommand,
     },
+    /// The rule lab: `test` runs the rules' fixture files (scripts/tests/*.toml) through the
+    /// server's decision step with a fixed clock.
+    Rules {
+        #[command(subcommand)]
+        command: cli::rules::RulesCommand,
+    },
 }
 
 #[derive(clap::Args)]
@@ -367,6 +373,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Segment(a) => segment(a),
+        Command::Rules { command } => cli::rules::run(&command),
         Command::Keys { command } => match cli::keys::run(&command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -31,6 +31,8 @@ mod ope;
 mod privacy;
 #[path = "integration/retention.rs"]
 mod retention;
+#[path = "integration/rule_lab.rs"]
+mod rule_lab;
 #[path = "integration/rules_fire.rs"]
 mod rules_fire;
 #[path = "integration/sandbox.rs"]

@@ -18,6 +18,7 @@ pub mod delivery;
 pub mod experiments;
 pub mod features;
 pub mod health;
+pub mod lab;
 pub mod metrics;
 pub mod pipeline;
 pub mod segments;
