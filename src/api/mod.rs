@@ -10,6 +10,7 @@ pub mod conns;
 pub mod error;
 pub mod experiments;
 pub mod ingest;
+pub mod lab;
 pub mod limit;
 pub mod models;
 pub mod openapi;
@@ -113,6 +114,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, origins: &[String]) {
             .service(resource!("/ws", get => ingest::ws))
             .service(resource!("/me", get => admin::export_me, delete => admin::erase_me).wrap(cors()))
             .service(resource!("/rules", get => admin::rules_list))
+            .service(resource!("/rules/check", post => lab::check))
+            .service(resource!("/rules/dry-run", post => lab::dry_run))
+            .service(resource!("/rules/backtest", post => lab::backtest_start))
+            .service(resource!("/rules/backtest/{id}", get => lab::backtest_get, delete => lab::backtest_cancel))
             .service(resource!("/rules/{name}", get => admin::rule_get, put => admin::rule_put, delete => admin::rule_delete))
             .service(resource!("/users/{id}", get => admin::export_user, delete => admin::erase_user))
             .service(resource!("/admin/users/{key}", get => admin::export_by_key))

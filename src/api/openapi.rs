@@ -11,6 +11,7 @@ use utoipa::openapi::OpenApi as Doc;
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::ingest::{DecideReq, IdentifyReq, IngestResponse, TokenResponse};
+use super::lab::{CheckReq, DryRunReq};
 use crate::event::openapi::{ErrorBody, EventBatch};
 use trimtab_engine::bandits::def::BanditDef;
 use trimtab_engine::experiments::def::ExperimentDef;
@@ -285,6 +286,98 @@ op!(
         (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 422, body = ErrorBody)
+    ),
+    security(("bearer" = []))
+);
+op!(
+    rules_check,
+    post,
+    "/v1/rules/check",
+    "Check a rule's source without installing it: compile errors and reads of fields that do not exist, each with line and column (admin)",
+    request_body = CheckReq,
+    responses(
+        (status = 408, body = ErrorBody, description = "the body did not arrive within http.body_timeout_s"),
+        (status = 200, body = Json, description = "`{errors: [{line, column, message}], warnings: [...], on}`"),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 413, body = ErrorBody),
+        (status = 422, body = ErrorBody)
+    ),
+    security(("bearer" = []))
+);
+op!(
+    rules_dry_run,
+    post,
+    "/v1/rules/dry-run",
+    "Evaluate a rule's source against one user's current state and recent events; nothing is pushed or written (admin)",
+    request_body = DryRunReq,
+    responses(
+        (status = 408, body = ErrorBody, description = "the body did not arrive within http.body_timeout_s"),
+        (status = 200, body = Json, description = "`{key, user_events, steps: [{event, type, ts, ran, adjustments, error?, operations}], adjustments, errors, operations}`"),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "no data is stored for this user"),
+        (status = 413, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+        (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody)
+    ),
+    security(("bearer" = []))
+);
+op!(
+    rules_backtest,
+    post,
+    "/v1/rules/backtest",
+    "Backtest a rule's source on the stored events with the installed rules: the result, or 202 and its id when it takes longer than 2 s (admin)",
+    request_body = trimtab_engine::lab::backtest::Request,
+    responses(
+        (status = 408, body = ErrorBody, description = "the body did not arrive within http.body_timeout_s"),
+        (status = 200, body = Json, description = "`{id, state: done, progress, result}`"),
+        (status = 202, body = Json, description = "`{id, state: running, progress}`: poll GET /v1/rules/backtest/{id}"),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "a backtest is already running"),
+        (status = 413, body = ErrorBody),
+        (status = 422, body = ErrorBody)
+    ),
+    security(("bearer" = []))
+);
+op!(
+    rules_backtest_get,
+    get,
+    "/v1/rules/backtest/{id}",
+    "A backtest's state, progress and, once done, result (admin)",
+    params(("id" = String, Path)),
+    responses(
+        (
+            status = 200,
+            body = Json,
+            description = "`{id, state: running|done|cancelled|failed, progress, result?, error?}`"
+        ),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)
+    ),
+    security(("bearer" = []))
+);
+op!(
+    rules_backtest_cancel,
+    delete,
+    "/v1/rules/backtest/{id}",
+    "Cancel a backtest (it stops between users; the result covers those replayed) (admin)",
+    params(("id" = String, Path)),
+    responses(
+        (
+            status = 200,
+            body = Json,
+            description = "the backtest as GET shows it"
+        ),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)
     ),
     security(("bearer" = []))
 );
@@ -676,11 +769,13 @@ impl Modify for Bearer {
     info(title = "trimtab", description = "Real-time content micro-adjustments: the v1 API. \
         Errors are `{\"error\": {\"code\", \"message\", \"path\"?}}` with the codes of the README's table."),
     paths(identify, anonymous, events, decide, ws, me_get, me_delete, rules_list, rule_get, rule_put,
-          rule_delete, user_get, user_delete, user_by_key, live, segments, segments_refresh,
+          rule_delete, rules_check, rules_dry_run, rules_backtest, rules_backtest_get,
+          rules_backtest_cancel, user_get, user_delete, user_by_key, live, segments, segments_refresh,
           experiments_list, experiment_get, experiment_put, experiment_delete, experiment_results,
           stats_analyze, bandits_list, bandit_get, bandit_put, bandit_delete, bandit_reset, bandit_log,
           models_list, models_retrain, openapi_json, healthz, readyz, metrics),
     components(schemas(IdentifyReq, AnonymousRequest, DecideReq, TokenResponse, IngestResponse,
+                       CheckReq, DryRunReq, trimtab_engine::lab::backtest::Request,
                        DecideResponse, DecisionRef, Status, Json, LogFormat)),
     modifiers(&Bearer)
 )]

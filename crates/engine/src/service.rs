@@ -87,6 +87,8 @@ pub struct Engine {
     pub health: Arc<crate::health::Health>,
     store: Arc<Store>,
     background: Mutex<Option<Background>>,
+    /// The rule lab's backtests.
+    pub backtests: crate::lab::jobs::Backtests,
 }
 
 /// Starts watching a definitions directory; a failure only costs hot reload (logged).
@@ -238,6 +240,7 @@ impl Engine {
             pseudo,
             health,
             store,
+            backtests: Default::default(),
             background: Mutex::new(Some(Background {
                 watchers,
                 trainer_stop,
@@ -293,6 +296,41 @@ impl Engine {
         ))
     }
 
+    /// The rule lab as this server runs rules: its features, caps, limits, experiments and
+    /// bandits.
+    pub fn lab_config(&self) -> crate::lab::LabConfig {
+        crate::lab::LabConfig::of(&self.cfg)
+    }
+
+    /// The user's recent events (at most [`crate::lab::dry_run::MAX_EVENTS`], oldest first),
+    /// from a bounded read of the newest records of the event store (blocking).
+    pub fn recent_events(
+        &self,
+        user: &trimtab_privacy::UserKey,
+    ) -> Result<Vec<Arc<trimtab_wire::Event>>, ReadError> {
+        let recs = self.store.recent_events(user, RECENT_WINDOW)?;
+        let mut evs: Vec<Arc<trimtab_wire::Event>> = recs
+            .iter()
+            .filter_map(|(_, plain)| postcard::from_bytes(plain).ok().map(Arc::new))
+            .collect();
+        let skip = evs.len().saturating_sub(crate::lab::dry_run::MAX_EVENTS);
+        evs.drain(..skip);
+        Ok(evs)
+    }
+
+    /// Starts a backtest of `req` over this server's stored events with its installed rules.
+    pub fn start_backtest(
+        &self,
+        req: crate::lab::backtest::Request,
+    ) -> Result<Arc<crate::lab::jobs::Job>, crate::lab::jobs::StartError> {
+        self.backtests.start(
+            self.store.clone(),
+            self.lab_config(),
+            self.cfg.scripts.clone(),
+            req,
+        )
+    }
+
     /// A bandit slot's logged decisions as JSONL (blocking; call after [`Pipeline::sync`]):
     /// log rows, or full records with `records`; decisions still in their attribution window
     /// only with `open`.
@@ -312,6 +350,9 @@ impl Engine {
         )?)
     }
 }
+
+/// Event-store records a dry run reads back for the user's recent events.
+const RECENT_WINDOW: u64 = 50_000;
 
 /// Re-wraps `keys.bin` in the data dir of a stopped server (`trimtab keys rotate`): from the
 /// `current` master key (None: not wrapped) to `new` (None: unwrapped). A running server holds
@@ -343,4 +384,123 @@ pub fn export_bandit_log(
     Ok(crate::bandits::export::write_jsonl(
         &store, slot, now_ms, open, records,
     )?)
+}
+
+/// `trimtab rules backtest --data DIR`: a backtest of `req` over the stored events of a
+/// stopped server's data dir, with the rules of `installed` (the configured scripts dir).
+pub fn backtest_data_dir(
+    data: &Path,
+    master_key: Option<&trimtab_privacy::MasterKey>,
+    lab: crate::lab::LabConfig,
+    installed: &Path,
+    req: &crate::lab::backtest::Request,
+) -> Result<crate::lab::backtest::Outcome, ReadError> {
+    use crate::lab::{backtest, RuleSet, World};
+    let set = RuleSet::build(
+        Some(installed),
+        None,
+        &[(req.name().to_string(), req.source.clone())],
+        &lab.limits,
+    )
+    .map_err(|e| ReadError(e.to_string()))?;
+    let world = World::new(lab, set.rules.clone()).map_err(|e| ReadError(e.to_string()))?;
+    let store = Store::open_with(data, 16 << 20, master_key).map_err(|e| match e {
+        StoreError::Locked { .. } => ReadError(format!(
+            "{e}; while it runs, use POST /v1/rules/backtest with the admin token"
+        )),
+        other => other.into(),
+    })?;
+    let progress = backtest::Progress::default();
+    let (audience, truncated) =
+        backtest::collect(&store, req, &progress).map_err(|e| ReadError(e.to_string()))?;
+    Ok(backtest::replay(
+        &world, req, &audience, truncated, &progress,
+    ))
+}
+
+/// `trimtab rules backtest --events FILE`: a backtest of `req` over events in a JSONL file
+/// (wire events naming their `user`, e.g. the simulator's `--offline --events`), each user's
+/// in the file's order, received at their own `ts`.
+pub fn backtest_events_file(
+    file: &Path,
+    lab: crate::lab::LabConfig,
+    installed: &Path,
+    req: &crate::lab::backtest::Request,
+) -> Result<crate::lab::backtest::Outcome, ReadError> {
+    use crate::lab::{backtest, RuleSet, World};
+    use std::io::BufRead;
+    let set = RuleSet::build(
+        Some(installed),
+        None,
+        &[(req.name().to_string(), req.source.clone())],
+        &lab.limits,
+    )
+    .map_err(|e| ReadError(e.to_string()))?;
+    let world = World::new(lab, set.rules.clone()).map_err(|e| ReadError(e.to_string()))?;
+    let f = std::fs::File::open(file)
+        .map_err(|e| ReadError(format!("cannot read {}: {e}", file.display())))?;
+    let pseudo = Pseudonymizer::new([0; 32]);
+    // Each event is parsed as received at its own `ts` (recorded traffic is old by now).
+    let limits = trimtab_wire::Limits::default();
+    let max = req.max_events.unwrap_or(backtest::DEFAULT_MAX_EVENTS);
+    let mut by_user: std::collections::HashMap<
+        trimtab_privacy::UserKey,
+        Vec<Arc<trimtab_wire::Event>>,
+    > = Default::default();
+    let mut order = Vec::new();
+    let (mut taken, mut truncated) = (0u64, false);
+    for (n, line) in std::io::BufReader::new(f).lines().enumerate() {
+        let line = line.map_err(|e| ReadError(format!("{}: {e}", file.display())))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = |e: String| ReadError(format!("{} line {}: {e}", file.display(), n + 1));
+        let mut v: Value = serde_json::from_str(&line).map_err(|e| at(e.to_string()))?;
+        let user = v
+            .as_object_mut()
+            .and_then(|o| o.remove("user"))
+            .and_then(|u| u.as_str().map(str::to_string))
+            .ok_or_else(|| at("every event needs its \"user\"".into()))?;
+        let ts = v["ts"]
+            .as_i64()
+            .ok_or_else(|| at("every event needs its \"ts\"".into()))?;
+        let body = serde_json::to_vec(&serde_json::json!({ "events": [v] }))
+            .map_err(|e| at(e.to_string()))?;
+        let mut batch =
+            trimtab_wire::parse_batch(&body, &limits, ts).map_err(|e| at(e.to_string()))?;
+        let ev = batch.events.remove(0).event;
+        let key = pseudo.user(&user);
+        if req.from_ms.is_some_and(|f| ev.received_ms < f)
+            || req.to_ms.is_some_and(|t| ev.received_ms >= t)
+            || !req.sampled_key(&key)
+        {
+            continue;
+        }
+        if taken >= max {
+            truncated = true;
+            break;
+        }
+        taken += 1;
+        by_user
+            .entry(key)
+            .or_insert_with(|| {
+                order.push(key);
+                Vec::new()
+            })
+            .push(Arc::new(ev));
+    }
+    let audience: backtest::Audience = order
+        .into_iter()
+        .map(|u| {
+            let evs = by_user.remove(&u).unwrap_or_default();
+            (u, evs)
+        })
+        .collect();
+    Ok(backtest::replay(
+        &world,
+        req,
+        &audience,
+        truncated,
+        &backtest::Progress::default(),
+    ))
 }

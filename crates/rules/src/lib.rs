@@ -23,6 +23,7 @@
 //! The script model and API are documented for rule authors in `scripts/README.md`.
 
 pub mod api;
+pub mod check;
 mod memo;
 mod prelude;
 mod sandbox;
@@ -200,6 +201,9 @@ pub struct RuleStatus {
     /// Runs skipped or stopped because the rules' time budget per event
     /// (`event_budget_ms`) had run out (not in `runs` or `failures`).
     pub budget_skips: u64,
+    /// Rhai operations run (the unit of `max_operations`), summed over the runs that ran
+    /// Rhai (a remembered run replays without any).
+    pub operations: u64,
     /// When the running version (or, failing that, the current file) was loaded, Unix ms.
     pub loaded_at_ms: i64,
     /// SHA-256 (hex) of the running version's source (or of the current file if none runs).
@@ -363,6 +367,7 @@ struct Counters {
     replayed: AtomicU64,
     /// Runs skipped or stopped by the per-event budget.
     budget_skips: AtomicU64,
+    operations: AtomicU64,
 }
 
 #[derive(Default)]
@@ -424,6 +429,9 @@ impl std::fmt::Debug for Condition {
 }
 
 /// What is wrong with a rule name, if anything: names are `[a-z0-9_-]{1,64}`.
+/// Names no rule may have: the rule lab's endpoints sit where those rules' URLs would be.
+pub const RESERVED_NAMES: &[&str] = &["check", "dry-run", "backtest"];
+
 fn name_problem(name: &str) -> Option<&'static str> {
     if name.is_empty() {
         Some("must not be empty")
@@ -434,6 +442,8 @@ fn name_problem(name: &str) -> Option<&'static str> {
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
     {
         Some("only a-z 0-9 _ - are allowed")
+    } else if RESERVED_NAMES.contains(&name) {
+        Some("reserved: /v1/rules/check, /v1/rules/dry-run and /v1/rules/backtest are the rule lab's")
     } else {
         None
     }
@@ -732,6 +742,8 @@ impl Rules {
                 .get_or(|| std::cell::RefCell::new(Runtime::new(engine, &compiled.ast)));
             let result =
                 trimtab_util::panics::catch(|| cell.borrow_mut().run(engine, scope, &compiled.ast));
+            let ops = cell.try_borrow().map_or(0, |r| r.global.num_operations);
+            counters.operations.fetch_add(ops, Ordering::Relaxed);
             if !matches!(result, Ok(Ok(()))) {
                 *cell.borrow_mut() = Runtime::new(engine, &compiled.ast);
             }
@@ -927,6 +939,7 @@ fn status(entry: &RuleEntry) -> RuleStatus {
         adjustments: count(|c| &c.adjustments),
         replayed: count(|c| &c.replayed),
         budget_skips: count(|c| &c.budget_skips),
+        operations: count(|c| &c.operations),
         loaded_at_ms: entry
             .live
             .as_ref()

@@ -117,6 +117,26 @@ pub const USER_FIELDS: &[&str] = &[
 ];
 pub const EVENT_FIELDS: &[&str] = &["type", "target", "session", "ts", "props"];
 
+/// The maps of `user` whose keys are fixed, and their keys (`targets`, `adjustments` and
+/// `experiments` are keyed by names the page and the definitions choose).
+pub const USER_MAPS: &[(&str, &[&str])] = &[
+    ("consent", &["analytics", "personalization"]),
+    ("scroll", &["depth", "max_depth", "velocity", "direction"]),
+    (
+        "context",
+        &[
+            "device",
+            "browser",
+            "viewport_w",
+            "viewport_h",
+            "hour",
+            "tz_offset_min",
+            "language",
+        ],
+    ),
+    ("mouse", &["speed", "path_px", "idle_ms"]),
+];
+
 /// Registers both view types and the map-like operations on them. The helpers on `user` are
 /// registered by [`super::api`] next to their map versions.
 pub(crate) fn register(engine: &mut Engine) {

@@ -77,6 +77,10 @@ pub struct Args {
     /// Offline: also write the ground truth of each row as JSONL.
     #[arg(long)]
     pub truth: Option<PathBuf>,
+    /// Offline: also write the audience's events (the SDK's wire shape, with `user`) as JSONL,
+    /// for `trimtab rules backtest --events FILE`.
+    #[arg(long)]
+    pub events: Option<PathBuf>,
     /// Offline: logging probabilities per candidate (normalised; default uniform).
     #[arg(long, value_delimiter = ',')]
     pub logging_weights: Option<Vec<f64>>,
@@ -130,6 +134,17 @@ fn run_offline(a: &Args) -> anyhow::Result<()> {
     let mut w = create(out)?;
     write_log(&mut w, &log.rows).with_context(|| format!("writing {}", out.display()))?;
     w.flush()?;
+    if let Some(p) = &a.events {
+        let mut w = create(p)?;
+        let n = offline::write_events(&cfg, &mut w)
+            .with_context(|| format!("writing {}", p.display()))?;
+        w.flush()?;
+        eprintln!(
+            "trimtab-sim: {n} events of {} users in {}",
+            cfg.rows,
+            p.display()
+        );
+    }
     if let Some(t) = &a.truth {
         let mut w = create(t)?;
         log.write_truth(&mut w)

@@ -228,6 +228,24 @@ pub fn generate(cfg: &OfflineConfig) -> OfflineLog {
     )
 }
 
+/// The audience's behaviour as the SDK would send it: every event of `cfg.rows` users' scripts
+/// (the users [`generate`] logs), in wire shape with `user` = `sim-<index>` and `ts` counted
+/// from [`OFFLINE_BASE_TS`], one JSON object per line — what `trimtab rules backtest --events`
+/// replays before any real traffic exists.
+pub fn write_events(cfg: &OfflineConfig, w: &mut impl Write) -> std::io::Result<u64> {
+    let mut n = 0;
+    for index in 0..cfg.rows {
+        let user = super::audience::generate_user(cfg.seed, index, &cfg.mix);
+        for mut e in user.wire_events(OFFLINE_BASE_TS) {
+            e["user"] = format!("sim-{index}").into();
+            serde_json::to_writer(&mut *w, &e)?;
+            w.write_all(b"\n")?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 /// Generates `cfg.rows` logged decisions chosen by `policy` (one-hot actions), which learns
 /// from each reward when `learn` (`cfg.logging` is ignored). The logged propensity is the
 /// policy's probability of the chosen action at that time.

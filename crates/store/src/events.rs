@@ -274,6 +274,12 @@ impl EventLog {
         self.lock().next
     }
 
+    /// Number of the first record kept (older ones were purged by retention).
+    pub(super) fn first(&self) -> u64 {
+        let g = self.lock();
+        g.segments.first().map_or(g.next, |s| s.first)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }

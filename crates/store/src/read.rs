@@ -242,6 +242,69 @@ impl Store {
         Ok(Some(out))
     }
 
+    /// The user's events among the last `window` records of the event store, opened, oldest
+    /// first: `(seq, plaintext)` (a bounded read of the newest segments, for the rule lab's
+    /// dry run).
+    pub fn recent_events(
+        &self,
+        user: &UserKey,
+        window: u64,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let Some(sealer) = self.existing_sealer(user) else {
+            return Ok(Vec::new());
+        };
+        let row = sealer.row();
+        let mut out = Vec::new();
+        self.events
+            .scan(self.events.end().saturating_sub(window), |r| {
+                if r.row == row && r.kind == Kind::Event {
+                    if let Some(plain) = sealer.open(user, Table::Event, r.sealed) {
+                        out.push((r.seq, plain));
+                    }
+                }
+                true
+            })?;
+        Ok(out)
+    }
+
+    /// Numbers of the event store's records: `(first kept, next)` (records before the first
+    /// were purged by retention).
+    pub fn event_records(&self) -> (u64, u64) {
+        (self.events.first(), self.events.end())
+    }
+
+    /// Every event from record `from` on, in log order (each user's in order), opened:
+    /// `f(user, seq, plaintext)`; records of erased users (no key) are skipped. `f` returns
+    /// `false` to stop. Returns how many records were looked at. For the rule lab's backtest.
+    pub fn scan_events(
+        &self,
+        from: u64,
+        mut f: impl FnMut(&UserKey, u64, &[u8]) -> bool,
+    ) -> Result<u64, StoreError> {
+        let mut sealers: std::collections::HashMap<RowId, Option<(UserKey, Sealer)>> =
+            Default::default();
+        let mut looked = 0u64;
+        self.events.scan(from, |r| {
+            looked += 1;
+            if r.kind != Kind::Event {
+                return true;
+            }
+            let s = sealers.entry(r.row).or_insert_with(|| {
+                self.keys
+                    .by_row(&r.row)
+                    .map(|(u, key)| (u, Sealer::with_row(&key, r.row)))
+            });
+            match s {
+                Some((user, sealer)) => match sealer.open(user, Table::Event, r.sealed) {
+                    Some(plain) => f(user, r.seq, &plain),
+                    None => true,
+                },
+                None => true,
+            }
+        })?;
+        Ok(looked)
+    }
+
     /// Users whose records go past their checkpoint (to replay at start after a crash), as
     /// found at open from `meta.replay_from` on; sorted.
     pub fn users_with_tail(&self) -> Result<Vec<UserKey>, StoreError> {

@@ -1027,3 +1027,27 @@ fn rules_that_read_the_clock_or_log_are_never_replayed() {
     assert_eq!((st("plain").runs, st("plain").replayed), (5, 4));
     assert_eq!(st("plain").adjustments, 5);
 }
+
+/// The field lists the rule checker warns against (`trimtab_rules::view`) are the layout the
+/// view builds: every top-level field exists, and the fixed maps have exactly those keys.
+#[test]
+fn the_checkers_field_lists_match_the_user_view() {
+    use trimtab_rules::view::UserSource;
+    let v = view::StateView {
+        key: UserKey([1; 16]),
+        state: Arc::new(UserState::default()),
+        now_ms: 0,
+    };
+    for f in trimtab_rules::view::USER_FIELDS {
+        assert!(!v.field(f).is_unit(), "user.{f} is not built");
+    }
+    assert!(v.field("no_such_field").is_unit());
+    for (name, keys) in trimtab_rules::view::USER_MAPS {
+        let inner = v.field(name).cast::<rhai::Map>();
+        let mut got: Vec<&str> = inner.keys().map(|k| k.as_str()).collect();
+        got.sort_unstable();
+        let mut want = keys.to_vec();
+        want.sort_unstable();
+        assert_eq!(got, want, "user.{name}");
+    }
+}

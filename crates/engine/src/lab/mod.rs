@@ -9,7 +9,10 @@
 //! - [`Session`]: one user's state stepped through inputs at given times, timer ticks fired as
 //!   the shard fires them; what it decided comes back as [`Fired`] adjustments.
 
+pub mod backtest;
+pub mod dry_run;
 pub mod fixture;
+pub mod jobs;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

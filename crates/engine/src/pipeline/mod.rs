@@ -158,6 +158,11 @@ pub(crate) enum ShardMsg {
         user: UserKey,
         reply: Reply<EraseCounts>,
     },
+    /// A copy of the user's current state (the rule lab's dry run): read, never changed.
+    Peek {
+        user: UserKey,
+        reply: Reply<Option<Box<crate::features::UserState>>>,
+    },
     /// Checkpoint every dirty user now; `done` is told once that is committed.
     Checkpoint { done: Sender<()> },
 }
@@ -402,6 +407,17 @@ impl Pipeline {
             user.shard(self.shard_count),
             ShardMsg::Export { user, reply },
         )?;
+        Ok(rx)
+    }
+
+    /// A copy of the user's current state as its shard has it (None: unknown user). Reads
+    /// only: nothing is written or pushed.
+    pub fn peek(
+        &self,
+        user: UserKey,
+    ) -> Result<Pending<Option<Box<crate::features::UserState>>>, SubmitError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(user.shard(self.shard_count), ShardMsg::Peek { user, reply })?;
         Ok(rx)
     }
 

@@ -367,6 +367,12 @@ impl Shard {
                 };
                 self.send_barrier(WriterMsg::Barrier(Barrier::Export { user, state, reply }));
             }
+            ShardMsg::Peek { user, reply } => {
+                let state = self
+                    .entry(&user, snap, false)
+                    .map(|e| e.map(|e| Box::new(e.state.clone())));
+                let _ = reply.send(state);
+            }
             ShardMsg::Checkpoint { done } => {
                 self.checkpoint_due(true);
                 self.work.after.push(After::Notify(done));
