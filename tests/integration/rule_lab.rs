@@ -527,3 +527,82 @@ fn a_looping_rule_is_stopped_reported_and_cancellable_while_the_server_serves() 
     );
     assert_eq!(s.get("/v1/rules/backtest/nope", ADMIN).status, 404);
 }
+
+/// `trimtab rules backtest` with these args: (exit code, stdout, stderr).
+fn rules_backtest(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .arg("rules")
+        .arg("backtest")
+        .args(args)
+        .env_remove("TRIMTAB_CONFIG")
+        .output()
+        .expect("run trimtab rules backtest");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_backtest_cli_reads_a_stopped_data_dir_and_the_simulators_audience() {
+    let mut s = Server::start(Opts::config("[rate]\nuser_per_min = 0\n"));
+    let mut batch = Vec::new();
+    for i in 0..12 {
+        let u = format!("cli-{i}");
+        batch.push(for_user(page_view(&eid("p"), "/article/a"), &u));
+        batch.push(for_user(scroll(&eid("s"), if i < 5 { 95.0 } else { 20.0 }, "/article/a"), &u));
+    }
+    s.post_ok(WRITE_KEY, batch);
+    let rule = s.dir().join("promo.rhai");
+    std::fs::write(&rule, PROMO).unwrap();
+    let empty = s.dir().join("no-rules");
+    std::fs::create_dir_all(&empty).unwrap();
+    let data = s.data.clone();
+    let args = |extra: &[&std::ffi::OsStr]| {
+        let mut v: Vec<std::ffi::OsString> = vec![
+            "--rule".into(),
+            rule.clone().into(),
+            "--dir".into(),
+            empty.clone().into(),
+            "--json".into(),
+        ];
+        v.extend(extra.iter().map(|a| a.to_os_string()));
+        v
+    };
+    // While the server runs, the data dir is locked: the message says what to use instead.
+    let a = args(&["--data".as_ref(), data.as_os_str()]);
+    let a: Vec<&std::ffi::OsStr> = a.iter().map(|x| x.as_os_str()).collect();
+    let (code, _, err) = rules_backtest(&a);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("POST /v1/rules/backtest"), "{err}");
+    s.sigterm();
+    assert!(s.wait_exit(WAIT).is_some());
+    let (code, out, err) = rules_backtest(&a);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((v["users"].as_u64(), v["fired_users"].as_u64()), (Some(12), Some(5)), "{v}");
+    assert_eq!(v["by_variant"][0]["variant"], "big");
+    // The simulator's audience, before any real traffic.
+    let events = s.dir().join("audience.jsonl");
+    let st = Command::new(sim_bin())
+        .args(["--offline", "--rows", "60", "--out"])
+        .arg(s.dir().join("log.jsonl"))
+        .arg("--events")
+        .arg(&events)
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let cta = Path::new(&repo_scripts()).join("cta_by_context.rhai");
+    let (code, out, err) = rules_backtest(&[
+        "--rule".as_ref(),
+        cta.as_os_str(),
+        "--dir".as_ref(),
+        repo_scripts().as_ref(),
+        "--events".as_ref(),
+        events.as_os_str(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("replayed") && out.contains("of 60 users"), "{out}");
+    assert!(out.contains("cta = "), "the example rule fires for some of the audience: {out}");
+}
