@@ -551,7 +551,10 @@ fn the_backtest_cli_reads_a_stopped_data_dir_and_the_simulators_audience() {
     for i in 0..12 {
         let u = format!("cli-{i}");
         batch.push(for_user(page_view(&eid("p"), "/article/a"), &u));
-        batch.push(for_user(scroll(&eid("s"), if i < 5 { 95.0 } else { 20.0 }, "/article/a"), &u));
+        batch.push(for_user(
+            scroll(&eid("s"), if i < 5 { 95.0 } else { 20.0 }, "/article/a"),
+            &u,
+        ));
     }
     s.post_ok(WRITE_KEY, batch);
     let rule = s.dir().join("promo.rhai");
@@ -581,7 +584,11 @@ fn the_backtest_cli_reads_a_stopped_data_dir_and_the_simulators_audience() {
     let (code, out, err) = rules_backtest(&a);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!((v["users"].as_u64(), v["fired_users"].as_u64()), (Some(12), Some(5)), "{v}");
+    assert_eq!(
+        (v["users"].as_u64(), v["fired_users"].as_u64()),
+        (Some(12), Some(5)),
+        "{v}"
+    );
     assert_eq!(v["by_variant"][0]["variant"], "big");
     // The simulator's audience, before any real traffic.
     let events = s.dir().join("audience.jsonl");
@@ -592,7 +599,11 @@ fn the_backtest_cli_reads_a_stopped_data_dir_and_the_simulators_audience() {
         .arg(&events)
         .output()
         .unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     let cta = Path::new(&repo_scripts()).join("cta_by_context.rhai");
     let (code, out, err) = rules_backtest(&[
         "--rule".as_ref(),
@@ -603,6 +614,12 @@ fn the_backtest_cli_reads_a_stopped_data_dir_and_the_simulators_audience() {
         events.as_os_str(),
     ]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("replayed") && out.contains("of 60 users"), "{out}");
-    assert!(out.contains("cta = "), "the example rule fires for some of the audience: {out}");
+    assert!(
+        out.contains("replayed") && out.contains("of 60 users"),
+        "{out}"
+    );
+    assert!(
+        out.contains("cta = "),
+        "the example rule fires for some of the audience: {out}"
+    );
 }
