@@ -29,18 +29,28 @@ pub async fn rules_list(st: web::Data<AppState>, _: Admin) -> HttpResponse {
     HttpResponse::Ok().json(json!({ "rules": st.rules.statuses() }))
 }
 
-/// `GET /v1/rules/{name}`: one rule's status.
+/// `GET /v1/rules/{name}`: one rule's status, with the source of its file (`source`: what the
+/// rule lab diffs an edit against; absent if the file cannot be read).
 pub async fn rule_get(
     st: web::Data<AppState>,
     _: Admin,
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    st.rules
+    let status = st
+        .rules
         .statuses()
         .into_iter()
         .find(|r| r.name == *name)
-        .map(|r| HttpResponse::Ok().json(r))
-        .ok_or_else(|| ApiError::not_found(format!("no rule named {name:?}")))
+        .ok_or_else(|| ApiError::not_found(format!("no rule named {name:?}")))?;
+    let path = st.rules.dir().join(format!("{}.rhai", status.name));
+    let source = web::block(move || std::fs::read_to_string(path).ok())
+        .await
+        .map_err(ApiError::internal)?;
+    let mut v = serde_json::to_value(status).map_err(ApiError::internal)?;
+    if let Some(src) = source {
+        v["source"] = src.into();
+    }
+    Ok(HttpResponse::Ok().json(v))
 }
 
 /// `PUT /v1/rules/{name}` with the script as the body: compiled first; installed only if valid.

@@ -127,7 +127,7 @@
     tab: 'live',
     started: false
   };
-  var TABS = ['live', 'experiments', 'segments', 'learning'];
+  var TABS = ['live', 'experiments', 'segments', 'learning', 'lab'];
   var PAGES = {};                     // name → {show(), hide(), reset()} registered by insights.js / learning.js
 
   // ---------------------------------------------------------------- auth / login
@@ -314,6 +314,29 @@
         if (res.status === 401 || res.status === 403) signOut('The admin token is no longer accepted.');
         return res;
       });
+    },
+    // A request with a body (JSON, or text for a rule's source).
+    send: function (path, method, body, contentType) {
+      if (!S.token) return Promise.reject(new Error('signed out'));
+      var h = authHeaders();
+      h['Content-Type'] = contentType || 'application/json';
+      return fetch(path, { method: method, headers: h, body: body, cache: 'no-store', credentials: 'omit' }).then(function (r) {
+        return r.text().then(function (t) {
+          var b = null;
+          try { b = t ? JSON.parse(t) : null; } catch (e) { b = null; }
+          if (r.status === 401 || r.status === 403) signOut('The admin token is no longer accepted.');
+          return { status: r.status, body: b };
+        });
+      });
+    },
+    // The users in the live tail (32-hex keys, newest first).
+    recentUsers: function () {
+      var seen = [];
+      document.querySelectorAll('#tail-body button.user-link').forEach(function (b) {
+        var k = b.dataset.user;
+        if (k && seen.indexOf(k) < 0 && seen.length < 20) seen.push(k);
+      });
+      return seen;
     },
     errMessage: errMessage,
     register: function (name, page) {

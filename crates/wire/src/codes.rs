@@ -106,7 +106,7 @@ codes! {
     RateLimited = "rate_limited", 429, User, "over a rate limit (`[rate]`); `Retry-After` says when to retry";
     TooManySockets = "too_many_sockets", 429, User, "a user's WebSocket beyond `delivery.max_sockets_per_user` (closed with 1008)";
     TooManyConnections = "too_many_connections", 429, User, "a connection beyond `http.max_connections_per_ip` from one address (closed after this answer)";
-    BacktestRunning = "backtest_running", 409, Server, "a rule backtest is already running (one at a time): wait for it or cancel it (`path` = its id)";
+    BacktestRunning = "backtest_running", 409, User, "a rule backtest is already running (one at a time): wait for it or cancel it (`path` = its id)";
     Overloaded = "overloaded", 429, Server, "a queue is full; `Retry-After` says when to retry (see below)";
     Unavailable = "unavailable", 503, Server, "the server is shutting down";
     StorageUnavailable = "storage_unavailable", 503, Server, "storage failed; nothing was acknowledged, retry later";
