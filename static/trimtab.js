@@ -72,6 +72,7 @@
     get() { return { state: this.state, analytics: this.analytics, personalization: this.personalization }; }
   }
 
+  const mile = (d) => (d >= 25) + (d >= 50) + (d >= 75) + (d >= 90);
   const scrollDepth = (top, viewH, docH) => (docH > viewH ? r1(Math.max(0, Math.min(100, ((top + viewH) * 100) / docH))) : 100);
 
   class Mouse {
@@ -109,7 +110,7 @@
   // ---- Browser part ----
 
   const script = doc?.currentScript, queue = new Queue(), subs = {}, hovers = new Map(), dwells = new Map(), inView = new Set();
-  const sc = { max: 0, sent: -1, at: 0 }, limit = bucket(30, 150);
+  const sc = { max: 0, sent: -1, at: 0, b: bucket(4, 4) }, limit = bucket(30, 150);
   let opts = {}, store, consent, inited, running, domReady, base, ident, identP, session, adjusted = {};
   let ws, wsReady, wsFails = 0, flushTimer, flushAt = 0, holdUntil = 0, httpBusy, fails = 0, mouse, io, ticker, ticks = 0;
   let offs = [], seen = new WeakSet();
@@ -192,14 +193,14 @@
     };
   };
 
-  function emit(type, props = {}, target) {
+  function emit(type, props = {}, target, fast) {
     const t = now();
     if (!running || !limit(t)) return;
     if (t - session.last > 5000) store.set('trimtab.session', JSON.stringify(Object.assign(session, { last: t })));
     const ev = { id: uuid(), type, session: session.id, ts: t, props, context: context(t), consent: { analytics: true, personalization: consent.personalization } };
     if (target) ev.target = clip(target, 64);
     queue.push(ev);
-    schedule(/click|conversion/.test(type) ? 0 : 200);
+    schedule(fast || /click|conversion/.test(type) ? 0 : 200);
   }
 
   // ---- Transport: WebSocket, else HTTP; sendBeacon when hidden ----
@@ -456,13 +457,15 @@
     sc.max = Math.max(sc.max, sc.depth);
     clearTimeout(sc.idle);
     sc.idle = setTimeout(sendScroll, 300);
-    if (Math.abs(sc.depth - sc.sent) >= 5 && t - sc.at >= 250) sendScroll();
+    // milestones (25/50/75/90%) go out at once, 4/s at most; other progress every 250 ms
+    const m = mile(sc.depth) > mile(sc.sent) && sc.b(t);
+    if (m || (Math.abs(sc.depth - sc.sent) >= 5 && t - sc.at >= 250)) sendScroll(m);
   }
-  function sendScroll() {
+  function sendScroll(fast) {
     const t = now(), v = sc.sent < 0 ? 0 : ((sc.depth - sc.sent) * 1000) / Math.max(t - sc.at, 1);
     if (Math.abs(sc.depth - sc.sent) < 0.5) return;
     Object.assign(sc, { sent: sc.depth, at: t });
-    emit('scroll', { depth: sc.depth, max_depth: sc.max, velocity: r1(v) });
+    emit('scroll', { depth: sc.depth, max_depth: sc.max, velocity: r1(v) }, 0, fast);
   }
 
   function onVisibility() {

@@ -307,3 +307,40 @@ test('HTTP fallback: failed batches are resent with the same ids; sendBeacon whe
   await screenshot(page, 'demo-article-http-fallback');
   await ctx.close();
 });
+
+// Issue 15's fast scroll path: a crossed depth milestone goes out at once instead of waiting for
+// the 250 ms throttle (or the 300 ms idle timer). Measured from the scroll that crosses 75% to the
+// offer swapped into the page (a MutationObserver), three fresh visitors; the figures are printed
+// (BENCHMARKS.md records them). The bound checked is loose — the old path took 270 ms — so a busy
+// machine does not fail it; the target (≤ 50 ms on localhost) is what the printed figures show.
+test('crossing 75% changes the page within tens of milliseconds (the milestone goes out at once)', async () => {
+  const took = [];
+  for (let run = 0; run < 3; run++) {
+    const ctx = await browser.newContext({ viewport: VIEWPORT });
+    const page = await ctx.newPage();
+    const sock = recordSocket(page);
+    await page.goto(server.url + '/demo/article.html');
+    await page.click('[data-trimtab-consent="all"]');
+    await waitFor(() => sock.ready, { what: 'WebSocket ready' });
+    await scrollTo(page, 60);
+    await page.waitForTimeout(700); // the 60% has gone out; the next scroll is within 250 ms of nothing
+    const ms = await page.evaluate(() => new Promise((resolve) => {
+      const slot = document.querySelector('[data-trimtab-slot="offer"]');
+      const el = document.documentElement;
+      const docH = Math.max(el.scrollHeight, document.body.scrollHeight);
+      let t0 = 0;
+      new MutationObserver(() => {
+        if (slot.getAttribute('data-trimtab-variant') === 'discount') resolve(performance.now() - t0);
+      }).observe(slot, { attributes: true });
+      // Two steps 100 ms apart: 70% (no milestone), then 80% (crosses 75%) — the throttle alone
+      // would hold the second back.
+      window.scrollTo(0, 0.7 * docH - innerHeight);
+      setTimeout(() => { t0 = performance.now(); window.scrollTo(0, 0.8 * docH - innerHeight); }, 100);
+    }));
+    took.push(Math.round(ms));
+    await ctx.close();
+  }
+  took.sort((a, b) => a - b);
+  console.log(`scroll past 75% → offer on the page: ${took.join(', ')} ms (median ${took[1]})`);
+  assert.ok(took[1] < 250, `median ${took[1]} ms: the milestone did not go out at once`);
+});

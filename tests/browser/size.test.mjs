@@ -1,4 +1,5 @@
-// Size budget of the SDK as served: gzip -9 of static/trimtab.js at most 8 KiB. The consent
+// Size budget of the SDK as served: gzip -9 of static/trimtab.js at most 8.5 KiB (8 KiB until the
+// scroll milestones of issue 15 went out at once, which that issue allows for). The consent
 // banner is a separate file, loaded only while consent is pending.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -8,10 +9,10 @@ import { gzipSync } from 'node:zlib';
 const file = (p) => readFileSync(new URL(`../../static/${p}`, import.meta.url));
 const gz = (p) => gzipSync(file(p), { level: 9 }).length;
 
-test('trimtab.js is at most 8 KiB gzipped', () => {
+test('trimtab.js is at most 8.5 KiB gzipped', () => {
   const n = gz('trimtab.js');
   console.log(`trimtab.js: ${file('trimtab.js').length} bytes, ${n} gzipped`);
-  assert.ok(n <= 8192, `trimtab.js is ${n} bytes gzipped; the budget is 8192`);
+  assert.ok(n <= 8704, `trimtab.js is ${n} bytes gzipped; the budget is 8704`);
 });
 
 test('trimtab-banner.js (first visit only) is at most 1.5 KiB gzipped', () => {
