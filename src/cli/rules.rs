@@ -51,7 +51,7 @@ pub struct BacktestArgs {
     /// The share of users to replay, in (0, 1].
     #[arg(long)]
     sample: Option<f64>,
-    /// Events to replay at most (default 500000).
+    /// Events to replay at most (default 200000; they are held in memory).
     #[arg(long)]
     max_events: Option<u64>,
     /// Print the result as one JSON object.

@@ -22,7 +22,8 @@ use trimtab_store::Store;
 use trimtab_wire::Event;
 
 /// Events replayed at most when the request names no bound.
-pub const DEFAULT_MAX_EVENTS: u64 = 500_000;
+/// (They are held in memory for the replay: a few hundred bytes each.)
+pub const DEFAULT_MAX_EVENTS: u64 = 200_000;
 /// Example users in an answer.
 const EXAMPLES: usize = 5;
 /// Upper bounds (ms) of the time-to-fire histogram's buckets; the last is open.
@@ -53,7 +54,7 @@ pub struct Request {
     #[serde(default)]
     #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
     pub sample: Option<f64>,
-    /// Events to replay at most (default 500 000).
+    /// Events to replay at most (default 200 000; they are held in memory).
     #[serde(default)]
     #[schema(minimum = 1)]
     pub max_events: Option<u64>,
