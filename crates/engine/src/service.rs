@@ -395,15 +395,9 @@ pub fn backtest_data_dir(
     installed: &Path,
     req: &crate::lab::backtest::Request,
 ) -> Result<crate::lab::backtest::Outcome, ReadError> {
-    use crate::lab::{backtest, RuleSet, World};
-    let set = RuleSet::build(
-        Some(installed),
-        None,
-        &[(req.name().to_string(), req.source.clone())],
-        &lab.limits,
-    )
-    .map_err(|e| ReadError(e.to_string()))?;
-    let world = World::new(lab, set.rules.clone()).map_err(|e| ReadError(e.to_string()))?;
+    use crate::lab::backtest;
+    let (_set, world) =
+        backtest::world(lab, installed, req).map_err(|e| ReadError(e.to_string()))?;
     let store = Store::open_with(data, 16 << 20, master_key).map_err(|e| match e {
         StoreError::Locked { .. } => ReadError(format!(
             "{e}; while it runs, use POST /v1/rules/backtest with the admin token"
@@ -427,75 +421,11 @@ pub fn backtest_events_file(
     installed: &Path,
     req: &crate::lab::backtest::Request,
 ) -> Result<crate::lab::backtest::Outcome, ReadError> {
-    use crate::lab::{backtest, RuleSet, World};
-    use std::io::BufRead;
-    let set = RuleSet::build(
-        Some(installed),
-        None,
-        &[(req.name().to_string(), req.source.clone())],
-        &lab.limits,
-    )
-    .map_err(|e| ReadError(e.to_string()))?;
-    let world = World::new(lab, set.rules.clone()).map_err(|e| ReadError(e.to_string()))?;
-    let f = std::fs::File::open(file)
-        .map_err(|e| ReadError(format!("cannot read {}: {e}", file.display())))?;
-    let pseudo = Pseudonymizer::new([0; 32]);
-    // Each event is parsed as received at its own `ts` (recorded traffic is old by now).
-    let limits = trimtab_wire::Limits::default();
-    let max = req.max_events.unwrap_or(backtest::DEFAULT_MAX_EVENTS);
-    let mut by_user: std::collections::HashMap<
-        trimtab_privacy::UserKey,
-        Vec<Arc<trimtab_wire::Event>>,
-    > = Default::default();
-    let mut order = Vec::new();
-    let (mut taken, mut truncated) = (0u64, false);
-    for (n, line) in std::io::BufReader::new(f).lines().enumerate() {
-        let line = line.map_err(|e| ReadError(format!("{}: {e}", file.display())))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let at = |e: String| ReadError(format!("{} line {}: {e}", file.display(), n + 1));
-        let mut v: Value = serde_json::from_str(&line).map_err(|e| at(e.to_string()))?;
-        let user = v
-            .as_object_mut()
-            .and_then(|o| o.remove("user"))
-            .and_then(|u| u.as_str().map(str::to_string))
-            .ok_or_else(|| at("every event needs its \"user\"".into()))?;
-        let ts = v["ts"]
-            .as_i64()
-            .ok_or_else(|| at("every event needs its \"ts\"".into()))?;
-        let body = serde_json::to_vec(&serde_json::json!({ "events": [v] }))
-            .map_err(|e| at(e.to_string()))?;
-        let mut batch =
-            trimtab_wire::parse_batch(&body, &limits, ts).map_err(|e| at(e.to_string()))?;
-        let ev = batch.events.remove(0).event;
-        let key = pseudo.user(&user);
-        if req.from_ms.is_some_and(|f| ev.received_ms < f)
-            || req.to_ms.is_some_and(|t| ev.received_ms >= t)
-            || !req.sampled_key(&key)
-        {
-            continue;
-        }
-        if taken >= max {
-            truncated = true;
-            break;
-        }
-        taken += 1;
-        by_user
-            .entry(key)
-            .or_insert_with(|| {
-                order.push(key);
-                Vec::new()
-            })
-            .push(Arc::new(ev));
-    }
-    let audience: backtest::Audience = order
-        .into_iter()
-        .map(|u| {
-            let evs = by_user.remove(&u).unwrap_or_default();
-            (u, evs)
-        })
-        .collect();
+    use crate::lab::backtest;
+    let (_set, world) =
+        backtest::world(lab, installed, req).map_err(|e| ReadError(e.to_string()))?;
+    let (audience, truncated) =
+        backtest::collect_file(file, req).map_err(|e| ReadError(e.to_string()))?;
     Ok(backtest::replay(
         &world,
         req,

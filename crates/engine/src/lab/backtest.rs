@@ -15,8 +15,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{LabError, Session, World};
+use super::{LabConfig, LabError, RuleSet, Session, World};
 use crate::features::UserState;
+use std::path::Path;
 use trimtab_privacy::UserKey;
 use trimtab_store::Store;
 use trimtab_wire::Event;
@@ -66,10 +67,6 @@ impl Request {
     }
 
     /// Whether `user` is in the sample.
-    pub fn sampled_key(&self, user: &UserKey) -> bool {
-        self.sampled(user)
-    }
-
     fn sampled(&self, user: &UserKey) -> bool {
         match self.sample {
             None => true,
@@ -137,6 +134,84 @@ type Tally = (HashSet<UserKey>, HashSet<(UserKey, String)>, u64);
 /// Each user's events, in order.
 pub type Audience = Vec<(UserKey, Vec<Arc<Event>>)>;
 
+/// The candidate of `req` with the installed rules of `installed`, compiled into a world of
+/// their own (the set's temp dir lives as long as the returned [`RuleSet`]).
+pub fn world(
+    cfg: LabConfig,
+    installed: &Path,
+    req: &Request,
+) -> Result<(RuleSet, World), LabError> {
+    let set = RuleSet::build(
+        Some(installed),
+        None,
+        &[(req.name().to_string(), req.source.clone())],
+        &cfg.limits,
+    )?;
+    let world = World::new(cfg, set.rules.clone())?;
+    Ok((set, world))
+}
+
+/// Builds an [`Audience`] from events in any order of users (each user's in order): keeps
+/// those of the request's window and sample, at most `max_events` of them.
+struct Gather<'r> {
+    req: &'r Request,
+    max: u64,
+    by_user: HashMap<UserKey, Vec<Arc<Event>>>,
+    order: Vec<UserKey>,
+    taken: u64,
+    truncated: bool,
+}
+
+impl<'r> Gather<'r> {
+    fn new(req: &'r Request) -> Gather<'r> {
+        Gather {
+            req,
+            max: req.max_events.unwrap_or(DEFAULT_MAX_EVENTS),
+            by_user: HashMap::new(),
+            order: Vec::new(),
+            taken: 0,
+            truncated: false,
+        }
+    }
+
+    /// Takes `ev` of `user` if the request wants it; `false` once the bound is reached (stop).
+    fn take(&mut self, user: &UserKey, ev: Event) -> bool {
+        if !self.req.sampled(user)
+            || self.req.from_ms.is_some_and(|f| ev.received_ms < f)
+            || self.req.to_ms.is_some_and(|t| ev.received_ms >= t)
+        {
+            return true;
+        }
+        if self.taken >= self.max {
+            self.truncated = true;
+            return false;
+        }
+        self.taken += 1;
+        let order = &mut self.order;
+        self.by_user
+            .entry(*user)
+            .or_insert_with(|| {
+                order.push(*user);
+                Vec::new()
+            })
+            .push(Arc::new(ev));
+        true
+    }
+
+    /// `(audience, truncated)`, users in the order they first came.
+    fn finish(mut self) -> (Audience, bool) {
+        let audience = self
+            .order
+            .into_iter()
+            .map(|u| {
+                let evs = self.by_user.remove(&u).unwrap_or_default();
+                (u, evs)
+            })
+            .collect();
+        (audience, self.truncated)
+    }
+}
+
 /// The users' events of the request's window and sample from the store, in each user's
 /// order; `Ok((audience, truncated))`.
 pub fn collect(
@@ -146,10 +221,7 @@ pub fn collect(
 ) -> Result<(Audience, bool), LabError> {
     let (first, end) = store.event_records();
     progress.records_total.store(end - first, Ordering::Relaxed);
-    let max = req.max_events.unwrap_or(DEFAULT_MAX_EVENTS);
-    let mut by_user: HashMap<UserKey, Vec<Arc<Event>>> = HashMap::new();
-    let mut order: Vec<UserKey> = Vec::new();
-    let (mut taken, mut truncated) = (0u64, false);
+    let mut g = Gather::new(req);
     store
         .scan_events(first, |user, _seq, plain| {
             progress.records_scanned.fetch_add(1, Ordering::Relaxed);
@@ -157,40 +229,50 @@ pub fn collect(
                 return false;
             }
             if !req.sampled(user) {
-                return true;
+                return true; // not decoded at all
             }
             let Ok(ev) = postcard::from_bytes::<Event>(plain) else {
                 return true;
             };
-            if req.from_ms.is_some_and(|f| ev.received_ms < f)
-                || req.to_ms.is_some_and(|t| ev.received_ms >= t)
-            {
-                return true;
-            }
-            if taken >= max {
-                truncated = true;
-                return false;
-            }
-            taken += 1;
-            progress.events.store(taken, Ordering::Relaxed);
-            by_user
-                .entry(*user)
-                .or_insert_with(|| {
-                    order.push(*user);
-                    Vec::new()
-                })
-                .push(Arc::new(ev));
-            true
+            let go = g.take(user, ev);
+            progress.events.store(g.taken, Ordering::Relaxed);
+            go
         })
         .map_err(|e| LabError::Io(format!("reading the event store: {e}")))?;
-    let audience = order
-        .into_iter()
-        .map(|u| {
-            let evs = by_user.remove(&u).unwrap_or_default();
-            (u, evs)
-        })
-        .collect();
-    Ok((audience, truncated))
+    Ok(g.finish())
+}
+
+/// The users' events of the request's window and sample from a JSONL file of wire events
+/// naming their `user` (e.g. the simulator's `--offline --events`), each received at its own
+/// `ts`; users are pseudonymised with a fixed key. `Ok((audience, truncated))`.
+pub fn collect_file(file: &Path, req: &Request) -> Result<(Audience, bool), LabError> {
+    use std::io::BufRead;
+    let f = std::fs::File::open(file)
+        .map_err(|e| LabError::Io(format!("cannot read {}: {e}", file.display())))?;
+    let pseudo = trimtab_privacy::Pseudonymizer::new([0; 32]);
+    let mut g = Gather::new(req);
+    for (n, line) in std::io::BufReader::new(f).lines().enumerate() {
+        let line = line.map_err(|e| LabError::Io(format!("{}: {e}", file.display())))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = |e: String| LabError::Io(format!("{} line {}: {e}", file.display(), n + 1));
+        let mut v: serde_json::Value =
+            serde_json::from_str(&line).map_err(|e| at(e.to_string()))?;
+        let user = v
+            .as_object_mut()
+            .and_then(|o| o.remove("user"))
+            .and_then(|u| u.as_str().map(str::to_string))
+            .ok_or_else(|| at("every event needs its \"user\"".into()))?;
+        let ts = v["ts"]
+            .as_i64()
+            .ok_or_else(|| at("every event needs its \"ts\"".into()))?;
+        let ev = super::parse_event(v, ts).map_err(|e| at(e.to_string()))?;
+        if !g.take(&pseudo.user(&user), ev) {
+            break;
+        }
+    }
+    Ok(g.finish())
 }
 
 /// Users, sessions and decisions of one (slot, variant).
@@ -434,19 +516,12 @@ pub fn replay(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lab::{LabConfig, RuleSet};
 
     fn event(id: &str, kind: &str, props: serde_json::Value, at: i64) -> Arc<Event> {
-        let body = serde_json::json!({"events": [{"id": id, "type": kind, "session": "s1", "ts": at,
+        let v = serde_json::json!({"id": id, "type": kind, "session": "s1", "ts": at,
             "props": props, "context": {"page": "/a"},
-            "consent": {"analytics": true, "personalization": true}}]});
-        let mut b = trimtab_wire::parse_batch(
-            &serde_json::to_vec(&body).unwrap(),
-            &trimtab_wire::Limits::default(),
-            at,
-        )
-        .unwrap();
-        Arc::new(b.events.remove(0).event)
+            "consent": {"analytics": true, "personalization": true}});
+        Arc::new(crate::lab::parse_event(v, at).unwrap())
     }
 
     #[test]
@@ -466,15 +541,7 @@ mod tests {
             sample: None,
             max_events: None,
         };
-        let cfg = LabConfig::default();
-        let set = RuleSet::build(
-            Some(installed.path()),
-            None,
-            &[("cand".into(), cand.into())],
-            &cfg.limits,
-        )
-        .unwrap();
-        let world = World::new(cfg, set.rules.clone()).unwrap();
+        let (_set, world) = world(LabConfig::default(), installed.path(), &req).unwrap();
         let t0 = 1_800_000_000_000;
         let u = UserKey([7; 16]);
         let audience: Audience = vec![(

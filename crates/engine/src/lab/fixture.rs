@@ -37,7 +37,7 @@ use serde_json::{json, Value};
 
 use super::{Fired, LabConfig, LabError, RuleSet, Session, World};
 use crate::features::UserState;
-use trimtab_wire::{Event, Limits};
+use trimtab_wire::Event;
 
 /// The clock of every case: 2026-01-01T12:00:00Z (events' `at` count from here).
 pub const START_MS: i64 = 1_767_268_800_000;
@@ -351,10 +351,7 @@ fn wire_event(
 
 /// Parses one event with the server's parser, received at `START_MS + at`.
 fn parse(v: Value, at: i64, what: &str) -> Result<Event, String> {
-    let body = serde_json::to_vec(&json!({ "events": [v] })).map_err(|e| e.to_string())?;
-    let mut batch = trimtab_wire::parse_batch(&body, &Limits::default(), START_MS + at)
-        .map_err(|e| format!("{what}: {e}"))?;
-    Ok(batch.events.remove(0).event)
+    super::parse_event(v, START_MS + at).map_err(|e| format!("{what}: {e}"))
 }
 
 fn run_case(world: &World, case: &Case) -> Result<Vec<Got>, String> {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use super::backtest::{self, Outcome, Progress, Request};
-use super::{LabConfig, LabError, RuleSet, World};
+use super::{LabConfig, LabError};
 use trimtab_store::Store;
 
 /// Finished backtests kept for their ids.
@@ -102,13 +102,7 @@ impl Backtests {
         if let Some(j) = jobs.iter().find(|j| j.running()) {
             return Err(StartError::Busy(j.id.clone()));
         }
-        let set = RuleSet::build(
-            Some(&installed),
-            None,
-            &[(req.name().to_string(), req.source.clone())],
-            &cfg.limits,
-        )?;
-        let world = World::new(cfg, set.rules.clone())?;
+        let (set, world) = backtest::world(cfg, &installed, &req)?;
         let job = Arc::new(Job {
             id: hex::encode(crate::pipeline::Decision::new_id().0),
             progress: Progress::default(),

@@ -156,6 +156,18 @@ impl RuleSet {
     }
 }
 
+/// One wire event (a JSON object) through the server's parser, received at `received_ms`.
+pub fn parse_event(
+    v: serde_json::Value,
+    received_ms: i64,
+) -> Result<Event, trimtab_wire::InputError> {
+    let body =
+        serde_json::to_vec(&serde_json::json!({ "events": [v] })).expect("a JSON value serialises");
+    let mut batch =
+        trimtab_wire::parse_batch(&body, &trimtab_wire::Limits::default(), received_ms)?;
+    Ok(batch.events.remove(0).event)
+}
+
 /// Everything a step reads besides the user, owned (see [`Snapshot`]).
 pub struct World {
     pub cfg: LabConfig,
