@@ -3,7 +3,7 @@
 // decide timeout, HTTP retries with the same ids, and sendBeacon when the page is hidden.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startServer, launchBrowser, screenshot, admin, waitFor, recordApiTraffic } from './support.mjs';
+import { startServer, launchBrowser, screenshot, admin, waitFor, recordApiTraffic, scrollTo } from './support.mjs';
 
 let server, browser;
 before(async () => {
@@ -33,17 +33,6 @@ function recordSocket(page) {
     });
   });
   return rec;
-}
-
-/** Scrolls with the mouse wheel (like a reader) until the page's depth reaches `pct`. */
-async function scrollTo(page, pct) {
-  for (let i = 0; i < 200; i++) {
-    const depth = await page.evaluate(() => ((scrollY + innerHeight) * 100) / document.documentElement.scrollHeight);
-    if (depth >= pct) return depth;
-    await page.mouse.wheel(0, 250);
-    await page.waitForTimeout(60);
-  }
-  throw new Error(`could not scroll to ${pct}%`);
 }
 
 const identify = async (user) => {

@@ -6,7 +6,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { startServer, launchBrowser, screenshot, admin, repoRoot } from './support.mjs';
+import { startServer, launchBrowser, screenshot, admin, repoRoot, scrollTo } from './support.mjs';
 
 let server;
 let browser;
@@ -42,16 +42,6 @@ async function seed(n) {
     body: JSON.stringify({ events }),
   });
   assert.equal(res.status, 202, await res.text());
-}
-
-async function scrollTo(page, pct) {
-  for (let i = 0; i < 200; i++) {
-    const depth = await page.evaluate(() => ((scrollY + innerHeight) * 100) / document.documentElement.scrollHeight);
-    if (depth >= pct) return depth;
-    await page.mouse.wheel(0, 250);
-    await page.waitForTimeout(60);
-  }
-  throw new Error(`could not scroll to ${pct}%`);
 }
 
 const GOOD = `const ON = ["scroll"];

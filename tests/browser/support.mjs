@@ -182,6 +182,17 @@ export async function admin(server, method, path, body) {
   return { status: res.status, body: parsed };
 }
 
+/** Scrolls with the mouse wheel (like a reader) until the page's depth reaches `pct`. */
+export async function scrollTo(page, pct) {
+  for (let i = 0; i < 200; i++) {
+    const depth = await page.evaluate(() => ((scrollY + innerHeight) * 100) / document.documentElement.scrollHeight);
+    if (depth >= pct) return depth;
+    await page.mouse.wheel(0, 250);
+    await page.waitForTimeout(60);
+  }
+  throw new Error(`could not scroll to ${pct}%`);
+}
+
 /** Polls `fn` until it returns a truthy value (returned) or `timeout` ms pass (throws). */
 export async function waitFor(fn, { timeout = 10000, interval = 100, what = 'condition' } = {}) {
   const end = Date.now() + timeout;

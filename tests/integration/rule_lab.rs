@@ -8,20 +8,24 @@ use serde_json::json;
 
 use crate::support::*;
 
-/// `trimtab rules test` with these args: (exit code, stdout, stderr).
-fn rules_test(args: &[&str]) -> (i32, String, String) {
+/// `trimtab rules SUB` with these args: (exit code, stdout, stderr).
+fn rules_cmd<S: AsRef<std::ffi::OsStr>>(sub: &str, args: &[S]) -> (i32, String, String) {
     let out = Command::new(bin())
         .arg("rules")
-        .arg("test")
+        .arg(sub)
         .args(args)
         .env_remove("TRIMTAB_CONFIG")
         .output()
-        .expect("run trimtab rules test");
+        .expect("run trimtab rules");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+fn rules_test(args: &[&str]) -> (i32, String, String) {
+    rules_cmd("test", args)
 }
 
 fn repo_scripts() -> String {
@@ -528,20 +532,8 @@ fn a_looping_rule_is_stopped_reported_and_cancellable_while_the_server_serves() 
     assert_eq!(s.get("/v1/rules/backtest/nope", ADMIN).status, 404);
 }
 
-/// `trimtab rules backtest` with these args: (exit code, stdout, stderr).
 fn rules_backtest(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
-    let out = Command::new(bin())
-        .arg("rules")
-        .arg("backtest")
-        .args(args)
-        .env_remove("TRIMTAB_CONFIG")
-        .output()
-        .expect("run trimtab rules backtest");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    rules_cmd("backtest", args)
 }
 
 #[test]
