@@ -108,6 +108,7 @@ pub const USER_FIELDS: &[&str] = &[
     "sequence",
     "context",
     "mouse",
+    "signals",
     "adjustments",
     "page",
     "visible",
@@ -135,6 +136,27 @@ pub const USER_MAPS: &[(&str, &[&str])] = &[
         ],
     ),
     ("mouse", &["speed", "path_px", "idle_ms"]),
+    (
+        "signals",
+        &[
+            "rage_clicks",
+            "dead_clicks",
+            "error_clicks",
+            "hesitations",
+            "hesitation_ms",
+            "exit_intents",
+            "exit_via",
+            "excessive_scrolls",
+            "quick_backs",
+            "engaged_ms",
+            "reading_wpm",
+            "motion",
+            "tilt",
+            "frustration",
+            "intent",
+            "last_ms",
+        ],
+    ),
 ];
 
 /// Registers both view types and the map-like operations on them. The helpers on `user` are

@@ -84,7 +84,8 @@ impl std::fmt::Display for InputError {
 
 impl std::error::Error for InputError {}
 
-/// The event types of the v1 contract, plus `mouse` and `visibility` (SDK summaries).
+/// The event types of the v1 contract, plus `mouse` and `visibility` (SDK summaries) and
+/// `signal` (behavioural signals the SDK derives: rage clicks, exit intent, …).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventType {
@@ -98,11 +99,12 @@ pub enum EventType {
     Mouse,
     Visibility,
     Custom,
+    Signal,
 }
 
 impl EventType {
     /// Every type, in declaration order.
-    pub const ALL: [EventType; 10] = [
+    pub const ALL: [EventType; 11] = [
         EventType::PageView,
         EventType::Scroll,
         EventType::Hover,
@@ -113,6 +115,7 @@ impl EventType {
         EventType::Mouse,
         EventType::Visibility,
         EventType::Custom,
+        EventType::Signal,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -127,8 +130,153 @@ impl EventType {
             EventType::Mouse => "mouse",
             EventType::Visibility => "visibility",
             EventType::Custom => "custom",
+            EventType::Signal => "signal",
         }
     }
+}
+
+/// What a `signal` event reports: a behavioural signal the SDK derived from raw input it never
+/// sends (definitions and defaults in the README's "Behavioural signals").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SignalKind {
+    /// ≥ 3 clicks within 1 s in a small radius (`count`, `duration_ms`?).
+    RageClick,
+    /// A click on something not interactive after which nothing changed.
+    DeadClick,
+    /// A click followed by a script error.
+    ErrorClick,
+    /// A hover on an interactive element without a click, or the pointer resting on a call to
+    /// action (`duration_ms`, `via` = `hover` | `idle`).
+    Hesitation,
+    /// Leaving: the pointer through the top edge, a fast flick up on touch, the tab hidden
+    /// (`via` = `top` | `flick` | `hidden`).
+    ExitIntent,
+    /// Reading speed in words per minute (`wpm`).
+    Reading,
+    /// Up-down scroll reversals beyond the norm (`count`).
+    ExcessiveScroll,
+    /// Back to this page after a short visit elsewhere (`duration_ms` = time on the other page).
+    QuickBack,
+    /// Visible engaged time since the last report (`duration_ms`).
+    Engagement,
+    /// The device's motion, summarised (`state`, `tilt`?).
+    Motion,
+}
+
+impl SignalKind {
+    pub const ALL: [SignalKind; 10] = [
+        SignalKind::RageClick,
+        SignalKind::DeadClick,
+        SignalKind::ErrorClick,
+        SignalKind::Hesitation,
+        SignalKind::ExitIntent,
+        SignalKind::Reading,
+        SignalKind::ExcessiveScroll,
+        SignalKind::QuickBack,
+        SignalKind::Engagement,
+        SignalKind::Motion,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignalKind::RageClick => "rage_click",
+            SignalKind::DeadClick => "dead_click",
+            SignalKind::ErrorClick => "error_click",
+            SignalKind::Hesitation => "hesitation",
+            SignalKind::ExitIntent => "exit_intent",
+            SignalKind::Reading => "reading",
+            SignalKind::ExcessiveScroll => "excessive_scroll",
+            SignalKind::QuickBack => "quick_back",
+            SignalKind::Engagement => "engagement",
+            SignalKind::Motion => "motion",
+        }
+    }
+
+    /// The props this kind takes besides `kind`, and whether each is required; any other is
+    /// refused as `unknown_field`.
+    pub fn fields(self) -> &'static [(&'static str, bool)] {
+        match self {
+            SignalKind::RageClick => &[("count", true), ("duration_ms", false)],
+            SignalKind::DeadClick | SignalKind::ErrorClick => &[],
+            SignalKind::Hesitation => &[("duration_ms", true), ("via", true)],
+            SignalKind::ExitIntent => &[("via", true)],
+            SignalKind::Reading => &[("wpm", true)],
+            SignalKind::ExcessiveScroll => &[("count", true)],
+            SignalKind::QuickBack | SignalKind::Engagement => &[("duration_ms", true)],
+            SignalKind::Motion => &[("state", true), ("tilt", false)],
+        }
+    }
+
+    /// The `via` values this kind takes.
+    pub fn vias(self) -> &'static [Via] {
+        match self {
+            SignalKind::ExitIntent => &[Via::Top, Via::Flick, Via::Hidden],
+            SignalKind::Hesitation => &[Via::Hover, Via::Idle],
+            _ => &[],
+        }
+    }
+}
+
+/// How a signal came about: exit intent `top` | `flick` | `hidden`, hesitation `hover` | `idle`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Via {
+    Top,
+    Flick,
+    Hidden,
+    Hover,
+    Idle,
+}
+
+impl Via {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Top => "top",
+            Via::Flick => "flick",
+            Via::Hidden => "hidden",
+            Via::Hover => "hover",
+            Via::Idle => "idle",
+        }
+    }
+}
+
+/// The device's motion over a window: still, walking or shaking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MotionState {
+    Still,
+    Walking,
+    Shaking,
+}
+
+impl MotionState {
+    pub const ALL: [MotionState; 3] = [
+        MotionState::Still,
+        MotionState::Walking,
+        MotionState::Shaking,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MotionState::Still => "still",
+            MotionState::Walking => "walking",
+            MotionState::Shaking => "shaking",
+        }
+    }
+}
+
+/// The payload of a `signal` event (which fields apply depends on `kind`:
+/// [`SignalKind::fields`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Signal {
+    pub kind: SignalKind,
+    pub count: Option<u32>,
+    pub duration_ms: Option<u64>,
+    pub via: Option<Via>,
+    pub wpm: Option<f64>,
+    pub state: Option<MotionState>,
+    pub tilt: Option<f64>,
 }
 
 /// Phase of an ongoing interaction (hover or dwell): SDKs send `start`, then `heartbeat`s while
@@ -207,6 +355,8 @@ pub enum Props {
         name: String,
         props: BTreeMap<String, Scalar>,
     },
+    /// Last: stored events are postcard-encoded, where a variant is its index.
+    Signal(Signal),
 }
 
 /// Where and on what the event happened. All optional; unknown fields are rejected.
@@ -273,6 +423,7 @@ impl Event {
             Props::Mouse { .. } => EventType::Mouse,
             Props::Visibility { .. } => EventType::Visibility,
             Props::Custom { .. } => EventType::Custom,
+            Props::Signal(_) => EventType::Signal,
         }
     }
 
@@ -345,6 +496,15 @@ impl Event {
                 for (k, v) in props {
                     m.insert(k.clone(), v.to_json());
                 }
+            }
+            Props::Signal(x) => {
+                put(&mut m, "kind", Some(x.kind.as_str()));
+                put(&mut m, "count", x.count);
+                put(&mut m, "duration_ms", x.duration_ms);
+                put(&mut m, "via", x.via.map(Via::as_str));
+                put(&mut m, "wpm", x.wpm);
+                put(&mut m, "state", x.state.map(MotionState::as_str));
+                put(&mut m, "tilt", x.tilt);
             }
         }
         Value::Object(m)
@@ -551,6 +711,103 @@ struct MouseP {
 #[schema(as = VisibilityProps)]
 struct VisibilityP {
     visible: bool,
+}
+
+/// The `signal` props as parsed (the document's `SignalProps` is built per kind, in
+/// [`crate::openapi`]).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignalP {
+    kind: SignalKind,
+    /// `rage_click`: clicks in the burst; `excessive_scroll`: scroll reversals.
+    #[serde(default)]
+    count: Option<u32>,
+    /// `hesitation`: how long; `quick_back`: time on the page left; `engagement`: engaged time
+    /// since the last report; `rage_click`: the burst's span.
+    #[serde(default)]
+    duration_ms: Option<u64>,
+    /// `exit_intent`: `top`, `flick`, `hidden`; `hesitation`: `hover`, `idle`.
+    #[serde(default)]
+    via: Option<Via>,
+    /// `reading`: words per minute.
+    #[serde(default)]
+    wpm: Option<f64>,
+    /// `motion`: still, walking or shaking.
+    #[serde(default)]
+    state: Option<MotionState>,
+    /// `motion`: front-back tilt in degrees, 0 (flat) to 180.
+    #[serde(default)]
+    tilt: Option<f64>,
+}
+
+/// Checks a signal's fields against its kind (which it takes, which it needs, their ranges).
+fn check_signal(x: SignalP, p: &Checker<'_>) -> Result<Props, InputError> {
+    let kind = x.kind;
+    let present = [
+        ("count", x.count.is_some()),
+        ("duration_ms", x.duration_ms.is_some()),
+        ("via", x.via.is_some()),
+        ("wpm", x.wpm.is_some()),
+        ("state", x.state.is_some()),
+        ("tilt", x.tilt.is_some()),
+    ];
+    let fields = kind.fields();
+    for (name, here) in present {
+        let takes = fields.iter().find(|(f, _)| *f == name);
+        if here && takes.is_none() {
+            return Err(InputError::new(
+                Code::UnknownField,
+                format!("unknown field `{name}` for a {} signal", kind.as_str()),
+                Some(p.path(name)),
+            ));
+        }
+        if !here && takes.is_some_and(|(_, required)| *required) {
+            return Err(InputError::new(
+                Code::MissingField,
+                format!(
+                    "missing field `{name}`: a {} signal needs it",
+                    kind.as_str()
+                ),
+                Some(p.path(name)),
+            ));
+        }
+    }
+    if let Some(n) = x.count {
+        p.range("count", n as f64, 1.0, 10_000.0)?;
+    }
+    if let Some(d) = x.duration_ms {
+        p.range("duration_ms", d as f64, 0.0, MAX_DURATION_MS as f64)?;
+    }
+    if let Some(v) = x.via {
+        if !kind.vias().contains(&v) {
+            let ok: Vec<&str> = kind.vias().iter().map(|v| v.as_str()).collect();
+            return Err(InputError::new(
+                Code::InvalidValue,
+                format!(
+                    "`{}` is not a way a {} signal comes about (one of: {})",
+                    v.as_str(),
+                    kind.as_str(),
+                    ok.join(", ")
+                ),
+                Some(p.path("via")),
+            ));
+        }
+    }
+    if let Some(w) = x.wpm {
+        p.range("wpm", w, 0.0, 10_000.0)?;
+    }
+    if let Some(t) = x.tilt {
+        p.range("tilt", t, 0.0, 180.0)?;
+    }
+    Ok(Props::Signal(Signal {
+        kind,
+        count: x.count,
+        duration_ms: x.duration_ms,
+        via: x.via,
+        wpm: x.wpm,
+        state: x.state,
+        tilt: x.tilt,
+    }))
 }
 
 /// Maps a serde error message (serde gives no structured kind) to a stable code, and extends the
@@ -1216,7 +1473,7 @@ fn fast_path_failed() -> InputError {
 }
 
 /// Longest accepted duration of one hover or dwell segment (one day).
-const MAX_DURATION_MS: u64 = 86_400_000;
+pub(crate) const MAX_DURATION_MS: u64 = 86_400_000;
 
 /// Validates one deserialized event (both paths).
 fn check_event<P>(
@@ -1385,6 +1642,7 @@ where
             Props::Visibility { visible: x.visible }
         }
         EventType::Custom => w.props.custom(&p)?,
+        EventType::Signal => check_signal(w.props.typed(&p)?, &p)?,
     };
     Ok(Incoming {
         user: w.user,
@@ -1694,6 +1952,102 @@ mod tests {
         assert_eq!(
             (e.code.as_str(), e.path.as_deref()),
             ("missing_field", Some("events[0].session"))
+        );
+    }
+
+    fn signal(props: Value) -> Value {
+        serde_json::json!({"id":"e1","type":"signal","session":"s1","ts":NOW,"target":"buy",
+            "props":props,"consent":{"analytics":true,"personalization":true}})
+    }
+
+    #[test]
+    fn signals_take_their_kinds_fields_only() {
+        let ok = |props: Value| -> Signal {
+            let out = parse_batch(&batch(signal(props.clone())), &Limits::default(), NOW)
+                .unwrap_or_else(|e| panic!("{props}: {e}"));
+            let ev = &out.events[0].event;
+            assert_eq!(ev.kind(), EventType::Signal);
+            // Export shows the props as sent.
+            assert_eq!(ev.props_json(), props);
+            let Props::Signal(s) = ev.props else {
+                unreachable!()
+            };
+            s
+        };
+        let s = ok(serde_json::json!({"kind": "rage_click", "count": 4, "duration_ms": 640}));
+        assert_eq!(
+            (s.kind, s.count, s.duration_ms),
+            (SignalKind::RageClick, Some(4), Some(640))
+        );
+        ok(serde_json::json!({"kind": "dead_click"}));
+        ok(serde_json::json!({"kind": "error_click"}));
+        let s = ok(serde_json::json!({"kind": "hesitation", "duration_ms": 1500, "via": "hover"}));
+        assert_eq!(s.via, Some(Via::Hover));
+        ok(serde_json::json!({"kind": "exit_intent", "via": "top"}));
+        ok(serde_json::json!({"kind": "reading", "wpm": 231.5}));
+        ok(serde_json::json!({"kind": "excessive_scroll", "count": 5}));
+        ok(serde_json::json!({"kind": "quick_back", "duration_ms": 3200}));
+        ok(serde_json::json!({"kind": "engagement", "duration_ms": 15000}));
+        let s = ok(serde_json::json!({"kind": "motion", "state": "walking", "tilt": 35.0}));
+        assert_eq!((s.state, s.tilt), (Some(MotionState::Walking), Some(35.0)));
+        ok(serde_json::json!({"kind": "motion", "state": "still"}));
+
+        let err = |props: Value| {
+            let e = parse_batch(&batch(signal(props)), &Limits::default(), NOW).unwrap_err();
+            (e.code.as_str(), e.path.unwrap_or_default(), e.message)
+        };
+        let (code, path, msg) = err(serde_json::json!({"kind": "dead_click", "count": 3}));
+        assert_eq!(
+            (code, path.as_str()),
+            ("unknown_field", "events[0].props.count")
+        );
+        assert!(msg.contains("dead_click"), "{msg}");
+        let (code, path, _) = err(serde_json::json!({"kind": "hesitation", "via": "hover"}));
+        assert_eq!(
+            (code, path.as_str()),
+            ("missing_field", "events[0].props.duration_ms")
+        );
+        let (code, path, msg) = err(serde_json::json!({"kind": "exit_intent", "via": "idle"}));
+        assert_eq!(
+            (code, path.as_str()),
+            ("invalid_value", "events[0].props.via")
+        );
+        assert!(msg.contains("top, flick, hidden"), "{msg}");
+        let (code, path, _) = err(serde_json::json!({"kind": "reading", "wpm": 10001}));
+        assert_eq!(
+            (code, path.as_str()),
+            ("invalid_value", "events[0].props.wpm")
+        );
+        let (code, path, _) =
+            err(serde_json::json!({"kind": "motion", "state": "still", "tilt": -1}));
+        assert_eq!(
+            (code, path.as_str()),
+            ("invalid_value", "events[0].props.tilt")
+        );
+        let (code, path, _) = err(serde_json::json!({"kind": "rage_click", "count": 0}));
+        assert_eq!(
+            (code, path.as_str()),
+            ("invalid_value", "events[0].props.count")
+        );
+        let (code, path, _) = err(serde_json::json!({"kind": "sneeze"}));
+        assert_eq!(
+            (code, path.as_str()),
+            ("invalid_value", "events[0].props.kind")
+        );
+        let (code, path, _) = err(serde_json::json!({"kind": "motion", "state": "running"}));
+        assert_eq!(
+            (code, path.as_str()),
+            ("invalid_value", "events[0].props.state")
+        );
+        let (code, path, _) = err(serde_json::json!({"count": 3}));
+        assert_eq!(
+            (code, path.as_str()),
+            ("missing_field", "events[0].props.kind")
+        );
+        let (code, path, _) = err(serde_json::json!({"kind": "quick_back", "duration_ms": "3s"}));
+        assert_eq!(
+            (code, path.as_str()),
+            ("invalid_type", "events[0].props.duration_ms")
         );
     }
 
@@ -2442,6 +2796,24 @@ mod tests {
                 }
                 "visibility" => {
                     props.insert("visible".into(), self.chance(50).into());
+                }
+                "signal" => {
+                    let k = SignalKind::ALL[self.below(SignalKind::ALL.len())];
+                    props.insert("kind".into(), k.as_str().into());
+                    for (f, need) in k.fields() {
+                        if !need && self.chance(50) {
+                            continue;
+                        }
+                        let v: Value = match *f {
+                            "count" => (1 + self.below(20) as u64).into(),
+                            "duration_ms" => (self.below(100_000) as u64).into(),
+                            "via" => k.vias()[self.below(k.vias().len())].as_str().into(),
+                            "wpm" => self.number(0.0, 10_000.0),
+                            "state" => MotionState::ALL[self.below(3)].as_str().into(),
+                            _ => self.number(0.0, 180.0),
+                        };
+                        props.insert((*f).into(), v);
+                    }
                 }
                 _ => {
                     props.insert("name".into(), self.word().into());

@@ -10,8 +10,8 @@ use utoipa::openapi::{Ref, RefOr};
 use utoipa::{PartialSchema, ToSchema};
 
 use super::{
-    ClickP, Code, Consent, Context, ConversionP, EventType, ImpressionP, MouseP, PageViewP, Phase,
-    PhaseP, ScrollP, VisibilityP,
+    ClickP, Code, Consent, Context, ConversionP, EventType, ImpressionP, MotionState, MouseP,
+    PageViewP, Phase, PhaseP, ScrollP, SignalKind, VisibilityP, MAX_DURATION_MS,
 };
 
 fn string() -> ObjectBuilder {
@@ -53,7 +53,54 @@ fn props_of(t: EventType) -> (String, RefOr<Schema>) {
         EventType::Mouse => (MouseP::name().into(), MouseP::schema()),
         EventType::Visibility => (VisibilityP::name().into(), VisibilityP::schema()),
         EventType::Custom => ("CustomProps".into(), custom_props()),
+        EventType::Signal => ("SignalProps".into(), signal_props()),
     }
+}
+
+/// `SignalProps`: one object per signal kind, with only the fields that kind takes (the
+/// parser's [`SignalKind::fields`]) and only its `via` values — so that a document-valid
+/// signal is one the server accepts.
+fn signal_props() -> RefOr<Schema> {
+    use serde_json::json;
+    let field = |k: SignalKind, f: &str| match f {
+        "count" => json!({"type": "integer", "minimum": 1, "maximum": 10000,
+            "description": "rage_click: clicks in the burst; excessive_scroll: scroll reversals"}),
+        "duration_ms" => json!({"type": "integer", "minimum": 0, "maximum": MAX_DURATION_MS,
+            "description": "hesitation: how long; quick_back: time on the page left; \
+                engagement: engaged time since the last report; rage_click: the burst's span"}),
+        "via" => {
+            let vias: Vec<&str> = k.vias().iter().map(|v| v.as_str()).collect();
+            json!({"type": "string", "enum": vias})
+        }
+        "wpm" => json!({"type": "number", "minimum": 0, "maximum": 10000,
+            "description": "words per minute"}),
+        "state" => json!({"type": "string", "enum": MotionState::ALL.map(MotionState::as_str)}),
+        "tilt" => json!({"type": "number", "minimum": 0, "maximum": 180,
+            "description": "front-back tilt in degrees, 0 (flat) to 180"}),
+        _ => unreachable!("a signal field without a schema: {f}"),
+    };
+    let one_of: Vec<serde_json::Value> = SignalKind::ALL
+        .iter()
+        .map(|&k| {
+            let mut properties = serde_json::Map::new();
+            properties.insert(
+                "kind".into(),
+                json!({"type": "string", "enum": [k.as_str()]}),
+            );
+            let mut required = vec![serde_json::Value::from("kind")];
+            for (f, need) in k.fields() {
+                properties.insert((*f).into(), field(k, f));
+                if *need {
+                    required.push((*f).into());
+                }
+            }
+            json!({"type": "object", "title": k.as_str(), "properties": properties,
+                "required": required, "additionalProperties": false})
+        })
+        .collect();
+    let v = json!({"oneOf": one_of,
+        "description": "a behavioural signal; `kind` says which fields apply"});
+    serde_json::from_value(v).expect("signal schemas deserialise")
 }
 
 fn reference(name: &str) -> RefOr<Schema> {
@@ -237,6 +284,41 @@ impl ToSchema for ErrorBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_signal_kind_documents_exactly_the_fields_the_parser_takes() {
+        let all = components();
+        let (_, schema) = all.iter().find(|(n, _)| n == "SignalProps").unwrap();
+        let json = serde_json::to_value(schema).unwrap();
+        let kinds = json["oneOf"].as_array().unwrap();
+        assert_eq!(kinds.len(), SignalKind::ALL.len());
+        for (v, k) in kinds.iter().zip(SignalKind::ALL) {
+            assert_eq!(v["properties"]["kind"]["enum"][0], k.as_str());
+            let mut names: Vec<&str> = v["properties"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            names.sort();
+            let mut want: Vec<&str> = k.fields().iter().map(|(f, _)| *f).collect();
+            want.push("kind");
+            want.sort();
+            assert_eq!(names, want, "{}", k.as_str());
+            assert_eq!(v["additionalProperties"], false);
+            // No reference to a component that is not there: every schema is inline.
+            assert!(!v.to_string().contains("$ref"), "{v}");
+        }
+        let hes = &kinds[3];
+        assert_eq!(
+            hes["properties"]["via"]["enum"],
+            serde_json::json!(["hover", "idle"])
+        );
+        assert_eq!(
+            hes["required"],
+            serde_json::json!(["kind", "duration_ms", "via"])
+        );
+    }
 
     #[test]
     fn every_event_type_has_its_props_and_the_error_codes_are_the_table() {

@@ -106,6 +106,27 @@ impl UserSource for StateView {
                 ("path_px", Dynamic::from_float(st.mouse.path_px)),
                 ("idle_ms", Dynamic::from_int(st.mouse.idle_ms as INT)),
             ]),
+            "signals" => {
+                let g = &st.signals;
+                map([
+                    ("rage_clicks", int(g.rage_clicks)),
+                    ("dead_clicks", int(g.dead_clicks)),
+                    ("error_clicks", int(g.error_clicks)),
+                    ("hesitations", int(g.hesitations)),
+                    ("hesitation_ms", Dynamic::from_int(g.hesitation_ms as INT)),
+                    ("exit_intents", int(g.exit_intents)),
+                    ("exit_via", text(&g.exit_via)),
+                    ("excessive_scrolls", int(g.excessive_scrolls)),
+                    ("quick_backs", int(g.quick_backs)),
+                    ("engaged_ms", Dynamic::from_int(g.engaged_ms as INT)),
+                    ("reading_wpm", Dynamic::from_float(g.reading_wpm)),
+                    ("motion", text(&g.motion)),
+                    ("tilt", Dynamic::from_float(g.tilt)),
+                    ("frustration", Dynamic::from_float(g.frustration())),
+                    ("intent", Dynamic::from_float(g.intent(st.scroll.max_depth))),
+                    ("last_ms", int(g.last_ms)),
+                ])
+            }
             "adjustments" => Dynamic::from_map(
                 st.adjustments
                     .iter()
@@ -319,6 +340,18 @@ fn props_dynamic(p: &Props) -> Dynamic {
             ("idle_ms", Some(Dynamic::from_int(*idle_ms as INT))),
         ],
         Props::Visibility { visible } => vec![("visible", Some(Dynamic::from_bool(*visible)))],
+        Props::Signal(s) => vec![
+            ("kind", Some(text(s.kind.as_str()))),
+            ("count", s.count.map(|n| Dynamic::from_int(n.into()))),
+            (
+                "duration_ms",
+                s.duration_ms.map(|d| Dynamic::from_int(d as INT)),
+            ),
+            ("via", s.via.map(|v| text(v.as_str()))),
+            ("wpm", opt_f(s.wpm)),
+            ("state", s.state.map(|m| text(m.as_str()))),
+            ("tilt", opt_f(s.tilt)),
+        ],
         Props::Custom { name, props } => {
             let mut m: Map = props
                 .iter()

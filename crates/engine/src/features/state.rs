@@ -87,6 +87,7 @@ impl<'de, K: Ord + Deserialize<'de>, V: Deserialize<'de>> Deserialize<'de> for S
 
 use serde::{Deserialize, Serialize};
 
+use super::signals::Signals;
 use super::sym::Sym;
 use trimtab_wire::{Consent, Event, Phase, Props};
 
@@ -221,6 +222,10 @@ pub struct UserState {
     pub experiments: SmallMap<String, ExperimentRecord>,
     /// Whether the user is in the global holdout (never adjusted), decided on first sight.
     pub holdout: Option<bool>,
+    /// The session's behavioural signals. Encoded after the rest (see [`UserState::encode`]):
+    /// a checkpoint written before signals existed decodes with none.
+    #[serde(skip)]
+    pub signals: Signals,
 }
 
 /// One user's participation in one experiment (maintained by [`crate::experiments`]).
@@ -295,13 +300,21 @@ impl UserState {
             + experiments
     }
 
+    /// The state as postcard, then the signals as postcard: postcard is not self-describing,
+    /// so a field added to the struct would make every older checkpoint undecodable, while a
+    /// trailing section is simply absent from them (and ignored by an older trimtab).
     pub fn encode(&self) -> Vec<u8> {
         // postcard serialises these plain types into a Vec without failure modes.
-        postcard::to_allocvec(self).expect("UserState is postcard-serialisable")
+        let v = postcard::to_allocvec(self).expect("UserState is postcard-serialisable");
+        postcard::to_extend(&self.signals, v).expect("Signals are postcard-serialisable")
     }
 
     pub fn decode(bytes: &[u8]) -> Option<UserState> {
-        postcard::from_bytes(bytes).ok()
+        let (mut state, rest): (UserState, _) = postcard::take_from_bytes(bytes).ok()?;
+        if !rest.is_empty() {
+            state.signals = postcard::from_bytes(rest).ok()?;
+        }
+        Some(state)
     }
 
     fn push_seq(&mut self, entry: String, cfg: &FeatureConfig) {
@@ -344,6 +357,7 @@ impl UserState {
         if self.session != ev.session {
             self.session = ev.session.clone();
             self.sessions += 1;
+            self.signals = Signals::default();
         }
         let c = &ev.context;
         if let Some(p) = &c.page {
@@ -445,6 +459,10 @@ impl UserState {
                 }
             }
             Props::Custom { name, .. } => self.push_seq(format!("custom:{name}"), cfg),
+            Props::Signal(s) => {
+                self.signals.apply(s, now);
+                self.push_seq(format!("signal:{}", s.kind.as_str()), cfg);
+            }
         }
     }
 
@@ -850,6 +868,63 @@ mod tests {
             s.sequence.len(),
             cfg.sequence_len,
             "nothing added with a zero bound"
+        );
+    }
+
+    #[test]
+    fn signals_count_per_session_and_survive_the_codec_while_older_checkpoints_still_decode() {
+        use trimtab_wire::{Signal, SignalKind, Via};
+        let cfg = FeatureConfig::default();
+        let sig = |kind, via| {
+            Props::Signal(Signal {
+                kind,
+                count: None,
+                duration_ms: None,
+                via,
+                wpm: None,
+                state: None,
+                tilt: None,
+            })
+        };
+        let mut s = UserState::default();
+        s.apply(
+            &ev(sig(SignalKind::DeadClick, None), Some("p"), 1_000),
+            &cfg,
+        );
+        s.apply(
+            &ev(sig(SignalKind::ExitIntent, Some(Via::Top)), None, 1_500),
+            &cfg,
+        );
+        assert_eq!((s.signals.dead_clicks, s.signals.exit_intents), (1, 1));
+        assert_eq!(s.signals.last_ms, 1_500);
+        assert_eq!(
+            s.sequence.iter().map(|e| e.as_str()).collect::<Vec<_>>(),
+            ["signal:dead_click", "signal:exit_intent"]
+        );
+        let back = UserState::decode(&s.encode()).unwrap();
+        assert_eq!(back.signals, s.signals);
+        assert_eq!(back, s);
+        // A checkpoint written before signals existed: the same bytes without the section.
+        let old = postcard::to_allocvec(&s).unwrap();
+        assert!(old.len() < s.encode().len());
+        let back = UserState::decode(&old).unwrap();
+        assert_eq!(back.signals, Signals::default());
+        assert_eq!(back.events, s.events);
+        // A damaged signals section is refused like any damaged record.
+        let mut bad = s.encode();
+        bad.truncate(old.len() + 1);
+        assert!(UserState::decode(&bad).is_none());
+        // A new session starts from no signals.
+        let mut e = ev(sig(SignalKind::ErrorClick, None), Some("p"), 2_000);
+        e.session = "s2".into();
+        s.apply(&e, &cfg);
+        assert_eq!(
+            (
+                s.signals.dead_clicks,
+                s.signals.exit_intents,
+                s.signals.error_clicks
+            ),
+            (0, 0, 1)
         );
     }
 

@@ -21,7 +21,7 @@ use super::Matrix;
 use crate::features::UserState;
 
 /// Number of features per user.
-pub const DIM: usize = 16;
+pub const DIM: usize = 17;
 
 /// Name of each dimension of [`feature_vector`], in order.
 pub const FEATURE_NAMES: [&str; DIM] = [
@@ -41,6 +41,7 @@ pub const FEATURE_NAMES: [&str; DIM] = [
     "device_class",
     "hour_sin",
     "hour_cos",
+    "intent",
 ];
 
 /// Unit (and meaning) of each dimension of [`feature_vector`], in order.
@@ -61,6 +62,7 @@ pub const FEATURE_UNITS: [&str; DIM] = [
     "ordinal: 0 desktop or unknown, 1 tablet, 2 mobile",
     "sin(2*pi*hour/24) of the local hour; 0 when unknown",
     "cos(2*pi*hour/24) of the local hour; 0 when unknown",
+    "score (0-1): the session's intent (engaged time, hesitations, depth; lowered by exit intent)",
 ];
 
 const DAY_MS: f64 = 86_400_000.0;
@@ -147,6 +149,7 @@ pub fn feature_vector(state: &UserState, now_ms: i64) -> [f32; DIM] {
         f[14] = a.sin();
         f[15] = a.cos();
     }
+    f[16] = state.signals.intent(state.scroll.max_depth) as f32;
     f
 }
 
@@ -314,6 +317,12 @@ mod tests {
         assert!((f[12] - 3f32.ln()).abs() < 1e-6);
         assert_eq!(f[13], 2.0);
         assert!((f[14] - 1.0).abs() < 1e-6 && f[15].abs() < 1e-6);
+        // No signals this session: the depth alone gives intent 1 − e^−0.8; an exit intent
+        // lowers it.
+        assert!((f[16] - (1.0 - (-0.8f32).exp())).abs() < 1e-6);
+        s.signals.exit_intents = 1;
+        let f = feature_vector(&s, 13_000);
+        assert!((f[16] - 0.7 * (1.0 - (-0.8f32).exp())).abs() < 1e-6);
         assert!(feature_vector(&UserState::default(), 0)
             .iter()
             .all(|v| v.is_finite()));

@@ -1,7 +1,7 @@
 //! Seeded synthetic users of known behaviour types, for tests, benchmarks and demos.
 //!
 //! Each user is a real [`UserState`] (targets with hover/dwell/click stats, an interaction
-//! sequence, sessions, device and hour) drawn from one of three behaviour types — quick
+//! sequence, sessions, device and hour, the session's signals) drawn from one of three behaviour types — quick
 //! responders, deep explorers, selective clickers — or from a broad "noise" distribution, and
 //! turned into a feature vector by [`feature_vector`]. Every user has its own RNG seeded from
 //! `(seed, index)`, so data sets are identical for any thread count and generated in parallel.
@@ -61,6 +61,10 @@ struct Spec {
     /// (P(mobile), P(tablet)); the rest desktop.
     device: (f64, f64),
     hour: (f64, f64),
+    /// Visible engaged time of the session, seconds (median).
+    engaged_s: f64,
+    /// Hesitations, at most.
+    hesitations: u32,
 }
 
 fn spec(kind: UserKind, rng: &mut StdRng) -> Spec {
@@ -77,6 +81,8 @@ fn spec(kind: UserKind, rng: &mut StdRng) -> Spec {
             sessions: (5, 9),
             device: (0.8, 0.1),
             hour: (20.0, 2.0),
+            engaged_s: 20.0,
+            hesitations: 0,
         },
         UserKind::DeepExplorer => Spec {
             depth: (92.0, 4.0),
@@ -90,6 +96,8 @@ fn spec(kind: UserKind, rng: &mut StdRng) -> Spec {
             sessions: (1, 2),
             device: (0.05, 0.05),
             hour: (10.0, 2.0),
+            engaged_s: 180.0,
+            hesitations: 3,
         },
         UserKind::SelectiveClicker => Spec {
             depth: (60.0, 6.0),
@@ -103,6 +111,8 @@ fn spec(kind: UserKind, rng: &mut StdRng) -> Spec {
             sessions: (2, 3),
             device: (0.3, 0.0),
             hour: (14.0, 2.0),
+            engaged_s: 60.0,
+            hesitations: 1,
         },
         UserKind::Noise => Spec {
             depth: (rng.random_range(0.0..100.0), 1.0),
@@ -116,6 +126,8 @@ fn spec(kind: UserKind, rng: &mut StdRng) -> Spec {
             sessions: (1, 20),
             device: (0.33, 0.33),
             hour: (rng.random_range(0.0..24.0), 6.0),
+            engaged_s: rng.random_range(1.0..300.0),
+            hesitations: 4,
         },
     }
 }
@@ -188,6 +200,10 @@ pub fn user(kind: UserKind, rng: &mut StdRng) -> UserState {
     }
     .into();
     s.context.hour = Some(g(rng, sp.hour).rem_euclid(24.0) as u8 % 24);
+    let sig = &mut s.signals;
+    sig.engaged_ms = (sp.engaged_s * (0.3 * normal(rng)).exp() * 1000.0) as u64;
+    sig.hesitations = rng.random_range(0..=sp.hesitations);
+    sig.hesitation_ms = u64::from(sig.hesitations) * 2_000;
     s
 }
 

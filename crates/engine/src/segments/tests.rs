@@ -101,7 +101,7 @@ fn online_assignment_including_noise() {
         assert!(matches!(
             seg.assign(&[0.0; 3]),
             Err(SegError::Dimension {
-                expected: 16,
+                expected: DIM,
                 got: 3
             })
         ));
