@@ -39,6 +39,8 @@ mod rules_fire;
 mod sandbox;
 #[path = "integration/segments.rs"]
 mod segments;
+#[path = "integration/signals.rs"]
+mod signals;
 #[path = "integration/simulate.rs"]
 mod simulate;
 #[path = "integration/startup.rs"]
