@@ -139,7 +139,7 @@ fn bandit_decides_learns_logs_and_survives_restart_and_erasure() {
         .collect();
     assert_eq!(rows.len(), n);
     for row in &rows {
-        assert_eq!(row["context"].as_array().unwrap().len(), 12, "{row}");
+        assert_eq!(row["context"].as_array().unwrap().len(), 14, "{row}");
         let reward = row["reward"].as_f64().unwrap();
         assert_eq!(reward == 1.0, row["action"] == 1, "{row}");
         assert!(row["propensity"].as_f64().unwrap() > 0.0);

@@ -40,14 +40,16 @@ pub struct Served {
 impl Served {
     /// The model's probability for `variant` in context `x`, or `None` when the variant is not
     /// one of the model's candidates or the shapes disagree.
+    ///
+    /// A model trained when the context layout was shorter reads the prefix it was trained on
+    /// (layouts only grow at the end).
     pub fn predict(&self, x: &[f32], variant: &str) -> Option<f64> {
         let a = self.candidates.iter().position(|c| c == variant)?;
+        let ctx = self.scorer.input_dim().checked_sub(self.candidates.len())?;
+        let x = x.get(..ctx)?;
         let mut input = Vec::with_capacity(x.len() + self.candidates.len());
         input.extend_from_slice(x);
         input.extend((0..self.candidates.len()).map(|i| f32::from(u8::from(i == a))));
-        if input.len() != self.scorer.input_dim() {
-            return None;
-        }
         Some(f64::from(self.scorer.score(&input)))
     }
 }
@@ -145,6 +147,12 @@ mod tests {
             m.predict("click", "cta", "a", &[1.0]),
             None,
             "shape mismatch"
+        );
+        // A context that grew at the end since the model was trained: the model reads the
+        // prefix it knows.
+        assert_eq!(
+            m.predict("click", "cta", "b", &[1.0, 1.0, 0.0, 0.0]),
+            Some(0.75)
         );
         assert_eq!(m.names(), vec![("click-cta".to_string(), 1)]);
         m.remove("click-cta");

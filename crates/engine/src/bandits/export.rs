@@ -13,7 +13,11 @@ pub fn records_with_ids(
     let mut recs: Vec<([u8; 16], LearnRecord)> = store
         .learn_records(|b| LearnRecord::decode(b).filter(|r| r.slot == slot))?
         .into_iter()
-        .map(|(_, id, r)| (id, r))
+        .map(|(_, id, mut r)| {
+            // A decision logged under an earlier context layout reads as the current one.
+            crate::features::context::upgrade(&mut r.context);
+            (id, r)
+        })
         .collect();
     recs.sort_by_key(|(_, r)| r.ts);
     Ok(recs)

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::def::BanditDef;
 use super::Bandits;
-use crate::features::context::{CONTEXT_DIM, CONTEXT_FEATURES};
+use crate::features::context::{CONTEXT_DIM, CONTEXT_FEATURES, LAYOUT_DIMS};
 use crate::metrics::Metrics;
 use trimtab_learn::model::registry::{DataInfo, FeatureInfo};
 use trimtab_learn::model::{
@@ -312,9 +312,10 @@ impl Trainer {
     ) -> Result<(), ModelError> {
         let k = def.candidates.len();
         let layout = &card.features.layout;
-        if layout.ctx_dim != CONTEXT_DIM || layout.n_actions != Some(k) {
+        // A model trained on an earlier context layout reads the prefix it knows.
+        if !LAYOUT_DIMS.contains(&layout.ctx_dim) || layout.n_actions != Some(k) {
             return Err(ModelError::Mismatch(format!(
-                "the model expects {} context features and {:?} one-hot actions; slot {:?} has {CONTEXT_DIM} and {k}",
+                "the model expects {} context features and {:?} one-hot actions; slot {:?} has {CONTEXT_DIM} (or an earlier layout's {LAYOUT_DIMS:?}) and {k}",
                 layout.ctx_dim, layout.n_actions, def.slot
             )));
         }

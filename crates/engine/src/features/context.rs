@@ -16,14 +16,22 @@
 //! | 9 | `hour_sin`   | `sin(2π·h/24)` of the local hour (0 when unknown)       |
 //! |10 | `hour_cos`   | `cos(2π·h/24)` of the local hour (0 when unknown)       |
 //! |11 | `returning`  | 1 if this is not the user's first session               |
+//! |12 | `frustration`| the session's frustration score, 0–1 (`features::signals`) |
+//! |13 | `intent`     | the session's intent score, 0–1                          |
 //!
 //! Fixed squashing (not scaling fitted on data) keeps a vector's meaning stable across model
-//! versions and runs: a model trained last week reads today's vectors the same way.
+//! versions and runs: a model trained last week reads today's vectors the same way. The layout
+//! only ever grows at the end: a decision logged under an earlier layout (the first 12
+//! features, before behavioural signals) reads as this one with the new features at 0
+//! ([`upgrade`]), and a model trained on an earlier layout reads the prefix it knows.
 
 use crate::features::UserState;
 
 /// Number of context features.
-pub const CONTEXT_DIM: usize = 12;
+pub const CONTEXT_DIM: usize = 14;
+
+/// The lengths of every layout so far, oldest first (the last is [`CONTEXT_DIM`]).
+pub const LAYOUT_DIMS: [usize; 2] = [12, CONTEXT_DIM];
 
 /// Feature names, in vector order.
 pub const CONTEXT_FEATURES: [&str; CONTEXT_DIM] = [
@@ -39,6 +47,8 @@ pub const CONTEXT_FEATURES: [&str; CONTEXT_DIM] = [
     "hour_sin",
     "hour_cos",
     "returning",
+    "frustration",
+    "intent",
 ];
 
 /// The raw quantities the vector is computed from.
@@ -59,6 +69,9 @@ pub struct ContextInputs {
     pub hour: Option<u8>,
     /// Sessions seen so far (including the current one).
     pub sessions: u32,
+    /// The session's frustration and intent scores (0–1).
+    pub frustration: f64,
+    pub intent: f64,
 }
 
 impl ContextInputs {
@@ -72,6 +85,8 @@ impl ContextInputs {
             device: state.context.device.to_string(),
             hour: state.context.hour,
             sessions: state.sessions,
+            frustration: state.signals.frustration(),
+            intent: state.signals.intent(state.scroll.max_depth),
             ..ContextInputs::default()
         };
         for t in state.targets.values() {
@@ -111,7 +126,22 @@ pub fn vector(c: &ContextInputs) -> Vec<f32> {
         hs,
         hc,
         f32::from(u8::from(c.sessions > 1)),
+        c.frustration.clamp(0.0, 1.0) as f32,
+        c.intent.clamp(0.0, 1.0) as f32,
     ]
+}
+
+/// Brings a context logged under an earlier layout to the current one (the features added
+/// since at 0). Returns false, leaving it as it is, when its length is no layout's.
+pub fn upgrade(ctx: &mut Vec<f32>) -> bool {
+    if ctx.len() == CONTEXT_DIM {
+        return true;
+    }
+    if LAYOUT_DIMS.contains(&ctx.len()) {
+        ctx.resize(CONTEXT_DIM, 0.0);
+        return true;
+    }
+    false
 }
 
 /// The context vector of a user's current state at `now_ms`.
@@ -139,15 +169,33 @@ mod tests {
             device: "Mobile".into(),
             hour: Some(6),
             sessions: 2,
+            frustration: 7.0,
+            intent: 0.25,
         };
         let v = vector(&big);
         assert!(v.iter().all(|x| (-1.0..=1.0).contains(x)), "{v:?}");
+        assert_eq!((v[12], v[13]), (1.0, 0.25));
         assert_eq!(&v[..7], &[1.0; 7]);
         assert_eq!((v[7], v[8], v[11]), (1.0, 0.0, 1.0));
         assert!(
             (v[9] - 1.0).abs() < 1e-6 && v[10].abs() < 1e-6,
             "06:00 is a quarter turn"
         );
+    }
+
+    #[test]
+    fn an_earlier_layout_reads_with_the_new_features_at_zero() {
+        let mut old = vec![0.5; 12];
+        assert!(upgrade(&mut old));
+        assert_eq!(old.len(), CONTEXT_DIM);
+        assert_eq!(&old[..12], &[0.5; 12]);
+        assert_eq!(&old[12..], &[0.0, 0.0]);
+        let mut current = vec![0.25; CONTEXT_DIM];
+        assert!(upgrade(&mut current));
+        assert_eq!(current, vec![0.25; CONTEXT_DIM]);
+        let mut other = vec![0.0; 5];
+        assert!(!upgrade(&mut other));
+        assert_eq!(other.len(), 5);
     }
 
     #[test]
