@@ -113,11 +113,12 @@
   const sc = { max: 0, sent: -1, at: 0, b: bucket(4, 4) }, limit = bucket(30, 150);
   let opts = {}, store, consent, inited, running, domReady, base, ident, identP, session, adjusted = {};
   let ws, wsReady, wsFails = 0, flushTimer, flushAt = 0, holdUntil = 0, httpBusy, fails = 0, mouse, io, ticker, ticks = 0;
-  let offs = [], seen = new WeakSet();
+  let offs = [], seen = new WeakSet(), sess, sigs, sigScript, motionOk;
 
   const now = () => Date.now();
   const $$ = (sel, root = doc) => [...root.querySelectorAll(sel)];
   const attr = (el, n) => el.getAttribute('data-trimtab-' + n);
+  const near = (el, n, x = el.closest?.(`[data-trimtab-${n}]`)) => x && attr(x, n);
   const setAttr = (el, n, v) => (v == null ? el.removeAttribute('data-trimtab-' + n) : el.setAttribute('data-trimtab-' + n, v));
   const hidden = () => doc.visibilityState === 'hidden';
   const fire = (type, data) => subs[type]?.forEach((f) => f(data));
@@ -128,7 +129,9 @@
   };
   const ensure = () => {
     if (store) return;
-    try { store = storage(g.localStorage); } catch { store = storage(); }
+    const keep = (s) => { try { return storage(g[s]); } catch { return storage(); } };
+    store = keep('localStorage');
+    sess = keep('sessionStorage');
     consent = new Consent(store, opts.respectSignals !== false && (nav.globalPrivacyControl === true || nav.doNotTrack === '1'));
   };
 
@@ -173,6 +176,8 @@
     running = false;
     offs.forEach((f) => f());
     offs = [];
+    sigs?.stop();
+    sigs = null;
     io = io?.disconnect();
     clearInterval(ticker);
     ticker = 0;
@@ -180,6 +185,7 @@
     seen = new WeakSet();
     closeWs();
     ['trimtab.id', 'trimtab.session'].forEach(store.del);
+    sess.del('trimtab.left');
     if (!ident?.own) ident = null;
     reveal();
   }
@@ -376,7 +382,10 @@
     on(doc, 'click', onClick, true);
     on(doc, 'visibilitychange', onVisibility);
     on(g, 'pagehide', onPageHide);
-    on(g, 'pageshow', (e) => e.persisted && (emit('page_view', { path: page() }), connect()));
+    on(g, 'pageshow', (e) => {
+      if (e.persisted) emit('page_view', { path: page() }), connect();
+      sigs?.show(e.persisted);
+    });
     io = new IntersectionObserver(onView, { threshold: [0, 0.25, 0.5, 0.75, 1] });
     const mo = new MutationObserver(() => (sc.scan ||= requestAnimationFrame(scan)));
     mo.observe(doc.body, { childList: true, subtree: true });
@@ -385,6 +394,7 @@
     mouse = new Mouse(now());
     const timer = setInterval(() => { const s = mouse.summary(now()); s && emit('mouse', s); }, 5000);
     offs.push(() => clearInterval(timer));
+    signals();
     onScroll();
     const slots = [...new Set($$('[data-trimtab-decide]').map((el) => attr(el, 'slot')))].filter((s) => !adjusted[s]);
     if (!slots.length) return reveal();
@@ -443,9 +453,7 @@
     }
   }
   function onClick(e) {
-    const t = e.target, find = (n) => t.closest?.(`[data-trimtab-${n}]`);
-    const id = find('decision') && attr(find('decision'), 'decision');
-    const target = find('track') ? attr(find('track'), 'track') : find('slot') && attr(find('slot'), 'slot');
+    const t = e.target, id = near(t, 'decision'), target = near(t, 'track') || near(t, 'slot');
     if (target || t.closest?.('a,button')) emit('click', id ? { decision: clip(id) } : {}, target);
   }
 
@@ -460,6 +468,7 @@
     // milestones (25/50/75/90%) go out at once, 4/s at most; other progress every 250 ms
     const m = mile(sc.depth) > mile(sc.sent) && sc.b(t);
     if (m || (Math.abs(sc.depth - sc.sent) >= 5 && t - sc.at >= 250)) sendScroll(m);
+    sigs?.scroll(t);
   }
   function sendScroll(fast) {
     const t = now(), v = sc.sent < 0 ? 0 : ((sc.depth - sc.sent) * 1000) / Math.max(t - sc.at, 1);
@@ -468,16 +477,46 @@
     emit('scroll', { depth: sc.depth, max_depth: sc.max, velocity: r1(v) }, 0, fast);
   }
 
+  // The signals' hide hook first: the hidden exit intent and the last engagement go in the beacon
   function onVisibility() {
     const t = now(), visible = !hidden();
+    if (!visible) sigs?.hide(t, false);
     emit('visibility', { visible });
     if (visible) inView.forEach((el) => start(dwells, 'dwell', el, t, 0)), connect(), schedule(0);
     else endAll(t), beacon();
   }
   function onPageHide() {
+    sigs?.hide(now(), true);
     if (!hidden()) endAll(now()), emit('visibility', { visible: false });
     beacon();
     closeWs(); // else no back/forward cache
+  }
+
+  // ---- Behavioural signals: trimtab-signals.js, loaded once tracking starts (after consent) ----
+
+  // A signal's target: the tracked element's name, else the slot's, else tag#id
+  const name = (el) => near(el, 'track') || near(el, 'slot') || (el.localName + (el.id && '#' + el.id)).toLowerCase();
+
+  // Hooks (sigs): scroll(t), hide(t, pagehide) before a beacon, show(persisted), stop(); its
+  // listeners go through `on`
+  function signals() {
+    if (opts.signals === false || sigs || !running || !offs.length) return;
+    if (!g.trimtabSignals) {
+      if (!sigScript) {
+        sigScript = doc.createElement('script');
+        sigScript.src = base + '/trimtab-signals.js';
+        sigScript.onload = signals;
+        doc.head.append(sigScript);
+      }
+      return;
+    }
+    sigs = g.trimtabSignals.start({
+      options: opts.signals,
+      emit: (kind, props, target, fast) => emit('signal', { kind, ...props }, target, fast),
+      name, now, hidden, on, store: sess,
+      back: g.performance?.getEntriesByType('navigation')[0]?.type === 'back_forward',
+      motion: motionOk,
+    });
   }
 
   // ---- Consent and the API ----
@@ -496,6 +535,8 @@
     if (!c) return consent.get();
     const was = running;
     consent.set(c);
+    // iOS: motion access for the signals (motionOk: a promise of yes/no), asked within the click
+    if (c.analytics && inited && opts.signals !== false) motionOk = g.DeviceMotionEvent?.requestPermission?.().then((s) => s === 'granted', () => false);
     doc?.getElementById('trimtab-banner')?.remove();
     if (consent.state !== 'granted') was && stop();
     else if (was) emit('custom', { name: 'consent', personalization: consent.personalization });

@@ -1064,6 +1064,31 @@
     append(sr, track, stats);
     box.appendChild(section('Scroll', sr));
 
+    // Behavioural signals of the session: the two scores, then every counter
+    var sg = st.signals || {};
+    var pct = function (v) { return Math.round(num(v) * 100) + '%'; };
+    var sgGrid = kvGrid([
+      ['frustration', pct(sg.frustration)],
+      ['intent', pct(sg.intent)],
+      ['rage clicks', fmtInt(num(sg.rage_clicks))],
+      ['dead clicks', fmtInt(num(sg.dead_clicks))],
+      ['error clicks', fmtInt(num(sg.error_clicks))],
+      ['hesitations', fmtInt(num(sg.hesitations)) + (num(sg.hesitation_ms) ? ' · ' + nf1.format(num(sg.hesitation_ms) / 1000) + ' s' : '')],
+      ['exit intents', fmtInt(num(sg.exit_intents)) + (sg.exit_via ? ' · ' + sg.exit_via : '')],
+      ['excessive scrolls', fmtInt(num(sg.excessive_scrolls))],
+      ['quick backs', fmtInt(num(sg.quick_backs))],
+      ['engaged', nf1.format(num(sg.engaged_ms) / 1000) + ' s'],
+      ['reading', num(sg.reading_wpm) ? Math.round(num(sg.reading_wpm)) + ' wpm' : ''],
+      ['motion', sg.motion ? sg.motion + (num(sg.tilt) ? ' · tilt ' + Math.round(num(sg.tilt)) + '°' : '') : ''],
+    ]);
+    ['frustration', 'intent', 'rage_clicks', 'dead_clicks', 'error_clicks', 'hesitations', 'exit_intents',
+      'excessive_scrolls', 'quick_backs', 'engaged_ms', 'reading_wpm', 'motion'].forEach(function (f, i) {
+      var dd = sgGrid.children[i].querySelector('dd');
+      dd.dataset.field = 'signals.' + f;
+      dd.dataset.value = String(sg[f] === undefined ? '' : sg[f]);
+    });
+    box.appendChild(section('Signals (this session)', sgGrid));
+
     // Current adjustments
     var adj = st.adjustments || {};
     var adjKeys = Object.keys(adj);

@@ -1,6 +1,7 @@
 // Demo side panel: what trimtab detected about this visitor (GET /v1/me, polled every second)
 // and why the page changed (each adjustment received, with the rule that asked for it).
-// Built with textContent only. Needs trimtab.js loaded and trimtab.init() called first.
+// Built with textContent only. Needs trimtab.js loaded and trimtab.init() called first. Marked
+// data-trimtab-ignore: its updates are no change of the page, its text no reading, for the signals.
 (() => {
   const t = globalThis.trimtab;
   const el = (tag, attrs = {}, ...kids) => {
@@ -15,7 +16,7 @@
   const ongoing = (ms, o) => (typeof ms === 'number' ? ms : o ? Math.max(o.last_seen_ms - o.started_ms, Date.now() - o.started_ms, 0) : 0);
   const direction = (d) => (typeof d === 'string' ? d : d > 0 ? 'down' : d < 0 ? 'up' : 'none');
 
-  const panel = el('aside', { class: 'tt-panel', 'aria-label': 'What trimtab sees', id: 'tt-panel' });
+  const panel = el('aside', { class: 'tt-panel', 'aria-label': 'What trimtab sees', id: 'tt-panel', 'data-trimtab-ignore': '' });
   const toggle = el('button', { class: 'tt-toggle', type: 'button', text: 'What trimtab sees ▲' });
   toggle.onclick = () => panel.classList.toggle('open');
   const body = el('div');
@@ -54,6 +55,27 @@
       el('span', { class: 'muted', text: 'depth' }), el('span', { 'data-testid': 'scroll-depth', text: `${depth.toFixed(1)} %` }),
       el('span', { class: 'muted', text: 'max depth' }), el('span', { 'data-testid': 'scroll-max', text: `${max.toFixed(1)} %` }),
       el('span', { class: 'muted', text: 'velocity' }), el('span', { text: `${(s.velocity || 0).toFixed(1)} %/s${direction(s.direction) !== 'none' ? ' · ' + direction(s.direction) : ''}` })));
+  }
+
+  // Behavioural signals of this session: the two scores always, the counters once non-zero.
+  function signalsBlock(g = {}) {
+    const kv = el('div', { class: 'kv', 'data-testid': 'signals' });
+    const add = (k, v, id, cls = '') => kv.append(el('span', { class: 'muted', text: k }), el('span', { class: cls, 'data-testid': 'signal-' + id, text: v }));
+    const pct = (x) => `${Math.round((x || 0) * 100)} %`;
+    add('frustration', pct(g.frustration), 'frustration', g.frustration >= 0.5 ? 'live' : '');
+    add('intent', pct(g.intent), 'intent');
+    const count = (k, label, more) => g[k] > 0 && add(label, String(g[k]) + (more ? ` · ${more}` : ''), k);
+    count('rage_clicks', 'rage clicks');
+    count('dead_clicks', 'dead clicks');
+    count('error_clicks', 'error clicks');
+    count('hesitations', 'hesitations', g.hesitation_ms > 0 && fmtMs(g.hesitation_ms));
+    count('exit_intents', 'exit intents', g.exit_via);
+    count('excessive_scrolls', 'scroll reversals');
+    count('quick_backs', 'quick backs');
+    if (g.engaged_ms > 0) add('engaged', fmtMs(g.engaged_ms), 'engaged_ms');
+    if (g.reading_wpm > 0) add('reading', `${Math.round(g.reading_wpm)} wpm`, 'reading_wpm');
+    if (g.motion) add('motion', g.motion + (g.tilt > 0 ? ` · tilt ${Math.round(g.tilt)}°` : ''), 'motion');
+    return section('Signals', kv);
   }
 
   function targetsBlock(targets = {}) {
@@ -106,7 +128,7 @@
   let last = null;
   function render() {
     const st = last?.state || {};
-    body.replaceChildren(...consentBlock(), ...whyBlock(), ...scrollBlock(st.scroll), ...targetsBlock(st.targets),
+    body.replaceChildren(...consentBlock(), ...whyBlock(), ...scrollBlock(st.scroll), ...signalsBlock(st.signals), ...targetsBlock(st.targets),
       ...sequenceBlock(st.sequence), ...contextBlock(st.context, st.mouse));
   }
 

@@ -179,6 +179,10 @@ test('the live dashboard follows a visitor of the demo page', async () => {
   assert.ok(depth >= 75, `scroll depth ${depth}`);
   assert.ok(maxDepth >= 75, `max scroll depth ${maxDepth}`);
   assert.match(await dash.textContent('#insp'), /personalization/);
+  // Its behavioural signals: read past 75 %, the session's intent is at least 1 − e^−0.75.
+  const intent = Number(await dash.getAttribute('#insp [data-field="signals.intent"]', 'data-value'));
+  assert.ok(intent >= 0.52 && intent <= 1, `intent ${intent}`);
+  assert.equal(await dash.getAttribute('#insp [data-field="signals.rage_clicks"]', 'data-value'), '0');
 
   // scroll_offer fires for the readers past 75% on their article pages: the adjustments show in
   // the tail (with their rule) and under their slot.

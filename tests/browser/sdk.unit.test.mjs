@@ -1,11 +1,14 @@
 // Unit tests of the SDK's pure parts (no DOM): batching, ack/retry bookkeeping, backoff, consent,
-// rate limiting, helpers; and the HTTP retry path driven through a stubbed fetch.
+// rate limiting, helpers, the behavioural signals' detectors (trimtab-signals.js) at their
+// thresholds; and the HTTP retry path driven through a stubbed fetch.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
 await import('../../static/trimtab.js');
+await import('../../static/trimtab-signals.js'); // loaded by trimtab.js after consent; no DOM needed to load it
 const t = globalThis.trimtab;
 const { Queue, Consent, Mouse, bucket, backoff, sendSplit, httpOutcome, wsOutcome, scrollDepth, deviceClass, browserFamily, clip, uuid, storage } = t._internal;
+const { SIG, rage, reversals, reading, engaged, rms, motionState, motion, quickBack } = globalThis.trimtabSignals;
 
 const ev = (id, extra = {}) => ({ id, type: 'scroll', session: 's', ts: 1, props: { depth: 1 }, ...extra });
 
@@ -181,6 +184,163 @@ test('helpers: scroll depth, mouse summary, clip, device and browser, uuid', () 
   const ids = new Set(Array.from({ length: 1000 }, uuid));
   assert.equal(ids.size, 1000);
   assert.ok([...ids].every((id) => id.length <= 64));
+});
+
+// ---- Behavioural signals: the pure detectors, at their thresholds ----
+
+test('signals: the default thresholds', () => {
+  assert.deepEqual(SIG, {
+    rageClicks: 3, rageMs: 1000, ragePx: 30, deadMs: 1000, hesitateMs: 1500, idleMs: 2000, reversals: 4, reversalMs: 6000,
+    reversalPx: 40, quickBackMs: 10000, engageMs: 15000, exitMs: 5000, readMs: 5000, readWords: 30,
+  });
+});
+
+test('rage clicks: the 3rd click within 1000 ms and 30 px of the first, once per burst', () => {
+  let r = rage();
+  assert.equal(r(100, 100, 0), false);
+  assert.equal(r(110, 100, 200), false, '2 clicks are no burst');
+  assert.deepEqual(r(100, 110, 400), { count: 3, duration_ms: 400 }, 'the 3rd click is');
+  assert.equal(r(100, 100, 500), false, 'the same burst goes on: not again');
+  assert.equal(r(100, 100, 600), false);
+  // 999 vs 1001 ms after the burst's first click (1000 still counts)
+  r = rage();
+  r(0, 0, 0), r(0, 0, 500);
+  assert.deepEqual(r(0, 0, 999), { count: 3, duration_ms: 999 });
+  r = rage();
+  r(0, 0, 0), r(0, 0, 500);
+  assert.equal(r(0, 0, 1001), false, 'too late: a new burst starts here');
+  assert.equal(r(0, 0, 1500), false);
+  assert.deepEqual(r(0, 0, 1600), { count: 3, duration_ms: 599 }, 'the new burst counts from its own first click');
+  r = rage();
+  r(0, 0, 0), r(0, 0, 10);
+  assert.deepEqual(r(0, 0, 1000), { count: 3, duration_ms: 1000 });
+  // 29 vs 31 px from the first click (Euclidean)
+  r = rage();
+  r(0, 0, 0), r(20, 21, 100);
+  assert.deepEqual(r(-20, -21, 200), { count: 3, duration_ms: 200 }, '29 px away on both sides');
+  r = rage();
+  r(0, 0, 0), r(10, 0, 100);
+  assert.equal(r(31, 0, 200), false, '31 px from the first click: a new burst');
+  assert.equal(r(31, 0, 300), false);
+  assert.deepEqual(r(31, 0, 400), { count: 3, duration_ms: 200 });
+  // overrides
+  r = rage({ ...SIG, rageClicks: 4, ragePx: 5 });
+  r(0, 0, 0), r(4, 0, 1), r(0, 4, 2);
+  assert.deepEqual(r(0, 0, 3), { count: 4, duration_ms: 3 });
+});
+
+test('excessive scroll: 4 reversals after legs of at least 40 px within 6000 ms', () => {
+  const run = (ys, dt = 100, f = reversals()) => ys.map((y, i) => f(y, i * dt));
+  // 0 → 40 → 0 → 40 → 0 → 40: four reversals, each after a 40 px leg; reported at the 4th, once
+  assert.deepEqual(run([0, 40, 0, 40, 0, 40]), [false, false, false, false, false, 4]);
+  assert.deepEqual(run([0, 39, 0, 39, 0, 39, 0, 39]).filter(Boolean), [], '39 px legs are not reversals');
+  assert.deepEqual(run([0, 40, 0, 40, 0]).filter(Boolean), [], '3 reversals are not enough');
+  // Several samples per leg; a pause without movement is no reversal
+  assert.equal(run([0, 20, 40, 40, 30, 0, 20, 40, 10, 0, 50]).pop(), 4);
+  // The window: 4 reversals over 6000 ms count, over 6001 ms not
+  const at = (ts, f = reversals()) => [0, 40, 0, 40, 0, 40].map((y, i) => f(y, ts[i]));
+  assert.equal(at([0, 0, 0, 2000, 4000, 6000]).pop(), 4);
+  assert.equal(at([0, 0, 0, 2000, 4000, 6001]).pop(), false);
+  // Cleared after a report: the next 4 are needed again
+  const f = reversals();
+  run([0, 40, 0, 40, 0, 40], 100, f);
+  assert.deepEqual([0, 40, 0, 40].map((y, i) => f(y, 1000 + i * 100)), [false, false, false, 4]);
+  assert.equal(run([0, 10, 0, 10, 0, 10], 100, reversals({ ...SIG, reversalPx: 10, reversals: 4 })).pop(), 4, 'overrides');
+});
+
+test('reading: words read per minute, once the window has 5000 ms and 30 words', () => {
+  let r = reading();
+  assert.equal(r(30, 1000), false, 'the window starts at the first reveal');
+  assert.equal(r(0, 5999), false, '4999 ms');
+  assert.equal(r(0, 6000), 360, '5000 ms: 30 words × 60000 / 5000');
+  assert.equal(r(0, 20000), false, 'a new window, empty');
+  r(100, 30000);
+  assert.equal(r(0, 37000), 857.1, '100 words in 7 s, one decimal');
+  r = reading();
+  r(29, 0);
+  assert.equal(r(0, 60000), false, '29 words');
+  assert.equal(r(1, 60000), false, 'the words revealed now were not read yet');
+  assert.equal(r(0, 60000), 30);
+  r = reading();
+  r(5000, 0);
+  assert.equal(r(0, 5000), 10000, 'at most 10000 wpm (skimming)');
+  r = reading({ ...SIG, readMs: 1000, readWords: 10 });
+  r(10, 0);
+  assert.equal(r(0, 1000), 600, 'overrides');
+});
+
+test('engagement: visible time with input in the 5000 ms before', () => {
+  let e = engaged();
+  assert.equal(e(1000), 0, 'no input, no engagement');
+  e(1000, 1);
+  assert.equal(e(4000), 3000);
+  assert.equal(e(4000), 0, 'taken: from 0 again');
+  assert.equal(e(10000), 2000, 'up to 5000 ms after the last input (1000 + 5000)');
+  e = engaged();
+  e(0, 1), e(4999, 1);
+  assert.equal(e(9999), 9999, 'inputs 4999 ms apart: engaged throughout');
+  e = engaged();
+  e(0, 1), e(5001, 1);
+  assert.equal(e(6001), 6000, 'a gap of 5001 ms: 1 ms not engaged');
+  e = engaged();
+  e(0, 1);
+  assert.equal(e(2000, 0, 1), 2000, 'hidden: the remainder');
+  assert.equal(e(4000), 0, 'nothing while hidden, until the next input');
+  e(10000, 1);
+  assert.equal(e(11000), 1000);
+  e = engaged();
+  for (let t = 0; t <= 70000; t += 1000) e(t, 1);
+  assert.equal(e(70000), 60000, 'at most 60000 ms a report');
+});
+
+test('motion: RMS of the linear acceleration, still < 0.5 ≤ walking < 4 ≤ shaking; reported on change', () => {
+  assert.equal(rms([3, 4]), Math.sqrt(12.5));
+  assert.equal(motionState(0), 'still');
+  assert.equal(motionState(0.49), 'still');
+  assert.equal(motionState(0.5), 'walking');
+  assert.equal(motionState(3.99), 'walking');
+  assert.equal(motionState(4), 'shaking');
+  const lin = (x, y = 0, z = 0) => ({ acceleration: { x, y, z }, accelerationIncludingGravity: { x, y: y + 9.81, z } });
+  // A window closes at the first sample 2000 ms after its first; samples every 100 ms
+  let T = 0;
+  const m = motion();
+  const feed = (mag, tilt, out = []) => {
+    for (let i = 0; i < 20; i++) out.push(m(lin(i % 2 ? mag : -mag), (T += 100), tilt));
+    return out.filter(Boolean);
+  };
+  assert.equal(m(lin(0.1), 0), undefined);
+  assert.deepEqual(feed(0.1), [{ state: 'still', tilt: undefined }], 'one report a window');
+  assert.deepEqual(feed(0.1), [], 'unchanged: none');
+  assert.deepEqual(feed(0.49), []);
+  assert.deepEqual(feed(0.5), [{ state: 'walking', tilt: undefined }]);
+  assert.deepEqual(feed(3.99), []);
+  assert.deepEqual(feed(4), [{ state: 'shaking', tilt: undefined }]);
+  assert.deepEqual(feed(6, 30), [{ state: 'shaking', tilt: 30 }], 'a tilt seen');
+  assert.deepEqual(feed(6, 44), [], 'tilt 14° from the last report: none');
+  assert.deepEqual(feed(6, 15), [{ state: 'shaking', tilt: 15 }], '15°: reported');
+  assert.deepEqual(feed(2, 15), [{ state: 'walking', tilt: 15 }]);
+  assert.ok(JSON.stringify(feed(0.1)[0]) === '{"state":"still"}', 'no tilt seen: none sent');
+  // At least 5 samples in a window
+  const samples = (ts, f = motion()) => ts.map((t) => f(lin(9), t)).filter(Boolean);
+  assert.deepEqual(samples([0, 700, 1400, 2000]), [], '4 samples: too few');
+  assert.deepEqual(samples([0, 500, 1000, 1500, 2000]), [{ state: 'shaking', tilt: undefined }], '5 samples');
+  // Without acceleration (nulls): gravity included, minus its running mean
+  const g = motion(), out = [];
+  for (let t = 0; t <= 2000; t += 100) out.push(g({ acceleration: { x: null, y: null, z: null }, accelerationIncludingGravity: { x: 0, y: 9.81, z: 0 } }, t));
+  assert.deepEqual(out.filter(Boolean), [{ state: 'still', tilt: undefined }], 'gravity alone is stillness');
+  assert.equal(motion()({ acceleration: null, accelerationIncludingGravity: null }, 0), undefined, 'no data: nothing');
+});
+
+test('quick back: back within 30000 ms from another page shown less than 10000 ms', () => {
+  const left = (at, shown_ms, path = '/a') => ({ path, at, shown_ms });
+  assert.equal(quickBack(left(0, 9999), '/b', 29999, true), 9999);
+  assert.equal(quickBack(left(0, 10000), '/b', 29999, true), null, 'shown 10000 ms: no');
+  assert.equal(quickBack(left(0, 3000), '/b', 30001, true), null, '30001 ms ago: no');
+  assert.equal(quickBack(left(0, 3000), '/a', 1000, true), null, 'the same page: no');
+  assert.equal(quickBack(left(0, 3000), '/b', 1000, false), null, 'not a back/forward navigation');
+  assert.equal(quickBack(null, '/b', 1000, true), null);
+  assert.equal(quickBack(left(0, 0), '/b', 1000, true), 0);
+  assert.equal(quickBack(left(0, 12000), '/b', 1000, true, { ...SIG, quickBackMs: 15000 }), 12000, 'overrides');
 });
 
 test('without a DOM: nothing is sent before consent; after it, failed batches are resent with the same ids', async () => {
