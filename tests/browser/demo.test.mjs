@@ -146,6 +146,9 @@ test('new visitor: consent, scroll past 75% → offer; hover the product image 3
   // The side panel shows the detected scroll depth and the reason for the change.
   await waitFor(async () => parseFloat(await page.textContent('[data-testid="scroll-max"]')) > 75, { what: 'panel scroll depth' });
   assert.match(await page.textContent('[data-testid="why"]'), /offer → discount[\s\S]*rule scroll_offer/);
+  // …and the session's signals, live: read past 75 %, an intent of at least 1 − e^−0.75 ≈ 53 %.
+  await waitFor(async () => parseFloat(await page.textContent('[data-testid="signal-intent"]')) >= 52, { what: 'panel intent score' });
+  assert.equal(await page.textContent('[data-testid="signal-frustration"]'), '0 %');
   await screenshot(page, 'demo-article-offer');
 
   // Clicks inside the adjusted slot carry its decision.
