@@ -519,6 +519,80 @@ impl<'a> Builder<'a> {
         }
     }
 
+    /// The SDK's behavioural signals over the visit (drawn after everything else, so adding
+    /// them left every earlier draw of a seed as it was): engaged time every 15 s, a reading
+    /// speed for readers, hesitation on the call to action, leaving through the top (or a flick
+    /// up on touch) for quick visitors, and now and then a frustrated burst of clicks.
+    fn signals(&mut self, end: i64) {
+        let sig = |kind: &str| json!({ "kind": kind });
+        let mut t = 15_000;
+        while t <= end {
+            self.push(
+                t,
+                "signal",
+                None,
+                json!({"kind": "engagement", "duration_ms": 15_000}),
+            );
+            t += 15_000;
+        }
+        let (wpm, p_hesitate, p_exit) = match self.p.kind {
+            UserType::Deep => (self.rng.random_range(180.0..320.0), 0.2, 0.05),
+            UserType::Selective => (self.rng.random_range(300.0..600.0), 0.5, 0.15),
+            UserType::Quick => (self.rng.random_range(700.0..1500.0), 0.1, 0.5),
+        };
+        if end > 8_000 {
+            self.push(
+                end / 2,
+                "signal",
+                None,
+                json!({"kind": "reading", "wpm": r1(wpm)}),
+            );
+        }
+        if self.rng.random::<f64>() < p_hesitate {
+            let at = self.rng.random_range(1_000..end.max(1_001));
+            let via = if self.p.device.is_touch() {
+                "idle"
+            } else {
+                "hover"
+            };
+            let d = self.rng.random_range(1_500..4_000);
+            self.push(
+                at,
+                "signal",
+                Some("cta"),
+                json!({"kind": "hesitation", "duration_ms": d, "via": via}),
+            );
+        }
+        if self.rng.random::<f64>() < 0.06 {
+            let at = self.rng.random_range(1_000..end.max(1_001));
+            let count = self.rng.random_range(3..=6);
+            self.push(
+                at,
+                "signal",
+                Some("price"),
+                json!({"kind": "rage_click", "count": count}),
+            );
+            let mut s = sig("dead_click");
+            if self.rng.random::<f64>() < 0.3 {
+                s = sig("error_click");
+            }
+            self.push(at + 1_200, "signal", Some("price"), s);
+        }
+        if self.rng.random::<f64>() < p_exit {
+            let via = if self.p.device.is_touch() {
+                "flick"
+            } else {
+                "top"
+            };
+            self.push(
+                end,
+                "signal",
+                None,
+                json!({"kind": "exit_intent", "via": via}),
+            );
+        }
+    }
+
     fn pick<'s>(&mut self, from: &[&'s str]) -> &'s str {
         from[self.rng.random_range(0..from.len())]
     }
@@ -664,6 +738,7 @@ impl<'a> Builder<'a> {
             UserType::Selective => (self.selective(), (300.0, 700.0)),
         };
         self.mouse(0, end, speed);
+        self.signals(end);
         let mut out = self.out;
         out.sort_by_key(|e| e.at_ms);
         out
@@ -1092,6 +1167,7 @@ mod tests {
             EventType::Conversion,
             EventType::Custom,
             EventType::Mouse,
+            EventType::Signal,
         ] {
             assert!(kinds.contains(k.as_str()), "{k:?} never generated");
         }
