@@ -9,14 +9,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::sym::Sym;
-use trimtab_wire::{Signal, SignalKind};
+use trimtab_wire::{MotionState, Signal, SignalKind, Via};
 
 /// Engaged time a single `engagement` report may add (the SDK reports every 15 s).
 pub const MAX_ENGAGEMENT_REPORT_MS: u64 = 60_000;
 
 /// Weight of the newest `reading` report in the reading-speed average.
-pub const READING_ALPHA: f64 = 0.5;
+pub const READING_ALPHA: f32 = 0.5;
 
 /// Frustration weights: `frustration = 1 − exp(−Σ wᵢ·nᵢ)` over the session's counts.
 pub const FRUSTRATION_WEIGHTS: FrustrationWeights = FrustrationWeights {
@@ -53,30 +52,31 @@ pub struct IntentWeights {
     pub exit_factor: f64,
 }
 
-/// The session's signals (reset when a new session starts).
+/// The session's signals (reset when a new session starts). Compact — every cached user holds
+/// one (40 bytes): counts saturate at 65 535 per session, durations at 49 days.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Signals {
     /// Rage-click bursts (each ≥ 3 clicks within 1 s in a small radius).
-    pub rage_clicks: u32,
-    pub dead_clicks: u32,
-    pub error_clicks: u32,
-    pub hesitations: u32,
+    pub rage_clicks: u16,
+    pub dead_clicks: u16,
+    pub error_clicks: u16,
+    pub hesitations: u16,
+    pub exit_intents: u16,
+    pub excessive_scrolls: u16,
+    pub quick_backs: u16,
+    /// How the last exit intent showed: `top`, `flick`, `hidden` (None before any).
+    pub exit_via: Option<Via>,
+    /// The device's motion (None: unknown).
+    pub motion: Option<MotionState>,
     /// Summed duration of the hesitations.
-    pub hesitation_ms: u64,
-    pub exit_intents: u32,
-    /// How the last exit intent showed: `top`, `flick`, `hidden` ("" before any).
-    pub exit_via: Sym,
-    pub excessive_scrolls: u32,
-    pub quick_backs: u32,
+    pub hesitation_ms: u32,
     /// Visible engaged time.
-    pub engaged_ms: u64,
+    pub engaged_ms: u32,
     /// Reading speed, words per minute (average of the reports, newest weighted
     /// [`READING_ALPHA`]); 0 before any.
-    pub reading_wpm: f64,
-    /// The device's motion: `still`, `walking`, `shaking` ("" unknown).
-    pub motion: Sym,
+    pub reading_wpm: f32,
     /// Front-back tilt in degrees (0 flat … 180), the last reported.
-    pub tilt: f64,
+    pub tilt: f32,
     /// Server time of the last signal (0: none this session).
     pub last_ms: i64,
 }
@@ -84,49 +84,66 @@ pub struct Signals {
 impl Signals {
     /// Counts one signal, received at `now_ms`.
     pub fn apply(&mut self, s: &Signal, now_ms: i64) {
+        fn one(n: &mut u16) {
+            *n = n.saturating_add(1);
+        }
+        fn add(total: &mut u32, ms: u64) {
+            *total = total.saturating_add(u32::try_from(ms).unwrap_or(u32::MAX));
+        }
         self.last_ms = now_ms;
         match s.kind {
-            SignalKind::RageClick => self.rage_clicks += 1,
-            SignalKind::DeadClick => self.dead_clicks += 1,
-            SignalKind::ErrorClick => self.error_clicks += 1,
+            SignalKind::RageClick => one(&mut self.rage_clicks),
+            SignalKind::DeadClick => one(&mut self.dead_clicks),
+            SignalKind::ErrorClick => one(&mut self.error_clicks),
             SignalKind::Hesitation => {
-                self.hesitations += 1;
-                self.hesitation_ms += s.duration_ms.unwrap_or(0);
+                one(&mut self.hesitations);
+                add(&mut self.hesitation_ms, s.duration_ms.unwrap_or(0));
             }
             SignalKind::ExitIntent => {
-                self.exit_intents += 1;
-                self.exit_via = Sym::new(s.via.map_or("", |v| v.as_str()));
+                one(&mut self.exit_intents);
+                self.exit_via = s.via;
             }
             SignalKind::Reading => {
-                let wpm = s.wpm.unwrap_or(0.0);
+                let wpm = s.wpm.unwrap_or(0.0) as f32;
                 self.reading_wpm = if self.reading_wpm == 0.0 {
                     wpm
                 } else {
                     READING_ALPHA * wpm + (1.0 - READING_ALPHA) * self.reading_wpm
                 };
             }
-            SignalKind::ExcessiveScroll => self.excessive_scrolls += 1,
-            SignalKind::QuickBack => self.quick_backs += 1,
+            SignalKind::ExcessiveScroll => one(&mut self.excessive_scrolls),
+            SignalKind::QuickBack => one(&mut self.quick_backs),
             SignalKind::Engagement => {
-                self.engaged_ms += s.duration_ms.unwrap_or(0).min(MAX_ENGAGEMENT_REPORT_MS);
+                let ms = s.duration_ms.unwrap_or(0).min(MAX_ENGAGEMENT_REPORT_MS);
+                add(&mut self.engaged_ms, ms);
             }
             SignalKind::Motion => {
-                self.motion = Sym::new(s.state.map_or("", |m| m.as_str()));
+                self.motion = s.state;
                 if let Some(t) = s.tilt {
-                    self.tilt = t;
+                    self.tilt = t as f32;
                 }
             }
         }
     }
 
+    /// How the last exit intent showed ("" before any).
+    pub fn exit_via_str(&self) -> &'static str {
+        self.exit_via.map_or("", Via::as_str)
+    }
+
+    /// The device's motion ("" unknown).
+    pub fn motion_str(&self) -> &'static str {
+        self.motion.map_or("", MotionState::as_str)
+    }
+
     /// How frustrated the session looks, 0–1 ([`FRUSTRATION_WEIGHTS`]).
     pub fn frustration(&self) -> f64 {
         let w = FRUSTRATION_WEIGHTS;
-        let x = w.rage_click * self.rage_clicks as f64
-            + w.error_click * self.error_clicks as f64
-            + w.dead_click * self.dead_clicks as f64
-            + w.excessive_scroll * self.excessive_scrolls as f64
-            + w.quick_back * self.quick_backs as f64;
+        let x = w.rage_click * f64::from(self.rage_clicks)
+            + w.error_click * f64::from(self.error_clicks)
+            + w.dead_click * f64::from(self.dead_clicks)
+            + w.excessive_scroll * f64::from(self.excessive_scrolls)
+            + w.quick_back * f64::from(self.quick_backs);
         1.0 - (-x).exp()
     }
 
@@ -134,9 +151,9 @@ impl Signals {
     /// `max_depth` is the page's deepest scroll, in percent.
     pub fn intent(&self, max_depth: f64) -> f64 {
         let w = INTENT_WEIGHTS;
-        let minutes = (self.engaged_ms as f64 / 60_000.0).min(5.0);
+        let minutes = (f64::from(self.engaged_ms) / 60_000.0).min(5.0);
         let x = w.engaged_minute * minutes
-            + w.hesitation * self.hesitations.min(4) as f64
+            + w.hesitation * f64::from(self.hesitations.min(4))
             + w.depth * (max_depth / 100.0).clamp(0.0, 1.0);
         (1.0 - (-x).exp()) * w.exit_factor.powi(self.exit_intents.min(10) as i32)
     }
@@ -251,13 +268,25 @@ mod tests {
         );
         assert_eq!((s.rage_clicks, s.dead_clicks, s.error_clicks), (1, 1, 1));
         assert_eq!((s.hesitations, s.hesitation_ms), (2, 4000));
-        assert_eq!((s.exit_intents, s.exit_via.as_str()), (1, "top"));
+        assert_eq!((s.exit_intents, s.exit_via_str()), (1, "top"));
         assert_eq!((s.excessive_scrolls, s.quick_backs), (1, 1));
-        assert_eq!(s.engaged_ms, 15_000 + MAX_ENGAGEMENT_REPORT_MS);
+        assert_eq!(u64::from(s.engaged_ms), 15_000 + MAX_ENGAGEMENT_REPORT_MS);
         assert_eq!(s.reading_wpm, 250.0);
         // A motion report without tilt keeps the last tilt.
-        assert_eq!((s.motion.as_str(), s.tilt), ("still", 40.0));
+        assert_eq!((s.motion_str(), s.tilt), ("still", 40.0));
         assert_eq!(s.last_ms, 23);
+        // Counts saturate instead of wrapping; so do durations.
+        s.dead_clicks = u16::MAX;
+        s.apply(&sig(SignalKind::DeadClick), 24);
+        assert_eq!(s.dead_clicks, u16::MAX);
+        s.hesitation_ms = u32::MAX - 10;
+        s.apply(&hes, 25);
+        assert_eq!(s.hesitation_ms, u32::MAX);
+        assert!(
+            std::mem::size_of::<Signals>() <= 40,
+            "{}",
+            std::mem::size_of::<Signals>()
+        );
     }
 
     #[test]

@@ -64,7 +64,7 @@ struct Spec {
     /// Visible engaged time of the session, seconds (median).
     engaged_s: f64,
     /// Hesitations, at most.
-    hesitations: u32,
+    hesitations: u16,
 }
 
 fn spec(kind: UserKind, rng: &mut StdRng) -> Spec {
@@ -201,9 +201,9 @@ pub fn user(kind: UserKind, rng: &mut StdRng) -> UserState {
     .into();
     s.context.hour = Some(g(rng, sp.hour).rem_euclid(24.0) as u8 % 24);
     let sig = &mut s.signals;
-    sig.engaged_ms = (sp.engaged_s * (0.3 * normal(rng)).exp() * 1000.0) as u64;
+    sig.engaged_ms = (sp.engaged_s * (0.3 * normal(rng)).exp() * 1000.0) as u32;
     sig.hesitations = rng.random_range(0..=sp.hesitations);
-    sig.hesitation_ms = u64::from(sig.hesitations) * 2_000;
+    sig.hesitation_ms = u32::from(sig.hesitations) * 2_000;
     s
 }
 
