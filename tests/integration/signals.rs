@@ -93,6 +93,18 @@ fn signals_are_checked_per_kind_counted_in_state_and_reset_by_a_new_session() {
     // (1 − e^−(0.8·0.25 + 0.4·1 + 0)) with no scroll yet
     let i = g["intent"].as_f64().unwrap();
     assert!((i - (1.0 - (-0.6f64).exp())).abs() < 1e-9, "{g}");
+    // Counted by kind on /metrics (every kind listed, from zero).
+    let m = s.get("/metrics", None).body;
+    for (kind, n) in [
+        ("rage_click", 1),
+        ("dead_click", 1),
+        ("hesitation", 1),
+        ("exit_intent", 0),
+        ("error_click", 0),
+    ] {
+        let line = format!("trimtab_signals_total{{kind=\"{kind}\"}} {n}");
+        assert!(m.lines().any(|l| l == line), "no `{line}` in /metrics");
+    }
     // The export lists the signal events as sent.
     let events = me.json["events"].as_array().unwrap();
     let kinds: Vec<&str> = events

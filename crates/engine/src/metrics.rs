@@ -42,6 +42,9 @@ pub struct Metrics {
     pub index_batches: Histogram,
     pub index_failures: IntCounter,
     pub retention_purged: IntCounterVec,
+    /// Behavioural signals received (`signal` events), by kind: every kind is listed from the
+    /// start, so a rise of `error_click` after a deploy shows against a zero.
+    pub signals: IntCounterVec,
     pub adjustments_pushed: IntCounterVec,
     pub adjustments_decided: IntCounterVec,
     pub adjustments_capped: IntCounterVec,
@@ -312,6 +315,23 @@ impl Metrics {
                 )
                 .expect(ok),
             ),
+            signals: {
+                let c = reg(
+                    &r,
+                    IntCounterVec::new(
+                        Opts::new(
+                            "trimtab_signals_total",
+                            "Behavioural signals received (signal events), by kind",
+                        ),
+                        &["kind"],
+                    )
+                    .expect(ok),
+                );
+                for k in trimtab_wire::SignalKind::ALL {
+                    c.with_label_values(&[k.as_str()]);
+                }
+                c
+            },
             registry: r,
         }
     }

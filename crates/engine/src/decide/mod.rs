@@ -130,6 +130,12 @@ pub fn step(
     match input {
         Input::Event(ev) => {
             let events_before = state.events;
+            if let trimtab_wire::Props::Signal(s) = &ev.props {
+                snap.metrics
+                    .signals
+                    .with_label_values(&[s.kind.as_str()])
+                    .inc();
+            }
             journal::apply_event(state, ev, snap.features);
             attribution::outcomes(snap, state, cache, lookup, ev, now, out);
             let personal = state.consent.personalization;
