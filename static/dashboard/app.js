@@ -546,6 +546,15 @@
     setKpi('capped', fmtCompact(capTotal), fmtInt(capTotal));
     $('kpi-capped').dataset.value = String(capTotal);
     setSub('capped', breakdown(s.capped, 3, 'no slot capped'));
+
+    // Rage, dead and error clicks (behavioural signals); an error click means a page broke
+    var sig = s.signals || {}, frus = {};
+    ['rage_click', 'dead_click', 'error_click'].forEach(function (k) { frus[k.replace('_click', '')] = num(sig[k]); });
+    var frusTotal = sumValues(frus);
+    setKpi('frustration', fmtCompact(frusTotal), fmtInt(frusTotal));
+    $('kpi-frustration').dataset.value = String(frusTotal);
+    setSub('frustration', breakdown(frus, 3, 'none reported'));
+    $('kpi-frustration').classList.toggle('kpi-alert', frus.error > 0);
   }
 
   // ---------------------------------------------------------------- chart (uPlot)

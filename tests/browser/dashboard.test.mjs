@@ -119,6 +119,18 @@ test('the live dashboard follows a visitor of the demo page', async () => {
   await dash.waitForFunction(() => Number(document.querySelector('#kpi-events').dataset.value) > 0, null, {
     timeout: 10000,
   });
+  // A reader's browser reports two rage bursts and a dead click: the frustrated-clicks tile.
+  const now = Date.now();
+  const sig = (id, props) => ({ id: `sig-${now}-${id}`, type: 'signal', user: 'reader-1', session: 's-reader-1', ts: now, props, target: 'p', consent: { analytics: true } });
+  const sent = await fetch(server.url + '/v1/events', {
+    method: 'POST',
+    headers: { authorization: `Bearer ${server.writeKey}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ events: [sig(1, { kind: 'rage_click', count: 3 }), sig(2, { kind: 'rage_click', count: 4 }), sig(3, { kind: 'dead_click' })] }),
+  });
+  assert.equal(sent.status, 202);
+  await dash.waitForFunction(() => Number(document.querySelector('#kpi-frustration').dataset.value) === 3, null, { timeout: 10000 });
+  assert.match(await dash.textContent('[data-sub="frustration"]'), /2\s*rage.*1\s*dead/);
+  assert.equal(await dash.getAttribute('#kpi-frustration', 'class'), 'kpi', 'no error click: no alert');
 
   // The visitor, in another tab: the demo's article page, consent, then scroll past 75%.
   const visitor = await ctx.newPage();

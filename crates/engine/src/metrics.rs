@@ -359,6 +359,10 @@ impl Metrics {
             .into_iter()
             .map(|(l, v)| (l.join(","), json!(v as u64)))
             .collect();
+        let signals: serde_json::Map<String, Value> = series(&self.signals)
+            .into_iter()
+            .map(|(l, v)| (l.join(","), json!(v as u64)))
+            .collect();
         let rules: Vec<Value> = rules
             .iter()
             .map(|r| {
@@ -382,6 +386,7 @@ impl Metrics {
             "ws_sessions": self.ws_sessions.get(),
             "adjustments": adjustments,
             "capped": capped,
+            "signals": signals,
             "rules": rules,
             "users_cached": self.users_cached.get(),
             "commit": {"count": self.commit_latency.get_sample_count(), "sum_s": self.commit_latency.get_sample_sum()},
