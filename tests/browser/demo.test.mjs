@@ -3,7 +3,7 @@
 // decide timeout, HTTP retries with the same ids, and sendBeacon when the page is hidden.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startServer, launchBrowser, screenshot, admin, waitFor, recordApiTraffic, scrollTo } from './support.mjs';
+import { startServer, launchBrowser, screenshot, admin, waitFor, recordApiTraffic, recordSocket, scrollTo, GRANTED } from './support.mjs';
 
 let server, browser;
 before(async () => {
@@ -16,24 +16,6 @@ after(async () => {
 });
 
 const VIEWPORT = { width: 1400, height: 900 };
-const GRANTED = JSON.stringify({ state: 'granted', analytics: true, personalization: true, ts: 1 });
-
-/** Collects the events the page sends over its WebSocket, and what it receives. */
-function recordSocket(page) {
-  const rec = { sent: [], received: [], ready: false };
-  page.on('websocket', (ws) => {
-    ws.on('framesent', (f) => {
-      const m = JSON.parse(String(f.payload));
-      if (m.type === 'events') for (const e of m.events) rec.sent.push({ ...e, at: Date.now() });
-    });
-    ws.on('framereceived', (f) => {
-      const m = JSON.parse(String(f.payload));
-      if (m.type === 'ready') rec.ready = true;
-      rec.received.push({ ...m, at: Date.now() });
-    });
-  });
-  return rec;
-}
 
 const identify = async (user) => {
   const r = await fetch(server.url + '/v1/identify', {

@@ -7,7 +7,7 @@
 // before consent.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startServer, launchBrowser, screenshot, waitFor, recordApiTraffic, scrollTo } from './support.mjs';
+import { startServer, launchBrowser, screenshot, waitFor, recordApiTraffic, recordSocket, scrollTo, GRANTED } from './support.mjs';
 
 let server, browser;
 before(async () => {
@@ -20,7 +20,6 @@ after(async () => {
 });
 
 const VIEWPORT = { width: 1200, height: 800 };
-const GRANTED = JSON.stringify({ state: 'granted', analytics: true, personalization: true, ts: 1 });
 const WORDS = 'the reader follows each line of this paragraph at an even pace while the page moves';
 const para = (i) => `<p>${i}: ${Array.from({ length: 4 }, () => WORDS).join(' ')}.</p>`;
 
@@ -51,23 +50,6 @@ async function context({ pending = false, signals = {}, ...opts } = {}) {
     r.fulfill({ contentType: 'text/html', body: testPage(path, signals) });
   });
   return ctx;
-}
-
-/** Records the events the page sends over its WebSocket and the adjustments it receives. */
-function recordSocket(page) {
-  const rec = { sent: [], adjusts: [] };
-  page.on('websocket', (ws) => {
-    ws.on('framesent', (f) => {
-      const m = JSON.parse(String(f.payload));
-      if (m.type === 'events') for (const e of m.events) rec.sent.push({ ...e, at: Date.now() });
-    });
-    ws.on('framereceived', (f) => {
-      const m = JSON.parse(String(f.payload));
-      if (m.type === 'adjust') rec.adjusts.push({ ...m, at: Date.now() });
-    });
-  });
-  rec.signals = (kind) => rec.sent.filter((e) => e.type === 'signal' && (!kind || e.props.kind === kind));
-  return rec;
 }
 
 /** Opens the test page and waits until the SDK is connected and its signals module runs. */
@@ -148,7 +130,7 @@ test('rage, dead and error clicks reach the server; frustration past 0.5 brings 
   const s = await waitServer(page, (s) => s.rage_clicks === 1 && s.dead_clicks >= 1, 'a rage burst and a dead click');
   assert.ok(s.frustration >= 0.5, JSON.stringify(s));
   await page.waitForSelector('#helpme', { timeout: 5000 });
-  assert.ok(rec.adjusts.some((a) => a.slot === 'help' && a.variant === 'offer_help'));
+  assert.ok(rec.received.some((a) => a.type === 'adjust' && a.slot === 'help' && a.variant === 'offer_help'));
   await screenshot(page, 'signals-help-after-frustration');
 
   // A button whose handler throws: an error click, and the message is never sent.

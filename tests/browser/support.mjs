@@ -212,6 +212,29 @@ export async function waitFor(fn, { timeout = 10000, interval = 100, what = 'con
   throw new Error(`timed out waiting for ${what} (last: ${last instanceof Error ? last.message : JSON.stringify(last)})`);
 }
 
+/** Stored consent, granted for everything (put in localStorage as `trimtab.consent`). */
+export const GRANTED = JSON.stringify({ state: 'granted', analytics: true, personalization: true, ts: 1 });
+
+/** Collects the events a page sends over its WebSocket (`sent`, each with its send time `at`),
+ *  what it receives (`received`), whether it got `ready`; `signals(kind?)` filters the sent
+ *  signal events. */
+export function recordSocket(page) {
+  const rec = { sent: [], received: [], ready: false };
+  page.on('websocket', (ws) => {
+    ws.on('framesent', (f) => {
+      const m = JSON.parse(String(f.payload));
+      if (m.type === 'events') for (const e of m.events) rec.sent.push({ ...e, at: Date.now() });
+    });
+    ws.on('framereceived', (f) => {
+      const m = JSON.parse(String(f.payload));
+      if (m.type === 'ready') rec.ready = true;
+      rec.received.push({ ...m, at: Date.now() });
+    });
+  });
+  rec.signals = (kind) => rec.sent.filter((e) => e.type === 'signal' && (!kind || e.props.kind === kind));
+  return rec;
+}
+
 /** Records every request a page makes whose path starts with /v1/ (HTTP and WebSocket). */
 export function recordApiTraffic(page) {
   const seen = [];

@@ -740,6 +740,18 @@ struct SignalP {
     tilt: Option<f64>,
 }
 
+/// The accepted range of a numeric signal field: one table for the parser and the OpenAPI
+/// document.
+pub(crate) fn signal_range(field: &str) -> (f64, f64) {
+    match field {
+        "count" => (1.0, 10_000.0),
+        "duration_ms" => (0.0, MAX_DURATION_MS as f64),
+        "wpm" => (0.0, 10_000.0),
+        "tilt" => (0.0, 180.0),
+        _ => unreachable!("{field} is not a numeric signal field"),
+    }
+}
+
 /// Checks a signal's fields against its kind (which it takes, which it needs, their ranges).
 fn check_signal(x: SignalP, p: &Checker<'_>) -> Result<Props, InputError> {
     let kind = x.kind;
@@ -772,11 +784,17 @@ fn check_signal(x: SignalP, p: &Checker<'_>) -> Result<Props, InputError> {
             ));
         }
     }
-    if let Some(n) = x.count {
-        p.range("count", n as f64, 1.0, 10_000.0)?;
-    }
-    if let Some(d) = x.duration_ms {
-        p.range("duration_ms", d as f64, 0.0, MAX_DURATION_MS as f64)?;
+    let numbers = [
+        ("count", x.count.map(f64::from)),
+        ("duration_ms", x.duration_ms.map(|d| d as f64)),
+        ("wpm", x.wpm),
+        ("tilt", x.tilt),
+    ];
+    for (name, v) in numbers {
+        if let Some(v) = v {
+            let (lo, hi) = signal_range(name);
+            p.range(name, v, lo, hi)?;
+        }
     }
     if let Some(v) = x.via {
         if !kind.vias().contains(&v) {
@@ -792,12 +810,6 @@ fn check_signal(x: SignalP, p: &Checker<'_>) -> Result<Props, InputError> {
                 Some(p.path("via")),
             ));
         }
-    }
-    if let Some(w) = x.wpm {
-        p.range("wpm", w, 0.0, 10_000.0)?;
-    }
-    if let Some(t) = x.tilt {
-        p.range("tilt", t, 0.0, 180.0)?;
     }
     Ok(Props::Signal(Signal {
         kind,
@@ -1473,7 +1485,7 @@ fn fast_path_failed() -> InputError {
 }
 
 /// Longest accepted duration of one hover or dwell segment (one day).
-pub(crate) const MAX_DURATION_MS: u64 = 86_400_000;
+const MAX_DURATION_MS: u64 = 86_400_000;
 
 /// Validates one deserialized event (both paths).
 fn check_event<P>(

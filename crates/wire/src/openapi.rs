@@ -10,8 +10,8 @@ use utoipa::openapi::{Ref, RefOr};
 use utoipa::{PartialSchema, ToSchema};
 
 use super::{
-    ClickP, Code, Consent, Context, ConversionP, EventType, ImpressionP, MotionState, MouseP,
-    PageViewP, Phase, PhaseP, ScrollP, SignalKind, VisibilityP, MAX_DURATION_MS,
+    signal_range, ClickP, Code, Consent, Context, ConversionP, EventType, ImpressionP, MotionState,
+    MouseP, PageViewP, Phase, PhaseP, ScrollP, SignalKind, VisibilityP,
 };
 
 fn string() -> ObjectBuilder {
@@ -62,21 +62,32 @@ fn props_of(t: EventType) -> (String, RefOr<Schema>) {
 /// signal is one the server accepts.
 fn signal_props() -> RefOr<Schema> {
     use serde_json::json;
+    // Integers and numbers within the parser's own ranges (`signal_range`).
+    let integer = |f: &str, description: &str| {
+        let (lo, hi) = signal_range(f);
+        json!({"type": "integer", "minimum": lo as u64, "maximum": hi as u64, "description": description})
+    };
+    let number = |f: &str, description: &str| {
+        let (lo, hi) = signal_range(f);
+        json!({"type": "number", "minimum": lo, "maximum": hi, "description": description})
+    };
     let field = |k: SignalKind, f: &str| match f {
-        "count" => json!({"type": "integer", "minimum": 1, "maximum": 10000,
-            "description": "rage_click: clicks in the burst; excessive_scroll: scroll reversals"}),
-        "duration_ms" => json!({"type": "integer", "minimum": 0, "maximum": MAX_DURATION_MS,
-            "description": "hesitation: how long; quick_back: time on the page left; \
-                engagement: engaged time since the last report; rage_click: the burst's span"}),
+        "count" => integer(
+            f,
+            "rage_click: clicks in the burst; excessive_scroll: scroll reversals",
+        ),
+        "duration_ms" => integer(
+            f,
+            "hesitation: how long; quick_back: time on the page left; \
+                engagement: engaged time since the last report; rage_click: the burst's span",
+        ),
         "via" => {
             let vias: Vec<&str> = k.vias().iter().map(|v| v.as_str()).collect();
             json!({"type": "string", "enum": vias})
         }
-        "wpm" => json!({"type": "number", "minimum": 0, "maximum": 10000,
-            "description": "words per minute"}),
+        "wpm" => number(f, "words per minute"),
         "state" => json!({"type": "string", "enum": MotionState::ALL.map(MotionState::as_str)}),
-        "tilt" => json!({"type": "number", "minimum": 0, "maximum": 180,
-            "description": "front-back tilt in degrees, 0 (flat) to 180"}),
+        "tilt" => number(f, "front-back tilt in degrees, 0 (flat) to 180"),
         _ => unreachable!("a signal field without a schema: {f}"),
     };
     let one_of: Vec<serde_json::Value> = SignalKind::ALL

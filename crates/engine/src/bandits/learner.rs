@@ -100,12 +100,12 @@ impl SlotLearner {
 
     fn update(&mut self, ctx: &[f32], action: usize, reward: f64, metrics: &Metrics) {
         let acts = one_hot(self.def.candidates.len());
-        // A decision logged under an earlier context layout counts with the new features at 0.
-        let mut ctx = ctx.to_vec();
-        if !crate::features::context::upgrade(&mut ctx) || action >= acts.len() {
+        // Records read from the store come in the current layout (`export::records_with_ids`
+        // upgrades older ones); live records are made in it.
+        if ctx.len() != CONTEXT_DIM || action >= acts.len() {
             return;
         }
-        self.policy.update(&ctx, &acts[action], reward);
+        self.policy.update(ctx, &acts[action], reward);
         self.stats.updates += 1;
         metrics
             .bandit_updates
