@@ -35,6 +35,7 @@ pub fn serve(
         cfg.admin_token.as_deref(),
         cfg.write_key.as_deref(),
     )
+    .and_then(|s| s.with_keys(cfg.token_key.as_deref(), cfg.pseudonym_key.as_deref()))
     .context("loading secrets")?;
     let engine = Arc::new(opened.start(Pseudonymizer::new(secrets.pseudonym_key))?);
     for (what, value) in &secrets.generated {
@@ -44,7 +45,26 @@ pub fn serve(
             cfg.data.display()
         );
     }
+    // Cluster mode: join before taking traffic; a node that cannot join does not start.
+    let cluster = if cfg.cluster.enabled() {
+        let fp = trimtab_cluster::secrets_fingerprint(
+            &secrets.pseudonym_key,
+            &secrets.admin_token,
+            &secrets.write_key,
+            &secrets.token_key,
+        );
+        match trimtab_cluster::Cluster::start(engine.clone(), fp) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                engine.stop();
+                anyhow::bail!("cluster: {e}");
+            }
+        }
+    } else {
+        None
+    };
     let state = web::Data::new(AppState {
+        cluster: cluster.clone(),
         engine: engine.clone(),
         signer: TokenSigner::new(secrets.token_key),
         admin_token: secrets.admin_token.clone(),
@@ -152,6 +172,10 @@ pub fn serve(
         on_listen(addr, &format!("{scheme}://{addr}"));
         server.await.context("http server failed")
     });
+    if let Some(c) = &cluster {
+        // Give the partitions back before the engine stops: what was read is in it.
+        c.stop();
+    }
     if let Some(f) = engine.health.fatal() {
         // Nothing is drained or checkpointed onto a store that failed: the log has every
         // acknowledged event, and the next start replays it.

@@ -13,6 +13,8 @@ mod anonymous;
 mod backpressure;
 #[path = "integration/bandits.rs"]
 mod bandits;
+#[path = "integration/cluster.rs"]
+mod cluster;
 #[path = "integration/durability.rs"]
 mod durability;
 #[path = "integration/experiments.rs"]

@@ -101,12 +101,17 @@ pub async fn rule_delete(
 }
 
 async fn export(st: &AppState, user: UserKey) -> Result<HttpResponse, ApiError> {
-    let ex = st
-        .pipeline
-        .export(user)
-        .map_err(|e| ApiError::from_submit(e, st.cfg.pipeline.retry_after_s))?
-        .await
-        .map_err(|_| ApiError::unavailable("the server stopped before answering"))??;
+    let ex = if let Some(c) = &st.cluster {
+        c.export(user)
+            .await
+            .map_err(|e| ApiError::from_cluster(e, st.cfg.pipeline.retry_after_s))?
+    } else {
+        st.pipeline
+            .export(user)
+            .map_err(|e| ApiError::from_submit(e, st.cfg.pipeline.retry_after_s))?
+            .await
+            .map_err(|_| ApiError::unavailable("the server stopped before answering"))??
+    };
     match ex {
         Some(ex) => Ok(HttpResponse::Ok().json(json!({
             "user": user.short(),
@@ -121,6 +126,13 @@ async fn export(st: &AppState, user: UserKey) -> Result<HttpResponse, ApiError> 
 }
 
 async fn erase(st: &AppState, user: UserKey) -> Result<HttpResponse, ApiError> {
+    if let Some(c) = &st.cluster {
+        let counts = c
+            .erase(user)
+            .await
+            .map_err(|e| ApiError::from_cluster(e, st.cfg.pipeline.retry_after_s))?;
+        return Ok(HttpResponse::Ok().json(json!({ "erased": counts })));
+    }
     let counts = st
         .pipeline
         .erase(user)

@@ -72,6 +72,17 @@ impl ApiError {
         ApiError::new(Code::Internal, "internal error; see the server log")
     }
 
+    /// A cluster operation's failure: 429 when the owner is busy, else 503 with the reason.
+    pub fn from_cluster(e: trimtab_cluster::ClusterError, retry_after_s: u64) -> ApiError {
+        match e {
+            trimtab_cluster::ClusterError::Overloaded => ApiError::overloaded(retry_after_s),
+            trimtab_cluster::ClusterError::Unavailable(m) => {
+                tracing::warn!(error = %m, "cluster: a request failed");
+                ApiError::unavailable(format!("the cluster cannot answer now: {m}"))
+            }
+        }
+    }
+
     pub fn from_submit(e: SubmitError, retry_after_s: u64) -> ApiError {
         match e {
             SubmitError::Overloaded => ApiError::overloaded(retry_after_s),

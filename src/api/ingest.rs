@@ -125,6 +125,17 @@ pub async fn events(
         st.metrics.reject("no_consent", not_consented as u64);
     }
     let n: u64 = groups.iter().map(|(_, v)| v.len() as u64).sum();
+    if let Some(c) = &st.cluster {
+        let outcome = c
+            .publish(&groups)
+            .await
+            .map_err(|e| ApiError::from_cluster(e, st.cfg.pipeline.retry_after_s))?;
+        return Ok(HttpResponse::Accepted().json(IngestResponse {
+            accepted: outcome.accepted,
+            duplicates: outcome.duplicates,
+            not_consented,
+        }));
+    }
     let pending = st.pipeline.submit_events(groups).map_err(|e| {
         st.metrics.reject("overloaded", n);
         ApiError::from_submit(e, st.cfg.pipeline.retry_after_s)
@@ -319,12 +330,17 @@ pub async fn decide(
     if let Caller::User(u) = &caller {
         limited(&st, st.limits.check_user(u))?;
     }
-    let d = st
-        .pipeline
-        .decide(user, req.slot, req.candidates)
-        .map_err(|e| ApiError::from_submit(e, st.cfg.pipeline.retry_after_s))?
-        .await
-        .map_err(|_| ApiError::unavailable("the server stopped before deciding"))??;
+    let d = if let Some(c) = &st.cluster {
+        c.decide(user, req.slot, req.candidates)
+            .await
+            .map_err(|e| ApiError::from_cluster(e, st.cfg.pipeline.retry_after_s))?
+    } else {
+        st.pipeline
+            .decide(user, req.slot, req.candidates)
+            .map_err(|e| ApiError::from_submit(e, st.cfg.pipeline.retry_after_s))?
+            .await
+            .map_err(|_| ApiError::unavailable("the server stopped before deciding"))??
+    };
     Ok(HttpResponse::Ok().json(json!({
         "slot": d.slot, "variant": d.variant, "params": d.params, "decision": d.wire(),
     })))
@@ -346,6 +362,7 @@ pub async fn ws(
         limits: st.limits.clone(),
         cfg: st.cfg.clone(),
         pipeline: st.pipeline.clone(),
+        cluster: st.cluster.clone(),
         hub: st.hub.clone(),
         signer: st.signer.clone(),
         pseudo: st.pseudo.clone(),

@@ -42,6 +42,8 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// Rate limits per client IP and per user.
     pub limits: Arc<limit::Limiters>,
+    /// Cluster mode: events go to the stream, a user's requests to the node that owns them.
+    pub cluster: Option<Arc<trimtab_cluster::Cluster>>,
 }
 
 impl std::ops::Deref for AppState {

@@ -24,6 +24,14 @@ pub async fn readyz(st: web::Data<AppState>) -> HttpResponse {
         HttpResponse::ServiceUnavailable().json(json!({"status": "shutting_down"}))
     } else if st.pipeline.recovering() {
         HttpResponse::ServiceUnavailable().json(json!({"status": "recovering"}))
+    } else if let Some(c) = &st.cluster {
+        let status = c.status();
+        if c.ready() {
+            HttpResponse::Ok().json(json!({"status": "ready", "ws_sessions": st.hub.session_count(), "cluster": status}))
+        } else {
+            HttpResponse::ServiceUnavailable()
+                .json(json!({"status": "cluster_disconnected", "cluster": status}))
+        }
     } else {
         HttpResponse::Ok().json(json!({"status": "ready", "ws_sessions": st.hub.session_count()}))
     }

@@ -48,6 +48,7 @@ fn fixture(tune: impl FnOnce(&mut Config)) -> Fixture {
         .start(Pseudonymizer::new([7; 32]))
         .unwrap();
     let state = web::Data::new(AppState {
+        cluster: None,
         engine: Arc::new(engine),
         signer: TokenSigner::new([9; 32]),
         admin_token: ADMIN.into(),

@@ -28,6 +28,8 @@ pub struct SessionCtx {
     pub authenticated: Arc<std::sync::atomic::AtomicBool>,
     pub cfg: Arc<Config>,
     pub pipeline: Arc<Pipeline>,
+    /// Cluster mode: a socket's batches go to the stream, in order, through its publisher.
+    pub cluster: Option<Arc<trimtab_cluster::Cluster>>,
     pub hub: Arc<Hub>,
     pub signer: TokenSigner,
     pub pseudo: Pseudonymizer,
@@ -122,6 +124,16 @@ pub async fn run(ctx: SessionCtx, mut session: Session, stream: actix_ws::Messag
         ctx.hub.unregister(&user, id);
         return;
     }
+    let publisher = ctx.cluster.clone().map(|c| {
+        let (ptx, prx) = mpsc::channel(PUBLISH_QUEUE);
+        actix_web::rt::spawn(publish_batches(
+            c,
+            ctx.hub.clone(),
+            ctx.cfg.pipeline.retry_after_s,
+            prx,
+        ));
+        ptx
+    });
     let mut heartbeat = tokio::time::interval(Duration::from_secs(d.heartbeat_s.max(1)));
     heartbeat.tick().await;
     let timeout = Duration::from_secs(d.client_timeout_s.max(1));
@@ -134,7 +146,7 @@ pub async fn run(ctx: SessionCtx, mut session: Session, stream: actix_ws::Messag
             msg = stream.recv() => match msg {
                 Some(Ok(AggregatedMessage::Text(text))) => {
                     last_seen = Instant::now();
-                    if let Some(reply) = handle_text(&ctx, user, text.as_bytes(), &tx) {
+                    if let Some(reply) = handle_text(&ctx, user, text.as_bytes(), &tx, publisher.as_ref()) {
                         if session.text(reply).await.is_err() { break; }
                     }
                 }
@@ -198,7 +210,13 @@ fn authenticate(ctx: &SessionCtx, body: &[u8]) -> Result<UserKey, ApiError> {
 /// Handles one client text message; returns an immediate reply (errors), if any. The `ack`
 /// comes later through the socket's own queue `tx`, put there by the writer once the batch is
 /// durable.
-fn handle_text(ctx: &SessionCtx, user: UserKey, body: &[u8], tx: &SocketTx) -> Option<ByteString> {
+fn handle_text(
+    ctx: &SessionCtx,
+    user: UserKey,
+    body: &[u8],
+    tx: &SocketTx,
+    publisher: Option<&mpsc::Sender<Batch>>,
+) -> Option<ByteString> {
     let reject = |e: InputError, ids: &[String]| {
         ctx.metrics.reject(e.code.as_str(), 1);
         Some(ApiError::from(e).frame(ids))
@@ -244,9 +262,22 @@ fn handle_text(ctx: &SessionCtx, user: UserKey, body: &[u8], tx: &SocketTx) -> O
         // Nothing to store: the client may forget these ids.
         return Some(crate::delivery::frames::ack_not_consented(&ids_no_consent));
     }
-    let result = ctx
-        .pipeline
-        .submit_ws(user, evs, tx.clone(), ids_no_consent);
+    let result = match publisher {
+        Some(p) => p
+            .try_send(Batch {
+                user,
+                events: evs,
+                extra: ids_no_consent,
+                socket: tx.clone(),
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(b) => (SubmitError::Overloaded, b.events),
+                mpsc::error::TrySendError::Closed(b) => (SubmitError::ShuttingDown, b.events),
+            }),
+        None => ctx
+            .pipeline
+            .submit_ws(user, evs, tx.clone(), ids_no_consent),
+    };
     let (err, evs) = match result {
         Ok(()) => return None,
         Err(e) => e,
@@ -269,5 +300,52 @@ fn handle_text(ctx: &SessionCtx, user: UserKey, body: &[u8], tx: &SocketTx) -> O
             None,
             &failed_ids,
         )),
+    }
+}
+
+/// Batches a socket may have waiting for the stream (cluster mode); past it, `overloaded`.
+const PUBLISH_QUEUE: usize = 64;
+
+/// A socket's batch on its way to the stream (cluster mode).
+struct Batch {
+    user: UserKey,
+    events: Vec<crate::event::Event>,
+    /// Ids acknowledged with the batch without being stored (no consent).
+    extra: Vec<String>,
+    socket: SocketTx,
+}
+
+/// Cluster mode: publishes a socket's batches in the order they came (each is queued to the
+/// stream before the next), and sends each `ack` once JetStream has acknowledged all of its
+/// events (or the error frame naming them).
+async fn publish_batches(
+    cluster: Arc<trimtab_cluster::Cluster>,
+    hub: Arc<Hub>,
+    retry_after_s: u64,
+    mut rx: mpsc::Receiver<Batch>,
+) {
+    while let Some(b) = rx.recv().await {
+        let mut ids: Vec<String> = b.events.iter().map(|e| e.id.clone()).collect();
+        ids.extend(b.extra);
+        let sent = cluster.send(&[(b.user, b.events)]).await;
+        let (hub, socket) = (hub.clone(), b.socket);
+        let frame = move |r: Result<
+            trimtab_engine::pipeline::IngestOutcome,
+            trimtab_cluster::ClusterError,
+        >| match r {
+            Ok(o) => crate::delivery::frames::ack(ids.iter().map(String::as_str), o.duplicates),
+            Err(e) => ApiError::from_cluster(e, retry_after_s).frame(&ids),
+        };
+        match sent {
+            Ok(published) => {
+                actix_web::rt::spawn(async move {
+                    let f = frame(published.wait().await);
+                    hub.send_to(&socket, f);
+                });
+            }
+            Err(e) => {
+                hub.send_to(&socket, frame(Err(e)));
+            }
+        }
     }
 }

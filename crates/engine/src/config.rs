@@ -32,6 +32,13 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// Write key for `/v1/identify` and server-side `/v1/events`; generated if unset.
     pub write_key: Option<String>,
+    /// The key signing user tokens, 64 hex characters (`trimtab keys generate` makes one);
+    /// unset, the one in `secrets.toml`. The nodes of a cluster share it.
+    pub token_key: Option<String>,
+    /// The key turning user ids into pseudonymous keys, 64 hex characters; unset, the one in
+    /// `secrets.toml`. The nodes of a cluster share it; changing it on a node with data makes
+    /// every stored user unreachable.
+    pub pseudonym_key: Option<String>,
     /// When set, `GET /metrics` needs `Authorization: Bearer` with this token (or the admin
     /// token); unset, it is open, as Prometheus endpoints usually are.
     pub metrics_token: Option<String>,
@@ -62,6 +69,52 @@ pub struct Config {
     pub http: HttpConfig,
     pub rate: RateConfig,
     pub retention: RetentionConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`: several nodes sharing the users through NATS JetStream. Without `nats` the
+/// node runs alone (the default) and nothing here is used.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The NATS server(s), e.g. `nats://127.0.0.1:4222` (several comma-separated).
+    pub nats: Option<String>,
+    /// This node's name: unique in the cluster, `[A-Za-z0-9_-]{1,32}`.
+    pub node: String,
+    /// Partitions of the user space; each is owned by one live node. Fixed for a cluster's
+    /// life (the stream's subjects carry it).
+    pub partitions: u32,
+    /// A partition's lease: a node that does not renew within this loses it (ms).
+    pub lease_ms: u64,
+    /// The stream's replicas (3 in production, on a NATS cluster of 3; 1 on one server).
+    pub replicas: usize,
+    /// The names' prefix of the stream, the buckets and the subjects, so that two clusters
+    /// can share one NATS.
+    pub prefix: String,
+    /// Events older than this when a new owner reads them (a partition taken over and read
+    /// from the start) update state without pushing adjustments to pages (ms).
+    pub quiet_after_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            nats: None,
+            node: String::new(),
+            partitions: 64,
+            lease_ms: 6_000,
+            replicas: 1,
+            prefix: "trimtab".into(),
+            quiet_after_ms: 10_000,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Whether this node runs in a cluster.
+    pub fn enabled(&self) -> bool {
+        self.nats.is_some()
+    }
 }
 
 /// `[retention]`: how long raw events are kept.
@@ -179,6 +232,8 @@ impl Default for Config {
             admin_token: None,
             write_key: None,
             metrics_token: None,
+            token_key: None,
+            pseudonym_key: None,
             master_key: None,
             master_key_file: None,
             allowed_origins: Vec::new(),
@@ -198,6 +253,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             rate: RateConfig::default(),
             retention: RetentionConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -366,7 +422,14 @@ pub struct Setting {
 }
 
 /// Keys whose values are secrets: shown only as set or unset.
-const SECRET_KEYS: &[&str] = &["admin_token", "write_key", "metrics_token", "master_key"];
+const SECRET_KEYS: &[&str] = &[
+    "admin_token",
+    "write_key",
+    "metrics_token",
+    "master_key",
+    "token_key",
+    "pseudonym_key",
+];
 
 impl Layers {
     fn read(file: Option<&Path>, overrides: &Overrides) -> Result<Layers, ConfigError> {
@@ -589,6 +652,42 @@ impl Config {
         }
         if self.retention.check_ms < 100 {
             return bad("retention.check_ms must be at least 100");
+        }
+        for (name, v) in [
+            ("token_key", &self.token_key),
+            ("pseudonym_key", &self.pseudonym_key),
+        ] {
+            if v.as_ref()
+                .is_some_and(|v| v.len() != 64 || hex::decode(v).is_err())
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be 64 hex characters (trimtab keys generate makes one)"
+                )));
+            }
+        }
+        if self.cluster.enabled() {
+            let c = &self.cluster;
+            let name_ok = |s: &str, max: usize| {
+                !s.is_empty()
+                    && s.len() <= max
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            };
+            if !name_ok(&c.node, 32) {
+                return bad("cluster.node must be set to this node's name, [A-Za-z0-9_-]{1,32} (unique in the cluster)");
+            }
+            if !name_ok(&c.prefix, 32) {
+                return bad("cluster.prefix must be [A-Za-z0-9_-]{1,32}");
+            }
+            if !(1..=4096).contains(&c.partitions) {
+                return bad("cluster.partitions must be between 1 and 4096");
+            }
+            if c.lease_ms < 500 {
+                return bad("cluster.lease_ms must be at least 500");
+            }
+            if !(1..=5).contains(&c.replicas) {
+                return bad("cluster.replicas must be between 1 and 5");
+            }
         }
         Ok(())
     }

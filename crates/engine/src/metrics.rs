@@ -394,6 +394,11 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, including per-rule counters.
+    /// Registers a collector of another part (the cluster's metrics) for `/metrics`.
+    pub fn register(&self, c: Box<dyn prometheus::core::Collector>) -> prometheus::Result<()> {
+        self.registry.register(c)
+    }
+
     pub fn render(&self, rules: &[RuleStatus]) -> String {
         let mut buf = Vec::new();
         // Encoding into a Vec cannot fail for well-formed metric families.

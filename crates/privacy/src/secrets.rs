@@ -129,6 +129,24 @@ impl Secrets {
     }
 }
 
+impl Secrets {
+    /// The token-signing and pseudonym keys from configuration (64 hex characters each)
+    /// instead of the stored ones: the nodes of a cluster share them.
+    pub fn with_keys(
+        mut self,
+        token_key: Option<&str>,
+        pseudonym_key: Option<&str>,
+    ) -> Result<Secrets, SecretsError> {
+        if let Some(k) = token_key {
+            self.token_key = decode_key("the configuration", "token_key", k)?;
+        }
+        if let Some(k) = pseudonym_key {
+            self.pseudonym_key = decode_key("the configuration", "pseudonym_key", k)?;
+        }
+        Ok(self)
+    }
+}
+
 /// Shortest admin token or write key accepted, from any source.
 pub const MIN_CREDENTIAL_LEN: usize = 16;
 

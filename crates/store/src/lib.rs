@@ -157,7 +157,7 @@ db_err!(
 );
 
 /// What was erased of one user.
-#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Default, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct EraseCounts {
     pub events: u64,
     pub decisions: u64,

@@ -44,7 +44,13 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     /// The live feed of the admin dashboard (events and adjustments as they happen).
     tail: tokio::sync::broadcast::Sender<Arc<str>>,
+    /// Cluster mode: sends a frame on to the other nodes holding the user's sockets;
+    /// returns to how many nodes.
+    forward: std::sync::OnceLock<Forward>,
 }
+
+/// See [`Hub::set_forward`].
+pub type Forward = Box<dyn Fn(&UserKey, &ByteString) -> usize + Send + Sync>;
 
 impl Hub {
     pub fn new(metrics: Arc<Metrics>) -> Hub {
@@ -53,6 +59,7 @@ impl Hub {
             next_id: AtomicU64::new(1),
             metrics,
             tail: tokio::sync::broadcast::channel(1024).0,
+            forward: std::sync::OnceLock::new(),
         }
     }
 
@@ -104,8 +111,24 @@ impl Hub {
         }
     }
 
-    /// Sends `frame` to every open socket of `user`. Returns how many sockets got it.
+    /// Cluster mode: every pushed frame also goes to `f`, which sends it on to the other
+    /// nodes holding sockets of the user (set once, at start).
+    pub fn set_forward(&self, f: Forward) {
+        let _ = self.forward.set(f);
+    }
+
+    /// Sends `frame` to every open socket of `user`, here and (cluster mode) on the other
+    /// nodes that hold one. Returns how many sockets (or nodes) got it.
     pub fn push(&self, user: &UserKey, frame: &ByteString) -> usize {
+        let here = self.push_local(user, frame);
+        match self.forward.get() {
+            Some(f) => here + f(user, frame),
+            None => here,
+        }
+    }
+
+    /// Sends `frame` to this node's open sockets of `user`. Returns how many got it.
+    pub fn push_local(&self, user: &UserKey, frame: &ByteString) -> usize {
         let map = self.sessions.read().unwrap_or_else(|e| e.into_inner());
         let Some(v) = map.get(user) else { return 0 };
         v.iter()

@@ -36,10 +36,11 @@ use crate::metrics::Metrics;
 use crate::segments::service::SegmentService;
 use trimtab_privacy::{Pseudonymizer, UserKey};
 use trimtab_rules::Rules;
-use trimtab_store::{EraseCounts, Store};
+use trimtab_store::Store;
 use trimtab_wire::Event;
 
 pub use decision::Decision;
+pub use trimtab_store::EraseCounts;
 
 /// Why a request could not be queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +70,7 @@ pub struct IngestOutcome {
 }
 
 /// A user's data, for export.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct UserExport {
     pub state: serde_json::Value,
     pub events: Vec<serde_json::Value>,
@@ -143,6 +144,9 @@ pub(crate) enum ShardMsg {
         /// Users of this shard and their events, each user's in order.
         users: Vec<(UserKey, Vec<Event>)>,
         reply: EventsReply,
+        /// Push the adjustments they cause to the users' pages (false: state, decisions and
+        /// statistics only — events a cluster node catches up on, long after they happened).
+        push: bool,
     },
     Decide {
         user: UserKey,
@@ -336,6 +340,16 @@ impl Pipeline {
         &self,
         users: Vec<(UserKey, Vec<Event>)>,
     ) -> Result<Pending<IngestOutcome>, SubmitError> {
+        self.submit_events_with(users, true)
+    }
+
+    /// [`Pipeline::submit_events`]; with `push` false the adjustments the events cause are
+    /// decided and stored but not pushed to pages.
+    pub fn submit_events_with(
+        &self,
+        users: Vec<(UserKey, Vec<Event>)>,
+        push: bool,
+    ) -> Result<Pending<IngestOutcome>, SubmitError> {
         let (reply, rx) = oneshot::channel();
         let mut by_shard: Vec<Vec<(UserKey, Vec<Event>)>> = Vec::new();
         by_shard.resize_with(self.shard_count, Vec::new);
@@ -351,7 +365,7 @@ impl Pipeline {
         for (shard, users) in by_shard.into_iter().enumerate() {
             if !users.is_empty() {
                 let reply = EventsReply::Http(join.clone());
-                self.send(shard, ShardMsg::Events { users, reply })?;
+                self.send(shard, ShardMsg::Events { users, reply, push })?;
             }
         }
         Ok(rx)
@@ -372,6 +386,7 @@ impl Pipeline {
         let msg = ShardMsg::Events {
             users: vec![(user, events)],
             reply,
+            push: true,
         };
         self.try_send(shard, msg).map_err(|(e, m)| match m {
             ShardMsg::Events { mut users, .. } => {

@@ -153,6 +153,8 @@ pub(crate) struct Shard {
     committed: u64,
     /// Users taken into the cache since its size in bytes was last estimated.
     since_size_check: usize,
+    /// The input being run pushes nothing to pages (events a cluster node catches up on).
+    quiet: bool,
 }
 
 /// The cache's size in bytes is estimated (a pass over every entry) once per this many users
@@ -254,6 +256,7 @@ impl Shard {
             work,
             committed: 0,
             since_size_check: 0,
+            quiet: false,
         }
     }
 
@@ -348,7 +351,11 @@ impl Shard {
         // Fault injection (`failpoints` builds only): the shard panics here.
         fail::fail_point!("shard-message");
         match msg {
-            ShardMsg::Events { users, reply } => self.events(users, reply, snap),
+            ShardMsg::Events { users, reply, push } => {
+                self.quiet = !push;
+                self.events(users, reply, snap);
+                self.quiet = false;
+            }
             ShardMsg::Decide {
                 user,
                 slot,
@@ -847,7 +854,7 @@ impl Shard {
             let idb = Decision::id_bytes(&d.id).unwrap_or([0; 16]);
             rows.decisions
                 .push((idb, entry.sealer.seal(&user, Table::Decision, &d.encode())));
-            if cause != Cause::Decide {
+            if cause != Cause::Decide && !self.quiet {
                 let frame = frames::adjust(&d);
                 self.work.after.push(After::Push {
                     user,

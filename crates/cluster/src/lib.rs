@@ -1,0 +1,806 @@
+//! Cluster mode: several trimtab nodes share the users through NATS JetStream, an existing
+//! distributed engine (no home-made consensus). Without `[cluster] nats` none of this runs.
+//!
+//! ```text
+//!  client ─▶ any node ── publish, Nats-Msg-Id = event id ─▶ stream <prefix>_events
+//!            (admission as alone;                           subject <prefix>.ev.<part>.<user>
+//!             ack after JetStream's)                              │ in order, per partition
+//!                                                                 ▼
+//!  sockets ◀─ <prefix>.push.<node> ◀── adjustments ── the partition's owner (a lease in KV):
+//!                                                     its own engine — state, rules, decisions
+//! ```
+//! - **Log** ([`Cluster::publish`]): the accepting node admits events as a lone node does,
+//!   publishes each to its user's subject in its partition with `Nats-Msg-Id` = the event id's
+//!   hash (JetStream's de-duplication), and acknowledges the client only after every
+//!   publish acknowledgement.
+//! - **Ownership** ([`owner`]): each partition is leased to one live node in a KV bucket
+//!   whose entries expire after `lease_ms`; a node renews its leases, takes free partitions up
+//!   to its share, and gives back partitions beyond it when nodes join. A node that stops
+//!   renewing loses its partitions to the others.
+//! - **Serving a partition** ([`serve`]): the owner reads the partition's events from the
+//!   start of the stream, in order, into its own engine (the engine's de-duplication skips
+//!   what it has already; events older than `quiet_after_ms` update state without pushing to
+//!   pages) and answers the partition's requests (export, erase, decide) once it has read
+//!   everything stored for that user.
+//! - **Delivery**: adjustments go to the nodes that sent the user's events, on each node's
+//!   own subject; each node pushes them to its sockets.
+//! - **Erasure**: the owner erases the user, the user's subject is purged from the stream,
+//!   and every node erases what it still holds of the user from an earlier ownership.
+
+pub mod names;
+mod owner;
+mod serve;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use bytestring::ByteString;
+use futures_util::StreamExt;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use tokio::runtime::Runtime;
+
+use trimtab_engine::config::ClusterConfig;
+use trimtab_engine::pipeline::{Decision, IngestOutcome, UserExport};
+use trimtab_engine::Engine;
+use trimtab_privacy::UserKey;
+use trimtab_wire::Event;
+
+use names::Names;
+
+/// Why a cluster operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// NATS or the partition's owner cannot be reached now: retry (HTTP 503).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The owner's queues are full: retry later (HTTP 429).
+    #[error("the node owning this user is busy")]
+    Overloaded,
+}
+
+/// A failure the owner reports to the requester.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Fail {
+    overloaded: bool,
+    message: String,
+}
+
+/// A request to a partition's owner.
+#[derive(Debug, Serialize, Deserialize)]
+enum Op {
+    Export,
+    Erase,
+    Decide {
+        slot: String,
+        candidates: Vec<String>,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Request {
+    user: UserKey,
+    op: Op,
+}
+
+/// A node's view of the cluster, for `/readyz` and the dashboard.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub node: String,
+    pub connected: bool,
+    /// Live nodes (this one included), as the nodes bucket lists them.
+    pub nodes: Vec<String>,
+    /// The partitions this node owns, with the stream sequence read into the engine.
+    pub partitions: Vec<PartitionStatus>,
+    pub partition_count: u32,
+}
+
+/// An owned partition.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionStatus {
+    pub partition: u32,
+    /// The last stream sequence of the partition that is in this node's engine.
+    pub read: u64,
+}
+
+/// The cluster's metrics (registered with the engine's, on `/metrics`).
+struct Metrics {
+    owned: prometheus::IntGauge,
+    consumed: prometheus::IntCounterVec,
+    published: prometheus::IntCounter,
+    forwarded: prometheus::IntCounter,
+}
+
+impl Metrics {
+    fn new(engine: &Engine) -> Metrics {
+        let ok = "valid metric";
+        let m = Metrics {
+            owned: prometheus::IntGauge::new(
+                "trimtab_cluster_partitions_owned",
+                "Partitions this node owns",
+            )
+            .expect(ok),
+            consumed: prometheus::IntCounterVec::new(
+                prometheus::Opts::new(
+                    "trimtab_cluster_consumed_total",
+                    "Events read from the stream into this node's engine, by partition",
+                ),
+                &["partition"],
+            )
+            .expect(ok),
+            published: prometheus::IntCounter::new(
+                "trimtab_cluster_published_total",
+                "Events this node published to the stream (acknowledged by JetStream)",
+            )
+            .expect(ok),
+            forwarded: prometheus::IntCounter::new(
+                "trimtab_cluster_forwarded_total",
+                "Frames sent on to other nodes' sockets",
+            )
+            .expect(ok),
+        };
+        for c in [
+            Box::new(m.owned.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.consumed.clone()),
+            Box::new(m.published.clone()),
+            Box::new(m.forwarded.clone()),
+        ] {
+            let _ = engine.metrics.register(c);
+        }
+        m
+    }
+}
+
+/// Which nodes hold sockets of a user: the nodes that sent their latest events, at most two
+/// per user (a user's tabs are rarely on more), bounded in users.
+#[derive(Default)]
+struct Origins {
+    map: HashMap<UserKey, [Option<Arc<str>>; 2]>,
+}
+
+/// At most this many users' origins are remembered; past it the table starts over (a user's
+/// next event tells it again).
+const MAX_ORIGINS: usize = 500_000;
+
+impl Origins {
+    fn note(&mut self, user: UserKey, node: Arc<str>) {
+        if self.map.len() >= MAX_ORIGINS && !self.map.contains_key(&user) {
+            self.map.clear();
+        }
+        let e = self.map.entry(user).or_default();
+        if e[0].as_deref() != Some(&*node) {
+            e[1] = e[0].take();
+            e[0] = Some(node);
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    cfg: ClusterConfig,
+    names: Names,
+    node: Arc<str>,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    stream: jetstream::stream::Stream,
+    leases: kv::Store,
+    nodes: kv::Store,
+    engine: Arc<Engine>,
+    /// The partitions this node owns.
+    parts: Mutex<HashMap<u32, owner::Owned>>,
+    origins: Mutex<Origins>,
+    metrics: Metrics,
+    /// Frames for other nodes, from the engine's threads to the publishing task.
+    forward_tx: tokio::sync::mpsc::UnboundedSender<(String, bytes::Bytes)>,
+    live: Mutex<Vec<String>>,
+    stopping: AtomicBool,
+    rounds: AtomicUsize,
+}
+
+/// A running cluster node: its NATS connection and the tasks that own partitions, on a
+/// runtime of its own.
+pub struct Cluster {
+    inner: Arc<Inner>,
+    rt: Mutex<Option<Runtime>>,
+}
+
+/// The secrets' fingerprint: an HMAC keyed by the pseudonym key over the other three, so
+/// that nodes can compare secrets through NATS without NATS learning any of them.
+pub fn secrets_fingerprint(
+    pseudonym_key: &[u8],
+    admin_token: &str,
+    write_key: &str,
+    token_key: &[u8],
+) -> String {
+    let mut mac =
+        <Hmac<sha2::Sha256> as Mac>::new_from_slice(pseudonym_key).expect("HMAC takes any key");
+    mac.update(b"trimtab/cluster-secrets/v1");
+    for part in [admin_token.as_bytes(), write_key.as_bytes(), token_key] {
+        mac.update(&(part.len() as u64).to_le_bytes());
+        mac.update(part);
+    }
+    hex::encode(mac.finalize().into_bytes())
+}
+
+fn unavailable(what: &str) -> impl Fn(async_nats::Error) -> ClusterError + '_ {
+    move |e| ClusterError::Unavailable(format!("{what}: {e}"))
+}
+
+impl Cluster {
+    /// Connects to NATS, creates (or opens) the stream and buckets, checks that this node's
+    /// secrets are the cluster's, and starts taking partitions. Fails with a message naming
+    /// what is wrong (NATS unreachable, other secrets, JetStream off).
+    pub fn start(engine: Arc<Engine>, fingerprint: String) -> Result<Arc<Cluster>, String> {
+        let cfg = engine.cfg.cluster.clone();
+        let url = cfg.nats.clone().ok_or("cluster.nats is not set")?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("trimtab-cluster")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the cluster's runtime: {e}"))?;
+        let (forward_tx, forward_rx) = tokio::sync::mpsc::unbounded_channel();
+        let inner = rt.block_on(async {
+            let client = async_nats::ConnectOptions::new()
+                .name(format!("trimtab-{}", cfg.node))
+                .retry_on_initial_connect()
+                .connection_timeout(Duration::from_secs(5))
+                .connect(url.as_str());
+            let client = tokio::time::timeout(Duration::from_secs(15), client)
+                .await
+                .map_err(|_| format!("cannot reach NATS at {url} (cluster.nats) within 15 s"))?
+                .map_err(|e| format!("cannot connect to NATS at {url} (cluster.nats): {e}"))?;
+            let js = jetstream::new(client.clone());
+            let names = Names::new(&cfg.prefix);
+            let retention = engine.cfg.retention.max_age().unwrap_or_default();
+            let stream = js
+                .get_or_create_stream(jetstream::stream::Config {
+                    name: names.stream(),
+                    subjects: vec![names.events_all()],
+                    storage: jetstream::stream::StorageType::File,
+                    num_replicas: cfg.replicas,
+                    max_age: retention,
+                    duplicate_window: Duration::from_secs(120),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| {
+                    format!("cannot open the events stream on NATS at {url} (is JetStream on? nats-server -js): {e}")
+                })?;
+            let lease = Duration::from_millis(cfg.lease_ms);
+            let leases = bucket(&js, &names.leases(), lease, true, cfg.replicas).await?;
+            let nodes = bucket(&js, &names.nodes(), lease, true, cfg.replicas).await?;
+            let meta = bucket(&js, &names.meta(), Duration::ZERO, false, cfg.replicas).await?;
+            check_secrets(&meta, &fingerprint).await?;
+            check_partitions(&meta, cfg.partitions).await?;
+            Ok::<_, String>(Arc::new(Inner {
+                node: cfg.node.as_str().into(),
+                names,
+                client,
+                js,
+                stream,
+                leases,
+                nodes,
+                metrics: Metrics::new(&engine),
+                engine: engine.clone(),
+                parts: Mutex::new(HashMap::new()),
+                origins: Mutex::new(Origins::default()),
+                forward_tx,
+                live: Mutex::new(Vec::new()),
+                stopping: AtomicBool::new(false),
+                rounds: AtomicUsize::new(0),
+                cfg,
+            }))
+        })?;
+        // Adjustments for sockets on other nodes leave through the forwarding task.
+        let fwd = inner.clone();
+        engine
+            .hub
+            .set_forward(Box::new(move |user, frame| fwd.forward(user, frame)));
+        rt.spawn(forward_loop(inner.clone(), forward_rx));
+        let sub = inner.clone();
+        rt.block_on(async move {
+            let pushes = sub
+                .client
+                .subscribe(sub.names.push(&sub.node))
+                .await
+                .map_err(|e| format!("cannot subscribe to this node's deliveries: {e}"))?;
+            let erasures = sub
+                .client
+                .subscribe(sub.names.erase())
+                .await
+                .map_err(|e| format!("cannot subscribe to erasures: {e}"))?;
+            tokio::spawn(push_loop(sub.clone(), pushes));
+            tokio::spawn(erase_loop(sub.clone(), erasures));
+            Ok::<_, String>(())
+        })?;
+        rt.spawn(owner::run(inner.clone()));
+        tracing::info!(node = %inner.node, partitions = inner.cfg.partitions, "cluster: joined");
+        Ok(Arc::new(Cluster {
+            inner,
+            rt: Mutex::new(Some(rt)),
+        }))
+    }
+
+    /// Publishes each user's events to the stream (in order) and waits for JetStream's
+    /// acknowledgements: the batch is durable in the cluster once this returns `Ok`.
+    /// A duplicate is an event whose id JetStream or the owner saw before.
+    pub async fn publish(
+        &self,
+        groups: &[(UserKey, Vec<Event>)],
+    ) -> Result<IngestOutcome, ClusterError> {
+        self.send(groups).await?.wait().await
+    }
+
+    /// The first half of [`Cluster::publish`]: queues every event to the stream, in order
+    /// (a later `send` is ordered after this one), without waiting for the acknowledgements.
+    pub async fn send(&self, groups: &[(UserKey, Vec<Event>)]) -> Result<Published, ClusterError> {
+        let inner = &self.inner;
+        let mut acks = Vec::new();
+        for (user, events) in groups {
+            let part = names::partition(user, inner.cfg.partitions);
+            let subject = inner.names.events(part, user);
+            for ev in events {
+                let id = hex::encode(inner.engine.pseudo.event_id(user, &ev.id));
+                let payload = postcard::to_allocvec(ev).expect("Event is postcard-serialisable");
+                let msg = jetstream::message::PublishMessage::build()
+                    .payload(payload.into())
+                    .message_id(id)
+                    .header("Trimtab-Node", &*inner.node);
+                let ack = inner
+                    .js
+                    .send_publish(subject.clone(), msg)
+                    .await
+                    .map_err(|e| unavailable("publishing to the stream")(e.into()))?;
+                acks.push(ack);
+            }
+        }
+        Ok(Published {
+            acks,
+            metrics: inner.metrics.published.clone(),
+        })
+    }
+}
+
+/// Events queued to the stream, waiting for JetStream's acknowledgements.
+pub struct Published {
+    acks: Vec<jetstream::context::PublishAckFuture>,
+    metrics: prometheus::IntCounter,
+}
+
+impl Published {
+    /// Waits for every acknowledgement: the events are durable in the stream once `Ok`.
+    pub async fn wait(self) -> Result<IngestOutcome, ClusterError> {
+        let mut out = IngestOutcome::default();
+        for a in self.acks {
+            let ack = a
+                .await
+                .map_err(|e| unavailable("waiting for the stream's acknowledgement")(e.into()))?;
+            if ack.duplicate {
+                out.duplicates += 1;
+            } else {
+                out.accepted += 1;
+            }
+        }
+        self.metrics.inc_by(out.accepted as u64);
+        Ok(out)
+    }
+}
+
+impl Cluster {
+    /// The user's data from the node that owns them.
+    pub async fn export(&self, user: UserKey) -> Result<Option<UserExport>, ClusterError> {
+        self.inner.request(user, Op::Export).await
+    }
+
+    /// A decision for a slot, from the node that owns the user.
+    pub async fn decide(
+        &self,
+        user: UserKey,
+        slot: String,
+        candidates: Vec<String>,
+    ) -> Result<Decision, ClusterError> {
+        self.inner
+            .request(user, Op::Decide { slot, candidates })
+            .await
+    }
+
+    /// Erases the user everywhere: on the owner, in the stream, and on every other node.
+    /// Returns the owner's counts.
+    pub async fn erase(
+        &self,
+        user: UserKey,
+    ) -> Result<trimtab_engine::pipeline::EraseCounts, ClusterError> {
+        let inner = &self.inner;
+        let counts = inner.request(user, Op::Erase).await?;
+        inner.erase_from_stream(user).await?;
+        inner.erase_everywhere(user).await?;
+        Ok(counts)
+    }
+
+    /// This node's view, for `/readyz`.
+    pub fn status(&self) -> Status {
+        let inner = &self.inner;
+        let mut partitions: Vec<PartitionStatus> = inner
+            .parts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(p, o)| PartitionStatus {
+                partition: *p,
+                read: o.read.load(Ordering::Relaxed),
+            })
+            .collect();
+        partitions.sort_unstable_by_key(|p| p.partition);
+        Status {
+            node: inner.node.to_string(),
+            connected: inner.client.connection_state() == async_nats::connection::State::Connected,
+            nodes: inner.live.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            partitions,
+            partition_count: inner.cfg.partitions,
+        }
+    }
+
+    /// Whether the node has joined: connected, and its first ownership round done.
+    pub fn ready(&self) -> bool {
+        self.inner.rounds.load(Ordering::Relaxed) > 0
+            && self.inner.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Leaves the cluster: stops reading the partitions (what was read is in the engine),
+    /// gives the leases back so other nodes take over at once, and closes the connection.
+    /// Call before stopping the engine.
+    pub fn stop(&self) {
+        let Some(rt) = self.rt.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        let inner = self.inner.clone();
+        rt.block_on(async move {
+            inner.stopping.store(true, Ordering::Relaxed);
+            let parts: Vec<u32> = inner
+                .parts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .keys()
+                .copied()
+                .collect();
+            for p in parts {
+                owner::release(&inner, p).await;
+            }
+            let _ = inner.nodes.delete(&*inner.node).await;
+            let _ = inner.client.flush().await;
+        });
+        rt.shutdown_timeout(Duration::from_secs(2));
+        tracing::info!("cluster: left");
+    }
+}
+
+impl Inner {
+    /// Sends a request to the owner of `user`'s partition and decodes its answer. While the
+    /// partition has no owner (a node died and its lease has not expired yet), it retries
+    /// for up to twice the lease.
+    async fn request<T: serde::de::DeserializeOwned>(
+        &self,
+        user: UserKey,
+        op: Op,
+    ) -> Result<T, ClusterError> {
+        let part = names::partition(&user, self.cfg.partitions);
+        let body = serde_json::to_vec(&Request { user, op }).expect("serialisable");
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(self.cfg.lease_ms * 2)
+            + Duration::from_secs(5);
+        loop {
+            let r = tokio::time::timeout(
+                Duration::from_secs(30),
+                self.client
+                    .request(self.names.rpc(part), body.clone().into()),
+            )
+            .await;
+            let retry = match r {
+                Ok(Ok(msg)) => {
+                    let answer: Result<serde_json::Value, Fail> =
+                        serde_json::from_slice(&msg.payload).map_err(|e| {
+                            ClusterError::Unavailable(format!("the owner's answer: {e}"))
+                        })?;
+                    return match answer {
+                        Ok(v) => serde_json::from_value(v).map_err(|e| {
+                            ClusterError::Unavailable(format!("the owner's answer: {e}"))
+                        }),
+                        Err(f) if f.overloaded => Err(ClusterError::Overloaded),
+                        Err(f) => Err(ClusterError::Unavailable(f.message)),
+                    };
+                }
+                Ok(Err(e)) => matches!(e.kind(), async_nats::RequestErrorKind::NoResponders)
+                    .then(|| format!("partition {part} has no owner now"))
+                    .ok_or_else(|| {
+                        ClusterError::Unavailable(format!("asking partition {part}'s owner: {e}"))
+                    })?,
+                Err(_) => format!("partition {part}'s owner did not answer within 30 s"),
+            };
+            if tokio::time::Instant::now() > deadline {
+                return Err(ClusterError::Unavailable(retry));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Deletes every message of the user's subject from the stream with JetStream's secure
+    /// delete (the record is overwritten with random bytes, subject included: a purge only
+    /// unlinks it, leaving the bytes in the block file), then purges the subject.
+    async fn erase_from_stream(&self, user: UserKey) -> Result<(), ClusterError> {
+        use jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+        let fail =
+            |what: &'static str| move |e: String| ClusterError::Unavailable(format!("{what}: {e}"));
+        let part = names::partition(&user, self.cfg.partitions);
+        let subject = self.names.events(part, &user);
+        let last = match self.stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => m.sequence,
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => 0,
+            Err(e) => {
+                return Err(fail("finding the user's events in the stream")(
+                    e.to_string(),
+                ))
+            }
+        };
+        if last > 0 {
+            let consumer = self
+                .stream
+                .create_consumer(OrderedConfig {
+                    filter_subject: subject.clone(),
+                    headers_only: true,
+                    deliver_policy: DeliverPolicy::All,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| fail("listing the user's events in the stream")(e.to_string()))?;
+            let mut msgs = consumer
+                .messages()
+                .await
+                .map_err(|e| fail("listing the user's events in the stream")(e.to_string()))?;
+            let mut seqs = Vec::new();
+            loop {
+                let m = tokio::time::timeout(Duration::from_secs(10), msgs.next())
+                    .await
+                    .map_err(|_| {
+                        fail("listing the user's events in the stream")("timed out".into())
+                    })?;
+                let Some(Ok(m)) = m else {
+                    return Err(fail("listing the user's events in the stream")(
+                        "the listing ended early".into(),
+                    ));
+                };
+                let seq = m.info().map(|i| i.stream_sequence).unwrap_or(last);
+                seqs.push(seq);
+                if seq >= last {
+                    break;
+                }
+            }
+            for seq in seqs {
+                self.stream.delete_message(seq).await.map_err(|e| {
+                    fail("erasing the user's events from the stream")(e.to_string())
+                })?;
+            }
+        }
+        self.stream
+            .purge()
+            .filter(subject)
+            .await
+            .map_err(|e| fail("purging the user's events from the stream")(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Tells every node to erase what it holds of `user`; waits for the live nodes' answers
+    /// (or 5 s).
+    async fn erase_everywhere(&self, user: UserKey) -> Result<(), ClusterError> {
+        let inbox = self.client.new_inbox();
+        let mut sub = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| unavailable("erasing on every node")(e.into()))?;
+        self.client
+            .publish_with_reply(self.names.erase(), inbox, user.hex().into())
+            .await
+            .map_err(|e| unavailable("erasing on every node")(e.into()))?;
+        let want = self
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+            .max(1);
+        let mut got = 0;
+        let deadline = tokio::time::sleep(Duration::from_secs(5));
+        tokio::pin!(deadline);
+        while got < want {
+            tokio::select! {
+                m = sub.next() => match m { Some(_) => got += 1, None => break },
+                _ = &mut deadline => {
+                    tracing::warn!(answered = got, live = want, "erasure: not every node answered within 5 s");
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The engine's hook: sends a pushed frame to the other nodes that sent the user's
+    /// latest events. Returns to how many.
+    fn forward(&self, user: &UserKey, frame: &ByteString) -> usize {
+        let nodes = {
+            let o = self.origins.lock().unwrap_or_else(|e| e.into_inner());
+            match o.map.get(user) {
+                Some(n) => n.clone(),
+                None => return 0,
+            }
+        };
+        let mut sent = 0;
+        for node in nodes.iter().flatten() {
+            if **node == *self.node {
+                continue;
+            }
+            let mut payload = Vec::with_capacity(16 + frame.len());
+            payload.extend_from_slice(&user.0);
+            payload.extend_from_slice(frame.as_bytes());
+            if self
+                .forward_tx
+                .send((self.names.push(node), payload.into()))
+                .is_ok()
+            {
+                sent += 1;
+            }
+        }
+        sent
+    }
+
+    fn note_origin(&self, user: UserKey, node: &str) {
+        let mut o = self.origins.lock().unwrap_or_else(|e| e.into_inner());
+        let known = o
+            .map
+            .get(&user)
+            .is_some_and(|n| n[0].as_deref() == Some(node));
+        if !known {
+            o.note(user, node.into());
+        }
+    }
+}
+
+/// Publishes frames for other nodes' sockets (core NATS: a page that misses one gets the
+/// next; the decision itself is stored by the owner).
+async fn forward_loop(
+    inner: Arc<Inner>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<(String, bytes::Bytes)>,
+) {
+    while let Some((subject, payload)) = rx.recv().await {
+        if inner.client.publish(subject, payload).await.is_ok() {
+            inner.metrics.forwarded.inc();
+        }
+    }
+}
+
+/// Frames other nodes sent for this node's sockets.
+async fn push_loop(inner: Arc<Inner>, mut sub: async_nats::Subscriber) {
+    while let Some(msg) = sub.next().await {
+        if msg.payload.len() < 16 {
+            continue;
+        }
+        let mut k = [0u8; 16];
+        k.copy_from_slice(&msg.payload[..16]);
+        let Ok(frame) = ByteString::try_from(msg.payload.slice(16..)) else {
+            continue;
+        };
+        inner.engine.hub.push_local(&UserKey(k), &frame);
+    }
+}
+
+/// Erasures asked through any node: what this node holds of the user from an earlier
+/// ownership goes too (the owner erased its own copy first).
+async fn erase_loop(inner: Arc<Inner>, mut sub: async_nats::Subscriber) {
+    while let Some(msg) = sub.next().await {
+        let user = std::str::from_utf8(&msg.payload)
+            .ok()
+            .and_then(|h| hex::decode(h).ok())
+            .and_then(|b| <[u8; 16]>::try_from(b).ok())
+            .map(UserKey);
+        if let Some(user) = user {
+            let part = names::partition(&user, inner.cfg.partitions);
+            let owned = inner
+                .parts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(&part);
+            inner
+                .origins
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .map
+                .remove(&user);
+            inner.engine.hub.close_user(&user, "user erased");
+            if !owned {
+                if let Ok(p) = inner.engine.pipeline.erase(user) {
+                    let _ = p.await;
+                }
+            }
+        }
+        if let Some(reply) = msg.reply {
+            let _ = inner.client.publish(reply, "ok".into()).await;
+        }
+    }
+}
+
+/// Opens a key-value bucket, creating it first if needed. Its stream is created here with
+/// the configuration the KV convention gives (`KV_<bucket>`, `$KV.<bucket>.>`, one value per
+/// key, roll-ups, direct gets): the client's own `create_key_value` first asks for the
+/// account's limits in a form nats-server 2.9 does not answer.
+async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    max_age: Duration,
+    memory: bool,
+    replicas: usize,
+) -> Result<kv::Store, String> {
+    use jetstream::stream::{Config, DiscardPolicy, StorageType};
+    js.get_or_create_stream(Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        storage: if memory {
+            StorageType::Memory
+        } else {
+            StorageType::File
+        },
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        num_replicas: replicas,
+        discard: DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| format!("cannot open the bucket {name} on NATS: {e}"))?;
+    js.get_key_value(name)
+        .await
+        .map_err(|e| format!("cannot open the bucket {name} on NATS: {e}"))
+}
+
+/// The first node records the secrets' fingerprint; every later node must match it.
+async fn check_secrets(meta: &kv::Store, fp: &str) -> Result<(), String> {
+    match meta.create("secrets", fp.to_string().into()).await {
+        Ok(_) => Ok(()),
+        Err(_) => {
+            let known = meta
+                .get("secrets")
+                .await
+                .map_err(|e| format!("cannot read the cluster's secrets fingerprint: {e}"))?;
+            if known.as_deref() == Some(fp.as_bytes()) {
+                Ok(())
+            } else {
+                Err("this node's secrets differ from the cluster's: every node needs the same admin token, write key, token-signing and pseudonym keys — copy secrets.toml from the first node's data dir (or set the same TRIMTAB_ADMIN_TOKEN and TRIMTAB_WRITE_KEY on every node)".into())
+            }
+        }
+    }
+}
+
+/// The partition count is fixed for a cluster's life: the stream's subjects carry it.
+async fn check_partitions(meta: &kv::Store, n: u32) -> Result<(), String> {
+    let v = n.to_string();
+    match meta.create("partitions", v.clone().into()).await {
+        Ok(_) => Ok(()),
+        Err(_) => {
+            let known = meta
+                .get("partitions")
+                .await
+                .map_err(|e| format!("cannot read the cluster's partition count: {e}"))?;
+            match known {
+                Some(k) if k == v.as_bytes() => Ok(()),
+                Some(k) => Err(format!(
+                    "cluster.partitions is {n} here but {} in the cluster: it is fixed for a cluster's life",
+                    String::from_utf8_lossy(&k)
+                )),
+                None => Ok(()),
+            }
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! Serving an owned partition: reading its events from the stream into this node's engine,
+//! in order, and answering its requests once the user's events are read.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+use futures_util::{FutureExt, StreamExt};
+
+use trimtab_engine::pipeline::SubmitError;
+use trimtab_privacy::UserKey;
+use trimtab_wire::Event;
+
+use crate::{names, Fail, Inner, Op, Request};
+
+/// At most this many messages go into the engine as one batch.
+const MAX_BATCH: usize = 512;
+
+/// Reads partition `p` from the start of the stream (the engine skips events it already
+/// has) until told to stop; `read` follows the last stream sequence that is in the engine.
+pub(crate) async fn read(
+    inner: Arc<Inner>,
+    p: u32,
+    read: Arc<AtomicU64>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let label = p.to_string();
+    let consumed = inner.metrics.consumed.with_label_values(&[&label]);
+    'connect: loop {
+        if *stop.borrow() {
+            return;
+        }
+        let from = read.load(Ordering::Relaxed);
+        let config = OrderedConfig {
+            filter_subject: inner.names.partition(p),
+            deliver_policy: if from == 0 {
+                DeliverPolicy::All
+            } else {
+                DeliverPolicy::ByStartSequence {
+                    start_sequence: from + 1,
+                }
+            },
+            ..Default::default()
+        };
+        let messages = match inner.stream.create_consumer(config).await {
+            Ok(c) => c.messages().await,
+            Err(e) => Err(async_nats::jetstream::consumer::StreamError::with_source(
+                async_nats::jetstream::consumer::StreamErrorKind::Other,
+                e,
+            )),
+        };
+        let mut messages = match messages {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(partition = p, error = %e, "cluster: cannot read a partition; retrying");
+                if sleep_or_stop(&mut stop, Duration::from_millis(500)).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        loop {
+            let first = tokio::select! {
+                _ = stop.changed() => return,
+                m = messages.next() => m,
+            };
+            let mut batch = match first {
+                Some(Ok(m)) => vec![m],
+                Some(Err(e)) => {
+                    tracing::warn!(partition = p, error = %e, "cluster: reading a partition failed; resuming");
+                    continue 'connect;
+                }
+                None => continue 'connect,
+            };
+            while batch.len() < MAX_BATCH {
+                match messages.next().now_or_never() {
+                    Some(Some(Ok(m))) => batch.push(m),
+                    _ => break,
+                }
+            }
+            let mut last = 0;
+            let mut quiet = true;
+            let now_ns = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos() as i128;
+            let mut groups: Vec<(UserKey, Vec<Event>)> = Vec::new();
+            for m in &batch {
+                if let Ok(info) = m.info() {
+                    last = last.max(info.stream_sequence);
+                    let age_ms = (now_ns - info.published.unix_timestamp_nanos()) / 1_000_000;
+                    quiet &= age_ms > i128::from(inner.cfg.quiet_after_ms);
+                } else {
+                    quiet = false;
+                }
+                let Some(user) = user_of(&m.subject) else {
+                    continue;
+                };
+                let Ok(ev) = postcard::from_bytes::<Event>(&m.payload) else {
+                    tracing::warn!(partition = p, subject = %m.subject, "cluster: an event in the stream does not decode; skipped");
+                    continue;
+                };
+                if let Some(node) = m.headers.as_ref().and_then(|h| h.get("Trimtab-Node")) {
+                    inner.note_origin(user, node.as_str());
+                }
+                match groups.iter_mut().find(|(u, _)| *u == user) {
+                    Some((_, evs)) => evs.push(ev),
+                    None => groups.push((user, vec![ev])),
+                }
+            }
+            let n = batch.len() as u64;
+            if !groups.is_empty() && !submit(&inner, groups, !quiet, &mut stop).await {
+                return;
+            }
+            consumed.inc_by(n);
+            read.fetch_max(last, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Puts a batch into the engine and waits until it is durable there, retrying while the
+/// engine's queues are full. False: told to stop (or the engine is stopping).
+async fn submit(
+    inner: &Inner,
+    groups: Vec<(UserKey, Vec<Event>)>,
+    push: bool,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    loop {
+        match inner
+            .engine
+            .pipeline
+            .submit_events_with(groups.clone(), push)
+        {
+            Ok(pending) => match pending.await {
+                Ok(Ok(_)) => return true,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cluster: the engine refused a batch from the stream; retrying");
+                }
+                Err(_) => return false,
+            },
+            Err(SubmitError::Overloaded) => {}
+            Err(SubmitError::ShuttingDown) => return false,
+        }
+        // A stop still lets an interrupted batch be retried by the next owner: the stream
+        // has it, and what this node stored of it is de-duplicated.
+        if sleep_or_stop(stop, Duration::from_millis(20)).await {
+            return false;
+        }
+    }
+}
+
+/// Sleeps `d`; true if told to stop meanwhile.
+async fn sleep_or_stop(stop: &mut tokio::sync::watch::Receiver<bool>, d: Duration) -> bool {
+    tokio::select! {
+        _ = stop.changed() => true,
+        _ = tokio::time::sleep(d) => *stop.borrow(),
+    }
+}
+
+/// The user key in an event subject (`<prefix>.ev.<part>.<hex>`).
+fn user_of(subject: &str) -> Option<UserKey> {
+    let hex = subject.rsplit('.').next()?;
+    let b = hex::decode(hex).ok()?;
+    Some(UserKey(<[u8; 16]>::try_from(b).ok()?))
+}
+
+/// Answers the partition's requests until the subscription ends (the partition is given
+/// back).
+pub(crate) async fn requests(
+    inner: Arc<Inner>,
+    p: u32,
+    read: Arc<AtomicU64>,
+    mut sub: async_nats::Subscriber,
+) {
+    while let Some(msg) = sub.next().await {
+        let inner = inner.clone();
+        let read = read.clone();
+        tokio::spawn(async move {
+            let Some(reply) = msg.reply.clone() else {
+                return;
+            };
+            let answer = match serde_json::from_slice::<Request>(&msg.payload) {
+                Ok(req) => answer(&inner, p, &read, req).await,
+                Err(e) => Err(Fail {
+                    overloaded: false,
+                    message: format!("a request this node cannot read: {e}"),
+                }),
+            };
+            let body = serde_json::to_vec(&answer).expect("serialisable");
+            let _ = inner.client.publish(reply, body.into()).await;
+        });
+    }
+}
+
+fn fail(message: impl Into<String>) -> Fail {
+    Fail {
+        overloaded: false,
+        message: message.into(),
+    }
+}
+
+fn submit_fail(e: SubmitError) -> Fail {
+    match e {
+        SubmitError::Overloaded => Fail {
+            overloaded: true,
+            message: "busy".into(),
+        },
+        SubmitError::ShuttingDown => fail("the owning node is shutting down"),
+    }
+}
+
+async fn answer(
+    inner: &Inner,
+    p: u32,
+    read: &AtomicU64,
+    req: Request,
+) -> Result<serde_json::Value, Fail> {
+    if names::partition(&req.user, inner.cfg.partitions) != p {
+        return Err(fail("the user is not in this partition"));
+    }
+    caught_up(inner, p, read, &req.user).await?;
+    let pipeline = &inner.engine.pipeline;
+    let stopped = |_| fail("the owning node stopped before answering");
+    let value = match req.op {
+        Op::Export => {
+            let ex = pipeline
+                .export(req.user)
+                .map_err(submit_fail)?
+                .await
+                .map_err(stopped)?
+                .map_err(|e| fail(e.to_string()))?;
+            serde_json::to_value(ex)
+        }
+        Op::Erase => {
+            inner
+                .origins
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .map
+                .remove(&req.user);
+            let c = pipeline
+                .erase(req.user)
+                .map_err(submit_fail)?
+                .await
+                .map_err(stopped)?
+                .map_err(|e| fail(e.to_string()))?;
+            serde_json::to_value(c)
+        }
+        Op::Decide { slot, candidates } => {
+            let d = pipeline
+                .decide(req.user, slot, candidates)
+                .map_err(submit_fail)?
+                .await
+                .map_err(stopped)?
+                .map_err(|e| fail(e.to_string()))?;
+            serde_json::to_value(d)
+        }
+    };
+    value.map_err(|e| fail(e.to_string()))
+}
+
+/// Waits until every event the stream holds for `user` is in the engine (read your writes:
+/// an export after an acknowledged batch has the batch).
+async fn caught_up(inner: &Inner, p: u32, read: &AtomicU64, user: &UserKey) -> Result<(), Fail> {
+    let last = match inner
+        .stream
+        .get_last_raw_message_by_subject(&inner.names.events(p, user))
+        .await
+    {
+        Ok(m) => m.sequence,
+        Err(e)
+            if e.kind()
+                == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+        {
+            0
+        }
+        Err(e) => return Err(fail(format!("reading the stream: {e}"))),
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while read.load(Ordering::Relaxed) < last {
+        if tokio::time::Instant::now() > deadline {
+            return Err(fail(format!(
+                "partition {p} is still being read (at {} of {last})",
+                read.load(Ordering::Relaxed)
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,319 @@
+//! Cluster mode on NATS JetStream: three real nodes and a real `nats-server` (JetStream on,
+//! its own port and store dir) on loopback. Users' events through every node; kill -9 of a
+//! node under load — its partitions move, every acknowledged event is in the users' exports,
+//! adjustments still reach sockets on the survivors, the node rejoins after a restart;
+//! erasure through one node leaves nothing on any node or in the stream's files.
+//!
+//! Needs `nats-server` on the PATH (`apt-get install nats-server`; `.ci/run` installs it).
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+const PARTITIONS: u32 = 8;
+/// Token-signing and pseudonym keys every node shares (as an operator sets them).
+const TOKEN_KEY: &str = "1f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c5b6a7988";
+const PSEUDONYM_KEY: &str = "a0b1c2d3e4f5061728394a5b6c7d8e9fa0b1c2d3e4f5061728394a5b6c7d8e9f";
+
+/// A `nats-server -js` on a free loopback port with its own store dir, killed on drop.
+struct Nats {
+    child: Child,
+    url: String,
+    store: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Nats {
+    fn start() -> Nats {
+        let dir = tempfile::Builder::new()
+            .prefix("trimtab-nats-")
+            .tempdir()
+            .expect("temp dir");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let store = dir.path().join("js");
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(&store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server must be installed for the cluster tests (apt-get install nats-server; .ci/run installs it)");
+        let addr = format!("127.0.0.1:{port}");
+        poll(WAIT, || std::net::TcpStream::connect(&addr).ok())
+            .expect("nats-server did not listen within 10 s");
+        Nats {
+            child,
+            url: format!("nats://{addr}"),
+            store,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn node(nats: &Nats, name: &str) -> Server {
+    let config = format!(
+        "[cluster]\nnats = {:?}\nnode = {name:?}\npartitions = {PARTITIONS}\nlease_ms = 1500\nquiet_after_ms = 5000\n\n[rate]\nuser_per_min = 0\n",
+        nats.url
+    );
+    Server::start(
+        Opts::with_repo_scripts(&config)
+            .env("TRIMTAB_TOKEN_KEY", TOKEN_KEY)
+            .env("TRIMTAB_PSEUDONYM_KEY", PSEUDONYM_KEY),
+    )
+}
+
+/// The partitions a node says it owns (None: not ready).
+fn owned(s: &Server) -> Option<Vec<u32>> {
+    let r = s.get("/readyz", None);
+    if r.status != 200 {
+        return None;
+    }
+    Some(
+        r.json["cluster"]["partitions"]
+            .as_array()?
+            .iter()
+            .filter_map(|p| p["partition"].as_u64().map(|p| p as u32))
+            .collect(),
+    )
+}
+
+/// Waits until the nodes own every partition between them, each exactly once, and each
+/// node at least one; returns who owns what.
+fn settled(nodes: &[&Server]) -> Vec<Vec<u32>> {
+    poll(Duration::from_secs(30), || {
+        let all: Vec<Vec<u32>> = nodes.iter().map(|s| owned(s)).collect::<Option<_>>()?;
+        let union: BTreeSet<u32> = all.iter().flatten().copied().collect();
+        let count: usize = all.iter().map(Vec::len).sum();
+        (union.len() == PARTITIONS as usize
+            && count == PARTITIONS as usize
+            && all.iter().all(|v| !v.is_empty()))
+        .then_some(all)
+    })
+    .unwrap_or_else(|| {
+        let seen: Vec<_> = nodes.iter().map(|s| s.get("/readyz", None).body).collect();
+        panic!("the partitions did not settle over the nodes within 30 s: {seen:?}")
+    })
+}
+
+fn partition_of(user: &str) -> u32 {
+    let key: [u8; 32] = hex::decode(PSEUDONYM_KEY)
+        .expect("hex")
+        .try_into()
+        .expect("32 bytes");
+    let k = trimtab_privacy::Pseudonymizer::new(key).user(user);
+    trimtab_cluster::names::partition(&k, PARTITIONS)
+}
+
+fn event_ids(export: &Value) -> BTreeSet<String> {
+    export["events"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .filter_map(|e| e["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn three_nodes_share_users_and_lose_nothing_when_one_is_killed() {
+    let nats = Nats::start();
+    let mut nodes = [node(&nats, "n1"), node(&nats, "n2"), node(&nats, "n3")];
+    let before = settled(&nodes.iter().collect::<Vec<_>>());
+
+    // A socket on n2 for a user whose partition n1 owns: its adjustments must come from
+    // whichever node owns the user, before and after n1 dies.
+    let ws_user = (0..200)
+        .map(|i| format!("reader-{i}"))
+        .find(|u| before[0].contains(&partition_of(u)))
+        .expect("a user in one of n1's partitions");
+    let token = nodes[0].identify(&ws_user);
+    let mut ws = nodes[1].ws_connect(&token);
+    ws.send_acked(vec![page_view(&eid("pv"), "/article/a")]);
+    ws.send_events(vec![scroll(&eid("sc"), 80.0, "/article/a")]);
+    ws.wait_adjust("offer", deadline(WAIT))
+        .unwrap_or_else(|| panic!("no offer through the cluster; seen {:?}", ws.seen));
+
+    // Load: 40 users' batches through all three nodes, each acknowledged batch remembered.
+    let addrs: Vec<String> = nodes.iter().map(|s| s.base.clone()).collect();
+    let acked: Arc<Mutex<HashMap<String, BTreeSet<String>>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let killed = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for t in 0..3usize {
+        let (addrs, acked, stop, killed) =
+            (addrs.clone(), acked.clone(), stop.clone(), killed.clone());
+        load.push(std::thread::spawn(move || {
+            let agent = agent_trusting(None);
+            let mut i = 0usize;
+            let mut refused = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let n = (t + i) % 3;
+                if n == 0 && killed.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let user = format!("user-{}", (t * 7 + i) % 40);
+                let events: Vec<Value> = (0..5)
+                    .map(|_| for_user(page_view(&eid("ld"), "/article/x"), &user))
+                    .collect();
+                let ids: Vec<String> = events
+                    .iter()
+                    .map(|e| e["id"].as_str().expect("id").to_string())
+                    .collect();
+                let r = agent
+                    .post(format!("{}/v1/events", addrs[n]))
+                    .header("Authorization", format!("Bearer {WRITE_KEY}"))
+                    .send(batch(events).to_string());
+                match r {
+                    Ok(resp) if resp.status() == 202 => {
+                        acked.lock().unwrap().entry(user).or_default().extend(ids);
+                    }
+                    _ => refused += 1,
+                }
+            }
+            refused
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    killed.store(true, Ordering::Relaxed);
+    nodes[0].kill9();
+    std::thread::sleep(Duration::from_secs(5));
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.join().expect("load thread");
+    }
+
+    // n1's partitions moved to the survivors.
+    let after = settled(&[&nodes[1], &nodes[2]]);
+    for p in &before[0] {
+        assert!(
+            after.iter().flatten().any(|q| q == p),
+            "partition {p} of the killed node has no owner: {after:?}"
+        );
+    }
+    let live = nodes[1].get("/readyz", None).json["cluster"]["nodes"].clone();
+    assert_eq!(live, json!(["n2", "n3"]), "the killed node is still listed");
+
+    // Every acknowledged event is in its user's export, asked through either survivor.
+    let acked = acked.lock().unwrap().clone();
+    let total: usize = acked.values().map(BTreeSet::len).sum();
+    assert!(total > 100, "too little load got through: {total} events");
+    for (i, (user, ids)) in acked.iter().enumerate() {
+        let export = nodes[1 + i % 2]
+            .export(user)
+            .unwrap_or_else(|| panic!("{user} is unknown after the kill"));
+        let have = event_ids(&export);
+        let lost: Vec<_> = ids.difference(&have).collect();
+        assert!(
+            lost.is_empty(),
+            "{} acknowledged events of {user} lost: {lost:?}",
+            lost.len()
+        );
+    }
+
+    // The socket on n2 still gets the user's adjustments, now from the partition's new owner.
+    ws.send_acked(vec![page_view(&eid("pv"), "/article/b")]);
+    ws.send_events(vec![scroll(&eid("sc"), 90.0, "/article/b")]);
+    let n_offers = ws.adjusts(Some("offer")).len();
+    let got = ws.recv_json_until(deadline(WAIT), |m| {
+        m["type"] == "adjust" && m["slot"] == "offer"
+    });
+    assert!(
+        got.is_some(),
+        "no adjustment after the kill (had {n_offers} before); seen {:?}",
+        ws.seen
+    );
+
+    // The killed node restarts on its data dir and takes a share again.
+    nodes[0].restart();
+    let rejoined = settled(&nodes.iter().collect::<Vec<_>>());
+    assert!(!rejoined[0].is_empty());
+    let u = acked.keys().next().expect("a user").clone();
+    let export = nodes[0]
+        .export(&u)
+        .expect("export through the rejoined node");
+    assert!(acked[&u].is_subset(&event_ids(&export)));
+}
+
+#[test]
+fn erasure_through_one_node_leaves_nothing_on_any_node_or_in_the_stream() {
+    let nats = Nats::start();
+    let nodes = [node(&nats, "n1"), node(&nats, "n2"), node(&nats, "n3")];
+    settled(&nodes.iter().collect::<Vec<_>>());
+    for s in &nodes {
+        s.post_ok(
+            WRITE_KEY,
+            vec![
+                for_user(page_view(&eid("er"), "/article/e"), "erin"),
+                for_user(page_view(&eid("ot"), "/article/o"), "otto"),
+            ],
+        );
+    }
+    let key = nodes[2].export("erin").expect("erin's data")["key"]
+        .as_str()
+        .expect("key")
+        .to_string();
+    assert_eq!(event_ids(&nodes[0].export("erin").expect("erin")).len(), 3);
+    let stream_has = |k: &str| -> bool {
+        walk(&nats.store)
+            .iter()
+            .any(|f| std::fs::read(f).is_ok_and(|b| contains(&b, k.as_bytes())))
+    };
+    assert!(
+        stream_has(&key),
+        "the stream's files should hold erin's subject before erasure"
+    );
+
+    let r = nodes[1].delete("/v1/users/erin", Some(ADMIN_TOKEN));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json["erased"]["events"], 3, "{}", r.body);
+    for s in &nodes {
+        assert!(
+            s.export("erin").is_none(),
+            "erin readable through {}",
+            s.base
+        );
+    }
+    assert!(
+        !stream_has(&key),
+        "erin's key is still in the stream's files after erasure"
+    );
+    // Other users are untouched.
+    assert_eq!(event_ids(&nodes[0].export("otto").expect("otto")).len(), 3);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
