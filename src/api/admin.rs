@@ -71,12 +71,13 @@ pub async fn rule_put(
     }
     let rules = st.rules.clone();
     let name = name.into_inner();
-    let source = source.to_string();
+    let (n, src) = (name.clone(), source.to_string());
     // Compiling and writing the file are blocking work: off the actix worker.
-    let status = web::block(move || rules.put(&name, &source))
+    let status = web::block(move || rules.put(&n, &src))
         .await
         .map_err(ApiError::internal)?
         .map_err(rules_error)?;
+    super::share(&st, trimtab_cluster::DefKind::Rule, &name, Some(source)).await?;
     Ok(HttpResponse::Ok().json(status))
 }
 
@@ -94,6 +95,7 @@ pub async fn rule_delete(
         .map_err(ApiError::internal)?
         .map_err(rules_error)?;
     if existed {
+        super::share(&st, trimtab_cluster::DefKind::Rule, &n, None).await?;
         Ok(HttpResponse::NoContent().finish())
     } else {
         Err(ApiError::not_found(format!("no rule named {n:?}")))

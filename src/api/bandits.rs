@@ -62,6 +62,8 @@ pub async fn put(
         .await
         .map_err(ApiError::internal)?
         .map_err(bandit_error)?;
+    let text = std::str::from_utf8(&body).map_err(ApiError::internal)?;
+    super::share(&st, trimtab_cluster::DefKind::Bandit, &slot, Some(text)).await?;
     Ok(HttpResponse::Ok().json(st.bandits.status(&slot)))
 }
 
@@ -73,10 +75,12 @@ pub async fn delete(
 ) -> Result<HttpResponse, ApiError> {
     let b = st.bandits.clone();
     let slot = slot.into_inner();
-    web::block(move || b.delete(&slot))
+    let s = slot.clone();
+    web::block(move || b.delete(&s))
         .await
         .map_err(ApiError::internal)?
         .map_err(bandit_error)?;
+    super::share(&st, trimtab_cluster::DefKind::Bandit, &slot, None).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

@@ -90,6 +90,8 @@ pub async fn put(
         .await
         .map_err(ApiError::internal)?
         .map_err(exp_error)?;
+    let text = std::str::from_utf8(&body).map_err(ApiError::internal)?;
+    super::share(&st, trimtab_cluster::DefKind::Experiment, &id, Some(text)).await?;
     let c = st
         .experiments
         .get(&id)
@@ -105,10 +107,12 @@ pub async fn delete(
 ) -> Result<HttpResponse, ApiError> {
     let exps = st.experiments.clone();
     let id = id.into_inner();
-    web::block(move || exps.delete(&id))
+    let i = id.clone();
+    web::block(move || exps.delete(&i))
         .await
         .map_err(ApiError::internal)?
         .map_err(exp_error)?;
+    super::share(&st, trimtab_cluster::DefKind::Experiment, &id, None).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

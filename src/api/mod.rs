@@ -55,6 +55,23 @@ impl std::ops::Deref for AppState {
 
 pub(crate) use crate::now_ms;
 
+/// Cluster mode: shares a definition this node just installed (or deleted) with every node;
+/// alone, nothing to do.
+pub(crate) async fn share(
+    st: &AppState,
+    kind: trimtab_cluster::DefKind,
+    name: &str,
+    body: Option<&str>,
+) -> Result<(), error::ApiError> {
+    match &st.cluster {
+        Some(c) => c
+            .share(kind, name, body)
+            .await
+            .map_err(|e| error::ApiError::from_cluster(e, st.cfg.pipeline.retry_after_s)),
+        None => Ok(()),
+    }
+}
+
 /// Reads a request body up to `limit` bytes within `http.body_timeout_s`; larger bodies are
 /// refused with 413 without being read to the end, slower ones with 408.
 pub async fn read_body(

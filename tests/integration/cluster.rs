@@ -317,3 +317,117 @@ fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
+
+const PROBE: &str = r#"// probe: answers every custom "probe" event
+if event.type == "custom" && event.props.name == "probe" {
+    adjust("probe", "v1", #{ version: "v1" });
+}
+"#;
+
+#[test]
+fn a_definition_put_on_one_node_fires_on_another() {
+    let nats = Nats::start();
+    let nodes = [node(&nats, "n1"), node(&nats, "n2"), node(&nats, "n3")];
+    let owners = settled(&nodes.iter().collect::<Vec<_>>());
+    let r = nodes[0].put_raw(
+        "/v1/rules/cluster_probe",
+        Some(ADMIN_TOKEN),
+        PROBE.as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    poll(WAIT, || nodes[2].rule("cluster_probe")).expect("the rule put on n1 did not reach n3");
+
+    // A user that n3 owns, with a socket on n3: the rule put on n1 fires there.
+    let user = (0..200)
+        .map(|i| format!("prober-{i}"))
+        .find(|u| owners[2].contains(&partition_of(u)))
+        .expect("a user in one of n3's partitions");
+    let mut ws = nodes[2].ws_connect(&nodes[2].identify(&user));
+    ws.send_events(vec![custom(&eid("pr"), "probe", json!({}))]);
+    let m = ws
+        .wait_adjust("probe", deadline(WAIT))
+        .unwrap_or_else(|| panic!("the shared rule did not fire on n3; seen {:?}", ws.seen));
+    assert_eq!(m["variant"], "v1");
+
+    // A broken rule is refused where it is put and reaches no node.
+    let broken = PROBE.replace("});", "}");
+    let r = nodes[0].put_raw(
+        "/v1/rules/cluster_probe",
+        Some(ADMIN_TOKEN),
+        broken.as_bytes(),
+    );
+    assert_eq!(r.status, 422, "{}", r.body);
+    std::thread::sleep(Duration::from_millis(500));
+    let st = nodes[2].rule("cluster_probe").expect("still there");
+    assert_eq!(
+        (&st["state"], &st["enabled"]),
+        (&json!("active"), &json!(true)),
+        "{st}"
+    );
+
+    // Experiments too, and deletions.
+    let def = json!({"slot": "offer", "primary_metric": "click_through",
+        "variants": [{"name": "default"}, {"name": "discount"}]});
+    let r = nodes[1].put_raw(
+        "/v1/experiments/shared-exp",
+        Some(ADMIN_TOKEN),
+        def.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    poll(WAIT, || {
+        (nodes[0]
+            .get("/v1/experiments/shared-exp", Some(ADMIN_TOKEN))
+            .status
+            == 200)
+            .then_some(())
+    })
+    .expect("the experiment put on n2 did not reach n1");
+    let r = nodes[2].delete("/v1/rules/cluster_probe", Some(ADMIN_TOKEN));
+    assert_eq!(r.status, 204, "{}", r.body);
+    poll(WAIT, || {
+        nodes[0].rule("cluster_probe").is_none().then_some(())
+    })
+    .expect("the rule deleted on n3 is still on n1");
+
+    // A node that starts later gets the shared definitions too.
+    let late = node(&nats, "n4");
+    poll(WAIT, || {
+        (late
+            .get("/v1/experiments/shared-exp", Some(ADMIN_TOKEN))
+            .status
+            == 200)
+            .then_some(())
+    })
+    .expect("a node joining later did not get the shared experiment");
+}
+
+#[test]
+fn a_node_with_other_secrets_does_not_join() {
+    let nats = Nats::start();
+    let first = node(&nats, "n1");
+    settled(&[&first]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("trimtab.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[cluster]\nnats = {:?}\nnode = \"n2\"\npartitions = {PARTITIONS}\n",
+            nats.url
+        ),
+    )
+    .expect("config");
+    std::fs::create_dir_all(dir.path().join("scripts")).expect("scripts");
+    let (st, log) = run_to_exit_with(
+        &dir.path().join("data"),
+        &dir.path().join("scripts"),
+        &config,
+        &dir.path().join("log"),
+        &[("TRIMTAB_TOKEN_KEY", TOKEN_KEY)], // but its own pseudonym key
+        Duration::from_secs(30),
+    );
+    assert!(!st.success());
+    assert!(
+        log.contains("secrets differ from the cluster's"),
+        "unclear refusal: {log}"
+    );
+}

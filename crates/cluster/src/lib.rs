@@ -27,6 +27,7 @@
 //! - **Erasure**: the owner erases the user, the user's subject is purged from the stream,
 //!   and every node erases what it still holds of the user from an earlier ownership.
 
+mod defs;
 pub mod names;
 mod owner;
 mod serve;
@@ -49,6 +50,7 @@ use trimtab_engine::Engine;
 use trimtab_privacy::UserKey;
 use trimtab_wire::Event;
 
+pub use defs::DefKind;
 use names::Names;
 
 /// Why a cluster operation failed.
@@ -187,6 +189,10 @@ pub(crate) struct Inner {
     stream: jetstream::stream::Stream,
     leases: kv::Store,
     nodes: kv::Store,
+    /// Shared definitions (see [`defs`]).
+    defs: kv::Store,
+    /// This process, among the puts of shared definitions (it skips its own).
+    instance: String,
     engine: Arc<Engine>,
     /// The partitions this node owns.
     parts: Mutex<HashMap<u32, owner::Owned>>,
@@ -273,6 +279,7 @@ impl Cluster {
             let leases = bucket(&js, &names.leases(), lease, true, cfg.replicas).await?;
             let nodes = bucket(&js, &names.nodes(), lease, true, cfg.replicas).await?;
             let meta = bucket(&js, &names.meta(), Duration::ZERO, false, cfg.replicas).await?;
+            let defs = bucket(&js, &names.defs(), Duration::ZERO, false, cfg.replicas).await?;
             check_secrets(&meta, &fingerprint).await?;
             check_partitions(&meta, cfg.partitions).await?;
             Ok::<_, String>(Arc::new(Inner {
@@ -283,6 +290,16 @@ impl Cluster {
                 stream,
                 leases,
                 nodes,
+                defs,
+                instance: format!(
+                    "{}-{}-{}",
+                    cfg.node,
+                    std::process::id(),
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_nanos()
+                ),
                 metrics: Metrics::new(&engine),
                 engine: engine.clone(),
                 parts: Mutex::new(HashMap::new()),
@@ -317,6 +334,7 @@ impl Cluster {
             Ok::<_, String>(())
         })?;
         rt.spawn(owner::run(inner.clone()));
+        rt.spawn(defs::follow(inner.clone()));
         tracing::info!(node = %inner.node, partitions = inner.cfg.partitions, "cluster: joined");
         Ok(Arc::new(Cluster {
             inner,
@@ -418,6 +436,16 @@ impl Cluster {
         inner.erase_from_stream(user).await?;
         inner.erase_everywhere(user).await?;
         Ok(counts)
+    }
+
+    /// Shares a definition this node installed (or deleted: `body` None) with every node.
+    pub async fn share(
+        &self,
+        kind: DefKind,
+        name: &str,
+        body: Option<&str>,
+    ) -> Result<(), ClusterError> {
+        defs::share(&self.inner, kind, name, body).await
     }
 
     /// This node's view, for `/readyz`.

@@ -61,6 +61,11 @@ impl Names {
         format!("{}_nodes", self.prefix)
     }
 
+    /// Shared definitions: key `<kind>.<name>`.
+    pub fn defs(&self) -> String {
+        format!("{}_defs", self.prefix)
+    }
+
     /// The cluster's own facts (the secrets' fingerprint).
     pub fn meta(&self) -> String {
         format!("{}_cluster", self.prefix)
