@@ -137,7 +137,8 @@ struct Args {
     /// trimtab binary to spawn (ignored with --url).
     #[arg(long, default_value = "target/release/trimtab")]
     server_bin: PathBuf,
-    /// Drive an already-running server instead of spawning one (it must have the bench rule).
+    /// Drive an already-running server instead of spawning one (it must have the bench rule);
+    /// several comma-separated URLs (a cluster's nodes) share the clients or sessions.
     #[arg(long)]
     url: Option<String>,
     /// Write key of the server given with --url.
@@ -363,7 +364,8 @@ fn note(args: &Args, msg: &str) {
 /// Everything a client thread needs to know about a run (shared, read-only).
 struct Plan {
     base_url: String,
-    ws_url: String,
+    /// The nodes' socket URLs (several with `--url a,b,c`: session `i` uses node `i % n`).
+    ws_urls: Vec<String>,
     write_key: String,
     /// Random prefix of event ids and user names, so runs against one server never collide.
     run_id: String,
@@ -417,10 +419,18 @@ fn run_load(
     write_key: &str,
     cpu_of: CpuOf,
 ) -> Result<RunResult> {
-    let ws_url = format!("{}/v1/ws", base_url.replacen("http://", "ws://", 1));
+    let ws_urls = base_url
+        .split(',')
+        .map(|u| {
+            format!(
+                "{}/v1/ws",
+                u.trim_end_matches('/').replacen("http://", "ws://", 1)
+            )
+        })
+        .collect();
     let plan = Arc::new(Plan {
-        base_url: base_url.to_string(),
-        ws_url,
+        base_url: base_url.split(',').next().unwrap_or(base_url).to_string(),
+        ws_urls,
         write_key: write_key.to_string(),
         run_id: format!("{:08x}", rand::rng().random::<u32>()),
         batch: args.batch(),
@@ -748,7 +758,7 @@ async fn session_task(
             .await
             .map_err(|e| format!("identify body: {e}"))?;
         let (_, mut framed) = client
-            .ws(plan.ws_url.as_str())
+            .ws(plan.ws_urls[ctx.idx % plan.ws_urls.len()].as_str())
             .max_frame_size(1 << 20)
             .connect()
             .await
@@ -2228,7 +2238,8 @@ mod http {
 
     /// One pass against one server (shared, read-only except for the two shared counters).
     struct Plan {
-        addr: SocketAddr,
+        /// The nodes (several with `--url a,b,c`: client `i` uses node `i % n`).
+        addrs: Vec<SocketAddr>,
         /// The request head up to (not including) the Content-Length value.
         head: String,
         /// Random prefix of user names (same for both passes of one server) and event ids.
@@ -2592,15 +2603,17 @@ mod http {
     /// (capped) and resends the same bytes; so does a broken connection, after reconnecting.
     fn client(
         plan: &Plan,
+        idx: usize,
         ready: mpsc::Sender<Result<Option<u32>, String>>,
         start: mpsc::Receiver<Timeline>,
         gate: &Gate,
     ) -> HttpStats {
         let mut stats = HttpStats::new();
-        let conn = match Conn::open(plan.addr) {
+        let addr = plan.addrs[idx % plan.addrs.len()];
+        let conn = match Conn::open(addr) {
             Ok(c) => c,
             Err(e) => {
-                let _ = ready.send(Err(format!("connect {}: {e}", plan.addr)));
+                let _ = ready.send(Err(format!("connect {addr}: {e}")));
                 return stats;
             }
         };
@@ -2616,7 +2629,7 @@ mod http {
             let batch = next.take().unwrap_or_else(|| plan.take_batch());
             stats.events_sent += batch.n;
             if let Outcome::Unfinished =
-                send_batch(plan, &tl, &mut conn, &batch, &mut next, &mut stats)
+                send_batch(plan, addr, &tl, &mut conn, &batch, &mut next, &mut stats)
             {
                 stats.unfinished_at_end += 1;
                 break;
@@ -2630,6 +2643,7 @@ mod http {
 
     fn send_batch(
         plan: &Plan,
+        addr: SocketAddr,
         tl: &Timeline,
         conn: &mut Option<Conn>,
         batch: &Batch,
@@ -2640,7 +2654,7 @@ mod http {
         loop {
             let c = match conn {
                 Some(c) => c,
-                None => match Conn::open(plan.addr) {
+                None => match Conn::open(addr) {
                     Ok(c) => conn.insert(c),
                     Err(e) => {
                         stats.error(format!("connect: {}", e.kind()));
@@ -2770,9 +2784,10 @@ mod http {
     }
 
     fn run_pass(args: &Args, t: &Target<'_>, pass: &str, tag: char) -> Result<PassResult> {
-        let (addr, host) = resolve(t.url)?;
+        let nodes = t.url.split(',').map(resolve).collect::<Result<Vec<_>>>()?;
+        let host = nodes[0].1.clone();
         let plan = Arc::new(Plan {
-            addr,
+            addrs: nodes.iter().map(|n| n.0).collect(),
             head: format!(
                 "POST /v1/events HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\n\
                  Content-Type: application/json\r\nContent-Length: ",
@@ -2803,7 +2818,7 @@ mod http {
             thread::Builder::new()
                 .name(format!("loadgen-http-{i}"))
                 .spawn(move || {
-                    let s = client(&plan, ready_tx, start_rx, &gate);
+                    let s = client(&plan, i, ready_tx, start_rx, &gate);
                     let _ = done_tx.send(s);
                 })
                 .context("spawn client thread")?;
@@ -2895,6 +2910,8 @@ mod http {
 
     /// `GET /metrics` as `name{labels}` → value (None if the server has no such endpoint).
     pub(crate) fn scrape(url: &str) -> Option<BTreeMap<String, f64>> {
+        // Of several nodes (`--url a,b,c`), the first one's.
+        let url = url.split(',').next().unwrap_or(url);
         let text = ureq::get(format!("{url}/metrics"))
             .call()
             .ok()?
