@@ -213,7 +213,49 @@
     initChart();
     connect();
     refreshRulesMeta();
+    refreshCluster();
+    setInterval(refreshCluster, 3000);
     setTab(tabFromHash(), true);
+  }
+
+  // ---------------------------------------------------------------- cluster (cluster mode)
+  // /readyz carries the node's view of the cluster: live nodes, every node's partitions. The
+  // panel stays hidden on a lone node.
+  var CLUSTER_COLORS = ['#4c9aff', '#3fb950', '#d6a23a', '#a371f7', '#f2645a', '#39c5cf', '#db61a2', '#8b949e'];
+  function refreshCluster() {
+    if (!S.started) return;
+    fetch('/readyz', { cache: 'no-store', credentials: 'omit' }).then(function (r) { return r.json(); }).then(function (d) {
+      var c = d && d.cluster;
+      $('cluster-panel').hidden = !c;
+      if (!c) return;
+      var owners = obj(c.owners), names = Object.keys(owners).sort();
+      var color = {}, ownerOf = {};
+      names.forEach(function (n, i) {
+        color[n] = CLUSTER_COLORS[i % CLUSTER_COLORS.length];
+        arr(owners[n]).forEach(function (p) { ownerOf[p] = n; });
+      });
+      var mine = {};
+      arr(c.partitions).forEach(function (p) { mine[p.partition] = p.read; });
+      $('cluster-summary').textContent = 'this node ' + c.node + ' · ' + arr(c.nodes).length + ' live nodes · ' +
+        Object.keys(mine).length + ' of ' + c.partition_count + ' partitions here' + (c.connected ? '' : ' · NATS disconnected');
+      var legend = $('cluster-legend');
+      clear(legend);
+      names.forEach(function (n) {
+        var item = el('span', 'legend-item', n + ' (' + arr(owners[n]).length + ')');
+        item.style.color = color[n];
+        legend.appendChild(item);
+      });
+      var grid = $('cluster-grid');
+      clear(grid);
+      for (var p = 0; p < c.partition_count; p++) {
+        var owner = ownerOf[p];
+        var cell = el('div', 'cluster-cell' + (p in mine ? ' mine' : '') + (owner ? '' : ' free'), String(p));
+        cell.dataset.owner = owner || '';
+        if (owner) { cell.style.background = color[owner] + '33'; cell.style.borderColor = color[owner]; }
+        cell.title = 'partition ' + p + ': ' + (owner || 'no owner now') + (p in mine ? ' · read up to stream sequence ' + mine[p] : '');
+        grid.appendChild(cell);
+      }
+    }, function () { /* the next refresh tries again */ });
   }
 
   // ---------------------------------------------------------------- pages (header nav)

@@ -98,6 +98,8 @@ pub struct Status {
     /// The partitions this node owns, with the stream sequence read into the engine.
     pub partitions: Vec<PartitionStatus>,
     pub partition_count: u32,
+    /// Every live node's partitions, as each said in its last round (may lag a round).
+    pub owners: std::collections::BTreeMap<String, Vec<u32>>,
 }
 
 /// An owned partition.
@@ -201,6 +203,8 @@ pub(crate) struct Inner {
     /// Frames for other nodes, from the engine's threads to the publishing task.
     forward_tx: tokio::sync::mpsc::UnboundedSender<(String, bytes::Bytes)>,
     live: Mutex<Vec<String>>,
+    /// Each live node's partitions, as each last said (the dashboard's map).
+    owners: Mutex<std::collections::BTreeMap<String, Vec<u32>>>,
     stopping: AtomicBool,
     rounds: AtomicUsize,
 }
@@ -306,6 +310,7 @@ impl Cluster {
                 origins: Mutex::new(Origins::default()),
                 forward_tx,
                 live: Mutex::new(Vec::new()),
+                owners: Mutex::new(Default::default()),
                 stopping: AtomicBool::new(false),
                 rounds: AtomicUsize::new(0),
                 cfg,
@@ -468,6 +473,11 @@ impl Cluster {
             nodes: inner.live.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             partitions,
             partition_count: inner.cfg.partitions,
+            owners: inner
+                .owners
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 

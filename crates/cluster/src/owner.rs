@@ -42,14 +42,13 @@ pub(crate) async fn run(inner: Arc<Inner>) {
 }
 
 async fn round(inner: &Arc<Inner>, free_before: &mut HashSet<u32>) -> Result<(), String> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis()
-        .to_string();
+    // Alive, with the partitions held (for every node's view of who owns what).
+    let mut held: Vec<u32> = owned(inner).into_iter().map(|(p, _)| p).collect();
+    held.sort_unstable();
+    let me = serde_json::to_vec(&serde_json::json!({ "partitions": held })).expect("json");
     inner
         .nodes
-        .put(&*inner.node, now.into())
+        .put(&*inner.node, me.into())
         .await
         .map_err(|e| format!("saying this node is alive: {e}"))?;
     let mut live = keys(&inner.nodes).await?;
@@ -59,6 +58,18 @@ async fn round(inner: &Arc<Inner>, free_before: &mut HashSet<u32>) -> Result<(),
     live.sort();
     live.dedup();
     let n_live = live.len().max(1) as u32;
+    let mut owners = std::collections::BTreeMap::new();
+    for n in &live {
+        let parts = match inner.nodes.get(n.as_str()).await {
+            Ok(Some(v)) => serde_json::from_slice::<serde_json::Value>(&v)
+                .ok()
+                .and_then(|v| serde_json::from_value::<Vec<u32>>(v["partitions"].clone()).ok())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        owners.insert(n.clone(), parts);
+    }
+    *inner.owners.lock().unwrap_or_else(|e| e.into_inner()) = owners;
     *inner.live.lock().unwrap_or_else(|e| e.into_inner()) = live;
 
     // Renew, dropping what was lost.
