@@ -125,6 +125,22 @@ pub async fn results(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let c = find(&st, &id)?;
+    if let Some(cluster) = &st.cluster {
+        // Every node's sums for the partitions it owns, added up.
+        let (rows, counted) = cluster
+            .experiment_rows(&c.def.id)
+            .await
+            .map_err(|e| ApiError::from_cluster(e, st.cfg.pipeline.retry_after_s))?;
+        let engine = st.engine.clone();
+        let mut v = web::block(move || engine.experiment_results_of(&c, &rows, now_ms()))
+            .await
+            .map_err(ApiError::internal)?;
+        v["cluster"] = json!({
+            "partitions_counted": counted,
+            "partitions": st.cfg.cluster.partitions,
+        });
+        return Ok(HttpResponse::Ok().json(v));
+    }
     // Every acknowledged event's statistics are in the store before they are read.
     st.pipeline
         .sync()

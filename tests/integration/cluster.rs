@@ -431,3 +431,103 @@ fn a_node_with_other_secrets_does_not_join() {
         "unclear refusal: {log}"
     );
 }
+
+const GO: &str = r#"
+if event.type == "custom" && event.props.name == "go" {
+    adjust("offer", "discount", #{ code: "RULE" });
+}
+"#;
+
+/// Total exposures over the arms of an experiment's results, and the partitions counted.
+fn exposed(s: &Server) -> (u64, u64) {
+    let r = s.get("/v1/experiments/offer-test/results", Some(ADMIN_TOKEN));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let total = r.json["arms"]
+        .as_array()
+        .expect("arms")
+        .iter()
+        .map(|a| a["exposed"].as_u64().unwrap_or(0))
+        .sum();
+    (
+        total,
+        r.json["cluster"]["partitions_counted"]
+            .as_u64()
+            .unwrap_or(0),
+    )
+}
+
+#[test]
+fn experiment_statistics_add_up_over_the_nodes_and_survive_a_killed_node() {
+    let nats = Nats::start();
+    let mut nodes = [node(&nats, "n1"), node(&nats, "n2"), node(&nats, "n3")];
+    settled(&nodes.iter().collect::<Vec<_>>());
+    let r = nodes[0].put_raw("/v1/rules/go", Some(ADMIN_TOKEN), GO.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.body);
+    let def = json!({"slot": "offer", "primary_metric": "click_through",
+        "variants": [{"name": "default"}, {"name": "discount"}]});
+    let r = nodes[0].put_raw(
+        "/v1/experiments/offer-test",
+        Some(ADMIN_TOKEN),
+        def.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    for s in &nodes {
+        poll(WAIT, || s.rule("go")).expect("the rule reached every node");
+        poll(WAIT, || {
+            (s.get("/v1/experiments/offer-test", Some(ADMIN_TOKEN))
+                .status
+                == 200)
+                .then_some(())
+        })
+        .expect("the experiment reached every node");
+    }
+    // 45 users, each triggered through one node and exposed through another.
+    let users = 45;
+    for i in 0..users {
+        let user = format!("exp-{i}");
+        let (a, b) = (&nodes[i % 3], &nodes[(i + 1) % 3]);
+        a.post_ok(
+            WRITE_KEY,
+            vec![for_user(custom(&eid("go"), "go", json!({})), &user)],
+        );
+        let ex = b.export(&user).expect("export");
+        let d = ex["decisions"]
+            .as_array()
+            .and_then(|d| d.iter().find(|d| d["experiment"] == "offer-test"))
+            .unwrap_or_else(|| panic!("no experiment decision for {user}: {ex}"))
+            .clone();
+        let mut imp = custom(&eid("imp"), "x", json!({}));
+        imp["type"] = "impression".into();
+        imp["props"] = json!({"slot": "offer", "variant": d["variant"], "decision": d["id"]});
+        b.post_ok(WRITE_KEY, vec![for_user(imp, &user)]);
+    }
+    let want = (users as u64, u64::from(PARTITIONS));
+    let totals = |s: &Server| {
+        poll(Duration::from_secs(20), || {
+            let e = exposed(s);
+            (e == want).then_some(e)
+        })
+    };
+    for s in &nodes {
+        assert_eq!(
+            totals(s),
+            Some(want),
+            "results through {}: {:?}",
+            s.base,
+            exposed(s)
+        );
+    }
+    // A node dies: its partitions' new owners count them again from the stream — the totals
+    // neither lose the dead node's users nor count them twice.
+    nodes[0].kill9();
+    settled(&[&nodes[1], &nodes[2]]);
+    for s in &nodes[1..] {
+        assert_eq!(
+            totals(s),
+            Some(want),
+            "after the kill, through {}: {:?}",
+            s.base,
+            exposed(s)
+        );
+    }
+}

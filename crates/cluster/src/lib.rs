@@ -336,6 +336,12 @@ impl Cluster {
                 .map_err(|e| format!("cannot subscribe to erasures: {e}"))?;
             tokio::spawn(push_loop(sub.clone(), pushes));
             tokio::spawn(erase_loop(sub.clone(), erasures));
+            let stats = sub
+                .client
+                .subscribe(sub.names.stats())
+                .await
+                .map_err(|e| format!("cannot subscribe to statistics requests: {e}"))?;
+            tokio::spawn(stats_loop(sub.clone(), stats));
             Ok::<_, String>(())
         })?;
         rt.spawn(owner::run(inner.clone()));
@@ -451,6 +457,36 @@ impl Cluster {
         body: Option<&str>,
     ) -> Result<(), ClusterError> {
         defs::share(&self.inner, kind, name, body).await
+    }
+
+    /// An experiment's sufficient statistics over the cluster: every node answers with its
+    /// sums for the partitions it owns (their owner has counted all of their events), and
+    /// they are added up. Also returns how many of the partitions were counted (fewer while a
+    /// partition changes hands).
+    pub async fn experiment_rows(
+        &self,
+        id: &str,
+    ) -> Result<(Vec<trimtab_engine::pipeline::StatRow>, usize), ClusterError> {
+        let inner = &self.inner;
+        let answers = inner
+            .ask_everyone(inner.names.stats(), id.to_string().into())
+            .await?;
+        let mut sums = Vec::new();
+        let mut counted = std::collections::BTreeSet::new();
+        for a in answers {
+            let Ok(part) = serde_json::from_slice::<StatsAnswer>(&a) else {
+                continue;
+            };
+            // A partition counted twice (it moved between two answers) is taken once.
+            if part.partitions.iter().any(|p| counted.contains(p)) {
+                continue;
+            }
+            counted.extend(part.partitions);
+            for (k, v) in part.rows {
+                trimtab_engine::service::add_row(&mut sums, k, v);
+            }
+        }
+        Ok((sums, counted.len()))
     }
 
     /// This node's view, for `/readyz`.
@@ -632,35 +668,46 @@ impl Inner {
     /// Tells every node to erase what it holds of `user`; waits for the live nodes' answers
     /// (or 5 s).
     async fn erase_everywhere(&self, user: UserKey) -> Result<(), ClusterError> {
+        self.ask_everyone(self.names.erase(), user.hex().into())
+            .await
+            .map(|_| ())
+    }
+
+    /// Publishes a request every node answers; collects the live nodes' answers (at most 5 s).
+    async fn ask_everyone(
+        &self,
+        subject: String,
+        payload: bytes::Bytes,
+    ) -> Result<Vec<bytes::Bytes>, ClusterError> {
         let inbox = self.client.new_inbox();
         let mut sub = self
             .client
             .subscribe(inbox.clone())
             .await
-            .map_err(|e| unavailable("erasing on every node")(e.into()))?;
+            .map_err(|e| unavailable("asking every node")(e.into()))?;
         self.client
-            .publish_with_reply(self.names.erase(), inbox, user.hex().into())
+            .publish_with_reply(subject.clone(), inbox, payload)
             .await
-            .map_err(|e| unavailable("erasing on every node")(e.into()))?;
+            .map_err(|e| unavailable("asking every node")(e.into()))?;
         let want = self
             .live
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .len()
             .max(1);
-        let mut got = 0;
+        let mut answers = Vec::new();
         let deadline = tokio::time::sleep(Duration::from_secs(5));
         tokio::pin!(deadline);
-        while got < want {
+        while answers.len() < want {
             tokio::select! {
-                m = sub.next() => match m { Some(_) => got += 1, None => break },
+                m = sub.next() => match m { Some(m) => answers.push(m.payload), None => break },
                 _ = &mut deadline => {
-                    tracing::warn!(answered = got, live = want, "erasure: not every node answered within 5 s");
+                    tracing::warn!(%subject, answered = answers.len(), live = want, "cluster: not every node answered within 5 s");
                     break;
                 }
             }
         }
-        Ok(())
+        Ok(answers)
     }
 
     /// The engine's hook: sends a pushed frame to the other nodes that sent the user's
@@ -729,6 +776,43 @@ async fn push_loop(inner: Arc<Inner>, mut sub: async_nats::Subscriber) {
             continue;
         };
         inner.engine.hub.push_local(&UserKey(k), &frame);
+    }
+}
+
+/// One node's statistics of an experiment, for the partitions it owns.
+#[derive(Serialize, Deserialize)]
+struct StatsAnswer {
+    partitions: Vec<u32>,
+    rows: Vec<trimtab_engine::pipeline::StatRow>,
+}
+
+/// Statistics requests: this node's sums for the partitions it owns, once what it has read
+/// is in its tables.
+async fn stats_loop(inner: Arc<Inner>, mut sub: async_nats::Subscriber) {
+    while let Some(msg) = sub.next().await {
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let Some(reply) = msg.reply else { return };
+            let id = String::from_utf8_lossy(&msg.payload).into_owned();
+            let mut partitions: Vec<u32> = inner
+                .parts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .keys()
+                .copied()
+                .collect();
+            partitions.sort_unstable();
+            let _ = inner.engine.pipeline.sync().await;
+            let engine = inner.engine.clone();
+            let ps = partitions.clone();
+            let rows = tokio::task::spawn_blocking(move || engine.experiment_rows(&id, Some(&ps)))
+                .await
+                .ok()
+                .and_then(Result::ok);
+            let Some(rows) = rows else { return };
+            let body = serde_json::to_vec(&StatsAnswer { partitions, rows }).expect("serialisable");
+            let _ = inner.client.publish(reply, body.into()).await;
+        });
     }
 }
 

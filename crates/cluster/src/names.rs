@@ -46,6 +46,11 @@ impl Names {
         format!("{}.push.{node}", self.prefix)
     }
 
+    /// Experiment statistics, asked of every node.
+    pub fn stats(&self) -> String {
+        format!("{}.stats", self.prefix)
+    }
+
     /// Erasure, told to every node.
     pub fn erase(&self) -> String {
         format!("{}.erase", self.prefix)
@@ -77,12 +82,9 @@ pub fn lease_key(part: u32) -> String {
     format!("p{part}")
 }
 
-/// Which of `n` partitions `user` is in (bytes 8..16 of the key: independent of the shard,
-/// which takes bytes 0..8).
+/// Which of `n` partitions `user` is in (the engine's rule: it keeps statistics per partition).
 pub fn partition(user: &UserKey, n: u32) -> u32 {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&user.0[8..16]);
-    (u64::from_le_bytes(b) % u64::from(n.max(1))) as u32
+    trimtab_engine::config::partition(user, n)
 }
 
 /// How much `node` prefers `part` (rendezvous hashing, FNV-1a): every node ranks the

@@ -115,6 +115,26 @@ impl ClusterConfig {
     pub fn enabled(&self) -> bool {
         self.nats.is_some()
     }
+
+    /// The partition of `user` in cluster mode (None alone).
+    pub fn partition_of(&self, user: &trimtab_privacy::UserKey) -> Option<u32> {
+        self.enabled().then(|| partition(user, self.partitions))
+    }
+}
+
+/// Which of `n` partitions `user` is in (bytes 8..16 of the key: independent of the shard,
+/// which takes bytes 0..8).
+pub fn partition(user: &trimtab_privacy::UserKey, n: u32) -> u32 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&user.0[8..16]);
+    (u64::from_le_bytes(b) % u64::from(n.max(1))) as u32
+}
+
+/// In cluster mode an experiment's statistics are kept per partition, as the group
+/// `<experiment>/p<partition>`: a partition's current owner has counted every event of it
+/// (it read the partition from the start), so the cluster's totals are the owners' sums.
+pub fn partition_group(experiment: &str, partition: u32) -> String {
+    format!("{experiment}/p{partition}")
 }
 
 /// `[retention]`: how long raw events are kept.

@@ -287,13 +287,42 @@ impl Engine {
     /// An experiment's results from its stored sufficient statistics (blocking; call after
     /// [`Pipeline::sync`] so that every acknowledged event is counted).
     pub fn experiment_results(&self, c: &Compiled, now_ms: i64) -> Result<Value, ReadError> {
-        let rows = self.store.stats(&c.def.id)?;
-        Ok(crate::experiments::results::results(
-            c,
-            &rows,
-            now_ms,
-            &self.experiments,
-        ))
+        let rows = self.experiment_rows(&c.def.id, None)?;
+        Ok(self.experiment_results_of(c, &rows, now_ms))
+    }
+
+    /// An experiment's results from the given sufficient statistics (a cluster's sums).
+    pub fn experiment_results_of(
+        &self,
+        c: &Compiled,
+        rows: &[trimtab_store::StatRow],
+        now_ms: i64,
+    ) -> Value {
+        crate::experiments::results::results(c, rows, now_ms, &self.experiments)
+    }
+
+    /// An experiment's stored sufficient statistics (blocking). In cluster mode they are kept
+    /// per partition: summed over `partitions` (None: every partition this node has counted).
+    pub fn experiment_rows(
+        &self,
+        id: &str,
+        partitions: Option<&[u32]>,
+    ) -> Result<Vec<trimtab_store::StatRow>, ReadError> {
+        if !self.cfg.cluster.enabled() {
+            return Ok(self.store.stats(id)?);
+        }
+        let prefix = format!("{id}/p");
+        let mut sums: Vec<trimtab_store::StatRow> = Vec::new();
+        for (group, (key, v)) in self.store.stats_prefixed(&prefix)? {
+            let Some(p) = group[prefix.len()..].parse::<u32>().ok() else {
+                continue;
+            };
+            if partitions.is_some_and(|ps| !ps.contains(&p)) {
+                continue;
+            }
+            add_row(&mut sums, key, v);
+        }
+        Ok(sums)
     }
 
     /// The rule lab as this server runs rules: its features, caps, limits, experiments and
@@ -433,4 +462,16 @@ pub fn backtest_events_file(
         truncated,
         &backtest::Progress::default(),
     ))
+}
+
+/// Adds one row of sufficient statistics into `sums` (summed by segment, arm and metric).
+pub fn add_row(sums: &mut Vec<trimtab_store::StatRow>, key: (String, String, String), v: [f64; 6]) {
+    match sums.iter_mut().find(|(k, _)| *k == key) {
+        Some((_, cur)) => {
+            for (c, x) in cur.iter_mut().zip(v) {
+                *c += x;
+            }
+        }
+        None => sums.push((key, v)),
+    }
 }

@@ -376,6 +376,29 @@ impl Store {
         Ok(out)
     }
 
+    /// Every statistic of the groups whose name starts with `prefix`: (group, ((segment, arm,
+    /// metric), sums)).
+    pub fn stats_prefixed(&self, prefix: &str) -> Result<Vec<(String, StatRow)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(STATS)?;
+        let mut out = Vec::new();
+        for row in t.range((prefix, "", "", "")..)? {
+            let (k, v) = row?;
+            let (g, seg, arm, metric) = k.value();
+            if !g.starts_with(prefix) {
+                break;
+            }
+            out.push((
+                g.to_string(),
+                (
+                    (seg.to_string(), arm.to_string(), metric.to_string()),
+                    v.value(),
+                ),
+            ));
+        }
+        Ok(out)
+    }
+
     /// Every checkpointed user state (decrypted), from one read transaction: a consistent
     /// snapshot that never blocks the writer or the shards. A state is at most one checkpoint
     /// interval behind its user's last event. `limit` caps how many are returned.

@@ -80,7 +80,10 @@ pub(super) fn admit(
             .inc();
         return None;
     }
-    let (idb, id) = Decision::new_id();
+    let (idb, id) = match trigger {
+        Some(ev) => Decision::derived_id(user, ev, &r.slot, out.decisions.len()),
+        None => Decision::new_id(),
+    };
     emit(
         state,
         out,

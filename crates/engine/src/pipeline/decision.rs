@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use trimtab_privacy::UserKey;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
@@ -30,6 +31,30 @@ impl Decision {
     pub fn new_id() -> ([u8; 16], String) {
         let mut b = [0u8; 16];
         rand::rng().fill_bytes(&mut b);
+        (b, hex::encode(b))
+    }
+
+    /// The id of a decision an event caused: derived from the user, the event's id, the slot
+    /// and how many decisions the step made before it, so that reading the same events again
+    /// (a cluster node taking over a partition) makes the same decision under the same id —
+    /// and the page's impressions and clicks, which name that id, still count for it.
+    pub fn derived_id(
+        user: &UserKey,
+        event_id: &str,
+        slot: &str,
+        nth: usize,
+    ) -> ([u8; 16], String) {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(b"trimtab/decision/v1");
+        h.update(user.0);
+        for part in [event_id.as_bytes(), slot.as_bytes()] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        h.update((nth as u64).to_le_bytes());
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&h.finalize()[..16]);
         (b, hex::encode(b))
     }
 

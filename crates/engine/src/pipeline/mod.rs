@@ -40,7 +40,7 @@ use trimtab_store::Store;
 use trimtab_wire::Event;
 
 pub use decision::Decision;
-pub use trimtab_store::EraseCounts;
+pub use trimtab_store::{EraseCounts, StatRow};
 
 /// Why a request could not be queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -863,9 +863,13 @@ impl Shard {
                 });
             }
         }
-        self.work
-            .stats
-            .extend(out.stats.into_iter().map(|d| d.into_stat()));
+        let part = self.p.cfg.cluster.partition_of(&user);
+        self.work.stats.extend(out.stats.into_iter().map(|mut d| {
+            if let Some(p) = part {
+                d.experiment = crate::config::partition_group(&d.experiment, p);
+            }
+            d.into_stat()
+        }));
         for n in out.notes {
             let msg = match n {
                 Note::Chosen { id, rec } => LearnMsg::Chosen { id, rec },
