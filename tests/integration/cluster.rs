@@ -531,3 +531,65 @@ fn experiment_statistics_add_up_over_the_nodes_and_survive_a_killed_node() {
         );
     }
 }
+
+#[test]
+fn every_nodes_bandit_learner_learns_from_every_nodes_users() {
+    let nats = Nats::start();
+    let nodes = [node(&nats, "n1"), node(&nats, "n2"), node(&nats, "n3")];
+    settled(&nodes.iter().collect::<Vec<_>>());
+    let def = json!({"candidates": ["a", "b", "c"], "window_ms": 1500, "holdout": 0,
+                     "policy": "linucb", "params": {"floor": 0.3}});
+    let r = nodes[0].put_raw(
+        "/v1/bandits/cta",
+        Some(ADMIN_TOKEN),
+        def.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    for s in &nodes {
+        poll(WAIT, || {
+            (s.get("/v1/bandits/cta", Some(ADMIN_TOKEN)).status == 200).then_some(())
+        })
+        .expect("the bandit slot reached every node");
+    }
+    let n = 24;
+    let mut clicks = 0;
+    for i in 0..n {
+        let user = format!("bu-{i}");
+        let (a, b, c) = (&nodes[i % 3], &nodes[(i + 1) % 3], &nodes[(i + 2) % 3]);
+        let t = a.identify(&user);
+        a.post_ok(&t, vec![page_view(&eid("pv"), "/product")]);
+        let r = b.post_raw(
+            "/v1/decide",
+            Some(&t),
+            json!({"slot": "cta"}).to_string().as_bytes(),
+        );
+        assert_eq!(r.status, 200, "decide: {}", r.body);
+        assert_eq!(r.json["decision"]["source"], "bandit", "{}", r.body);
+        if r.json["variant"] == "b" {
+            let mut e = click(&eid("c"), "cta");
+            e["props"] = json!({ "decision": r.json["decision"]["id"] });
+            c.post_ok(&t, vec![e]);
+            clicks += 1;
+        }
+    }
+    // Each node's learner absorbed all 24 decisions — a third made on it, the rest on the
+    // others — and the clicks, wherever they were sent.
+    for s in &nodes {
+        let st = poll(Duration::from_secs(15), || {
+            let st = s.get("/v1/bandits/cta", Some(ADMIN_TOKEN)).json;
+            (st["version"] == n && st["pending"] == 0).then_some(st)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{}'s learner did not absorb every node's decisions: {}",
+                s.base,
+                s.get("/v1/bandits/cta", Some(ADMIN_TOKEN)).body
+            )
+        });
+        assert_eq!(st["arms"][1]["rewarded"], clicks, "{st}");
+        let chosen: u64 = (0..3)
+            .map(|i| st["arms"][i]["chosen"].as_u64().unwrap())
+            .sum();
+        assert_eq!(chosen, n as u64, "{st}");
+    }
+}

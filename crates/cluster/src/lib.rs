@@ -28,6 +28,7 @@
 //!   and every node erases what it still holds of the user from an earlier ownership.
 
 mod defs;
+mod learn;
 pub mod names;
 mod owner;
 mod serve;
@@ -322,6 +323,7 @@ impl Cluster {
             .hub
             .set_forward(Box::new(move |user, frame| fwd.forward(user, frame)));
         rt.spawn(forward_loop(inner.clone(), forward_rx));
+        learn::start(&rt, &inner)?;
         let sub = inner.clone();
         rt.block_on(async move {
             let pushes = sub

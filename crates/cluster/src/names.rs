@@ -46,6 +46,11 @@ impl Names {
         format!("{}.push.{node}", self.prefix)
     }
 
+    /// Bandit decisions and outcomes, for every node's learner.
+    pub fn learn(&self) -> String {
+        format!("{}.learn", self.prefix)
+    }
+
     /// Experiment statistics, asked of every node.
     pub fn stats(&self) -> String {
         format!("{}.stats", self.prefix)

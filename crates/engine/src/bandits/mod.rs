@@ -180,7 +180,13 @@ impl registry::Kind for BanditKind {
 struct Inner {
     registry: Arc<Registry<BanditKind>>,
     live: ArcSwap<HashMap<String, Arc<LiveSlot>>>,
+    /// Cluster mode: every bandit decision and outcome made here is also sent to the other
+    /// nodes' learners (set once, at start).
+    share: std::sync::OnceLock<ShareLearning>,
 }
+
+/// See [`Bandits::set_share`].
+pub type ShareLearning = Box<dyn Fn(&learner::LearnMsg) + Send + Sync>;
 
 /// The bandit slots: definitions, published policies and the channel to the learner.
 #[derive(Clone)]
@@ -203,6 +209,7 @@ impl Bandits {
             inner: Arc::new(Inner {
                 registry: Arc::new(registry),
                 live: ArcSwap::from_pointee(HashMap::new()),
+                share: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -213,6 +220,28 @@ impl Bandits {
 
     fn kind(&self) -> &BanditKind {
         self.inner.registry.kind()
+    }
+
+    /// Cluster mode: `f` gets every decision and outcome the shards send the learner, to pass
+    /// on to the other nodes' learners (which learn from every node's users).
+    pub fn set_share(&self, f: ShareLearning) {
+        let _ = self.inner.share.set(f);
+    }
+
+    /// Passes a shard's learner message on to the other nodes (cluster mode).
+    pub(crate) fn share(&self, msg: &LearnMsg) {
+        if let Some(f) = self.inner.share.get() {
+            f(msg);
+        }
+    }
+
+    /// A decision or outcome another node's learner had (cluster mode): learned here too.
+    pub fn learn_from_peer(&self, msg: LearnMsg) {
+        if matches!(msg, LearnMsg::Chosen { .. } | LearnMsg::Outcome { .. }) {
+            if let Some(tx) = &*self.kind().tx.lock().unwrap_or_else(|e| e.into_inner()) {
+                let _ = tx.try_send(msg);
+            }
+        }
     }
 
     pub(crate) fn connect(&self, tx: Sender<LearnMsg>) {

@@ -882,6 +882,12 @@ impl Shard {
                     LearnMsg::Outcome { id, slot, kind }
                 }
             };
+            // Events a cluster node catches up on were learned from when they happened (every
+            // node's learner hears every node's decisions): not again.
+            if self.quiet {
+                continue;
+            }
+            self.p.live.bandits.share(&msg);
             // A lost message costs an online update, not data: the log has the record.
             if let Some(tx) = &self.p.live.learner {
                 let _ = tx.try_send(msg);
