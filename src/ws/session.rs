@@ -160,6 +160,7 @@ pub async fn run(ctx: SessionCtx, mut session: Session, stream: actix_ws::Messag
                 }
                 Some(Ok(AggregatedMessage::Pong(_))) => last_seen = Instant::now(),
                 Some(Ok(AggregatedMessage::Close(_))) | None => break,
+                Some(Err(e)) if peer_gone(&e) => break,
                 Some(Err(e)) => {
                     // Oversized frames and protocol violations end the session with a reason.
                     ctx.metrics.reject("ws_frame", 1);
@@ -188,6 +189,22 @@ pub async fn run(ctx: SessionCtx, mut session: Session, stream: actix_ws::Messag
     ctx.hub.unregister(&user, id);
     let (code, why) = closing.unwrap_or((1000, "bye"));
     close(session, CloseCode::from(code), why).await;
+}
+
+/// Whether a stream error is the client's connection ending (reset, closed mid-frame) rather
+/// than a frame refused (the size guard) or a protocol violation: a tab closed without a close
+/// frame is not a rejected message.
+fn peer_gone(e: &actix_ws::ProtocolError) -> bool {
+    use actix_web::error::PayloadError;
+    let actix_ws::ProtocolError::Io(io) = e else {
+        return false;
+    };
+    match io.get_ref().and_then(|r| r.downcast_ref::<PayloadError>()) {
+        Some(PayloadError::Incomplete(_)) => true,
+        // The frame guard refuses with InvalidData; anything else is the socket failing.
+        Some(PayloadError::Io(inner)) => inner.kind() != std::io::ErrorKind::InvalidData,
+        _ => false,
+    }
 }
 
 fn authenticate(ctx: &SessionCtx, body: &[u8]) -> Result<UserKey, ApiError> {

@@ -542,3 +542,39 @@ fn one_address_may_hold_only_so_many_connections() {
     });
     assert!(fresh.is_some(), "a freed slot was not reusable");
 }
+
+/// A tab closed without a close frame (the connection reset or cut mid-frame) is the client
+/// going away, not a refused frame: `rejected{reason="ws_frame"}` stays at zero (it counted
+/// every such socket before).
+#[test]
+fn a_socket_that_just_goes_away_is_not_counted_as_a_refused_frame() {
+    let s = Server::start(Opts::config(""));
+    let token = s.identify("leaver");
+    for _ in 0..5 {
+        let mut ws = s.ws_connect(&token);
+        let id = eid("pv");
+        ws.send_events(vec![page_view(&id, "/")]);
+        ws.wait_ack(&id);
+        // Half a frame, then the TCP connection closes: no close frame.
+        let tcp = match ws.ws.get_mut() {
+            tungstenite::stream::MaybeTlsStream::Plain(t) => t,
+            _ => unreachable!("plain test server"),
+        };
+        use std::io::Write;
+        let _ = tcp.write_all(&[0x81, 0xfe, 0x01, 0x00, 1, 2, 3, 4, b'x']);
+        let _ = tcp.shutdown(std::net::Shutdown::Both);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let metrics = s.get("/metrics", None).body;
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.contains("reason=\"ws_frame\"") && !l.ends_with(" 0")),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("rejected"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
