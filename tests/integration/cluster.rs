@@ -212,6 +212,23 @@ fn three_nodes_share_users_and_lose_nothing_when_one_is_killed() {
     }
     let live = nodes[1].get("/readyz", None).json["cluster"]["nodes"].clone();
     assert_eq!(live, json!(["n2", "n3"]), "the killed node is still listed");
+    // Metrics per partition: the owned count and, for each owned partition, how far it is read.
+    let metrics = nodes[1].get("/metrics", None).body;
+    assert!(
+        metrics.contains(&format!(
+            "trimtab_cluster_partitions_owned {}",
+            after[0].len()
+        )),
+        "{metrics}"
+    );
+    for p in &after[0] {
+        assert!(
+            metrics.contains(&format!(
+                "trimtab_cluster_read_sequence{{partition=\"{p}\"}}"
+            )),
+            "no read sequence for partition {p}"
+        );
+    }
 
     // Every acknowledged event is in its user's export, asked through either survivor.
     let acked = acked.lock().unwrap().clone();

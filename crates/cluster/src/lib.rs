@@ -115,6 +115,8 @@ pub struct PartitionStatus {
 struct Metrics {
     owned: prometheus::IntGauge,
     consumed: prometheus::IntCounterVec,
+    /// The stream sequence up to which each owned partition is in the engine.
+    read: prometheus::IntGaugeVec,
     published: prometheus::IntCounter,
     forwarded: prometheus::IntCounter,
 }
@@ -136,6 +138,14 @@ impl Metrics {
                 &["partition"],
             )
             .expect(ok),
+            read: prometheus::IntGaugeVec::new(
+                prometheus::Opts::new(
+                    "trimtab_cluster_read_sequence",
+                    "The stream sequence up to which a partition this node owns is in its engine",
+                ),
+                &["partition"],
+            )
+            .expect(ok),
             published: prometheus::IntCounter::new(
                 "trimtab_cluster_published_total",
                 "Events this node published to the stream (acknowledged by JetStream)",
@@ -150,6 +160,7 @@ impl Metrics {
         for c in [
             Box::new(m.owned.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(m.consumed.clone()),
+            Box::new(m.read.clone()),
             Box::new(m.published.clone()),
             Box::new(m.forwarded.clone()),
         ] {

@@ -198,6 +198,7 @@ async fn stop_reading(inner: &Inner, p: u32) -> bool {
         .unwrap_or_else(|e| e.into_inner())
         .remove(&p);
     let Some(o) = o else { return false };
+    let _ = inner.metrics.read.remove_label_values(&[&p.to_string()]);
     o.requests.abort();
     let _ = o.stop.send(true);
     let _ = o.reader.await;

@@ -27,6 +27,7 @@ pub(crate) async fn read(
 ) {
     let label = p.to_string();
     let consumed = inner.metrics.consumed.with_label_values(&[&label]);
+    let read_gauge = inner.metrics.read.with_label_values(&[&label]);
     'connect: loop {
         if *stop.borrow() {
             return;
@@ -115,6 +116,7 @@ pub(crate) async fn read(
             }
             consumed.inc_by(n);
             read.fetch_max(last, Ordering::Relaxed);
+            read_gauge.set(read.load(Ordering::Relaxed) as i64);
         }
     }
 }

@@ -813,4 +813,51 @@ mod tests {
             Ok(())
         });
     }
+
+    #[test]
+    fn cluster_settings_from_the_environment_and_their_checks() {
+        figment::Jail::expect_with(|jail| {
+            // Alone by default: nothing of the cluster is used.
+            let cfg = Config::load(None, &Overrides::default()).unwrap();
+            assert!(!cfg.cluster.enabled());
+            assert_eq!(
+                cfg.cluster.partition_of(&trimtab_privacy::UserKey([7; 16])),
+                None
+            );
+            jail.set_env("TRIMTAB_CLUSTER__NATS", "nats://127.0.0.1:4222");
+            jail.set_env("TRIMTAB_CLUSTER__NODE", "n1");
+            jail.set_env("TRIMTAB_CLUSTER__PARTITIONS", "16");
+            let cfg = Config::load(None, &Overrides::default()).unwrap();
+            assert!(cfg.cluster.enabled());
+            assert_eq!(cfg.cluster.partitions, 16);
+            let p = cfg
+                .cluster
+                .partition_of(&trimtab_privacy::UserKey([7; 16]))
+                .unwrap();
+            assert!(p < 16);
+            assert_eq!(partition_group("offer-test", p), format!("offer-test/p{p}"));
+            for (key, value, says) in [
+                ("TRIMTAB_CLUSTER__NODE", "", "cluster.node must be set"),
+                ("TRIMTAB_CLUSTER__NODE", "n 1", "cluster.node must be set"),
+                ("TRIMTAB_CLUSTER__PARTITIONS", "0", "cluster.partitions"),
+                ("TRIMTAB_CLUSTER__LEASE_MS", "100", "cluster.lease_ms"),
+                ("TRIMTAB_CLUSTER__REPLICAS", "7", "cluster.replicas"),
+                (
+                    "TRIMTAB_PSEUDONYM_KEY",
+                    "abc",
+                    "pseudonym_key must be 64 hex",
+                ),
+            ] {
+                jail.set_env(key, value);
+                let e = Config::load(None, &Overrides::default()).unwrap_err();
+                assert!(e.to_string().contains(says), "{key}={value:?}: {e}");
+                jail.set_env("TRIMTAB_CLUSTER__NODE", "n1");
+                jail.set_env("TRIMTAB_CLUSTER__PARTITIONS", "16");
+                jail.set_env("TRIMTAB_CLUSTER__LEASE_MS", "6000");
+                jail.set_env("TRIMTAB_CLUSTER__REPLICAS", "1");
+                jail.set_env("TRIMTAB_PSEUDONYM_KEY", "ab".repeat(32));
+            }
+            Ok(())
+        });
+    }
 }
