@@ -42,9 +42,19 @@ impl Nats {
             .expect("free port")
             .port();
         let store = dir.path().join("js");
+        let child = Self::spawn(port, &store);
+        Nats {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+            store,
+            _dir: dir,
+        }
+    }
+
+    fn spawn(port: u16, store: &std::path::Path) -> Child {
         let child = Command::new("nats-server")
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(&store)
+            .arg(store)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -52,12 +62,23 @@ impl Nats {
         let addr = format!("127.0.0.1:{port}");
         poll(WAIT, || std::net::TcpStream::connect(&addr).ok())
             .expect("nats-server did not listen within 10 s");
-        Nats {
-            child,
-            url: format!("nats://{addr}"),
-            store,
-            _dir: dir,
-        }
+        child
+    }
+
+    /// Stops the server (SIGKILL) and starts it again on the same port and store.
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn restart(&mut self) {
+        let port: u16 = self
+            .url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        self.child = Self::spawn(port, &self.store);
     }
 }
 
@@ -69,8 +90,12 @@ impl Drop for Nats {
 }
 
 fn node(nats: &Nats, name: &str) -> Server {
+    node_with_lease(nats, name, 1500)
+}
+
+fn node_with_lease(nats: &Nats, name: &str, lease_ms: u64) -> Server {
     let config = format!(
-        "[cluster]\nnats = {:?}\nnode = {name:?}\npartitions = {PARTITIONS}\nlease_ms = 1500\nquiet_after_ms = 5000\n\n[rate]\nuser_per_min = 0\n",
+        "[cluster]\nnats = {:?}\nnode = {name:?}\npartitions = {PARTITIONS}\nlease_ms = {lease_ms}\nquiet_after_ms = 5000\n\n[rate]\nuser_per_min = 0\n",
         nats.url
     );
     Server::start(
@@ -609,4 +634,101 @@ fn every_nodes_bandit_learner_learns_from_every_nodes_users() {
             .sum();
         assert_eq!(chosen, n as u64, "{st}");
     }
+}
+
+#[test]
+fn a_node_stopping_gives_its_partitions_back_at_once() {
+    // A long lease: only a node's own release hands partitions over within it.
+    let nats = Nats::start();
+    let mut nodes = [
+        node_with_lease(&nats, "n1", 20_000),
+        node_with_lease(&nats, "n2", 20_000),
+    ];
+    let before = settled(&nodes.iter().collect::<Vec<_>>());
+    nodes[0].post_ok(
+        WRITE_KEY,
+        vec![for_user(page_view(&eid("pv"), "/a"), "stayer")],
+    );
+    nodes[0].sigterm();
+    let st = nodes[0]
+        .wait_exit(Duration::from_secs(15))
+        .expect("n1 stops on SIGTERM");
+    assert!(st.success(), "{st}");
+    let t = std::time::Instant::now();
+    let all = poll(Duration::from_secs(10), || {
+        let mine = owned(&nodes[1])?;
+        (mine.len() == PARTITIONS as usize).then_some(mine)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "n2 did not take n1's partitions {:?} within 10 s of its stop",
+            before[0]
+        )
+    });
+    assert_eq!(all.len(), PARTITIONS as usize);
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert!(
+        nodes[0].stderr().contains("cluster: left"),
+        "{}",
+        nodes[0].stderr()
+    );
+    assert_eq!(
+        event_ids(&nodes[1].export("stayer").expect("stayer")).len(),
+        1
+    );
+}
+
+#[test]
+fn while_nats_is_away_nothing_is_acknowledged_and_the_node_recovers() {
+    let mut nats = Nats::start();
+    let nodes = [node(&nats, "n1")];
+    settled(&[&nodes[0]]);
+    nodes[0].post_ok(
+        WRITE_KEY,
+        vec![for_user(page_view(&eid("pv"), "/a"), "patient")],
+    );
+    nats.stop();
+    let r = poll(WAIT, || {
+        let r = nodes[0].get("/readyz", None);
+        (r.status == 503).then_some(r)
+    })
+    .expect("readyz still 200 with NATS gone");
+    assert_eq!(r.json["status"], "cluster_disconnected", "{}", r.body);
+    // An event cannot reach the stream: refused with a retryable code, not acknowledged.
+    let id = eid("lost");
+    let r = nodes[0].post_events(
+        WRITE_KEY,
+        &batch(vec![for_user(page_view(&id, "/b"), "patient")]),
+    );
+    assert_eq!((r.status, r.code()), (503, "unavailable"), "{}", r.body);
+    nats.restart();
+    poll(Duration::from_secs(30), || {
+        (nodes[0].get("/readyz", None).status == 200).then_some(())
+    })
+    .expect("the node did not come back after NATS did");
+    // The client's retry goes through, and both events are the user's, once each.
+    let r = poll(Duration::from_secs(20), || {
+        let r = nodes[0].post_events(
+            WRITE_KEY,
+            &batch(vec![for_user(page_view(&id, "/b"), "patient")]),
+        );
+        (r.status == 202).then_some(r)
+    })
+    .expect("events are still refused after NATS came back");
+    // The refused publish may have reached the stream after all (the client queues it while
+    // disconnected): then the retry is a duplicate. Either way the event is there once.
+    let (a, d) = (r.json["accepted"].as_u64(), r.json["duplicates"].as_u64());
+    assert_eq!(a.unwrap_or(0) + d.unwrap_or(0), 1, "{}", r.body);
+    // The partition's reader may take a moment to resume after the restart: the export
+    // answers 503 until it has read the user's events, then has both.
+    let ex = poll(Duration::from_secs(30), || {
+        let r = nodes[0].get("/v1/users/patient", Some(ADMIN_TOKEN));
+        (r.status == 200 && event_ids(&r.json).len() == 2).then_some(r.json)
+    });
+    assert!(
+        ex.is_some(),
+        "{}\n{}",
+        nodes[0].get("/v1/users/patient", Some(ADMIN_TOKEN)).body,
+        nodes[0].stderr()
+    );
 }

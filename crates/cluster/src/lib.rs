@@ -292,10 +292,12 @@ impl Cluster {
                     format!("cannot open the events stream on NATS at {url} (is JetStream on? nats-server -js): {e}")
                 })?;
             let lease = Duration::from_millis(cfg.lease_ms);
-            let leases = bucket(&js, &names.leases(), lease, true, cfg.replicas).await?;
-            let nodes = bucket(&js, &names.nodes(), lease, true, cfg.replicas).await?;
-            let meta = bucket(&js, &names.meta(), Duration::ZERO, false, cfg.replicas).await?;
-            let defs = bucket(&js, &names.defs(), Duration::ZERO, false, cfg.replicas).await?;
+            // On disk, all of them: a restarted NATS server keeps the leases (their owners
+            // carry on) and the shared definitions.
+            let leases = bucket(&js, &names.leases(), lease, cfg.replicas).await?;
+            let nodes = bucket(&js, &names.nodes(), lease, cfg.replicas).await?;
+            let meta = bucket(&js, &names.meta(), Duration::ZERO, cfg.replicas).await?;
+            let defs = bucket(&js, &names.defs(), Duration::ZERO, cfg.replicas).await?;
             check_secrets(&meta, &fingerprint).await?;
             check_partitions(&meta, cfg.partitions).await?;
             Ok::<_, String>(Arc::new(Inner {
@@ -512,7 +514,7 @@ impl Cluster {
             .iter()
             .map(|(p, o)| PartitionStatus {
                 partition: *p,
-                read: o.read.load(Ordering::Relaxed),
+                read: o.read.read.load(Ordering::Relaxed),
             })
             .collect();
         partitions.sort_unstable_by_key(|p| p.partition);
@@ -872,7 +874,6 @@ async fn bucket(
     js: &jetstream::Context,
     name: &str,
     max_age: Duration,
-    memory: bool,
     replicas: usize,
 ) -> Result<kv::Store, String> {
     use jetstream::stream::{Config, DiscardPolicy, StorageType};
@@ -881,11 +882,7 @@ async fn bucket(
         subjects: vec![format!("$KV.{name}.>")],
         max_messages_per_subject: 1,
         max_age,
-        storage: if memory {
-            StorageType::Memory
-        } else {
-            StorageType::File
-        },
+        storage: StorageType::File,
         allow_rollup: true,
         deny_delete: true,
         allow_direct: true,

@@ -7,7 +7,7 @@
 //! reading them.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,8 +21,8 @@ use crate::Inner;
 pub(crate) struct Owned {
     /// The lease's revision in the bucket (renewals compare it).
     pub revision: u64,
-    /// The stream sequence up to which the partition's events are in the engine.
-    pub read: Arc<AtomicU64>,
+    /// How far the partition's events are in the engine.
+    pub read: Arc<crate::serve::Progress>,
     stop: tokio::sync::watch::Sender<bool>,
     reader: JoinHandle<()>,
     requests: JoinHandle<()>,
@@ -162,7 +162,7 @@ async fn keys(kv: &async_nats::jetstream::kv::Store) -> Result<Vec<String>, Stri
 
 /// Starts owning `p`: read its events from the start of the stream, answer its requests.
 async fn take(inner: &Arc<Inner>, p: u32, revision: u64) {
-    let read = Arc::new(AtomicU64::new(0));
+    let read = Arc::new(crate::serve::Progress::default());
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let requests = match inner.client.subscribe(inner.names.rpc(p)).await {
         Ok(sub) => tokio::spawn(crate::serve::requests(inner.clone(), p, read.clone(), sub)),

@@ -14,6 +14,16 @@ use trimtab_wire::Event;
 
 use crate::{names, Fail, Inner, Op, Request};
 
+/// How far an owned partition is read, and a way to make its reader start over.
+#[derive(Default)]
+pub(crate) struct Progress {
+    /// The last stream sequence of the partition that is in the engine.
+    pub read: AtomicU64,
+    /// Told when a request waits for events that do not come: the reader makes a new
+    /// consumer from where it is (after a NATS restart the old one can stay silent).
+    pub kick: tokio::sync::Notify,
+}
+
 /// At most this many messages go into the engine as one batch.
 const MAX_BATCH: usize = 512;
 
@@ -22,9 +32,10 @@ const MAX_BATCH: usize = 512;
 pub(crate) async fn read(
     inner: Arc<Inner>,
     p: u32,
-    read: Arc<AtomicU64>,
+    progress: Arc<Progress>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let read = &progress.read;
     let label = p.to_string();
     let consumed = inner.metrics.consumed.with_label_values(&[&label]);
     let read_gauge = inner.metrics.read.with_label_values(&[&label]);
@@ -44,13 +55,15 @@ pub(crate) async fn read(
             },
             ..Default::default()
         };
-        let messages = match inner.stream.create_consumer(config).await {
-            Ok(c) => c.messages().await,
-            Err(e) => Err(async_nats::jetstream::consumer::StreamError::with_source(
-                async_nats::jetstream::consumer::StreamErrorKind::Other,
-                e,
-            )),
-        };
+        // Bounded: a request lost in a NATS restart must not leave the reader waiting.
+        let messages = tokio::time::timeout(Duration::from_secs(5), async {
+            match inner.stream.create_consumer(config).await {
+                Ok(c) => c.messages().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await
+        .unwrap_or_else(|_| Err("no answer within 5 s".into()));
         let mut messages = match messages {
             Ok(m) => m,
             Err(e) => {
@@ -64,6 +77,10 @@ pub(crate) async fn read(
         loop {
             let first = tokio::select! {
                 _ = stop.changed() => return,
+                _ = progress.kick.notified() => {
+                    tracing::info!(partition = p, "cluster: a request waits for events that do not come; reading the partition anew");
+                    continue 'connect;
+                }
                 m = messages.next() => m,
             };
             let mut batch = match first {
@@ -173,12 +190,12 @@ fn user_of(subject: &str) -> Option<UserKey> {
 pub(crate) async fn requests(
     inner: Arc<Inner>,
     p: u32,
-    read: Arc<AtomicU64>,
+    progress: Arc<Progress>,
     mut sub: async_nats::Subscriber,
 ) {
     while let Some(msg) = sub.next().await {
         let inner = inner.clone();
-        let read = read.clone();
+        let read = progress.clone();
         tokio::spawn(async move {
             let Some(reply) = msg.reply.clone() else {
                 return;
@@ -216,7 +233,7 @@ fn submit_fail(e: SubmitError) -> Fail {
 async fn answer(
     inner: &Inner,
     p: u32,
-    read: &AtomicU64,
+    read: &Progress,
     req: Request,
 ) -> Result<serde_json::Value, Fail> {
     if names::partition(&req.user, inner.cfg.partitions) != p {
@@ -265,7 +282,8 @@ async fn answer(
 
 /// Waits until every event the stream holds for `user` is in the engine (read your writes:
 /// an export after an acknowledged batch has the batch).
-async fn caught_up(inner: &Inner, p: u32, read: &AtomicU64, user: &UserKey) -> Result<(), Fail> {
+async fn caught_up(inner: &Inner, p: u32, progress: &Progress, user: &UserKey) -> Result<(), Fail> {
+    let read = &progress.read;
     let last = match inner
         .stream
         .get_last_raw_message_by_subject(&inner.names.events(p, user))
@@ -280,8 +298,20 @@ async fn caught_up(inner: &Inner, p: u32, read: &AtomicU64, user: &UserKey) -> R
         }
         Err(e) => return Err(fail(format!("reading the stream: {e}"))),
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let start = tokio::time::Instant::now();
+    let deadline = start + Duration::from_secs(8);
+    let mut kicked = start;
+    let mut seen = read.load(Ordering::Relaxed);
     while read.load(Ordering::Relaxed) < last {
+        // No progress for a second: the reader's consumer may be stale; make it start over.
+        let now = tokio::time::Instant::now();
+        let at = read.load(Ordering::Relaxed);
+        if at != seen {
+            (seen, kicked) = (at, now);
+        } else if now - kicked > Duration::from_secs(1) {
+            progress.kick.notify_one();
+            kicked = now;
+        }
         if tokio::time::Instant::now() > deadline {
             return Err(fail(format!(
                 "partition {p} is still being read (at {} of {last})",
