@@ -24,8 +24,8 @@ ENV TRIMTAB_GIT_COMMIT=${TRIMTAB_GIT_COMMIT}
 # Static (glibc, +crt-static); random numbers from the getrandom(2) system call directly (a
 # static binary cannot look the libc wrapper up and would fall back to /dev/urandom).
 RUN RUSTFLAGS="-C target-feature=+crt-static --cfg getrandom_backend=\"linux_getrandom\"" \
-        cargo build --release --locked --bin trimtab --target x86_64-unknown-linux-gnu \
-    && docker/rootfs.sh target/x86_64-unknown-linux-gnu/release/trimtab /out
+        cargo build --profile image --locked --bin trimtab --target x86_64-unknown-linux-gnu \
+    && docker/rootfs.sh target/x86_64-unknown-linux-gnu/image/trimtab /out
 
 FROM scratch AS runtime
 COPY --from=builder /out/root/ /
