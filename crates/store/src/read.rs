@@ -359,44 +359,48 @@ impl Store {
 
     /// Every statistic of `group`: ((segment, arm, metric), sums).
     pub fn stats(&self, group: &str) -> Result<Vec<StatRow>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(STATS)?;
         let mut out = Vec::new();
-        for row in t.range((group, "", "", "")..)? {
-            let (k, v) = row?;
-            let (g, seg, arm, metric) = k.value();
-            if g != group {
-                break;
-            }
-            out.push((
-                (seg.to_string(), arm.to_string(), metric.to_string()),
-                v.value(),
-            ));
-        }
+        self.scan_stats(group, |g| g == group, |_, row| out.push(row))?;
         Ok(out)
     }
 
     /// Every statistic of the groups whose name starts with `prefix`: (group, ((segment, arm,
     /// metric), sums)).
     pub fn stats_prefixed(&self, prefix: &str) -> Result<Vec<(String, StatRow)>, StoreError> {
+        let mut out = Vec::new();
+        self.scan_stats(
+            prefix,
+            |g| g.starts_with(prefix),
+            |g, row| out.push((g.to_string(), row)),
+        )?;
+        Ok(out)
+    }
+
+    /// The statistics from the first group at or after `from`, in key order, while `within`
+    /// holds for their group.
+    fn scan_stats(
+        &self,
+        from: &str,
+        within: impl Fn(&str) -> bool,
+        mut each: impl FnMut(&str, StatRow),
+    ) -> Result<(), StoreError> {
         let txn = self.db.begin_read()?;
         let t = txn.open_table(STATS)?;
-        let mut out = Vec::new();
-        for row in t.range((prefix, "", "", "")..)? {
+        for row in t.range((from, "", "", "")..)? {
             let (k, v) = row?;
             let (g, seg, arm, metric) = k.value();
-            if !g.starts_with(prefix) {
+            if !within(g) {
                 break;
             }
-            out.push((
-                g.to_string(),
+            each(
+                g,
                 (
                     (seg.to_string(), arm.to_string(), metric.to_string()),
                     v.value(),
                 ),
-            ));
+            );
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Every checkpointed user state (decrypted), from one read transaction: a consistent
