@@ -69,14 +69,14 @@ pub(crate) async fn share(
                 body: b.to_string(),
             })
             .expect("serialisable");
-            inner.defs.put(&key, v.into()).await.map(|_| ())
+            inner
+                .defs
+                .put(&key, v.into())
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         }
-        None => inner.defs.delete(&key).await.map_err(|e| {
-            async_nats::jetstream::kv::PutError::with_source(
-                async_nats::jetstream::kv::PutErrorKind::Publish,
-                e,
-            )
-        }),
+        None => inner.defs.delete(&key).await.map_err(|e| e.to_string()),
     };
     r.map_err(|e| {
         ClusterError::Unavailable(format!(

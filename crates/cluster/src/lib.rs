@@ -182,14 +182,15 @@ struct Origins {
 const MAX_ORIGINS: usize = 500_000;
 
 impl Origins {
-    fn note(&mut self, user: UserKey, node: Arc<str>) {
+    /// `node` sent the user's latest event (a name is allocated only when it changes).
+    fn note(&mut self, user: UserKey, node: &str) {
         if self.map.len() >= MAX_ORIGINS && !self.map.contains_key(&user) {
             self.map.clear();
         }
         let e = self.map.entry(user).or_default();
-        if e[0].as_deref() != Some(&*node) {
+        if e[0].as_deref() != Some(node) {
             e[1] = e[0].take();
-            e[0] = Some(node);
+            e[0] = Some(node.into());
         }
     }
 }
@@ -548,14 +549,7 @@ impl Cluster {
         let inner = self.inner.clone();
         rt.block_on(async move {
             inner.stopping.store(true, Ordering::Relaxed);
-            let parts: Vec<u32> = inner
-                .parts
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .keys()
-                .copied()
-                .collect();
-            for p in parts {
+            for p in inner.partitions() {
                 owner::release(&inner, p).await;
             }
             let _ = inner.nodes.delete(&*inner.node).await;
@@ -755,14 +749,23 @@ impl Inner {
     }
 
     fn note_origin(&self, user: UserKey, node: &str) {
-        let mut o = self.origins.lock().unwrap_or_else(|e| e.into_inner());
-        let known = o
-            .map
-            .get(&user)
-            .is_some_and(|n| n[0].as_deref() == Some(node));
-        if !known {
-            o.note(user, node.into());
-        }
+        self.origins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .note(user, node);
+    }
+
+    /// The partitions this node owns, in order.
+    fn partitions(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self
+            .parts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        v.sort_unstable();
+        v
     }
 }
 
@@ -809,14 +812,7 @@ async fn stats_loop(inner: Arc<Inner>, mut sub: async_nats::Subscriber) {
         tokio::spawn(async move {
             let Some(reply) = msg.reply else { return };
             let id = String::from_utf8_lossy(&msg.payload).into_owned();
-            let mut partitions: Vec<u32> = inner
-                .parts
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .keys()
-                .copied()
-                .collect();
-            partitions.sort_unstable();
+            let partitions = inner.partitions();
             let _ = inner.engine.pipeline.sync().await;
             let engine = inner.engine.clone();
             let ps = partitions.clone();
@@ -899,40 +895,40 @@ async fn bucket(
 
 /// The first node records the secrets' fingerprint; every later node must match it.
 async fn check_secrets(meta: &kv::Store, fp: &str) -> Result<(), String> {
-    match meta.create("secrets", fp.to_string().into()).await {
-        Ok(_) => Ok(()),
-        Err(_) => {
-            let known = meta
-                .get("secrets")
-                .await
-                .map_err(|e| format!("cannot read the cluster's secrets fingerprint: {e}"))?;
-            if known.as_deref() == Some(fp.as_bytes()) {
-                Ok(())
-            } else {
-                Err("this node's secrets differ from the cluster's: every node needs the same admin token, write key, token-signing and pseudonym keys — copy secrets.toml from the first node's data dir (or set the same TRIMTAB_ADMIN_TOKEN and TRIMTAB_WRITE_KEY on every node)".into())
-            }
-        }
+    match agree(meta, "secrets", fp, "the cluster's secrets fingerprint").await? {
+        Ok(()) => Ok(()),
+        Err(_) => Err("this node's secrets differ from the cluster's: every node needs the same admin token, write key, token-signing and pseudonym keys — copy secrets.toml from the first node's data dir (or set the same TRIMTAB_ADMIN_TOKEN and TRIMTAB_WRITE_KEY on every node)".into()),
     }
 }
 
 /// The partition count is fixed for a cluster's life: the stream's subjects carry it.
 async fn check_partitions(meta: &kv::Store, n: u32) -> Result<(), String> {
-    let v = n.to_string();
-    match meta.create("partitions", v.clone().into()).await {
-        Ok(_) => Ok(()),
-        Err(_) => {
-            let known = meta
-                .get("partitions")
-                .await
-                .map_err(|e| format!("cannot read the cluster's partition count: {e}"))?;
-            match known {
-                Some(k) if k == v.as_bytes() => Ok(()),
-                Some(k) => Err(format!(
-                    "cluster.partitions is {n} here but {} in the cluster: it is fixed for a cluster's life",
-                    String::from_utf8_lossy(&k)
-                )),
-                None => Ok(()),
-            }
-        }
+    match agree(meta, "partitions", &n.to_string(), "the cluster's partition count").await? {
+        Ok(()) | Err(None) => Ok(()),
+        Err(Some(k)) => Err(format!(
+            "cluster.partitions is {n} here but {k} in the cluster: it is fixed for a cluster's life"
+        )),
     }
+}
+
+/// Records `value` under `key` if the cluster has none yet, else compares: `Ok(Ok(()))` when
+/// recorded or the same, `Ok(Err(known))` when it differs (`None`: the key could not be
+/// created and holds nothing).
+async fn agree(
+    meta: &kv::Store,
+    key: &str,
+    value: &str,
+    what: &str,
+) -> Result<Result<(), Option<String>>, String> {
+    if meta.create(key, value.to_string().into()).await.is_ok() {
+        return Ok(Ok(()));
+    }
+    let known = meta
+        .get(key)
+        .await
+        .map_err(|e| format!("cannot read {what}: {e}"))?;
+    Ok(match known {
+        Some(k) if k.as_ref() == value.as_bytes() => Ok(()),
+        other => Err(other.map(|k| String::from_utf8_lossy(&k).into_owned())),
+    })
 }

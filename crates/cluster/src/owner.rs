@@ -43,8 +43,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
 
 async fn round(inner: &Arc<Inner>, free_before: &mut HashSet<u32>) -> Result<(), String> {
     // Alive, with the partitions held (for every node's view of who owns what).
-    let mut held: Vec<u32> = owned(inner).into_iter().map(|(p, _)| p).collect();
-    held.sort_unstable();
+    let held = inner.partitions();
     let me = serde_json::to_vec(&serde_json::json!({ "partitions": held })).expect("json");
     inner
         .nodes
@@ -125,7 +124,7 @@ async fn round(inner: &Arc<Inner>, free_before: &mut HashSet<u32>) -> Result<(),
     *free_before = still_free;
 
     // Give back what is beyond the share (nodes joined), least preferred first.
-    let mut mine: Vec<u32> = owned(inner).into_iter().map(|(p, _)| p).collect();
+    let mut mine = inner.partitions();
     if mine.len() > share && n_live > 1 {
         mine.sort_by_key(|p| preference(&inner.node, *p));
         let extra = mine.len() - share;

@@ -241,43 +241,29 @@ async fn answer(
     }
     caught_up(inner, p, read, &req.user).await?;
     let pipeline = &inner.engine.pipeline;
-    let stopped = |_| fail("the owning node stopped before answering");
-    let value = match req.op {
-        Op::Export => {
-            let ex = pipeline
-                .export(req.user)
-                .map_err(submit_fail)?
-                .await
-                .map_err(stopped)?
-                .map_err(|e| fail(e.to_string()))?;
-            serde_json::to_value(ex)
-        }
-        Op::Erase => {
-            inner
-                .origins
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .map
-                .remove(&req.user);
-            let c = pipeline
-                .erase(req.user)
-                .map_err(submit_fail)?
-                .await
-                .map_err(stopped)?
-                .map_err(|e| fail(e.to_string()))?;
-            serde_json::to_value(c)
-        }
+    // Every node's erase_loop (this one's too) forgets the user's origins.
+    match req.op {
+        Op::Export => json(settle(pipeline.export(req.user)).await?),
+        Op::Erase => json(settle(pipeline.erase(req.user)).await?),
         Op::Decide { slot, candidates } => {
-            let d = pipeline
-                .decide(req.user, slot, candidates)
-                .map_err(submit_fail)?
-                .await
-                .map_err(stopped)?
-                .map_err(|e| fail(e.to_string()))?;
-            serde_json::to_value(d)
+            json(settle(pipeline.decide(req.user, slot, candidates)).await?)
         }
-    };
-    value.map_err(|e| fail(e.to_string()))
+    }
+}
+
+/// The engine's answer to a queued request, or why there is none.
+async fn settle<T>(
+    queued: Result<trimtab_engine::pipeline::Pending<T>, SubmitError>,
+) -> Result<T, Fail> {
+    queued
+        .map_err(submit_fail)?
+        .await
+        .map_err(|_| fail("the owning node stopped before answering"))?
+        .map_err(|e| fail(e.to_string()))
+}
+
+fn json(v: impl serde::Serialize) -> Result<serde_json::Value, Fail> {
+    serde_json::to_value(v).map_err(|e| fail(e.to_string()))
 }
 
 /// Waits until every event the stream holds for `user` is in the engine (read your writes:
