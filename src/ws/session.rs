@@ -74,6 +74,8 @@ pub async fn run(ctx: SessionCtx, mut session: Session, stream: actix_ws::Messag
                 return;
             }
         },
+        // Gone before authenticating: nothing was refused.
+        Ok(Some(Err(e))) if peer_gone(&e) => return,
         Ok(Some(Err(e))) => {
             // An oversized frame (refused at its header) or too many bytes before the auth.
             let _ = session

@@ -564,6 +564,17 @@ fn a_socket_that_just_goes_away_is_not_counted_as_a_refused_frame() {
         let _ = tcp.write_all(&[0x81, 0xfe, 0x01, 0x00, 1, 2, 3, 4, b'x']);
         let _ = tcp.shutdown(std::net::Shutdown::Both);
     }
+    // The same before authenticating: half an auth frame, then the connection closes.
+    for _ in 0..3 {
+        let mut ws = s.ws_open(None).expect("handshake");
+        let tcp = match ws.ws.get_mut() {
+            tungstenite::stream::MaybeTlsStream::Plain(t) => t,
+            _ => unreachable!("plain test server"),
+        };
+        use std::io::Write;
+        let _ = tcp.write_all(&[0x81, 0xfe, 0x01, 0x00, 1, 2, 3, 4, b'{']);
+        let _ = tcp.shutdown(std::net::Shutdown::Both);
+    }
     std::thread::sleep(std::time::Duration::from_millis(500));
     let metrics = s.get("/metrics", None).body;
     assert!(
