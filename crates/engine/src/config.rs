@@ -94,6 +94,9 @@ pub struct ClusterConfig {
     /// Events older than this when a new owner reads them (a partition taken over and read
     /// from the start) update state without pushing adjustments to pages (ms).
     pub quiet_after_ms: u64,
+    /// How often an owner checkpoints the users of its partitions that changed into NATS
+    /// (ms; 0: never, and a new owner reads a partition from the start of the stream).
+    pub checkpoint_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -106,6 +109,7 @@ impl Default for ClusterConfig {
             replicas: 1,
             prefix: "trimtab".into(),
             quiet_after_ms: 10_000,
+            checkpoint_ms: 5_000,
         }
     }
 }
@@ -132,9 +136,15 @@ pub fn partition(user: &trimtab_privacy::UserKey, n: u32) -> u32 {
 
 /// In cluster mode an experiment's statistics are kept per partition, as the group
 /// `<experiment>/p<partition>`: a partition's current owner has counted every event of it
-/// (it read the partition from the start), so the cluster's totals are the owners' sums.
+/// (read from the start of the stream, or restored from a checkpoint that carries the
+/// partition's statistics), so the cluster's totals are the owners' sums.
 pub fn partition_group(experiment: &str, partition: u32) -> String {
     format!("{experiment}/p{partition}")
+}
+
+/// The partition of a statistics group made by [`partition_group`] (None: not such a group).
+pub fn group_partition(group: &str) -> Option<u32> {
+    group.rsplit_once("/p")?.1.parse().ok()
 }
 
 /// `[retention]`: how long raw events are kept.
@@ -836,6 +846,10 @@ mod tests {
                 .unwrap();
             assert!(p < 16);
             assert_eq!(partition_group("offer-test", p), format!("offer-test/p{p}"));
+            assert_eq!(
+                group_partition(&partition_group("offer/p-test", p)),
+                Some(p)
+            );
             for (key, value, says) in [
                 ("TRIMTAB_CLUSTER__NODE", "", "cluster.node must be set"),
                 ("TRIMTAB_CLUSTER__NODE", "n 1", "cluster.node must be set"),

@@ -301,6 +301,17 @@ impl Engine {
         crate::experiments::results::results(c, rows, now_ms, &self.experiments)
     }
 
+    /// Every experiment statistic this node keeps for cluster partition `part` (the groups
+    /// `<experiment>/p<part>`), blocking: a cluster checkpoint's mark carries them.
+    pub fn partition_stats(
+        &self,
+        part: u32,
+    ) -> Result<Vec<(String, trimtab_store::StatRow)>, ReadError> {
+        Ok(self
+            .store
+            .stats_where(|g| crate::config::group_partition(g) == Some(part))?)
+    }
+
     /// An experiment's stored sufficient statistics (blocking). In cluster mode they are kept
     /// per partition: summed over `partitions` (None: every partition this node has counted).
     pub fn experiment_rows(

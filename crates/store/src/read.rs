@@ -212,19 +212,31 @@ impl Store {
     /// Everything stored about the user except the state (decrypted), or `None` if nothing is.
     /// The events come from a scan of the whole event store.
     pub fn export(&self, user: &UserKey) -> Result<Option<UserRecords>, StoreError> {
+        self.export_with(user, true)
+    }
+
+    /// [`Store::export`], with the events only if `events` (without them it reads two
+    /// ranges of the indexed store, not the event store: a cluster checkpoint's image).
+    pub fn export_with(
+        &self,
+        user: &UserKey,
+        events: bool,
+    ) -> Result<Option<UserRecords>, StoreError> {
         let Some(sealer) = self.existing_sealer(user) else {
             return Ok(None);
         };
         let row = sealer.row();
         let mut out = UserRecords::default();
-        self.events.scan(0, |r| {
-            if r.row == row && r.kind == Kind::Event {
-                if let Some(plain) = sealer.open(user, Table::Event, r.sealed) {
-                    out.events.push((r.seq, plain));
+        if events {
+            self.events.scan(0, |r| {
+                if r.row == row && r.kind == Kind::Event {
+                    if let Some(plain) = sealer.open(user, Table::Event, r.sealed) {
+                        out.events.push((r.seq, plain));
+                    }
                 }
-            }
-            true
-        })?;
+                true
+            })?;
+        }
         let txn = self.db.begin_read()?;
         let ids = (row.0, [0u8; 16])..=(row.0, [0xffu8; 16]);
         for row in txn.open_table(DECISIONS)?.range(ids.clone())? {
@@ -354,6 +366,25 @@ impl Store {
                 out.push((user, id, x));
             }
         }
+        Ok(out)
+    }
+
+    /// Every statistic of the groups `keep` accepts: (group, ((segment, arm, metric), sums)).
+    /// Reads the whole table (aggregates: small).
+    pub fn stats_where(
+        &self,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<Vec<(String, StatRow)>, StoreError> {
+        let mut out = Vec::new();
+        self.scan_stats(
+            "",
+            |_| true,
+            |g, row| {
+                if keep(g) {
+                    out.push((g.to_string(), row))
+                }
+            },
+        )?;
         Ok(out)
     }
 

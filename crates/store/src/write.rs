@@ -63,7 +63,8 @@ enum Mark {
 impl Store {
     /// Detaches the user's key at once (see [`trimtab_privacy::KeyStore::detach`]): the owning
     /// shard calls this when it accepts an erasure, so records it seals afterwards use a new
-    /// key; the writer then erases with the returned slot.
+    /// key; the indexer then erases the detached keys ([`Store::erase_detached`]). `None`: the
+    /// user had no key.
     pub fn detach_key(&self, user: &UserKey) -> Option<Detached> {
         self.keys.detach(user)
     }
@@ -299,6 +300,13 @@ impl Store {
             // (Given, it is among the user's detached keys, with any leftover.)
             self.keys.detach(user);
         }
+        self.erase_detached(user)
+    }
+
+    /// [`Store::erase`] of the keys the user's shard detached when it accepted the erasure
+    /// (with any leftover), never of the current one: a key made after that acceptance
+    /// seals records that came after the erasure (the indexer's erasure, which runs later).
+    pub fn erase_detached(&self, user: &UserKey) -> Result<EraseCounts, StoreError> {
         let keys = self.keys.detached_of(user);
         let mut counts = EraseCounts {
             key: !keys.is_empty(),

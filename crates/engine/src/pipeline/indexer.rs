@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
 use super::writer::Waiter;
-use super::{Decision, PipelineError, Reply, UserExport};
+use super::{Decision, PipelineError, Reply, UserExport, UserImage};
 use crate::delivery::Hub;
 use crate::health::{FatalKind, Health};
 use crate::metrics::Metrics;
@@ -60,13 +60,20 @@ pub(crate) enum Barrier {
         reply: Reply<Option<UserExport>>,
     },
     Erase {
+        /// Its keys were detached when its shard accepted the erasure (those go, with their
+        /// rows; a key made since seals later records and stays).
         user: UserKey,
-        /// The user's detached key (its slot to overwrite in place, its row id whose rows go),
-        /// if the user had one.
-        key: Option<trimtab_store::Detached>,
         /// The user's events, as its state counts them (the event store is not rewritten).
         events: u64,
+        /// Close the user's sockets (an erasure; not when a cluster checkpoint replaces the
+        /// user's records).
+        close: bool,
         reply: Reply<EraseCounts>,
+    },
+    /// A cluster checkpoint's images of users, with each one's encoded state from its shard.
+    Images {
+        users: Vec<(UserKey, Vec<u8>)>,
+        reply: Reply<Vec<(UserKey, UserImage)>>,
     },
     /// Tell `Waiter` once everything before is in the indexed store (read-your-writes for
     /// readers of the indexed store).
@@ -356,6 +363,9 @@ impl Indexer {
                 Barrier::Erase { reply, .. } => {
                     let _ = reply.send(Err(failed()));
                 }
+                Barrier::Images { reply, .. } => {
+                    let _ = reply.send(Err(failed()));
+                }
                 Barrier::Notify(w) => w.done(),
             }
             return;
@@ -366,24 +376,47 @@ impl Indexer {
             }
             Barrier::Erase {
                 user,
-                key,
                 events,
+                close,
                 reply,
             } => {
                 let r = self
                     .store
-                    .erase(&user, key)
+                    .erase_detached(&user)
                     .map(|c| EraseCounts { events, ..c })
                     .map_err(|e| {
                         self.health
                             .fail(FatalKind::Storage, "erasure", e.to_string());
                         PipelineError::Storage(e.to_string())
                     });
-                if r.is_ok() {
+                if r.is_ok() && close {
                     self.hub.close_user(&user, "user data erased");
                     tracing::info!(user = %user.short(), "user erased");
                 }
                 let _ = reply.send(r);
+            }
+            Barrier::Images { users, reply } => {
+                let mut out = Vec::with_capacity(users.len());
+                for (user, state) in users {
+                    match self.store.export_with(&user, false) {
+                        Ok(r) => {
+                            let r = r.unwrap_or_default();
+                            out.push((
+                                user,
+                                UserImage {
+                                    state,
+                                    decisions: r.decisions,
+                                    learn: r.learn,
+                                },
+                            ));
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(PipelineError::Storage(e.to_string())));
+                            return;
+                        }
+                    }
+                }
+                let _ = reply.send(Ok(out));
             }
             Barrier::Notify(w) => w.done(),
         }

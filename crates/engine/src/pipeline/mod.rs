@@ -79,6 +79,17 @@ pub struct UserExport {
     pub learning: Vec<serde_json::Value>,
 }
 
+/// A user as a cluster checkpoint carries them: the encoded state and the user's decisions and
+/// learning records (plain, as the engine encodes them: the cluster seals the whole image
+/// with the user's own key). The events stay in the cluster's stream. An empty `state`
+/// restores a new user (what this node held of them goes).
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct UserImage {
+    pub state: Vec<u8>,
+    pub decisions: Vec<([u8; 16], Vec<u8>)>,
+    pub learn: Vec<([u8; 16], Vec<u8>)>,
+}
+
 pub type Reply<T> = oneshot::Sender<Result<T, PipelineError>>;
 pub type Pending<T> = oneshot::Receiver<Result<T, PipelineError>>;
 
@@ -169,6 +180,24 @@ pub(crate) enum ShardMsg {
     },
     /// Checkpoint every dirty user now; `done` is told once that is committed.
     Checkpoint { done: Sender<()> },
+    /// Images of these users (of this shard) for a cluster checkpoint: read, never changed.
+    Images {
+        users: Vec<UserKey>,
+        reply: Reply<Vec<(UserKey, UserImage)>>,
+    },
+    /// Replace what this node holds of the user with an image (a cluster node taking over a
+    /// partition): the local records go as in an erasure, without closing the user's
+    /// sockets; the image is stored under a new key.
+    Restore {
+        user: UserKey,
+        image: Box<UserImage>,
+        reply: Reply<()>,
+    },
+    /// Add experiment statistics (full keys), committed like a shard's own.
+    Stats {
+        deltas: Vec<(trimtab_store::StatKey, [f64; 6])>,
+        reply: Reply<()>,
+    },
 }
 
 /// Handles to the pipeline's threads and queues. Dropping the senders (via [`Pipeline::shutdown`])
@@ -422,6 +451,61 @@ impl Pipeline {
             user.shard(self.shard_count),
             ShardMsg::Export { user, reply },
         )?;
+        Ok(rx)
+    }
+
+    /// Images of `users` for a cluster checkpoint, read once everything queued before is
+    /// indexed; unknown users have none. One request per shard (a shard that refuses, full,
+    /// makes the whole call `Overloaded`: retry it).
+    pub async fn images(
+        &self,
+        users: &[UserKey],
+    ) -> Result<Result<Vec<(UserKey, UserImage)>, PipelineError>, SubmitError> {
+        let mut by_shard: Vec<Vec<UserKey>> = vec![Vec::new(); self.shard_count];
+        for u in users {
+            by_shard[u.shard(self.shard_count)].push(*u);
+        }
+        let mut pending = Vec::new();
+        for (shard, users) in by_shard.into_iter().enumerate() {
+            if users.is_empty() {
+                continue;
+            }
+            let (reply, rx) = oneshot::channel();
+            self.send(shard, ShardMsg::Images { users, reply })?;
+            pending.push(rx);
+        }
+        let mut out = Vec::with_capacity(users.len());
+        for rx in pending {
+            match rx.await.map_err(|_| SubmitError::ShuttingDown)? {
+                Ok(v) => out.extend(v),
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+        Ok(Ok(out))
+    }
+
+    /// Replaces what this node holds of the user with `image` (see [`UserImage`]); resolves
+    /// once that is durable.
+    pub fn restore(&self, user: UserKey, image: UserImage) -> Result<Pending<()>, SubmitError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(
+            user.shard(self.shard_count),
+            ShardMsg::Restore {
+                user,
+                image: Box::new(image),
+                reply,
+            },
+        )?;
+        Ok(rx)
+    }
+
+    /// Adds `deltas` to the stored experiment statistics; resolves once that is durable.
+    pub fn add_stats(
+        &self,
+        deltas: Vec<(trimtab_store::StatKey, [f64; 6])>,
+    ) -> Result<Pending<()>, SubmitError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(0, ShardMsg::Stats { deltas, reply })?;
         Ok(rx)
     }
 

@@ -22,7 +22,7 @@ use crossbeam_channel::{select, Receiver, Sender};
 
 use super::indexer::Barrier;
 use super::writer::{After, Failed, Work, WriterMsg};
-use super::{EventsReply, IngestOutcome, PipelineError, Reply, ShardMsg};
+use super::{EraseCounts, EventsReply, IngestOutcome, PipelineError, Reply, ShardMsg};
 use crate::bandits::learner::LearnMsg;
 use crate::bandits::record::LearnRecord;
 use crate::bandits::Bandits;
@@ -390,21 +390,113 @@ impl Shard {
                     Ok(Some(e)) => e.state.events,
                     _ => 0,
                 };
-                if self.users.remove(&user).is_some() {
-                    self.p.metrics.users_cached.dec();
+                self.forget(user, events, true, true, reply);
+            }
+            ShardMsg::Images { users, reply } => {
+                let mut states = Vec::with_capacity(users.len());
+                for user in users {
+                    match self.entry(&user, snap, false) {
+                        Ok(Some(e)) => states.push((user, e.state.encode())),
+                        Ok(None) => {}
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                            return;
+                        }
+                    }
                 }
-                self.limbo.remove(&user);
-                self.quarantine.remove(&user);
-                // From now on this user's records get a new key; the writer shreds the old one
-                // after committing what is queued before the erasure.
-                let key = self.p.store.detach_key(&user);
-                self.send_barrier(WriterMsg::Barrier(Barrier::Erase {
-                    user,
-                    key,
-                    events,
+                self.send_barrier(WriterMsg::Barrier(Barrier::Images {
+                    users: states,
                     reply,
                 }));
             }
+            ShardMsg::Restore { user, image, reply } => self.restore(user, *image, reply),
+            ShardMsg::Stats { deltas, reply } => {
+                self.op += 1;
+                self.work.stats.extend(deltas);
+                self.work.after.push(After::Done(reply));
+            }
+        }
+    }
+
+    /// Drops the user from memory and detaches their key: from now on their records get a
+    /// new one, and the writer shreds the old one (and its rows) after committing what is
+    /// queued before. With `always` false nothing is sent when the user has no key here.
+    fn forget(
+        &mut self,
+        user: UserKey,
+        events: u64,
+        close: bool,
+        always: bool,
+        reply: Reply<EraseCounts>,
+    ) {
+        if self.users.remove(&user).is_some() {
+            self.p.metrics.users_cached.dec();
+        }
+        self.limbo.remove(&user);
+        self.quarantine.remove(&user);
+        let had_key = self.p.store.detach_key(&user).is_some();
+        if !had_key && !always {
+            return;
+        }
+        self.send_barrier(WriterMsg::Barrier(Barrier::Erase {
+            user,
+            events,
+            close,
+            reply,
+        }));
+    }
+
+    /// Replaces what this node holds of the user with a cluster checkpoint's image.
+    fn restore(&mut self, user: UserKey, image: super::UserImage, reply: Reply<()>) {
+        // No state: the user starts anew (a cluster node about to read the partition again).
+        let state = if image.state.is_empty() {
+            Some(UserState::default())
+        } else {
+            UserState::decode(&image.state)
+        };
+        let Some(state) = state else {
+            let _ = reply.send(Err(PipelineError::Storage(
+                "the checkpoint's state does not decode (another trimtab version?)".into(),
+            )));
+            return;
+        };
+        // Records of an earlier ownership: gone, as in an erasure (the sockets stay open). A
+        // user without a key here has none (and the erasure would take the key made below).
+        let (erased, _) = tokio::sync::oneshot::channel();
+        self.forget(user, 0, false, false, erased);
+        self.op += 1;
+        let now = self.now();
+        let sealer = self.p.store.sealer(&user);
+        let mut e = Box::new(Entry {
+            state,
+            sealer,
+            learn: LearnCache::default(),
+            pending: Vec::new(),
+            ckpt_op: 0,
+            covered: 0,
+            stored: true,
+            last_op: self.op,
+            last_used: now,
+            timer: None,
+            dirty_since: None,
+        });
+        let mut rows = checkpoint_rows(&user, &mut e);
+        for (id, plain) in &image.decisions {
+            rows.decisions
+                .push((*id, e.sealer.seal(&user, Table::Decision, plain)));
+        }
+        for (id, plain) in &image.learn {
+            rows.learn
+                .push((*id, e.sealer.seal(&user, Table::Learn, plain)));
+        }
+        let ongoing = e.state.has_ongoing();
+        self.evict_if_full();
+        self.users.insert(user, e);
+        self.p.metrics.users_cached.inc();
+        self.work.rows.push(rows);
+        self.work.after.push(After::Done(reply));
+        if ongoing {
+            self.schedule(user, now + self.p.cfg.features.tick_ms);
         }
     }
 

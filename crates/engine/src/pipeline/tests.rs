@@ -250,3 +250,124 @@ fn the_user_cache_is_bounded_in_bytes_not_only_in_count() {
     assert_eq!(back.state["events"], 60, "{}", back.state);
     e.stop();
 }
+
+/// Waits for a queued request's answer.
+fn answer<T>(p: Result<super::Pending<T>, SubmitError>) -> T {
+    p.expect("queued")
+        .blocking_recv()
+        .expect("answered")
+        .expect("no error")
+}
+
+#[test]
+fn events_right_after_the_erasure_of_an_unknown_user_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    let (a, _) = two_users(&e);
+    // Queued back to back: the shard has accepted the erasure (alice had no key) and made
+    // alice a new key for the events before the indexer runs the erasure.
+    let erased = e.pipeline.erase(a).unwrap();
+    let stored = e
+        .pipeline
+        .submit_events(vec![(a, events(&["a1"]))])
+        .unwrap();
+    assert!(!erased.blocking_recv().unwrap().unwrap().key);
+    assert_eq!(stored.blocking_recv().unwrap().unwrap().accepted, 1);
+    let ex = answer(e.pipeline.export(a)).expect("alice's events after the erasure are kept");
+    assert_eq!(ex.events.len(), 1, "{:?}", ex.events);
+    e.stop();
+}
+
+#[test]
+fn an_image_moves_a_user_to_another_engine_and_replaces_what_was_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    std::fs::create_dir_all(one.join("scripts")).unwrap();
+    std::fs::write(
+        one.join("scripts/probe.rhai"),
+        "if event.type == \"custom\" { adjust(\"probe\", \"v1\", #{}); }",
+    )
+    .unwrap();
+    let e1 = engine(&one);
+    let (a, b) = two_users(&e1);
+    answer(
+        e1.pipeline
+            .submit_events(vec![(a, events(&["a1", "a2", "a3"]))]),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let images = rt
+        .block_on(e1.pipeline.images(&[a, b]))
+        .expect("queued")
+        .expect("read");
+    // bob is unknown here: no image.
+    assert_eq!(images.len(), 1);
+    let (who, image) = images.into_iter().next().unwrap();
+    assert_eq!(who, a);
+    assert!(!image.state.is_empty());
+    let want = answer(e1.pipeline.export(a)).expect("alice");
+    assert!(!want.decisions.is_empty(), "the rule made no decision");
+    assert_eq!(image.decisions.len(), want.decisions.len());
+    e1.stop();
+
+    // The other engine held an older alice (an earlier ownership): the image replaces her.
+    let e2 = engine(&two);
+    answer(e2.pipeline.submit_events(vec![(a, events(&["old"]))]));
+    answer(e2.pipeline.restore(a, image));
+    let got = answer(e2.pipeline.export(a)).expect("alice restored");
+    assert_eq!(got.state["events"], want.state["events"]);
+    assert_eq!(got.state["events"], 3);
+    let ids = |x: &super::UserExport| x.decisions.iter().map(|d| d.id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&got), ids(&want));
+    assert!(
+        got.events.is_empty(),
+        "the older events went: {:?}",
+        got.events
+    );
+    // She carries on from there, and the restored records survive a restart.
+    answer(e2.pipeline.submit_events(vec![(a, events(&["a4"]))]));
+    e2.stop();
+    drop(e2);
+    let e2 = engine(&two);
+    let got = answer(e2.pipeline.export(a)).expect("alice after a restart");
+    assert_eq!(got.state["events"], 4);
+    assert_eq!(ids(&got), ids(&want));
+    // An empty image: a new user.
+    answer(e2.pipeline.restore(a, super::UserImage::default()));
+    let got = answer(e2.pipeline.export(a)).expect("alice anew");
+    assert_eq!(got.state["events"], 0);
+    assert!(got.decisions.is_empty());
+    e2.stop();
+}
+
+#[test]
+fn statistics_can_be_added_as_a_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    let key = |g: &str| {
+        (
+            g.to_string(),
+            "all".to_string(),
+            "a".to_string(),
+            "m".to_string(),
+        )
+    };
+    answer(
+        e.pipeline
+            .add_stats(vec![(key("x/p3"), [2.0, 1.0, 1.0, 0.0, 0.0, 0.0])]),
+    );
+    answer(
+        e.pipeline
+            .add_stats(vec![(key("x/p3"), [-1.0, 0.0, 0.0, 0.0, 0.0, 0.0])]),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(e.pipeline.sync()).unwrap();
+    let rows = e.partition_stats(3).unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].1 .1[0], 1.0);
+    assert!(e.partition_stats(4).unwrap().is_empty());
+    e.stop();
+}

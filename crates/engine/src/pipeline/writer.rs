@@ -47,6 +47,8 @@ pub(crate) enum After {
     },
     /// Someone waits for everything before this to be settled (committed or failed).
     Notify(Sender<()>),
+    /// Someone waits for this Work to be committed.
+    Done(Reply<()>),
 }
 
 /// One shard drain's output: rows to commit and what waits for them.
@@ -309,6 +311,9 @@ impl Writer {
             After::Decided { reply, decision } => {
                 let _ = reply.send(Ok(*decision));
             }
+            After::Done(reply) => {
+                let _ = reply.send(Ok(()));
+            }
             // Waits for the indexed store, not only the log.
             After::Notify(tx) => self
                 .indexer
@@ -336,6 +341,9 @@ fn after_err(a: After, msg: &str) {
         }
         After::Notify(tx) => {
             let _ = tx.send(());
+        }
+        After::Done(reply) => {
+            let _ = reply.send(Err(PipelineError::Storage(msg.to_string())));
         }
     }
 }
