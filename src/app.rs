@@ -47,13 +47,13 @@ pub fn serve(
     }
     // Cluster mode: join before taking traffic; a node that cannot join does not start.
     let cluster = if cfg.cluster.enabled() {
-        let fp = trimtab_cluster::secrets_fingerprint(
+        let shared = trimtab_cluster::Secrets::derive(
             &secrets.pseudonym_key,
             &secrets.admin_token,
             &secrets.write_key,
             &secrets.token_key,
         );
-        match trimtab_cluster::Cluster::start(engine.clone(), fp) {
+        match trimtab_cluster::Cluster::start(engine.clone(), shared) {
             Ok(c) => Some(c),
             Err(e) => {
                 engine.stop();

@@ -94,8 +94,13 @@ fn node(nats: &Nats, name: &str) -> Server {
 }
 
 fn node_with_lease(nats: &Nats, name: &str, lease_ms: u64) -> Server {
+    node_with(nats, name, lease_ms, "")
+}
+
+/// A node with more `[cluster]` settings (`extra`: whole lines).
+fn node_with(nats: &Nats, name: &str, lease_ms: u64, extra: &str) -> Server {
     let config = format!(
-        "[cluster]\nnats = {:?}\nnode = {name:?}\npartitions = {PARTITIONS}\nlease_ms = {lease_ms}\nquiet_after_ms = 5000\n\n[rate]\nuser_per_min = 0\n",
+        "[cluster]\nnats = {:?}\nnode = {name:?}\npartitions = {PARTITIONS}\nlease_ms = {lease_ms}\nquiet_after_ms = 5000\n{extra}\n[rate]\nuser_per_min = 0\n",
         nats.url
     );
     Server::start(
@@ -730,5 +735,227 @@ fn while_nats_is_away_nothing_is_acknowledged_and_the_node_recovers() {
         "{}\n{}",
         nodes[0].get("/v1/users/patient", Some(ADMIN_TOKEN)).body,
         nodes[0].stderr()
+    );
+}
+
+/// A metric's value summed over its labels (0 when absent).
+fn metric(s: &Server, name: &str) -> u64 {
+    let body = s.get("/metrics", None).body;
+    body.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Waits until a node's checkpoint rounds have nothing left to write: its image count is
+/// above zero and stays the same for `quiet`.
+fn checkpoints_settle(s: &Server, quiet: Duration) -> u64 {
+    let mut last = (u64::MAX, std::time::Instant::now());
+    poll(Duration::from_secs(30), || {
+        let n = metric(s, "trimtab_cluster_checkpoint_images_total");
+        if n != last.0 {
+            last = (n, std::time::Instant::now());
+        }
+        (n > 0 && last.1.elapsed() >= quiet).then_some(n)
+    })
+    .expect("the node's checkpoint rounds did not settle within 30 s")
+}
+
+/// What a takeover must keep of a user: event ids, decision ids, and the event count the
+/// state holds.
+type Kept = (BTreeSet<String>, BTreeSet<String>, Value);
+
+fn kept(export: &Value) -> Kept {
+    let decisions = export["decisions"]
+        .as_array()
+        .map(|d| {
+            d.iter()
+                .filter_map(|d| d["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    (
+        event_ids(export),
+        decisions,
+        export["state"]["events"].clone(),
+    )
+}
+
+/// Twelve users with events and decisions on a lone node with 300 ms checkpoints; one of
+/// them also has a first-paint decision (`POST /v1/decide`), which no stream holds. Returns
+/// the node and what each user's export keeps.
+fn checkpointed_users(nats: &Nats) -> (Server, Vec<(String, Kept)>) {
+    let first = node_with(nats, "n1", 1500, "checkpoint_ms = 300");
+    settled(&[&first]);
+    let users: Vec<String> = (0..12).map(|i| format!("ck-{i}")).collect();
+    for u in &users {
+        first.post_ok(
+            WRITE_KEY,
+            vec![
+                for_user(at_hour(page_view(&eid("pv"), "/"), 2), u),
+                for_user(scroll(&eid("sc"), 80.0, "/article/a"), u),
+            ],
+        );
+    }
+    // 08:00 for the first user, known from an event: the CTA rule decides its first paint.
+    let token = first.identify(&users[0]);
+    let mouse = json!({"id": eid("m"), "type": "mouse", "session": "s1", "ts": now_ms(),
+        "props": {"speed": 10.0, "path_px": 100.0, "idle_ms": 0},
+        "consent": {"analytics": true, "personalization": true}});
+    first.post_ok(&token, vec![at_hour(mouse, 8)]);
+    let r = first.post_raw(
+        "/v1/decide",
+        Some(&token),
+        json!({"slot": "cta", "candidates": ["default", "morning"]})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json["decision"]["source"], "rule", "{}", r.body);
+    checkpoints_settle(&first, Duration::from_millis(1500));
+    let kept: Vec<_> = users
+        .iter()
+        .map(|u| (u.clone(), kept(&first.export(u).expect("export"))))
+        .collect();
+    assert!(
+        kept[1..]
+            .iter()
+            .all(|(_, (e, d, n))| e.len() == 2 && !d.is_empty() && n.as_u64() == Some(2)),
+        "every user should have two events and a decision: {kept:?}"
+    );
+    assert!(
+        kept[0].1 .1.len() > kept[1].1 .1.len(),
+        "the first-paint decision is missing: {kept:?}"
+    );
+    (first, kept)
+}
+
+#[test]
+fn a_new_owner_resumes_from_the_last_checkpoint_and_erasure_shreds_it() {
+    let nats = Nats::start();
+    let (mut first, kept) = checkpointed_users(&nats);
+    first.kill9();
+
+    // A node with an empty data dir takes every partition over: from the checkpoints, not by
+    // reading the stream again.
+    let second = node_with(&nats, "n2", 1500, "checkpoint_ms = 300");
+    settled(&[&second]);
+    for (user, want) in &kept {
+        let got = kept_of(&second, user);
+        assert_eq!(&got, want, "{user} after the takeover");
+    }
+    assert_eq!(
+        metric(&second, "trimtab_cluster_restored_users_total"),
+        kept.len() as u64
+    );
+    assert_eq!(
+        metric(&second, "trimtab_cluster_consumed_total"),
+        0,
+        "the new owner read the stream again instead of resuming after the checkpoint"
+    );
+    // The restored state carries on.
+    let (u0, (events, _, n0)) = &kept[0];
+    second.post_ok(
+        WRITE_KEY,
+        vec![for_user(page_view(&eid("pv"), "/more"), u0)],
+    );
+    let after = kept_of(&second, u0);
+    assert_eq!(after.0.len(), events.len() + 1);
+    assert_eq!(
+        after.2,
+        json!(n0.as_u64().expect("count") + 1),
+        "the state counts on from the checkpoint"
+    );
+
+    // Erasure shreds the user's checkpoint key and images: nothing in NATS's files names the
+    // user, and a later owner restores everyone else but not them.
+    let erased = &kept[1].0;
+    let key = second.export(erased).expect("export")["key"]
+        .as_str()
+        .expect("key")
+        .to_string();
+    let r = second.delete(&format!("/v1/users/{erased}"), Some(ADMIN_TOKEN));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let named = walk(&nats.store)
+        .into_iter()
+        .filter(|f| std::fs::read(f).is_ok_and(|b| contains(&b, key.as_bytes())))
+        .collect::<Vec<_>>();
+    assert!(
+        named.is_empty(),
+        "NATS's files still name the erased user: {named:?}"
+    );
+    checkpoints_settle(&second, Duration::from_millis(1500));
+    let mut second = second;
+    second.kill9();
+    let third = node_with(&nats, "n3", 1500, "checkpoint_ms = 300");
+    settled(&[&third]);
+    assert!(third.export(erased).is_none(), "the erased user came back");
+    assert_eq!(
+        metric(&third, "trimtab_cluster_restored_users_total"),
+        kept.len() as u64 - 1
+    );
+    assert_eq!(kept_of(&third, u0), after);
+}
+
+fn kept_of(s: &Server, user: &str) -> Kept {
+    kept(
+        &s.export(user)
+            .unwrap_or_else(|| panic!("{user} unknown on {}", s.base)),
+    )
+}
+
+/// Publishes `payload` on `subject` with NATS's text protocol (JetStream stores it if a
+/// stream takes the subject).
+fn nats_publish(nats: &Nats, subject: &str, payload: &[u8]) {
+    use std::io::{BufRead, BufReader, Write};
+    let addr = nats.url.trim_start_matches("nats://");
+    let mut conn = std::net::TcpStream::connect(addr).expect("connect to NATS");
+    let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("INFO");
+    write!(
+        conn,
+        "CONNECT {{\"verbose\":false}}\r\nPUB {subject} {}\r\n",
+        payload.len()
+    )
+    .unwrap();
+    conn.write_all(payload).unwrap();
+    conn.write_all(b"\r\nPING\r\n").unwrap();
+    loop {
+        line.clear();
+        reader.read_line(&mut line).expect("PONG");
+        if line.starts_with("PONG") {
+            return;
+        }
+        assert!(!line.starts_with("-ERR"), "NATS refused: {line}");
+    }
+}
+
+#[test]
+fn a_checkpoint_that_does_not_open_is_not_used() {
+    let nats = Nats::start();
+    let (mut first, kept) = checkpointed_users(&nats);
+    first.kill9();
+    // Every partition's mark replaced by garbage.
+    for p in 0..PARTITIONS {
+        nats_publish(&nats, &format!("trimtab.st.p.{p}"), b"not a mark");
+    }
+    let second = node_with(&nats, "n2", 1500, "checkpoint_ms = 300");
+    settled(&[&second]);
+    // Read from the start instead: nothing restored, every event there and counted once. (The
+    // first-paint decision, in no stream, is what only a checkpoint keeps.)
+    for (user, (events, decisions, n)) in &kept[1..] {
+        let got = kept_of(&second, user);
+        assert_eq!((&got.0, &got.2), (events, n), "{user} after the fallback");
+        assert_eq!(&got.1, decisions, "{user} after the fallback");
+    }
+    assert_eq!(metric(&second, "trimtab_cluster_restored_users_total"), 0);
+    assert!(metric(&second, "trimtab_cluster_consumed_total") >= 24);
+    assert!(
+        second.stderr().contains("the checkpoint cannot be used"),
+        "the fallback should be logged"
     );
 }

@@ -27,6 +27,7 @@
 //! - **Erasure**: the owner erases the user, the user's subject is purged from the stream,
 //!   and every node erases what it still holds of the user from an earlier ownership.
 
+mod ckpt;
 mod defs;
 mod learn;
 pub mod names;
@@ -119,6 +120,9 @@ struct Metrics {
     read: prometheus::IntGaugeVec,
     published: prometheus::IntCounter,
     forwarded: prometheus::IntCounter,
+    checkpoints: prometheus::IntCounter,
+    checkpoint_images: prometheus::IntCounter,
+    restored: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -156,6 +160,21 @@ impl Metrics {
                 "Frames sent on to other nodes' sockets",
             )
             .expect(ok),
+            checkpoints: prometheus::IntCounter::new(
+                "trimtab_cluster_checkpoints_total",
+                "Checkpoint rounds of owned partitions stored in NATS (images, then the mark)",
+            )
+            .expect(ok),
+            checkpoint_images: prometheus::IntCounter::new(
+                "trimtab_cluster_checkpoint_images_total",
+                "Users' sealed images written by checkpoint rounds",
+            )
+            .expect(ok),
+            restored: prometheus::IntCounter::new(
+                "trimtab_cluster_restored_users_total",
+                "Users restored from a checkpoint when this node took over their partition",
+            )
+            .expect(ok),
         };
         for c in [
             Box::new(m.owned.clone()) as Box<dyn prometheus::core::Collector>,
@@ -163,6 +182,9 @@ impl Metrics {
             Box::new(m.read.clone()),
             Box::new(m.published.clone()),
             Box::new(m.forwarded.clone()),
+            Box::new(m.checkpoints.clone()),
+            Box::new(m.checkpoint_images.clone()),
+            Box::new(m.restored.clone()),
         ] {
             let _ = engine.metrics.register(c);
         }
@@ -206,6 +228,8 @@ pub(crate) struct Inner {
     nodes: kv::Store,
     /// Shared definitions (see [`defs`]).
     defs: kv::Store,
+    /// Checkpoints of owned partitions (see [`ckpt`]).
+    ckpt: ckpt::Checkpoints,
     /// This process, among the puts of shared definitions (it skips its own).
     instance: String,
     engine: Arc<Engine>,
@@ -229,22 +253,39 @@ pub struct Cluster {
     rt: Mutex<Option<Runtime>>,
 }
 
-/// The secrets' fingerprint: an HMAC keyed by the pseudonym key over the other three, so
-/// that nodes can compare secrets through NATS without NATS learning any of them.
-pub fn secrets_fingerprint(
-    pseudonym_key: &[u8],
-    admin_token: &str,
-    write_key: &str,
-    token_key: &[u8],
-) -> String {
-    let mut mac =
-        <Hmac<sha2::Sha256> as Mac>::new_from_slice(pseudonym_key).expect("HMAC takes any key");
-    mac.update(b"trimtab/cluster-secrets/v1");
-    for part in [admin_token.as_bytes(), write_key.as_bytes(), token_key] {
-        mac.update(&(part.len() as u64).to_le_bytes());
-        mac.update(part);
+/// What a node derives from the cluster's shared secrets.
+pub struct Secrets {
+    /// An HMAC keyed by the pseudonym key over the other three, so that nodes can compare
+    /// secrets through NATS without NATS learning any of them.
+    pub fingerprint: String,
+    /// Wraps the users' checkpoint keys (see [`ckpt`]): derived from the pseudonym key, so
+    /// every node has it and NATS does not.
+    kek: [u8; 32],
+}
+
+impl Secrets {
+    pub fn derive(
+        pseudonym_key: &[u8],
+        admin_token: &str,
+        write_key: &str,
+        token_key: &[u8],
+    ) -> Secrets {
+        let keyed =
+            <Hmac<sha2::Sha256> as Mac>::new_from_slice(pseudonym_key).expect("HMAC takes any key");
+        let mut mac = keyed.clone();
+        mac.update(b"trimtab/cluster-secrets/v1");
+        for part in [admin_token.as_bytes(), write_key.as_bytes(), token_key] {
+            mac.update(&(part.len() as u64).to_le_bytes());
+            mac.update(part);
+        }
+        let fingerprint = hex::encode(mac.finalize().into_bytes());
+        let mut mac = keyed;
+        mac.update(b"trimtab/cluster-checkpoint-kek/v1");
+        Secrets {
+            fingerprint,
+            kek: mac.finalize().into_bytes().into(),
+        }
     }
-    hex::encode(mac.finalize().into_bytes())
 }
 
 fn unavailable(what: &str) -> impl Fn(async_nats::Error) -> ClusterError + '_ {
@@ -255,7 +296,7 @@ impl Cluster {
     /// Connects to NATS, creates (or opens) the stream and buckets, checks that this node's
     /// secrets are the cluster's, and starts taking partitions. Fails with a message naming
     /// what is wrong (NATS unreachable, other secrets, JetStream off).
-    pub fn start(engine: Arc<Engine>, fingerprint: String) -> Result<Arc<Cluster>, String> {
+    pub fn start(engine: Arc<Engine>, secrets: Secrets) -> Result<Arc<Cluster>, String> {
         let cfg = engine.cfg.cluster.clone();
         let url = cfg.nats.clone().ok_or("cluster.nats is not set")?;
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -295,11 +336,13 @@ impl Cluster {
             let lease = Duration::from_millis(cfg.lease_ms);
             // On disk, all of them: a restarted NATS server keeps the leases (their owners
             // carry on) and the shared definitions.
-            let leases = bucket(&js, &names.leases(), lease, cfg.replicas).await?;
-            let nodes = bucket(&js, &names.nodes(), lease, cfg.replicas).await?;
-            let meta = bucket(&js, &names.meta(), Duration::ZERO, cfg.replicas).await?;
-            let defs = bucket(&js, &names.defs(), Duration::ZERO, cfg.replicas).await?;
-            check_secrets(&meta, &fingerprint).await?;
+            let leases = bucket(&js, &names.leases(), lease, cfg.replicas, true).await?;
+            let nodes = bucket(&js, &names.nodes(), lease, cfg.replicas, true).await?;
+            let meta = bucket(&js, &names.meta(), Duration::ZERO, cfg.replicas, true).await?;
+            let defs = bucket(&js, &names.defs(), Duration::ZERO, cfg.replicas, true).await?;
+            check_secrets(&meta, &secrets.fingerprint).await?;
+            let ckpt =
+                ckpt::Checkpoints::open(&js, &names, cfg.replicas, secrets.kek).await?;
             check_partitions(&meta, cfg.partitions).await?;
             Ok::<_, String>(Arc::new(Inner {
                 node: cfg.node.as_str().into(),
@@ -310,6 +353,7 @@ impl Cluster {
                 leases,
                 nodes,
                 defs,
+                ckpt,
                 instance: format!(
                     "{}-{}-{}",
                     cfg.node,
@@ -461,6 +505,12 @@ impl Cluster {
         let inner = &self.inner;
         let counts = inner.request(user, Op::Erase).await?;
         inner.erase_from_stream(user).await?;
+        let part = names::partition(&user, inner.cfg.partitions);
+        inner
+            .ckpt
+            .erase(&inner.names, part, &user)
+            .await
+            .map_err(ClusterError::Unavailable)?;
         inner.erase_everywhere(user).await?;
         Ok(counts)
     }
@@ -609,69 +659,12 @@ impl Inner {
         }
     }
 
-    /// Deletes every message of the user's subject from the stream with JetStream's secure
-    /// delete (the record is overwritten with random bytes, subject included: a purge only
-    /// unlinks it, leaving the bytes in the block file), then purges the subject.
+    /// Deletes every message of the user's subject from the stream (see [`shred`]).
     async fn erase_from_stream(&self, user: UserKey) -> Result<(), ClusterError> {
-        use jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
-        let fail =
-            |what: &'static str| move |e: String| ClusterError::Unavailable(format!("{what}: {e}"));
         let part = names::partition(&user, self.cfg.partitions);
-        let subject = self.names.events(part, &user);
-        let last = match self.stream.get_last_raw_message_by_subject(&subject).await {
-            Ok(m) => m.sequence,
-            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => 0,
-            Err(e) => {
-                return Err(fail("finding the user's events in the stream")(
-                    e.to_string(),
-                ))
-            }
-        };
-        if last > 0 {
-            let consumer = self
-                .stream
-                .create_consumer(OrderedConfig {
-                    filter_subject: subject.clone(),
-                    headers_only: true,
-                    deliver_policy: DeliverPolicy::All,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| fail("listing the user's events in the stream")(e.to_string()))?;
-            let mut msgs = consumer
-                .messages()
-                .await
-                .map_err(|e| fail("listing the user's events in the stream")(e.to_string()))?;
-            let mut seqs = Vec::new();
-            loop {
-                let m = tokio::time::timeout(Duration::from_secs(10), msgs.next())
-                    .await
-                    .map_err(|_| {
-                        fail("listing the user's events in the stream")("timed out".into())
-                    })?;
-                let Some(Ok(m)) = m else {
-                    return Err(fail("listing the user's events in the stream")(
-                        "the listing ended early".into(),
-                    ));
-                };
-                let seq = m.info().map(|i| i.stream_sequence).unwrap_or(last);
-                seqs.push(seq);
-                if seq >= last {
-                    break;
-                }
-            }
-            for seq in seqs {
-                self.stream.delete_message(seq).await.map_err(|e| {
-                    fail("erasing the user's events from the stream")(e.to_string())
-                })?;
-            }
-        }
-        self.stream
-            .purge()
-            .filter(subject)
+        shred(&self.stream, self.names.events(part, &user))
             .await
-            .map_err(|e| fail("purging the user's events from the stream")(e.to_string()))?;
-        Ok(())
+            .map_err(|e| ClusterError::Unavailable(format!("erasing the user's events: {e}")))
     }
 
     /// Tells every node to erase what it holds of `user`; waits for the live nodes' answers
@@ -849,6 +842,7 @@ async fn erase_loop(inner: Arc<Inner>, mut sub: async_nats::Subscriber) {
                 .unwrap_or_else(|e| e.into_inner())
                 .map
                 .remove(&user);
+            inner.ckpt.forget(&user);
             inner.engine.hub.close_user(&user, "user erased");
             if !owned {
                 if let Ok(p) = inner.engine.pipeline.erase(user) {
@@ -862,15 +856,73 @@ async fn erase_loop(inner: Arc<Inner>, mut sub: async_nats::Subscriber) {
     }
 }
 
+/// Deletes every message of `subject` from `stream` with JetStream's secure delete (the
+/// record is overwritten with random bytes, subject included: a purge only unlinks it,
+/// leaving the bytes in the block file), then purges the subject.
+pub(crate) async fn shred(
+    stream: &jetstream::stream::Stream,
+    subject: String,
+) -> Result<(), String> {
+    use jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+    let last = match stream.get_last_raw_message_by_subject(&subject).await {
+        Ok(m) => m.sequence,
+        Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => 0,
+        Err(e) => return Err(format!("finding the messages: {e}")),
+    };
+    if last > 0 {
+        let listing = |e: String| format!("listing the messages: {e}");
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                filter_subject: subject.clone(),
+                headers_only: true,
+                deliver_policy: DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| listing(e.to_string()))?;
+        let mut msgs = consumer
+            .messages()
+            .await
+            .map_err(|e| listing(e.to_string()))?;
+        let mut seqs = Vec::new();
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(10), msgs.next())
+                .await
+                .map_err(|_| listing("timed out".into()))?;
+            let Some(Ok(m)) = m else {
+                return Err(listing("the listing ended early".into()));
+            };
+            let seq = m.info().map(|i| i.stream_sequence).unwrap_or(last);
+            seqs.push(seq);
+            if seq >= last {
+                break;
+            }
+        }
+        for seq in seqs {
+            stream
+                .delete_message(seq)
+                .await
+                .map_err(|e| format!("deleting a message: {e}"))?;
+        }
+    }
+    stream
+        .purge()
+        .filter(subject)
+        .await
+        .map_err(|e| format!("purging the subject: {e}"))?;
+    Ok(())
+}
+
 /// Opens a key-value bucket, creating it first if needed. Its stream is created here with
 /// the configuration the KV convention gives (`KV_<bucket>`, `$KV.<bucket>.>`, one value per
 /// key, roll-ups, direct gets): the client's own `create_key_value` first asks for the
 /// account's limits in a form nats-server 2.9 does not answer.
-async fn bucket(
+pub(crate) async fn bucket(
     js: &jetstream::Context,
     name: &str,
     max_age: Duration,
     replicas: usize,
+    deny_delete: bool,
 ) -> Result<kv::Store, String> {
     use jetstream::stream::{Config, DiscardPolicy, StorageType};
     js.get_or_create_stream(Config {
@@ -880,7 +932,7 @@ async fn bucket(
         max_age,
         storage: StorageType::File,
         allow_rollup: true,
-        deny_delete: true,
+        deny_delete,
         allow_direct: true,
         num_replicas: replicas,
         discard: DiscardPolicy::New,

@@ -80,6 +80,45 @@ impl Names {
     pub fn meta(&self) -> String {
         format!("{}_cluster", self.prefix)
     }
+
+    /// Checkpoints: users' sealed images and each partition's mark (a stream, two messages
+    /// kept per subject: the newest and the one before).
+    pub fn state(&self) -> String {
+        format!("{}_state", self.prefix)
+    }
+
+    /// Every checkpoint subject.
+    pub fn state_all(&self) -> String {
+        format!("{}.st.>", self.prefix)
+    }
+
+    /// One user's sealed image: `<prefix>.st.u.<partition>.<tag>`, where the tag is a hash
+    /// keyed by the user's checkpoint key (so that once erasure shreds that key, nothing
+    /// ties an image left in a block file to the user).
+    pub fn image(&self, part: u32, tag: &str) -> String {
+        format!("{}.st.u.{part}.{tag}", self.prefix)
+    }
+
+    /// Every user image of a partition.
+    pub fn images(&self, part: u32) -> String {
+        format!("{}.st.u.{part}.>", self.prefix)
+    }
+
+    /// A partition's checkpoint mark: how far its images cover the stream, and its
+    /// experiment statistics.
+    pub fn mark(&self, part: u32) -> String {
+        format!("{}.st.p.{part}", self.prefix)
+    }
+
+    /// Users' checkpoint keys (wrapped): key `<partition>.<user key>`.
+    pub fn keys(&self) -> String {
+        format!("{}_keys", self.prefix)
+    }
+
+    /// A user's entry in the keys bucket.
+    pub fn key(part: u32, user: &UserKey) -> String {
+        format!("{part}.{}", user.hex())
+    }
 }
 
 /// The lease key of a partition.
@@ -143,5 +182,13 @@ mod tests {
         assert_eq!(n.events(3, &u), format!("tt.ev.3.{}", "ab".repeat(16)));
         assert_eq!(n.partition(3), "tt.ev.3.>");
         assert_eq!(n.stream(), "tt_events");
+        assert_eq!(n.image(3, "0f"), "tt.st.u.3.0f");
+        assert_eq!(n.images(3), "tt.st.u.3.>");
+        assert_eq!(n.mark(3), "tt.st.p.3");
+        assert_eq!(Names::key(3, &u), format!("3.{}", "ab".repeat(16)));
+        // A partition's images are not another's (3 is not a prefix match of 31).
+        assert!(!n
+            .image(31, "0f")
+            .starts_with(&n.images(3)[..n.images(3).len() - 1]));
     }
 }

@@ -22,6 +22,21 @@ pub(crate) struct Progress {
     /// Told when a request waits for events that do not come: the reader makes a new
     /// consumer from where it is (after a NATS restart the old one can stay silent).
     pub kick: tokio::sync::Notify,
+    /// Held by a checkpoint round, a restore and an erasure of one of the partition's users
+    /// (a round never images a user half-erased).
+    pub lock: tokio::sync::Mutex<()>,
+    /// Users changed since the last checkpoint round, with the rounds they stay due for.
+    pub due: std::sync::Mutex<std::collections::HashMap<UserKey, u8>>,
+}
+
+impl Progress {
+    /// `user` changed: due for the next two checkpoint rounds.
+    pub(crate) fn touch(&self, user: UserKey) {
+        self.due
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(user, 2);
+    }
 }
 
 /// At most this many messages go into the engine as one batch.
@@ -39,6 +54,26 @@ pub(crate) async fn read(
     let label = p.to_string();
     let consumed = inner.metrics.consumed.with_label_values(&[&label]);
     let read_gauge = inner.metrics.read.with_label_values(&[&label]);
+    let every = Duration::from_millis(inner.cfg.checkpoint_ms);
+    if !every.is_zero() && read.load(Ordering::Relaxed) == 0 {
+        // Resume from the partition's last checkpoint (if it has one).
+        loop {
+            match crate::ckpt::restore(&inner, p, &progress).await {
+                Ok(from) => {
+                    read.store(from.unwrap_or(0), Ordering::Relaxed);
+                    read_gauge.set(read.load(Ordering::Relaxed) as i64);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(partition = p, error = %e, "cluster: cannot read the partition's checkpoint; retrying");
+                    if sleep_or_stop(&mut stop, Duration::from_millis(500)).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    let mut next_round = tokio::time::Instant::now() + every;
     'connect: loop {
         if *stop.borrow() {
             return;
@@ -75,8 +110,13 @@ pub(crate) async fn read(
             }
         };
         loop {
+            if !every.is_zero() && tokio::time::Instant::now() >= next_round {
+                checkpoint(&inner, p, &progress).await;
+                next_round = tokio::time::Instant::now() + every;
+            }
             let first = tokio::select! {
                 _ = stop.changed() => return,
+                _ = tokio::time::sleep_until(next_round), if !every.is_zero() => continue,
                 _ = progress.kick.notified() => {
                     tracing::info!(partition = p, "cluster: a request waits for events that do not come; reading the partition anew");
                     continue 'connect;
@@ -122,6 +162,7 @@ pub(crate) async fn read(
                 if let Some(node) = m.headers.as_ref().and_then(|h| h.get("Trimtab-Node")) {
                     inner.note_origin(user, node.as_str());
                 }
+                progress.touch(user);
                 match groups.iter_mut().find(|(u, _)| *u == user) {
                     Some((_, evs)) => evs.push(ev),
                     None => groups.push((user, vec![ev])),
@@ -135,6 +176,21 @@ pub(crate) async fn read(
             read.fetch_max(last, Ordering::Relaxed);
             read_gauge.set(read.load(Ordering::Relaxed) as i64);
         }
+    }
+}
+
+/// A checkpoint round of the partition, if any of its users changed.
+async fn checkpoint(inner: &Inner, p: u32, progress: &Progress) {
+    let due = !progress
+        .due
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_empty();
+    if !due {
+        return;
+    }
+    if let Err(e) = crate::ckpt::round(inner, p, progress).await {
+        tracing::warn!(partition = p, error = %e, "cluster: a checkpoint round failed; its users stay due");
     }
 }
 
@@ -179,7 +235,7 @@ async fn sleep_or_stop(stop: &mut tokio::sync::watch::Receiver<bool>, d: Duratio
 }
 
 /// The user key in an event subject (`<prefix>.ev.<part>.<hex>`).
-fn user_of(subject: &str) -> Option<UserKey> {
+pub(crate) fn user_of(subject: &str) -> Option<UserKey> {
     let hex = subject.rsplit('.').next()?;
     let b = hex::decode(hex).ok()?;
     Some(UserKey(<[u8; 16]>::try_from(b).ok()?))
@@ -243,9 +299,26 @@ async fn answer(
     let pipeline = &inner.engine.pipeline;
     // Every node's erase_loop (this one's too) forgets the user's origins.
     match req.op {
-        Op::Export => json(settle(pipeline.export(req.user)).await?),
-        Op::Erase => json(settle(pipeline.erase(req.user)).await?),
+        Op::Export => {
+            let mut export = settle(pipeline.export(req.user)).await?;
+            if let Some(x) = &mut export {
+                // The stream is the cluster's log: it has every event of the user, this
+                // node's event store only those it read (not those before a checkpoint).
+                x.events = stream_events(inner, p, &req.user).await?;
+            }
+            json(export)
+        }
+        Op::Erase => {
+            // Not while a checkpoint round images the partition's users.
+            let _one = read.lock.lock().await;
+            read.due
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&req.user);
+            json(settle(pipeline.erase(req.user)).await?)
+        }
         Op::Decide { slot, candidates } => {
+            read.touch(req.user);
             json(settle(pipeline.decide(req.user, slot, candidates)).await?)
         }
     }
@@ -264,6 +337,58 @@ async fn settle<T>(
 
 fn json(v: impl serde::Serialize) -> Result<serde_json::Value, Fail> {
     serde_json::to_value(v).map_err(|e| fail(e.to_string()))
+}
+
+/// The user's events as the stream holds them, in its order, each id once (`seq`: the
+/// position among them, from 1).
+async fn stream_events(
+    inner: &Inner,
+    p: u32,
+    user: &UserKey,
+) -> Result<Vec<serde_json::Value>, Fail> {
+    let reading = |e: String| fail(format!("reading the user's events from the stream: {e}"));
+    let mut consumer = inner
+        .stream
+        .create_consumer(OrderedConfig {
+            filter_subject: inner.names.events(p, user),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| reading(e.to_string()))?;
+    let pending = consumer
+        .info()
+        .await
+        .map_err(|e| reading(e.to_string()))?
+        .num_pending;
+    let mut out = Vec::new();
+    if pending == 0 {
+        return Ok(out);
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut msgs = consumer
+        .messages()
+        .await
+        .map_err(|e| reading(e.to_string()))?;
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), msgs.next())
+            .await
+            .map_err(|_| reading("timed out".into()))?;
+        let Some(Ok(m)) = m else {
+            return Err(reading("the listing ended early".into()));
+        };
+        let left = m.info().map(|i| i.pending).unwrap_or(0);
+        if let Ok(ev) = postcard::from_bytes::<Event>(&m.payload) {
+            if seen.insert(ev.id.clone()) {
+                let mut v = ev.to_json();
+                v["seq"] = (out.len() + 1).into();
+                out.push(v);
+            }
+        }
+        if left == 0 {
+            return Ok(out);
+        }
+    }
 }
 
 /// Waits until every event the stream holds for `user` is in the engine (read your writes:

@@ -28,6 +28,10 @@ pub enum Table {
     Decision,
     Learn,
     Journal,
+    /// A cluster checkpoint's image of the user.
+    Image,
+    /// A user's checkpoint key, wrapped under the cluster's key.
+    Key,
 }
 
 impl Table {
@@ -38,6 +42,8 @@ impl Table {
             Table::Decision => b"decision",
             Table::Learn => b"learn",
             Table::Journal => b"journal",
+            Table::Image => b"image",
+            Table::Key => b"ckey",
         }
     }
 }
