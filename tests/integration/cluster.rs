@@ -959,3 +959,97 @@ fn a_checkpoint_that_does_not_open_is_not_used() {
         "the fallback should be logged"
     );
 }
+
+fn served_model(s: &Server) -> Option<Value> {
+    let r = s.get("/v1/models", Some(ADMIN_TOKEN));
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json["models"]
+        .as_array()?
+        .iter()
+        .find(|m| m["name"] == "click-cta" && m["status"] == "serving")
+        .cloned()
+}
+
+#[test]
+fn a_model_made_on_one_node_serves_on_every_node() {
+    let nats = Nats::start();
+    let learn = "[learn]\nretrain_every_s = 0\ncheck_every_s = 1\n";
+    let nodes = [
+        node_with(&nats, "n1", 1500, learn),
+        node_with(&nats, "n2", 1500, learn),
+    ];
+    settled(&nodes.iter().collect::<Vec<_>>());
+    let def = json!({"candidates": ["control", "urgent", "social", "detailed"]});
+    let r = nodes[0].put_raw(
+        "/v1/bandits/cta",
+        Some(ADMIN_TOKEN),
+        def.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // A model trained offline and put into n1's registry (as an operator does).
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log.jsonl");
+    let out = Command::new(sim_bin())
+        .args(["--offline", "--rows", "1500", "--seed", "4", "--out"])
+        .arg(&log)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(bin())
+        .args([
+            "train",
+            "--json",
+            "--epochs",
+            "5",
+            "--name",
+            "click-cta",
+            "--log",
+        ])
+        .arg(&log)
+        .arg("--save")
+        .arg(nodes[0].models())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let made = poll(Duration::from_secs(20), || served_model(&nodes[0]))
+        .expect("n1 did not serve the model put into its registry");
+    assert!(made["card"]["origin"].is_null(), "{made}");
+    let shared = poll(Duration::from_secs(20), || served_model(&nodes[1])).unwrap_or_else(|| {
+        panic!(
+            "the model made on n1 does not serve on n2: {}",
+            nodes[1].get("/v1/models", Some(ADMIN_TOKEN)).body
+        )
+    });
+    assert_eq!(shared["card"]["sha256"], made["card"]["sha256"]);
+    assert_eq!(shared["card"]["origin"], "n1 v1", "{shared}");
+    assert!(nodes[1].models().join("click-cta/v1.safetensors").exists());
+
+    // A shared model that does not verify (its weights are not its card's) is refused where
+    // it arrives; the model serving there keeps serving.
+    let mut card = made["card"].clone();
+    card["sha256"] = json!("00".repeat(32));
+    let body = json!({"node": "n9", "card": card, "weights": "Z2FyYmFnZQ=="}).to_string();
+    let entry = json!({"instance": "elsewhere", "body": body}).to_string();
+    nats_publish(&nats, "$KV.trimtab_defs.model.click-cta", entry.as_bytes());
+    poll(WAIT, || {
+        nodes[1]
+            .stderr()
+            .contains("a shared definition did not install")
+            .then_some(())
+    })
+    .expect("the bad model should be refused and logged");
+    let still = served_model(&nodes[1]).expect("n2 still serves a model");
+    assert_eq!(still["version"], 1);
+    assert_eq!(still["card"]["sha256"], made["card"]["sha256"]);
+    assert!(!nodes[1].models().join("click-cta/v2.json").exists());
+}

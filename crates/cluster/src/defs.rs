@@ -1,5 +1,6 @@
 //! Shared definitions: rules, experiments and bandit slots put through any node's admin API
-//! reach every node. The node that took the request validates and installs the definition
+//! reach every node, and so do click models made on any node (trained there, or put into
+//! its `models/` by an operator or `trimtab train --save`). The node that took the request validates and installs the definition
 //! as a lone node does, then records it in the `<prefix>_defs` bucket (key `<kind>.<name>`,
 //! the request's body as the value; a deletion deletes the key). Every node follows the
 //! bucket — its current values at start, then each change — and installs what it reads
@@ -25,6 +26,18 @@ pub enum DefKind {
     Experiment,
     /// A bandit slot: the body is its JSON definition.
     Bandit,
+    /// A click model: the body is [`SharedModel`] as JSON. Each node imports it into its own
+    /// registry as its next version (with `origin` on the card, so it is not shared back),
+    /// verified as any model is before it becomes `CURRENT`; the trainer then serves it.
+    Model,
+}
+
+/// A click model as shared: its card and its weights (base64 of the safetensors file).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct SharedModel {
+    pub node: String,
+    pub card: trimtab_learn::model::ModelCard,
+    pub weights: String,
 }
 
 impl DefKind {
@@ -33,6 +46,7 @@ impl DefKind {
             DefKind::Rule => "rule",
             DefKind::Experiment => "experiment",
             DefKind::Bandit => "bandit",
+            DefKind::Model => "model",
         }
     }
 
@@ -41,6 +55,7 @@ impl DefKind {
             "rule" => DefKind::Rule,
             "experiment" => DefKind::Experiment,
             "bandit" => DefKind::Bandit,
+            "model" => DefKind::Model,
             _ => return None,
         })
     }
@@ -168,5 +183,73 @@ fn install(engine: &Engine, kind: DefKind, name: &str, body: Option<&str>) -> Re
             Ok(()) | Err(trimtab_engine::bandits::BanditsError::NotFound(_)) => Ok(()),
             Err(e) => Err(e.to_string()),
         },
+        (DefKind::Model, Some(b)) => import_model(engine, name, b),
+        // Models are not deleted through the API: nothing to follow.
+        (DefKind::Model, None) => Ok(()),
+    }
+}
+
+/// Imports a model another node made, unless this node serves the same weights already.
+fn import_model(engine: &Engine, name: &str, body: &str) -> Result<(), String> {
+    use base64::Engine as _;
+    let m: SharedModel =
+        serde_json::from_str(body).map_err(|e| format!("the shared model: {e}"))?;
+    let weights = base64::engine::general_purpose::STANDARD
+        .decode(&m.weights)
+        .map_err(|e| format!("the shared model's weights: {e}"))?;
+    let registry = engine.models.registry();
+    if let Ok((_, current)) = registry.load_current(name) {
+        if current.sha256.eq_ignore_ascii_case(&m.card.sha256) {
+            return Ok(());
+        }
+    }
+    let origin = format!("{} v{}", m.node, m.card.version);
+    let v = registry
+        .import(name, &weights, m.card, &origin)
+        .map_err(|e| format!("{} ({})", e, e.code()))?;
+    tracing::info!(model = %name, version = v, %origin, "cluster: a model made on another node is this node's current version");
+    Ok(())
+}
+
+/// Shares each model made on this node once it serves (the trainer's hook feeds `rx`).
+pub(crate) async fn share_models(
+    inner: Arc<Inner>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<(String, u32)>,
+) {
+    use base64::Engine as _;
+    while let Some((name, version)) = rx.recv().await {
+        let engine = inner.engine.clone();
+        let n = name.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let reg = engine.models.registry();
+            let (_, card) = reg.load(&n, version).map_err(|e| e.to_string())?;
+            let path = reg.weights_path(&n, version).map_err(|e| e.to_string())?;
+            let weights = std::fs::read(&path).map_err(|e| e.to_string())?;
+            Ok::<_, String>((card, weights))
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        let body = read.map(|(card, weights)| {
+            serde_json::to_string(&SharedModel {
+                node: inner.node.to_string(),
+                card,
+                weights: base64::engine::general_purpose::STANDARD.encode(weights),
+            })
+            .expect("serialisable")
+        });
+        let r = match body {
+            Ok(b) => share(&inner, DefKind::Model, &name, Some(&b))
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(()) => {
+                tracing::info!(model = %name, version, "cluster: model shared with the other nodes")
+            }
+            Err(e) => {
+                tracing::warn!(model = %name, version, error = %e, "cluster: a model could not be shared")
+            }
+        }
     }
 }

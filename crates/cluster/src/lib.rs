@@ -406,6 +406,13 @@ impl Cluster {
         })?;
         rt.spawn(owner::run(inner.clone()));
         rt.spawn(defs::follow(inner.clone()));
+        let (models_tx, models_rx) = tokio::sync::mpsc::unbounded_channel();
+        rt.spawn(defs::share_models(inner.clone(), models_rx));
+        engine
+            .models
+            .set_share(Arc::new(move |name: &str, version: u32| {
+                let _ = models_tx.send((name.to_string(), version));
+            }));
         tracing::info!(node = %inner.node, partitions = inner.cfg.partitions, "cluster: joined");
         Ok(Arc::new(Cluster {
             inner,

@@ -89,9 +89,15 @@ pub struct ModelStatus {
     pub last_training: Option<Training>,
 }
 
+/// Told of each model made on this node once it serves: (name, version).
+pub type ShareHook = Arc<dyn Fn(&str, u32) + Send + Sync>;
+
 struct Shared {
     status: Mutex<HashMap<String, ModelStatus>>,
     trigger: Sender<()>,
+    /// Cluster mode: shares the models made here (trained, or put into `models/` by an
+    /// operator) with the other nodes.
+    share: Mutex<Option<ShareHook>>,
 }
 
 /// Handle to the trainer: status for the API and a way to ask for a training now.
@@ -132,6 +138,23 @@ impl ModelService {
     pub fn registry(&self) -> &Registry {
         &self.registry
     }
+
+    /// Cluster mode: `hook` is told of every model made on this node (its card has no
+    /// `origin`) once it serves, including the one serving when it is set.
+    pub fn set_share(&self, hook: ShareHook) {
+        *self.shared.share.lock().unwrap_or_else(|e| e.into_inner()) = Some(hook.clone());
+        let serving: Vec<(String, u32)> = self
+            .statuses()
+            .into_iter()
+            .filter_map(|s| {
+                let made_here = s.card.as_ref().is_some_and(|c| c["origin"].is_null());
+                Some((s.name, s.version.filter(|_| made_here)?))
+            })
+            .collect();
+        for (name, version) in serving {
+            hook(&name, version);
+        }
+    }
 }
 
 struct Trainer {
@@ -162,6 +185,7 @@ pub fn start(
     let shared = Arc::new(Shared {
         status: Mutex::new(HashMap::new()),
         trigger: ttx,
+        share: Mutex::new(None),
     });
     let registry = Registry::new(models_dir);
     let mut t = Trainer {
@@ -334,6 +358,17 @@ impl Trainer {
             s.card = serde_json::to_value(card).ok();
             s.error = None;
         });
+        if card.origin.is_none() {
+            let hook = self
+                .shared
+                .share
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if let Some(hook) = hook {
+                hook(&name, card.version);
+            }
+        }
         Ok(())
     }
 

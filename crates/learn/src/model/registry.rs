@@ -90,6 +90,10 @@ pub struct ModelCard {
     pub calibration: Vec<super::metrics::CalibrationBin>,
     /// Hex sha256 of `v<N>.safetensors` (set by [`Registry::propose`]).
     pub sha256: String,
+    /// Where the model was made when another cluster node made it (`<node> v<N>`; set by
+    /// [`Registry::import`]); none when made here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 impl ModelCard {
@@ -112,6 +116,7 @@ impl ModelCard {
             metrics: Metrics::from_values([f64::NAN; 5]),
             calibration: Vec::new(),
             sha256: String::new(),
+            origin: None,
         }
     }
 }
@@ -168,7 +173,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
 }
 
 /// Hex sha256.
-fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
@@ -311,6 +316,54 @@ impl Registry {
             )));
         }
         Ok((model, card))
+    }
+
+    /// Adds a model made elsewhere (another cluster node) as this registry's next version and
+    /// makes it `CURRENT` — only if it verifies as [`Registry::load`] does (a model that does
+    /// not is not kept, and `CURRENT` stays). Its card keeps its metrics and `created`, with
+    /// the version renumbered and `origin` set. Returns the version.
+    pub fn import(
+        &self,
+        name: &str,
+        weights: &[u8],
+        mut card: ModelCard,
+        origin: &str,
+    ) -> Result<u32, ModelError> {
+        let dir = self.dir(name)?;
+        let sha = sha256_hex(weights);
+        if !sha.eq_ignore_ascii_case(&card.sha256) {
+            return Err(ModelError::Checksum(format!(
+                "the shared weights have sha256 {sha}, their card records {}",
+                card.sha256
+            )));
+        }
+        fs::create_dir_all(&dir).map_err(|e| ModelError::io(&dir, e))?;
+        let previous = self.current_version(name).unwrap_or(None);
+        let version = self
+            .versions(name)?
+            .last()
+            .copied()
+            .unwrap_or(0)
+            .max(previous.unwrap_or(0))
+            + 1;
+        card.name = name.to_string();
+        card.version = version;
+        card.origin = Some(origin.to_string());
+        let json = serde_json::to_vec_pretty(&card)
+            .map_err(|e| ModelError::CardInvalid(format!("serialising the card: {e}")))?;
+        let (weights_path, card_path) = (
+            self.weights_path(name, version)?,
+            self.card_path(name, version)?,
+        );
+        write_atomic(&weights_path, weights)?;
+        write_atomic(&card_path, &json)?;
+        if let Err(e) = self.load(name, version) {
+            let _ = fs::remove_file(&card_path);
+            let _ = fs::remove_file(&weights_path);
+            return Err(e);
+        }
+        write_atomic(&dir.join("CURRENT"), format!("{version}\n").as_bytes())?;
+        Ok(version)
     }
 
     /// Loads the version `CURRENT` points to.

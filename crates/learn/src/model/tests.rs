@@ -374,3 +374,50 @@ fn metrics_round_trip_through_json_with_nan() {
     let back: Metrics = serde_json::from_str(&s).unwrap();
     assert!(back.auc.is_nan() && back.logloss == m.logloss);
 }
+
+#[test]
+fn a_model_made_elsewhere_is_imported_only_if_it_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        Registry::new(dir.path().join("a")),
+        Registry::new(dir.path().join("b")),
+    );
+    let data = small_data(5);
+    let cfg = quick_cfg(4);
+    let t = train(&data, &cfg, &SplitConfig::default(), &mut |_| {}).unwrap();
+    a.propose("ctr", &t.model, card_for(&data, &t.model, &cfg), &t.test)
+        .unwrap();
+    let (_, card) = a.load_current("ctr").unwrap();
+    let weights = std::fs::read(a.weights_path("ctr", 1).unwrap()).unwrap();
+
+    // b already has two versions of its own history: the import is its v3, and CURRENT.
+    for v in [1, 2] {
+        std::fs::create_dir_all(dir.path().join("b/ctr")).unwrap();
+        std::fs::write(b.card_path("ctr", v).unwrap(), b"{}").unwrap();
+    }
+    assert_eq!(b.import("ctr", &weights, card.clone(), "n1 v1").unwrap(), 3);
+    let (model, got) = b.load_current("ctr").unwrap();
+    assert_eq!(got.version, 3);
+    assert_eq!(got.origin.as_deref(), Some("n1 v1"));
+    assert_eq!(
+        (got.sha256.as_str(), &got.metrics),
+        (card.sha256.as_str(), &card.metrics)
+    );
+    assert_eq!(
+        model.predict_dataset(&t.test).unwrap(),
+        t.model.predict_dataset(&t.test).unwrap()
+    );
+
+    // Weights that are not the card's, or that do not parse: refused, nothing kept.
+    let e = b
+        .import("ctr", b"other", card.clone(), "n1 v2")
+        .unwrap_err();
+    assert_eq!(e.code(), "model_checksum");
+    let garbage = b"not safetensors".to_vec();
+    let mut bad = card.clone();
+    bad.sha256 = super::registry::sha256_hex(&garbage);
+    let e = b.import("ctr", &garbage, bad, "n1 v3").unwrap_err();
+    assert_eq!(e.code(), "model_corrupt");
+    assert!(!b.card_path("ctr", 4).unwrap().exists());
+    assert_eq!(b.current_version("ctr").unwrap(), Some(3));
+}
