@@ -17,15 +17,19 @@
 //!   whose entries expire after `lease_ms`; a node renews its leases, takes free partitions up
 //!   to its share, and gives back partitions beyond it when nodes join. A node that stops
 //!   renewing loses its partitions to the others.
-//! - **Serving a partition** ([`serve`]): the owner reads the partition's events from the
-//!   start of the stream, in order, into its own engine (the engine's de-duplication skips
-//!   what it has already; events older than `quiet_after_ms` update state without pushing to
-//!   pages) and answers the partition's requests (export, erase, decide) once it has read
-//!   everything stored for that user.
+//! - **Serving a partition** ([`serve`]): the owner reads the partition's events, in order,
+//!   into its own engine — from after its last checkpoint, or from the start of the stream
+//!   (the engine's de-duplication skips what it has already; events older than
+//!   `quiet_after_ms` update state without pushing to pages) — and answers the partition's
+//!   requests (export, erase, decide) once it has read everything stored for that user.
+//! - **Checkpoints** ([`ckpt`]): every `checkpoint_ms` the owner stores sealed images of the
+//!   users that changed and then the partition's mark, so a new owner resumes from there.
 //! - **Delivery**: adjustments go to the nodes that sent the user's events, on each node's
 //!   own subject; each node pushes them to its sockets.
 //! - **Erasure**: the owner erases the user, the user's subject is purged from the stream,
-//!   and every node erases what it still holds of the user from an earlier ownership.
+//!   their checkpoint images deleted and their checkpoint key shredded, and every node erases
+//!   what it still holds of the user from an earlier ownership.
+//! - **Definitions** ([`defs`]): rules, experiments, bandit slots and click models, shared.
 
 mod ckpt;
 mod defs;

@@ -1,5 +1,7 @@
-//! Serving an owned partition: reading its events from the stream into this node's engine,
-//! in order, and answering its requests once the user's events are read.
+//! Serving an owned partition: restoring it from its last checkpoint, reading its events from
+//! the stream into this node's engine in order (with a checkpoint round every
+//! `checkpoint_ms` between two batches), and answering its requests once the user's events
+//! are read.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -42,8 +44,9 @@ impl Progress {
 /// At most this many messages go into the engine as one batch.
 const MAX_BATCH: usize = 512;
 
-/// Reads partition `p` from the start of the stream (the engine skips events it already
-/// has) until told to stop; `read` follows the last stream sequence that is in the engine.
+/// Reads partition `p` — after its last checkpoint's mark, else from the start of the stream
+/// (the engine skips events it already has) — until told to stop; `read` follows the last
+/// stream sequence that is in the engine.
 pub(crate) async fn read(
     inner: Arc<Inner>,
     p: u32,
