@@ -48,6 +48,11 @@ pub(crate) struct Checkpoints {
     kek: [u8; 32],
     /// Users' keys this node has used.
     cache: Mutex<HashMap<UserKey, [u8; 32]>>,
+    /// Partitions whose keys were all read into `cache` when this node took them: a user of
+    /// one without a cached key has none, so a key is created without asking first.
+    listed: Mutex<std::collections::HashSet<u32>>,
+    /// Checkpoint rounds run one at a time.
+    turn: tokio::sync::Semaphore,
 }
 
 /// What a user's sealed message holds.
@@ -101,6 +106,8 @@ impl Checkpoints {
             keys_stream,
             kek,
             cache: Mutex::new(HashMap::new()),
+            listed: Mutex::new(Default::default()),
+            turn: tokio::sync::Semaphore::new(1),
         })
     }
 
@@ -116,7 +123,22 @@ impl Checkpoints {
             return Ok(Some(k));
         }
         let name = names::Names::key(part, user);
-        for _ in 0..2 {
+        let listed = create
+            && self
+                .listed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&part);
+        for attempt in 0..2 {
+            if listed && attempt == 0 {
+                // Known to have none: create it at once (one round trip, not two).
+                let k = self.new_key();
+                let wrapped = seal_record(&self.kek, user, Table::Key, &k);
+                if self.keys.create(&name, wrapped.into()).await.is_ok() {
+                    self.remember(*user, k);
+                    return Ok(Some(k));
+                }
+            }
             let stored = self
                 .keys
                 .get(&name)
@@ -130,8 +152,7 @@ impl Checkpoints {
             if !create {
                 return Ok(None);
             }
-            let mut k = [0u8; 32];
-            rand::RngCore::fill_bytes(&mut rand::rng(), &mut k);
+            let k = self.new_key();
             let wrapped = seal_record(&self.kek, user, Table::Key, &k);
             // `create` fails if another node made one meanwhile: read that one.
             if self.keys.create(&name, wrapped.into()).await.is_ok() {
@@ -140,6 +161,12 @@ impl Checkpoints {
             }
         }
         Err("cannot create a user's checkpoint key".into())
+    }
+
+    fn new_key(&self) -> [u8; 32] {
+        let mut k = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut k);
+        k
     }
 
     fn unwrap(&self, user: &UserKey, wrapped: &[u8]) -> Result<[u8; 32], String> {
@@ -174,6 +201,15 @@ impl Checkpoints {
             let k = self.unwrap(&user, &value)?;
             out.insert(tag(&k), (user, k));
         }
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        for (user, k) in out.values() {
+            cache.insert(*user, *k);
+        }
+        drop(cache);
+        self.listed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(part);
         Ok(out)
     }
 
@@ -295,6 +331,7 @@ async fn all_messages(
 /// of the due users, then the mark. `Err` leaves every user due.
 pub(crate) async fn round(inner: &Inner, part: u32, progress: &Progress) -> Result<usize, String> {
     let _one = progress.lock.lock().await;
+    let started = std::time::Instant::now();
     let read = progress.read.load(std::sync::atomic::Ordering::Relaxed);
     let users: Vec<UserKey> = progress
         .due
@@ -304,7 +341,9 @@ pub(crate) async fn round(inner: &Inner, part: u32, progress: &Progress) -> Resu
         .copied()
         .collect();
     let ck = &inner.ckpt;
-    let mut acks = Vec::new();
+    // One round at a time on this node: rounds are background work, and every publish holds
+    // one of the client's bounded acknowledgement permits until its acknowledgement is read.
+    let _turn = ck.turn.acquire().await.map_err(|e| e.to_string())?;
     let mut written = 0;
     for chunk in users.chunks(256) {
         let images = loop {
@@ -314,8 +353,12 @@ pub(crate) async fn round(inner: &Inner, part: u32, progress: &Progress) -> Resu
                 Err(SubmitError::ShuttingDown) => return Err("the engine is stopping".into()),
             }
         };
-        for (user, image) in images {
-            let key = ck.key(part, &user, true).await?.expect("created");
+        // Keys for users checkpointed for the first time, made concurrently.
+        let keys =
+            futures_util::future::join_all(images.iter().map(|(u, _)| ck.key(part, u, true))).await;
+        let mut acks = Vec::with_capacity(images.len());
+        for ((user, image), key) in images.into_iter().zip(keys) {
+            let key = key?.expect("created");
             let plain =
                 postcard::to_allocvec(&Sealed { at: read, image }).map_err(|e| e.to_string())?;
             let sealed = seal_record(&key, &user, Table::Image, &plain);
@@ -327,10 +370,10 @@ pub(crate) async fn round(inner: &Inner, part: u32, progress: &Progress) -> Resu
             acks.push(ack);
             written += 1;
         }
-    }
-    for a in acks {
-        a.await
-            .map_err(|e| format!("storing a checkpoint image: {e}"))?;
+        for a in acks {
+            a.await
+                .map_err(|e| format!("storing a checkpoint image: {e}"))?;
+        }
     }
     // The statistics as the indexed store has them once everything read is in it.
     inner
@@ -371,6 +414,12 @@ pub(crate) async fn round(inner: &Inner, part: u32, progress: &Progress) -> Resu
     due.retain(|_, n| *n > 0);
     inner.metrics.checkpoints.inc();
     inner.metrics.checkpoint_images.inc_by(written as u64);
+    tracing::debug!(
+        partition = part,
+        images = written,
+        ms = started.elapsed().as_millis() as u64,
+        "cluster: checkpoint round stored"
+    );
     Ok(written)
 }
 
@@ -384,6 +433,17 @@ pub(crate) async fn restore(
 ) -> Result<Option<u64>, String> {
     let _one = progress.lock.lock().await;
     let ck = &inner.ckpt;
+    // One restore or round at a time: a node taking many partitions at once takes them one
+    // after the other, with its ownership rounds and reads still running.
+    let _turn = ck.turn.acquire().await.map_err(|e| e.to_string())?;
+    let started = std::time::Instant::now();
+    // Every user of the partition with a checkpoint key (all cached: a round then makes keys
+    // without asking first), by their images' tag.
+    let users = match ck.users_of(&inner.names, part).await {
+        Ok(u) => Ok(u),
+        Err(e) if e.starts_with("a user's checkpoint key") => Err(e),
+        Err(e) => return Err(e),
+    };
     let mark = match ck.mark(&inner.names, part).await {
         Ok(Some(m)) => m,
         Ok(None) => return Ok(Some(0)),
@@ -396,14 +456,13 @@ pub(crate) async fn restore(
     };
     // Every image of the partition (both kept per user): per user the newest the mark
     // covers. An image whose tag no key gives is of a user erased since.
-    let users = match ck.users_of(&inner.names, part).await {
+    let users = match users {
         Ok(u) => u,
-        Err(e) if e.starts_with("a user's checkpoint key") => {
+        Err(e) => {
             tracing::error!(partition = part, error = %e, "cluster: the checkpoint cannot be used; reading the partition from the start instead");
             reset(inner, part).await?;
             return Ok(None);
         }
-        Err(e) => return Err(e),
     };
     let images = all_messages(&ck.stream, inner.names.images(part), false)
         .await
@@ -431,10 +490,11 @@ pub(crate) async fn restore(
         reset(inner, part).await?;
         return Ok(None);
     }
+    let listed_ms = started.elapsed().as_millis() as u64;
     // Replace what this node holds of each user, then the statistics.
     put_back(inner, &chosen).await?;
     set_stats(inner, part, &mark.stats).await?;
-    tracing::info!(partition = part, users = chosen.len(), from = mark.read, by = %mark.node, "cluster: partition restored from its checkpoint");
+    tracing::info!(partition = part, users = chosen.len(), from = mark.read, by = %mark.node, listed_ms, ms = started.elapsed().as_millis() as u64, "cluster: partition restored from its checkpoint");
     inner.metrics.restored.inc_by(chosen.len() as u64);
     Ok(Some(mark.read))
 }

@@ -311,16 +311,27 @@ impl Cluster {
             .map_err(|e| format!("cannot start the cluster's runtime: {e}"))?;
         let (forward_tx, forward_rx) = tokio::sync::mpsc::unbounded_channel();
         let inner = rt.block_on(async {
-            let client = async_nats::ConnectOptions::new()
-                .name(format!("trimtab-{}", cfg.node))
-                .retry_on_initial_connect()
-                .connection_timeout(Duration::from_secs(5))
-                .connect(url.as_str());
-            let client = tokio::time::timeout(Duration::from_secs(15), client)
-                .await
-                .map_err(|_| format!("cannot reach NATS at {url} (cluster.nats) within 15 s"))?
-                .map_err(|e| format!("cannot connect to NATS at {url} (cluster.nats): {e}"))?;
-            let js = jetstream::new(client.clone());
+            let connect = |name: String| async {
+                let client = async_nats::ConnectOptions::new()
+                    .name(name)
+                    .retry_on_initial_connect()
+                    .connection_timeout(Duration::from_secs(5))
+                    .connect(url.as_str());
+                tokio::time::timeout(Duration::from_secs(15), client)
+                    .await
+                    .map_err(|_| format!("cannot reach NATS at {url} (cluster.nats) within 15 s"))?
+                    .map_err(|e| format!("cannot connect to NATS at {url} (cluster.nats): {e}"))
+            };
+            let client = connect(format!("trimtab-{}", cfg.node)).await?;
+            // Leases and liveness on a connection of their own: a node reading partitions
+            // from the stream at full speed must not delay its renewals behind that data.
+            let control = connect(format!("trimtab-{}-control", cfg.node)).await?;
+            let control_js = jetstream::new(control);
+            // Room for the acknowledgements of many batches in flight at once (each publish
+            // holds a permit until its acknowledgement is read; the client's default is 5 000).
+            let js = jetstream::ContextBuilder::new()
+                .max_ack_inflight(65_536)
+                .build(client.clone());
             let names = Names::new(&cfg.prefix);
             let retention = engine.cfg.retention.max_age().unwrap_or_default();
             let stream = js
@@ -340,8 +351,8 @@ impl Cluster {
             let lease = Duration::from_millis(cfg.lease_ms);
             // On disk, all of them: a restarted NATS server keeps the leases (their owners
             // carry on) and the shared definitions.
-            let leases = bucket(&js, &names.leases(), lease, cfg.replicas, true).await?;
-            let nodes = bucket(&js, &names.nodes(), lease, cfg.replicas, true).await?;
+            let leases = bucket(&control_js, &names.leases(), lease, cfg.replicas, true).await?;
+            let nodes = bucket(&control_js, &names.nodes(), lease, cfg.replicas, true).await?;
             let meta = bucket(&js, &names.meta(), Duration::ZERO, cfg.replicas, true).await?;
             let defs = bucket(&js, &names.defs(), Duration::ZERO, cfg.replicas, true).await?;
             check_secrets(&meta, &secrets.fingerprint).await?;

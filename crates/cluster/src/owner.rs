@@ -28,6 +28,36 @@ pub(crate) struct Owned {
     requests: JoinHandle<()>,
 }
 
+/// Renews every lease held, concurrently; a partition whose lease changed hands (or expired)
+/// stops at once.
+async fn renew(inner: &Arc<Inner>) {
+    let mine: Vec<(u32, u64)> = owned(inner);
+    let renewals = futures_util::future::join_all(mine.iter().map(|(p, rev)| {
+        inner
+            .leases
+            .update(lease_key(*p), inner.node.to_string().into(), *rev)
+    }))
+    .await;
+    for ((p, _), r) in mine.into_iter().zip(renewals) {
+        match r {
+            Ok(r) => {
+                if let Some(o) = inner
+                    .parts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_mut(&p)
+                {
+                    o.revision = r;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(partition = p, error = %e, "cluster: lease lost");
+                stop_reading(inner, p).await;
+            }
+        }
+    }
+}
+
 /// The ownership loop, until the node stops.
 pub(crate) async fn run(inner: Arc<Inner>) {
     let tick = Duration::from_millis((inner.cfg.lease_ms / 3).max(100));
@@ -42,6 +72,9 @@ pub(crate) async fn run(inner: Arc<Inner>) {
 }
 
 async fn round(inner: &Arc<Inner>, free_before: &mut HashSet<u32>) -> Result<(), String> {
+    // Leases first, all at once: a node busy taking partitions over must not lose the ones it
+    // has to a round slowed by the rest.
+    renew(inner).await;
     // Alive, with the partitions held (for every node's view of who owns what).
     let held = inner.partitions();
     let me = serde_json::to_vec(&serde_json::json!({ "partitions": held })).expect("json");
@@ -70,31 +103,6 @@ async fn round(inner: &Arc<Inner>, free_before: &mut HashSet<u32>) -> Result<(),
     }
     *inner.owners.lock().unwrap_or_else(|e| e.into_inner()) = owners;
     *inner.live.lock().unwrap_or_else(|e| e.into_inner()) = live;
-
-    // Renew, dropping what was lost.
-    let mine: Vec<(u32, u64)> = owned(inner);
-    for (p, rev) in mine {
-        match inner
-            .leases
-            .update(lease_key(p), inner.node.to_string().into(), rev)
-            .await
-        {
-            Ok(r) => {
-                if let Some(o) = inner
-                    .parts
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get_mut(&p)
-                {
-                    o.revision = r;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(partition = p, error = %e, "cluster: lease lost");
-                stop_reading(inner, p).await;
-            }
-        }
-    }
 
     let total = inner.cfg.partitions;
     let share = total.div_ceil(n_live) as usize;
