@@ -284,7 +284,7 @@ fn tag(key: &[u8; 32]) -> String {
 
 /// Every message of `stream` on `filter` (only the last per subject with `last`), as
 /// (subject, payload).
-async fn all_messages(
+pub(crate) async fn all_messages(
     stream: &jetstream::stream::Stream,
     filter: String,
     last: bool,

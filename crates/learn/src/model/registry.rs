@@ -339,13 +339,7 @@ impl Registry {
         }
         fs::create_dir_all(&dir).map_err(|e| ModelError::io(&dir, e))?;
         let previous = self.current_version(name).unwrap_or(None);
-        let version = self
-            .versions(name)?
-            .last()
-            .copied()
-            .unwrap_or(0)
-            .max(previous.unwrap_or(0))
-            + 1;
+        let version = self.next_version(name, previous)?;
         card.name = name.to_string();
         card.version = version;
         card.origin = Some(origin.to_string());
@@ -364,6 +358,18 @@ impl Registry {
         }
         write_atomic(&dir.join("CURRENT"), format!("{version}\n").as_bytes())?;
         Ok(version)
+    }
+
+    /// The number a new version of `name` gets: past every version on disk and `previous`
+    /// (the `CURRENT` one).
+    fn next_version(&self, name: &str, previous: Option<u32>) -> Result<u32, ModelError> {
+        Ok(self
+            .versions(name)?
+            .last()
+            .copied()
+            .unwrap_or(0)
+            .max(previous.unwrap_or(0))
+            + 1)
     }
 
     /// Loads the version `CURRENT` points to.
@@ -457,13 +463,7 @@ impl Registry {
         };
 
         fs::create_dir_all(&dir).map_err(|e| ModelError::io(&dir, e))?;
-        let version = self
-            .versions(name)?
-            .last()
-            .copied()
-            .unwrap_or(0)
-            .max(previous.unwrap_or(0))
-            + 1;
+        let version = self.next_version(name, previous)?;
         let weights_path = self.weights_path(name, version)?;
         // Serialise through a private temp file, then write the bytes atomically.
         let staging = dir.join(format!(".staging{}.safetensors", std::process::id()));
