@@ -24,6 +24,8 @@ pub(crate) struct Progress {
     /// Told when a request waits for events that do not come: the reader makes a new
     /// consumer from where it is (after a NATS restart the old one can stay silent).
     pub kick: tokio::sync::Notify,
+    /// Whether the partition's checkpoint (if any) is restored: requests wait for it.
+    pub restored: std::sync::atomic::AtomicBool,
     /// Held by a checkpoint round, a restore and an erasure of one of the partition's users
     /// (a round never images a user half-erased).
     pub lock: tokio::sync::Mutex<()>,
@@ -76,6 +78,7 @@ pub(crate) async fn read(
             }
         }
     }
+    progress.restored.store(true, Ordering::Release);
     let mut next_round = tokio::time::Instant::now() + every;
     'connect: loop {
         if *stop.borrow() {
@@ -349,49 +352,21 @@ async fn stream_events(
     p: u32,
     user: &UserKey,
 ) -> Result<Vec<serde_json::Value>, Fail> {
-    let reading = |e: String| fail(format!("reading the user's events from the stream: {e}"));
-    let mut consumer = inner
-        .stream
-        .create_consumer(OrderedConfig {
-            filter_subject: inner.names.events(p, user),
-            deliver_policy: DeliverPolicy::All,
-            ..Default::default()
-        })
+    let messages = crate::ckpt::all_messages(&inner.stream, inner.names.events(p, user), false)
         .await
-        .map_err(|e| reading(e.to_string()))?;
-    let pending = consumer
-        .info()
-        .await
-        .map_err(|e| reading(e.to_string()))?
-        .num_pending;
-    let mut out = Vec::new();
-    if pending == 0 {
-        return Ok(out);
-    }
+        .map_err(|e| fail(format!("reading the user's events from the stream: {e}")))?;
     let mut seen = std::collections::HashSet::new();
-    let mut msgs = consumer
-        .messages()
-        .await
-        .map_err(|e| reading(e.to_string()))?;
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(10), msgs.next())
-            .await
-            .map_err(|_| reading("timed out".into()))?;
-        let Some(Ok(m)) = m else {
-            return Err(reading("the listing ended early".into()));
-        };
-        let left = m.info().map(|i| i.pending).unwrap_or(0);
-        if let Ok(ev) = postcard::from_bytes::<Event>(&m.payload) {
+    let mut out = Vec::new();
+    for (_, payload) in messages {
+        if let Ok(ev) = postcard::from_bytes::<Event>(&payload) {
             if seen.insert(ev.id.clone()) {
                 let mut v = ev.to_json();
                 v["seq"] = (out.len() + 1).into();
                 out.push(v);
             }
         }
-        if left == 0 {
-            return Ok(out);
-        }
     }
+    Ok(out)
 }
 
 /// Waits until every event the stream holds for `user` is in the engine (read your writes:
@@ -416,7 +391,7 @@ async fn caught_up(inner: &Inner, p: u32, progress: &Progress, user: &UserKey) -
     let deadline = start + Duration::from_secs(8);
     let mut kicked = start;
     let mut seen = read.load(Ordering::Relaxed);
-    while read.load(Ordering::Relaxed) < last {
+    while !progress.restored.load(Ordering::Acquire) || read.load(Ordering::Relaxed) < last {
         // No progress for a second: the reader's consumer may be stale; make it start over.
         let now = tokio::time::Instant::now();
         let at = read.load(Ordering::Relaxed);
