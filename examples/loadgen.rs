@@ -105,6 +105,16 @@ const RETRY_POLL: Duration = Duration::from_millis(10);
 /// Histogram upper bound: 10 minutes in µs (longer values are clamped).
 const HIST_MAX_US: u64 = 600_000_000;
 
+/// `--server-set KEY=VALUE`.
+fn parse_setting(s: &str) -> std::result::Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!(
+            "expected KEY=VALUE (a dotted setting such as pipeline.shard_queue=4096), got {s:?}"
+        )),
+    }
+}
+
 /// What is driven: WebSocket sessions, or HTTP ingest (`POST /v1/events`).
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -137,6 +147,12 @@ struct Args {
     /// trimtab binary to spawn (ignored with --url).
     #[arg(long, default_value = "target/release/trimtab")]
     server_bin: PathBuf,
+    /// A setting of the spawned server, `KEY=VALUE` with the dotted key of `trimtab config`
+    /// (e.g. `pipeline.shard_queue=4096`); repeatable. The spawned server sees no `TRIMTAB_*`
+    /// variable of the caller's environment, so this is the way to change one (ignored with
+    /// --url).
+    #[arg(long = "server-set", value_name = "KEY=VALUE", value_parser = parse_setting)]
+    server_set: Vec<(String, String)>,
     /// Drive an already-running server instead of spawning one (it must have the bench rule);
     /// several comma-separated URLs (a cluster's nodes) share the clients or sessions.
     #[arg(long)]
@@ -260,7 +276,7 @@ fn main() -> Result<()> {
             CpuOf::None,
         )?)
     } else {
-        let server = target::spawn(&args.server_bin, &[], "")?;
+        let server = target::spawn(&args.server_bin, &args.server_set, &[], "")?;
         note(
             &args,
             &format!(
@@ -1641,12 +1657,30 @@ mod target {
         })
     }
 
-    /// Spawns `trimtab serve` with the bench rule plus `extra_rules` (file name, source) and
-    /// the no-caps config plus `extra_config` (TOML appended as is).
-    pub fn spawn(bin: &Path, extra_rules: &[(&str, &str)], extra_config: &str) -> Result<Server> {
+    /// The environment variable that sets the dotted config key `key` (`pipeline.shard_queue`
+    /// → `TRIMTAB_PIPELINE__SHARD_QUEUE`).
+    pub fn setting_var(key: &str) -> String {
+        format!("TRIMTAB_{}", key.to_ascii_uppercase().replace('.', "__"))
+    }
+
+    /// Spawns `trimtab serve` with the bench rule plus `extra_rules` (file name, source), the
+    /// no-caps config plus `extra_config` (TOML appended as is) and the settings `sets`
+    /// (dotted key, value; each must be one the binary knows).
+    pub fn spawn(
+        bin: &Path,
+        sets: &[(String, String)],
+        extra_rules: &[(&str, &str)],
+        extra_config: &str,
+    ) -> Result<Server> {
         if !bin.is_file() {
             bail!(
                 "server binary {} not found: run `cargo build --release` first, or pass --server-bin or --url",
+                bin.display()
+            );
+        }
+        if let Some((k, _)) = sets.iter().find(|(k, _)| !knows_setting(bin, k)) {
+            bail!(
+                "--server-set {k}: {} has no such setting (`trimtab config` lists them)",
                 bin.display()
             );
         }
@@ -1675,6 +1709,9 @@ mod target {
         // from before that setting existed refuses the variable, so ask it first).
         if knows_setting(bin, "http.max_connections_per_ip") {
             cmd.env("TRIMTAB_HTTP__MAX_CONNECTIONS_PER_IP", "0");
+        }
+        for (k, v) in sets {
+            cmd.env(setting_var(k), v);
         }
         let mut child = cmd
             .arg("serve")
@@ -1977,6 +2014,19 @@ fn print_header(m: &Machine, a: &Args) {
          (each session sends every {period_ms:.1} ms; baseline runs first, then trimtab)",
         a.sessions, a.rate, a.batch(), a.duration, a.warmup, a.drain, a.max_retries, a.client_threads
     );
+    print_server_set(a);
+}
+
+/// The `--server-set` settings, if any, under the params line.
+fn print_server_set(a: &Args) {
+    if !a.server_set.is_empty() && a.url.is_none() {
+        let sets: Vec<String> = a
+            .server_set
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!("server settings: {}", sets.join(" "));
+    }
 }
 
 #[derive(Serialize)]
@@ -3208,7 +3258,12 @@ mod http {
             } else {
                 String::new()
             };
-            let server = target::spawn(&args.server_bin, &SHIPPED_RULES, &extra_config)?;
+            let server = target::spawn(
+                &args.server_bin,
+                &args.server_set,
+                &SHIPPED_RULES,
+                &extra_config,
+            )?;
             note(
                 args,
                 &format!(
@@ -3301,6 +3356,7 @@ mod http {
              pass known with the same users)",
             a.clients, a.batch(), a.users, a.duration, a.warmup, a.drain, a.max_retries, a.max_retry_wait_ms
         );
+        super::print_server_set(a);
     }
 
     impl HttpReport {

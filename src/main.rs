@@ -12,7 +12,8 @@ mod cli;
 
 /// mimalloc instead of glibc's malloc: the engine allocates on actix workers and frees on shard
 /// threads (and back), which glibc serves through contended arenas and `malloc_consolidate`
-/// (BENCHMARKS.md, session 7).
+/// (BENCHMARKS.md, session 7). `--features system-alloc` keeps the system's, for heaptrack.
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
