@@ -346,13 +346,9 @@ pub(crate) async fn round(inner: &Inner, part: u32, progress: &Progress) -> Resu
     let _turn = ck.turn.acquire().await.map_err(|e| e.to_string())?;
     let mut written = 0;
     for chunk in users.chunks(256) {
-        let images = loop {
-            match inner.engine.pipeline.images(chunk).await {
-                Ok(r) => break r.map_err(|e| e.to_string())?,
-                Err(SubmitError::Overloaded) => tokio::time::sleep(Duration::from_millis(20)).await,
-                Err(SubmitError::ShuttingDown) => return Err("the engine is stopping".into()),
-            }
-        };
+        let images = until_queued(|| inner.engine.pipeline.images(chunk))
+            .await?
+            .map_err(|e| e.to_string())?;
         // Keys for users checkpointed for the first time, made concurrently.
         let keys =
             futures_util::future::join_all(images.iter().map(|(u, _)| ck.key(part, u, true))).await;
@@ -529,16 +525,9 @@ async fn put_back(
     let pipeline = &inner.engine.pipeline;
     let mut waits = Vec::with_capacity(images.len());
     for (user, (_, image)) in images {
-        loop {
-            match pipeline.restore(*user, image.clone()) {
-                Ok(w) => {
-                    waits.push(w);
-                    break;
-                }
-                Err(SubmitError::Overloaded) => tokio::time::sleep(Duration::from_millis(20)).await,
-                Err(SubmitError::ShuttingDown) => return Err("the engine is stopping".into()),
-            }
-        }
+        waits.push(
+            until_queued(|| std::future::ready(pipeline.restore(*user, image.clone()))).await?,
+        );
     }
     for w in waits {
         w.await
@@ -582,14 +571,23 @@ async fn set_stats(inner: &Inner, part: u32, target: &[(String, StatRow)]) -> Re
         return Ok(());
     }
     let deltas: Vec<_> = delta.into_iter().collect();
+    until_queued(|| std::future::ready(pipeline.add_stats(deltas.clone())))
+        .await?
+        .await
+        .map_err(|_| "the engine is stopping".to_string())?
+        .map_err(|e| format!("restoring the partition's statistics: {e}"))
+}
+
+/// Submits to the engine until a shard queue takes it: background work (checkpoint rounds,
+/// restores) waits out `overloaded` instead of failing, 20 ms at a time.
+async fn until_queued<T, F, Fut>(mut submit: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, SubmitError>>,
+{
     loop {
-        match pipeline.add_stats(deltas.clone()) {
-            Ok(w) => {
-                return w
-                    .await
-                    .map_err(|_| "the engine is stopping".to_string())?
-                    .map_err(|e| format!("restoring the partition's statistics: {e}"));
-            }
+        match submit().await {
+            Ok(t) => return Ok(t),
             Err(SubmitError::Overloaded) => tokio::time::sleep(Duration::from_millis(20)).await,
             Err(SubmitError::ShuttingDown) => return Err("the engine is stopping".into()),
         }
