@@ -1059,3 +1059,39 @@ fn a_model_made_on_one_node_serves_on_every_node() {
     assert_eq!(still["card"]["sha256"], made["card"]["sha256"]);
     assert!(!nodes[1].models().join("click-cta/v2.json").exists());
 }
+
+#[test]
+fn a_node_stops_on_sigterm_while_nats_is_away() {
+    // With the NATS server gone the lease release cannot reach it (the leases expire on
+    // their own): a SIGTERM still stops the node, promptly and cleanly, with what it had
+    // taken in checkpointed into its own store.
+    let mut nats = Nats::start();
+    let mut n = node(&nats, "n1");
+    settled(&[&n]);
+    n.post_ok(
+        WRITE_KEY,
+        vec![for_user(page_view(&eid("pv"), "/a"), "orphan")],
+    );
+    nats.stop();
+    poll(WAIT, || {
+        (n.get("/readyz", None).status == 503).then_some(())
+    })
+    .expect("readyz still 200 with NATS gone");
+    let t = std::time::Instant::now();
+    n.sigterm();
+    let st = n.wait_exit(Duration::from_secs(30)).unwrap_or_else(|| {
+        panic!(
+            "the node did not stop within 30 s of SIGTERM\n{}",
+            n.stderr()
+        )
+    });
+    assert!(st.success(), "{st}\n{}", n.stderr());
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "stopping took {:?}",
+        t.elapsed()
+    );
+    let err = n.stderr();
+    assert!(err.contains("left without giving the leases back"), "{err}");
+    assert!(err.contains("stopped cleanly"), "{err}");
+}

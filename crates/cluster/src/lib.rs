@@ -59,6 +59,9 @@ use trimtab_wire::Event;
 pub use defs::DefKind;
 use names::Names;
 
+/// How long leaving the cluster may take before the node stops without NATS's answer.
+const LEAVE_WITHIN: Duration = Duration::from_secs(5);
+
 /// Why a cluster operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -614,21 +617,36 @@ impl Cluster {
     /// Leaves the cluster: stops reading the partitions (what was read is in the engine),
     /// gives the leases back so other nodes take over at once, and closes the connection.
     /// Call before stopping the engine.
+    ///
+    /// Bounded by [`LEAVE_WITHIN`]: with the NATS server unreachable the leases cannot be
+    /// given back (they expire after `lease_ms` on their own) and a reader waiting on it is
+    /// dropped — the stream keeps every event it had not read.
     pub fn stop(&self) {
         let Some(rt) = self.rt.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return;
         };
         let inner = self.inner.clone();
-        rt.block_on(async move {
+        let left = rt.block_on(async move {
             inner.stopping.store(true, Ordering::Relaxed);
-            for p in inner.partitions() {
-                owner::release(&inner, p).await;
-            }
-            let _ = inner.nodes.delete(&*inner.node).await;
-            let _ = inner.client.flush().await;
+            tokio::time::timeout(LEAVE_WITHIN, async {
+                let parts = inner.partitions();
+                futures_util::future::join_all(parts.iter().map(|p| owner::release(&inner, *p)))
+                    .await;
+                let _ = inner.nodes.delete(&*inner.node).await;
+                let _ = inner.client.flush().await;
+            })
+            .await
+            .is_ok()
         });
         rt.shutdown_timeout(Duration::from_secs(2));
-        tracing::info!("cluster: left");
+        if left {
+            tracing::info!("cluster: left");
+        } else {
+            tracing::warn!(
+                within_ms = LEAVE_WITHIN.as_millis() as u64,
+                "cluster: left without giving the leases back (NATS did not answer); they expire after lease_ms"
+            );
+        }
     }
 }
 
