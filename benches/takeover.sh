@@ -13,39 +13,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CK=${CK:-5000}; USERS=${USERS:-40000}; DUR=${DUR:-10}
-W=$(mktemp -d /tmp/trimtab-takeover.XXXXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$W"; }
-trap cleanup EXIT INT TERM
-PORT=$((20000 + RANDOM % 20000))
-nats-server -js -a 127.0.0.1 -p $PORT -sd "$W/js" > "$W/nats.log" 2>&1 & PIDS+=($!)
-mkdir -p "$W/scripts"; cp scripts/*.rhai "$W/scripts/"
-export TRIMTAB_WRITE_KEY=wk-0123456789abcdef0123 TRIMTAB_ADMIN_TOKEN=adm-0123456789abcdef0123
-export TRIMTAB_TOKEN_KEY=$(openssl rand -hex 32) TRIMTAB_PSEUDONYM_KEY=$(openssl rand -hex 32)
-start() { # name port
-  cat > "$W/$1.toml" <<C
-[cluster]
-nats = "nats://127.0.0.1:$PORT"
-node = "$1"
-partitions = 64
-lease_ms = 6000
-checkpoint_ms = $CK
-[http]
-max_connections_per_ip = 0
-[rate]
-anonymous_per_min = 0
-identify_per_min = 0
-user_per_min = 0
-C
-  target/release/trimtab serve --addr 127.0.0.1:$2 --data "$W/d$1" --scripts "$W/scripts" \
-    --config "$W/$1.toml" > "$W/$1.log" 2>&1 &
-  PIDS+=($!)
-  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$2/readyz" >/dev/null && break; sleep 0.1; done
-}
+. benches/cluster-common.sh
 metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 ~ "^"m"({|$)" {s+=$2} END {print s+0}'; }
 reads() { curl -s "http://127.0.0.1:$1/readyz" | python3 -c 'import json,sys; print(json.dumps({p["partition"]: p["read"] for p in json.load(sys.stdin)["cluster"]["partitions"]}))'; }
 P1=$((PORT + 1)); P2=$((PORT + 2))
-start n1 $P1; N1=${PIDS[-1]}
+start_node n1 $P1 "lease_ms = 6000
+checkpoint_ms = $CK"; N1=${NODES[-1]}
 sleep 3
 target/release/examples/loadgen --mode http --url "http://127.0.0.1:$P1" --clients 8 --batch 100 \
   --users "$USERS" --duration "$DUR" --skip-baseline 2>&1 | grep -E "acked|events/s" | head -3
@@ -57,7 +30,8 @@ echo "n1: $(metric $P1 trimtab_cluster_consumed_total) events read, $(metric $P1
 kill -9 "$N1"
 sleep 6.2   # n1's leases expire (lease_ms)
 T0=$(date +%s.%N)
-start n2 $P2
+start_node n2 $P2 "lease_ms = 6000
+checkpoint_ms = $CK"
 while true; do
   if python3 -c "import sys; sys.exit(0 if $(date +%s.%N) - $T0 > 300 else 1)"; then
     echo "n2 did not catch up within 300 s"; grep -E "WARN|ERROR" "$W/n2.log" | tail -5; exit 1
