@@ -22,6 +22,10 @@
 //! the store tracks, see [`super::Store`]), recovery (from `meta.replay_from`). Erasure
 //! destroys the user's key, so the user's records here can no longer be opened.
 //!
+//! The same type keeps **the decision log** (`decisions/`, records of kind
+//! [`Kind::Decision`]), which is read by location ([`EventLog::read_at`]) rather than scanned,
+//! and never purged.
+//!
 //! Threads: the indexer is the only appender (and recovery at open); scans may run on any
 //! thread and see the records appended before they started.
 
@@ -50,6 +54,8 @@ pub enum Kind {
     Event = 1,
     /// A sealed journal record (effects of an evaluation at `seq`).
     Journal = 2,
+    /// A sealed decision (`id hash` is the decision's id), in the decision log.
+    Decision = 3,
 }
 
 impl Kind {
@@ -57,6 +63,7 @@ impl Kind {
         match b {
             1 => Some(Kind::Event),
             2 => Some(Kind::Journal),
+            3 => Some(Kind::Decision),
             _ => None,
         }
     }
@@ -310,6 +317,15 @@ impl EventLog {
         from: u64,
         mut f: impl FnMut(RecordRef<'_>) -> bool,
     ) -> Result<(), StoreError> {
+        self.scan_located(from, |r, _| f(r))
+    }
+
+    /// [`EventLog::scan`], with each record's byte offset in its segment.
+    pub(super) fn scan_located(
+        &self,
+        from: u64,
+        mut f: impl FnMut(RecordRef<'_>, u64) -> bool,
+    ) -> Result<(), StoreError> {
         let (segs, end) = {
             let g = self.lock();
             let segs: Vec<(u64, PathBuf)> = g
@@ -331,13 +347,81 @@ impl EventLog {
                 Err(e) => return Err(e),
             };
             let mut go = true;
-            walk(&bytes, *first, upto, |r, _| {
+            walk(&bytes, *first, upto, |r, stop| {
                 if go && r.n >= from {
-                    go = f(r);
+                    let at = (stop - FRAME - META - r.sealed.len()) as u64;
+                    go = f(r, at);
                 }
             });
             if !go {
                 break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The records at `locs` (each checked: its frame, CRC and number), in the order given,
+    /// to `f`; a location that holds no such record (damage) is an error naming it.
+    pub(super) fn read_at(
+        &self,
+        locs: &[Location],
+        mut f: impl FnMut(RecordRef<'_>),
+    ) -> Result<(), StoreError> {
+        if locs.is_empty() {
+            return Ok(());
+        }
+        let (segs, end) = {
+            let g = self.lock();
+            let segs: Vec<(u64, PathBuf)> = g
+                .segments
+                .iter()
+                .map(|s| (s.first, s.path.clone()))
+                .collect();
+            (segs, g.next)
+        };
+        let mut open: Option<(usize, File)> = None;
+        let mut body = Vec::new();
+        for l in locs {
+            let i = segs.partition_point(|(first, _)| *first <= l.n);
+            if l.n >= end || i == 0 {
+                return Err(StoreError::Db(format!(
+                    "{}: no record {} (the store holds {}..{end})",
+                    self.dir.display(),
+                    l.n,
+                    segs.first().map_or(end, |s| s.0)
+                )));
+            }
+            let (_, path) = &segs[i - 1];
+            if open.as_ref().is_none_or(|(j, _)| *j != i - 1) {
+                let f = File::open(path).map_err(|e| io_err(path, "open", e))?;
+                open = Some((i - 1, f));
+            }
+            let (_, file) = open.as_ref().expect("opened above");
+            let mut h = [0u8; FRAME];
+            file.read_exact_at(&mut h, l.offset)
+                .map_err(|e| io_err(path, "read", e))?;
+            let len = u32::from_le_bytes(h[0..4].try_into().expect("4 bytes"));
+            let crc = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes"));
+            let bad = || {
+                StoreError::Db(format!(
+                    "{}: record {} at byte {} is damaged",
+                    path.display(),
+                    l.n,
+                    l.offset
+                ))
+            };
+            if len > MAX_RECORD || (len as usize) < META {
+                return Err(bad());
+            }
+            body.resize(len as usize, 0);
+            file.read_exact_at(&mut body, l.offset + FRAME as u64)
+                .map_err(|e| io_err(path, "read", e))?;
+            if crc32fast::hash(&body) != crc {
+                return Err(bad());
+            }
+            match RecordRef::parse(&body) {
+                Some(r) if r.n == l.n => f(r),
+                _ => return Err(bad()),
             }
         }
         Ok(())
@@ -418,6 +502,29 @@ impl EventLog {
     }
 }
 
+/// Where a record is: its number and its byte offset in its segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Location {
+    pub n: u64,
+    pub offset: u64,
+}
+
+impl Location {
+    /// 16 bytes, little endian (as kept in the indexed store).
+    pub(super) fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.n.to_le_bytes());
+        out.extend_from_slice(&self.offset.to_le_bytes());
+    }
+
+    /// The locations of [`Location::encode`]d bytes (a torn tail is ignored).
+    pub(super) fn decode_all(b: &[u8]) -> impl Iterator<Item = Location> + '_ {
+        b.chunks_exact(16).map(|c| Location {
+            n: u64::from_le_bytes(c[..8].try_into().expect("8 bytes")),
+            offset: u64::from_le_bytes(c[8..].try_into().expect("8 bytes")),
+        })
+    }
+}
+
 /// Where an [`Appender`] started: what to go back to.
 struct Mark {
     segments: usize,
@@ -445,6 +552,19 @@ impl Appender<'_> {
         id_hash: &[u8; 16],
         sealed: &[u8],
     ) -> Result<u64, StoreError> {
+        self.push_located(kind, row, seq, id_hash, sealed)
+            .map(|l| l.n)
+    }
+
+    /// Adds a record; returns where it is ([`EventLog::read_at`] reads it back).
+    pub(super) fn push_located(
+        &mut self,
+        kind: Kind,
+        row: &RowId,
+        seq: u64,
+        id_hash: &[u8; 16],
+        sealed: &[u8],
+    ) -> Result<Location, StoreError> {
         let seg_len = self.inner.current.as_ref().map_or(u64::MAX, |(_, l)| *l);
         // Closed by age only once it holds a record (a new segment is named after its first).
         let holds = self
@@ -477,7 +597,11 @@ impl Appender<'_> {
         let crc = crc32fast::hash(&self.buf[at + FRAME..]);
         self.buf[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
         self.inner.next = n + 1;
-        Ok(n)
+        let written = self.inner.current.as_ref().map_or(0, |(_, l)| *l);
+        Ok(Location {
+            n,
+            offset: written + at as u64,
+        })
     }
 
     /// Number of the next record.

@@ -1,6 +1,7 @@
 //! trimtab-store, the only crate that touches the data dir's files (only the engine depends on
 //! it, never the server). Storage: the write-ahead log (segment files in `wal/`), the event
-//! store (segment files in `events/`), one redb file and the per-user key store (`keys.bin`) in the data dir. Knows
+//! store (segment files in `events/`), the decision log (segment files in `decisions/`), one
+//! redb file and the per-user key store (`keys.bin`) in the data dir. Knows
 //! tables, files, key layouts and encryption at rest; knows nothing of HTTP, features or
 //! decisions (values are opaque bytes, sealed by the caller with the user's [`Sealer`]).
 //!
@@ -33,7 +34,15 @@
 //!   the one before while that one is at most twice its size, so a user has O(log n) runs and
 //!   an id is rewritten O(log n) times. A row per id instead (schema 2's `seen`) was one more
 //!   random insert per event into a table that grew with every event.
-//! - `decisions`: `(row id, decision id) → sealed decision`: what was pushed, for attribution.
+//! - `decision_index`: `(row id, first record) → locations (record number, byte offset; 16
+//!   bytes each)` of the user's records in **`decisions/`, the decision log**, where the
+//!   indexer appends every decision pushed (what was pushed, for exports and cluster images;
+//!   attribution works from the state). A user's locations stay in memory until its next
+//!   checkpoint files them as one row; `meta.decisions_from` (the oldest not filed) and
+//!   `meta.decisions_end` are written with every transaction, and at open the log is read from
+//!   `decisions_from` to find them again. Never purged by retention; erasure deletes the rows
+//!   and shreds the key. (`decisions`: `(row id, decision id) → sealed decision`, schema 4's
+//!   form, still read and erased.)
 //! - `learnlog`: `(row id, decision id) → sealed learning record` of bandit decisions.
 //! - `stats`: `(group, segment, arm, metric) → six f64 sums`: experiments' sufficient statistics
 //!   (aggregates over many users; no per-user data).
@@ -74,13 +83,17 @@ pub use trimtab_privacy::crypto::Sealer;
 
 /// 1: write-through state. 2: checkpoints (`heads`) and the `journal`. 3: events and journal
 /// in the event store (`events/`), not in redb tables. 4: rows and records filed by row id,
-/// not by user key (1 to 3 are migrated at open).
-pub const SCHEMA_VERSION: u32 = 4;
+/// not by user key (1 to 3 are migrated at open). 5: decisions in their own append-only log
+/// (`decisions/`), indexed per user at checkpoints (4 opens as is: its `decisions` rows stay
+/// where they are and are read beside the log).
+pub const SCHEMA_VERSION: u32 = 5;
 pub const DB_FILE: &str = "trimtab.redb";
 /// The write-ahead log's directory (segment files) in the data dir.
 pub const WAL_DIR: &str = "wal";
 /// The event store's directory (segment files) in the data dir.
 pub const EVENTS_DIR: &str = "events";
+/// The decision log's directory (segment files, as the event store's) in the data dir.
+pub const DECISIONS_DIR: &str = "decisions";
 /// Where the log was before it became segment files: its unapplied tail is applied at open,
 /// then the file is removed.
 const LEGACY_WAL_FILE: &str = "wal.redb";
@@ -97,7 +110,10 @@ const JOURNAL: TableDefinition<([u8; 16], u64), &[u8]> = TableDefinition::new("j
 /// Schema 1 and 2 kept one row per event id here; migrated into `seen_runs` at open.
 const SEEN: TableDefinition<([u8; 16], [u8; 16]), u64> = TableDefinition::new("seen");
 const SEEN_RUNS: TableDefinition<([u8; 16], u32), &[u8]> = TableDefinition::new("seen_runs");
+/// Schema 4 and earlier kept decisions here (still read and erased; no longer written).
 const DECISIONS: TableDefinition<([u8; 16], [u8; 16]), &[u8]> = TableDefinition::new("decisions");
+const DECISION_INDEX: TableDefinition<([u8; 16], u64), &[u8]> =
+    TableDefinition::new("decision_index");
 const LEARN: TableDefinition<([u8; 16], [u8; 16]), &[u8]> = TableDefinition::new("learnlog");
 const STATS: TableDefinition<(&str, &str, &str, &str), [f64; 6]> = TableDefinition::new("stats");
 
@@ -179,6 +195,12 @@ pub struct Store {
     db: Database,
     wal: wal::Log,
     events: events::EventLog,
+    /// The decision log: every decision pushed, sealed, in the order applied; never purged
+    /// by retention (decisions are kept until the user is erased).
+    decisions: events::EventLog,
+    /// Indexer only: per user, where its decisions applied since its last checkpoint are in
+    /// the decision log: the next checkpoint's row of `decision_index`.
+    pending_decisions: std::sync::Mutex<std::collections::HashMap<RowId, Vec<events::Location>>>,
     /// Users with records in the event store that their checkpoint does not cover → (the
     /// first such record, the highest seq among them) (see the module doc).
     coverage: std::sync::Mutex<std::collections::HashMap<RowId, (u64, u64)>>,
@@ -467,6 +489,7 @@ impl Store {
                 Some(b"1") => 1,
                 Some(b"2") => 2,
                 Some(b"3") => 3,
+                Some(b"4") => 4,
                 Some(v) if v == SCHEMA_VERSION.to_string().as_bytes() => SCHEMA_VERSION,
                 Some(v) => {
                     return Err(StoreError::UnknownSchema {
@@ -479,7 +502,8 @@ impl Store {
             let shutdown = meta.get("shutdown")?.map(|v| v.value().to_vec());
             // v1 wrote every state through, so a v1 file never has a log tail to replay.
             was_clean = fresh || shutdown.as_deref() == Some(b"clean") || shutdown.is_none();
-            if fresh {
+            // Schema 4 becomes 5 as it is: the decision log starts empty beside its rows.
+            if fresh || found_version == 4 {
                 meta.insert("schema_version", SCHEMA_VERSION.to_string().as_bytes())?;
             }
             meta.insert("shutdown", &b"running"[..])?;
@@ -488,6 +512,7 @@ impl Store {
             txn.open_table(HEADS)?;
             txn.open_table(SEEN_RUNS)?;
             txn.open_table(DECISIONS)?;
+            txn.open_table(DECISION_INDEX)?;
             txn.open_table(STATS)?;
             txn.open_table(LEARN)?;
         }
@@ -514,8 +539,11 @@ impl Store {
             None
         };
         let events_end = meta_u64(&db, "events_end")?;
+        let decisions_end = meta_u64(&db, "decisions_end")?;
         let store = Store {
             events: events::EventLog::open(&data_dir.join(EVENTS_DIR), events_end)?,
+            decisions: events::EventLog::open(&data_dir.join(DECISIONS_DIR), decisions_end)?,
+            pending_decisions: Default::default(),
             db,
             wal: wal::Log::open(&data_dir.join(WAL_DIR), applied)?,
             coverage: Default::default(),
@@ -533,6 +561,7 @@ impl Store {
         store.migrate_seen_rows()?;
         // Which users have records past their checkpoint, from where recovery must read.
         store.rebuild_coverage()?;
+        store.rebuild_pending_decisions()?;
         if let Some(tail) = legacy_tail {
             if !tail.is_empty() {
                 store.apply(&tail)?;
@@ -671,6 +700,65 @@ impl Store {
         })?;
         match err {
             Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Rebuilds which decisions no row of `decision_index` lists yet, from the decision log's
+    /// records past `meta.decisions_from`: a user's record is pending when it lies past the
+    /// last location its index rows hold. Records of erased users (no key) are left out.
+    fn rebuild_pending_decisions(&self) -> Result<(), StoreError> {
+        let from = meta_u64(&self.db, "decisions_from")?;
+        if from >= self.decisions.end() {
+            return Ok(());
+        }
+        let txn = self.db.begin_read()?;
+        let index = txn.open_table(DECISION_INDEX)?;
+        // Per user: the last record its index rows list (None: none), or skipped (no key).
+        let mut last: std::collections::HashMap<RowId, Option<Option<u64>>> = Default::default();
+        let mut pend = self
+            .pending_decisions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut err = None;
+        self.decisions.scan_located(from, |r, at| {
+            let known = match last.get(&r.row) {
+                Some(k) => *k,
+                None => {
+                    let k = if self.keys.by_row(&r.row).is_none() {
+                        None
+                    } else {
+                        match index.range((r.row.0, 0)..=(r.row.0, u64::MAX)) {
+                            Ok(mut it) => match it.next_back().transpose() {
+                                Ok(v) => Some(v.and_then(|(_, v)| {
+                                    events::Location::decode_all(v.value()).last().map(|l| l.n)
+                                })),
+                                Err(e) => {
+                                    err = Some(StoreError::from(e));
+                                    return false;
+                                }
+                            },
+                            Err(e) => {
+                                err = Some(e.into());
+                                return false;
+                            }
+                        }
+                    };
+                    last.insert(r.row, k);
+                    k
+                }
+            };
+            if let Some(indexed) = known {
+                if indexed.is_none_or(|i| r.n > i) {
+                    pend.entry(r.row)
+                        .or_default()
+                        .push(events::Location { n: r.n, offset: at });
+                }
+            }
+            true
+        })?;
+        match err {
+            Some(e) => Err(e),
             None => Ok(()),
         }
     }

@@ -3,10 +3,10 @@
 
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
-use super::events::{Kind, Record};
+use super::events::{Kind, Location, Record};
 use super::{
-    fingerprint, run_has, StatRow, Store, StoreError, UserRecords, DECISIONS, HEADS, LEARN,
-    SEEN_RUNS, STATS, USERS,
+    fingerprint, run_has, StatRow, Store, StoreError, UserRecords, DECISIONS, DECISION_INDEX,
+    HEADS, LEARN, SEEN_RUNS, STATS, USERS,
 };
 use trimtab_privacy::crypto::Sealer;
 use trimtab_privacy::{RowId, Table, UserKey};
@@ -87,6 +87,8 @@ impl<'s> Reader<'s> {
             let (table, list) = match r.kind {
                 Kind::Event => (Table::Event, &mut events),
                 Kind::Journal => (Table::Journal, &mut journal),
+                // Never in the event store (the decision log has its own files).
+                Kind::Decision => continue,
             };
             match sealer.open(user, table, &r.sealed) {
                 Some(p) => list.push((r.seq, p)),
@@ -237,14 +239,38 @@ impl Store {
                 true
             })?;
         }
+        // The pending locations and the index as of one moment: the indexer holds the lock
+        // from before its transaction until they agree again.
+        let pending = self
+            .pending_decisions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let txn = self.db.begin_read()?;
+        let mine = pending.get(&row).cloned().unwrap_or_default();
+        drop(pending);
         let ids = (row.0, [0u8; 16])..=(row.0, [0xffu8; 16]);
-        for row in txn.open_table(DECISIONS)?.range(ids.clone())? {
-            let (k, v) = row?;
+        // Schema 4 and earlier: rows of the `decisions` table.
+        for r in txn.open_table(DECISIONS)?.range(ids.clone())? {
+            let (k, v) = r?;
             if let Some(plain) = sealer.open(user, Table::Decision, v.value()) {
                 out.decisions.push((k.value().1, plain));
             }
         }
+        let mut locs = Vec::new();
+        for r in txn
+            .open_table(DECISION_INDEX)?
+            .range((row.0, 0)..=(row.0, u64::MAX))?
+        {
+            locs.extend(Location::decode_all(r?.1.value()));
+        }
+        locs.extend(mine);
+        self.decisions.read_at(&locs, |r| {
+            if r.row == row && r.kind == Kind::Decision {
+                if let Some(plain) = sealer.open(user, Table::Decision, r.sealed) {
+                    out.decisions.push((r.id_hash, plain));
+                }
+            }
+        })?;
         for row in txn.open_table(LEARN)?.range(ids)? {
             let (k, v) = row?;
             if let Some(plain) = sealer.open(user, Table::Learn, v.value()) {

@@ -192,7 +192,7 @@ fn clean_marker_survives_only_a_graceful_stop() {
 }
 
 #[test]
-fn a_schema_1_file_opens_as_schema_4() {
+fn a_schema_1_file_opens_as_the_current_schema() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(DB_FILE);
     {
@@ -216,7 +216,7 @@ fn a_schema_1_file_opens_as_schema_4() {
     let txn = store.db.begin_read().unwrap();
     let v = txn.open_table(META).unwrap();
     let v = v.get("schema_version").unwrap().unwrap();
-    assert_eq!(v.value(), b"4");
+    assert_eq!(v.value(), SCHEMA_VERSION.to_string().as_bytes());
 }
 
 /// A schema 2 file (events and journal records in redb tables by user), left by an unclean
@@ -1015,12 +1015,15 @@ fn a_schema_3_dir_is_refiled_by_row_id() {
         assert_eq!(store.export(&v).unwrap().unwrap().learn.len(), 1);
         assert_eq!(store.stats("g").unwrap().len(), 1);
         drop(store);
-        // Once: the next open finds schema 4.
+        // Once: the next open finds the current schema.
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.export(&u).unwrap().unwrap().events.len(), 4);
         let txn = store.db.begin_read().unwrap();
         let meta = txn.open_table(META).unwrap();
-        assert_eq!(meta.get("schema_version").unwrap().unwrap().value(), b"4");
+        assert_eq!(
+            meta.get("schema_version").unwrap().unwrap().value(),
+            SCHEMA_VERSION.to_string().as_bytes()
+        );
     }
 }
 
@@ -1107,4 +1110,137 @@ fn retention_purges_old_events_and_their_ids_and_nothing_else() {
     let store = Store::open(dir.path()).unwrap();
     assert_eq!(store.export(&young).unwrap().unwrap().events.len(), 4);
     assert!(store.export(&old).unwrap().unwrap().events.is_empty());
+}
+
+/// Decisions are records of their own log (`decisions/`), not rows of a B-tree: readable at
+/// once, filed in `decision_index` by the user's next checkpoint, found again after a crash
+/// before that checkpoint, left out of nothing by erasure.
+#[test]
+fn decisions_are_logged_indexed_at_checkpoints_and_survive_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let (u, v) = (UserKey([21; 16]), UserKey([22; 16]));
+    let dec = |s: &Sealer, x: &UserKey, i: u8| ([i; 16], s.seal(x, Table::Decision, &[b'd', i]));
+    let index_rows = |store: &Store| {
+        let txn = store.db.begin_read().unwrap();
+        let t = txn.open_table(DECISION_INDEX).unwrap();
+        t.iter().unwrap().count()
+    };
+    let ids = |store: &Store, x: &UserKey| {
+        let ex = store.export(x).unwrap().unwrap();
+        ex.decisions
+            .iter()
+            .map(|(id, plain)| {
+                assert_eq!(plain, &[b'd', id[0]]);
+                id[0]
+            })
+            .collect::<Vec<u8>>()
+    };
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let a = rows(&store, u, |s, r| {
+            r.decisions = vec![dec(s, &u, 1), dec(s, &u, 2)]
+        });
+        let b = rows(&store, v, |s, r| r.decisions = vec![dec(s, &v, 7)]);
+        store.commit(vec![a, b], Vec::new()).unwrap();
+        // Readable before any checkpoint (pending), and not in the legacy table.
+        assert_eq!(ids(&store, &u), [1, 2]);
+        assert_eq!(ids(&store, &v), [7]);
+        assert_eq!(index_rows(&store), 0);
+        // u's checkpoint files its decisions (those of the same batch too) as one row.
+        let a = rows(&store, u, |s, r| {
+            r.decisions = vec![dec(s, &u, 3)];
+            r.checkpoint = Some((1, s.seal(&u, Table::State, b"u@1")));
+        });
+        store.commit(vec![a], Vec::new()).unwrap();
+        assert_eq!(index_rows(&store), 1);
+        assert_eq!(ids(&store, &u), [1, 2, 3]);
+        let a = rows(&store, u, |s, r| r.decisions = vec![dec(s, &u, 4)]);
+        store.commit(vec![a], Vec::new()).unwrap();
+        assert_eq!(ids(&store, &u), [1, 2, 3, 4]);
+        let txn = store.db.begin_read().unwrap();
+        assert_eq!(
+            txn.open_table(DECISIONS).unwrap().iter().unwrap().count(),
+            0
+        );
+        drop(txn);
+        assert!(dir.path().join(DECISIONS_DIR).is_dir());
+        // Dropped without `mark_clean`: a crash. u's 4 and v's 7 are in no index row.
+    }
+    {
+        let store = Store::open(dir.path()).unwrap();
+        assert!(!store.was_clean());
+        assert_eq!(ids(&store, &u), [1, 2, 3, 4]);
+        assert_eq!(ids(&store, &v), [7]);
+        // A checkpoint after the crash files the rest once (no repeats).
+        let a = rows(&store, u, |s, r| {
+            r.checkpoint = Some((2, s.seal(&u, Table::State, b"u@2")))
+        });
+        store.commit(vec![a], Vec::new()).unwrap();
+        assert_eq!(index_rows(&store), 2);
+        store.mark_clean().unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(ids(&store, &u), [1, 2, 3, 4]);
+    // Retention never takes decisions: they are kept until the user is erased.
+    store.set_retention(Some(std::time::Duration::from_millis(1)));
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    store.purge(100).unwrap();
+    assert_eq!(ids(&store, &u), [1, 2, 3, 4]);
+    let c = store.erase(&u, None).unwrap();
+    assert_eq!(c.decisions, 4);
+    assert!(store.export(&u).unwrap().is_none());
+    assert_eq!(index_rows(&store), 0);
+    let c = store.erase(&v, None).unwrap();
+    assert_eq!(c.decisions, 1, "a pending decision counts too");
+    drop(store);
+    // v's pending decision is not pending again after the erasure (its key is gone).
+    let store = Store::open(dir.path()).unwrap();
+    assert!(store.pending_decisions.lock().unwrap().is_empty());
+}
+
+/// A schema 4 dir opens as schema 5 as it is: its `decisions` rows are read beside the
+/// decision log and erased with it.
+#[test]
+fn a_schema_4_dirs_decision_rows_stay_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let u = UserKey([23; 16]);
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let s = store.sealer(&u);
+        let r = rows(&store, u, |_, _| {});
+        store.commit(vec![r], Vec::new()).unwrap();
+        let txn = store.db.begin_write().unwrap();
+        {
+            txn.open_table(DECISIONS)
+                .unwrap()
+                .insert(
+                    (s.row().0, [1; 16]),
+                    s.seal(&u, Table::Decision, b"old").as_slice(),
+                )
+                .unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert("schema_version", &b"4"[..])
+                .unwrap();
+        }
+        txn.commit().unwrap();
+        store.mark_clean().unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    {
+        let txn = store.db.begin_read().unwrap();
+        let meta = txn.open_table(META).unwrap();
+        assert_eq!(meta.get("schema_version").unwrap().unwrap().value(), b"5");
+    }
+    let s = store.sealer(&u);
+    let r = rows(&store, u, |_, r| {
+        r.decisions = vec![([2; 16], s.seal(&u, Table::Decision, b"new"))]
+    });
+    store.commit(vec![r], Vec::new()).unwrap();
+    let ex = store.export(&u).unwrap().unwrap();
+    assert_eq!(
+        ex.decisions,
+        vec![([1; 16], b"old".to_vec()), ([2; 16], b"new".to_vec())]
+    );
+    assert_eq!(store.erase(&u, None).unwrap().decisions, 2);
 }

@@ -3,9 +3,10 @@
 use redb::{Durability, ReadableTable};
 
 use super::events::Kind;
+use super::events::Location;
 use super::{
-    encode_run, fingerprint, EraseCounts, StatKey, Store, StoreError, DECISIONS, HEADS, LEARN,
-    SEEN_RUNS, STATS, USERS,
+    encode_run, fingerprint, EraseCounts, StatKey, Store, StoreError, DECISIONS, DECISION_INDEX,
+    HEADS, LEARN, SEEN_RUNS, STATS, USERS,
 };
 use trimtab_privacy::keystore::Detached;
 use trimtab_privacy::{RowId, UserKey};
@@ -25,7 +26,7 @@ pub struct UserRows {
     pub events: Vec<(u64, [u8; 16], Vec<u8>)>,
     /// (seq, sealed journal record).
     pub journal: Vec<(u64, Vec<u8>)>,
-    /// (decision id, sealed decision).
+    /// (decision id, sealed decision): appended to the decision log.
     pub decisions: Vec<([u8; 16], Vec<u8>)>,
     /// (decision id, sealed learning record): inserted or replaced.
     pub learn: Vec<([u8; 16], Vec<u8>)>,
@@ -107,7 +108,28 @@ impl Store {
         let mut pend = self.pending_ids.lock().unwrap_or_else(|p| p.into_inner());
         let mut ids: std::collections::HashMap<RowId, Vec<(u64, u64)>> = Default::default();
         let mut new_runs: std::collections::BTreeMap<[u8; 16], Vec<u64>> = Default::default();
+        // Decisions go to the decision log; where each is stays pending per user (copied
+        // from `pending_decisions`, written back once committed) until a checkpoint of the
+        // user in these batches files them as one row of `decision_index`.
+        let mut dapp = self.decisions.begin();
+        let mut dpend = self
+            .pending_decisions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut dlocs: std::collections::HashMap<RowId, Vec<Location>> = Default::default();
+        let mut dflush: std::collections::BTreeSet<[u8; 16]> = Default::default();
         for r in &rows {
+            if !r.decisions.is_empty() || r.checkpoint.is_some() {
+                let v = dlocs
+                    .entry(r.row)
+                    .or_insert_with(|| dpend.get(&r.row).cloned().unwrap_or_default());
+                for (id, rec) in &r.decisions {
+                    v.push(dapp.push_located(Kind::Decision, &r.row, 0, id, rec)?);
+                }
+                if r.checkpoint.is_some() {
+                    dflush.insert(r.row.0);
+                }
+            }
             let mut first = None;
             let mut top = 0;
             if !r.events.is_empty() || r.checkpoint.is_some() {
@@ -166,7 +188,18 @@ impl Store {
             }
         }
         app.sync()?;
+        dapp.sync()?;
         let end = app.next();
+        let dend = dapp.next();
+        // The first decision no index row lists after these batches: the next open reads
+        // the decision log from there.
+        let decisions_from = dlocs
+            .iter()
+            .filter(|(u, _)| !dflush.contains(&u.0))
+            .chain(dpend.iter().filter(|(u, _)| !dlocs.contains_key(*u)))
+            .filter_map(|(_, v)| v.first().map(|l| l.n))
+            .min()
+            .unwrap_or(dend);
         let replay_from = {
             let cov = self.coverage.lock().unwrap_or_else(|p| p.into_inner());
             cov.iter()
@@ -182,36 +215,36 @@ impl Store {
             let mut users = txn.open_table(USERS)?;
             let mut heads = txn.open_table(HEADS)?;
             let mut runs = txn.open_table(SEEN_RUNS)?;
-            let mut decisions = txn.open_table(DECISIONS)?;
+            let mut dindex = txn.open_table(DECISION_INDEX)?;
             let mut learn = txn.open_table(LEARN)?;
             // Each table's rows in key order (stable: a later batch's checkpoint of a user
             // wins): a B-tree takes sorted inserts leaf by leaf, with the path to the leaf
             // still in cache, instead of jumping across the file for every row.
             type ById = ([u8; 16], [u8; 16]);
-            let mut dc: Vec<(ById, &[u8])> = Vec::new();
             let mut lr: Vec<(ById, &[u8])> = Vec::new();
             let mut cp: Vec<([u8; 16], u64, &[u8])> = Vec::new();
             for r in &rows {
                 let u = r.row.0;
-                dc.extend(
-                    r.decisions
-                        .iter()
-                        .map(|(id, rec)| ((u, *id), rec.as_slice())),
-                );
                 lr.extend(r.learn.iter().map(|(id, rec)| ((u, *id), rec.as_slice())));
                 if let Some((head, rec)) = &r.checkpoint {
                     cp.push((u, *head, rec.as_slice()));
                 }
             }
-            dc.sort_by_key(|r| r.0);
             lr.sort_by_key(|r| r.0);
             cp.sort_by_key(|r| r.0);
             let (now, epoch) = (super::now_ms(), self.run_epoch_ms());
             for (u, fps) in new_runs {
                 add_run(&mut runs, u, fps, now, epoch)?;
             }
-            for (k, rec) in dc {
-                decisions.insert(k, rec)?;
+            for u in &dflush {
+                let locs = &dlocs[&RowId(*u)];
+                if let Some(first) = locs.first() {
+                    let mut v = Vec::with_capacity(locs.len() * 16);
+                    for l in locs {
+                        l.encode(&mut v);
+                    }
+                    dindex.insert((*u, first.n), v.as_slice())?;
+                }
             }
             for (k, rec) in lr {
                 learn.insert(k, rec)?;
@@ -237,6 +270,8 @@ impl Store {
             meta.insert("applied_wal", &last.to_le_bytes()[..])?;
             meta.insert("events_end", &end.to_le_bytes()[..])?;
             meta.insert("replay_from", &replay_from.to_le_bytes()[..])?;
+            meta.insert("decisions_end", &dend.to_le_bytes()[..])?;
+            meta.insert("decisions_from", &decisions_from.to_le_bytes()[..])?;
             meta.insert("key_slots", &self.keys.durable_slots().to_le_bytes()[..])?;
         }
         // From here on the transaction may land on disk even if `commit` reports an error (a
@@ -245,7 +280,16 @@ impl Store {
         // open keeps them or cuts them off by the `events_end` the database turns out to hold.
         // (Undoing them here lost acknowledged events: the fault test with a failing fsync.)
         app.finish();
+        dapp.finish();
         txn.commit()?;
+        for (u, v) in dlocs {
+            if dflush.contains(&u.0) || v.is_empty() {
+                dpend.remove(&u);
+            } else {
+                dpend.insert(u, v);
+            }
+        }
+        drop(dpend);
         for (u, v) in ids {
             if v.is_empty() {
                 pend.remove(&u);
@@ -322,7 +366,12 @@ impl Store {
             let mut heads = txn.open_table(HEADS)?;
             let mut runs = txn.open_table(SEEN_RUNS)?;
             let mut decisions = txn.open_table(DECISIONS)?;
+            let mut dindex = txn.open_table(DECISION_INDEX)?;
             let mut learn = txn.open_table(LEARN)?;
+            let dpend = self
+                .pending_decisions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             for d in &keys {
                 let u = d.row.0;
                 let ids = (u, [0u8; 16])..=(u, [0xffu8; 16]);
@@ -333,6 +382,13 @@ impl Store {
                     counts.decisions += 1;
                     false
                 })?;
+                // The decision log's records stay, unreadable without the key; where they
+                // are goes.
+                dindex.retain_in((u, 0)..=(u, u64::MAX), |_, v| {
+                    counts.decisions += (v.len() / 16) as u64;
+                    false
+                })?;
+                counts.decisions += dpend.get(&d.row).map_or(0, |v| v.len() as u64);
                 learn.retain_in(ids, |_, _| {
                     counts.learn += 1;
                     false
@@ -351,6 +407,10 @@ impl Store {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&d.row);
             self.pending_ids
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&d.row);
+            self.pending_decisions
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&d.row);
