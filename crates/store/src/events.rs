@@ -287,6 +287,17 @@ impl EventLog {
         g.segments.first().map_or(g.next, |s| s.first)
     }
 
+    /// The segments as they are now (first record, path) and the number of the next record.
+    fn listing(&self) -> (Vec<(u64, PathBuf)>, u64) {
+        let g = self.lock();
+        let segs = g
+            .segments
+            .iter()
+            .map(|s| (s.first, s.path.clone()))
+            .collect();
+        (segs, g.next)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -326,15 +337,7 @@ impl EventLog {
         from: u64,
         mut f: impl FnMut(RecordRef<'_>, u64) -> bool,
     ) -> Result<(), StoreError> {
-        let (segs, end) = {
-            let g = self.lock();
-            let segs: Vec<(u64, PathBuf)> = g
-                .segments
-                .iter()
-                .map(|s| (s.first, s.path.clone()))
-                .collect();
-            (segs, g.next)
-        };
+        let (segs, end) = self.listing();
         for (i, (first, path)) in segs.iter().enumerate() {
             let upto = segs.get(i + 1).map_or(end, |s| s.0);
             if upto <= from {
@@ -370,15 +373,7 @@ impl EventLog {
         if locs.is_empty() {
             return Ok(());
         }
-        let (segs, end) = {
-            let g = self.lock();
-            let segs: Vec<(u64, PathBuf)> = g
-                .segments
-                .iter()
-                .map(|s| (s.first, s.path.clone()))
-                .collect();
-            (segs, g.next)
-        };
+        let (segs, end) = self.listing();
         let mut open: Option<(usize, File)> = None;
         let mut body = Vec::new();
         for l in locs {
