@@ -5,6 +5,7 @@
 //! server is not ready while broken, that it exits with its documented code, and that a restart
 //! has every acknowledged event (and takes the refused ones when they are sent again).
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -235,6 +236,104 @@ fn a_failed_index_transaction_loses_no_acknowledged_event() {
         refused,
     };
     fails_then_recovers(f, "storage", 74, End::Sigterm);
+}
+
+/// The decision log's fsync fails (the event store's and the database's work): the index
+/// transaction fails before it commits. The decisions it was applying were acknowledged with
+/// their events (they are in the write-ahead log): after the restart every decision exported
+/// before the failure is still there, and so is one for every acknowledged event.
+#[test]
+fn a_failed_decision_log_sync_loses_no_decision() {
+    let flags = tempfile::tempdir().expect("temp dir");
+    let flag = flags.path().join("flag");
+    // One adjustment per event, each a new variant (n grows), no caps: a decision per event.
+    let mut s = Server::start(
+        Opts::config(
+            "[pipeline]\nfatal_grace_ms = 20000\nindex_ms = 20\n[rate]\nuser_per_min = 0\n[delivery]\ncap_per_session = 0\ncap_per_user = 0\n",
+        )
+        .script(
+            "per-event",
+            "const ON = [\"custom\"];\nif event.props.name == \"decided\" { adjust(\"fault\", \"v\" + event.props.n, #{}); }\n",
+        )
+        .env("LD_PRELOAD", &shim().display().to_string())
+        .env("FAULT_SHIM_FLAG", &flag.display().to_string()),
+    );
+    let user = "decision-fault-user";
+    let token = s.identify(user);
+    let mut n = 0;
+    let mut next = |k: usize| {
+        (0..k)
+            .map(|_| {
+                n += 1;
+                custom(&eid("d"), "decided", json!({ "n": n }))
+            })
+            .collect::<Vec<Value>>()
+    };
+    let decision_ids = |ex: &Value| -> BTreeSet<String> {
+        ex["decisions"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|d| d["id"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut acked = next(3);
+    s.post_ok(&token, acked.clone());
+    let before = poll(Duration::from_secs(10), || {
+        let ex = s.export(user)?;
+        let d = decision_ids(&ex);
+        (d.len() == 3).then_some(d)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "three decisions exported before the fault: {:?}\n{}",
+            s.export(user),
+            s.stderr()
+        )
+    });
+    // Only the decision log's first segment: the event store and the database sync fine.
+    std::fs::write(&flag, "fsync decisions/00000000000000000000.evs").expect("raise the flag");
+    loop {
+        let evs = next(3);
+        let r = s.post_events(&token, &batch(evs.clone()));
+        if r.status == 202 {
+            acked.extend(evs);
+            continue;
+        }
+        assert_eq!(r.code(), "storage_unavailable", "{}", r.body);
+        break;
+    }
+    assert!(
+        s.stderr().contains("fatal: index transaction failed"),
+        "not the index transaction:\n{}",
+        s.stderr()
+    );
+    let _ = std::fs::remove_file(&flag);
+    s.sigterm();
+    let st = s
+        .wait_exit(Duration::from_secs(60))
+        .expect("the failed server exits");
+    assert_eq!(st.code(), Some(74), "{st}\n{}", s.stderr());
+    s.restart();
+    poll(Duration::from_secs(30), || {
+        (s.get("/readyz", None).status == 200).then_some(())
+    })
+    .expect("ready after the restart");
+    let ex = s.export(user).expect("the user survives");
+    let got = exported_ids(&ex);
+    for id in ids(&acked) {
+        assert!(got.contains(&id), "acknowledged {id} lost");
+    }
+    let after = decision_ids(&ex);
+    assert!(after.is_superset(&before), "{before:?} ⊄ {after:?}");
+    assert_eq!(
+        after.len(),
+        acked.len(),
+        "one decision per acknowledged event: {}",
+        ex["decisions"]
+    );
 }
 
 #[test]
