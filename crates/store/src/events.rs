@@ -189,6 +189,23 @@ impl<'a> RecordRef<'a> {
     }
 }
 
+/// Bytes read at a record's location in one call ([`EventLog::read_at`]).
+const READ_AHEAD: usize = 1024;
+
+/// Reads into `buf` from `at` until it is full or the file ends; returns how many bytes.
+fn read_up_to(file: &File, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read_at(&mut buf[got..], at + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
 fn read_all(path: &Path) -> Result<Vec<u8>, StoreError> {
     let mut bytes = Vec::new();
     File::open(path)
@@ -375,7 +392,7 @@ impl EventLog {
         }
         let (segs, end) = self.listing();
         let mut open: Option<(usize, File)> = None;
-        let mut body = Vec::new();
+        let mut buf = Vec::new();
         for l in locs {
             let i = segs.partition_point(|(first, _)| *first <= l.n);
             if l.n >= end || i == 0 {
@@ -392,11 +409,11 @@ impl EventLog {
                 open = Some((i - 1, f));
             }
             let (_, file) = open.as_ref().expect("opened above");
-            let mut h = [0u8; FRAME];
-            file.read_exact_at(&mut h, l.offset)
-                .map_err(|e| io_err(path, "read", e))?;
-            let len = u32::from_le_bytes(h[0..4].try_into().expect("4 bytes"));
-            let crc = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes"));
+            // One read for a record of the usual size (a decision is a few hundred bytes);
+            // a longer one reads its rest.
+            buf.resize(READ_AHEAD, 0);
+            let got = read_up_to(file, &mut buf, l.offset).map_err(|e| io_err(path, "read", e))?;
+            buf.truncate(got);
             let bad = || {
                 StoreError::Db(format!(
                     "{}: record {} at byte {} is damaged",
@@ -405,16 +422,26 @@ impl EventLog {
                     l.offset
                 ))
             };
+            let Some(h) = buf.get(..FRAME) else {
+                return Err(bad());
+            };
+            let len = u32::from_le_bytes(h[0..4].try_into().expect("4 bytes"));
+            let crc = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes"));
             if len > MAX_RECORD || (len as usize) < META {
                 return Err(bad());
             }
-            body.resize(len as usize, 0);
-            file.read_exact_at(&mut body, l.offset + FRAME as u64)
-                .map_err(|e| io_err(path, "read", e))?;
-            if crc32fast::hash(&body) != crc {
+            let stop = FRAME + len as usize;
+            if buf.len() < stop {
+                let have = buf.len();
+                buf.resize(stop, 0);
+                file.read_exact_at(&mut buf[have..], l.offset + have as u64)
+                    .map_err(|e| io_err(path, "read", e))?;
+            }
+            let body = &buf[FRAME..stop];
+            if crc32fast::hash(body) != crc {
                 return Err(bad());
             }
-            match RecordRef::parse(&body) {
+            match RecordRef::parse(body) {
                 Some(r) if r.n == l.n => f(r),
                 _ => return Err(bad()),
             }

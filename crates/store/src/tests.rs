@@ -1244,3 +1244,43 @@ fn a_schema_4_dirs_decision_rows_stay_readable() {
     );
     assert_eq!(store.erase(&u, None).unwrap().decisions, 2);
 }
+
+/// Decisions are read back by location, whatever their size; a damaged one is an error that
+/// names the file, the record and the byte, not a silent gap.
+#[test]
+fn decisions_read_by_location_check_what_they_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let u = UserKey([24; 16]);
+    let big = vec![b'x'; 5000];
+    let r = rows(&store, u, |s, r| {
+        r.decisions = vec![
+            ([1; 16], s.seal(&u, Table::Decision, b"small")),
+            ([2; 16], s.seal(&u, Table::Decision, &big)),
+            ([3; 16], s.seal(&u, Table::Decision, b"after")),
+        ];
+    });
+    store.commit(vec![r], Vec::new()).unwrap();
+    let ex = store.export(&u).unwrap().unwrap();
+    assert_eq!(
+        ex.decisions,
+        vec![
+            ([1; 16], b"small".to_vec()),
+            ([2; 16], big.clone()),
+            ([3; 16], b"after".to_vec())
+        ]
+    );
+    let seg = dir
+        .path()
+        .join(DECISIONS_DIR)
+        .join("00000000000000000000.evs");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let at = bytes.len() - 3;
+    bytes[at] ^= 0xff;
+    std::fs::write(&seg, &bytes).unwrap();
+    let e = store.export(&u).unwrap_err().to_string();
+    assert!(
+        e.contains("00000000000000000000.evs") && e.contains("record 2") && e.contains("damaged"),
+        "{e}"
+    );
+}
