@@ -31,6 +31,9 @@ use trimtab_wire::Event;
 /// Bytes of logged batches waiting to be applied above which the writer waits (backpressure).
 /// Below it the writer never waits for the indexer, even while a large transaction runs.
 const QUEUE_BYTES: usize = 64 << 20;
+/// How often the indexer looks for more while it gathers an index transaction's batches (also
+/// the most a barrier — an export, an erasure — waits to be seen).
+const GATHER_POLL: Duration = Duration::from_millis(5);
 /// Rows of `seen_runs` one retention step looks at (a few ms of the indexer's time).
 const PURGE_STEP: usize = 20_000;
 /// Between two steps of one retention run: queued batches are applied first.
@@ -217,14 +220,9 @@ impl Indexer {
             };
             self.take(first);
             // Gather what arrives until the interval is over (a barrier flushes at once).
-            let due = last + self.interval;
             // Half the queue bound waiting also applies at once: the writer must never wait
             // for a deadline while the indexer waits for more.
-            while let Ok(item) = self.rx.recv_deadline(due) {
-                if self.take(item) || self.pending_bytes >= QUEUE_BYTES / 2 {
-                    break;
-                }
-            }
+            self.gather(last + self.interval);
             if !self.pending.is_empty() {
                 last = Instant::now();
             }
@@ -237,6 +235,32 @@ impl Indexer {
         // next start).
         self.flush();
         tracing::debug!("indexer drained and stopped");
+    }
+
+    /// Takes what arrives until `due`, a barrier (run at once) or half the queue bound, or
+    /// until the writer is gone. It looks every [`GATHER_POLL`] rather than sleeping in
+    /// `recv`: a blocked receiver is woken by every send, and the writer sends once per
+    /// group commit — a context switch per commit for nothing (29 000 a 12 s run at 10 000
+    /// events/s, as many as the shards').
+    fn gather(&mut self, due: Instant) {
+        loop {
+            loop {
+                match self.rx.try_recv() {
+                    Ok(item) => {
+                        if self.take(item) || self.pending_bytes >= QUEUE_BYTES / 2 {
+                            return;
+                        }
+                    }
+                    Err(crossbeam_channel::TryRecvError::Empty) => break,
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => return,
+                }
+            }
+            let now = Instant::now();
+            if now >= due {
+                return;
+            }
+            std::thread::sleep((due - now).min(GATHER_POLL));
+        }
     }
 
     /// Takes one item; returns whether it was a barrier (run at once, after a flush).
