@@ -565,21 +565,9 @@ pub(super) struct Appender<'a> {
 }
 
 impl Appender<'_> {
-    /// Adds a record; returns its number.
+    /// Adds a record; returns its number and where it is ([`EventLog::read_at`] reads it
+    /// back).
     pub(super) fn push(
-        &mut self,
-        kind: Kind,
-        row: &RowId,
-        seq: u64,
-        id_hash: &[u8; 16],
-        sealed: &[u8],
-    ) -> Result<u64, StoreError> {
-        self.push_located(kind, row, seq, id_hash, sealed)
-            .map(|l| l.n)
-    }
-
-    /// Adds a record; returns where it is ([`EventLog::read_at`] reads it back).
-    pub(super) fn push_located(
         &mut self,
         kind: Kind,
         row: &RowId,

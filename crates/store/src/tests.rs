@@ -460,7 +460,8 @@ fn event_store_records_past_events_end_are_cut_off_at_open() {
         for seq in 0..6 {
             assert_eq!(
                 app.push(events::Kind::Event, &RowId(u.0), seq, &[0; 16], &[7; 40])
-                    .unwrap(),
+                    .unwrap()
+                    .n,
                 seq
             );
         }
@@ -500,7 +501,8 @@ fn event_store_records_past_events_end_are_cut_off_at_open() {
     let mut app = log.begin();
     assert_eq!(
         app.push(events::Kind::Event, &RowId(u.0), 4, &[0; 16], b"again")
-            .unwrap(),
+            .unwrap()
+            .n,
         4
     );
     app.sync().unwrap();

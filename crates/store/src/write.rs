@@ -124,7 +124,7 @@ impl Store {
                     .entry(r.row)
                     .or_insert_with(|| dpend.get(&r.row).cloned().unwrap_or_default());
                 for (id, rec) in &r.decisions {
-                    v.push(dapp.push_located(Kind::Decision, &r.row, 0, id, rec)?);
+                    v.push(dapp.push(Kind::Decision, &r.row, 0, id, rec)?);
                 }
                 if r.checkpoint.is_some() {
                     dflush.insert(r.row.0);
@@ -137,7 +137,7 @@ impl Store {
                     .or_insert_with(|| pend.get(&r.row).cloned().unwrap_or_default());
             }
             for (seq, idh, rec) in &r.events {
-                let n = app.push(Kind::Event, &r.row, *seq, idh, rec)?;
+                let n = app.push(Kind::Event, &r.row, *seq, idh, rec)?.n;
                 first.get_or_insert(n);
                 top = top.max(*seq);
                 if let Some(v) = ids.get_mut(&r.row) {
@@ -145,7 +145,7 @@ impl Store {
                 }
             }
             for (seq, rec) in &r.journal {
-                let n = app.push(Kind::Journal, &r.row, *seq, &[0; 16], rec)?;
+                let n = app.push(Kind::Journal, &r.row, *seq, &[0; 16], rec)?.n;
                 first.get_or_insert(n);
                 top = top.max(*seq);
             }
