@@ -345,6 +345,21 @@ fn meta_u64(db: &Database, key: &str) -> Result<u64, StoreError> {
     )
 }
 
+/// The last decision-log record that the user's `decision_index` rows list (None: none).
+fn last_indexed(
+    index: &redb::ReadOnlyTable<([u8; 16], u64), &[u8]>,
+    row: &RowId,
+) -> Result<Option<u64>, StoreError> {
+    Ok(
+        match index.range((row.0, 0)..=(row.0, u64::MAX))?.next_back() {
+            Some(r) => events::Location::decode_all(r?.1.value())
+                .last()
+                .map(|l| l.n),
+            None => None,
+        },
+    )
+}
+
 /// `meta.applied_wal`: the last log seq applied to the indexed store.
 fn applied_wal(db: &Database) -> Result<u64, StoreError> {
     meta_u64(db, "applied_wal")
@@ -712,55 +727,36 @@ impl Store {
         if from >= self.decisions.end() {
             return Ok(());
         }
+        // The tail past `decisions_from` (a few seconds of decisions), then the index.
+        let mut tail: Vec<(RowId, events::Location)> = Vec::new();
+        self.decisions.scan_located(from, |r, at| {
+            tail.push((r.row, events::Location { n: r.n, offset: at }));
+            true
+        })?;
         let txn = self.db.begin_read()?;
         let index = txn.open_table(DECISION_INDEX)?;
-        // Per user: the last record its index rows list (None: none), or skipped (no key).
+        // Per user: the last record its index rows list, or `None` for an erased user (no key).
         let mut last: std::collections::HashMap<RowId, Option<Option<u64>>> = Default::default();
         let mut pend = self
             .pending_decisions
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let mut err = None;
-        self.decisions.scan_located(from, |r, at| {
-            let known = match last.get(&r.row) {
+        for (row, loc) in tail {
+            let known = match last.get(&row) {
                 Some(k) => *k,
                 None => {
-                    let k = if self.keys.by_row(&r.row).is_none() {
-                        None
-                    } else {
-                        match index.range((r.row.0, 0)..=(r.row.0, u64::MAX)) {
-                            Ok(mut it) => match it.next_back().transpose() {
-                                Ok(v) => Some(v.and_then(|(_, v)| {
-                                    events::Location::decode_all(v.value()).last().map(|l| l.n)
-                                })),
-                                Err(e) => {
-                                    err = Some(StoreError::from(e));
-                                    return false;
-                                }
-                            },
-                            Err(e) => {
-                                err = Some(e.into());
-                                return false;
-                            }
-                        }
+                    let k = match self.keys.by_row(&row) {
+                        Some(_) => Some(last_indexed(&index, &row)?),
+                        None => None,
                     };
-                    last.insert(r.row, k);
-                    k
+                    *last.entry(row).or_insert(k)
                 }
             };
-            if let Some(indexed) = known {
-                if indexed.is_none_or(|i| r.n > i) {
-                    pend.entry(r.row)
-                        .or_default()
-                        .push(events::Location { n: r.n, offset: at });
-                }
+            if known.is_some_and(|indexed| indexed.is_none_or(|i| loc.n > i)) {
+                pend.entry(row).or_default().push(loc);
             }
-            true
-        })?;
-        match err {
-            Some(e) => Err(e),
-            None => Ok(()),
         }
+        Ok(())
     }
 
     /// Schema 3 filed every row and record under the user key, so an erased user's key stayed
