@@ -322,6 +322,10 @@ pub struct PipelineConfig {
     /// After a fatal failure (storage error, panicked thread) the server stays up this long,
     /// not ready and refusing writes, so probes and scrapes see why, then exits (ms).
     pub fatal_grace_ms: u64,
+    /// A cached user at rest this long (no input, checkpoint indexed, no timer) is kept in a
+    /// compact form — its encoded state and key, one allocation — until its next input
+    /// decodes it (ms; 0: never). Still cached: nothing is read from the store.
+    pub compact_idle_ms: u64,
 }
 
 impl Default for PipelineConfig {
@@ -337,6 +341,7 @@ impl Default for PipelineConfig {
             index_ms: 1_000,
             store_cache_mb: 256,
             fatal_grace_ms: 1_000,
+            compact_idle_ms: 10_000,
         }
     }
 }

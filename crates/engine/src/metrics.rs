@@ -51,6 +51,8 @@ pub struct Metrics {
     pub ws_sessions: IntGauge,
     pub ws_dropped: IntCounter,
     pub users_cached: IntGauge,
+    /// Of those, users at rest held in their compact form (`pipeline.compact_idle_ms`).
+    pub users_compact: IntGauge,
     /// Estimated bytes of each shard's user cache (as of its last size check).
     pub users_cached_bytes: IntGaugeVec,
     pub replayed: IntCounter,
@@ -229,6 +231,14 @@ impl Metrics {
             users_cached: reg(
                 &r,
                 IntGauge::new("trimtab_users_cached", "Users held in shard memory").expect(ok),
+            ),
+            users_compact: reg(
+                &r,
+                IntGauge::new(
+                    "trimtab_users_compact",
+                    "Users held in shard memory in their compact form (at rest; pipeline.compact_idle_ms)",
+                )
+                .expect(ok),
             ),
             users_cached_bytes: reg(
                 &r,

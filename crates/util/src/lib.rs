@@ -1,9 +1,10 @@
 //! trimtab-util: the few helpers every layer of trimtab may use — atomic file replacement and
 //! directory listing ([`fsutil`]), hot reload of a directory ([`watch`]), the one registry of
 //! definition files that rules, experiments and bandits share ([`registry`]), expected panics
-//! ([`panics`]) and the wall clock ([`now_ms`]). It knows nothing of events, users, storage or HTTP, and must not.
+//! ([`panics`]), the allocator's release of freed memory ([`memory`]) and the wall clock ([`now_ms`]). It knows nothing of events, users, storage or HTTP, and must not.
 
 pub mod fsutil;
+pub mod memory;
 pub mod panics;
 pub mod registry;
 pub mod watch;

@@ -10,12 +10,14 @@
 //!   without locks. Per input they run [`crate::decide::step`], seal what it produced with the
 //!   user's key, and append rows to the drain's [`writer::Work`]; they checkpoint dirty users
 //!   every `pipeline.checkpoint_ms`, on eviction and at shutdown, and replay a user's log tail
-//!   past the checkpoint when loading them.
+//!   past the checkpoint when loading them. Users at rest for `pipeline.compact_idle_ms` stay
+//!   cached in a compressed form ([`compact`]).
 //! - The writer ([`writer`]) is the only redb writer: it commits many shards' work in one
 //!   durable transaction, then acknowledges (HTTP replies, WS `ack` frames straight into the
 //!   socket's outbound queue) and pushes adjustments. An event is acknowledged only after that
 //!   commit.
 
+mod compact;
 pub mod decision;
 mod indexer;
 mod shard;

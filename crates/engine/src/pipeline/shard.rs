@@ -10,7 +10,8 @@
 //! Also here: deduplication of event ids (in-flight ids in memory, committed ones in the
 //! store's `seen` table, one read snapshot per drain), the timer heap for users with an ongoing
 //! hover or dwell, checkpoints of dirty users (every `pipeline.checkpoint_ms`, on eviction and
-//! at shutdown), and recovery after an unclean stop.
+//! at shutdown), the compact form of users at rest (`pipeline.compact_idle_ms`,
+//! [`super::compact`]) and recovery after an unclean stop.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
 
+use super::compact::{Compact, Packer};
 use super::indexer::Barrier;
 use super::writer::{After, Failed, Work, WriterMsg};
 use super::{EraseCounts, EventsReply, IngestOutcome, PipelineError, Reply, ShardMsg};
@@ -132,6 +134,14 @@ pub(crate) struct Shard {
     /// Boxed: the table holds pointers, so its spare capacity (up to half of it) costs 8
     /// bytes a slot rather than a whole entry.
     users: HashMap<UserKey, Box<Entry>>,
+    /// Cached users at rest, in their compact form (counted as cached, with `users`).
+    compact: HashMap<UserKey, Compact>,
+    /// When the next pass over `users` for ones at rest is due.
+    next_compact: i64,
+    packer: Packer,
+    /// Estimated bytes of entries made compact since the allocator was last asked to return
+    /// freed pages.
+    freed_since_release: usize,
     timers: BinaryHeap<Reverse<(i64, UserKey)>>,
     /// Users in the order they became dirty: (since, user).
     dirty: VecDeque<(i64, UserKey)>,
@@ -171,6 +181,15 @@ fn entry_bytes(e: &Entry) -> usize {
         + e.learn.heap_bytes()
         + std::mem::size_of::<(UserKey, Box<Entry>)>()
 }
+
+/// Users made compact in one go (at about 5 µs each, a few ms of the shard's time).
+const COMPACT_CHUNK: usize = 512;
+
+/// Freed memory is returned to the OS once a compaction pass is through, if at least this much
+/// was freed since the last time: a forced collection walks the thread's heap and unmaps what
+/// is free, 5 – 15 ms of the shard's time after 40 000 users (BENCHMARKS.md), so not for a
+/// handful of users. Until then the allocator reuses the freed pages.
+const RELEASE_AFTER: usize = 4 << 20;
 
 /// The shard's read snapshot, opened on first use and kept across drains until a write
 /// transaction commits (then the next drain opens a fresh one): at a few messages per drain,
@@ -246,6 +265,10 @@ impl Shard {
         Shard {
             p,
             users: HashMap::new(),
+            compact: HashMap::new(),
+            next_compact: 0,
+            packer: Packer::default(),
+            freed_since_release: 0,
             timers: BinaryHeap::new(),
             dirty: VecDeque::new(),
             quarantine: HashMap::new(),
@@ -307,6 +330,7 @@ impl Shard {
             self.fire_timers(&mut snap);
             self.checkpoint_due(false);
             self.flush();
+            self.compact_idle();
         }
         // Shutdown: every dirty user is checkpointed, so the next start replays nothing.
         self.checkpoint_due(true);
@@ -321,10 +345,114 @@ impl Shard {
             .dirty
             .front()
             .map(|(since, _)| since + self.p.cfg.pipeline.checkpoint_ms);
-        match (timer, ckpt) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let compact = (self.p.cfg.pipeline.compact_idle_ms > 0 && !self.users.is_empty())
+            .then_some(self.next_compact);
+        [timer, ckpt, compact].into_iter().flatten().min()
+    }
+
+    /// Puts the users at rest for `pipeline.compact_idle_ms` into their compact form: a pass
+    /// over the full entries at most every half of that, [`COMPACT_CHUNK`] users at a time (the
+    /// next chunk after the messages queued meanwhile).
+    fn compact_idle(&mut self) {
+        let after = self.p.cfg.pipeline.compact_idle_ms as i64;
+        let now = self.now();
+        if after <= 0 || self.users.is_empty() || now < self.next_compact {
+            return;
         }
+        let t = Instant::now();
+        let committed = self.committed();
+        let rest: Vec<UserKey> = self
+            .users
+            .iter_mut()
+            .filter_map(|(k, e)| {
+                prune(e, committed);
+                let at_rest = e.dirty_since.is_none()
+                    && e.timer.is_none()
+                    && e.pending.is_empty()
+                    && e.last_op <= committed
+                    && now - e.last_used >= after;
+                at_rest.then_some(*k)
+            })
+            .take(COMPACT_CHUNK)
+            .collect();
+        let more = rest.len() == COMPACT_CHUNK;
+        self.next_compact = if more {
+            now
+        } else {
+            now + (after / 2).max(100)
+        };
+        let (mut bytes, mut was, mut made) = (0usize, 0usize, 0i64);
+        for k in &rest {
+            let e = &self.users[k];
+            let Some(c) = self.packer.pack(&e.state, e.last_used, e.stored) else {
+                continue; // compression failed: it stays as it is
+            };
+            was += entry_bytes(e);
+            bytes += c.bytes();
+            made += 1;
+            self.users.remove(k);
+            self.compact.insert(*k, c);
+        }
+        if made > 0 {
+            // A table that held a burst's users keeps its size when they leave: give it back.
+            if self.users.capacity() > 4 * self.users.len().max(64) {
+                self.users.shrink_to_fit();
+            }
+            self.p.metrics.users_compact.add(made);
+            self.freed_since_release += was;
+        }
+        // Not while messages wait: a later pass does it.
+        let release = !more && self.freed_since_release >= RELEASE_AFTER && self.p.rx.is_empty();
+        if release {
+            self.freed_since_release = 0;
+            trimtab_util::memory::release();
+        } else if made == 0 {
+            return;
+        }
+        tracing::debug!(
+            shard = self.p.idx,
+            users = made,
+            bytes,
+            was,
+            released = release,
+            us = t.elapsed().as_micros() as u64,
+            "users at rest made compact"
+        );
+    }
+
+    /// Takes a compact user back into a full entry (`false` when it was not compact).
+    fn expand(&mut self, user: &UserKey) -> bool {
+        let Some(c) = self.compact.remove(user) else {
+            return false;
+        };
+        self.p.metrics.users_compact.dec();
+        // Its key is in the key store (an erasure takes the user from here first).
+        let (Some(state), Some(sealer)) =
+            (self.packer.unpack(&c), self.p.store.existing_sealer(user))
+        else {
+            // Made by this process a moment ago: cannot happen; the store has the state.
+            tracing::error!(user = %user.short(), "a compact user does not unpack; loading it from the store");
+            self.p.metrics.users_cached.dec();
+            return false;
+        };
+        self.users.insert(
+            *user,
+            Box::new(Entry {
+                state,
+                sealer,
+                learn: LearnCache::default(),
+                pending: Vec::new(),
+                ckpt_op: 0,
+                covered: 0,
+                stored: c.stored(),
+                // Every write of it was indexed when it was made compact.
+                last_op: 0,
+                last_used: c.last_used(),
+                timer: None,
+                dirty_since: None,
+            }),
+        );
+        true
     }
 
     /// Hands the drain's work to the writer.
@@ -432,6 +560,10 @@ impl Shard {
         if self.users.remove(&user).is_some() {
             self.p.metrics.users_cached.dec();
         }
+        if self.compact.remove(&user).is_some() {
+            self.p.metrics.users_cached.dec();
+            self.p.metrics.users_compact.dec();
+        }
         self.limbo.remove(&user);
         self.quarantine.remove(&user);
         let had_key = self.p.store.detach_key(&user).is_some();
@@ -516,7 +648,7 @@ impl Shard {
                 ));
             }
         }
-        if !self.users.contains_key(user) {
+        if !self.users.contains_key(user) && !self.expand(user) {
             if let Some((_, e)) = self.limbo.remove(user) {
                 self.evict_if_full();
                 self.users.insert(*user, e);
@@ -644,17 +776,19 @@ impl Shard {
     fn evict_if_full(&mut self) {
         let cap = self.p.cfg.pipeline.user_cache.max(1);
         self.since_size_check += 1;
-        let full = self.users.len() >= cap;
+        let cached = self.users.len() + self.compact.len();
+        let full = cached >= cap;
         // In bytes too (`pipeline.user_cache_mb`, shared by the shards): a count alone lets a
         // cache of unusually large states grow without bound.
         let budget =
             (self.p.cfg.pipeline.user_cache_mb.max(1) << 20) / self.p.cfg.shard_count().max(1);
         let mut excess = 0usize;
         let mut bytes = 0usize;
-        let due = SIZE_CHECK_EVERY.max(self.users.len() / 16);
+        let due = SIZE_CHECK_EVERY.max(cached / 16);
         if full || self.since_size_check >= due {
             self.since_size_check = 0;
-            bytes = self.users.values().map(|e| entry_bytes(e)).sum();
+            bytes = self.users.values().map(|e| entry_bytes(e)).sum::<usize>()
+                + self.compact.values().map(Compact::bytes).sum::<usize>();
             if bytes > budget {
                 // Down to 90% of the budget, so that the next few users do not evict again.
                 excess = bytes - budget / 10 * 9;
@@ -673,11 +807,13 @@ impl Shard {
             return;
         }
         let committed = self.committed();
+        // Compact users are at rest, clean: dropped without a checkpoint.
         let mut idle: Vec<(i64, UserKey)> = self
             .users
             .iter()
             .filter(|(_, e)| e.last_op <= committed && e.timer.is_none())
             .map(|(k, e)| (e.last_used, *k))
+            .chain(self.compact.iter().map(|(k, c)| (c.last_used(), *k)))
             .collect();
         idle.sort_unstable();
         // The checkpoints written here go out in a Work whose op is at least this one.
@@ -691,7 +827,12 @@ impl Shard {
             if evicted >= by_count && freed >= excess {
                 break;
             }
-            if let Some(mut e) = self.users.remove(&k) {
+            if let Some(c) = self.compact.remove(&k) {
+                evicted += 1;
+                freed += c.bytes();
+                self.p.metrics.users_cached.dec();
+                self.p.metrics.users_compact.dec();
+            } else if let Some(mut e) = self.users.remove(&k) {
                 evicted += 1;
                 freed += entry_bytes(&e);
                 if e.dirty_since.is_some() {
@@ -1078,6 +1219,12 @@ impl Shard {
                 self.p.metrics.users_cached.dec();
                 self.quarantine
                     .insert(u, (e.last_op.max(f.op), e.state.next_seq));
+            }
+            if let Some(c) = self.compact.remove(&u) {
+                self.p.metrics.users_cached.dec();
+                self.p.metrics.users_compact.dec();
+                let next_seq = self.packer.unpack(&c).map_or(0, |s| s.next_seq);
+                self.quarantine.insert(u, (f.op, next_seq));
             }
         }
     }

@@ -251,6 +251,105 @@ fn the_user_cache_is_bounded_in_bytes_not_only_in_count() {
     e.stop();
 }
 
+#[test]
+fn users_at_rest_are_held_compact_and_come_back_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config {
+        data: dir.path().join("data"),
+        scripts: dir.path().join("scripts"),
+        models: dir.path().join("models"),
+        shards: 2,
+        pipeline: crate::config::PipelineConfig {
+            compact_idle_ms: 100,
+            checkpoint_ms: 20,
+            index_ms: 2,
+            user_cache: 30,
+            ..Default::default()
+        },
+        ..Config::default()
+    };
+    let e = Engine::open(Arc::new(cfg))
+        .unwrap()
+        .start(Pseudonymizer::new([3; 32]))
+        .unwrap();
+    let now = trimtab_util::now_ms();
+    let clicks = |u: usize, ids: &[usize]| -> Vec<Event> {
+        let evs: Vec<Value> = ids
+            .iter()
+            .map(|t| {
+                json!({"id": format!("u{u}-{t}"), "type": "click", "target": format!("t-{t}"),
+                       "session": "s", "ts": now, "props": {},
+                       "consent": {"analytics": true, "personalization": true}})
+            })
+            .collect();
+        let body = json!({ "events": evs }).to_string();
+        parse_batch(body.as_bytes(), &Limits::default(), now)
+            .unwrap()
+            .events
+            .into_iter()
+            .map(|i| i.event)
+            .collect()
+    };
+    let users: Vec<UserKey> = (0..40)
+        .map(|u| e.pseudo.user(&format!("rest-{u}")))
+        .collect();
+    for (u, k) in users.iter().enumerate() {
+        answer(e.pipeline.submit_events(vec![(*k, clicks(u, &[0, 1, 2]))]));
+    }
+    let before: Vec<_> = users
+        .iter()
+        .map(|k| answer(e.pipeline.peek(*k)).expect("known"))
+        .collect();
+    let wait_compact = |n: i64| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while e.metrics.users_compact.get() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} of {n} users compact",
+                e.metrics.users_compact.get()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    // Checkpointed, indexed, idle for 100 ms: every one is compact, and still cached.
+    wait_compact(40);
+    assert_eq!(e.metrics.users_cached.get(), 40);
+    // Taken back exactly as they were.
+    for (k, want) in users.iter().zip(&before) {
+        let got = answer(e.pipeline.peek(*k)).expect("still known");
+        assert_eq!(got, *want);
+    }
+    wait_compact(40);
+    // Their old ids are still duplicates (their `seen` rows answer), new ones are taken.
+    for (u, k) in users.iter().enumerate() {
+        let out = answer(e.pipeline.submit_events(vec![(*k, clicks(u, &[2, 3]))]));
+        assert_eq!((out.accepted, out.duplicates), (1, 1), "user {u}");
+    }
+    assert_eq!(e.metrics.users_cached.get(), 40);
+    let got = answer(e.pipeline.export(users[7])).expect("exported");
+    assert_eq!(got.events.len(), 4);
+    assert_eq!(got.state["events"], 4, "{}", got.state);
+    // Compact again once at rest; erasure of a compact user takes it from the cache.
+    wait_compact(40);
+    assert!(answer(e.pipeline.erase(users[0])).key);
+    assert_eq!(e.metrics.users_cached.get(), 39);
+    assert_eq!(e.metrics.users_compact.get(), 39);
+    assert!(answer(e.pipeline.export(users[0])).is_none());
+    // Compact users count against the cache's cap: 40 more users evict the least recently
+    // used, compact ones included, and an evicted one loads from the store whole.
+    for u in 0..40 {
+        let k = e.pseudo.user(&format!("late-{u}"));
+        answer(e.pipeline.submit_events(vec![(k, clicks(100 + u, &[0]))]));
+    }
+    let cached = e.metrics.users_cached.get();
+    assert!(cached <= 60, "{cached} cached with a cap of 30 per shard");
+    assert!(e.metrics.users_compact.get() < 39);
+    let got = answer(e.pipeline.export(users[9])).expect("exported");
+    assert_eq!(got.events.len(), 4);
+    assert_eq!(got.state["events"], 4, "{}", got.state);
+    e.stop();
+}
+
 /// Waits for a queued request's answer.
 fn answer<T>(p: Result<super::Pending<T>, SubmitError>) -> T {
     p.expect("queued")
