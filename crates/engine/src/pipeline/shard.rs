@@ -110,6 +110,25 @@ struct Entry {
     dirty_since: Option<i64>,
 }
 
+impl Entry {
+    /// An entry taken into the cache: nothing pending, no checkpoint in flight, no timer, clean.
+    fn new(state: UserState, sealer: Sealer, stored: bool, last_used: i64) -> Entry {
+        Entry {
+            state,
+            sealer,
+            learn: LearnCache::default(),
+            pending: Vec::new(),
+            ckpt_op: 0,
+            covered: 0,
+            stored,
+            last_op: 0,
+            last_used,
+            timer: None,
+            dirty_since: None,
+        }
+    }
+}
+
 pub(crate) struct ShardParts {
     pub idx: usize,
     pub rx: Receiver<ShardMsg>,
@@ -435,23 +454,9 @@ impl Shard {
             self.p.metrics.users_cached.dec();
             return false;
         };
-        self.users.insert(
-            *user,
-            Box::new(Entry {
-                state,
-                sealer,
-                learn: LearnCache::default(),
-                pending: Vec::new(),
-                ckpt_op: 0,
-                covered: 0,
-                stored: c.stored(),
-                // Every write of it was indexed when it was made compact.
-                last_op: 0,
-                last_used: c.last_used(),
-                timer: None,
-                dirty_since: None,
-            }),
-        );
+        // Every write of it was indexed when it was made compact: `last_op` 0 will do.
+        let e = Entry::new(state, sealer, c.stored(), c.last_used());
+        self.users.insert(*user, Box::new(e));
         true
     }
 
@@ -600,17 +605,8 @@ impl Shard {
         let now = self.now();
         let sealer = self.p.store.sealer(&user);
         let mut e = Box::new(Entry {
-            state,
-            sealer,
-            learn: LearnCache::default(),
-            pending: Vec::new(),
-            ckpt_op: 0,
-            covered: 0,
-            stored: true,
             last_op: self.op,
-            last_used: now,
-            timer: None,
-            dirty_since: None,
+            ..Entry::new(state, sealer, true, now)
         });
         let mut rows = checkpoint_rows(&user, &mut e);
         for (id, plain) in &image.decisions {
@@ -659,19 +655,9 @@ impl Shard {
             let loaded = self.load(user, snap)?;
             let entry = match loaded {
                 Some(e) => e,
-                None if create => Entry {
-                    state: UserState::default(),
-                    sealer: self.p.store.sealer(user),
-                    learn: LearnCache::default(),
-                    pending: Vec::new(),
-                    ckpt_op: 0,
-                    covered: 0,
-                    stored: false,
-                    last_op: 0,
-                    last_used: now,
-                    timer: None,
-                    dirty_since: None,
-                },
+                None if create => {
+                    Entry::new(UserState::default(), self.p.store.sealer(user), false, now)
+                }
                 None => return Ok(None),
             };
             self.evict_if_full();
@@ -733,17 +719,9 @@ impl Shard {
         // Kept until a checkpoint after this load is indexed.
         let pending = l.tail_ids.iter().map(trimtab_store::fingerprint).collect();
         Ok(Some(Entry {
-            state,
-            sealer: l.sealer,
-            learn: LearnCache::default(),
             pending,
-            ckpt_op: 0,
-            covered: 0,
-            stored: true,
-            last_op: 0,
-            last_used: self.now(),
-            timer: None,
             dirty_since: replayed.then(|| self.now()),
+            ..Entry::new(state, l.sealer, true, self.now())
         }))
     }
 

@@ -15,17 +15,42 @@ use crate::delivery::Outbound;
 use crate::Engine;
 
 fn engine(dir: &std::path::Path) -> Engine {
+    engine_with(dir, crate::config::PipelineConfig::default())
+}
+
+/// An engine of two shards over `dir` with these pipeline settings.
+fn engine_with(dir: &std::path::Path, pipeline: crate::config::PipelineConfig) -> Engine {
     let cfg = Config {
         data: dir.join("data"),
         scripts: dir.join("scripts"),
         models: dir.join("models"),
         shards: 2,
+        pipeline,
         ..Config::default()
     };
     Engine::open(Arc::new(cfg))
         .unwrap()
         .start(Pseudonymizer::new([3; 32]))
         .unwrap()
+}
+
+/// Parsed clicks of user number `u` on `target-{t}` for each `t`, with ids `u{u}-{t}`.
+fn clicks(u: usize, targets: impl IntoIterator<Item = usize>, now: i64) -> Vec<Event> {
+    let evs: Vec<Value> = targets
+        .into_iter()
+        .map(|t| {
+            json!({"id": format!("u{u}-{t}"), "type": "click", "target": format!("target-{t}"),
+                   "session": "s", "ts": now, "props": {},
+                   "consent": {"analytics": true, "personalization": true}})
+        })
+        .collect();
+    let body = json!({ "events": evs }).to_string();
+    parse_batch(body.as_bytes(), &Limits::default(), now)
+        .unwrap()
+        .events
+        .into_iter()
+        .map(|i| i.event)
+        .collect()
 }
 
 /// Parsed events of `user` with these ids (custom events, full consent).
@@ -180,42 +205,21 @@ fn a_socket_s_batch_is_acknowledged_in_its_own_queue_after_the_commit() {
 #[test]
 fn the_user_cache_is_bounded_in_bytes_not_only_in_count() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = Config {
-        data: dir.path().join("data"),
-        scripts: dir.path().join("scripts"),
-        models: dir.path().join("models"),
-        shards: 2,
-        pipeline: crate::config::PipelineConfig {
+    let e = engine_with(
+        dir.path(),
+        crate::config::PipelineConfig {
             user_cache_mb: 1,
             // Users are evictable once their rows are indexed: index at once.
             index_ms: 2,
             ..Default::default()
         },
-        ..Config::default()
-    };
-    let e = Engine::open(Arc::new(cfg))
-        .unwrap()
-        .start(Pseudonymizer::new([3; 32]))
-        .unwrap();
+    );
     // Each user clicks 60 different targets: a few KiB of state each, far below the count cap
     // (50 000 per shard) and, for 1 200 users, several times the 1 MiB budget.
     let now = trimtab_util::now_ms();
     let users = 1200;
     for u in 0..users {
-        let evs: Vec<Value> = (0..60)
-            .map(|t| {
-                json!({"id": format!("u{u}-{t}"), "type": "click", "target": format!("target-{t}"),
-                       "session": "s", "ts": now, "props": {},
-                       "consent": {"analytics": true, "personalization": true}})
-            })
-            .collect();
-        let body = json!({ "events": evs }).to_string();
-        let evs = parse_batch(body.as_bytes(), &Limits::default(), now)
-            .unwrap()
-            .events
-            .into_iter()
-            .map(|i| i.event)
-            .collect();
+        let evs = clicks(u as usize, 0..60, now);
         e.pipeline
             .submit_events(vec![(e.pseudo.user(&format!("user-{u}")), evs)])
             .unwrap()
@@ -254,42 +258,18 @@ fn the_user_cache_is_bounded_in_bytes_not_only_in_count() {
 #[test]
 fn users_at_rest_are_held_compact_and_come_back_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = Config {
-        data: dir.path().join("data"),
-        scripts: dir.path().join("scripts"),
-        models: dir.path().join("models"),
-        shards: 2,
-        pipeline: crate::config::PipelineConfig {
+    let e = engine_with(
+        dir.path(),
+        crate::config::PipelineConfig {
             compact_idle_ms: 100,
             checkpoint_ms: 20,
             index_ms: 2,
             user_cache: 30,
             ..Default::default()
         },
-        ..Config::default()
-    };
-    let e = Engine::open(Arc::new(cfg))
-        .unwrap()
-        .start(Pseudonymizer::new([3; 32]))
-        .unwrap();
+    );
     let now = trimtab_util::now_ms();
-    let clicks = |u: usize, ids: &[usize]| -> Vec<Event> {
-        let evs: Vec<Value> = ids
-            .iter()
-            .map(|t| {
-                json!({"id": format!("u{u}-{t}"), "type": "click", "target": format!("t-{t}"),
-                       "session": "s", "ts": now, "props": {},
-                       "consent": {"analytics": true, "personalization": true}})
-            })
-            .collect();
-        let body = json!({ "events": evs }).to_string();
-        parse_batch(body.as_bytes(), &Limits::default(), now)
-            .unwrap()
-            .events
-            .into_iter()
-            .map(|i| i.event)
-            .collect()
-    };
+    let clicks = |u: usize, ids: &[usize]| clicks(u, ids.iter().copied(), now);
     let users: Vec<UserKey> = (0..40)
         .map(|u| e.pseudo.user(&format!("rest-{u}")))
         .collect();
