@@ -447,6 +447,71 @@ fn records_past_a_checkpoint_are_found_again_after_a_crash() {
     assert_eq!(store.export(&b).unwrap().unwrap().events.len(), 2);
 }
 
+/// An append larger than the appender's write chunk is written out as it goes: undone whole
+/// when dropped unfinished (the segment cut back to where it started), and when kept, every
+/// record reads back by scan and by location, the ones written out early and the rest.
+#[test]
+fn event_store_appends_past_the_write_chunk_are_undone_or_kept_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let ev_dir = dir.path().join("ev");
+    let u = UserKey([42; 16]);
+    let log = events::EventLog::open_sized(&ev_dir, 0, 64 << 20).unwrap();
+    let record = |i: u64| vec![(i % 251) as u8; 1000 + (i % 7) as usize];
+    let n = (3 * events::WRITE_CHUNK / 1000) as u64;
+    let mut app = log.begin();
+    app.push(events::Kind::Event, &RowId(u.0), 0, &[0; 16], b"first")
+        .unwrap();
+    app.sync().unwrap();
+    app.finish();
+    let seg = std::fs::read_dir(&ev_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "evs"))
+        .unwrap();
+    let len_before = std::fs::metadata(&seg).unwrap().len();
+    // Past three chunks, synced, dropped unfinished: nothing of it stays.
+    let mut app = log.begin();
+    for i in 1..=n {
+        app.push(events::Kind::Event, &RowId(u.0), i, &[1; 16], &record(i))
+            .unwrap();
+    }
+    assert!(std::fs::metadata(&seg).unwrap().len() > len_before + 2 * events::WRITE_CHUNK as u64);
+    app.sync().unwrap();
+    drop(app);
+    assert_eq!(log.end(), 1);
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), len_before);
+    // The same, kept.
+    let mut app = log.begin();
+    let mut locs = Vec::new();
+    for i in 1..=n {
+        locs.push(
+            app.push(events::Kind::Event, &RowId(u.0), i, &[1; 16], &record(i))
+                .unwrap(),
+        );
+    }
+    app.sync().unwrap();
+    app.finish();
+    assert_eq!(log.end(), n + 1);
+    let mut scanned = 0u64;
+    log.scan(1, |r| {
+        scanned += 1;
+        assert_eq!((r.n, r.seq), (scanned, scanned));
+        assert_eq!(r.sealed, &record(scanned)[..]);
+        true
+    })
+    .unwrap();
+    assert_eq!(scanned, n);
+    let mut read = Vec::new();
+    log.read_at(&locs, |r| read.push((r.seq, r.sealed.to_vec())))
+        .unwrap();
+    assert_eq!(read.len(), n as usize);
+    assert!(read.iter().all(|(seq, b)| *b == record(*seq)));
+    // And after a reopen.
+    drop(log);
+    let log = events::EventLog::open_sized(&ev_dir, n + 1, 64 << 20).unwrap();
+    assert_eq!(log.end(), n + 1);
+}
+
 /// Records appended to the event store by a transaction that never committed (a crash between
 /// the event store's fsync and redb's commit) are cut off at open; the log applies them again.
 #[test]

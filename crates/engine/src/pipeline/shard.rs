@@ -182,6 +182,9 @@ pub(crate) struct Shard {
     committed: u64,
     /// Users taken into the cache since its size in bytes was last estimated.
     since_size_check: usize,
+    /// This shard's part of `pipeline.user_cache_mb`, in bytes (worked out once: the shard
+    /// count may come from the machine's CPU quota, which is files to read).
+    cache_budget: usize,
     /// The input being run pushes nothing to pages (events a cluster node catches up on).
     quiet: bool,
 }
@@ -281,6 +284,7 @@ impl Shard {
             shard: p.idx,
             ..Work::default()
         };
+        let cache_budget = (p.cfg.pipeline.user_cache_mb.max(1) << 20) / p.cfg.shard_count().max(1);
         Shard {
             p,
             users: HashMap::new(),
@@ -298,6 +302,7 @@ impl Shard {
             work,
             committed: 0,
             since_size_check: 0,
+            cache_budget,
             quiet: false,
         }
     }
@@ -758,8 +763,7 @@ impl Shard {
         let full = cached >= cap;
         // In bytes too (`pipeline.user_cache_mb`, shared by the shards): a count alone lets a
         // cache of unusually large states grow without bound.
-        let budget =
-            (self.p.cfg.pipeline.user_cache_mb.max(1) << 20) / self.p.cfg.shard_count().max(1);
+        let budget = self.cache_budget;
         let mut excess = 0usize;
         let mut bytes = 0usize;
         let due = SIZE_CHECK_EVERY.max(cached / 16);
