@@ -130,9 +130,9 @@ pub struct Detached {
 
 #[derive(Default)]
 struct Keys {
-    by_user: HashMap<UserKey, Held>,
+    by_user: crate::KeyMap<UserKey, Held>,
     /// The user of every row id whose key is in memory (current or detached).
-    by_row: HashMap<RowId, UserKey>,
+    by_row: crate::KeyMap<RowId, UserKey>,
     /// Keys detached from their users and not yet zeroed on disk, by slot: they stay known
     /// until [`KeyStore::shred`] has overwritten them, so that a failed overwrite can be
     /// retried instead of the key surviving on disk unnoticed.

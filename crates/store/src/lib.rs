@@ -72,7 +72,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use events::Kind;
 
 use trimtab_privacy::keystore::KeyStoreError;
-use trimtab_privacy::{KeyStore, RowId, UserKey};
+use trimtab_privacy::{KeyMap, KeyStore, RowId, UserKey};
 
 pub use read::{Loaded, Reader};
 pub use trimtab_privacy::keystore::Detached;
@@ -200,16 +200,16 @@ pub struct Store {
     decisions: events::EventLog,
     /// Indexer only: per user, where its decisions applied since its last checkpoint are in
     /// the decision log: the next checkpoint's row of `decision_index`.
-    pending_decisions: std::sync::Mutex<std::collections::HashMap<RowId, Vec<events::Location>>>,
+    pending_decisions: std::sync::Mutex<KeyMap<RowId, Vec<events::Location>>>,
     /// Users with records in the event store that their checkpoint does not cover → (the
     /// first such record, the highest seq among them) (see the module doc).
-    coverage: std::sync::Mutex<std::collections::HashMap<RowId, (u64, u64)>>,
+    coverage: std::sync::Mutex<KeyMap<RowId, (u64, u64)>>,
     /// After an unclean stop: the records past each uncovered user's checkpoint, read once at
     /// open, taken by the user's first load.
     recovered: std::sync::Mutex<std::collections::HashMap<RowId, Vec<events::Record>>>,
     /// Indexer only: per user, (seq, id fingerprint) of the events applied since its last
     /// checkpoint: the next checkpoint's run of `seen_runs`.
-    pending_ids: std::sync::Mutex<std::collections::HashMap<RowId, Vec<(u64, u64)>>>,
+    pending_ids: std::sync::Mutex<KeyMap<RowId, Vec<(u64, u64)>>>,
     keys: Arc<KeyStore>,
     path: PathBuf,
     /// Whether the previous process stopped gracefully (every user checkpointed).

@@ -9,7 +9,7 @@ use super::{
     HEADS, LEARN, SEEN_RUNS, STATS, USERS,
 };
 use trimtab_privacy::keystore::Detached;
-use trimtab_privacy::{RowId, UserKey};
+use trimtab_privacy::{KeyMap, RowId, UserKey};
 
 /// Everything one group commit writes for one user; every value is already sealed with the
 /// user's key (shards seal, so that work is spread over their threads), and filed under the
@@ -106,7 +106,8 @@ impl Store {
         // these batches (copied from `pending_ids`, written back only once committed), and
         // the ids each checkpoint here covers: the users' new runs.
         let mut pend = self.pending_ids.lock().unwrap_or_else(|p| p.into_inner());
-        let mut ids: std::collections::HashMap<RowId, Vec<(u64, u64)>> = Default::default();
+        let mut ids: KeyMap<RowId, Vec<(u64, u64)>> = Default::default();
+        ids.reserve(rows.len());
         let mut new_runs: std::collections::BTreeMap<[u8; 16], Vec<u64>> = Default::default();
         // Decisions go to the decision log; where each is stays pending per user (copied
         // from `pending_decisions`, written back once committed) until a checkpoint of the
@@ -116,7 +117,7 @@ impl Store {
             .pending_decisions
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let mut dlocs: std::collections::HashMap<RowId, Vec<Location>> = Default::default();
+        let mut dlocs: KeyMap<RowId, Vec<Location>> = Default::default();
         let mut dflush: std::collections::BTreeSet<[u8; 16]> = Default::default();
         for r in &rows {
             if !r.decisions.is_empty() || r.checkpoint.is_some() {
@@ -169,7 +170,8 @@ impl Store {
         // The coverage after these batches, for the users they touch: `Some((first uncovered
         // record, highest seq among the uncovered))`, or `None` once a checkpoint's head is
         // past every record of the user.
-        let mut delta: std::collections::HashMap<RowId, Option<(u64, u64)>> = Default::default();
+        let mut delta: KeyMap<RowId, Option<(u64, u64)>> = Default::default();
+        delta.reserve(marks.len());
         {
             let cov = self.coverage.lock().unwrap_or_else(|p| p.into_inner());
             for (u, m) in marks {

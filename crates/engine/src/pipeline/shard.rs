@@ -14,7 +14,7 @@
 //! [`super::compact`]) and recovery after an unclean stop.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,7 +36,7 @@ use crate::features::UserState;
 use crate::metrics::Metrics;
 use crate::segments::service::SegmentService;
 use trimtab_privacy::crypto::Sealer;
-use trimtab_privacy::{Pseudonymizer, Table, UserKey};
+use trimtab_privacy::{KeyMap, Pseudonymizer, Table, UserKey};
 use trimtab_rules::Rules;
 use trimtab_store::{Reader, Store, UserRows};
 use trimtab_wire::Event;
@@ -152,9 +152,9 @@ pub(crate) struct Shard {
     p: ShardParts,
     /// Boxed: the table holds pointers, so its spare capacity (up to half of it) costs 8
     /// bytes a slot rather than a whole entry.
-    users: HashMap<UserKey, Box<Entry>>,
+    users: KeyMap<UserKey, Box<Entry>>,
     /// Cached users at rest, in their compact form (counted as cached, with `users`).
-    compact: HashMap<UserKey, Compact>,
+    compact: KeyMap<UserKey, Compact>,
     /// When the next pass over `users` for ones at rest is due.
     next_compact: i64,
     packer: Packer,
@@ -166,12 +166,12 @@ pub(crate) struct Shard {
     dirty: VecDeque<(i64, UserKey)>,
     /// Users whose in-memory state was dropped after a failed commit: (op to wait for, the
     /// next seq to use) — reloaded once the writer has settled that op.
-    quarantine: HashMap<UserKey, (u64, u64)>,
+    quarantine: KeyMap<UserKey, (u64, u64)>,
     /// Users evicted with a checkpoint not yet indexed: (op of the eviction, the entry), kept
     /// until that op is indexed, so a user who comes back meanwhile is taken back as it was
     /// instead of loaded from a store whose checkpoint is older (which would mean scanning the
     /// event store for the records past it). In eviction order in `limbo_order`.
-    limbo: HashMap<UserKey, (u64, Box<Entry>)>,
+    limbo: KeyMap<UserKey, (u64, Box<Entry>)>,
     limbo_order: VecDeque<(u64, UserKey)>,
     /// Users with pending ids and the op of a checkpoint that covers them: pruned once it is
     /// indexed (an idle user keeps no ids).
@@ -287,15 +287,15 @@ impl Shard {
         let cache_budget = (p.cfg.pipeline.user_cache_mb.max(1) << 20) / p.cfg.shard_count().max(1);
         Shard {
             p,
-            users: HashMap::new(),
-            compact: HashMap::new(),
+            users: KeyMap::default(),
+            compact: KeyMap::default(),
             next_compact: 0,
             packer: Packer::default(),
             freed_since_release: 0,
             timers: BinaryHeap::new(),
             dirty: VecDeque::new(),
-            quarantine: HashMap::new(),
-            limbo: HashMap::new(),
+            quarantine: KeyMap::default(),
+            limbo: KeyMap::default(),
             limbo_order: VecDeque::new(),
             prune_after: VecDeque::new(),
             op: 0,
