@@ -33,6 +33,9 @@ pub struct Metrics {
     pub events_accepted: IntCounter,
     pub events_rejected: IntCounterVec,
     pub events_duplicate: IntCounter,
+    /// Reads of a cached user's stored event ids for deduplication (most batches are answered
+    /// by the user's filter without one).
+    pub dedup_reads: IntCounter,
     pub queue_depth: IntGaugeVec,
     /// 1 once the engine failed fatally, by kind (`storage`, `thread`): it is exiting.
     pub fatal: IntGaugeVec,
@@ -95,6 +98,14 @@ impl Metrics {
                 IntCounter::new(
                     "trimtab_events_duplicate_total",
                     "Retried events recognised by id and not stored again",
+                )
+                .expect(ok),
+            ),
+            dedup_reads: reg(
+                &r,
+                IntCounter::new(
+                    "trimtab_dedup_reads_total",
+                    "Store reads of a user's event ids for deduplication (a cached user's filter answers most batches without one)",
                 )
                 .expect(ok),
             ),

@@ -132,6 +132,34 @@ impl<'s> Reader<'s> {
         Ok(out)
     }
 
+    /// Every fingerprint of the user's stored event ids (its `seen_runs`), to `f`, in one range
+    /// read; stops early once `f` returns `false`.
+    pub fn seen_fps(
+        &self,
+        user: &UserKey,
+        mut f: impl FnMut(u64) -> bool,
+    ) -> Result<(), StoreError> {
+        let t = match self.seen.get() {
+            Some(t) => t,
+            None => {
+                let t = self.txn.open_table(SEEN_RUNS)?;
+                self.seen.get_or_init(|| t)
+            }
+        };
+        let Some(r) = self.store.keys.row(user) else {
+            return Ok(()); // no key: nothing stored
+        };
+        for row in t.range((r.0, 0u32)..=(r.0, u32::MAX))? {
+            let (_, run) = row?;
+            for c in super::run_fps(run.value()).chunks_exact(8) {
+                if !f(u64::from_le_bytes(c.try_into().expect("8 bytes"))) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// A stored learning record of the user, decrypted.
     pub fn learn_record(
         &self,

@@ -23,6 +23,7 @@ use crossbeam_channel::{select, Receiver, Sender};
 
 use super::compact::{Compact, Packer};
 use super::indexer::Barrier;
+use super::seen::{SeenFilter, CAPACITY};
 use super::writer::{After, Failed, Work, WriterMsg};
 use super::{EraseCounts, EventsReply, IngestOutcome, PipelineError, Reply, ShardMsg};
 use crate::bandits::learner::LearnMsg;
@@ -103,6 +104,8 @@ struct Entry {
     covered: u32,
     /// Whether the store may hold rows of this user (else its `seen` table has none).
     stored: bool,
+    /// Which ids the store holds for the user, when it is sure they are not there.
+    seen: SeenFilter,
     last_op: u64,
     last_used: i64,
     timer: Option<i64>,
@@ -121,6 +124,7 @@ impl Entry {
             ckpt_op: 0,
             covered: 0,
             stored,
+            seen: SeenFilter::default(),
             last_op: 0,
             last_used,
             timer: None,
@@ -902,9 +906,8 @@ impl Shard {
             .collect();
         let entry = self.entry(&user, snap, true)?.expect("created");
         prune(entry, committed);
-        let stored = entry.stored;
-        let seen = if stored {
-            snap.get()?.seen_many(&user, &hashes).map_err(storage)?
+        let seen = if entry.stored {
+            self.stored_ids(&user, &hashes, snap)?
         } else {
             vec![false; hashes.len()]
         };
@@ -929,6 +932,41 @@ impl Shard {
             }
         }
         Ok((accepted, duplicates))
+    }
+
+    /// For each id hash: whether the store holds it for this cached user. The user's filter
+    /// answers when it is sure; else one read — which fills the filter if it is not built.
+    fn stored_ids(
+        &mut self,
+        user: &UserKey,
+        hashes: &[[u8; 16]],
+        snap: &mut Snap<'_>,
+    ) -> Result<Vec<bool>, PipelineError> {
+        let entry = self.users.get_mut(user).expect("entry present");
+        let fps: Vec<u64> = hashes.iter().map(trimtab_store::fingerprint).collect();
+        if entry.seen.usable() && !fps.iter().any(|f| entry.seen.may_hold(*f)) {
+            return Ok(vec![false; fps.len()]);
+        }
+        self.p.metrics.dedup_reads.inc();
+        if entry.seen.built() {
+            return snap.get()?.seen_many(user, hashes).map_err(storage);
+        }
+        // Not built: every stored id, unless there are more than the filter holds well (then
+        // it stays unusable and the batch is answered by the usual read).
+        let mut stored = Vec::new();
+        let mut all = true;
+        snap.get()?
+            .seen_fps(user, |fp| {
+                stored.push(fp);
+                all = stored.len() <= CAPACITY as usize;
+                all
+            })
+            .map_err(storage)?;
+        entry.seen.build(stored.iter().copied());
+        if !all {
+            return snap.get()?.seen_many(user, hashes).map_err(storage);
+        }
+        Ok(fps.iter().map(|f| stored.contains(f)).collect())
     }
 
     fn decide(
@@ -1263,7 +1301,10 @@ impl Shard {
 fn prune(e: &mut Entry, committed: u64) {
     if committed >= e.ckpt_op && e.covered > 0 {
         let n = (e.covered as usize).min(e.pending.len());
-        e.pending.drain(..n);
+        // In the store now: the filter must say so.
+        for fp in e.pending.drain(..n) {
+            e.seen.insert(fp);
+        }
         e.covered = 0;
         if e.pending.is_empty() {
             e.pending = Vec::new();

@@ -330,6 +330,85 @@ fn users_at_rest_are_held_compact_and_come_back_exactly() {
     e.stop();
 }
 
+/// Deduplication answers exactly whether a cached user's ids are pending, stored or new, and a
+/// user's filter of stored ids spares the store read for batches of new ids: one read fills
+/// it, later batches of new ids read nothing; a user with more stored ids than the filter holds
+/// well reads for every batch again; after a restart the filter is filled anew.
+#[test]
+fn duplicates_are_exact_and_new_ids_skip_the_store_read() {
+    let dir = tempfile::tempdir().unwrap();
+    // Checkpoints only when the test asks (`filed`) or at shutdown: what the filter holds at
+    // each step is then fixed (and with it, since the test's ids hash the same every run,
+    // whether a new id is a false "maybe").
+    let settings = || crate::config::PipelineConfig {
+        checkpoint_ms: 3_600_000,
+        index_ms: 2,
+        ..Default::default()
+    };
+    let e = engine_with(dir.path(), settings());
+    let now = trimtab_util::now_ms();
+    let u = e.pseudo.user("dedup");
+    let send = |e: &Engine, ids: std::ops::Range<usize>| {
+        let out = answer(e.pipeline.submit_events(vec![(u, clicks(0, ids, now))]));
+        (out.accepted, out.duplicates)
+    };
+    let reads = |e: &Engine| e.metrics.dedup_reads.get();
+    // Every user checkpointed and the checkpoints indexed: pending ids are filed at the
+    // user's next input.
+    let filed = |e: &Engine| {
+        assert!(e
+            .pipeline
+            .checkpoint_all(std::time::Duration::from_secs(20)))
+    };
+    assert_eq!(send(&e, 0..10), (10, 0));
+    assert_eq!(reads(&e), 0, "a new user has nothing stored to read");
+    // The second batch reads once, filling the filter; pending or stored, old ids are caught.
+    assert_eq!(send(&e, 5..15), (5, 5));
+    assert_eq!(reads(&e), 1);
+    filed(&e);
+    for round in 0..5 {
+        let from = 15 + 10 * round;
+        assert_eq!(send(&e, from..from + 10), (10, 0), "round {round}");
+    }
+    assert_eq!(reads(&e), 1, "batches of new ids read nothing");
+    assert_eq!(send(&e, 0..65), (0, 65), "every id a duplicate");
+    // 65 stored and pending; 20 more take it past what the filter holds: once they are filed,
+    // every batch reads (and still answers exactly).
+    assert_eq!(send(&e, 65..85), (20, 0));
+    filed(&e);
+    let r = reads(&e);
+    assert_eq!(send(&e, 85..90), (5, 0));
+    assert_eq!(send(&e, 90..95), (5, 0));
+    assert_eq!(reads(&e), r + 2, "a saturated filter reads for every batch");
+    assert_eq!(send(&e, 0..95), (0, 95));
+    e.stop();
+    drop(e);
+    // After a restart: old ids are duplicates (one read fills the filter again), new ones
+    // are taken; a user with few ids reads once, then not for new ids.
+    let e = engine_with(dir.path(), settings());
+    assert_eq!(send(&e, 90..100), (5, 5));
+    let v = e.pseudo.user("dedup-few");
+    let few = |e: &Engine, ids: std::ops::Range<usize>| {
+        let out = answer(e.pipeline.submit_events(vec![(v, clicks(1, ids, now))]));
+        (out.accepted, out.duplicates)
+    };
+    assert_eq!(few(&e, 0..5), (5, 0));
+    e.stop();
+    drop(e);
+    let e = engine_with(dir.path(), settings());
+    let r = reads(&e);
+    assert_eq!(few(&e, 3..8), (3, 2));
+    assert_eq!(reads(&e), r + 1);
+    assert_eq!(few(&e, 8..20), (12, 0));
+    assert_eq!(
+        reads(&e),
+        r + 1,
+        "filled from the store, the filter answers new ids"
+    );
+    assert_eq!(few(&e, 0..20), (0, 20));
+    e.stop();
+}
+
 /// Waits for a queued request's answer.
 fn answer<T>(p: Result<super::Pending<T>, SubmitError>) -> T {
     p.expect("queued")
