@@ -61,6 +61,7 @@
 
 mod events;
 mod read;
+mod sealed_bytes;
 mod wal;
 mod write;
 

@@ -23,14 +23,19 @@ pub struct UserRows {
     pub user: UserKey,
     /// (seq, keyed id hash, sealed event): appended to the log; the id joins the user's
     /// `seen_runs` with the next checkpoint.
+    #[serde(with = "super::sealed_bytes::events")]
     pub events: Vec<(u64, [u8; 16], Vec<u8>)>,
     /// (seq, sealed journal record).
+    #[serde(with = "super::sealed_bytes::keyed")]
     pub journal: Vec<(u64, Vec<u8>)>,
     /// (decision id, sealed decision): appended to the decision log.
+    #[serde(with = "super::sealed_bytes::keyed")]
     pub decisions: Vec<([u8; 16], Vec<u8>)>,
     /// (decision id, sealed learning record): inserted or replaced.
+    #[serde(with = "super::sealed_bytes::keyed")]
     pub learn: Vec<([u8; 16], Vec<u8>)>,
     /// (head, sealed state): a new checkpoint covering every seq below `head`.
+    #[serde(with = "super::sealed_bytes::checkpoint")]
     pub checkpoint: Option<(u64, Vec<u8>)>,
 }
 
