@@ -8,7 +8,7 @@
 //! sink. Events, `decide` requests and timer ticks differ only in their [`Input`].
 //!
 //! Also here: deduplication of event ids (in-flight ids in memory, committed ones in the
-//! store's `seen` table, one read snapshot per drain), the timer heap for users with an ongoing
+//! store's `seen` table behind each user's filter of them, one read snapshot per drain), the timer heap for users with an ongoing
 //! hover or dwell, checkpoints of dirty users (every `pipeline.checkpoint_ms`, on eviction and
 //! at shutdown), the compact form of users at rest (`pipeline.compact_idle_ms`,
 //! [`super::compact`]) and recovery after an unclean stop.
@@ -104,7 +104,8 @@ struct Entry {
     covered: u32,
     /// Whether the store may hold rows of this user (else its `seen` table has none).
     stored: bool,
-    /// Which ids the store holds for the user, when it is sure they are not there.
+    /// A filter of the ids the store holds for the user: certain when an id is not among
+    /// them, so a batch of new ids needs no store read ([`super::seen`]).
     seen: SeenFilter,
     last_op: u64,
     last_used: i64,
