@@ -110,25 +110,14 @@ impl<'s> Reader<'s> {
     /// that id (ids since the last checkpoint are the shard's to know). One range read of the
     /// user's runs, a binary search per run and id.
     pub fn seen_many(&self, user: &UserKey, hashes: &[[u8; 16]]) -> Result<Vec<bool>, StoreError> {
-        let t = match self.seen.get() {
-            Some(t) => t,
-            None => {
-                let t = self.txn.open_table(SEEN_RUNS)?;
-                self.seen.get_or_init(|| t)
-            }
-        };
         let mut out = vec![false; hashes.len()];
-        let Some(r) = self.store.keys.row(user) else {
-            return Ok(out); // no key: nothing stored
-        };
         let fps: Vec<u64> = hashes.iter().map(fingerprint).collect();
-        for row in t.range((r.0, 0u32)..=(r.0, u32::MAX))? {
-            let (_, run) = row?;
-            let run = run.value();
+        self.each_run(user, |run| {
             for (o, fp) in out.iter_mut().zip(&fps) {
-                *o = *o || run_has(super::run_fps(run), *fp);
+                *o = *o || run_has(run, *fp);
             }
-        }
+            true
+        })?;
         Ok(out)
     }
 
@@ -139,6 +128,16 @@ impl<'s> Reader<'s> {
         user: &UserKey,
         mut f: impl FnMut(u64) -> bool,
     ) -> Result<(), StoreError> {
+        self.each_run(user, |run| {
+            run.chunks_exact(8)
+                .all(|c| f(u64::from_le_bytes(c.try_into().expect("8 bytes"))))
+        })
+    }
+
+    /// The fingerprints of each of the user's runs in `seen_runs` (sorted, 8 bytes each), to
+    /// `f`, oldest run first, in one range read of the snapshot's `seen_runs` (opened once);
+    /// stops once `f` returns `false`. A user without a key has none.
+    fn each_run(&self, user: &UserKey, mut f: impl FnMut(&[u8]) -> bool) -> Result<(), StoreError> {
         let t = match self.seen.get() {
             Some(t) => t,
             None => {
@@ -147,14 +146,12 @@ impl<'s> Reader<'s> {
             }
         };
         let Some(r) = self.store.keys.row(user) else {
-            return Ok(()); // no key: nothing stored
+            return Ok(());
         };
         for row in t.range((r.0, 0u32)..=(r.0, u32::MAX))? {
             let (_, run) = row?;
-            for c in super::run_fps(run.value()).chunks_exact(8) {
-                if !f(u64::from_le_bytes(c.try_into().expect("8 bytes"))) {
-                    return Ok(());
-                }
+            if !f(super::run_fps(run.value())) {
+                break;
             }
         }
         Ok(())
