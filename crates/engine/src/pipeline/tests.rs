@@ -347,11 +347,14 @@ fn duplicates_are_exact_and_new_ids_skip_the_store_read() {
     };
     let e = engine_with(dir.path(), settings());
     let now = trimtab_util::now_ms();
-    let u = e.pseudo.user("dedup");
-    let send = |e: &Engine, ids: std::ops::Range<usize>| {
-        let out = answer(e.pipeline.submit_events(vec![(u, clicks(0, ids, now))]));
+    // Clicks of user number `n` (its ids `u{n}-{t}`), as (accepted, duplicates).
+    let submit = |e: &Engine, n: usize, ids: std::ops::Range<usize>| {
+        let k = e.pseudo.user(&format!("dedup-{n}"));
+        let out = answer(e.pipeline.submit_events(vec![(k, clicks(n, ids, now))]));
         (out.accepted, out.duplicates)
     };
+    let send = |e: &Engine, ids| submit(e, 0, ids);
+    let few = |e: &Engine, ids| submit(e, 1, ids);
     let reads = |e: &Engine| e.metrics.dedup_reads.get();
     // Every user checkpointed and the checkpoints indexed: pending ids are filed at the
     // user's next input.
@@ -387,11 +390,6 @@ fn duplicates_are_exact_and_new_ids_skip_the_store_read() {
     // are taken; a user with few ids reads once, then not for new ids.
     let e = engine_with(dir.path(), settings());
     assert_eq!(send(&e, 90..100), (5, 5));
-    let v = e.pseudo.user("dedup-few");
-    let few = |e: &Engine, ids: std::ops::Range<usize>| {
-        let out = answer(e.pipeline.submit_events(vec![(v, clicks(1, ids, now))]));
-        (out.accepted, out.duplicates)
-    };
     assert_eq!(few(&e, 0..5), (5, 0));
     e.stop();
     drop(e);
