@@ -34,8 +34,10 @@ pub(crate) const MAX_NODES: usize = 2048;
 pub(crate) const MAX_ARMS: usize = 24;
 /// Lookups in one window of the hit rate (see [`Trace::should_try`]).
 const WINDOW: u32 = 256;
-/// Fewest replays in a window for remembering to go on; below it, it pauses.
-const MIN_HITS: u32 = 8;
+/// Fewest replays in a window for remembering to go on; below it, it pauses. A lookup that
+/// misses costs about a third of a short rule's run in Rhai (it evaluates the reads the run
+/// makes again), so below one hit in four the lookups cost more than the replays save.
+const MIN_HITS: u32 = WINDOW / 4;
 /// Runs that skip remembering once a window fell below [`MIN_HITS`]; then it tries again.
 const PAUSE: u32 = 4096;
 
