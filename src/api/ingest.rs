@@ -173,8 +173,11 @@ pub(crate) fn group_by_user(
     let mut groups: Vec<UserEvents> = Vec::new();
     let mut index: std::collections::HashMap<Option<String>, usize> =
         std::collections::HashMap::new();
-    let mut not_consented = Vec::new();
-    for (i, inc) in incoming.into_iter().enumerate() {
+    // Each event's group first, then every group's events moved in once, into a vector of
+    // the size it needs (events are large; growing by doubling copied each one several times).
+    let mut group_of = Vec::with_capacity(incoming.len());
+    let mut sizes: Vec<usize> = Vec::new();
+    for (i, inc) in incoming.iter().enumerate() {
         let g = match index.get(&inc.user) {
             Some(g) => *g,
             None => {
@@ -184,6 +187,7 @@ pub(crate) fn group_by_user(
                     Some(g) => g,
                     None => {
                         groups.push((user, Vec::new()));
+                        sizes.push(0);
                         groups.len() - 1
                     }
                 };
@@ -191,6 +195,16 @@ pub(crate) fn group_by_user(
                 g
             }
         };
+        group_of.push(g);
+        if inc.event.consent.analytics {
+            sizes[g] += 1;
+        }
+    }
+    for ((_, events), n) in groups.iter_mut().zip(sizes) {
+        events.reserve_exact(n);
+    }
+    let mut not_consented = Vec::new();
+    for (inc, g) in incoming.into_iter().zip(group_of) {
         if !inc.event.consent.analytics {
             not_consented.push(inc.event.id);
             continue;
