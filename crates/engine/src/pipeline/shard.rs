@@ -23,7 +23,7 @@ use crossbeam_channel::{select, Receiver, Sender};
 
 use super::compact::{Compact, Packer};
 use super::indexer::Barrier;
-use super::seen::{SeenFilter, CAPACITY};
+use super::seen::{SeenFilter, MAX_IDS};
 use super::writer::{After, Failed, Work, WriterMsg};
 use super::{EraseCounts, EventsReply, IngestOutcome, PipelineError, Reply, ShardMsg};
 use crate::bandits::learner::LearnMsg;
@@ -200,11 +200,12 @@ pub(crate) struct Shard {
 const SIZE_CHECK_EVERY: usize = 64;
 
 /// An estimate of the bytes one cached user takes: the entry, the state's heap, the ids not yet
-/// covered, the learning records, and the table's slot.
+/// covered, a filter of stored ids that grew, the learning records, and the table's slot.
 fn entry_bytes(e: &Entry) -> usize {
     std::mem::size_of::<Entry>()
         + e.state.heap_bytes()
         + e.pending.capacity() * 8
+        + e.seen.heap_bytes()
         + e.learn.heap_bytes()
         + std::mem::size_of::<(UserKey, Box<Entry>)>()
 }
@@ -952,18 +953,18 @@ impl Shard {
         if entry.seen.built() {
             return snap.get()?.seen_many(user, hashes).map_err(storage);
         }
-        // Not built: every stored id, unless there are more than the filter holds well (then
-        // it stays unusable and the batch is answered by the usual read).
+        // Not built: every stored id, unless there are more than the largest filter holds
+        // well (then it is saturated and the batch is answered by the usual read).
         let mut stored = Vec::new();
         let mut all = true;
         snap.get()?
             .seen_fps(user, |fp| {
                 stored.push(fp);
-                all = stored.len() <= CAPACITY as usize;
+                all = stored.len() <= MAX_IDS;
                 all
             })
             .map_err(storage)?;
-        entry.seen.build(stored.iter().copied());
+        entry.seen.build(&stored);
         if !all {
             return snap.get()?.seen_many(user, hashes).map_err(storage);
         }

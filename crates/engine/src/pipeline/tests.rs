@@ -332,7 +332,8 @@ fn users_at_rest_are_held_compact_and_come_back_exactly() {
 
 /// Deduplication answers exactly whether a cached user's ids are pending, stored or new, and a
 /// user's filter of stored ids spares the store read for batches of new ids: one read fills
-/// it, later batches of new ids read nothing; a user with more stored ids than the filter holds
+/// it, later batches of new ids read nothing; a user that outgrows its filter has it built
+/// again, larger, from one read; a user with more stored ids than the largest filter holds
 /// well reads for every batch again; after a restart the filter is filled anew.
 #[test]
 fn duplicates_are_exact_and_new_ids_skip_the_store_read() {
@@ -347,11 +348,16 @@ fn duplicates_are_exact_and_new_ids_skip_the_store_read() {
     };
     let e = engine_with(dir.path(), settings());
     let now = trimtab_util::now_ms();
-    // Clicks of user number `n` (its ids `u{n}-{t}`), as (accepted, duplicates).
+    // Clicks of user number `n` (its ids `u{n}-{t}`), as (accepted, duplicates); batches of
+    // at most 100 (the limit of one batch), so a range up to 100 is one batch.
     let submit = |e: &Engine, n: usize, ids: std::ops::Range<usize>| {
         let k = e.pseudo.user(&format!("dedup-{n}"));
-        let out = answer(e.pipeline.submit_events(vec![(k, clicks(n, ids, now))]));
-        (out.accepted, out.duplicates)
+        let ids: Vec<usize> = ids.collect();
+        ids.chunks(100).fold((0, 0), |(a, d), chunk| {
+            let evs = clicks(n, chunk.iter().copied(), now);
+            let out = answer(e.pipeline.submit_events(vec![(k, evs)]));
+            (a + out.accepted, d + out.duplicates)
+        })
     };
     let send = |e: &Engine, ids| submit(e, 0, ids);
     let few = |e: &Engine, ids| submit(e, 1, ids);
@@ -375,21 +381,32 @@ fn duplicates_are_exact_and_new_ids_skip_the_store_read() {
     }
     assert_eq!(reads(&e), 1, "batches of new ids read nothing");
     assert_eq!(send(&e, 0..65), (0, 65), "every id a duplicate");
-    // 65 stored and pending; 20 more take it past what the filter holds: once they are filed,
-    // every batch reads (and still answers exactly).
+    // 65 stored and pending; 20 more take it past what the smallest filter holds: once they
+    // are filed, the next batch reads once to build it again, larger, and batches of new ids
+    // read nothing again.
     assert_eq!(send(&e, 65..85), (20, 0));
     filed(&e);
     let r = reads(&e);
     assert_eq!(send(&e, 85..90), (5, 0));
+    assert_eq!(reads(&e), r + 1, "built again, larger, from one read");
     assert_eq!(send(&e, 90..95), (5, 0));
-    assert_eq!(reads(&e), r + 2, "a saturated filter reads for every batch");
+    assert_eq!(reads(&e), r + 1, "the larger filter answers new ids");
     assert_eq!(send(&e, 0..95), (0, 95));
+    // Past what the largest filter holds, once filed: every batch reads (and still answers
+    // exactly).
+    assert_eq!(send(&e, 95..700), (605, 0));
+    filed(&e);
+    let r = reads(&e);
+    assert_eq!(send(&e, 700..705), (5, 0));
+    assert_eq!(send(&e, 705..710), (5, 0));
+    assert_eq!(reads(&e), r + 2, "a saturated filter reads for every batch");
+    assert_eq!(send(&e, 0..710), (0, 710));
     e.stop();
     drop(e);
     // After a restart: old ids are duplicates (one read fills the filter again), new ones
     // are taken; a user with few ids reads once, then not for new ids.
     let e = engine_with(dir.path(), settings());
-    assert_eq!(send(&e, 90..100), (5, 5));
+    assert_eq!(send(&e, 705..715), (5, 5));
     assert_eq!(few(&e, 0..5), (5, 0));
     e.stop();
     drop(e);
