@@ -317,7 +317,7 @@ impl UserState {
         Some(state)
     }
 
-    fn push_seq(&mut self, entry: String, cfg: &FeatureConfig) {
+    fn push_seq(&mut self, entry: std::fmt::Arguments<'_>, cfg: &FeatureConfig) {
         if cfg.sequence_len == 0 {
             return;
         }
@@ -325,11 +325,23 @@ impl UserState {
         while self.sequence.len() >= cfg.sequence_len {
             self.sequence.pop_front();
         }
-        self.sequence.push_back(Sym::new(&entry));
+        // Formatted into one reused buffer: the entry is nearly always interned already.
+        thread_local! {
+            static ENTRY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+        }
+        let sym = ENTRY.with(|b| {
+            let mut b = b.borrow_mut();
+            b.clear();
+            // Writing into a String cannot fail.
+            let _ = std::fmt::Write::write_fmt(&mut *b, entry);
+            Sym::new(&b)
+        });
+        self.sequence.push_back(sym);
     }
 
     fn target(&mut self, name: &str, now_ms: i64, cfg: &FeatureConfig) -> &mut TargetStats {
-        if !self.targets.contains_key(name) && self.targets.len() >= cfg.max_targets {
+        let known = self.targets.contains_key(name);
+        if !known && self.targets.len() >= cfg.max_targets {
             if let Some(oldest) = self
                 .targets
                 .iter()
@@ -340,7 +352,12 @@ impl UserState {
                 self.targets.remove(&oldest);
             }
         }
-        let t = self.targets.entry(Sym::new(name)).or_default();
+        // A known target is found by its text; only a new one is interned.
+        let t = if known {
+            self.targets.get_mut(name).expect("present")
+        } else {
+            self.targets.entry(Sym::new(name)).or_default()
+        };
         t.last_ms = now_ms;
         t
     }
@@ -361,14 +378,14 @@ impl UserState {
         }
         let c = &ev.context;
         if let Some(p) = &c.page {
-            self.page = Sym::new(p);
+            set_sym(&mut self.page, p);
         }
         let ctx = &mut self.context;
         if let Some(v) = &c.device {
-            ctx.device = Sym::new(v);
+            set_sym(&mut ctx.device, v);
         }
         if let Some(v) = &c.browser {
-            ctx.browser = Sym::new(v);
+            set_sym(&mut ctx.browser, v);
         }
         if let Some(v) = c.viewport_w {
             ctx.viewport_w = v;
@@ -383,15 +400,15 @@ impl UserState {
             ctx.tz_offset_min = v;
         }
         if let Some(v) = &c.language {
-            ctx.language = Sym::new(v);
+            set_sym(&mut ctx.language, v);
         }
         let target = ev.target.as_deref().unwrap_or("");
         match &ev.props {
             Props::PageView { path, .. } => {
-                self.page = Sym::new(path);
+                set_sym(&mut self.page, path);
                 self.scroll = ScrollState::default();
                 self.visible = true;
-                self.push_seq(format!("page_view:{path}"), cfg);
+                self.push_seq(format_args!("page_view:{path}"), cfg);
             }
             Props::Scroll {
                 depth,
@@ -406,7 +423,7 @@ impl UserState {
                     t.hover_count += 1;
                 }
                 if started.is_new {
-                    self.push_seq(format!("hover:{target}"), cfg);
+                    self.push_seq(format_args!("hover:{target}"), cfg);
                 }
             }
             Props::Dwell {
@@ -419,17 +436,17 @@ impl UserState {
                     t.dwell_count += 1;
                 }
                 if started.is_new {
-                    self.push_seq(format!("dwell:{target}"), cfg);
+                    self.push_seq(format_args!("dwell:{target}"), cfg);
                 }
             }
             Props::Click { .. } => {
                 self.target(target, now, cfg).clicks += 1;
-                self.push_seq(format!("click:{target}"), cfg);
+                self.push_seq(format_args!("click:{target}"), cfg);
             }
-            Props::Impression { slot, .. } => self.push_seq(format!("impression:{slot}"), cfg),
+            Props::Impression { slot, .. } => self.push_seq(format_args!("impression:{slot}"), cfg),
             Props::Conversion { name, .. } => {
                 let n = name.as_deref().unwrap_or(target);
-                self.push_seq(format!("conversion:{n}"), cfg);
+                self.push_seq(format_args!("conversion:{n}"), cfg);
             }
             Props::Mouse {
                 speed,
@@ -458,10 +475,10 @@ impl UserState {
                     }
                 }
             }
-            Props::Custom { name, .. } => self.push_seq(format!("custom:{name}"), cfg),
+            Props::Custom { name, .. } => self.push_seq(format_args!("custom:{name}"), cfg),
             Props::Signal(s) => {
                 self.signals.apply(s, now);
-                self.push_seq(format!("signal:{}", s.kind.as_str()), cfg);
+                self.push_seq(format_args!("signal:{}", s.kind.as_str()), cfg);
             }
         }
     }
@@ -508,7 +525,7 @@ impl UserState {
         let after = s.max_depth;
         for mark in [25.0, 50.0, 75.0, 100.0] {
             if before < mark && after >= mark {
-                self.push_seq(format!("scroll:{}", mark as u32), cfg);
+                self.push_seq(format_args!("scroll:{}", mark as u32), cfg);
             }
         }
     }
@@ -682,6 +699,14 @@ fn track(slot: &mut Option<Ongoing>, phase: Phase, reported: i64, now: i64) -> T
                 ended: Some(server.max(reported)),
             }
         }
+    }
+}
+
+/// Sets an interned field to `v`, interning only when it changes (a visit's page, device,
+/// browser and language repeat in every event: comparing is cheaper than the table lookup).
+fn set_sym(slot: &mut Sym, v: &str) {
+    if slot.as_str() != v {
+        *slot = Sym::new(v);
     }
 }
 
