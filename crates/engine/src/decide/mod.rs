@@ -323,9 +323,9 @@ fn track(
 }
 
 /// Runs the rules on the user's current state; `event` builds the `event` view (only called
-/// when there are rules). The state is lent to the rules' view for the evaluation (moved into
-/// an `Arc` and back: no copy) and the context vector is computed only if a rule calls
-/// `predict()`.
+/// when there are rules). The state is lent to the rules' view for the evaluation (swapped
+/// into a reused `Arc` and back: no copy) and the context vector is computed only if a rule
+/// calls `predict()`.
 fn evaluate(
     snap: &Snapshot<'_>,
     user: &UserKey,
@@ -337,7 +337,19 @@ fn evaluate(
     if snap.rules.is_empty() {
         return Vec::new();
     }
-    let shared = Arc::new(std::mem::take(state));
+    // The state is swapped into an `Arc` kept for the next evaluation on this thread, and
+    // back: no allocation, and no default state built and dropped per evaluation. What the
+    // spare holds between evaluations is that default state, never a user's.
+    thread_local! {
+        static SPARE: std::cell::RefCell<Option<Arc<UserState>>> = const { std::cell::RefCell::new(None) };
+    }
+    let mut shared = SPARE
+        .with(|s| s.borrow_mut().take())
+        .unwrap_or_else(|| Arc::new(UserState::default()));
+    std::mem::swap(
+        Arc::get_mut(&mut shared).expect("the spare is unshared"),
+        state,
+    );
     let input = RuleInput {
         user: view::user_view(user, shared.clone(), now),
         event: event(),
@@ -348,7 +360,13 @@ fn evaluate(
     let out = snap.rules.evaluate(&input);
     drop(input);
     // Nothing else holds the state once the rules are done (a copy only if a script kept one).
-    *state = Arc::try_unwrap(shared).unwrap_or_else(|a| (*a).clone());
+    match Arc::get_mut(&mut shared) {
+        Some(lent) => {
+            std::mem::swap(lent, state);
+            SPARE.with(|s| *s.borrow_mut() = Some(shared));
+        }
+        None => *state = (*shared).clone(),
+    }
     out
 }
 
