@@ -341,7 +341,8 @@ fn evaluate(
     // back: no allocation, and no default state built and dropped per evaluation. What the
     // spare holds between evaluations is that default state, never a user's.
     thread_local! {
-        static SPARE: std::cell::RefCell<Option<Arc<UserState>>> = const { std::cell::RefCell::new(None) };
+        static SPARE: std::cell::RefCell<Option<Arc<UserState>>> =
+            const { std::cell::RefCell::new(None) };
     }
     let mut shared = SPARE
         .with(|s| s.borrow_mut().take())

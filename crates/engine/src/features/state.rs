@@ -327,7 +327,8 @@ impl UserState {
         }
         // Formatted into one reused buffer: the entry is nearly always interned already.
         thread_local! {
-            static ENTRY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+            static ENTRY: std::cell::RefCell<String> =
+                const { std::cell::RefCell::new(String::new()) };
         }
         let sym = ENTRY.with(|b| {
             let mut b = b.borrow_mut();

@@ -8,10 +8,10 @@
 //! sink. Events, `decide` requests and timer ticks differ only in their [`Input`].
 //!
 //! Also here: deduplication of event ids (in-flight ids in memory, committed ones in the
-//! store's `seen` table behind each user's filter of them, one read snapshot per drain), the timer heap for users with an ongoing
-//! hover or dwell, checkpoints of dirty users (every `pipeline.checkpoint_ms`, on eviction and
-//! at shutdown), the compact form of users at rest (`pipeline.compact_idle_ms`,
-//! [`super::compact`]) and recovery after an unclean stop.
+//! store's `seen` table behind each user's filter of them, one read snapshot per drain), the
+//! timer heap for users with an ongoing hover or dwell, checkpoints of dirty users (every
+//! `pipeline.checkpoint_ms`, on eviction and at shutdown), the compact form of users at rest
+//! (`pipeline.compact_idle_ms`, [`super::compact`]) and recovery after an unclean stop.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
