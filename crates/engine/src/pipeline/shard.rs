@@ -192,6 +192,9 @@ pub(crate) struct Shard {
     cache_budget: usize,
     /// The input being run pushes nothing to pages (events a cluster node catches up on).
     quiet: bool,
+    /// Where a record is encoded before it is sealed (reused: one allocation a record, the
+    /// sealed one, instead of a growing encoding and then the sealed copy).
+    scratch: Vec<u8>,
 }
 
 /// The cache's size in bytes is estimated (a pass over every entry) once per this many users
@@ -310,6 +313,7 @@ impl Shard {
             since_size_check: 0,
             cache_budget,
             quiet: false,
+            scratch: Vec::new(),
         }
     }
 
@@ -478,6 +482,9 @@ impl Shard {
         }
         let mut w = std::mem::take(&mut self.work);
         self.work.shard = self.p.idx;
+        // The next drain is likely the size of this one: no growing by doubling.
+        self.work.rows.reserve(w.rows.len());
+        self.work.after.reserve(w.after.len());
         w.op = self.op;
         if self.p.sink.send(WriterMsg::Commit(Box::new(w))).is_err() {
             tracing::error!(shard = self.p.idx, "the writer is gone; work dropped");
@@ -1078,10 +1085,11 @@ impl Shard {
     ) {
         let entry = self.users.get_mut(&user).expect("entry present");
         let mut rows = UserRows::new(user, entry.sealer.row());
+        let scratch = &mut self.scratch;
         if let (Input::Event(ev), Some(h)) = (input, id_hash) {
-            let plain = postcard::to_allocvec(&**ev).expect("Event is postcard-serialisable");
+            let plain = encode_into(scratch, &**ev);
             rows.events
-                .push((seq, h, entry.sealer.seal(&user, Table::Event, &plain)));
+                .push((seq, h, entry.sealer.seal(&user, Table::Event, plain)));
             self.work.events += 1;
             let page = &entry.state.page;
             self.p.hub.publish(|| {
@@ -1098,17 +1106,20 @@ impl Shard {
                 cause,
                 effects: out.effects,
             };
+            let plain = encode_into(scratch, &j);
             rows.journal
-                .push((seq, entry.sealer.seal(&user, Table::Journal, &j.encode())));
+                .push((seq, entry.sealer.seal(&user, Table::Journal, plain)));
         }
         for (id, rec) in &out.learn {
+            let plain = encode_into(scratch, rec);
             rows.learn
-                .push((*id, entry.sealer.seal(&user, Table::Learn, &rec.encode())));
+                .push((*id, entry.sealer.seal(&user, Table::Learn, plain)));
         }
         for d in out.decisions {
             let idb = Decision::id_bytes(&d.id).unwrap_or([0; 16]);
+            let plain = encode_into(scratch, &d);
             rows.decisions
-                .push((idb, entry.sealer.seal(&user, Table::Decision, &d.encode())));
+                .push((idb, entry.sealer.seal(&user, Table::Decision, plain)));
             if cause != Cause::Decide && !self.quiet {
                 let frame = frames::adjust(&d);
                 self.work.after.push(After::Push {
@@ -1320,6 +1331,15 @@ fn cover(e: &mut Entry, op: u64) {
     e.covered = u32::try_from(e.pending.len()).unwrap_or(u32::MAX);
 }
 
+/// `v` in postcard, in `buf` (cleared first; it keeps its allocation for the next record).
+/// The same bytes as the types' own `encode`, which tests compare.
+fn encode_into<'b, T: serde::Serialize + ?Sized>(buf: &'b mut Vec<u8>, v: &T) -> &'b [u8] {
+    buf.clear();
+    // Plain data: postcard into a Vec cannot fail.
+    *buf = postcard::to_extend(v, std::mem::take(buf)).expect("postcard into a Vec");
+    buf
+}
+
 /// The checkpoint of a dirty user (marks it clean).
 fn checkpoint_rows(user: &UserKey, e: &mut Entry) -> UserRows {
     let mut rows = UserRows::new(*user, e.sealer.row());
@@ -1331,3 +1351,41 @@ fn checkpoint_rows(user: &UserKey, e: &mut Entry) -> UserRows {
 }
 
 use super::Decision;
+
+#[cfg(test)]
+mod tests {
+    use super::{encode_into, Decision};
+
+    fn decision(slot: &str, params: usize) -> Decision {
+        Decision {
+            id: "d".repeat(8),
+            slot: slot.to_string(),
+            variant: "v".to_string(),
+            params: (0..params)
+                .map(|i| (format!("k{i}"), "x".repeat(i)))
+                .collect(),
+            source: "rule".to_string(),
+            rule: Some("r".to_string()),
+            experiment: None,
+            arm: None,
+            propensity: 1.0,
+            ts: 1_700_000_000_000,
+            session: "s".to_string(),
+            trigger: None,
+        }
+    }
+
+    /// The reused buffer gives each record exactly its own encoding: a short record after a
+    /// long one carries nothing of the long one's tail.
+    #[test]
+    fn a_reused_buffer_encodes_as_the_record_alone() {
+        let mut buf = Vec::new();
+        let long = decision("a-long-slot-name", 12);
+        let short = decision("s", 0);
+        assert_eq!(encode_into(&mut buf, &long), &long.encode()[..]);
+        let cap = buf.capacity();
+        assert_eq!(encode_into(&mut buf, &short), &short.encode()[..]);
+        assert!(short.encode().len() < long.encode().len());
+        assert_eq!(buf.capacity(), cap, "the allocation is kept");
+    }
+}

@@ -195,6 +195,9 @@ impl Writer {
         let mut batch = Batch::default();
         let mut marks = Vec::with_capacity(group.len());
         let mut events = 0;
+        batch
+            .rows
+            .reserve_exact(group.iter().map(|w| w.rows.len()).sum());
         for w in group.iter_mut() {
             batch.rows.append(&mut w.rows);
             batch.stats.append(&mut w.stats);
