@@ -653,8 +653,11 @@ fn a_torn_append_is_cut_off_and_the_log_goes_on_after_it() {
         .map(|e| e.unwrap().path())
         .max()
         .unwrap();
-    let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
-    std::io::Write::write_all(&mut f, &[200, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7]).unwrap();
+    // Right after the last record (the segment is zeroed past it).
+    let end = records_end(&std::fs::read(&seg).unwrap());
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[200, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7], end)
+        .unwrap();
     drop(f);
     {
         let store = Store::open(dir.path()).unwrap();
@@ -668,6 +671,73 @@ fn a_torn_append_is_cut_off_and_the_log_goes_on_after_it() {
         ev.iter().map(|e| e.1.as_slice()).collect::<Vec<_>>(),
         [&b"first"[..], b"second", b"third"]
     );
+}
+
+/// Where the records of a segment's bytes end (`[len: u32][crc: u32][seq: u64][len bytes]`
+/// back to back; zeros, or nothing, follow).
+fn records_end(bytes: &[u8]) -> u64 {
+    let mut at = 0;
+    while let Some(h) = bytes.get(at..at + 4) {
+        let len = u32::from_le_bytes(h.try_into().unwrap()) as usize;
+        if len == 0 {
+            break;
+        }
+        at += 16 + len;
+    }
+    at as u64
+}
+
+/// A segment that is not a recycled one is written with zeros ahead of its records, so the
+/// commits that follow overwrite blocks the file has (one device write each) instead of
+/// growing it; the zeros are never read as records, are no damage, and are cut off at open.
+#[test]
+fn a_new_segment_is_zeroed_ahead_and_the_zeros_are_no_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let u = UserKey([16; 16]);
+    let batch = one_event(&store, u, 1, &[5u8; 300]);
+    let log_dir = dir.path().join("log-only");
+    let seg = log_dir.join("00000000000000000001.wal");
+    {
+        let log = wal::Log::open_sized(&log_dir, 0, 10_000).unwrap();
+        assert_eq!(log.append(&batch, 0).unwrap(), 1);
+        let size = std::fs::metadata(&seg).unwrap().len();
+        let end = records_end(&std::fs::read(&seg).unwrap());
+        assert!(end > 300 && end < 1_000, "one record: {end} bytes");
+        assert_eq!(size, 10_000, "zeros up to the segment's size");
+        // The next commits land in the zeroed blocks: the file does not grow.
+        for i in 2..=5 {
+            assert_eq!(log.append(&batch, 0).unwrap(), i);
+        }
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), size);
+        assert_eq!(seqs_after(&log, 0), [1, 2, 3, 4, 5]);
+        // A crash here: the zeros stay behind the records.
+    }
+    let log = wal::Log::open_sized(&log_dir, 0, 10_000).unwrap();
+    assert_eq!(seqs_after(&log, 0), [1, 2, 3, 4, 5]);
+    let bytes = std::fs::read(&seg).unwrap();
+    assert_eq!(
+        bytes.len() as u64,
+        records_end(&bytes),
+        "the zeros were cut off"
+    );
+    // Past the end of a segment the next one starts; the full one is cut to its records.
+    for i in 6..=40 {
+        assert_eq!(log.append(&batch, 0).unwrap(), i);
+    }
+    assert!(log.segments() >= 2, "{} segments", log.segments());
+    drop(log);
+    for e in std::fs::read_dir(&log_dir).unwrap() {
+        let bytes = std::fs::read(e.unwrap().path()).unwrap();
+        let end = records_end(&bytes);
+        assert!(end > 0);
+        assert!(
+            bytes[end as usize..].iter().all(|b| *b == 0),
+            "only zeros after the records"
+        );
+    }
+    let log = wal::Log::open_sized(&log_dir, 0, 10_000).unwrap();
+    assert_eq!(seqs_after(&log, 0), (1..=40).collect::<Vec<_>>());
 }
 
 #[test]
@@ -684,7 +754,7 @@ fn a_damaged_record_is_skipped_not_replayed() {
     }
     let seg = log_dir.join("00000000000000000001.wal");
     let mut bytes = std::fs::read(&seg).unwrap();
-    let last = bytes.len() - 1;
+    let last = records_end(&bytes) as usize - 1;
     bytes[last] ^= 0xff; // the second record's last byte: its CRC no longer matches
     std::fs::write(&seg, &bytes).unwrap();
     let log = wal::Log::open(&log_dir, 0).unwrap();

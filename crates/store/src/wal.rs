@@ -21,6 +21,15 @@
 //! after, every older record has a smaller seq, and reading stops at the first record that is
 //! not the expected next one. A segment is cut to its length when the next one starts, so only
 //! the newest can end in stale bytes; they are cut off at open like a torn record.
+//!
+//! **Zeroed ahead.** A segment that is not a recycled one (the first of a new data dir, or
+//! one started while no spare was free) is grown [`ZERO_AHEAD`] at a time: the group commit
+//! whose record passes the end of the blocks written so far also writes zeros past it, in the
+//! same `fdatasync`. The appends that follow land in those blocks — overwrites, one device
+//! write each, as in a recycled segment — so a fresh log pays the inode's write once a
+//! mebibyte rather than once a commit. Zeros are no record (their CRC does not match): reading
+//! stops there, open cuts them off the newest segment, and the next segment cuts them off the
+//! one before.
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -39,6 +48,10 @@ const MAX_RECORD: u32 = 1 << 30;
 const HEADER: usize = 16;
 /// The recycled segment waiting to become the next one.
 const SPARE: &str = "spare.tmp";
+/// How far past its last record a segment that is not recycled is written with zeros.
+const ZERO_AHEAD: u64 = 1 << 20;
+/// Zeros to write from.
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
 /// What one group commit writes: every user's rows (sealed) and the statistic deltas.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -83,8 +96,9 @@ struct Segment {
 struct Inner {
     /// Oldest first; the last one is the one appended to (when `current` is open).
     segments: Vec<Segment>,
-    /// The open end of the last segment and its length.
-    current: Option<(File, u64)>,
+    /// The open end of the last segment: the file, the length of its records, and the
+    /// length of the blocks written in it (records, then zeros or a recycled file's old bytes).
+    current: Option<Current>,
     /// Seq of the next appended record.
     next: u64,
     /// Records up to here are applied (may be dropped).
@@ -93,6 +107,12 @@ struct Inner {
     buf: Vec<u8>,
     /// An applied segment's file, renamed to be reused as the next segment.
     spare: Option<PathBuf>,
+}
+
+struct Current {
+    file: File,
+    len: u64,
+    written: u64,
 }
 
 pub(super) struct Log {
@@ -127,6 +147,17 @@ struct Scanned {
     damaged: bool,
     /// Whether anything at all follows it (damage or a recycled file's old bytes).
     trailing: bool,
+}
+
+/// Writes zeros over `range` of `file`.
+fn write_zeros(file: &File, range: std::ops::Range<u64>) -> std::io::Result<()> {
+    let mut at = range.start;
+    while at < range.end {
+        let n = (range.end - at).min(ZEROS.len() as u64) as usize;
+        file.write_all_at(&ZEROS[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 /// Reads the valid records of the segment whose first record is `first`. Stops at the first
@@ -167,6 +198,8 @@ fn scan(path: &Path, first: u64) -> Result<Scanned, StoreError> {
         out.push((seq, body[8..].to_vec()));
         at = end;
     };
+    // Zeros written ahead of the records are no damage.
+    let damaged = damaged && bytes[at..].iter().any(|b| *b != 0);
     Ok(Scanned {
         records: out,
         valid: at as u64,
@@ -302,11 +335,11 @@ impl Log {
         let rotate = inner
             .current
             .as_ref()
-            .is_none_or(|(_, len)| *len >= self.segment_bytes);
+            .is_none_or(|c| c.len >= self.segment_bytes);
         if rotate {
-            if let Some((old, len)) = inner.current.take() {
-                // Only the newest segment may end in a recycled file's old bytes.
-                let _ = old.set_len(len).and_then(|()| old.sync_all());
+            if let Some(old) = inner.current.take() {
+                // Only the newest segment may end in a recycled file's old bytes or zeros.
+                let _ = old.file.set_len(old.len).and_then(|()| old.file.sync_all());
             }
             let path = self.dir.join(segment_name(seq));
             // A segment of this name exists only when it holds no record yet (created, then a
@@ -326,11 +359,10 @@ impl Log {
                 .write(true)
                 .open(&path)
                 .map_err(|e| io_err(&path, "create", e))?;
-            let len = if existing {
-                file.metadata().map_err(|e| io_err(&path, "stat", e))?.len()
-            } else {
-                0
-            };
+            let size = file.metadata().map_err(|e| io_err(&path, "stat", e))?.len();
+            // A recycled file is overwritten from its start; an existing segment (cut to its
+            // valid length at open) is appended to.
+            let len = if existing { size } else { 0 };
             sync_dir(&self.dir)?;
             if inner.segments.last().is_none_or(|s| s.path != path) {
                 inner.segments.push(Segment {
@@ -339,15 +371,29 @@ impl Log {
                     path,
                 });
             }
-            inner.current = Some((file, len));
+            inner.current = Some(Current {
+                file,
+                len,
+                written: size,
+            });
         }
-        let (file, len) = inner.current.as_mut().expect("opened above");
-        let written = file
-            .write_all_at(record, *len)
-            .and_then(|()| file.sync_data());
+        let cur = inner.current.as_mut().expect("opened above");
+        let end = cur.len + record.len() as u64;
+        // Past the written blocks: zeros ahead, made durable with the record (module doc).
+        let zeros = if end > cur.written {
+            end..(end + ZERO_AHEAD).min(self.segment_bytes).max(end)
+        } else {
+            end..end
+        };
+        let written = cur
+            .file
+            .write_all_at(record, cur.len)
+            .and_then(|()| write_zeros(&cur.file, zeros.clone()))
+            .and_then(|()| cur.file.sync_data());
         match written {
             Ok(()) => {
-                *len += record.len() as u64;
+                cur.len = end;
+                cur.written = cur.written.max(zeros.end);
                 if let Some(s) = inner.segments.last_mut() {
                     s.last = seq;
                 }
@@ -357,8 +403,14 @@ impl Log {
                 // Cut the partial record off; if even that fails, the next append starts a
                 // new segment (under the next seq's name), so nothing valid ever follows a
                 // torn record.
-                let prev = *len;
-                if file.set_len(prev).and_then(|()| file.sync_data()).is_err() {
+                let prev = cur.len;
+                cur.written = prev;
+                if cur
+                    .file
+                    .set_len(prev)
+                    .and_then(|()| cur.file.sync_data())
+                    .is_err()
+                {
                     inner.current = None;
                 }
                 let path = inner.segments.last().map(|s| s.path.clone());
