@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
+use super::priority::Priority;
 use super::writer::Waiter;
 use super::{Decision, PipelineError, Reply, UserExport, UserImage};
 use crate::delivery::Hub;
@@ -30,7 +31,7 @@ use trimtab_wire::Event;
 
 /// Bytes of logged batches waiting to be applied above which the writer waits (backpressure).
 /// Below it the writer never waits for the indexer, even while a large transaction runs.
-const QUEUE_BYTES: usize = 64 << 20;
+pub(super) const QUEUE_BYTES: usize = 64 << 20;
 /// How often the indexer looks for more while it gathers an index transaction's batches (also
 /// the most a barrier — an export, an erasure — waits to be seen).
 const GATHER_POLL: Duration = Duration::from_millis(5);
@@ -91,6 +92,7 @@ pub(crate) struct Handle {
     applied: Arc<AtomicU64>,
     ok: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    prio: Arc<Priority>,
 }
 
 impl Handle {
@@ -101,7 +103,8 @@ impl Handle {
             while self.queued.load(Ordering::Acquire) > QUEUE_BYTES {
                 std::thread::sleep(Duration::from_millis(1));
             }
-            self.queued.fetch_add(n, Ordering::AcqRel);
+            let queued = self.queued.fetch_add(n, Ordering::AcqRel) + n;
+            self.prio.on_queued(queued);
         }
         if let Some(tx) = &self.tx {
             let _ = tx.send(item);
@@ -142,6 +145,7 @@ struct Indexer {
     /// How often retention runs (None: off), and when it runs next.
     purge_every: Option<Duration>,
     purge_due: Instant,
+    prio: Arc<Priority>,
 }
 
 pub(crate) fn start(
@@ -157,6 +161,7 @@ pub(crate) fn start(
     let queued = Arc::new(AtomicUsize::new(0));
     let applied = Arc::new(AtomicU64::new(store.applied_wal().unwrap_or(0)));
     let ok = Arc::new(AtomicBool::new(true));
+    let prio = Arc::new(Priority::probe());
     let ix = Indexer {
         rx,
         queued: queued.clone(),
@@ -174,9 +179,11 @@ pub(crate) fn start(
         purge_every,
         // The first run soon after start (a server that restarts often still purges).
         purge_due: Instant::now() + purge_every.map_or(Duration::ZERO, |e| e.min(PURGE_FIRST)),
+        prio: prio.clone(),
     };
     let thread = health.spawn("trimtab-indexer", move || {
-        lower_priority();
+        // The indexer yields the CPU to the threads on the acknowledgement's path.
+        ix.prio.start_indexer();
         ix.run()
     })?;
     Ok(Handle {
@@ -185,19 +192,8 @@ pub(crate) fn start(
         applied,
         ok,
         thread: Some(thread),
+        prio,
     })
-}
-
-/// The indexer yields the CPU to the threads on the acknowledgement's path (Linux: the
-/// calling thread's nice value +10; elsewhere nothing).
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: gettid has no preconditions; setpriority on our own thread id changes only this
-    // thread's nice value (Linux schedules threads as tasks) and reports errors by return value.
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        let _ = libc::setpriority(libc::PRIO_PROCESS, tid, 10);
-    }
 }
 
 impl Indexer {
@@ -227,6 +223,7 @@ impl Indexer {
                 last = Instant::now();
             }
             self.flush();
+            self.prio.after_flush(self.queued.load(Ordering::Acquire));
             if self.purge_every.is_some() && Instant::now() >= self.purge_due {
                 self.purge();
             }

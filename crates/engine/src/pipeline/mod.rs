@@ -20,6 +20,7 @@
 mod compact;
 pub mod decision;
 mod indexer;
+mod priority;
 mod seen;
 mod shard;
 mod writer;
