@@ -385,15 +385,16 @@ impl Log {
         } else {
             end..end
         };
-        let written = cur
-            .file
-            .write_all_at(record, cur.len)
-            .and_then(|()| write_zeros(&cur.file, zeros.clone()))
-            .and_then(|()| cur.file.sync_data());
+        let written = cur.file.write_all_at(record, cur.len).and_then(|()| {
+            // The zeros are a saving, not data: a disk too full for them still takes the
+            // record (what part of them was written is zeros either way).
+            let zeroed = write_zeros(&cur.file, zeros.clone()).is_ok();
+            cur.file.sync_data().map(|()| zeroed)
+        });
         match written {
-            Ok(()) => {
+            Ok(zeroed) => {
                 cur.len = end;
-                cur.written = cur.written.max(zeros.end);
+                cur.written = cur.written.max(if zeroed { zeros.end } else { end });
                 if let Some(s) = inner.segments.last_mut() {
                     s.last = seq;
                 }
