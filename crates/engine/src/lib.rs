@@ -21,6 +21,7 @@ pub mod health;
 pub mod lab;
 pub mod metrics;
 pub mod pipeline;
+mod sched;
 pub mod segments;
 pub mod service;
 

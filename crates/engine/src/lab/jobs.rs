@@ -146,15 +146,7 @@ impl Backtests {
 /// thread, or nice +19 where that is refused). Nice +10 alone was not enough on two cores:
 /// live WebSocket acks went from p50 0.4 to 1.4 ms while a backtest ran (BENCHMARKS.md).
 fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: gettid has no preconditions; sched_setscheduler and setpriority on our own
-    // thread id change only this thread's scheduling and report errors by return value; the
-    // sched_param lives across the call.
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::pid_t;
-        let param = libc::sched_param { sched_priority: 0 };
-        if libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param) != 0 {
-            let _ = libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
-        }
+    if !crate::sched::set_idle(0, true) {
+        crate::sched::set_nice(19);
     }
 }

@@ -16,6 +16,8 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
+use crate::sched as sys;
+
 /// Queued bytes above which the writer raises an idle indexer back to the normal policy.
 pub(crate) const RAISE_AT: usize = super::indexer::QUEUE_BYTES / 4;
 /// Queued bytes below which the indexer lowers itself to `SCHED_IDLE` after a transaction.
@@ -76,83 +78,6 @@ impl Priority {
         if self.may_idle && !self.idle.load(Ordering::Acquire) && sys::set_idle(0, true) {
             self.idle.store(true, Ordering::Release);
         }
-    }
-}
-
-#[cfg(target_os = "linux")]
-pub(crate) mod sys {
-    /// The calling thread's id.
-    pub fn gettid() -> i32 {
-        // SAFETY: gettid has no preconditions and cannot fail.
-        unsafe { libc::syscall(libc::SYS_gettid) as i32 }
-    }
-
-    /// The calling thread's nice value (Linux schedules threads as tasks).
-    pub fn set_nice(nice: i32) {
-        // SAFETY: setpriority on our own thread id changes only this thread's nice value and
-        // reports errors by its return value.
-        unsafe {
-            let _ = libc::setpriority(libc::PRIO_PROCESS, gettid() as libc::id_t, nice);
-        }
-    }
-
-    /// Puts thread `tid` (0: the calling one) at `SCHED_IDLE` or back at `SCHED_OTHER` (its
-    /// nice value is kept); whether it worked.
-    pub fn set_idle(tid: i32, idle: bool) -> bool {
-        let policy = if idle {
-            libc::SCHED_IDLE
-        } else {
-            libc::SCHED_OTHER
-        };
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: `param` is a valid sched_param for the call's duration; the call changes
-        // only the scheduling policy of a thread of this process and reports errors by its
-        // return value.
-        unsafe { libc::sched_setscheduler(tid, policy, &param) == 0 }
-    }
-
-    /// The policy of thread `tid` (0: the calling one).
-    pub fn policy(tid: i32) -> i32 {
-        // SAFETY: sched_getscheduler only reads the thread's policy.
-        unsafe { libc::sched_getscheduler(tid) }
-    }
-
-    /// A throwaway thread at nice +10 goes to `SCHED_IDLE`; can another thread raise it back
-    /// (what the writer will do to the indexer)?
-    pub fn can_raise_from_idle() -> bool {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-        let probe = std::thread::Builder::new()
-            .name("trimtab-probe".into())
-            .spawn(move || {
-                set_nice(10);
-                let _ = tx.send(set_idle(0, true).then(gettid));
-                let _ = done_rx.recv();
-            });
-        let Ok(probe) = probe else {
-            return false;
-        };
-        let raised = match rx.recv() {
-            Ok(Some(tid)) => set_idle(tid, false) && policy(tid) == libc::SCHED_OTHER,
-            _ => false,
-        };
-        drop(done_tx);
-        let _ = probe.join();
-        raised
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-pub(crate) mod sys {
-    pub fn gettid() -> i32 {
-        0
-    }
-    pub fn set_nice(_: i32) {}
-    pub fn set_idle(_: i32, _: bool) -> bool {
-        false
-    }
-    pub fn can_raise_from_idle() -> bool {
-        false
     }
 }
 
