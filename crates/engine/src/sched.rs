@@ -1,7 +1,8 @@
 //! Scheduling calls on this process's threads (Linux; elsewhere they do nothing and report
 //! failure): a thread's nice value and its policy, `SCHED_IDLE` or back to `SCHED_OTHER`. Used
-//! by the indexer ([`crate::pipeline`]'s priority) and the rule lab's backtest
-//! ([`crate::lab`]), which both yield the CPU to the threads on the acknowledgement's path.
+//! by the indexer ([`crate::pipeline`]'s priority), the rule lab's backtest ([`crate::lab`])
+//! and the segmenter ([`crate::segments::service`]), which all yield the CPU to the threads on
+//! the acknowledgement's path.
 
 pub(crate) use imp::*;
 
@@ -20,6 +21,14 @@ mod imp {
         unsafe {
             let _ = libc::setpriority(libc::PRIO_PROCESS, gettid() as libc::id_t, nice);
         }
+    }
+
+    /// The calling thread's nice value (tests check what a thread was given).
+    #[cfg(test)]
+    pub fn nice() -> i32 {
+        // SAFETY: getpriority only reads our own thread's nice value (-1 is also a valid
+        // value; errno is not needed: the thread id is our own, so the call cannot fail).
+        unsafe { libc::getpriority(libc::PRIO_PROCESS, gettid() as libc::id_t) }
     }
 
     /// Puts thread `tid` (0: the calling one) at `SCHED_IDLE` or back at `SCHED_OTHER` (its
@@ -74,6 +83,10 @@ mod imp {
         0
     }
     pub fn set_nice(_: i32) {}
+    #[cfg(test)]
+    pub fn nice() -> i32 {
+        0
+    }
     pub fn set_idle(_: i32, _: bool) -> bool {
         false
     }

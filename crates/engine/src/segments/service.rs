@@ -1,6 +1,9 @@
 //! The live segmenter: a background thread that re-clusters all users periodically from a
 //! snapshot read of the store (one redb read transaction; it never blocks the shards or the
-//! writer), on its own one-thread rayon pool so it cannot starve the shards, and publishes the
+//! writer), on its own one-thread rayon pool so it cannot starve the shards, both threads at
+//! nice +19 ([`BACKGROUND_NICE`]) so that a run yields the CPU to the shards, the writer and
+//! the HTTP workers on a busy machine (yet still progresses, where `SCHED_IDLE` might not
+//! run at all under a steady load), and publishes the
 //! result as a read-only snapshot (`ArcSwap`). Between runs, shards assign new and changed
 //! users online (nearest centroid / core point / GMM posterior) with [`SegmentService::assign`].
 //! Segment ids stay stable across runs (the previous run's registry is passed on).
@@ -86,11 +89,16 @@ pub struct SegmentService {
 
 use trimtab_util::now_ms;
 
+/// Nice value of the segmenter's threads: a run (reading, decoding and clustering every user,
+/// a few hundred ms of CPU at 40 000 users) is background work, not on any answer's path.
+pub const BACKGROUND_NICE: i32 = 19;
+
 impl SegmentService {
     pub fn new(cfg: SegmentsConfig, store: Arc<Store>) -> std::io::Result<Arc<SegmentService>> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(1)
             .thread_name(|_| "trimtab-segmenter-pool".into())
+            .start_handler(|_| crate::sched::set_nice(BACKGROUND_NICE))
             .build()
             .map_err(std::io::Error::other)?;
         let (kick, kicked) = bounded(1);
@@ -121,6 +129,7 @@ impl SegmentService {
     ) -> std::io::Result<JoinHandle<()>> {
         let me = self.clone();
         health.spawn("trimtab-segmenter", move || {
+            crate::sched::set_nice(BACKGROUND_NICE);
             // A first run soon after start, then every refresh_s (0: only when asked).
             let every = me.cfg.refresh_s;
             let mut wait = Duration::from_secs(if every == 0 { 3600 } else { 5 });
@@ -284,5 +293,38 @@ impl SegmentService {
                 "last_error": last_error,
             }),
         }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// Both of the segmenter's threads run at [`BACKGROUND_NICE`]: the one that reads the
+    /// states (seen from its `before_read` hook) and the pool's that clusters them.
+    #[test]
+    fn the_segmenter_runs_at_background_priority() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("data")).unwrap());
+        let cfg = SegmentsConfig {
+            refresh_s: 0,
+            ..SegmentsConfig::default()
+        };
+        let svc = SegmentService::new(cfg, store).unwrap();
+        assert_eq!(svc.pool.install(crate::sched::nice), BACKGROUND_NICE);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        svc.set_before_read(Box::new(move || {
+            let _ = tx.send(crate::sched::nice());
+        }));
+        let own = crate::sched::nice();
+        let (stop_tx, stop_rx) = bounded(1);
+        let thread = svc.start(stop_rx, &crate::health::Health::new()).unwrap();
+        // The thread that started it is not lowered by any of this.
+        assert_eq!(crate::sched::nice(), own);
+        svc.refresh();
+        let nice = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(nice, BACKGROUND_NICE);
+        drop(stop_tx);
+        thread.join().unwrap();
     }
 }
