@@ -31,7 +31,7 @@ fn release_freed_pages() {
 /// freed memory back in 64 KiB pieces a second later; with THP on, the next allocation there
 /// faults in and zeroes a whole 2 MiB page again, and a 2 MiB page stays resident for a few
 /// live objects. Under the HTTP load this was 4% of the server's CPU (`clear_page_erms`, 0.6%
-/// without) and a third of its resident memory (BENCHMARKS.md, fourteenth session). The flag
+/// without) and a fifth of its resident memory (BENCHMARKS.md, fourteenth session). The flag
 /// is the process's (`PR_SET_THP_DISABLE`), checked at every fault, so it holds for the arenas
 /// mimalloc reserved before `main`.
 fn no_transparent_huge_pages() {
