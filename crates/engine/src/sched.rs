@@ -14,7 +14,7 @@ mod imp {
         unsafe { libc::syscall(libc::SYS_gettid) as i32 }
     }
 
-    /// The calling thread's nice value (Linux schedules threads as tasks).
+    /// Sets the calling thread's nice value (Linux schedules threads as tasks).
     pub fn set_nice(nice: i32) {
         // SAFETY: setpriority on our own thread id changes only this thread's nice value and
         // reports errors by its return value.
