@@ -55,6 +55,16 @@ pub(crate) fn register(engine: &mut Engine) {
                 adjust(&ctx, slot, variant, Some(&params))
             },
         );
+    FuncRegistration::new("adjust")
+        .with_volatility(true)
+        .register_into_engine(
+            engine,
+            |ctx: NativeCallContext,
+             slot: &str,
+             variant: &str,
+             params: view::MapView|
+             -> RhaiResult<()> { adjust(&ctx, slot, variant, Some(&params.whole())) },
+        );
     FuncRegistration::new("experiment")
         .with_volatility(true)
         .register_into_engine(engine, |id: Str| memo::global(Read::Arm(id)));
@@ -229,7 +239,7 @@ fn adjust(
             if let Err(why) = check_name(key) {
                 return fail(format!("invalid param name {:?}: {why}", clip(key)));
             }
-            let text = value.to_string();
+            let text = view::display(value);
             if text.chars().count() > MAX_PARAM_VALUE_CHARS {
                 return fail(format!(
                     "param {key:?} is longer than {MAX_PARAM_VALUE_CHARS} characters"

@@ -279,6 +279,9 @@ pub struct Version {
     memo: bool,
     /// Remembered runs, one tree per shard thread (see `memo`).
     trace: thread_local::ThreadLocal<std::cell::RefCell<memo::Trace>>,
+    /// Set once a run failed on an object read as a view and succeeded on plain maps: this
+    /// version's runs read `user.scroll`, `event.props`, … as plain maps (see `view`).
+    plain_maps: std::sync::atomic::AtomicBool,
     counters: Arc<Counters>,
 }
 
@@ -311,6 +314,7 @@ impl registry::Kind for RuleKind {
             runtime: thread_local::ThreadLocal::new(),
             memo,
             trace: thread_local::ThreadLocal::new(),
+            plain_maps: std::sync::atomic::AtomicBool::new(false),
             counters: prev.map_or_else(Arc::default, |p| Arc::clone(&p.counters)),
         })
     }
@@ -731,26 +735,50 @@ impl Rules {
                 continue;
             }
             let cut = left < timeout;
-            let call = sandbox::CallScope::enter(
-                compiled.label.clone(),
-                timeout.min(left),
-                trace.is_some(),
-            );
             let engine = &self.inner.kind().engine;
             let cell = compiled
                 .runtime
                 .get_or(|| std::cell::RefCell::new(Runtime::new(engine, &compiled.ast)));
-            let result =
-                trimtab_util::panics::catch(|| cell.borrow_mut().run(engine, scope, &compiled.ast));
-            let ops = cell.try_borrow().map_or(0, |r| r.global.num_operations);
-            counters.operations.fetch_add(ops, Ordering::Relaxed);
-            if !matches!(result, Ok(Ok(()))) {
-                *cell.borrow_mut() = Runtime::new(engine, &compiled.ast);
+            let mut attempt = |nested: bool| {
+                let call = sandbox::CallScope::enter(
+                    compiled.label.clone(),
+                    timeout.min(left),
+                    trace.is_some(),
+                    nested,
+                );
+                let result = trimtab_util::panics::catch(|| {
+                    cell.borrow_mut().run(engine, scope, &compiled.ast)
+                });
+                let ops = cell.try_borrow().map_or(0, |r| r.global.num_operations);
+                counters.operations.fetch_add(ops, Ordering::Relaxed);
+                if !matches!(result, Ok(Ok(()))) {
+                    *cell.borrow_mut() = Runtime::new(engine, &compiled.ast);
+                }
+                let (adjusts, reads) = call.finish_recorded();
+                // Drop the rule's own variables; `user`, `event` and `now_ms` are constants, so
+                // a rule cannot change what the next rule sees.
+                scope.rewind(base);
+                (result, adjusts, reads)
+            };
+            let nested = !compiled.plain_maps.load(Ordering::Relaxed);
+            let (mut result, mut adjusts, mut reads) = attempt(nested);
+            // A run that failed on an object read as a view (`let s = user.scroll; s.x = 1`)
+            // runs again with plain maps, and if that succeeds the rule keeps plain maps.
+            if nested && matches!(&result, Ok(Err(e)) if sandbox::view_may_fail(e)) {
+                let again = attempt(false);
+                if matches!(again.0, Ok(Ok(()))) {
+                    compiled.plain_maps.store(true, Ordering::Relaxed);
+                    if let Ok(Err(e)) = &result {
+                        tracing::info!(
+                            rule = %compiled.label,
+                            error = %sandbox::runtime_error_info(&entry.file, e, limits.timeout_ms).message,
+                            "the rule uses an object of `user` or `event` in a way its view does \
+                             not support; it reads them as plain maps from now on"
+                        );
+                    }
+                }
+                (result, adjusts, reads) = again;
             }
-            let (adjusts, reads) = call.finish_recorded();
-            // Drop the rule's own variables; `user`, `event` and `now_ms` are constants, so a
-            // rule cannot change what the next rule sees.
-            scope.rewind(base);
             if cut && matches!(&result, Ok(Err(e)) if sandbox::is_timeout(e)) {
                 // Stopped by the event's budget, not by its own deadline: not its failure.
                 counters.budget_skips.fetch_add(1, Ordering::Relaxed);
@@ -804,7 +832,7 @@ impl Rules {
         scope.push_constant("event", Dynamic::UNIT);
         scope.push_constant("now_ms", now_ms);
         let timeout = Duration::from_millis(self.limits().timeout_ms.max(1));
-        let call = sandbox::CallScope::enter("condition".into(), timeout, false);
+        let call = sandbox::CallScope::enter("condition".into(), timeout, false, false);
         let result = trimtab_util::panics::catch(|| {
             self.inner
                 .kind()
@@ -880,6 +908,15 @@ impl Rules {
             .get(name)
             .map(|e| status(&e))
             .ok_or_else(|| RulesError::NotFound(sandbox::truncate(name, 80)))
+    }
+
+    /// Whether the running version of rule `name` reads `user.scroll`, `event.props`, … as
+    /// plain maps (after a run failed on their views, see `view`) rather than as views; None
+    /// when no version runs.
+    pub fn reads_plain_maps(&self, name: &str) -> Option<bool> {
+        let e = self.inner.get(name)?;
+        let live = e.live.as_ref()?;
+        Some(live.plain_maps.load(Ordering::Relaxed))
     }
 
     /// Validates `source` (compiles it with the same sandboxed engine), then atomically writes

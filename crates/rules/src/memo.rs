@@ -49,7 +49,11 @@ pub(crate) enum Read {
     UserLen,
     UserContains(ImmutableString),
     UserToMap,
+    /// Key `.1` of the object `user.<.0>` (a [`view::MapView`]).
+    UserSub(ImmutableString, ImmutableString),
     EventField(ImmutableString),
+    /// Key `.1` of the object `event.<.0>` (`event.props` as a [`view::MapView`]).
+    EventSub(ImmutableString, ImmutableString),
     EventKeys,
     EventLen,
     EventContains(ImmutableString),
@@ -87,6 +91,7 @@ impl Read {
         let s = u.source();
         let v = match self {
             Read::UserField(f) => s.field(f),
+            Read::UserSub(f, k) => s.sub(f, k),
             Read::UserKeys => Dynamic::from_array(s.keys().iter().map(|k| view::text(k)).collect()),
             Read::UserLen => Dynamic::from_int(s.keys().len() as INT),
             Read::UserContains(k) => Dynamic::from_bool(s.keys().contains(&k.as_str())),
@@ -121,6 +126,7 @@ impl Read {
         let s = &*e.0;
         let v = match self {
             Read::EventField(f) => s.field(f),
+            Read::EventSub(f, k) => s.sub(f, k),
             Read::EventKeys => {
                 Dynamic::from_array(s.keys().iter().map(|k| view::text(k)).collect())
             }
@@ -171,6 +177,7 @@ impl Read {
             | (SeqCount(a), SeqCount(b))
             | (Showing(a), Showing(b)) => a == b,
             (Predict(a, b, c), Predict(x, y, z)) => a == x && b == y && c == z,
+            (UserSub(a, b), UserSub(x, y)) | (EventSub(a, b), EventSub(x, y)) => a == x && b == y,
             (SeqLast(a), SeqLast(b)) => a == b,
             (SeqCountLast(a, p), SeqCountLast(b, q)) => a == b && p == q,
             (SeqEndsWith(a), SeqEndsWith(b)) => {

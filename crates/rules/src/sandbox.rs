@@ -52,6 +52,8 @@ pub(crate) struct CallState {
     pub(crate) reads: Option<Vec<(super::memo::Read, Dynamic)>>,
     /// False once the run did something a replay would not (a log line, too many reads).
     pub(crate) memo_ok: bool,
+    /// Whether `user.scroll`, `event.props`, … read as [`super::view::MapView`]s in this run.
+    pub(crate) nested: bool,
 }
 
 thread_local! {
@@ -120,8 +122,13 @@ pub(crate) struct CallScope {
 
 impl CallScope {
     /// Enters a call of `rule` with a deadline of `timeout` from now; `record`: keep the
-    /// run's reads for [`super::memo`].
-    pub(crate) fn enter(rule: std::sync::Arc<str>, timeout: Duration, record: bool) -> CallScope {
+    /// run's reads for [`super::memo`]; `nested`: objects read as views (see `view`).
+    pub(crate) fn enter(
+        rule: std::sync::Arc<str>,
+        timeout: Duration,
+        record: bool,
+        nested: bool,
+    ) -> CallScope {
         let now = Instant::now();
         let deadline = now.checked_add(timeout).unwrap_or(now);
         CURRENT.with(|c| {
@@ -133,6 +140,7 @@ impl CallScope {
                     logs: 0,
                     reads: record.then(Vec::new),
                     memo_ok: true,
+                    nested,
                 });
             }
         });
@@ -442,6 +450,26 @@ pub(crate) fn compile_error_info(file: &str, err: &ParseError) -> RuleErrorInfo 
         line: pos.line(),
         column: pos.position(),
         location: location(file, pos),
+    }
+}
+
+/// Whether `err` is a kind of error that using an object read as a [`super::view::MapView`]
+/// can cause where a plain map would not (a missing function or setter, a type mismatch), so
+/// that the run is worth trying again with plain maps.
+pub(crate) fn view_may_fail(err: &EvalAltResult) -> bool {
+    use EvalAltResult as E;
+    match err {
+        E::ErrorInFunctionCall(_, _, inner, _) => view_may_fail(inner),
+        E::ErrorFunctionNotFound(..)
+        | E::ErrorPropertyNotFound(..)
+        | E::ErrorIndexingType(..)
+        | E::ErrorDotExpr(..)
+        | E::ErrorFor(..)
+        | E::ErrorMismatchDataType(..)
+        | E::ErrorMismatchOutputType(..)
+        | E::ErrorNonPureMethodCallOnConstant(..)
+        | E::ErrorAssignmentToConstant(..) => true,
+        _ => false,
     }
 }
 

@@ -5,7 +5,15 @@
 //! state); an [`EventView`] an [`EventSource`]. Both behave like the documented maps
 //! (`scripts/README.md`): `user.page`, `user["page"]`, `user.scroll?.depth`, `"scroll" in user`,
 //! `user.keys()`, `type_of(user) == "map"`; a missing field reads as `()`; nested objects
-//! (`user.scroll`, `user.targets`, …) are built as plain maps when read. The helpers
+//! (`user.targets`, `user.adjustments`, `user.experiments`) are built as plain maps when read.
+//! The objects with fixed keys (`user.scroll`, `user.consent`, `user.context`, `user.mouse`,
+//! `user.signals`) and `event.props` are [`MapView`]s: read key by key, so that what a run
+//! read is each value it looked at (`user.scroll.depth`), not the whole object, which is what
+//! lets [`super::memo`] remember runs of rules that read them. A `MapView` answers every map
+//! function that does not change the map (`keys`, `values`, `len`, `contains`/`in`, `get`,
+//! `to_json`, `==`, `+`, printing); `to_map()` gives a plain copy. A run that does something
+//! else with one (sets a key of it, `filter`, …) fails on the view and is run again with plain
+//! maps, and the rule keeps plain maps from then on (see `Rules::evaluate`). The helpers
 //! (`user.hover_ms(t)`, `user.seq_last(n)`, …) read the source directly. Views are read-only
 //! (no setters), and scripts hold them as constants, so a rule cannot change what the next
 //! rule sees.
@@ -14,7 +22,7 @@
 
 use std::sync::Arc;
 
-use rhai::{Array, Dynamic, Engine, ImmutableString, INT};
+use rhai::{Array, Dynamic, Engine, ImmutableString, Map, INT};
 
 /// Per-target statistics a helper can ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +43,11 @@ pub enum TargetStat {
 pub trait UserSource: Send + Sync {
     /// A top-level field of the `user` map layout, `()` when there is no such field.
     fn field(&self, name: &str) -> Dynamic;
+    /// Key `key` of the object `field` (one of [`USER_MAPS`]), `()` when it has no such key.
+    /// The default builds the object; a source can read the one value instead.
+    fn sub(&self, field: &str, key: &str) -> Dynamic {
+        map_get(&self.field(field), key)
+    }
     /// The top-level field names of the layout.
     fn keys(&self) -> &'static [&'static str];
     /// A statistic of a target, 0 when the target is unknown.
@@ -58,6 +71,17 @@ pub trait EventSource: Send + Sync {
     /// A field of the `event` map layout, `()` when there is no such field.
     fn field(&self, name: &str) -> Dynamic;
     fn keys(&self) -> &'static [&'static str];
+    /// Key `key` of the object `field` (`props`), `()` when it has no such key.
+    fn sub(&self, field: &str, key: &str) -> Dynamic {
+        map_get(&self.field(field), key)
+    }
+}
+
+/// Key `key` of `map` if it is a map, else `()`.
+fn map_get(map: &Dynamic, key: &str) -> Dynamic {
+    map.read_lock::<Map>()
+        .and_then(|m| m.get(key).cloned())
+        .unwrap_or(Dynamic::UNIT)
 }
 
 /// The `user` constant of a rule run.
@@ -67,6 +91,80 @@ pub struct UserView(pub Arc<dyn UserSource>);
 /// The `event` constant of a rule run.
 #[derive(Clone)]
 pub struct EventView(pub Arc<dyn EventSource>);
+
+/// An object of `user` with fixed keys (one of [`USER_MAPS`]) or `event.props`, read key by
+/// key (see the module doc). Cloning is a reference count.
+#[derive(Clone)]
+pub struct MapView {
+    of: Of,
+    field: ImmutableString,
+}
+
+#[derive(Clone)]
+enum Of {
+    User(UserView),
+    Event(EventView),
+}
+
+impl MapView {
+    /// The value of `key` (`()` when missing), recorded as that one read.
+    fn get(&self, key: ImmutableString) -> Dynamic {
+        use super::memo::{self, Read};
+        match &self.of {
+            Of::User(u) => memo::user(u, Read::UserSub(self.field.clone(), key)),
+            Of::Event(e) => memo::event(e, Read::EventSub(self.field.clone(), key)),
+        }
+    }
+
+    /// The whole object as a plain map, recorded as a read of all of it.
+    pub(crate) fn whole(&self) -> Map {
+        use super::memo::{self, Read};
+        let v = match &self.of {
+            Of::User(u) => memo::user(u, Read::UserField(self.field.clone())),
+            Of::Event(e) => memo::event(e, Read::EventField(self.field.clone())),
+        };
+        v.try_cast::<Map>().unwrap_or_default()
+    }
+}
+
+/// Whether this rule run reads the objects of [`MapView`] through views (the running call's
+/// choice; plain maps outside rule runs).
+fn nested() -> bool {
+    super::sandbox::with_current(|s| s.nested).unwrap_or(false)
+}
+
+/// `user.<field>`: a [`MapView`] for the objects with fixed keys when the run reads views,
+/// else the field's value.
+fn user_field(u: &UserView, name: &ImmutableString) -> Dynamic {
+    use super::memo::{self, Read};
+    if nested() && USER_MAPS.iter().any(|(m, _)| *m == name.as_str()) {
+        return Dynamic::from(MapView {
+            of: Of::User(u.clone()),
+            field: name.clone(),
+        });
+    }
+    memo::user(u, Read::UserField(name.clone()))
+}
+
+/// `event.<field>`: a [`MapView`] for `props` when the run reads views, else the field's value.
+fn event_field(e: &EventView, name: &ImmutableString) -> Dynamic {
+    use super::memo::{self, Read};
+    if nested() && name.as_str() == "props" {
+        return Dynamic::from(MapView {
+            of: Of::Event(e.clone()),
+            field: name.clone(),
+        });
+    }
+    memo::event(e, Read::EventField(name.clone()))
+}
+
+/// A value as `print` and `adjust()` params show it: a [`MapView`] as the map it stands for.
+pub(crate) fn display(v: &Dynamic) -> String {
+    match v.read_lock::<MapView>() {
+        Some(m) => Dynamic::from_map(m.whole()).to_string(),
+        None => v.to_string(),
+    }
+}
 
 impl UserView {
     pub fn source(&self) -> &dyn UserSource {
@@ -166,24 +264,17 @@ pub(crate) fn register(engine: &mut Engine) {
     // Every read goes through `memo`, which records it when the run is being remembered.
     engine.register_type_with_name::<UserView>("map");
     engine.register_type_with_name::<EventView>("map");
-    engine.register_indexer_get(|u: &mut UserView, k: ImmutableString| {
-        memo::user(u, Read::UserField(k))
-    });
-    engine.register_indexer_get(|e: &mut EventView, k: ImmutableString| {
-        memo::event(e, Read::EventField(k))
-    });
+    engine.register_indexer_get(|u: &mut UserView, k: ImmutableString| user_field(u, &k));
+    engine.register_indexer_get(|e: &mut EventView, k: ImmutableString| event_field(e, &k));
     for f in USER_FIELDS {
         let name = ImmutableString::from(*f);
-        engine.register_get(f, move |u: &mut UserView| {
-            memo::user(u, Read::UserField(name.clone()))
-        });
+        engine.register_get(f, move |u: &mut UserView| user_field(u, &name));
     }
     for f in EVENT_FIELDS {
         let name = ImmutableString::from(*f);
-        engine.register_get(f, move |e: &mut EventView| {
-            memo::event(e, Read::EventField(name.clone()))
-        });
+        engine.register_get(f, move |e: &mut EventView| event_field(e, &name));
     }
+    register_map_view(engine);
     engine.register_fn("keys", |u: &mut UserView| memo::user(u, Read::UserKeys));
     engine.register_fn("keys", |e: &mut EventView| memo::event(e, Read::EventKeys));
     engine.register_fn("len", |u: &mut UserView| memo::user(u, Read::UserLen));
@@ -202,6 +293,89 @@ pub(crate) fn register(engine: &mut Engine) {
     engine.register_fn("to_string", |_: &mut EventView| "event".to_string());
     engine.register_fn("to_debug", |_: &mut UserView| "user".to_string());
     engine.register_fn("to_debug", |_: &mut EventView| "event".to_string());
+}
+
+/// [`MapView`]: its keys as properties and index, and the map functions that do not change a
+/// map, with the meanings they have on the map it stands for.
+fn register_map_view(engine: &mut Engine) {
+    use rhai::NativeCallContext;
+    engine.register_type_with_name::<MapView>("map");
+    engine.register_indexer_get(|m: &mut MapView, k: ImmutableString| m.get(k));
+    let mut keys: Vec<&str> = USER_MAPS
+        .iter()
+        .flat_map(|(_, k)| k.iter().copied())
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    for k in keys {
+        let key = ImmutableString::from(k);
+        engine.register_get(k, move |m: &mut MapView| m.get(key.clone()));
+    }
+    engine.register_fn("get", |m: &mut MapView, k: ImmutableString| m.get(k));
+    engine.register_fn("contains", |m: &mut MapView, k: ImmutableString| {
+        m.whole().contains_key(k.as_str())
+    });
+    engine.register_fn("len", |m: &mut MapView| m.whole().len() as INT);
+    engine.register_fn("is_empty", |m: &mut MapView| m.whole().is_empty());
+    engine.register_fn("keys", |m: &mut MapView| -> Array {
+        m.whole().into_keys().map(|k| text(&k)).collect()
+    });
+    engine.register_fn("values", |m: &mut MapView| -> Array {
+        m.whole().into_values().collect()
+    });
+    engine.register_fn("to_map", |m: &mut MapView| m.whole());
+    // Printing and JSON exactly as for the map (Rhai's own functions, on the plain map).
+    for name in ["to_string", "to_debug", "to_json"] {
+        engine.register_fn(
+            name,
+            move |ctx: NativeCallContext,
+                  m: &mut MapView|
+                  -> Result<Dynamic, Box<rhai::EvalAltResult>> {
+                ctx.call_native_fn(name, (m.whole(),))
+            },
+        );
+    }
+    // Equality and merging as for the maps (Rhai's own, called on the plain maps).
+    fn same(ctx: &NativeCallContext, a: Map, b: Map) -> Result<bool, Box<rhai::EvalAltResult>> {
+        ctx.call_native_fn("==", (a, b))
+    }
+    engine.register_fn(
+        "==",
+        |ctx: NativeCallContext, a: &mut MapView, b: MapView| same(&ctx, a.whole(), b.whole()),
+    );
+    engine.register_fn("==", |ctx: NativeCallContext, a: &mut MapView, b: Map| {
+        same(&ctx, a.whole(), b)
+    });
+    engine.register_fn("==", |ctx: NativeCallContext, a: &mut Map, b: MapView| {
+        same(&ctx, a.clone(), b.whole())
+    });
+    engine.register_fn(
+        "!=",
+        |ctx: NativeCallContext, a: &mut MapView, b: MapView| {
+            same(&ctx, a.whole(), b.whole()).map(|e| !e)
+        },
+    );
+    engine.register_fn("!=", |ctx: NativeCallContext, a: &mut MapView, b: Map| {
+        same(&ctx, a.whole(), b).map(|e| !e)
+    });
+    engine.register_fn("!=", |ctx: NativeCallContext, a: &mut Map, b: MapView| {
+        same(&ctx, a.clone(), b.whole()).map(|e| !e)
+    });
+    engine.register_fn("+", |a: MapView, b: Map| {
+        let mut m = a.whole();
+        m.extend(b);
+        m
+    });
+    engine.register_fn("+", |a: Map, b: MapView| {
+        let mut m = a;
+        m.extend(b.whole());
+        m
+    });
+    engine.register_fn("+", |a: MapView, b: MapView| {
+        let mut m = a.whole();
+        m.extend(b.whole());
+        m
+    });
 }
 
 /// The helpers on a view (same names and meanings as the map helpers in [`super::api`]).

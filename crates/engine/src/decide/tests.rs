@@ -1051,3 +1051,170 @@ fn the_checkers_field_lists_match_the_user_view() {
         assert_eq!(got, want, "user.{name}");
     }
 }
+
+/// Evaluates `rules` for `u`'s state and `ev`, with the views the engine passes (`views`) or
+/// with the fully built plain maps (`!views`).
+fn evaluate_as(rules: &Rules, u: &Driver, ev: &Event, at: i64, views: bool) -> Vec<AdjustRequest> {
+    let (user, event) = if views {
+        (
+            view::user_view(&u.key, Arc::new(u.state.clone()), at),
+            view::event_view(view::EventData::Real(Arc::new(ev.clone()))),
+        )
+    } else {
+        (
+            rhai::Dynamic::from_map(view::user_map(&u.key, &u.state, at)),
+            rhai::Dynamic::from_map(view::event_map(ev)),
+        )
+    };
+    rules.evaluate(&RuleInput {
+        user,
+        event,
+        now_ms: at,
+        kind: Some(ev.kind().as_str()),
+        scorer: None,
+    })
+}
+
+/// A user who scrolled: the objects `user.scroll`, … and `event.props` have values.
+fn scrolled_user(w: &World) -> (Driver, Event) {
+    let mut u = Driver::new(5);
+    let ev = u.event(
+        Props::PageView {
+            path: "/article/1".into(),
+            title: None,
+        },
+        None,
+        T0,
+    );
+    u.send(w, ev, T0);
+    let ev = u.event(
+        Props::Scroll {
+            depth: 42.5,
+            max_depth: Some(60.0),
+            velocity: Some(1.5),
+        },
+        None,
+        T0 + 700,
+    );
+    u.send(w, ev.clone(), T0 + 700);
+    (u, ev)
+}
+
+/// `user.scroll`, `event.props`, … read as views answer every map function that does not
+/// change a map exactly as the plain maps do (the same script, run both ways).
+#[test]
+fn objects_read_as_views_behave_like_the_plain_maps() {
+    const PROBE: &str = r#"
+let s = user.scroll;
+let p = event.props;
+let out = [];
+out.push(type_of(s)); out.push(s.depth); out.push(s["max_depth"]); out.push(s.missing);
+out.push(s?.velocity); out.push(s["missing"] ?? "none"); out.push(s.keys()); out.push(s.values());
+out.push(s.len()); out.push(s.is_empty()); out.push("depth" in s); out.push("x" in s);
+out.push(s.contains("direction")); out.push(s.get("velocity")); out.push(s.to_json());
+out.push(`${s}`); out.push(s.to_string()); out.push(s.to_debug());
+out.push(s == user.scroll); out.push(s != user.scroll); out.push(s == #{}); out.push(s != #{});
+out.push(#{} == s); out.push(s == user.mouse);
+out.push((s + #{extra: 1}).len()); out.push((#{extra: 1} + s).extra); out.push((s + user.mouse).len());
+out.push(p.depth); out.push(p.keys()); out.push(p.max_depth); out.push(p.nothing);
+out.push(user.signals.frustration); out.push(user.consent.personalization);
+out.push(user.context.hour); out.push(user.mouse.speed); out.push(user["scroll"]["depth"]);
+out.push(event["props"].velocity);
+let params = #{ s: s, n: out.len() };
+for i in 0..(out.len() + 3) / 4 {
+    params["p" + i] = `${out.extract(i * 4, 4)}`;
+}
+adjust("probe", "v", params);
+"#;
+    let w = World::new(&[("probe", PROBE)], 0.0);
+    let (u, ev) = scrolled_user(&w);
+    let rules = rules_of(&w, true);
+    let (viewed, plain) = (
+        evaluate_as(&rules, &u, &ev, T0 + 800, true),
+        evaluate_as(&rules, &u, &ev, T0 + 800, false),
+    );
+    assert_eq!(viewed.len(), 1, "{:?}", rules.status("probe"));
+    assert_eq!(viewed, plain);
+    assert!(viewed[0].params["p0"].contains("42.5"), "{viewed:?}");
+    assert!(viewed[0].params["s"].contains("max_depth"), "{viewed:?}");
+    let st = rules.status("probe").unwrap();
+    assert_eq!((st.runs, st.failures), (2, 0), "{st:?}");
+    assert_eq!(
+        rules.reads_plain_maps("probe"),
+        Some(false),
+        "read as views"
+    );
+}
+
+/// A rule that changes an object it read (which a view does not allow) runs again with plain
+/// maps, keeps them from then on, and decides as it always did: no error is counted.
+#[test]
+fn a_rule_that_changes_an_object_it_read_runs_with_plain_maps() {
+    const CHANGES: &str = r#"
+let s = user.scroll;
+s.depth = 99.0;
+let big = user.signals.filter(|k, v| k == "frustration");
+if s.depth > 90.0 && big.len() == 1 { adjust("x", "changed", #{ d: s.depth }); }
+"#;
+    let w = World::new(&[("changes", CHANGES)], 0.0);
+    let (u, ev) = scrolled_user(&w);
+    let rules = rules_of(&w, true);
+    for i in 0..3 {
+        let out = evaluate_as(&rules, &u, &ev, T0 + 800 + i, true);
+        assert_eq!(out.len(), 1, "run {i}: {:?}", rules.status("changes"));
+        assert_eq!(out[0].params["d"], "99.0");
+    }
+    let st = rules.status("changes").unwrap();
+    assert_eq!((st.runs, st.failures), (3, 0), "{st:?}");
+    assert_eq!(rules.reads_plain_maps("changes"), Some(true));
+    // A rule that fails with plain maps as well keeps failing, as it did before views.
+    let w = World::new(&[("broken", "let s = user.scroll; s.nothing();")], 0.0);
+    let (u, ev) = scrolled_user(&w);
+    let rules = rules_of(&w, true);
+    assert!(evaluate_as(&rules, &u, &ev, T0 + 800, true).is_empty());
+    let st = rules.status("broken").unwrap();
+    assert_eq!((st.runs, st.failures), (1, 1), "{st:?}");
+    assert_eq!(rules.reads_plain_maps("broken"), Some(false));
+}
+
+/// A rule that reads one key of an object is remembered by that key: scroll_offer's runs
+/// replay while the scroll's other values (its velocity) differ from run to run.
+#[test]
+fn a_rule_reading_keys_of_an_object_is_remembered_by_those_keys() {
+    let w = World::new(
+        &[(
+            "scroll_offer",
+            include_str!("../../../../scripts/scroll_offer.rhai"),
+        )],
+        0.0,
+    );
+    let rules = rules_of(&w, true);
+    let mut u = Driver::new(6);
+    let ev = u.event(
+        Props::PageView {
+            path: "/article/2".into(),
+            title: None,
+        },
+        None,
+        T0,
+    );
+    u.send(&w, ev, T0);
+    for i in 0..20 {
+        let at = T0 + 1_000 + i * 97;
+        let ev = u.event(
+            Props::Scroll {
+                depth: 40.0,
+                max_depth: Some(50.0),
+                velocity: Some(0.5 + i as f64),
+            },
+            None,
+            at,
+        );
+        u.send(&w, ev.clone(), at);
+        assert!(evaluate_as(&rules, &u, &ev, at, true).is_empty());
+    }
+    let st = rules.status("scroll_offer").unwrap();
+    assert_eq!(st.runs, 20);
+    assert!(st.replayed >= 18, "{} of 20 runs replayed", st.replayed);
+    assert_eq!(rules.reads_plain_maps("scroll_offer"), Some(false));
+}

@@ -14,7 +14,7 @@ use trimtab_rules::view::{text, EventSource, EventView, TargetStat, UserSource, 
 use trimtab_wire::{Event, Props};
 
 /// The top-level fields of the `user` layout, and those of the `event` layout.
-use trimtab_rules::view::{EVENT_FIELDS as EVENT_KEYS, USER_FIELDS as USER_KEYS};
+use trimtab_rules::view::{EVENT_FIELDS as EVENT_KEYS, USER_FIELDS as USER_KEYS, USER_MAPS};
 
 fn map(pairs: impl IntoIterator<Item = (&'static str, Dynamic)>) -> Dynamic {
     Dynamic::from_map(pairs.into_iter().map(|(k, v)| (k.into(), v)).collect())
@@ -40,32 +40,22 @@ impl StateView {
 impl UserSource for StateView {
     fn field(&self, name: &str) -> Dynamic {
         let st = self.st();
-        let c = &st.context;
         match name {
             "id" => text(&self.key.short()),
             "session" => text(&st.session),
             "sessions" => int(st.sessions),
             "events" => Dynamic::from_int(st.events as INT),
-            "consent" => map([
-                ("analytics", Dynamic::from_bool(st.consent.analytics)),
-                (
-                    "personalization",
-                    Dynamic::from_bool(st.consent.personalization),
-                ),
-            ]),
-            "scroll" => map([
-                ("depth", Dynamic::from_float(st.scroll.depth)),
-                ("max_depth", Dynamic::from_float(st.scroll.max_depth)),
-                ("velocity", Dynamic::from_float(st.scroll.velocity)),
-                (
-                    "direction",
-                    text(match st.scroll.direction {
-                        1 => "down",
-                        -1 => "up",
-                        _ => "none",
-                    }),
-                ),
-            ]),
+            "consent" | "scroll" | "context" | "mouse" | "signals" => {
+                let keys = USER_MAPS
+                    .iter()
+                    .find(|(m, _)| *m == name)
+                    .map_or(&[][..], |(_, k)| *k);
+                Dynamic::from_map(
+                    keys.iter()
+                        .map(|k| ((*k).into(), self.sub(name, k)))
+                        .collect(),
+                )
+            }
             "targets" => {
                 let now = self.now_ms;
                 let m: Map = st
@@ -92,41 +82,6 @@ impl UserSource for StateView {
                 let a: Array = st.sequence.iter().map(|e| text(e)).collect();
                 Dynamic::from_array(a)
             }
-            "context" => map([
-                ("device", text(&c.device)),
-                ("browser", text(&c.browser)),
-                ("viewport_w", int(c.viewport_w)),
-                ("viewport_h", int(c.viewport_h)),
-                ("hour", Dynamic::from_int(self.hour())),
-                ("tz_offset_min", int(c.tz_offset_min)),
-                ("language", text(&c.language)),
-            ]),
-            "mouse" => map([
-                ("speed", Dynamic::from_float(st.mouse.speed)),
-                ("path_px", Dynamic::from_float(st.mouse.path_px)),
-                ("idle_ms", Dynamic::from_int(st.mouse.idle_ms as INT)),
-            ]),
-            "signals" => {
-                let g = &st.signals;
-                map([
-                    ("rage_clicks", int(g.rage_clicks)),
-                    ("dead_clicks", int(g.dead_clicks)),
-                    ("error_clicks", int(g.error_clicks)),
-                    ("hesitations", int(g.hesitations)),
-                    ("hesitation_ms", int(g.hesitation_ms)),
-                    ("exit_intents", int(g.exit_intents)),
-                    ("exit_via", text(g.exit_via_str())),
-                    ("excessive_scrolls", int(g.excessive_scrolls)),
-                    ("quick_backs", int(g.quick_backs)),
-                    ("engaged_ms", int(g.engaged_ms)),
-                    ("reading_wpm", Dynamic::from_float(f64::from(g.reading_wpm))),
-                    ("motion", text(g.motion_str())),
-                    ("tilt", Dynamic::from_float(f64::from(g.tilt))),
-                    ("frustration", Dynamic::from_float(g.frustration())),
-                    ("intent", Dynamic::from_float(g.intent(st.scroll.max_depth))),
-                    ("last_ms", int(g.last_ms)),
-                ])
-            }
             "adjustments" => Dynamic::from_map(
                 st.adjustments
                     .iter()
@@ -143,6 +98,50 @@ impl UserSource for StateView {
                     .filter_map(|(id, r)| Some((id.as_str().into(), text(r.arm.as_ref()?))))
                     .collect(),
             ),
+            _ => Dynamic::UNIT,
+        }
+    }
+
+    fn sub(&self, field: &str, key: &str) -> Dynamic {
+        let st = self.st();
+        let (c, g) = (&st.context, &st.signals);
+        match (field, key) {
+            ("consent", "analytics") => Dynamic::from_bool(st.consent.analytics),
+            ("consent", "personalization") => Dynamic::from_bool(st.consent.personalization),
+            ("scroll", "depth") => Dynamic::from_float(st.scroll.depth),
+            ("scroll", "max_depth") => Dynamic::from_float(st.scroll.max_depth),
+            ("scroll", "velocity") => Dynamic::from_float(st.scroll.velocity),
+            ("scroll", "direction") => text(match st.scroll.direction {
+                1 => "down",
+                -1 => "up",
+                _ => "none",
+            }),
+            ("context", "device") => text(&c.device),
+            ("context", "browser") => text(&c.browser),
+            ("context", "viewport_w") => int(c.viewport_w),
+            ("context", "viewport_h") => int(c.viewport_h),
+            ("context", "hour") => Dynamic::from_int(self.hour()),
+            ("context", "tz_offset_min") => int(c.tz_offset_min),
+            ("context", "language") => text(&c.language),
+            ("mouse", "speed") => Dynamic::from_float(st.mouse.speed),
+            ("mouse", "path_px") => Dynamic::from_float(st.mouse.path_px),
+            ("mouse", "idle_ms") => Dynamic::from_int(st.mouse.idle_ms as INT),
+            ("signals", "rage_clicks") => int(g.rage_clicks),
+            ("signals", "dead_clicks") => int(g.dead_clicks),
+            ("signals", "error_clicks") => int(g.error_clicks),
+            ("signals", "hesitations") => int(g.hesitations),
+            ("signals", "hesitation_ms") => int(g.hesitation_ms),
+            ("signals", "exit_intents") => int(g.exit_intents),
+            ("signals", "exit_via") => text(g.exit_via_str()),
+            ("signals", "excessive_scrolls") => int(g.excessive_scrolls),
+            ("signals", "quick_backs") => int(g.quick_backs),
+            ("signals", "engaged_ms") => int(g.engaged_ms),
+            ("signals", "reading_wpm") => Dynamic::from_float(f64::from(g.reading_wpm)),
+            ("signals", "motion") => text(g.motion_str()),
+            ("signals", "tilt") => Dynamic::from_float(f64::from(g.tilt)),
+            ("signals", "frustration") => Dynamic::from_float(g.frustration()),
+            ("signals", "intent") => Dynamic::from_float(g.intent(st.scroll.max_depth)),
+            ("signals", "last_ms") => int(g.last_ms),
             _ => Dynamic::UNIT,
         }
     }
