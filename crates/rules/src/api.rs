@@ -138,6 +138,9 @@ pub(crate) fn register(engine: &mut Engine) {
             .map(|s| s.to_string())
             .unwrap_or_default()
     });
+    pure!(engine, "on_page", |u: &mut Map, prefix: &str| {
+        nested(u, &["page"]).is_some_and(|p| str_starts_with(&p, prefix))
+    });
 
     // The same helpers on the lazy view the engine passes (see `view`); every read goes
     // through `memo`, which records it when the run is being remembered.
@@ -201,6 +204,9 @@ pub(crate) fn register(engine: &mut Engine) {
         u,
         Read::Showing(slot)
     ));
+    pure!(engine, "on_page", |u: &mut UserView, prefix: Str| {
+        memo::user(u, Read::OnPage(prefix))
+    });
 
     #[cfg(test)]
     FuncRegistration::new("__test_panic")

@@ -77,6 +77,8 @@ pub(crate) enum Read {
     Hour,
     IsMobile,
     Showing(ImmutableString),
+    /// `user.on_page(prefix)`.
+    OnPage(ImmutableString),
 }
 
 /// What a replay reads from: the evaluation's views.
@@ -116,6 +118,7 @@ impl Read {
             Read::Hour => Dynamic::from_int(s.hour()),
             Read::IsMobile => Dynamic::from_bool(s.device() == "mobile"),
             Read::Showing(slot) => text_owned(s.showing(slot)),
+            Read::OnPage(prefix) => Dynamic::from_bool(s.page().starts_with(prefix.as_str())),
             _ => return None,
         };
         Some(v)
@@ -175,7 +178,8 @@ impl Read {
             | (Seen(a), Seen(b))
             | (SeqContains(a), SeqContains(b))
             | (SeqCount(a), SeqCount(b))
-            | (Showing(a), Showing(b)) => a == b,
+            | (Showing(a), Showing(b))
+            | (OnPage(a), OnPage(b)) => a == b,
             (Predict(a, b, c), Predict(x, y, z)) => a == x && b == y && c == z,
             (UserSub(a, b), UserSub(x, y)) | (EventSub(a, b), EventSub(x, y)) => a == x && b == y,
             (SeqLast(a), SeqLast(b)) => a == b,
@@ -514,6 +518,9 @@ mod tests {
             ""
         }
         fn showing(&self, _: &str) -> &str {
+            ""
+        }
+        fn page(&self) -> &str {
             ""
         }
         fn experiment(&self, _: &str) -> Option<&str> {

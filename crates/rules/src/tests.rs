@@ -530,13 +530,15 @@ fn helpers_read_the_user_map() {
         a.push(user.is_mobile());
         a.push(user.showing("cta"));
         a.push(now_ms);
+        a.push(user.on_page("/article"));
+        a.push(user.on_page("/article/rust/more"));
         adjust("out", "v", #{ r: a });
     "#;
     let (out, st) = run_src(src, json_map(BASE_USER), event("tick", ""));
     assert_eq!(out.len(), 1, "{st:?}");
     assert_eq!(
         out[0].params["r"],
-        r#"[1200, 1200, 0, 5700, 1, true, false, 2, 0, 0, false, ["hover:product-image", "click:cta"], 4, 0, true, false, true, false, true, 1, 1, 14, false, "", 1700000000000]"#
+        r#"[1200, 1200, 0, 5700, 1, true, false, 2, 0, 0, false, ["hover:product-image", "click:cta"], 4, 0, true, false, true, false, true, 1, 1, 14, false, "", 1700000000000, true, false]"#
     );
 }
 
@@ -545,14 +547,15 @@ fn helpers_on_an_empty_user_give_zero_false_and_minus_one_hour() {
     let src = r#"
         let r = [user.hover_ms("x"), user.hovering_ms("x"), user.dwell_ms("x"), user.clicks("x"),
                  user.seen("x"), user.seq_last(3), user.seq_contains("a"), user.seq_ends_with(["a"]),
-                 user.seq_count("a"), user.hour(), user.is_mobile(), user.showing("x")];
+                 user.seq_count("a"), user.hour(), user.is_mobile(), user.showing("x"),
+                 user.on_page("/")];
         adjust("out", "v", #{ r: r });
     "#;
     let (out, st) = run_src(src, rhai::Map::new(), rhai::Map::new());
     assert_eq!(out.len(), 1, "{st:?}");
     assert_eq!(
         out[0].params["r"],
-        r#"[0, 0, 0, 0, false, [], false, false, 0, -1, false, ""]"#
+        r#"[0, 0, 0, 0, false, [], false, false, 0, -1, false, "", false]"#
     );
     // Ongoing hover counts in hover_ms; mobile and local_hour fallback.
     let user = json_map(

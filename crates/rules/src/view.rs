@@ -62,6 +62,8 @@ pub trait UserSource: Send + Sync {
     fn device(&self) -> &str;
     /// The variant `slot` shows now ("" if none).
     fn showing(&self, slot: &str) -> &str;
+    /// The path of the page the user is on ("" if none yet).
+    fn page(&self) -> &str;
     /// The user's arm of experiment `id` (None when not in it).
     fn experiment(&self, id: &str) -> Option<&str>;
 }

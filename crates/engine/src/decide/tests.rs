@@ -1178,7 +1178,8 @@ if s.depth > 90.0 && big.len() == 1 { adjust("x", "changed", #{ d: s.depth }); }
 }
 
 /// A rule that reads one key of an object is remembered by that key: scroll_offer's runs
-/// replay while the scroll's other values (its velocity) differ from run to run.
+/// replay while the scroll's other values (its velocity) differ from run to run, and on
+/// another article (it asks `on_page("/article")`, not for the path).
 #[test]
 fn a_rule_reading_keys_of_an_object_is_remembered_by_those_keys() {
     let w = World::new(
@@ -1201,6 +1202,18 @@ fn a_rule_reading_keys_of_an_object_is_remembered_by_those_keys() {
     u.send(&w, ev, T0);
     for i in 0..20 {
         let at = T0 + 1_000 + i * 97;
+        if i % 5 == 4 {
+            // Another article: `on_page("/article")` reads the same, the path does not.
+            let ev = u.event(
+                Props::PageView {
+                    path: format!("/article/{i}"),
+                    title: None,
+                },
+                None,
+                at - 1,
+            );
+            u.send(&w, ev, at - 1);
+        }
         let ev = u.event(
             Props::Scroll {
                 depth: 40.0,

@@ -184,6 +184,10 @@ impl UserSource for StateView {
         self.st().adjustments.get(slot).map_or("", Sym::as_str)
     }
 
+    fn page(&self) -> &str {
+        &self.st().page
+    }
+
     fn experiment(&self, id: &str) -> Option<&str> {
         self.st().experiments.get(id)?.arm.as_deref()
     }
