@@ -275,3 +275,68 @@ fn the_server_runs_without_transparent_huge_pages() {
     let s = Server::start(opts);
     assert_eq!(thp_enabled(s.pid()).as_deref(), Some("1"));
 }
+
+/// The background jobs — the model trainer and the segmenter, each a thread and a rayon pool
+/// (candle's matrix products run on the trainer's) — run at nice +19, while the shards, which
+/// answer events, stay at the process's nice value.
+#[cfg(target_os = "linux")]
+#[test]
+fn background_jobs_run_at_nice_19_and_the_shards_do_not() {
+    /// (thread name as the kernel keeps it, at most 15 bytes; nice value) of each thread.
+    fn threads(pid: u32) -> Vec<(String, i64)> {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return Vec::new();
+        };
+        dir.filter_map(|t| {
+            let stat = std::fs::read_to_string(t.ok()?.path().join("stat")).ok()?;
+            let (head, rest) = stat.rsplit_once(") ")?;
+            let name = head.split_once(" (")?.1.to_string();
+            // Field 19 of stat is the nice value; `rest` starts at field 3.
+            let nice = rest.split_whitespace().nth(16)?.parse().ok()?;
+            Some((name, nice))
+        })
+        .collect()
+    }
+    let s = Server::start(Opts::with_repo_scripts(""));
+    let count = |ts: &[(String, i64)], prefix: &str, nice: i64| {
+        ts.iter()
+            .filter(|(n, v)| n.starts_with(prefix) && *v == nice)
+            .count()
+    };
+    // The trainer's thread lowers itself as it starts; give it a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let ts = loop {
+        let ts = threads(s.pid());
+        let trainer = count(&ts, "trimtab-trainer", 19);
+        if trainer >= 2 || std::time::Instant::now() > deadline {
+            break ts;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let named = |prefix: &str| ts.iter().filter(|(n, _)| n.starts_with(prefix)).count();
+    // The trainer's thread and its pool ("trimtab-trainer-pool", cut to 15 bytes), at 19.
+    assert!(named("trimtab-trainer") >= 2, "{ts:?}");
+    assert_eq!(
+        count(&ts, "trimtab-trainer", 19),
+        named("trimtab-trainer"),
+        "{ts:?}"
+    );
+    // The segmenter's thread and its one-thread pool, at 19.
+    assert!(named("trimtab-segment") >= 2, "{ts:?}");
+    assert_eq!(
+        count(&ts, "trimtab-segment", 19),
+        named("trimtab-segment"),
+        "{ts:?}"
+    );
+    // The shards answer events: the process's own nice value (the test's), not 19.
+    let own = threads(std::process::id())
+        .first()
+        .map(|(_, v)| *v)
+        .expect("the test's own nice value");
+    assert!(named("trimtab-shard") >= 1, "{ts:?}");
+    assert_eq!(
+        count(&ts, "trimtab-shard", own),
+        named("trimtab-shard"),
+        "{ts:?}"
+    );
+}

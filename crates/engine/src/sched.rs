@@ -1,10 +1,31 @@
 //! Scheduling calls on this process's threads (Linux; elsewhere they do nothing and report
-//! failure): a thread's nice value and its policy, `SCHED_IDLE` or back to `SCHED_OTHER`. Used
-//! by the indexer ([`crate::pipeline`]'s priority), the rule lab's backtest ([`crate::lab`])
-//! and the segmenter ([`crate::segments::service`]), which all yield the CPU to the threads on
-//! the acknowledgement's path.
+//! failure): a thread's nice value and its policy, `SCHED_IDLE` or back to `SCHED_OTHER`, and
+//! the background jobs' priority ([`BACKGROUND_NICE`], [`background_pool`]). Used by the
+//! indexer ([`crate::pipeline`]'s priority), the rule lab's backtest ([`crate::lab`]), the
+//! segmenter ([`crate::segments::service`]) and the model trainer
+//! ([`crate::bandits::trainer`]), which all yield the CPU to the threads on the
+//! acknowledgement's path.
 
 pub(crate) use imp::*;
+
+/// Nice value of the background jobs — the segmenter (reading, decoding and clustering every
+/// user) and the model trainer (fitting a click model on up to `learn.max_rows` decisions):
+/// on no answer's path, so on a busy machine they wait for the shards, the writer and the
+/// HTTP workers, and on an idle one they still run at full speed.
+pub const BACKGROUND_NICE: i32 = 19;
+
+/// A rayon pool of `threads` threads (0: one per CPU) named `name`, each at
+/// [`BACKGROUND_NICE`] from its start: parallel work installed in it (the segmenter's
+/// clustering, candle's matrix products during training, which run on the current pool) is
+/// background work too.
+pub fn background_pool(name: &'static str, threads: usize) -> std::io::Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(move |_| name.to_string())
+        .start_handler(|_| set_nice(BACKGROUND_NICE))
+        .build()
+        .map_err(std::io::Error::other)
+}
 
 #[cfg(target_os = "linux")]
 mod imp {

@@ -11,7 +11,10 @@
 //!   without a restart. A corrupt or mismatched file is refused with its error code (visible
 //!   in `GET /v1/models` and the log) and the previous model keeps serving.
 //!
-//! Training runs on this thread only (candle on the CPU); shards never wait for it.
+//! Training runs on this thread (candle on the CPU) and on its own rayon pool, where candle's
+//! matrix products run; the thread and the pool are at nice +19
+//! ([`crate::sched::BACKGROUND_NICE`]), so a training yields the CPU to the shards, the writer
+//! and the HTTP workers. Shards never wait for it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -211,6 +214,13 @@ fn model_name(slot: &str) -> String {
 
 impl Trainer {
     fn run(mut self) {
+        crate::sched::set_nice(crate::sched::BACKGROUND_NICE);
+        // candle runs its parallel work on the current rayon pool: this one, in the background.
+        let pool = crate::sched::background_pool("trimtab-trainer-pool", 0)
+            .map_err(|e| {
+                tracing::warn!("no background pool for training ({e}); training on the global pool")
+            })
+            .ok();
         let check = Duration::from_secs(self.cfg.check_every_s.max(1));
         let every = self.cfg.retrain_every_s as i64 * 1000;
         let mut last_train = now_ms();
@@ -230,7 +240,10 @@ impl Trainer {
             }
             if train_now {
                 last_train = now;
-                self.train_all();
+                match &pool {
+                    Some(p) => p.install(|| self.train_all()),
+                    None => self.train_all(),
+                }
             }
             self.sync();
         }

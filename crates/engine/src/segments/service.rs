@@ -91,16 +91,11 @@ use trimtab_util::now_ms;
 
 /// Nice value of the segmenter's threads: a run (reading, decoding and clustering every user,
 /// a few hundred ms of CPU at 40 000 users) is background work, not on any answer's path.
-pub const BACKGROUND_NICE: i32 = 19;
+pub use crate::sched::BACKGROUND_NICE;
 
 impl SegmentService {
     pub fn new(cfg: SegmentsConfig, store: Arc<Store>) -> std::io::Result<Arc<SegmentService>> {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .thread_name(|_| "trimtab-segmenter-pool".into())
-            .start_handler(|_| crate::sched::set_nice(BACKGROUND_NICE))
-            .build()
-            .map_err(std::io::Error::other)?;
+        let pool = crate::sched::background_pool("trimtab-segmenter-pool", 1)?;
         let (kick, kicked) = bounded(1);
         Ok(Arc::new(SegmentService {
             cfg,
