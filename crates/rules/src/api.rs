@@ -9,7 +9,9 @@
 
 use std::collections::BTreeMap;
 
-use rhai::{Array, Dynamic, Engine, EvalAltResult, FuncRegistration, Map, NativeCallContext, INT};
+use rhai::{
+    Array, Dynamic, Engine, EvalAltResult, FuncRegistration, Map, NativeCallContext, FLOAT, INT,
+};
 
 use super::memo::{self, Read};
 use super::sandbox::{script_log, with_current};
@@ -141,6 +143,12 @@ pub(crate) fn register(engine: &mut Engine) {
     pure!(engine, "on_page", |u: &mut Map, prefix: &str| {
         nested(u, &["page"]).is_some_and(|p| str_starts_with(&p, prefix))
     });
+    pure!(engine, "scrolled_past", |u: &mut Map, pct: FLOAT| {
+        scrolled_past(u, pct)
+    });
+    pure!(engine, "scrolled_past", |u: &mut Map, pct: INT| {
+        scrolled_past(u, pct as FLOAT)
+    });
 
     // The same helpers on the lazy view the engine passes (see `view`); every read goes
     // through `memo`, which records it when the run is being remembered.
@@ -206,6 +214,12 @@ pub(crate) fn register(engine: &mut Engine) {
     ));
     pure!(engine, "on_page", |u: &mut UserView, prefix: Str| {
         memo::user(u, Read::OnPage(prefix))
+    });
+    pure!(engine, "scrolled_past", |u: &mut UserView, pct: FLOAT| {
+        memo::user(u, Read::ScrolledPast(pct))
+    });
+    pure!(engine, "scrolled_past", |u: &mut UserView, pct: INT| {
+        memo::user(u, Read::ScrolledPast(pct as FLOAT))
     });
 
     #[cfg(test)]
@@ -336,6 +350,19 @@ fn dwell(user: &Map, target: &str) -> INT {
 }
 
 /// `user.context.hour`, else `user.local_hour`, else -1 (unknown: no hour range matches).
+/// `user.scrolled_past(pct)` on a map: the deeper of `scroll.depth` and `scroll.max_depth`
+/// is past `pct` (a missing value counts as 0).
+fn scrolled_past(user: &Map, pct: FLOAT) -> bool {
+    let at = |k: &str| {
+        nested(user, &["scroll", k])
+            .filter(|v| v.is_int() || v.is_float())
+            .map_or(0.0, |v| {
+                v.as_float().unwrap_or_else(|_| to_int(&v) as FLOAT)
+            })
+    };
+    at("depth").max(at("max_depth")) > pct
+}
+
 fn hour(user: &Map) -> INT {
     [
         nested(user, &["context", "hour"]),

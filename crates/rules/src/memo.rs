@@ -21,7 +21,7 @@
 //! read of a value that differs on every run (a scroll depth) stops growing its node and those
 //! runs go to Rhai, which is also what they cost without this.
 
-use rhai::{Array, Dynamic, ImmutableString, Map, INT};
+use rhai::{Array, Dynamic, ImmutableString, Map, FLOAT, INT};
 
 use super::view::{self, EventView, TargetStat, UserView};
 use super::AdjustRequest;
@@ -79,6 +79,8 @@ pub(crate) enum Read {
     Showing(ImmutableString),
     /// `user.on_page(prefix)`.
     OnPage(ImmutableString),
+    /// `user.scrolled_past(pct)`.
+    ScrolledPast(FLOAT),
 }
 
 /// What a replay reads from: the evaluation's views.
@@ -119,6 +121,7 @@ impl Read {
             Read::IsMobile => Dynamic::from_bool(s.device() == "mobile"),
             Read::Showing(slot) => text_owned(s.showing(slot)),
             Read::OnPage(prefix) => Dynamic::from_bool(s.page().starts_with(prefix.as_str())),
+            Read::ScrolledPast(pct) => Dynamic::from_bool(view::scrolled_past(u, *pct)),
             _ => return None,
         };
         Some(v)
@@ -183,6 +186,7 @@ impl Read {
             (Predict(a, b, c), Predict(x, y, z)) => a == x && b == y && c == z,
             (UserSub(a, b), UserSub(x, y)) | (EventSub(a, b), EventSub(x, y)) => a == x && b == y,
             (SeqLast(a), SeqLast(b)) => a == b,
+            (ScrolledPast(a), ScrolledPast(b)) => a.to_bits() == b.to_bits(),
             (SeqCountLast(a, p), SeqCountLast(b, q)) => a == b && p == q,
             (SeqEndsWith(a), SeqEndsWith(b)) => {
                 a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same(x, y))

@@ -532,13 +532,15 @@ fn helpers_read_the_user_map() {
         a.push(now_ms);
         a.push(user.on_page("/article"));
         a.push(user.on_page("/article/rust/more"));
+        a.push(user.scrolled_past(19.9));   // max_depth 20
+        a.push(user.scrolled_past(20));
         adjust("out", "v", #{ r: a });
     "#;
     let (out, st) = run_src(src, json_map(BASE_USER), event("tick", ""));
     assert_eq!(out.len(), 1, "{st:?}");
     assert_eq!(
         out[0].params["r"],
-        r#"[1200, 1200, 0, 5700, 1, true, false, 2, 0, 0, false, ["hover:product-image", "click:cta"], 4, 0, true, false, true, false, true, 1, 1, 14, false, "", 1700000000000, true, false]"#
+        r#"[1200, 1200, 0, 5700, 1, true, false, 2, 0, 0, false, ["hover:product-image", "click:cta"], 4, 0, true, false, true, false, true, 1, 1, 14, false, "", 1700000000000, true, false, true, false]"#
     );
 }
 
@@ -548,14 +550,14 @@ fn helpers_on_an_empty_user_give_zero_false_and_minus_one_hour() {
         let r = [user.hover_ms("x"), user.hovering_ms("x"), user.dwell_ms("x"), user.clicks("x"),
                  user.seen("x"), user.seq_last(3), user.seq_contains("a"), user.seq_ends_with(["a"]),
                  user.seq_count("a"), user.hour(), user.is_mobile(), user.showing("x"),
-                 user.on_page("/")];
+                 user.on_page("/"), user.scrolled_past(0), user.scrolled_past(-1.0)];
         adjust("out", "v", #{ r: r });
     "#;
     let (out, st) = run_src(src, rhai::Map::new(), rhai::Map::new());
     assert_eq!(out.len(), 1, "{st:?}");
     assert_eq!(
         out[0].params["r"],
-        r#"[0, 0, 0, 0, false, [], false, false, 0, -1, false, "", false]"#
+        r#"[0, 0, 0, 0, false, [], false, false, 0, -1, false, "", false, false, true]"#
     );
     // Ongoing hover counts in hover_ms; mobile and local_hour fallback.
     let user = json_map(

@@ -139,7 +139,7 @@ fn nested() -> bool {
 /// else the field's value.
 fn user_field(u: &UserView, name: &ImmutableString) -> Dynamic {
     use super::memo::{self, Read};
-    if nested() && USER_MAPS.iter().any(|(m, _)| *m == name.as_str()) {
+    if USER_MAPS.iter().any(|(m, _)| *m == name.as_str()) && nested() {
         return Dynamic::from(MapView {
             of: Of::User(u.clone()),
             field: name.clone(),
@@ -151,7 +151,7 @@ fn user_field(u: &UserView, name: &ImmutableString) -> Dynamic {
 /// `event.<field>`: a [`MapView`] for `props` when the run reads views, else the field's value.
 fn event_field(e: &EventView, name: &ImmutableString) -> Dynamic {
     use super::memo::{self, Read};
-    if nested() && name.as_str() == "props" {
+    if name.as_str() == "props" && nested() {
         return Dynamic::from(MapView {
             of: Of::Event(e.clone()),
             field: name.clone(),
@@ -391,6 +391,14 @@ pub(crate) fn dwell_ms(u: &UserView, t: &str) -> INT {
     let s = u.source();
     s.target(t, TargetStat::DwellMs)
         .saturating_add(s.target(t, TargetStat::InViewMs))
+}
+
+/// Whether the page was scrolled past `pct` percent (its deepest point so far, or the depth
+/// now if that is deeper).
+pub(crate) fn scrolled_past(u: &UserView, pct: f64) -> bool {
+    let s = u.source();
+    let at = |k: &str| s.sub("scroll", k).as_float().unwrap_or(0.0);
+    at("depth").max(at("max_depth")) > pct
 }
 
 pub(crate) fn seq_contains(u: &UserView, entry: &str) -> bool {

@@ -1177,16 +1177,25 @@ if s.depth > 90.0 && big.len() == 1 { adjust("x", "changed", #{ d: s.depth }); }
     assert_eq!(rules.reads_plain_maps("broken"), Some(false));
 }
 
-/// A rule that reads one key of an object is remembered by that key: scroll_offer's runs
-/// replay while the scroll's other values (its velocity) differ from run to run, and on
-/// another article (it asks `on_page("/article")`, not for the path).
+/// A rule that reads one key of an object is remembered by that key: its runs replay while
+/// the scroll's other values (its velocity) differ from run to run. The shipped scroll_offer
+/// asks `on_page("/article")` and `scrolled_past(75)`, so neither another article nor another
+/// depth below 75% makes its run new.
 #[test]
 fn a_rule_reading_keys_of_an_object_is_remembered_by_those_keys() {
+    const BY_KEYS: &str = r#"
+const ON = ["scroll"];
+if user.showing("offer") == "x" { return; }
+if user.scroll.depth > 75.0 || user.scroll.max_depth > 75.0 { adjust("offer", "x"); }
+"#;
     let w = World::new(
-        &[(
-            "scroll_offer",
-            include_str!("../../../../scripts/scroll_offer.rhai"),
-        )],
+        &[
+            ("by_keys", BY_KEYS),
+            (
+                "scroll_offer",
+                include_str!("../../../../scripts/scroll_offer.rhai"),
+            ),
+        ],
         0.0,
     );
     let rules = rules_of(&w, true);
@@ -1200,7 +1209,7 @@ fn a_rule_reading_keys_of_an_object_is_remembered_by_those_keys() {
         T0,
     );
     u.send(&w, ev, T0);
-    for i in 0..20 {
+    let scroll = |u: &mut Driver, i: i64, depth: f64| {
         let at = T0 + 1_000 + i * 97;
         if i % 5 == 4 {
             // Another article: `on_page("/article")` reads the same, the path does not.
@@ -1216,18 +1225,29 @@ fn a_rule_reading_keys_of_an_object_is_remembered_by_those_keys() {
         }
         let ev = u.event(
             Props::Scroll {
-                depth: 40.0,
-                max_depth: Some(50.0),
+                depth,
+                max_depth: Some(depth + 10.0),
                 velocity: Some(0.5 + i as f64),
             },
             None,
             at,
         );
         u.send(&w, ev.clone(), at);
-        assert!(evaluate_as(&rules, &u, &ev, at, true).is_empty());
+        assert!(evaluate_as(&rules, u, &ev, at, true).is_empty());
+    };
+    // The same depth, another velocity every time.
+    for i in 0..20 {
+        scroll(&mut u, i, 40.0);
+    }
+    let st = rules.status("by_keys").unwrap();
+    assert_eq!(st.runs, 20);
+    assert!(st.replayed >= 19, "{} of 20 runs replayed", st.replayed);
+    assert_eq!(rules.reads_plain_maps("by_keys"), Some(false));
+    // Another depth every time, all below 75%: scroll_offer still replays.
+    for i in 20..40 {
+        scroll(&mut u, i, 20.0 + i as f64);
     }
     let st = rules.status("scroll_offer").unwrap();
-    assert_eq!(st.runs, 20);
-    assert!(st.replayed >= 18, "{} of 20 runs replayed", st.replayed);
-    assert_eq!(rules.reads_plain_maps("scroll_offer"), Some(false));
+    assert_eq!(st.runs, 40);
+    assert!(st.replayed >= 38, "{} of 40 runs replayed", st.replayed);
 }
