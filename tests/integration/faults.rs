@@ -222,8 +222,13 @@ fn a_failed_index_transaction_loses_no_acknowledged_event() {
     // taking writes.
     let mut acked = first;
     let refused = post_until_refused(&s, &token, &mut acked);
+    // The 503 can answer before the health thread's fatal line reaches the log: wait for it.
     assert!(
-        s.stderr().contains("fatal: index transaction failed"),
+        poll(WAIT, || s
+            .stderr()
+            .contains("fatal: index transaction failed")
+            .then_some(()))
+        .is_some(),
         "not the index transaction:\n{}",
         s.stderr()
     );
@@ -305,8 +310,13 @@ fn a_failed_decision_log_sync_loses_no_decision() {
         assert_eq!(r.code(), "storage_unavailable", "{}", r.body);
         break;
     }
+    // The 503 can answer before the health thread's fatal line reaches the log: wait for it.
     assert!(
-        s.stderr().contains("fatal: index transaction failed"),
+        poll(WAIT, || s
+            .stderr()
+            .contains("fatal: index transaction failed")
+            .then_some(()))
+        .is_some(),
         "not the index transaction:\n{}",
         s.stderr()
     );
