@@ -141,6 +141,16 @@ impl Driver {
         }
     }
 
+    /// A page view of `path` at `at`, sent.
+    fn page_view(&mut self, w: &World, path: &str, at: i64) -> Out {
+        let props = Props::PageView {
+            path: path.into(),
+            title: None,
+        };
+        let ev = self.event(props, None, at);
+        self.send(w, ev, at)
+    }
+
     fn go(&mut self, w: &World, n: u64, at: i64) -> Out {
         let props = BTreeMap::from([("n".into(), trimtab_wire::Scalar::Int(n as i64))]);
         let ev = self.event(
@@ -320,15 +330,7 @@ fn unlimited_caps_and_the_same_variant_is_a_noop() {
     let e = ev(&mut u, "b", T0 + 2);
     assert_eq!(variants(&u.send(&w, e, T0 + 2)), ["same"]);
     // A page view renders the defaults again: the same request is new.
-    let pv = u.event(
-        Props::PageView {
-            path: "/p".into(),
-            title: None,
-        },
-        None,
-        T0 + 3,
-    );
-    assert!(u.send(&w, pv, T0 + 3).decisions.is_empty());
+    assert!(u.page_view(&w, "/p", T0 + 3).decisions.is_empty());
     let e = ev(&mut u, "b", T0 + 4);
     assert_eq!(variants(&u.send(&w, e, T0 + 4)), ["same"]);
     assert_eq!(u.state.caps.get("s").unwrap().total, 3);
@@ -385,15 +387,7 @@ fn precedence_experiment_over_bandit_over_rule() {
         u.go(&w, 2, T0 + 1).decisions.is_empty(),
         "once per page view"
     );
-    let pv = u.event(
-        Props::PageView {
-            path: "/next".into(),
-            title: None,
-        },
-        None,
-        T0 + 2,
-    );
-    u.send(&w, pv, T0 + 2);
+    u.page_view(&w, "/next", T0 + 2);
     assert_eq!(
         u.go(&w, 3, T0 + 3).decisions[0].source,
         "bandit",
@@ -448,15 +442,7 @@ fn decide_answers_new_then_current_then_default() {
     let mut u = Driver::new(8);
     // Before any event there is no consent: the page default.
     assert_eq!(u.decide(&w, "cta", T0 - 10).0.source, "default");
-    let pv = u.event(
-        Props::PageView {
-            path: "/".into(),
-            title: None,
-        },
-        None,
-        T0 - 5,
-    );
-    u.send(&w, pv, T0 - 5);
+    u.page_view(&w, "/", T0 - 5);
     let (d, out) = u.decide(&w, "cta", T0);
     assert_eq!((d.source.as_str(), d.variant.as_str()), ("rule", "morning"));
     assert_eq!(out.decisions.len(), 1, "a new decision is stored");
@@ -576,15 +562,7 @@ fn a_long_hover_fires_on_a_tick_and_the_journal_replays_it() {
     let hover = include_str!("../../../../scripts/hover_review.rhai");
     let w = World::new(&[("hover_review", hover)], 0.0);
     let mut u = Driver::new(11);
-    let pv = u.event(
-        Props::PageView {
-            path: "/shop".into(),
-            title: None,
-        },
-        None,
-        T0 - 100,
-    );
-    u.send(&w, pv, T0 - 100);
+    u.page_view(&w, "/shop", T0 - 100);
     let start = u.event(
         Props::Hover {
             phase: Phase::Start,
@@ -1078,15 +1056,7 @@ fn evaluate_as(rules: &Rules, u: &Driver, ev: &Event, at: i64, views: bool) -> V
 /// A user who scrolled: the objects `user.scroll`, … and `event.props` have values.
 fn scrolled_user(w: &World) -> (Driver, Event) {
     let mut u = Driver::new(5);
-    let ev = u.event(
-        Props::PageView {
-            path: "/article/1".into(),
-            title: None,
-        },
-        None,
-        T0,
-    );
-    u.send(w, ev, T0);
+    u.page_view(w, "/article/1", T0);
     let ev = u.event(
         Props::Scroll {
             depth: 42.5,
@@ -1200,28 +1170,12 @@ if user.scroll.depth > 75.0 || user.scroll.max_depth > 75.0 { adjust("offer", "x
     );
     let rules = rules_of(&w, true);
     let mut u = Driver::new(6);
-    let ev = u.event(
-        Props::PageView {
-            path: "/article/2".into(),
-            title: None,
-        },
-        None,
-        T0,
-    );
-    u.send(&w, ev, T0);
+    u.page_view(&w, "/article/2", T0);
     let scroll = |u: &mut Driver, i: i64, depth: f64| {
         let at = T0 + 1_000 + i * 97;
         if i % 5 == 4 {
             // Another article: `on_page("/article")` reads the same, the path does not.
-            let ev = u.event(
-                Props::PageView {
-                    path: format!("/article/{i}"),
-                    title: None,
-                },
-                None,
-                at - 1,
-            );
-            u.send(&w, ev, at - 1);
+            u.page_view(&w, &format!("/article/{i}"), at - 1);
         }
         let ev = u.event(
             Props::Scroll {
