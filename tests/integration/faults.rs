@@ -166,6 +166,12 @@ fn post_until_refused(s: &Server, token: &str, acked: &mut Vec<Value>) -> Vec<Va
     }
 }
 
+/// Whether the server's log shows `line` within [`WAIT`]: a 503 can answer before the health
+/// thread's fatal line reaches the log.
+fn logs_within_wait(s: &Server, line: &str) -> bool {
+    poll(WAIT, || s.stderr().contains(line).then_some(())).is_some()
+}
+
 fn storage_fault(fault: impl Fn(&Server) -> String + Send + 'static, user: &str, end: End) {
     let flags = tempfile::tempdir().expect("temp dir");
     let flag = flags.path().join("flag");
@@ -222,13 +228,8 @@ fn a_failed_index_transaction_loses_no_acknowledged_event() {
     // taking writes.
     let mut acked = first;
     let refused = post_until_refused(&s, &token, &mut acked);
-    // The 503 can answer before the health thread's fatal line reaches the log: wait for it.
     assert!(
-        poll(WAIT, || s
-            .stderr()
-            .contains("fatal: index transaction failed")
-            .then_some(()))
-        .is_some(),
+        logs_within_wait(&s, "fatal: index transaction failed"),
         "not the index transaction:\n{}",
         s.stderr()
     );
@@ -310,13 +311,8 @@ fn a_failed_decision_log_sync_loses_no_decision() {
         assert_eq!(r.code(), "storage_unavailable", "{}", r.body);
         break;
     }
-    // The 503 can answer before the health thread's fatal line reaches the log: wait for it.
     assert!(
-        poll(WAIT, || s
-            .stderr()
-            .contains("fatal: index transaction failed")
-            .then_some(()))
-        .is_some(),
+        logs_within_wait(&s, "fatal: index transaction failed"),
         "not the index transaction:\n{}",
         s.stderr()
     );
